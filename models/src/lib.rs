@@ -1,0 +1,32 @@
+//! Tenzro's model side.
+//!
+//! - [`api`]: the OpenAI wire types. Serde only, always built: the gateway uses this
+//!   crate with `default-features = false` and gets nothing else.
+//! - Behind the default `engine` feature: loading GGUF and BERT weights with candle,
+//!   the tokenizer and chat template, the sampler and the generation engine.
+
+pub mod api;
+
+#[cfg(feature = "engine")]
+pub mod embed;
+#[cfg(feature = "engine")]
+pub mod engine;
+#[cfg(feature = "engine")]
+pub mod error;
+#[cfg(feature = "engine")]
+pub mod gguf;
+#[cfg(feature = "engine")]
+pub mod llm;
+#[cfg(feature = "engine")]
+pub mod sampler;
+#[cfg(feature = "engine")]
+pub mod stop;
+#[cfg(feature = "engine")]
+pub mod template;
+#[cfg(feature = "engine")]
+pub mod detok;
+#[cfg(feature = "engine")]
+pub mod digest;
+
+#[cfg(feature = "engine")]
+pub use error::ModelError;

@@ -1,0 +1,193 @@
+//! The default model, loaded for real: tokenizer ids, template, greedy answers,
+//! streaming invariants. Needs `scripts/fetch-models` to have run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Device;
+use tenzro_models::api::FinishReason;
+use tenzro_models::engine::{Engine, EngineConfig, Event, GenerateRequest, GenerationParams};
+use tenzro_models::llm::{Llm, LlmConfig, Requantize, default_model_path};
+use tenzro_models::sampler::SamplingParams;
+use tenzro_models::template::TemplateMessage;
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("TENZRO_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tenzro/models"))
+}
+
+fn llm() -> Arc<Llm> {
+    static LLM: OnceLock<Arc<Llm>> = OnceLock::new();
+    LLM.get_or_init(|| {
+        let path = default_model_path(&models_dir());
+        assert!(path.exists(), "{} is missing: run scripts/fetch-models", path.display());
+        let cfg = LlmConfig { path, sha256: None, tokenizer_json: None, requantize: Requantize::Q8_0 };
+        Arc::new(Llm::load(&cfg, &Device::Cpu).unwrap())
+    })
+    .clone()
+}
+
+fn msg(role: &str, content: &str) -> TemplateMessage {
+    TemplateMessage { role: role.into(), content: content.into() }
+}
+
+const QUESTION: &str = "What is the capital of France?";
+
+#[test]
+fn tokenizer_ids_match_llama_cpp_for_the_chatml_prompt() {
+    let llm = llm();
+    // No system message: the template inserts its default one.
+    let prompt = llm.render_chat(&[msg("user", QUESTION)]).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
+    assert!(prompt.ends_with("<|im_start|>assistant\n"));
+    let ids = llm.encode(&prompt).unwrap();
+    assert_eq!(ids.len(), 37, "{ids:?}");
+    assert_eq!(&ids[..4], &[1, 9690, 198, 2683]);
+    // The turn markers are single special tokens, not spelled out.
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 3);
+    assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 2);
+    assert_eq!(ids[ids.len() - 1], 198);
+}
+
+#[test]
+fn digits_are_split_one_by_one_and_text_round_trips() {
+    let llm = llm();
+    let text = "In 2024, π≈3.14159 — naïve café 東京!";
+    let ids = llm.encode(text).unwrap();
+    assert_eq!(llm.tokenizer.decode(&ids, false).unwrap(), text);
+    let digits = llm.encode("2024").unwrap();
+    assert_eq!(digits.len(), 4, "{digits:?}");
+}
+
+fn generate(engine: &Engine, prompt: Vec<u32>, params: GenerationParams) -> (Vec<String>, Vec<Event>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    engine.submit(GenerateRequest { prompt, params: params.clone(), reply: tx }).unwrap();
+    let mut texts = vec![String::new(); params.n as usize];
+    let mut events = Vec::new();
+    while let Some(ev) = rx.blocking_recv() {
+        match &ev {
+            Event::Text { choice, text, .. } | Event::Finished { choice, text, .. } => {
+                texts[*choice as usize].push_str(text)
+            }
+            Event::Done { .. } | Event::Error(_) => {
+                events.push(ev);
+                break;
+            }
+        }
+        events.push(ev);
+    }
+    (texts, events)
+}
+
+fn greedy(max_new_tokens: usize) -> GenerationParams {
+    GenerationParams { sampling: SamplingParams::greedy(), max_new_tokens, stop: vec![], n: 1 }
+}
+
+fn france_prompt(llm: &Llm) -> Vec<u32> {
+    let p = llm
+        .render_chat(&[msg("system", "You are a helpful assistant."), msg("user", QUESTION)])
+        .unwrap();
+    llm.encode(&p).unwrap()
+}
+
+#[test]
+fn greedy_answer_names_paris_and_token_counts_add_up() {
+    let llm = llm();
+    let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
+    let prompt = france_prompt(&llm);
+    let (texts, events) = generate(&engine, prompt.clone(), greedy(40));
+    assert!(texts[0].contains("Paris"), "{:?}", texts[0]);
+    let reported: u32 = events
+        .iter()
+        .map(|e| match e {
+            Event::Text { tokens, .. } | Event::Finished { tokens, .. } => *tokens,
+            _ => 0,
+        })
+        .sum();
+    let Some(Event::Done { prompt_tokens, completion_tokens }) = events.last() else { panic!("{events:?}") };
+    assert_eq!(*prompt_tokens as usize, prompt.len());
+    assert_eq!(reported, *completion_tokens);
+    // Every text event carries at least one token.
+    assert!(events.iter().all(|e| !matches!(e, Event::Text { tokens: 0, .. })));
+}
+
+#[test]
+fn max_tokens_and_stop_sequences_end_the_choice() {
+    let llm = llm();
+    let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
+    let prompt = france_prompt(&llm);
+    let (full, _) = generate(&engine, prompt.clone(), greedy(40));
+
+    let (one, events) = generate(&engine, prompt.clone(), greedy(1));
+    assert!(matches!(events.last(), Some(Event::Done { completion_tokens: 1, .. })), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::Finished { reason: FinishReason::Length, .. })));
+    assert!(full[0].starts_with(&one[0]));
+
+    // Stop at "Paris": the answer up to it, without it.
+    let mut params = greedy(40);
+    params.stop = vec!["Paris".into()];
+    let (cut, events) = generate(&engine, prompt, params);
+    let at = full[0].find("Paris").unwrap();
+    assert_eq!(cut[0], full[0][..at]);
+    assert!(events.iter().any(|e| matches!(e, Event::Finished { reason: FinishReason::Stop, .. })));
+}
+
+#[test]
+fn n_choices_with_a_seed_are_reproducible() {
+    let llm = llm();
+    let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
+    let prompt = france_prompt(&llm);
+    let params = GenerationParams {
+        sampling: SamplingParams { temperature: 1.0, seed: Some(42), ..Default::default() },
+        max_new_tokens: 24,
+        stop: vec![],
+        n: 3,
+    };
+    let (a, _) = generate(&engine, prompt.clone(), params.clone());
+    let (b, _) = generate(&engine, prompt, params);
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 3);
+    // Three samples at temperature 1 from one seed are not all the same.
+    assert!(a[0] != a[1] || a[1] != a[2], "{a:?}");
+}
+
+#[test]
+fn concurrent_requests_give_the_same_greedy_text_as_alone() {
+    let llm = llm();
+    let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
+    let questions = ["What is the capital of France?", "Name a primary colour.", "What is 2+2?", "Say hello."];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            let p = llm.render_chat(&[msg("system", "You are a helpful assistant."), msg("user", q)]).unwrap();
+            llm.encode(&p).unwrap()
+        })
+        .collect();
+    let alone: Vec<String> = prompts.iter().map(|p| generate(&engine, p.clone(), greedy(24)).0.remove(0)).collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let engine = engine.clone();
+                s.spawn(move || generate(&engine, p.clone(), greedy(24)).0.remove(0))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+}
+
+#[test]
+fn a_dropped_client_frees_its_slot() {
+    let llm = llm();
+    let engine = Engine::spawn(llm.clone(), EngineConfig { queue_capacity: 4, max_sequences: 1 }).unwrap();
+    let prompt = france_prompt(&llm);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    engine.submit(GenerateRequest { prompt: prompt.clone(), params: greedy(3000), reply: tx }).unwrap();
+    drop(rx);
+    // With one slot, this only completes if the abandoned sequence was dropped.
+    let (texts, _) = generate(&engine, prompt, greedy(8));
+    assert!(!texts[0].is_empty());
+}
