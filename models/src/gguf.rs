@@ -96,7 +96,9 @@ pub fn tokenizer_from_gguf(ct: &Content) -> Result<Tokenizer, ModelError> {
             .filter(|(t, _)| t.to_i32().ok() == Some(TOKEN_TYPE_CONTROL))
             .map(|(_, name)| AddedToken::from(name.clone(), true))
             .collect();
-        tokenizer.add_special_tokens(&specials);
+        tokenizer
+            .add_special_tokens(specials)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     }
     Ok(tokenizer)
 }

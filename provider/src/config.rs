@@ -1,0 +1,205 @@
+//! The provider's configuration: a TOML file, then flags (see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Base directory for relative model paths.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub chat_models: Vec<ChatModelConfig>,
+    #[serde(default)]
+    pub embedding_models: Vec<EmbeddingModelConfig>,
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from(".tenzro/models")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Inputs accepted in one embeddings request.
+    pub max_embedding_inputs: usize,
+    /// Choices accepted in one request (`n`).
+    pub max_n: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { max_body_bytes: 4 << 20, max_embedding_inputs: 2048, max_n: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Requests that may wait for a free sequence slot before we answer 503.
+    pub queue_capacity: usize,
+    /// Sequences decoded side by side.
+    pub max_sequences: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection { queue_capacity: 64, max_sequences: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatModelConfig {
+    /// The name clients put in `model`.
+    pub id: String,
+    /// A `.gguf` file, relative to `models_dir` unless absolute.
+    pub path: PathBuf,
+    /// Expected SHA-256 of the file (hex); the provider refuses to serve a mismatch.
+    pub sha256: Option<String>,
+    /// A tokenizer.json to use instead of the one built from the GGUF metadata.
+    pub tokenizer: Option<PathBuf>,
+    /// `"q8_0"` re-quantises Q4_1 tensors at load for speed; `"none"` keeps them.
+    #[serde(default)]
+    pub requantize: RequantizeSetting,
+    /// Price per token in base units (10^-18 TNZO), as a decimal string.
+    #[serde(default)]
+    pub price_per_token: String,
+    /// Parameter count, for the gateway's pricing and the model list.
+    #[serde(default)]
+    pub parameters: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequantizeSetting {
+    #[default]
+    None,
+    Q8_0,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingModelConfig {
+    pub id: String,
+    /// A directory with `model.safetensors`, `config.json`, `tokenizer.json`.
+    pub path: PathBuf,
+    /// Expected SHA-256 of `model.safetensors`.
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub price_per_token: String,
+    #[serde(default)]
+    pub parameters: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.chat_models.is_empty() && self.embedding_models.is_empty() {
+            return invalid("no models configured: add [[chat_models]] or [[embedding_models]]".into());
+        }
+        let mut ids = std::collections::HashSet::new();
+        let all = self
+            .chat_models
+            .iter()
+            .map(|m| (&m.id, &m.price_per_token, &m.sha256))
+            .chain(self.embedding_models.iter().map(|m| (&m.id, &m.price_per_token, &m.sha256)));
+        for (id, price, sha) in all {
+            if id.is_empty() {
+                return invalid("a model has an empty id".into());
+            }
+            if !ids.insert(id) {
+                return invalid(format!("model id `{id}` is configured twice"));
+            }
+            if !price.is_empty() && price.parse::<u128>().is_err() {
+                return invalid(format!("model `{id}`: price_per_token `{price}` is not a whole number of base units"));
+            }
+            if let Some(sha) = sha {
+                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return invalid(format!("model `{id}`: sha256 must be 64 hex digits"));
+                }
+            }
+        }
+        if self.engine.max_sequences == 0 || self.engine.queue_capacity == 0 {
+            return invalid("engine.max_sequences and engine.queue_capacity must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// A model path as configured, resolved against `models_dir`.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_owned() } else { self.models_dir.join(path) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_example_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("provider") && name.ends_with(".toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let check = |toml: &str, needle: &str| {
+            let err = toml::from_str::<Config>(toml)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        };
+        check("listen = \"127.0.0.1:1\"\n", "no models configured");
+        check("listen = \"127.0.0.1:1\"\nbogus = 1\n", "unknown field");
+        check(
+            "listen = \"127.0.0.1:1\"\n[[chat_models]]\nid = \"a\"\npath = \"x\"\nprice_per_token = \"1.5\"\n",
+            "not a whole number",
+        );
+        check(
+            "listen = \"127.0.0.1:1\"\n[[chat_models]]\nid = \"a\"\npath = \"x\"\n[[embedding_models]]\nid = \"a\"\npath = \"y\"\n",
+            "configured twice",
+        );
+    }
+}

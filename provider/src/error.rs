@@ -1,0 +1,163 @@
+//! One error type for the HTTP surface, answered in OpenAI's shape.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tenzro_models::api::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { message: String, param: Option<String>, code: Option<&'static str> },
+    #[error("The model `{0}` does not exist or is not served here")]
+    ModelNotFound(String),
+    #[error("Request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("The server is overloaded; retry after {retry_after} s")]
+    Overloaded { retry_after: u32 },
+    #[error("The model engine is not available")]
+    Unavailable,
+    /// Something on our side; the cause is logged, the client sees a generic text.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        ApiError::BadRequest { message: message.into(), param: None, code: None }
+    }
+
+    pub fn bad_param(param: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { message: message.into(), param: Some(param.to_owned()), code: None }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let (kind, code, param) = match self {
+            ApiError::BadRequest { param, code, .. } => ("invalid_request_error", *code, param.clone()),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found"), Some("model".into())),
+            ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large"), None),
+            ApiError::Overloaded { .. } => ("server_error", Some("overloaded"), None),
+            ApiError::Unavailable => ("server_error", Some("unavailable"), None),
+            ApiError::Internal(_) => ("server_error", None, None),
+        };
+        let message = match self {
+            ApiError::Internal(_) => "The server had an error while processing your request".to_owned(),
+            other => other.to_string(),
+        };
+        let mut body = ErrorBody::new(kind, message);
+        body.error.code = code.map(str::to_owned);
+        body.error.param = param;
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let ApiError::Overloaded { retry_after } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}
+
+/// JSON body extractor whose every failure is an OpenAI-shaped error naming the
+/// field at fault (`messages[0].role: unknown variant ...`).
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit.unwrap_or_default())
+            } else {
+                ApiError::bad(format!("Could not read the request body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The configured body limit, for the 413 message.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad("The request body is empty; send a JSON object"));
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad("The request body must be a JSON object (`{...}`)"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("The request body is not valid JSON: {inner}")
+        } else if path == "." {
+            format!("Invalid request: {inner}")
+        } else {
+            format!("Invalid value for `{path}`: {inner}")
+        };
+        let param = (path != ".").then_some(path);
+        ApiError::BadRequest { message, param, code: None }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tenzro_models::api::ChatCompletionRequest;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let check = |body: &str, needle: &str, param: Option<&str>| {
+            let err = parse_json::<ChatCompletionRequest>(body.as_bytes()).unwrap_err();
+            let ApiError::BadRequest { message, param: p, .. } = &err else { panic!("{err:?}") };
+            assert!(message.contains(needle), "{body}: {message}");
+            assert_eq!(p.as_deref(), param, "{body}");
+        };
+        check("", "empty", None);
+        check("{", "not valid JSON", None);
+        check("[1]", "must be a JSON object", None);
+        check("  null", "must be a JSON object", None);
+        check(r#"{"model":"m"}"#, "missing field `messages`", None);
+        check(r#"{"model":"m","messages":[],"max_tokens":"ten"}"#, "max_tokens", Some("max_tokens"));
+        check(
+            r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+            "messages[0].role",
+            Some("messages[0].role"),
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let r: ChatCompletionRequest =
+            parse_json(br#"{"model":"m","messages":[],"logit_bias":{},"new_field_2027":true}"#).unwrap();
+        assert_eq!(r.model, "m");
+    }
+}

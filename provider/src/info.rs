@@ -1,0 +1,103 @@
+//! `/v1/models`, `/health`, `/metrics`, `/tokenize`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tenzro_models::api::{ChatMessage, ModelCard, ModelList, Role};
+use tenzro_models::template::TemplateMessage;
+
+use crate::error::{ApiError, ApiJson};
+use crate::state::AppState;
+
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let mut data = Vec::new();
+    for (id, m) in state.chat.iter() {
+        let llm = m.engine.llm();
+        data.push(card(&state, id, json!({
+            "category": "LLM",
+            "modality": "text",
+            "max_context": llm.context_length,
+            "price_per_token": m.price_per_token,
+            "parameters": m.parameters,
+            "format": "gguf",
+            "weight_sha256": llm.sha256,
+        })));
+    }
+    for (id, m) in state.embedding.iter() {
+        data.push(card(&state, id, json!({
+            "category": "Embedding",
+            "modality": "text",
+            "max_context": m.embedder.max_tokens,
+            "dimensions": m.embedder.dimensions,
+            "price_per_token": m.price_per_token,
+            "parameters": m.parameters,
+            "format": "safetensors",
+            "weight_sha256": m.embedder.sha256,
+        })));
+    }
+    data.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(ModelList { object: "list".into(), data })
+}
+
+fn card(state: &AppState, id: &str, meta: Value) -> ModelCard {
+    ModelCard {
+        id: id.to_owned(),
+        object: "model".into(),
+        created: state.started,
+        owned_by: "tenzro-provider".into(),
+        meta: match meta {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        },
+    }
+}
+
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    let mut models: Vec<&String> = state.chat.keys().chain(state.embedding.keys()).collect();
+    models.sort();
+    Json(json!({ "status": "ok", "models": models }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (queued, active) = state.chat.values().fold((0, 0), |(q, a), m| {
+        (q + m.engine.queue_depth(), a + m.engine.active_sequences())
+    });
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(queued, active),
+    )
+}
+
+/// `POST /tokenize`: the ids the model would see, as llama.cpp and vLLM offer.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    model: String,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
+}
+
+pub async fn tokenize(State(state): State<AppState>, ApiJson(req): ApiJson<TokenizeRequest>) -> Result<Json<Value>, ApiError> {
+    let model = state.chat_model(&req.model)?;
+    let llm = model.engine.llm();
+    let text = match (req.prompt, req.messages) {
+        (Some(p), None) => p,
+        (None, Some(messages)) => {
+            let msgs: Vec<TemplateMessage> = messages
+                .iter()
+                .map(|m| TemplateMessage {
+                    role: if m.role == Role::Developer { "system".into() } else { m.role.as_str().into() },
+                    content: m.text(),
+                })
+                .collect();
+            llm.render_chat(&msgs).map_err(|e| ApiError::bad_param("messages", e.to_string()))?
+        }
+        _ => return Err(ApiError::bad("Send exactly one of `prompt` or `messages`")),
+    };
+    let ids = llm.encode(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "count": ids.len(), "tokens": ids })))
+}

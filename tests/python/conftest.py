@@ -1,0 +1,105 @@
+"""Fixtures that start the real binaries on free localhost ports.
+
+The binaries come from `cargo build` (target/debug by default; set
+TENZRO_BIN_DIR to use another build). Models come from `scripts/fetch-models`
+(TENZRO_MODELS_DIR overrides .tenzro/models).
+"""
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("TENZRO_BIN_DIR", ROOT / "target" / "debug"))
+MODELS_DIR = Path(os.environ.get("TENZRO_MODELS_DIR", ROOT / ".tenzro" / "models"))
+
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBED_MODEL = "all-minilm-l6-v2"
+SYSTEM = "You are a helpful assistant."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it was healthy")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}/health did not answer 200 within {timeout} s")
+
+
+def binary(name: str) -> Path:
+    path = BIN_DIR / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `cargo build --workspace --bins` first")
+    return path
+
+
+class Server:
+    def __init__(self, args, port):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(ROOT / "target" / f"{Path(args[0]).name}-{port}.log", "w")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(self.url, self.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def start_provider(extra=()):
+    port = free_port()
+    args = [
+        str(binary("tenzro-provider")),
+        "--config", str(ROOT / "configs" / "provider.toml"),
+        "--listen", f"127.0.0.1:{port}",
+        "--models-dir", str(MODELS_DIR),
+        *extra,
+    ]
+    return Server(args, port)
+
+
+@pytest.fixture(scope="session")
+def provider():
+    server = start_provider()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(provider):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{provider.url}/v1", api_key="not-checked-by-the-provider", max_retries=0, timeout=120)
+
+
+def tokenize(url: str, **body) -> int:
+    r = httpx.post(f"{url}/tokenize", json={"model": CHAT_MODEL, **body}, timeout=30)
+    r.raise_for_status()
+    return r.json()["count"]
