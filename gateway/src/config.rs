@@ -1,0 +1,439 @@
+//! The gateway's configuration: a TOML file, then `TENZRO_*` environment
+//! variables, then command-line flags. Every table refuses unknown fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tenzro_models::api::ModelInfo;
+
+use crate::breaker::BreakerConfig;
+use crate::pricing::{self, Asset, Rates};
+use crate::registry::RegistryConfig;
+use crate::routing::{StakeMinimums, Strategy, Weights};
+use crate::status::StatusConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A secret string: never printed, never serialized.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(empty)" } else { "Secret(***)" })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub routing: RoutingConfig,
+    pub breaker: BreakerSection,
+    pub status: StatusSection,
+    pub stake_minimums: StakeSection,
+    pub pricing: PricingSection,
+    pub limits: LimitsSection,
+    pub registration: RegistrationSection,
+    pub providers: Vec<StaticProvider>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Where `accounts.json` lives.
+    pub data_dir: PathBuf,
+    /// Bearer token of the admin API; empty disables it.
+    pub admin_token: Secret,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(".tenzro/gateway"),
+            admin_token: Secret::default(),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    /// Until the provider's response headers and first body bytes.
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence between two chunks of a response.
+    pub idle_timeout_ms: u64,
+    /// Providers tried per request (the first one and failovers).
+    pub max_attempts: usize,
+    pub max_response_bytes: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout_ms: 2_000,
+            first_byte_timeout_ms: 60_000,
+            idle_timeout_ms: 60_000,
+            max_attempts: 3,
+            max_response_bytes: 64 << 20,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub strategy: Strategy,
+    /// `[price, latency, reputation]`.
+    pub weights: [f64; 3],
+    /// Score multiplier of Degraded providers in the weighted strategy.
+    pub degraded_penalty: f64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { strategy: Strategy::Weighted, weights: [0.4, 0.3, 0.3], degraded_penalty: 0.5 }
+    }
+}
+
+impl RoutingConfig {
+    pub fn weights(&self) -> Weights {
+        Weights::from_f64(self.weights[0], self.weights[1], self.weights[2])
+    }
+    pub fn penalty_ppm(&self) -> u64 {
+        Weights::from_f64(self.degraded_penalty, 0.0, 0.0).price
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    pub failure_threshold: u32,
+    pub open_for_s: u64,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection { failure_threshold: 5, open_for_s: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusSection {
+    /// Outcomes needed in the window before the failure rate counts.
+    pub min_samples: u64,
+}
+
+impl Default for StatusSection {
+    fn default() -> Self {
+        StatusSection { min_samples: 10 }
+    }
+}
+
+/// Minimum stakes in whole TNZO (decimal strings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StakeSection {
+    pub llm: String,
+    pub image_gen: String,
+    pub speech: String,
+    pub embedding: String,
+    pub custom: String,
+}
+
+impl Default for StakeSection {
+    fn default() -> Self {
+        StakeSection {
+            llm: "100000".into(),
+            image_gen: "50000".into(),
+            speech: "25000".into(),
+            embedding: "25000".into(),
+            custom: "10000".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingSection {
+    /// How many of each asset one TNZO buys (decimal strings). TNZO is always 1.
+    pub rates: BTreeMap<Asset, String>,
+}
+
+impl Default for PricingSection {
+    fn default() -> Self {
+        PricingSection { rates: BTreeMap::from([(Asset::Usdc, "1".into()), (Asset::Usdt, "1".into())]) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Per-key defaults; 0 disables the limit.
+    pub requests_per_minute: u32,
+    pub tokens_per_minute: u32,
+    /// Completion tokens assumed when a request names no `max_tokens` and the model
+    /// declares no `max_context`.
+    pub default_max_tokens: u32,
+    /// Balance of accounts made by `keys create` when `--balance` is not given (TNZO).
+    pub dev_balance: String,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            requests_per_minute: 600,
+            tokens_per_minute: 2_000_000,
+            default_max_tokens: 4096,
+            dev_balance: "1000".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationSection {
+    pub heartbeat_interval_s: u64,
+    pub max_skew_s: u64,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        RegistrationSection { heartbeat_interval_s: 30, max_skew_s: 300 }
+    }
+}
+
+/// A provider named in the config file (no registration, no heartbeats).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticProvider {
+    pub id: String,
+    pub endpoint: String,
+    /// Whole TNZO, decimal string.
+    #[serde(default)]
+    pub stake: String,
+    #[serde(default = "none")]
+    pub tee: String,
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    pub models: Vec<ModelInfo>,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+/// Command-line overrides (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+}
+
+impl Config {
+    /// Reads `path` (or the defaults without one), applies `TENZRO_*` variables from
+    /// `env`, then `flags`, then validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                Config::parse(&text).map_err(|source| ConfigError::Parse { path: p.into(), source: Box::new(source) })?
+            }
+            None => Config::default(),
+        };
+        let invalid = |k: &str, v: &str| ConfigError::Invalid(format!("{k}={v} is not valid"));
+        if let Some(v) = env("TENZRO_LISTEN") {
+            cfg.server.listen = v.parse().map_err(|_| invalid("TENZRO_LISTEN", &v))?;
+        }
+        if let Some(v) = env("TENZRO_DATA_DIR") {
+            cfg.server.data_dir = v.into();
+        }
+        if let Some(v) = env("TENZRO_ADMIN_TOKEN") {
+            cfg.server.admin_token = Secret::new(v);
+        }
+        if let Some(v) = env("TENZRO_ROUTING_STRATEGY") {
+            cfg.routing.strategy = serde_json::from_value(serde_json::Value::String(v.clone()))
+                .map_err(|_| invalid("TENZRO_ROUTING_STRATEGY", &v))?;
+        }
+        if let Some(v) = env("TENZRO_REQUESTS_PER_MINUTE") {
+            cfg.limits.requests_per_minute = v.parse().map_err(|_| invalid("TENZRO_REQUESTS_PER_MINUTE", &v))?;
+        }
+        if let Some(v) = env("TENZRO_TOKENS_PER_MINUTE") {
+            cfg.limits.tokens_per_minute = v.parse().map_err(|_| invalid("TENZRO_TOKENS_PER_MINUTE", &v))?;
+        }
+        if let Some(l) = flags.listen {
+            cfg.server.listen = l;
+        }
+        if let Some(d) = &flags.data_dir {
+            cfg.server.data_dir = d.clone();
+        }
+        if let Some(t) = &flags.admin_token {
+            cfg.server.admin_token = Secret::new(t.clone());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.upstream.max_attempts == 0 {
+            return bad("upstream.max_attempts must be at least 1".into());
+        }
+        if self.breaker.failure_threshold == 0 {
+            return bad("breaker.failure_threshold must be at least 1".into());
+        }
+        if self.routing.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return bad("routing.weights must be non-negative numbers".into());
+        }
+        self.rates()?;
+        self.stakes()?;
+        pricing::parse_tokens(&self.limits.dev_balance)
+            .map_err(|e| ConfigError::Invalid(format!("limits.dev_balance: {e}")))?;
+        for p in &self.providers {
+            crate::registry::ProviderInfo::from_registration(self.static_registration(p)?, true)
+                .map_err(|e| ConfigError::Invalid(format!("provider {}: {e}", p.id)))?;
+        }
+        Ok(())
+    }
+
+    pub fn rates(&self) -> Result<Rates, ConfigError> {
+        Rates::new(&self.pricing.rates).map_err(|e| ConfigError::Invalid(format!("pricing.rates: {e}")))
+    }
+
+    pub fn stakes(&self) -> Result<StakeMinimums, ConfigError> {
+        let s = &self.stake_minimums;
+        let p = |name: &str, v: &str| {
+            pricing::parse_tokens(v).map_err(|e| ConfigError::Invalid(format!("stake_minimums.{name}: {e}")))
+        };
+        Ok(StakeMinimums {
+            llm: p("llm", &s.llm)?,
+            image_gen: p("image_gen", &s.image_gen)?,
+            speech: p("speech", &s.speech)?,
+            embedding: p("embedding", &s.embedding)?,
+            custom: p("custom", &s.custom)?,
+        })
+    }
+
+    pub fn registry(&self) -> Result<RegistryConfig, ConfigError> {
+        Ok(RegistryConfig {
+            breaker: BreakerConfig {
+                failure_threshold: self.breaker.failure_threshold,
+                open_for: Duration::from_secs(self.breaker.open_for_s),
+            },
+            status: StatusConfig { min_samples: self.status.min_samples, ..StatusConfig::default() },
+            stakes: self.stakes()?,
+            max_skew_s: self.registration.max_skew_s,
+            heartbeat_interval_s: self.registration.heartbeat_interval_s,
+        })
+    }
+
+    /// A config-file provider as a registration (stake converted to base units).
+    pub fn static_registration(&self, p: &StaticProvider) -> Result<tenzro_models::api::RegisterRequest, ConfigError> {
+        let stake = if p.stake.is_empty() { 0 } else {
+            pricing::parse_tokens(&p.stake).map_err(|e| ConfigError::Invalid(format!("provider {} stake: {e}", p.id)))?
+        };
+        Ok(tenzro_models::api::RegisterRequest {
+            provider_id: p.id.clone(),
+            endpoint: p.endpoint.clone(),
+            public_key: String::new(),
+            models: p.models.clone(),
+            stake: stake.to_string(),
+            tee: p.tee.clone(),
+            max_concurrency: p.max_concurrency,
+            heartbeat_interval_s: None,
+            timestamp: 0,
+        })
+    }
+
+    pub fn accounts_path(&self) -> PathBuf {
+        self.server.data_dir.join("accounts.json")
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway.toml");
+        let cfg = Config::load(Some(&path), |_| None, &Overrides::default()).unwrap();
+        assert_eq!(cfg.breaker.failure_threshold, 5);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").is_err());
+        assert!(Config::parse("[nope]\n").is_err());
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1000\"\nadmin_token = \"file\"\n").unwrap();
+        let env = |k: &str| match k {
+            "TENZRO_LISTEN" => Some("127.0.0.1:2000".to_owned()),
+            "TENZRO_ADMIN_TOKEN" => Some("env".to_owned()),
+            _ => None,
+        };
+        let cfg = Config::load(Some(&path), env, &Overrides::default()).unwrap();
+        assert_eq!(cfg.server.listen.port(), 2000);
+        assert_eq!(cfg.server.admin_token.expose(), "env");
+        assert_eq!(format!("{:?}", cfg.server.admin_token), "Secret(***)");
+        let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };
+        assert_eq!(Config::load(Some(&path), env, &flags).unwrap().server.listen.port(), 3000);
+        assert!(Config::load(Some(&path), |_| Some("x".into()), &Overrides::default()).is_err());
+    }
+}

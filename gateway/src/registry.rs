@@ -1,0 +1,424 @@
+//! The provider registry: who serves what, at which price, and how well.
+//!
+//! Providers come from the config file or register themselves with a signed
+//! [`RegisterRequest`]; they stay alive with signed heartbeats. Per provider the
+//! registry keeps the metrics of §8.2 (total, successful, failed, EMA latency, last
+//! heartbeat), the outcome window its [`Status`] is computed from, and its circuit
+//! [`Breaker`]. A provider id is bound to the first public key that registers it
+//! (trust on first use); a later registration must be signed by the same key.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tenzro_attest::keys::{PublicKey, Signature};
+use tenzro_models::api::{
+    HEARTBEAT_DOMAIN, Heartbeat, HeartbeatResponse, ModelInfo, REGISTER_DOMAIN, RegisterRequest,
+    RegisterResponse, Signed,
+};
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::clock::SharedClock;
+use crate::pricing::{self, Asset, Quote, Rates};
+use crate::routing::{Candidate, StakeMinimums};
+use crate::status::{OutcomeWindow, Status, StatusConfig, status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("malformed registration: {0}")]
+    Malformed(String),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("timestamp is {0} s away from the gateway's clock")]
+    Stale(u64),
+    #[error("provider {0} is registered with a different public key")]
+    KeyMismatch(String),
+    #[error("unknown provider {0}; register first")]
+    UnknownProvider(String),
+    #[error("provider {0} is banned")]
+    Banned(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub breaker: BreakerConfig,
+    pub status: StatusConfig,
+    pub stakes: StakeMinimums,
+    /// How far a signed timestamp may be from the gateway's clock.
+    pub max_skew_s: u64,
+    /// Seconds between heartbeats the gateway asks for.
+    pub heartbeat_interval_s: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            breaker: BreakerConfig::default(),
+            status: StatusConfig::default(),
+            stakes: StakeMinimums::default(),
+            max_skew_s: 300,
+            heartbeat_interval_s: 30,
+        }
+    }
+}
+
+/// A validated model entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelEntry {
+    #[serde(flatten)]
+    pub info: ModelInfo,
+    #[serde(skip)]
+    pub price: u128,
+}
+
+/// What a provider declared; fixed until it registers again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderInfo {
+    pub id: String,
+    /// Base URL without a trailing slash.
+    pub endpoint: String,
+    pub public_key: Option<PublicKey>,
+    pub models: Vec<ModelEntry>,
+    pub stake: u128,
+    pub tee: String,
+    pub max_concurrency: u32,
+    /// From the config file: no heartbeats expected.
+    pub from_config: bool,
+}
+
+impl ProviderInfo {
+    pub fn has_tee(&self) -> bool {
+        self.tee != "none"
+    }
+
+    /// Validates a registration into provider info.
+    pub fn from_registration(r: RegisterRequest, from_config: bool) -> Result<Self, RegistryError> {
+        let bad = |m: String| RegistryError::Malformed(m);
+        if r.provider_id.is_empty() || r.provider_id.len() > 256 {
+            return Err(bad("provider_id must be 1 to 256 characters".into()));
+        }
+        let endpoint = r.endpoint.trim_end_matches('/').to_owned();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(bad(format!("endpoint `{endpoint}` must be an http(s) URL")));
+        }
+        let public_key = if r.public_key.is_empty() && from_config {
+            None
+        } else {
+            Some(PublicKey::from_hex(&r.public_key).map_err(|e| bad(format!("public_key: {e}")))?)
+        };
+        let stake = pricing::parse_units(&r.stake).map_err(|e| bad(format!("stake: {e}")))?;
+        let tee = r.tee.to_ascii_lowercase();
+        if !matches!(tee.as_str(), "none" | "tdx" | "sev-snp" | "nvidia-cc") {
+            return Err(bad(format!("tee `{tee}` is not one of none, tdx, sev-snp, nvidia-cc")));
+        }
+        if r.models.is_empty() {
+            return Err(bad("models must not be empty".into()));
+        }
+        let mut models = Vec::with_capacity(r.models.len());
+        for m in r.models {
+            if m.id.is_empty() {
+                return Err(bad("a model has an empty id".into()));
+            }
+            if m.tee_required && tee == "none" {
+                return Err(bad(format!("model {} requires a TEE but the provider has none", m.id)));
+            }
+            let price = pricing::parse_units(&m.price_per_token)
+                .map_err(|e| bad(format!("price_per_token of {}: {e}", m.id)))?;
+            models.push(ModelEntry { info: m, price });
+        }
+        Ok(ProviderInfo {
+            id: r.provider_id,
+            endpoint,
+            public_key,
+            models,
+            stake,
+            tee,
+            max_concurrency: r.max_concurrency.unwrap_or(1).max(1),
+            from_config,
+        })
+    }
+
+    pub fn model(&self, id: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|m| m.info.id == id)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    breaker: Breaker,
+    window: OutcomeWindow,
+    total: u64,
+    successful: u64,
+    failed: u64,
+    ema_latency_us: Option<u64>,
+    last_heartbeat: Duration,
+    banned: bool,
+}
+
+/// One provider: its declaration, its live state, and its in-flight count.
+#[derive(Debug)]
+pub struct ProviderEntry {
+    pub info: ProviderInfo,
+    pub in_flight: AtomicU32,
+    state: Mutex<State>,
+}
+
+/// A point-in-time view of a provider for the admin API and `/metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderView {
+    pub id: String,
+    pub endpoint: String,
+    pub status: Status,
+    pub breaker: &'static str,
+    pub total: u64,
+    pub successful: u64,
+    pub failed: u64,
+    pub ema_latency_ms: Option<f64>,
+    pub last_heartbeat_s_ago: Option<u64>,
+    pub stake: String,
+    pub tee: String,
+    pub in_flight: u32,
+    pub models: Vec<String>,
+}
+
+/// The outcome of one upstream attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success { latency: Duration },
+    Failure,
+}
+
+impl ProviderEntry {
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Takes the breaker's permission for one request (the Half-Open trial included).
+    pub fn try_acquire(&self, now: Duration) -> bool {
+        self.with_state(|s| s.breaker.try_acquire(now)).unwrap_or(false)
+    }
+
+    pub fn record(&self, now: Duration, outcome: Outcome) {
+        self.with_state(|s| {
+            s.total += 1;
+            match outcome {
+                Outcome::Success { latency } => {
+                    s.successful += 1;
+                    s.breaker.on_success();
+                    s.window.record(now, true);
+                    let x = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                    // EMA with alpha = 1/5, in integers.
+                    s.ema_latency_us = Some(match s.ema_latency_us {
+                        None => x,
+                        Some(e) => (e.saturating_mul(4).saturating_add(x)) / 5,
+                    });
+                }
+                Outcome::Failure => {
+                    s.failed += 1;
+                    s.breaker.on_failure(now);
+                    s.window.record(now, false);
+                }
+            }
+        });
+    }
+
+    pub fn breaker_state(&self, now: Duration) -> BreakerState {
+        self.with_state(|s| s.breaker.state(now)).unwrap_or(BreakerState::Open)
+    }
+
+    fn status_at(&self, s: &State, cfg: &StatusConfig, now: Duration) -> Status {
+        let (ok, failed) = s.window.counts(now);
+        let age = (!self.info.from_config).then(|| now.saturating_sub(s.last_heartbeat));
+        status(cfg, s.banned, ok, failed, age)
+    }
+
+    /// The price quote for a request on `model` right now.
+    pub fn quote(&self, model: &ModelEntry, asset: Asset, rates: &Rates) -> Result<Quote, pricing::PricingError> {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        Ok(Quote::new(
+            model.price,
+            pricing::complexity_ppm(model.info.parameters),
+            pricing::congestion_ppm(in_flight, self.info.max_concurrency),
+            pricing::tee_ppm(self.info.has_tee()),
+            asset,
+            rates.get(asset)?,
+        ))
+    }
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    providers: RwLock<BTreeMap<String, Arc<ProviderEntry>>>,
+    clock: SharedClock,
+    pub config: RegistryConfig,
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig, clock: SharedClock) -> Self {
+        Registry { providers: RwLock::new(BTreeMap::new()), clock, config }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    /// Adds or replaces a provider, keeping the live state of one it replaces.
+    pub fn upsert(&self, info: ProviderInfo) -> Result<Arc<ProviderEntry>, RegistryError> {
+        let now = self.clock.now();
+        let mut map = self.providers.write().map_err(|_| RegistryError::Malformed("registry lock".into()))?;
+        let state = match map.get(&info.id) {
+            Some(old) => {
+                if let (Some(a), Some(b)) = (&old.info.public_key, &info.public_key)
+                    && a != b
+                {
+                    return Err(RegistryError::KeyMismatch(info.id));
+                }
+                let mut s = old.with_state(|s| s.clone()).ok_or(RegistryError::Banned(info.id.clone()))?;
+                if s.banned {
+                    return Err(RegistryError::Banned(info.id));
+                }
+                s.last_heartbeat = now;
+                s
+            }
+            None => State {
+                breaker: Breaker::new(self.config.breaker),
+                window: OutcomeWindow::default(),
+                total: 0,
+                successful: 0,
+                failed: 0,
+                ema_latency_us: None,
+                last_heartbeat: now,
+                banned: false,
+            },
+        };
+        let entry = Arc::new(ProviderEntry { info, in_flight: AtomicU32::new(0), state: Mutex::new(state) });
+        map.insert(entry.info.id.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn check_fresh(&self, timestamp: u64, now_unix: u64) -> Result<(), RegistryError> {
+        let skew = timestamp.abs_diff(now_unix);
+        if skew > self.config.max_skew_s { Err(RegistryError::Stale(skew)) } else { Ok(()) }
+    }
+
+    /// Verifies and applies a signed registration.
+    pub fn register(&self, signed: &Signed, now_unix: u64) -> Result<RegisterResponse, RegistryError> {
+        let req: RegisterRequest = serde_json::from_str(&signed.payload)
+            .map_err(|e| RegistryError::Malformed(e.to_string()))?;
+        let info = ProviderInfo::from_registration(req.clone(), false)?;
+        let key = info.public_key.ok_or_else(|| RegistryError::Malformed("public_key is required".into()))?;
+        verify(&key, REGISTER_DOMAIN, signed)?;
+        self.check_fresh(req.timestamp, now_unix)?;
+        let entry = self.upsert(info)?;
+        let status = self.status_of(&entry);
+        tracing::info!(provider = %entry.info.id, endpoint = %entry.info.endpoint, models = entry.info.models.len(), "provider registered");
+        Ok(RegisterResponse {
+            provider_id: entry.info.id.clone(),
+            status: status.as_str().to_owned(),
+            heartbeat_interval_s: self.config.heartbeat_interval_s,
+        })
+    }
+
+    /// Verifies and applies a signed heartbeat.
+    pub fn heartbeat(&self, signed: &Signed, now_unix: u64) -> Result<HeartbeatResponse, RegistryError> {
+        let hb: Heartbeat = serde_json::from_str(&signed.payload)
+            .map_err(|e| RegistryError::Malformed(e.to_string()))?;
+        let entry = self.get(&hb.provider_id).ok_or_else(|| RegistryError::UnknownProvider(hb.provider_id.clone()))?;
+        let key = entry.info.public_key.ok_or_else(|| RegistryError::UnknownProvider(hb.provider_id.clone()))?;
+        verify(&key, HEARTBEAT_DOMAIN, signed)?;
+        self.check_fresh(hb.timestamp, now_unix)?;
+        let now = self.clock.now();
+        entry.with_state(|s| s.last_heartbeat = now);
+        Ok(HeartbeatResponse { status: self.status_of(&entry).as_str().to_owned() })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<ProviderEntry>> {
+        self.providers.read().ok()?.get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ProviderEntry>> {
+        self.providers.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn set_banned(&self, id: &str, banned: bool) -> Result<(), RegistryError> {
+        let entry = self.get(id).ok_or_else(|| RegistryError::UnknownProvider(id.to_owned()))?;
+        entry.with_state(|s| s.banned = banned);
+        Ok(())
+    }
+
+    pub fn status_of(&self, entry: &ProviderEntry) -> Status {
+        let now = self.clock.now();
+        entry.with_state(|s| entry.status_at(s, &self.config.status, now)).unwrap_or(Status::Inactive)
+    }
+
+    /// Routing candidates for `model`, one per provider (`serves_model` false for
+    /// those that do not serve it), priced in `asset`.
+    pub fn candidates(&self, model: &str, asset: Asset, rates: &Rates) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
+        let now = self.clock.now();
+        self.all()
+            .into_iter()
+            .map(|e| {
+                let m = e.info.model(model);
+                let quote = m.and_then(|m| e.quote(m, asset, rates).ok());
+                let (status, admits, latency, ok, total) = e
+                    .with_state(|s| {
+                        (e.status_at(s, &self.config.status, now), s.breaker.admits(now), s.ema_latency_us, s.successful, s.total)
+                    })
+                    .unwrap_or((Status::Inactive, false, None, 0, 0));
+                let cand = Candidate {
+                    provider: e.info.id.clone(),
+                    serves_model: m.is_some() && quote.is_some(),
+                    category: m.map(|m| m.info.category).unwrap_or(tenzro_models::api::ModelCategory::Custom),
+                    status,
+                    breaker_admits: admits,
+                    tee: e.info.has_tee(),
+                    stake: e.info.stake,
+                    price: quote.map(|q| pricing::mul_div_floor(q.base_price, q.multiplier, 1_000_000).unwrap_or(u128::MAX)).unwrap_or(u128::MAX),
+                    latency_us: latency,
+                    successes: ok,
+                    total,
+                };
+                (e, cand, quote)
+            })
+            .collect()
+    }
+
+    pub fn views(&self) -> Vec<ProviderView> {
+        let now = self.clock.now();
+        self.all()
+            .iter()
+            .filter_map(|e| {
+                e.with_state(|s| ProviderView {
+                    id: e.info.id.clone(),
+                    endpoint: e.info.endpoint.clone(),
+                    status: e.status_at(s, &self.config.status, now),
+                    breaker: s.breaker.state(now).as_str(),
+                    total: s.total,
+                    successful: s.successful,
+                    failed: s.failed,
+                    ema_latency_ms: s.ema_latency_us.map(|u| u as f64 / 1000.0),
+                    last_heartbeat_s_ago: (!e.info.from_config).then(|| now.saturating_sub(s.last_heartbeat).as_secs()),
+                    stake: e.info.stake.to_string(),
+                    tee: e.info.tee.clone(),
+                    in_flight: e.in_flight.load(Ordering::Relaxed),
+                    models: e.info.models.iter().map(|m| m.info.id.clone()).collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn verify(key: &PublicKey, domain: &[u8], signed: &Signed) -> Result<(), RegistryError> {
+    let sig = Signature::from_hex(&signed.signature).map_err(|_| RegistryError::BadSignature)?;
+    if key.verify(&Signed::signed_bytes(domain, &signed.payload), &sig) {
+        Ok(())
+    } else {
+        Err(RegistryError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

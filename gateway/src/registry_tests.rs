@@ -1,0 +1,182 @@
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use super::*;
+use crate::clock::ManualClock;
+use tenzro_attest::keys::ProviderKey;
+use tenzro_models::api::ModelCategory;
+
+const NOW: u64 = 1_700_000_000;
+
+fn model(id: &str) -> ModelInfo {
+    ModelInfo {
+        id: id.into(),
+        name: None,
+        version: None,
+        category: ModelCategory::Llm,
+        modality: None,
+        price_per_token: "1000".into(),
+        max_context: Some(2048),
+        parameters: Some(135_000_000),
+        formats: vec![],
+        tee_required: false,
+        weight_sha256: None,
+    }
+}
+
+fn registration(key: &ProviderKey, id: &str) -> RegisterRequest {
+    RegisterRequest {
+        provider_id: id.into(),
+        endpoint: "http://127.0.0.1:9/".into(),
+        public_key: key.public_key_hex(),
+        models: vec![model("m")],
+        stake: (100_000 * pricing::ONE).to_string(),
+        tee: "none".into(),
+        max_concurrency: Some(2),
+        heartbeat_interval_s: None,
+        timestamp: NOW,
+    }
+}
+
+fn sign(key: &ProviderKey, domain: &[u8], payload: String) -> Signed {
+    let signature = key.sign(&Signed::signed_bytes(domain, &payload)).to_hex();
+    Signed { payload, signature }
+}
+
+fn setup() -> (Registry, Arc<ManualClock>) {
+    let clock = ManualClock::new();
+    (Registry::new(RegistryConfig::default(), clock.clone()), clock)
+}
+
+#[test]
+fn signed_registration_and_heartbeat() {
+    let (reg, clock) = setup();
+    let key = ProviderKey::from_seed(&[1; 32]);
+    let r = registration(&key, "p1");
+    let resp = reg.register(&sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()), NOW).unwrap();
+    assert_eq!(resp.status, "Active");
+    assert_eq!(reg.get("p1").unwrap().info.endpoint, "http://127.0.0.1:9");
+
+    clock.advance(Duration::from_secs(6 * 60));
+    assert_eq!(reg.status_of(&reg.get("p1").unwrap()), Status::Degraded);
+    let hb = Heartbeat { provider_id: "p1".into(), timestamp: NOW + 360, in_flight: None };
+    let resp = reg.heartbeat(&sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()), NOW + 360).unwrap();
+    assert_eq!(resp.status, "Active");
+    clock.advance(Duration::from_secs(61 * 60));
+    assert_eq!(reg.status_of(&reg.get("p1").unwrap()), Status::Inactive);
+}
+
+#[test]
+fn refuses_bad_signatures_stale_times_and_key_changes() {
+    let (reg, _) = setup();
+    let key = ProviderKey::from_seed(&[1; 32]);
+    let other = ProviderKey::from_seed(&[2; 32]);
+    let payload = serde_json::to_string(&registration(&key, "p1")).unwrap();
+
+    // Signed by another key than the one inside.
+    let forged = sign(&other, REGISTER_DOMAIN, payload.clone());
+    assert_eq!(reg.register(&forged, NOW), Err(RegistryError::BadSignature));
+    // Signed under the heartbeat domain.
+    let wrong_domain = sign(&key, HEARTBEAT_DOMAIN, payload.clone());
+    assert_eq!(reg.register(&wrong_domain, NOW), Err(RegistryError::BadSignature));
+    // Payload changed after signing.
+    let mut tampered = sign(&key, REGISTER_DOMAIN, payload.clone());
+    tampered.payload = tampered.payload.replace("1000", "1");
+    assert_eq!(reg.register(&tampered, NOW), Err(RegistryError::BadSignature));
+    // Too old.
+    assert_eq!(reg.register(&sign(&key, REGISTER_DOMAIN, payload.clone()), NOW + 301), Err(RegistryError::Stale(301)));
+
+    reg.register(&sign(&key, REGISTER_DOMAIN, payload), NOW).unwrap();
+    let hijack = serde_json::to_string(&registration(&other, "p1")).unwrap();
+    assert_eq!(reg.register(&sign(&other, REGISTER_DOMAIN, hijack), NOW), Err(RegistryError::KeyMismatch("p1".into())));
+
+    let hb = Heartbeat { provider_id: "nobody".into(), timestamp: NOW, in_flight: None };
+    let r = reg.heartbeat(&sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()), NOW);
+    assert_eq!(r, Err(RegistryError::UnknownProvider("nobody".into())));
+}
+
+#[test]
+fn validation_rejects_nonsense() {
+    let key = ProviderKey::from_seed(&[1; 32]);
+    type Case = Box<dyn Fn(&mut RegisterRequest)>;
+    let cases: Vec<Case> = vec![
+        Box::new(|r| r.endpoint = "ftp://x".into()),
+        Box::new(|r| r.stake = "-1".into()),
+        Box::new(|r| r.tee = "sgx".into()),
+        Box::new(|r| r.models.clear()),
+        Box::new(|r| r.models[0].price_per_token = "0.5".into()),
+        Box::new(|r| r.models[0].tee_required = true),
+        Box::new(|r| r.public_key = "zz".into()),
+        Box::new(|r| r.provider_id = String::new()),
+    ];
+    for (i, f) in cases.iter().enumerate() {
+        let mut r = registration(&key, "p");
+        f(&mut r);
+        assert!(matches!(ProviderInfo::from_registration(r, false), Err(RegistryError::Malformed(_))), "case {i}");
+    }
+}
+
+#[test]
+fn failures_make_a_provider_inactive_until_they_age_out() {
+    let (reg, clock) = setup();
+    let key = ProviderKey::from_seed(&[1; 32]);
+    let mut info = ProviderInfo::from_registration(registration(&key, "p"), false).unwrap();
+    info.from_config = true; // No heartbeat expiry in this test.
+    let e = reg.upsert(info).unwrap();
+    let now = reg.now();
+    for _ in 0..8 {
+        e.record(now, Outcome::Success { latency: Duration::from_millis(10) });
+    }
+    for _ in 0..2 {
+        e.record(now, Outcome::Failure);
+    }
+    assert_eq!(reg.status_of(&e), Status::Degraded, "20% failures");
+    e.record(now, Outcome::Failure);
+    assert_eq!(reg.status_of(&e), Status::Inactive, "27% failures");
+    clock.advance(Duration::from_secs(10 * 60));
+    assert_eq!(reg.status_of(&e), Status::Active, "recovered once the window forgot");
+    reg.set_banned("p", true).unwrap();
+    assert_eq!(reg.status_of(&e), Status::Banned);
+    let again = ProviderInfo::from_registration(registration(&key, "p"), false).unwrap();
+    assert_eq!(reg.upsert(again).unwrap_err(), RegistryError::Banned("p".into()));
+}
+
+#[test]
+fn metrics_and_candidates() {
+    let (reg, _) = setup();
+    let key = ProviderKey::from_seed(&[1; 32]);
+    let e = reg.upsert(ProviderInfo::from_registration(registration(&key, "p"), false).unwrap()).unwrap();
+    let now = reg.now();
+    e.record(now, Outcome::Success { latency: Duration::from_millis(10) });
+    e.record(now, Outcome::Success { latency: Duration::from_millis(20) });
+    e.record(now, Outcome::Failure);
+    let v = &reg.views()[0];
+    assert_eq!((v.total, v.successful, v.failed), (3, 2, 1));
+    assert_eq!(v.ema_latency_ms, Some(12.0));
+    let c = reg.candidates("m", Asset::Tnzo, &Rates::default());
+    assert_eq!(c.len(), 1);
+    assert!(c[0].1.serves_model);
+    // 1000 × complexity 1 × idle 0.5 × no TEE = 500 per token, in 10^-12 units for
+    // comparison.
+    assert_eq!(c[0].1.price, 500 * 1_000_000_000_000);
+    assert_eq!(c[0].2.unwrap().cost(10).unwrap(), 5000);
+    let c = reg.candidates("other", Asset::Tnzo, &Rates::default());
+    assert!(!c[0].1.serves_model);
+}
+
+#[test]
+fn breaker_through_the_entry() {
+    let (reg, clock) = setup();
+    let key = ProviderKey::from_seed(&[1; 32]);
+    let e = reg.upsert(ProviderInfo::from_registration(registration(&key, "p"), false).unwrap()).unwrap();
+    for _ in 0..5 {
+        assert!(e.try_acquire(reg.now()));
+        e.record(reg.now(), Outcome::Failure);
+    }
+    assert_eq!(e.breaker_state(reg.now()), BreakerState::Open);
+    assert!(!reg.candidates("m", Asset::Tnzo, &Rates::default())[0].1.breaker_admits);
+    clock.advance(Duration::from_secs(60));
+    assert!(e.try_acquire(reg.now()));
+    assert!(!e.try_acquire(reg.now()));
+    e.record(reg.now(), Outcome::Success { latency: Duration::from_millis(1) });
+    assert_eq!(e.breaker_state(reg.now()), BreakerState::Closed);
+}
