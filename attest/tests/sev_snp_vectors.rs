@@ -134,6 +134,27 @@ fn broken_or_foreign_chain_is_refused() {
 }
 
 #[test]
+fn turin_vcek_chains_to_the_pinned_turin_root() {
+    // There is no Turin report among the vectors: the Milan report stands in, so the
+    // chain passes and the report signature and TCB match do not.
+    let (report, _, _) = milan();
+    let vcek = read("sev-snp/virtee-sev/certs_data/vcek_turin.der");
+    let chain = read("sev-snp/virtee-sev/certs_data/cert_chain_turin");
+    let policy = Policy::default();
+    for given in [Some(chain.as_slice()), None] {
+        let v = sev_snp::verify(&report, &vcek, given, &ctx(NOW, &policy, None));
+        let chain_check = v.checks.iter().find(|c| c.name == "cert-chain").unwrap();
+        assert!(chain_check.ok, "{:?}", v.reasons);
+        assert!(
+            chain_check.detail.contains("Turin"),
+            "{}",
+            chain_check.detail
+        );
+        assert!(v.failed("signature") && v.failed("vcek-match"));
+    }
+}
+
+#[test]
 fn azure_report_with_wrong_vcek_is_refused() {
     let hcl = read("azure/hcl-report-snp.bin");
     let report = &hcl[32..32 + REPORT_LEN];

@@ -5,8 +5,9 @@
 //!   quote or an SEV-SNP report from the same interface;
 //! - [`nvml`] (feature `nvidia`): NVIDIA GPU evidence through NVML.
 //!
-//! Verification: [`tdx`] (dcap-qvl), [`sev_snp`] (the `sev` crate) and [`nvidia`]
-//! (SPDM measurements under NVIDIA's device root), dispatched by [`verify`].
+//! Verification: [`tdx`] (dcap-qvl), [`sev_snp`] (`rsa` and `p384` under AMD's
+//! pinned roots) and [`nvidia`] (SPDM measurements under NVIDIA's device root),
+//! dispatched by [`verify`].
 
 use serde::{Deserialize, Serialize};
 

@@ -8,8 +8,9 @@
 //!
 //! `/dev/tdx_guest` alone yields a TDREPORT, MAC'd for the local platform and not
 //! verifiable elsewhere, and its ioctls need `unsafe`, which this crate forbids; so
-//! TDX quotes come from configfs-tsm. `/dev/sev-guest` is reached through the `sev`
-//! crate's firmware interface ([`SevGuestDevice`]).
+//! TDX quotes come from configfs-tsm. The same holds for `/dev/sev-guest`'s
+//! `SNP_GET_REPORT` ioctl: SEV-SNP reports come from configfs-tsm too, whose
+//! `sev_guest` provider is the same kernel driver ([`SevGuestDevice`]).
 
 use std::path::{Path, PathBuf};
 
@@ -107,7 +108,13 @@ impl EvidenceSource for ConfigfsTsm {
     }
 }
 
-/// SEV-SNP evidence from `/dev/sev-guest` through the `sev` crate (VMPL 0).
+/// SEV-SNP evidence from the kernel's `sev-guest` driver, through configfs-tsm at
+/// [`TSM_REPORT_DIR`]: the same as `ConfigfsTsm::new(TeeKind::SevSnp, TSM_REPORT_DIR)`.
+///
+/// It used to issue the `/dev/sev-guest` ioctl through the `sev` crate, which this
+/// crate no longer depends on (see the README's dependency notes); the ioctl itself
+/// would need `unsafe`. configfs-tsm (Linux 6.7+) reaches the same driver, at VMPL 0
+/// unless `privlevel` was changed, and also returns the certificate table.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SevGuestDevice;
 
@@ -117,19 +124,6 @@ impl EvidenceSource for SevGuestDevice {
     }
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, Error> {
-        use sev::firmware::guest::Firmware;
-        let fail = |detail: String| Error::Evidence {
-            kind: TeeKind::SevSnp,
-            detail,
-        };
-        let mut fw = Firmware::open().map_err(|e| fail(format!("/dev/sev-guest: {e}")))?;
-        let report = fw
-            .get_report(None, Some(*report_data), Some(0))
-            .map_err(|e| fail(format!("SNP_GET_REPORT: {e}")))?;
-        Ok(Evidence {
-            kind: TeeKind::SevSnp,
-            report,
-            certs: Vec::new(),
-        })
+        ConfigfsTsm::new(TeeKind::SevSnp, TSM_REPORT_DIR)?.evidence(report_data)
     }
 }

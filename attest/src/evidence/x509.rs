@@ -1,11 +1,15 @@
-//! The little X.509 this crate needs beyond the `sev` crate: parsing, validity
-//! times, extensions, and ECDSA P-384/SHA-384 links (NVIDIA's device chain).
+//! The little X.509 this crate needs: parsing, validity times, extensions,
+//! ECDSA P-384/SHA-384 links (NVIDIA's device chain) and RSASSA-PSS/SHA-384 links
+//! (AMD's ARK → ASK → VCEK chain).
 
 use p384::ecdsa::signature::Verifier as _;
 use x509_cert::der::Decode as _;
+use x509_cert::der::referenced::OwnedToRef as _;
 
 /// OID of ecdsa-with-SHA384.
 const ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
+/// OID of id-RSASSA-PSS (RFC 4055).
+const RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
 
 /// A parsed certificate with its original bytes.
 pub(crate) struct Cert {
@@ -92,6 +96,37 @@ impl Cert {
             .signature
             .as_bytes()
             .and_then(|b| p384::ecdsa::Signature::from_der(b).ok())
+            .ok_or_else(|| format!("{} has a malformed signature", subject.subject()))?;
+        let tbs =
+            tbs_bytes(&subject.der).ok_or_else(|| format!("{} is not DER", subject.subject()))?;
+        key.verify(tbs, &signature)
+            .map_err(|_| format!("{} is not signed by {}", subject.subject(), self.subject()))
+    }
+
+    /// Checks that `self` signed `subject` with RSASSA-PSS, SHA-384, MGF1-SHA-384 and
+    /// a 48-byte salt: how AMD signs its ARK, ASK and VCEK certificates.
+    pub(crate) fn signed_rsa_pss_sha384(&self, subject: &Cert) -> Result<(), String> {
+        let alg = subject.cert.signature_algorithm.oid.to_string();
+        if alg != RSASSA_PSS {
+            return Err(format!(
+                "{} uses signature algorithm {alg}, expected RSASSA-PSS",
+                subject.subject()
+            ));
+        }
+        let spki = self
+            .cert
+            .tbs_certificate
+            .subject_public_key_info
+            .owned_to_ref();
+        let key = rsa::RsaPublicKey::try_from(spki)
+            .map_err(|_| format!("{} does not hold an RSA key", self.subject()))?;
+        // `new` takes the digest's output size (48 bytes) as the salt length.
+        let key = rsa::pss::VerifyingKey::<sha2::Sha384>::new(key);
+        let signature = subject
+            .cert
+            .signature
+            .as_bytes()
+            .and_then(|b| rsa::pss::Signature::try_from(b).ok())
             .ok_or_else(|| format!("{} has a malformed signature", subject.subject()))?;
         let tbs =
             tbs_bytes(&subject.der).ok_or_else(|| format!("{} is not DER", subject.subject()))?;
