@@ -1,7 +1,9 @@
 //! `/v1/chat/completions` and `/v1/completions`: validate, submit, then either
-//! collect the events into one response or relay them as SSE chunks.
+//! collect the events into one response or relay them as SSE chunks. Either way the
+//! response carries the provider's signed receipt (see `receipt`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -14,29 +16,33 @@ use tenzro_models::api::{
 };
 use tenzro_models::engine::Event;
 
-use crate::error::{ApiError, ApiJson};
+use crate::attestation::Identity;
+use crate::error::{ApiError, HashedJson};
 use crate::generate::{self, EventStream};
+use crate::receipt::{self, Served};
 use crate::state::AppState;
 use crate::validate::{self, ValidGeneration};
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<ChatCompletionRequest>,
+    HashedJson { value: req, sha256 }: HashedJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(&req.model)?;
     let valid = validate::chat(&req, model.engine.llm(), &state.config.server)?;
-    let shape = Shape::new(Kind::Chat, &req.model, &valid);
+    let seal = Seal { identity: state.identity.clone(), request_sha256: sha256 };
+    let shape = Shape::new(Kind::Chat, &req.model, &valid, seal);
     let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
     if valid.stream { Ok(sse(shape, events).into_response()) } else { collect(shape, events).await }
 }
 
 pub async fn completions(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    HashedJson { value: req, sha256 }: HashedJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(&req.model)?;
     let valid = validate::completion(&req, model.engine.llm(), &state.config.server)?;
-    let shape = Shape::new(Kind::Text, &req.model, &valid);
+    let seal = Seal { identity: state.identity.clone(), request_sha256: sha256 };
+    let shape = Shape::new(Kind::Text, &req.model, &valid, seal);
     let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
     if valid.stream { Ok(sse(shape, events).into_response()) } else { collect(shape, events).await }
 }
@@ -57,10 +63,26 @@ struct Shape {
     include_usage: bool,
     /// Per global choice: the prompt text to echo (completions only).
     echo: Vec<Option<String>>,
+    seal: Seal,
+}
+
+/// What a receipt needs besides the response: the signer and the request's digest.
+struct Seal {
+    identity: Arc<Identity>,
+    request_sha256: [u8; 32],
+}
+
+/// A choice's finishing chunk, held back until the next event: when that is the
+/// end of the stream, it carries the receipt.
+struct Finish {
+    choice: u32,
+    reason: FinishReason,
+    text: String,
+    tokens: u32,
 }
 
 impl Shape {
-    fn new(kind: Kind, model: &str, valid: &ValidGeneration) -> Self {
+    fn new(kind: Kind, model: &str, valid: &ValidGeneration, seal: Seal) -> Self {
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         let mut echo = Vec::new();
         for (job, e) in valid.jobs.iter().zip(&valid.echo) {
@@ -74,11 +96,34 @@ impl Shape {
             choices: echo.len() as u32,
             include_usage: valid.include_usage,
             echo,
+            seal,
         }
     }
 
-    fn chunk(&self, index: u32, content: Option<String>, role: Option<Role>, finish: Option<FinishReason>, tokens: Option<u64>) -> String {
-        let tenzro = tokens.map(TenzroExt::tokens);
+    /// Each choice's text as the client assembles it (the echo included), empty.
+    fn texts(&self) -> Vec<String> {
+        self.echo.iter().map(|e| e.clone().unwrap_or_default()).collect()
+    }
+
+    /// The signed receipt for a response whose choices' whole texts are `texts`.
+    fn receipt(&self, texts: &[String], prompt_tokens: u32, completion_tokens: u32) -> TenzroExt {
+        let served = Served {
+            model: self.model.clone(),
+            request_sha256: self.seal.request_sha256,
+            response_sha256: receipt::texts_digest(texts),
+            prompt_tokens: u64::from(prompt_tokens),
+            completion_tokens: u64::from(completion_tokens),
+        };
+        receipt::sign(&self.seal.identity, served)
+    }
+
+    fn finish_chunk(&self, f: Finish, receipt: Option<TenzroExt>) -> String {
+        let content = (!f.text.is_empty() || self.kind == Kind::Text).then_some(f.text);
+        let tenzro = TenzroExt { tokens: Some(u64::from(f.tokens)), ..receipt.unwrap_or_default() };
+        self.chunk(f.choice, content, None, Some(f.reason), Some(tenzro))
+    }
+
+    fn chunk(&self, index: u32, content: Option<String>, role: Option<Role>, finish: Option<FinishReason>, tenzro: Option<TenzroExt>) -> String {
         let json = match self.kind {
             Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
                 id: self.id.clone(),
@@ -104,7 +149,8 @@ impl Shape {
         json.unwrap_or_default()
     }
 
-    fn usage_chunk(&self, usage: Usage) -> String {
+    /// A chunk without choices: the usage (when asked for) and/or the receipt.
+    fn final_chunk(&self, usage: Option<Usage>, tenzro: Option<TenzroExt>) -> String {
         let json = match self.kind {
             Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
                 id: self.id.clone(),
@@ -112,9 +158,9 @@ impl Shape {
                 created: self.created,
                 model: self.model.clone(),
                 choices: vec![],
-                usage: Some(usage),
+                usage,
                 system_fingerprint: None,
-                tenzro: None,
+                tenzro,
             }),
             Kind::Text => serde_json::to_string(&Completion {
                 id: self.id.clone(),
@@ -122,9 +168,9 @@ impl Shape {
                 created: self.created,
                 model: self.model.clone(),
                 choices: vec![],
-                usage: Some(usage),
+                usage,
                 system_fingerprint: None,
-                tenzro: None,
+                tenzro,
             }),
         };
         json.unwrap_or_default()
@@ -133,7 +179,10 @@ impl Shape {
 
 /// Engine events to SSE: an opening chunk per choice, a chunk per piece of text
 /// (with the tokens it carries), a closing chunk per choice, the usage chunk when
-/// asked for, then `[DONE]`. An engine failure ends the stream with an error event.
+/// asked for, then `[DONE]`. The last data chunk before `[DONE]` carries the
+/// receipt: the usage chunk when asked for, otherwise the chunk that finishes the
+/// last choice (so every chunk still has a choice, as OpenAI's do without usage).
+/// An engine failure ends the stream with an error event and no receipt.
 fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let opening: Vec<String> = (0..shape.choices)
         .map(|i| match shape.kind {
@@ -141,27 +190,44 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
             Kind::Text => shape.chunk(i, shape.echo[i as usize].clone(), None, None, None),
         })
         .collect();
+    let mut texts = shape.texts();
+    let mut held: Option<Finish> = None;
     let body = events.flat_map(move |event| {
-        let out: Vec<String> = match event {
-            Event::Text { choice, text, tokens } => vec![shape.chunk(choice, Some(text), None, None, Some(u64::from(tokens)))],
+        if let Event::Text { choice, text, .. } | Event::Finished { choice, text, .. } = &event
+            && let Some(whole) = texts.get_mut(*choice as usize)
+        {
+            whole.push_str(text);
+        }
+        let mut out = Vec::new();
+        match event {
+            Event::Text { choice, text, tokens } => {
+                out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
+                out.push(shape.chunk(choice, Some(text), None, None, Some(TenzroExt::tokens(u64::from(tokens)))));
+            }
             Event::Finished { choice, reason, text, tokens } => {
-                let content = (!text.is_empty() || shape.kind == Kind::Text).then_some(text);
-                vec![shape.chunk(choice, content, None, Some(reason), Some(u64::from(tokens)))]
+                out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
+                held = Some(Finish { choice, reason, text, tokens });
             }
             Event::Done { prompt_tokens, completion_tokens } => {
-                let mut out = Vec::new();
-                if shape.include_usage {
-                    out.push(shape.usage_chunk(Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens))));
+                let receipt = shape.receipt(&texts, prompt_tokens, completion_tokens);
+                match (shape.include_usage, held.take()) {
+                    (false, Some(last)) => out.push(shape.finish_chunk(last, Some(receipt))),
+                    (false, None) => out.push(shape.final_chunk(None, Some(receipt))),
+                    (true, last) => {
+                        out.extend(last.map(|f| shape.finish_chunk(f, None)));
+                        let usage = Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens));
+                        out.push(shape.final_chunk(Some(usage), Some(receipt)));
+                    }
                 }
                 out.push("[DONE]".to_owned());
-                out
             }
             Event::Error(e) => {
+                out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
                 tracing::error!(error = %e, "generation failed mid-stream");
                 let body = ErrorBody::new("server_error", "The model failed while generating; the stream is incomplete");
-                vec![serde_json::to_string(&body).unwrap_or_default()]
+                out.push(serde_json::to_string(&body).unwrap_or_default());
             }
-        };
+        }
         stream::iter(out)
     });
     let all = stream::iter(opening).chain(body).map(|data| Ok(SseEvent::default().data(data)));
@@ -171,9 +237,10 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
 /// Engine events to one response body.
 async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiError> {
     let n = shape.choices as usize;
-    let mut texts: Vec<String> = shape.echo.iter().map(|e| e.clone().unwrap_or_default()).collect();
+    let mut texts = shape.texts();
     let mut reasons: Vec<Option<FinishReason>> = vec![None; n];
     let mut usage = Usage::default();
+    let mut tokens = (0, 0);
     while let Some(event) = events.next().await {
         match event {
             Event::Text { choice, text, .. } => texts[choice as usize].push_str(&text),
@@ -183,10 +250,12 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
             }
             Event::Done { prompt_tokens, completion_tokens } => {
                 usage = Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens));
+                tokens = (prompt_tokens, completion_tokens);
             }
             Event::Error(e) => return Err(ApiError::Internal(e)),
         }
     }
+    let tenzro = Some(shape.receipt(&texts, tokens.0, tokens.1));
     let body = match shape.kind {
         Kind::Chat => serde_json::to_value(ChatCompletion {
             id: shape.id,
@@ -206,7 +275,7 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 .collect(),
             usage,
             system_fingerprint: None,
-            tenzro: None,
+            tenzro,
         }),
         Kind::Text => serde_json::to_value(Completion {
             id: shape.id,
@@ -221,7 +290,7 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 .collect(),
             usage: Some(usage),
             system_fingerprint: None,
-            tenzro: None,
+            tenzro,
         }),
     };
     let body = body.map_err(|e| ApiError::Internal(e.to_string()))?;

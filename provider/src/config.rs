@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tenzro_attest::TeeKind;
+use tenzro_attest::evidence::tsm::TSM_REPORT_DIR;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,18 @@ pub struct Config {
     pub chat_models: Vec<ChatModelConfig>,
     #[serde(default)]
     pub embedding_models: Vec<EmbeddingModelConfig>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub attestation: AttestationConfig,
+    /// Stake declared to a gateway at registration, in whole TNZO. Gateways route
+    /// LLM traffic only to providers staking at least 100,000.
+    #[serde(default = "default_stake_tnzo")]
+    pub stake_tnzo: u64,
+}
+
+fn default_stake_tnzo() -> u64 {
+    100_000
 }
 
 fn default_models_dir() -> PathBuf {
@@ -59,12 +73,50 @@ impl Default for EngineSection {
     }
 }
 
+/// `[identity]`: where the provider's key lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The Ed25519 key file (hex seed), relative to the working directory unless
+    /// absolute; made with mode 0600 when missing.
+    pub key_path: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig { key_path: PathBuf::from(".tenzro/provider.key") }
+    }
+}
+
+/// `[attestation]`: which evidence the provider hands out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationConfig {
+    /// `none` (development, never trusted), `tdx`, `sev-snp` or `nvidia-cc`.
+    pub kind: TeeKind,
+    /// The configfs-tsm report directory (`tdx`, `sev-snp`).
+    pub tsm_dir: PathBuf,
+    /// The NVML index of the GPU whose evidence is given (`nvidia-cc`).
+    pub gpu_index: u32,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        AttestationConfig {
+            kind: TeeKind::None,
+            tsm_dir: PathBuf::from(TSM_REPORT_DIR),
+            gpu_index: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatModelConfig {
     /// The name clients put in `model`.
     pub id: String,
-    /// A `.gguf` file, relative to `models_dir` unless absolute.
+    /// A `.gguf` file, relative to `models_dir` unless absolute, or
+    /// `hf://owner/repo[@revision]/file` to download it (set `sha256` then).
     pub path: PathBuf,
     /// Expected SHA-256 of the file (hex); the provider refuses to serve a mismatch.
     pub sha256: Option<String>,
@@ -144,11 +196,14 @@ impl Config {
             if !price.is_empty() && price.parse::<u128>().is_err() {
                 return invalid(format!("model `{id}`: price_per_token `{price}` is not a whole number of base units"));
             }
-            if let Some(sha) = sha {
-                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return invalid(format!("model `{id}`: sha256 must be 64 hex digits"));
-                }
+            if let Some(sha) = sha
+                && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return invalid(format!("model `{id}`: sha256 must be 64 hex digits"));
             }
+        }
+        if self.identity.key_path.as_os_str().is_empty() {
+            return invalid("identity.key_path must not be empty".into());
         }
         if self.engine.max_sequences == 0 || self.engine.queue_capacity == 0 {
             return invalid("engine.max_sequences and engine.queue_capacity must be at least 1".into());
@@ -164,7 +219,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -201,5 +256,23 @@ mod tests {
             "listen = \"127.0.0.1:1\"\n[[chat_models]]\nid = \"a\"\npath = \"x\"\n[[embedding_models]]\nid = \"a\"\npath = \"y\"\n",
             "configured twice",
         );
+        let model = "[[chat_models]]\nid = \"a\"\npath = \"x\"\n";
+        check(&format!("listen = \"127.0.0.1:1\"\n{model}[attestation]\nkind = \"sgx\"\n"), "unknown variant `sgx`");
+        check(&format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey_path = \"\"\n"), "key_path must not be empty");
+        check(&format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey = \"00\"\n"), "unknown field `key`");
+    }
+
+    #[test]
+    fn identity_and_attestation_default_and_parse() {
+        let base = "listen = \"127.0.0.1:1\"\n[[chat_models]]\nid = \"a\"\npath = \"x\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert_eq!(c.identity.key_path, Path::new(".tenzro/provider.key"));
+        assert_eq!(c.attestation.kind, TeeKind::None);
+        let c: Config = toml::from_str(&format!(
+            "{base}[identity]\nkey_path = \"/k\"\n[attestation]\nkind = \"sev-snp\"\ntsm_dir = \"/t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.identity.key_path, Path::new("/k"));
+        assert_eq!((c.attestation.kind, c.attestation.tsm_dir.as_path()), (TeeKind::SevSnp, Path::new("/t")));
     }
 }

@@ -8,22 +8,23 @@ use tenzro_models::api::{
 };
 use tenzro_models::embed::{EmbedError, EmbedInput};
 
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, HashedJson};
+use crate::receipt::{self, Served};
 use crate::state::AppState;
 
 pub async fn embeddings(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<EmbeddingRequest>,
+    HashedJson { value: req, sha256: request_sha256 }: HashedJson<EmbeddingRequest>,
 ) -> Result<Json<EmbeddingResponse>, ApiError> {
     let model = state.embedding_model(&req.model)?;
     let input = validate(&req, state.config.server.max_embedding_inputs)?;
-    if let Some(d) = req.dimensions {
-        if d as usize != model.embedder.dimensions {
-            return Err(ApiError::bad_param(
-                "dimensions",
-                format!("This model only produces {} dimensions, got dimensions={d}", model.embedder.dimensions),
-            ));
-        }
+    if let Some(d) = req.dimensions
+        && d as usize != model.embedder.dimensions
+    {
+        return Err(ApiError::bad_param(
+            "dimensions",
+            format!("This model only produces {} dimensions, got dimensions={d}", model.embedder.dimensions),
+        ));
     }
     let permit = model.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable)?;
     let embedder = model.embedder.clone();
@@ -38,6 +39,14 @@ pub async fn embeddings(
         e => ApiError::bad_param("input", e.to_string()),
     })?;
     state.metrics.tokens(tokens as u64, 0);
+    let served = Served {
+        model: req.model.clone(),
+        request_sha256,
+        response_sha256: receipt::embeddings_digest(&vectors),
+        prompt_tokens: tokens as u64,
+        completion_tokens: 0,
+    };
+    let tenzro = receipt::sign(&state.identity, served);
     let format = req.encoding_format.unwrap_or(EncodingFormat::Float);
     let data = vectors
         .into_iter()
@@ -49,6 +58,7 @@ pub async fn embeddings(
         data,
         model: req.model,
         usage: EmbeddingUsage { prompt_tokens: tokens as u64, total_tokens: tokens as u64, cost: None, asset: None },
+        tenzro: Some(tenzro),
     }))
 }
 

@@ -88,16 +88,41 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit.unwrap_or_default())
-            } else {
-                ApiError::bad(format!("Could not read the request body: {e}"))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// [`ApiJson`] that also keeps the SHA-256 of the exact body bytes, which a
+/// receipt signs as its request digest.
+pub struct HashedJson<T> {
+    pub value: T,
+    pub sha256: [u8; 32],
+}
+
+impl<T, S> FromRequest<S> for HashedJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, state).await?;
+        let value = parse_json(&bytes)?;
+        Ok(HashedJson { value, sha256: tenzro_attest::sha256(&bytes) })
+    }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit.unwrap_or_default())
+        } else {
+            ApiError::bad(format!("Could not read the request body: {e}"))
+        }
+    })
 }
 
 /// The configured body limit, for the 413 message.
@@ -115,21 +140,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if inner.is_syntax() || inner.is_eof() {
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let message = if syntax {
             format!("The request body is not valid JSON: {inner}")
         } else if path == "." {
             format!("Invalid request: {inner}")
         } else {
             format!("Invalid value for `{path}`: {inner}")
         };
-        let param = (path != ".").then_some(path);
+        // Broken JSON names no field (serde_path_to_error says `?` inside an object).
+        let param = (path != "." && !syntax).then_some(path);
         ApiError::BadRequest { message, param, code: None }
     })
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use tenzro_models::api::ChatCompletionRequest;
 

@@ -1,7 +1,7 @@
-//! `/v1/models`, `/health`, `/metrics`, `/tokenize`.
+//! `/v1/models`, `/v1/attestation`, `/health`, `/metrics`, `/tokenize`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tenzro_models::api::{ChatMessage, ModelCard, ModelList, Role};
 use tenzro_models::template::TemplateMessage;
 
+use crate::attestation::{AttestationDocument, Nonce};
 use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
 
@@ -40,6 +41,21 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     }
     data.sort_by(|a, b| a.id.cmp(&b.id));
     Json(ModelList { object: "list".into(), data })
+}
+
+/// `GET /v1/attestation?nonce=HEX`: evidence over this provider's key, weights and
+/// the caller's nonce (see `attestation`).
+pub async fn attestation(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<AttestationDocument>, ApiError> {
+    let nonce = Nonce::from_query(query.as_deref()).map_err(|e| ApiError::bad_param("nonce", e.to_string()))?;
+    let identity = state.identity.clone();
+    let document = tokio::task::spawn_blocking(move || identity.document(&nonce))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(format!("producing evidence: {e}")))?;
+    Ok(Json(document))
 }
 
 fn card(state: &AppState, id: &str, meta: Value) -> ModelCard {

@@ -3,8 +3,11 @@
 //!
 //! `routes` is the whole HTTP surface; handlers (`chat`, `embeddings`, `info`)
 //! parse, call `validate`/`generate`, and convert back. `load` builds the state
-//! from a `config::Config`.
+//! from a `config::Config`. `attestation` holds the provider's key and evidence
+//! (`GET /v1/attestation`); `receipt` defines the digests of the receipt signed
+//! onto every response.
 
+pub mod attestation;
 pub mod chat;
 pub mod config;
 pub mod embeddings;
@@ -13,6 +16,8 @@ pub mod generate;
 pub mod info;
 pub mod load;
 pub mod metrics;
+pub mod receipt;
+pub mod register;
 pub mod routes;
 pub mod state;
 pub mod validate;

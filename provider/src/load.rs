@@ -10,6 +10,7 @@ use tenzro_models::engine::{Engine, EngineConfig};
 use tenzro_models::llm::{Llm, LlmConfig, Requantize};
 use tokio::sync::Semaphore;
 
+use crate::attestation::{Identity, IdentityError};
 use crate::config::{Config, RequantizeSetting};
 use crate::metrics::Metrics;
 use crate::state::{AppState, ChatModel, EmbeddingModel};
@@ -18,18 +19,24 @@ use crate::state::{AppState, ChatModel, EmbeddingModel};
 pub enum LoadError {
     #[error("model `{id}`: {source}")]
     Model { id: String, source: tenzro_models::ModelError },
+    #[error("model `{id}`: {source}")]
+    Download { id: String, source: tenzro_models::download::DownloadError },
     #[error("starting the engine for `{id}`: {source}")]
     Engine { id: String, source: std::io::Error },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
-/// Load every model (hashing each weight file against its configured digest) and
-/// start one engine thread per chat model. Blocking: call it off the async runtime.
+/// Load every model (hashing each weight file against its configured digest),
+/// start one engine thread per chat model, then load the provider's identity over
+/// those digests. Blocking: call it off the async runtime.
 pub fn load(config: Config) -> Result<AppState, LoadError> {
     let device = device();
     let mut chat = HashMap::new();
     for m in &config.chat_models {
         let cfg = LlmConfig {
-            path: config.resolve(&m.path),
+            path: model_file(&config, &m.path, m.sha256.as_ref())
+                .map_err(|source| LoadError::Download { id: m.id.clone(), source })?,
             sha256: m.sha256.clone(),
             tokenizer_json: m.tokenizer.as_ref().map(|p| config.resolve(p)),
             requantize: match m.requantize {
@@ -65,7 +72,13 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
             },
         );
     }
+    let digests = chat
+        .iter()
+        .map(|(id, m)| (id.clone(), m.engine.llm().sha256.clone()))
+        .chain(embedding.iter().map(|(id, m)| (id.clone(), m.embedder.sha256.clone())));
+    let identity = Identity::load(&config.identity, &config.attestation, digests)?;
     Ok(AppState {
+        identity: Arc::new(identity),
         config: Arc::new(config),
         chat: Arc::new(chat),
         embedding: Arc::new(embedding),
@@ -88,4 +101,28 @@ fn device() -> Device {
 #[cfg(not(feature = "cuda"))]
 fn device() -> Device {
     Device::Cpu
+}
+
+/// A configured model path: `hf://owner/repo[@revision]/file` is fetched (resumably,
+/// checked against the configured digest) into `models_dir/hf`; anything else is a
+/// local path resolved against `models_dir`.
+fn model_file(
+    config: &Config,
+    path: &std::path::Path,
+    sha256: Option<&String>,
+) -> Result<std::path::PathBuf, tenzro_models::download::DownloadError> {
+    use std::io::IsTerminal;
+    use tenzro_models::download::{self, FetchOptions, ModelSource};
+    match path.to_string_lossy().parse::<ModelSource>()? {
+        ModelSource::Local(_) => Ok(config.resolve(path)),
+        source => download::fetch(
+            &source,
+            &config.models_dir.join("hf"),
+            &FetchOptions {
+                expected_sha256: sha256.cloned(),
+                progress: std::io::stderr().is_terminal(),
+                ..FetchOptions::default()
+            },
+        ),
+    }
 }

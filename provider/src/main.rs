@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use tenzro_provider::config::Config;
-use tenzro_provider::{load, routes};
+use tenzro_provider::{load, register, routes};
+use tokio_util::sync::CancellationToken;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -21,6 +22,16 @@ struct Args {
     /// Directory of model files; overrides `models_dir` in the config.
     #[arg(long, env = "TENZRO_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// The provider's Ed25519 key file; overrides `identity.key_path` in the config.
+    #[arg(long, env = "TENZRO_KEY_PATH")]
+    key_path: Option<PathBuf>,
+    /// A gateway to register with (e.g. http://127.0.0.1:8080); the provider then
+    /// sends signed heartbeats until it stops.
+    #[arg(long, env = "TENZRO_GATEWAY")]
+    gateway: Option<String>,
+    /// The URL the gateway should call this provider at (default: http://LISTEN).
+    #[arg(long, env = "TENZRO_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,18 +49,41 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = args.models_dir {
         config.models_dir = dir;
     }
+    if let Some(path) = args.key_path {
+        config.identity.key_path = path;
+    }
     config.validate()?;
     let listen = config.listen;
     // Models load before the listener opens: once /health answers, they serve.
     let state = load::load(config).context("loading models")?;
+    tracing::info!(
+        public_key = %state.identity.public_key(),
+        did = %state.identity.did(),
+        tee = %state.identity.tee_kind(),
+        "provider identity"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "tenzro-provider listening");
-        axum::serve(listener, routes::router(state))
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "tenzro-provider listening");
+        let cancel = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        if let Some(gateway) = args.gateway {
+            let endpoint = args.public_url.unwrap_or_else(|| format!("http://{local}"));
+            let registration = register::registration(&state, endpoint);
+            let identity = state.identity.clone();
+            let sign = move |bytes: &[u8]| identity.key().sign(bytes).to_hex();
+            tasks.spawn(register::run(gateway, registration, sign, cancel.clone()));
+        }
+        tasks.close();
+        let served = axum::serve(listener, routes::router(state))
             .with_graceful_shutdown(shutdown())
             .await
-            .context("serving")
+            .context("serving");
+        cancel.cancel();
+        tasks.wait().await;
+        served
     })
 }
 

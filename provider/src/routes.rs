@@ -17,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(info::models))
+        .route("/v1/attestation", get(info::attestation))
         .route("/tokenize", post(info::tokenize))
         .route("/health", get(info::health))
         .route("/metrics", get(info::metrics))

@@ -7,6 +7,7 @@ use tenzro_models::embed::Embedder;
 use tenzro_models::engine::Engine;
 use tokio::sync::Semaphore;
 
+use crate::attestation::Identity;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub embedding: Arc<HashMap<String, EmbeddingModel>>,
     pub metrics: Metrics,
     pub started: u64,
+    /// The provider's key, evidence source and served weight digests.
+    pub identity: Arc<Identity>,
 }
 
 pub struct ChatModel {

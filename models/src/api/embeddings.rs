@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use super::TenzroExt;
+
 /// `POST /v1/embeddings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingRequest {
@@ -37,6 +39,9 @@ pub struct EmbeddingResponse {
     pub data: Vec<Embedding>,
     pub model: String,
     pub usage: EmbeddingUsage,
+    /// Our extension (the provider's signed receipt); OpenAI SDKs ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenzro: Option<TenzroExt>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
