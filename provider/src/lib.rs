@@ -18,6 +18,7 @@ pub mod load;
 pub mod metrics;
 pub mod receipt;
 pub mod register;
+pub mod registration;
 pub mod routes;
 pub mod state;
 pub mod validate;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use tenzro_provider::config::Config;
-use tenzro_provider::{load, register, routes};
+use tenzro_provider::{load, register, registration, routes};
 use tokio_util::sync::CancellationToken;
 use tokio::net::TcpListener;
 
@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         let tasks = tokio_util::task::TaskTracker::new();
         if let Some(gateway) = args.gateway {
             let endpoint = args.public_url.unwrap_or_else(|| format!("http://{local}"));
-            let registration = register::registration(&state, endpoint);
+            let registration = registration::registration(&state, endpoint);
             let identity = state.identity.clone();
             let sign = move |bytes: &[u8]| identity.key().sign(bytes).to_hex();
             tasks.spawn(register::run(gateway, registration, sign, cancel.clone()));
