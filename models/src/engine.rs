@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread;
 
-use candle_transformers::models::quantized_llama::ModelWeights;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::FinishReason;
 use crate::detok::IncrementalDecoder;
-use crate::llm::{Llm, decode_step};
+use crate::llama::KvCache;
+use crate::llm::Llm;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
 
@@ -150,7 +150,7 @@ struct Group {
 
 struct Choice {
     index: u32,
-    seq: ModelWeights,
+    cache: KvCache,
     sampler: Sampler,
     detok: IncrementalDecoder,
     stop: StopMatcher,
@@ -160,6 +160,8 @@ struct Choice {
     generated: u32,
     unreported: u32,
     done: bool,
+    /// Set when the last batch gave this choice a new token to account for.
+    stepped: bool,
 }
 
 impl Worker {
@@ -209,7 +211,7 @@ impl Worker {
     /// Prefill the prompt and sample each choice's first token.
     fn start(&self, request: GenerateRequest) -> Option<Group> {
         let GenerateRequest { prompt, params, reply } = request;
-        let (seq, logits) = match self.llm.prefill(&prompt) {
+        let (cache, logits) = match self.llm.prefill(&prompt) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "prefill failed");
@@ -229,7 +231,7 @@ impl Worker {
             let first = sampler.sample(&mut logits.clone());
             group.choices.push(Choice {
                 index,
-                seq: seq.clone(),
+                cache: cache.clone(),
                 sampler,
                 detok: IncrementalDecoder::default(),
                 stop: StopMatcher::new(params.stop.clone()),
@@ -238,6 +240,7 @@ impl Worker {
                 generated: 0,
                 unreported: 0,
                 done: false,
+                stepped: false,
             });
         }
         let llm = &self.llm;
@@ -248,30 +251,49 @@ impl Worker {
         Some(group)
     }
 
+    /// One decode step for every active sequence, as one batch.
     fn step_all(&mut self) {
-        let llm = &self.llm;
         for group in &mut self.groups {
             if group.reply.is_closed() {
                 group.ended = true;
-                continue;
             }
-            for i in 0..group.choices.len() {
-                if group.choices[i].done {
-                    continue;
+        }
+        let llm = &self.llm;
+        let mut active: Vec<&mut Choice> = self
+            .groups
+            .iter_mut()
+            .filter(|g| !g.ended)
+            .flat_map(|g| g.choices.iter_mut().filter(|c| !c.done))
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        let tokens: Vec<u32> = active.iter().map(|c| c.next).collect();
+        let result = {
+            let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|c| &mut c.cache).collect();
+            llm.decode(&tokens, &mut caches)
+        };
+        match result {
+            Ok(rows) => {
+                for (c, mut logits) in active.iter_mut().zip(rows) {
+                    c.pos += 1;
+                    c.next = c.sampler.sample(&mut logits);
+                    c.stepped = true;
                 }
-                let c = &mut group.choices[i];
-                match decode_step(&mut c.seq, c.next, c.pos, &llm.device) {
-                    Ok(mut logits) => {
-                        c.pos += 1;
-                        c.next = c.sampler.sample(&mut logits);
-                        group.accept(llm, i);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "decode step failed");
-                        let _ = group.reply.send(Event::Error(e.to_string()));
-                        group.ended = true;
-                        break;
-                    }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "decode step failed");
+                for group in self.groups.iter_mut().filter(|g| !g.ended) {
+                    let _ = group.reply.send(Event::Error(e.to_string()));
+                    group.ended = true;
+                }
+                return;
+            }
+        }
+        for group in self.groups.iter_mut().filter(|g| !g.ended) {
+            for i in 0..group.choices.len() {
+                if std::mem::take(&mut group.choices[i].stepped) {
+                    group.accept(llm, i);
                 }
             }
             group.finish_if_done();

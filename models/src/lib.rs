@@ -16,6 +16,8 @@ pub mod error;
 #[cfg(feature = "engine")]
 pub mod gguf;
 #[cfg(feature = "engine")]
+pub mod llama;
+#[cfg(feature = "engine")]
 pub mod llm;
 #[cfg(feature = "engine")]
 pub mod sampler;
@@ -27,6 +29,8 @@ pub mod template;
 pub mod detok;
 #[cfg(feature = "engine")]
 pub mod digest;
+#[cfg(feature = "download")]
+pub mod download;
 
 #[cfg(feature = "engine")]
 pub use error::ModelError;

@@ -7,10 +7,10 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use tokenizers::Tokenizer;
 
 use crate::gguf::{md_string, md_u32, read_content, tokenizer_from_gguf};
+use crate::llama::{KvCache, Llama, MAX_SEQ_LEN};
 use crate::template::{ChatTemplate, TemplateMessage};
 use crate::{ModelError, digest};
 
@@ -37,10 +37,10 @@ pub enum Requantize {
     Q8_0,
 }
 
-/// A loaded causal language model. `weights` carries no sequence state until
-/// cloned into a sequence (the KV cache lives in the clone).
+/// A loaded causal language model. The weights are shared; each sequence keeps
+/// its own `KvCache`.
 pub struct Llm {
-    pub weights: ModelWeights,
+    pub model: Llama,
     pub tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     /// Token ids that end generation.
@@ -76,13 +76,19 @@ impl Llm {
         let mut eos_ids: Vec<u32> = md_u32(&content, "tokenizer.ggml.eos_token_id").into_iter().collect();
         // Chat models end a turn with their template's end marker as well.
         for marker in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(marker) {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
+            if let Some(id) = tokenizer.token_to_id(marker)
+                && !eos_ids.contains(&id)
+            {
+                eos_ids.push(id);
             }
         }
-        let template = md_string(&content, "tokenizer.chat_template")
+        // The template comes from the GGUF, else from a tokenizer_config.json
+        // beside the tokenizer.json when one was given.
+        let template_source = md_string(&content, "tokenizer.chat_template").or_else(|| {
+            let dir = cfg.tokenizer_json.as_ref()?.parent()?;
+            template_from_tokenizer_config(&dir.join("tokenizer_config.json"))
+        });
+        let template = template_source
             .map(|src| ChatTemplate::new(src, bos_token, eos_token))
             .transpose()?;
         let context_length = md_u32(&content, "llama.context_length")
@@ -90,12 +96,12 @@ impl Llm {
             .min(MAX_SEQ_LEN);
 
         let weights = match cfg.requantize {
-            Requantize::None => ModelWeights::from_gguf(content, &mut file, device)?,
+            Requantize::None => Llama::from_gguf(&content, &mut file, device)?,
             Requantize::Q8_0 => {
                 let bytes = requantize_q4_1(&content, &mut file)?;
                 let mut cursor = Cursor::new(bytes);
                 let content = Content::read(&mut cursor).map_err(|e| ModelError::format(&cfg.path, e))?;
-                ModelWeights::from_gguf(content, &mut cursor, device)?
+                Llama::from_gguf(&content, &mut cursor, device)?
             }
         };
         tracing::info!(
@@ -105,7 +111,7 @@ impl Llm {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded model"
         );
-        Ok(Llm { weights, tokenizer, template, eos_ids, context_length, sha256, device: device.clone() })
+        Ok(Llm { model: weights, tokenizer, template, eos_ids, context_length, sha256, device: device.clone() })
     }
 
     /// Render a conversation with the model's own chat template and open the
@@ -130,14 +136,19 @@ impl Llm {
         self.tokenizer.get_vocab_size(true)
     }
 
-    /// Run the prompt through a fresh copy of the weights; returns the sequence
-    /// (weights + its KV cache) and the logits for the next token.
-    pub fn prefill(&self, prompt: &[u32]) -> Result<(ModelWeights, Vec<f32>), ModelError> {
-        let mut seq = self.weights.clone();
-        seq.clear_kv_cache();
-        let input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
-        let logits = seq.forward(&input, 0)?;
-        Ok((seq, logits_vec(&logits)?))
+    /// Run the prompt in one pass; returns the new sequence's cache and the
+    /// logits for the next token.
+    pub fn prefill(&self, prompt: &[u32]) -> Result<(KvCache, Vec<f32>), ModelError> {
+        let mut cache = self.model.new_cache();
+        let logits = self.model.prefill(prompt, &mut cache)?;
+        Ok((cache, logits_vec(&logits)?))
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` extends
+    /// `caches[i]`. Returns each sequence's next-token logits.
+    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let logits = self.model.decode(tokens, caches)?;
+        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
 }
 
@@ -146,15 +157,9 @@ pub fn logits_vec(logits: &Tensor) -> Result<Vec<f32>, ModelError> {
     Ok(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
-/// Decode one token with a sequence's cached state.
-pub fn decode_step(seq: &mut ModelWeights, token: u32, pos: usize, device: &Device) -> Result<Vec<f32>, ModelError> {
-    let input = Tensor::new(&[token], device)?.unsqueeze(0)?;
-    let logits = seq.forward(&input, pos)?;
-    logits_vec(&logits)
-}
-
-/// Write an in-memory GGUF where every Q4_1 tensor became Q8_0.
-fn requantize_q4_1(content: &Content, file: &mut std::fs::File) -> Result<Vec<u8>, ModelError> {
+/// Write an in-memory GGUF where every Q4_1 tensor became Q8_0 (the bytes of a
+/// complete GGUF file).
+pub fn requantize_q4_1(content: &Content, file: &mut std::fs::File) -> Result<Vec<u8>, ModelError> {
     let cpu = Device::Cpu;
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(content.tensor_infos.len());
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -174,6 +179,20 @@ fn requantize_q4_1(content: &Content, file: &mut std::fs::File) -> Result<Vec<u8
     let mut out = Cursor::new(Vec::new());
     gguf_file::write(&mut out, &metadata, &tensor_refs)?;
     Ok(out.into_inner())
+}
+
+/// `chat_template` from a Hugging Face `tokenizer_config.json`: a string, or a
+/// list of named templates of which we take `default`.
+pub fn template_from_tokenizer_config(path: &Path) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    match json.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
+        _ => None,
+    }
 }
 
 /// The default chat model's file name under a models directory, for tests and tools.

@@ -61,6 +61,40 @@ fn digits_are_split_one_by_one_and_text_round_trips() {
     assert_eq!(digits.len(), 4, "{digits:?}");
 }
 
+#[test]
+fn streaming_decode_never_splits_a_character() {
+    use tenzro_models::detok::IncrementalDecoder;
+    let llm = llm();
+    // Byte-level BPE splits these characters across tokens.
+    let text = "naïve café 東京 🦀🦀 ok";
+    let ids = llm.encode(text).unwrap();
+    assert!(ids.len() > text.chars().count() / 2);
+    let mut dec = IncrementalDecoder::default();
+    let mut pieces = Vec::new();
+    for id in ids {
+        pieces.push(dec.push(&llm.tokenizer, id).unwrap());
+    }
+    assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    // Some token completed no character on its own and released nothing.
+    assert!(pieces.iter().any(String::is_empty), "{pieces:?}");
+    assert_eq!(pieces.concat(), text);
+}
+
+#[test]
+fn template_is_read_from_a_tokenizer_config_too() {
+    let dir = std::env::temp_dir().join(format!("tenzro-tc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let string = dir.join("a.json");
+    std::fs::write(&string, r#"{"chat_template": "{{ messages[0]['content'] }}"}"#).unwrap();
+    let list = dir.join("b.json");
+    std::fs::write(&list, r#"{"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "y"}]}"#).unwrap();
+    use tenzro_models::llm::template_from_tokenizer_config as read;
+    assert_eq!(read(&string).as_deref(), Some("{{ messages[0]['content'] }}"));
+    assert_eq!(read(&list).as_deref(), Some("y"));
+    assert_eq!(read(&dir.join("missing.json")), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn generate(engine: &Engine, prompt: Vec<u32>, params: GenerationParams) -> (Vec<String>, Vec<Event>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     engine.submit(GenerateRequest { prompt, params: params.clone(), reply: tx }).unwrap();

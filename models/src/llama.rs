@@ -1,0 +1,273 @@
+//! A llama-family transformer over quantized weights, with per-sequence KV caches
+//! so the decode steps of many sequences run as one batch.
+//!
+//! The math follows candle-transformers' `quantized_llama` (same weights, same
+//! RoPE convention, same norms); what differs is the shape of the work. Each
+//! decode step stacks one token from every active sequence into a `(B, hidden)`
+//! matrix, so every weight matrix is read once per step for all B sequences (CPU
+//! decode is memory-bandwidth bound: this is where batching pays). Attention is
+//! computed per sequence against that sequence's own cache. The quantized matmul
+//! treats rows independently, so a sequence's logits do not depend on what else
+//! is in the batch, and greedy output is the same alone or beside others.
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::Embedding;
+use candle_transformers::quantized_nn::RmsNorm;
+use candle_transformers::utils::repeat_kv;
+
+/// Positions the RoPE tables cover.
+pub const MAX_SEQ_LEN: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Layer {
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    gate: QMatMul,
+    down: QMatMul,
+    up: QMatMul,
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    rope_is_neox: bool,
+    device: Device,
+}
+
+/// One sequence's attention state: keys and values per layer, `(1, kv_heads, len, head_dim)`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens already in the cache (the position of the next one).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Llama {
+    pub fn from_gguf<R: std::io::Seek + std::io::Read>(ct: &Content, reader: &mut R, device: &Device) -> Result<Self> {
+        let md = |key: &str| {
+            ct.metadata
+                .get(key)
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no `{key}`")))
+        };
+        let n_head = md("llama.attention.head_count")?.to_u32()? as usize;
+        let n_kv_head = md("llama.attention.head_count_kv")?.to_u32()? as usize;
+        let block_count = md("llama.block_count")?.to_u32()? as usize;
+        let hidden = md("llama.embedding_length")?.to_u32()? as usize;
+        let rope_dim = md("llama.rope.dimension_count")?.to_u32()? as usize;
+        let eps = f64::from(md("llama.attention.layer_norm_rms_epsilon")?.to_f32()?);
+        let freq_base = md("llama.rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
+        if md("llama.expert_count").and_then(|v| v.to_u32()).unwrap_or(0) > 1 {
+            candle_core::bail!("mixture-of-experts llama models are not supported yet");
+        }
+        let arch = md("general.architecture")?.to_string()?.clone();
+        let rope_is_neox = matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3" | "stablelm");
+
+        let mut get = |name: &str| ct.tensor(reader, name, device);
+        let embed_q = get("token_embd.weight")?;
+        let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
+        let norm = RmsNorm::from_qtensor(get("output_norm.weight")?, eps)?;
+        let output = match get("output.weight") {
+            Ok(t) => t,
+            Err(_) => embed_q,
+        };
+        let mm = |t: QTensor| QMatMul::from_qtensor(t);
+        let mut layers = Vec::with_capacity(block_count);
+        for i in 0..block_count {
+            let mut layer = |suffix: &str| get(&format!("blk.{i}.{suffix}"));
+            layers.push(Layer {
+                wq: mm(layer("attn_q.weight")?)?,
+                wk: mm(layer("attn_k.weight")?)?,
+                wv: mm(layer("attn_v.weight")?)?,
+                wo: mm(layer("attn_output.weight")?)?,
+                attn_norm: RmsNorm::from_qtensor(layer("attn_norm.weight")?, eps)?,
+                ffn_norm: RmsNorm::from_qtensor(layer("ffn_norm.weight")?, eps)?,
+                gate: mm(layer("ffn_gate.weight")?)?,
+                down: mm(layer("ffn_down.weight")?)?,
+                up: mm(layer("ffn_up.weight")?)?,
+            });
+        }
+        let (cos, sin) = rope_tables(rope_dim, freq_base, device)?;
+        Ok(Llama {
+            embed,
+            layers,
+            norm,
+            output: mm(output)?,
+            cos,
+            sin,
+            n_head,
+            n_kv_head,
+            head_dim: hidden / n_head,
+            rope_is_neox,
+            device: device.clone(),
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { layers: vec![None; self.layers.len()], len: 0 }
+    }
+
+    /// Run `tokens` of one sequence (a prompt, in one pass); returns the logits
+    /// after the last one, `(vocab,)`.
+    pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 {
+            candle_core::bail!("empty prompt");
+        }
+        let start = cache.len;
+        if start + t > MAX_SEQ_LEN {
+            candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", start + t);
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
+        let mask = (t > 1).then(|| causal_mask(t, start, &self.device)).transpose()?;
+        let mut x = self.embed.forward(&ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let (q, k, v) = self.qkv(layer, &h, &positions)?;
+            let att = self.attend(&mut cache.layers[li], &q, &k, &v, mask.as_ref())?;
+            x = (x + layer.wo.forward(&att)?)?;
+            x = (&x + self.mlp(layer, &x)?)?;
+        }
+        cache.len += t;
+        let last = x.i(t - 1..t)?;
+        self.output.forward(&self.norm.forward(&last)?)?.squeeze(0)
+    }
+
+    /// One token for each sequence, all in one batch; returns `(B, vocab)` logits.
+    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let b = tokens.len();
+        if b != caches.len() || b == 0 {
+            candle_core::bail!("decode needs one cache per token ({b} tokens, {} caches)", caches.len());
+        }
+        if let Some(c) = caches.iter().find(|c| c.len + 1 > MAX_SEQ_LEN) {
+            candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", c.len + 1);
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
+        let mut x = self.embed.forward(&ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            // (n_head, B, head_dim): row i of the batch is sequence i's query.
+            let (q, k, v) = self.qkv(layer, &h, &positions)?;
+            let mut outs = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let qi = q.narrow(1, i, 1)?;
+                let ki = k.narrow(1, i, 1)?;
+                let vi = v.narrow(1, i, 1)?;
+                outs.push(self.attend(&mut cache.layers[li], &qi, &ki, &vi, None)?);
+            }
+            let att = Tensor::cat(&outs, 0)?;
+            x = (x + layer.wo.forward(&att)?)?;
+            x = (&x + self.mlp(layer, &x)?)?;
+        }
+        for c in caches.iter_mut() {
+            c.len += 1;
+        }
+        self.output.forward(&self.norm.forward(&x)?)
+    }
+
+    /// Project `h` (rows = tokens) to rotated queries and keys and values, each
+    /// `(heads, rows, head_dim)`; row r sits at `positions[r]`.
+    fn qkv(&self, layer: &Layer, h: &Tensor, positions: &[u32]) -> Result<(Tensor, Tensor, Tensor)> {
+        let rows = positions.len();
+        let pos = Tensor::new(positions, &self.device)?;
+        let cos = self.cos.index_select(&pos, 0)?;
+        let sin = self.sin.index_select(&pos, 0)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            t.reshape((rows, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+        };
+        let rotate = |t: Tensor| -> Result<Tensor> {
+            let t = t.unsqueeze(0)?;
+            let t = if self.rope_is_neox {
+                candle_nn::rotary_emb::rope(&t, &cos, &sin)?
+            } else {
+                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+            };
+            t.squeeze(0)
+        };
+        let q = rotate(heads(layer.wq.forward(h)?, self.n_head)?)?;
+        let k = rotate(heads(layer.wk.forward(h)?, self.n_kv_head)?)?;
+        let v = heads(layer.wv.forward(h)?, self.n_kv_head)?;
+        Ok((q, k, v))
+    }
+
+    /// Attention of one sequence's new rows against its cache (which it extends);
+    /// returns `(rows, n_head * head_dim)`.
+    fn attend(
+        &self,
+        slot: &mut Option<(Tensor, Tensor)>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let rows = q.dim(1)?;
+        let (k, v) = match slot.take() {
+            None => (k.unsqueeze(0)?, v.unsqueeze(0)?),
+            Some((kc, vc)) => (Tensor::cat(&[&kc, &k.unsqueeze(0)?], 2)?, Tensor::cat(&[&vc, &v.unsqueeze(0)?], 2)?),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        let rep = self.n_head / self.n_kv_head;
+        let k = repeat_kv(k, rep)?.contiguous()?;
+        let v = repeat_kv(v, rep)?.contiguous()?;
+        let q = q.unsqueeze(0)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = match mask {
+            None => scores,
+            Some(m) => scores.broadcast_add(m)?,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?; // (1, n_head, rows, head_dim)
+        out.squeeze(0)?.transpose(0, 1)?.reshape((rows, self.n_head * self.head_dim))
+    }
+
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let h = layer.ffn_norm.forward(x)?;
+        let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+        layer.down.forward(&(gate * layer.up.forward(&h)?)?)
+    }
+}
+
+/// `(rows, start + rows)` additive mask: 0 where row r may attend, -inf after it.
+fn causal_mask(rows: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let cols = start + rows;
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| if c > start + r { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (rows, cols), device)
+}
+
+fn rope_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let theta: Vec<f32> = (0..dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / dim as f32)).collect();
+    let theta = Tensor::new(theta.as_slice(), device)?;
+    let idx = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((MAX_SEQ_LEN, 1))?
+        .matmul(&theta.reshape((1, ()))?)?;
+    Ok((idx.cos()?, idx.sin()?))
+}
+
