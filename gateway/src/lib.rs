@@ -8,6 +8,7 @@
 //! over [`proxy`] (admission, failover and the streaming relay).
 
 pub mod accounts;
+pub mod attestation;
 pub mod breaker;
 pub mod clock;
 pub mod config;
@@ -102,6 +103,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         }
     });
     let cancel = state.cancel.clone();
+    state.tasks.spawn(attestation::reverify_loop(state.registry.clone(), state.client.clone(), cancel.clone()));
     let result = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
     state.tasks.close();
     state.tasks.wait().await;

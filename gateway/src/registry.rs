@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
+use tenzro_attest::Policy;
 use tenzro_attest::keys::{PublicKey, Signature};
 use tenzro_models::api::{
     HEARTBEAT_DOMAIN, Heartbeat, HeartbeatResponse, ModelInfo, REGISTER_DOMAIN, RegisterRequest,
     RegisterResponse, Signed,
 };
 
+use crate::attestation::{AttestationVerdict, SlashRecord, slash_amount};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::clock::SharedClock;
 use crate::pricing::{self, Asset, Quote, Rates};
@@ -155,6 +157,8 @@ struct State {
     ema_latency_us: Option<u64>,
     last_heartbeat: Duration,
     banned: bool,
+    /// The latest verdict on the provider's TEE evidence (reset on re-registration).
+    attestation: Option<AttestationVerdict>,
 }
 
 /// One provider: its declaration, its live state, and its in-flight count.
@@ -181,6 +185,9 @@ pub struct ProviderView {
     pub tee: String,
     pub in_flight: u32,
     pub models: Vec<String>,
+    /// Whether the stored attestation verdict is trusted and fresh (TEE routing).
+    pub tee_verified: bool,
+    pub attestation: Option<AttestationVerdict>,
 }
 
 /// The outcome of one upstream attempt.
@@ -253,11 +260,86 @@ pub struct Registry {
     providers: RwLock<BTreeMap<String, Arc<ProviderEntry>>>,
     clock: SharedClock,
     pub config: RegistryConfig,
+    /// What TEE evidence must satisfy (default policy: 24 h freshness).
+    pub attest_policy: Policy,
+    /// Unix seconds at the clock's origin: `unix_now` = this + the clock.
+    unix_base: u64,
+    slashes: Mutex<Vec<SlashRecord>>,
 }
 
 impl Registry {
     pub fn new(config: RegistryConfig, clock: SharedClock) -> Self {
-        Registry { providers: RwLock::new(BTreeMap::new()), clock, config }
+        let unix_base = crate::clock::unix_now().saturating_sub(clock.now().as_secs());
+        Registry {
+            providers: RwLock::new(BTreeMap::new()),
+            clock,
+            config,
+            attest_policy: Policy::default(),
+            unix_base,
+            slashes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Unix seconds on the registry's clock (a manual clock moves it in tests).
+    pub fn unix_now(&self) -> u64 {
+        self.unix_base.saturating_add(self.clock.now().as_secs())
+    }
+
+    /// Stores `verdict` on `entry` if it is still the registered entry for its id, and
+    /// records a slash when the failure is the provider's fault.
+    pub fn record_attestation(&self, entry: &Arc<ProviderEntry>, verdict: AttestationVerdict) {
+        let current = self.get(&entry.info.id).is_some_and(|e| Arc::ptr_eq(&e, entry));
+        if !current {
+            return;
+        }
+        if verdict.slashable {
+            let amount = slash_amount(entry.info.stake);
+            let reason = verdict.reasons.join("; ");
+            tracing::warn!(provider = %entry.info.id, %amount, %reason, "attestation failed: slashed");
+            if let Ok(mut v) = self.slashes.lock() {
+                v.push(SlashRecord {
+                    provider: entry.info.id.clone(),
+                    amount: amount.to_string(),
+                    stake: entry.info.stake.to_string(),
+                    reason,
+                    at: verdict.verified_at,
+                });
+            }
+        } else if verdict.trusted {
+            tracing::info!(provider = %entry.info.id, expires_at = verdict.expires_at, "attestation verified");
+        } else {
+            tracing::info!(provider = %entry.info.id, reasons = ?verdict.reasons, "attestation not trusted");
+        }
+        entry.with_state(|s| s.attestation = Some(verdict));
+    }
+
+    /// The stored verdict of provider `id`.
+    pub fn attestation(&self, id: &str) -> Option<AttestationVerdict> {
+        self.get(id)?.with_state(|s| s.attestation.clone()).flatten()
+    }
+
+    /// Slashes recorded since start (in memory; issue 5 makes them durable).
+    pub fn slashes(&self) -> Vec<SlashRecord> {
+        self.slashes.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Registered providers (with a key) whose verdict is missing, or within the last
+    /// tenth of its freshness window.
+    pub fn attestation_due(&self) -> Vec<String> {
+        let now = self.unix_now();
+        let margin = self.attest_policy.freshness_secs / 10;
+        self.all()
+            .into_iter()
+            .filter(|e| e.info.public_key.is_some() && !e.info.from_config)
+            .filter(|e| {
+                e.with_state(|s| match &s.attestation {
+                    None => true,
+                    Some(v) => now.saturating_add(margin) >= v.expires_at,
+                })
+                .unwrap_or(false)
+            })
+            .map(|e| e.info.id.clone())
+            .collect()
     }
 
     pub fn now(&self) -> Duration {
@@ -280,6 +362,7 @@ impl Registry {
                     return Err(RegistryError::Banned(info.id));
                 }
                 s.last_heartbeat = now;
+                s.attestation = None;
                 s
             }
             None => State {
@@ -291,6 +374,7 @@ impl Registry {
                 ema_latency_us: None,
                 last_heartbeat: now,
                 banned: false,
+                attestation: None,
             },
         };
         let entry = Arc::new(ProviderEntry { info, in_flight: AtomicU32::new(0), state: Mutex::new(state) });
@@ -357,23 +441,32 @@ impl Registry {
     /// those that do not serve it), priced in `asset`.
     pub fn candidates(&self, model: &str, asset: Asset, rates: &Rates) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
         let now = self.clock.now();
+        let unix = self.unix_now();
         self.all()
             .into_iter()
             .map(|e| {
                 let m = e.info.model(model);
                 let quote = m.and_then(|m| e.quote(m, asset, rates).ok());
-                let (status, admits, latency, ok, total) = e
+                let (status, admits, latency, ok, total, verified) = e
                     .with_state(|s| {
-                        (e.status_at(s, &self.config.status, now), s.breaker.admits(now), s.ema_latency_us, s.successful, s.total)
+                        (
+                            e.status_at(s, &self.config.status, now),
+                            s.breaker.admits(now),
+                            s.ema_latency_us,
+                            s.successful,
+                            s.total,
+                            s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),
+                        )
                     })
-                    .unwrap_or((Status::Inactive, false, None, 0, 0));
+                    .unwrap_or((Status::Inactive, false, None, 0, 0, false));
                 let cand = Candidate {
                     provider: e.info.id.clone(),
                     serves_model: m.is_some() && quote.is_some(),
                     category: m.map(|m| m.info.category).unwrap_or(tenzro_models::api::ModelCategory::Custom),
                     status,
                     breaker_admits: admits,
-                    tee: e.info.has_tee(),
+                    // Only evidence verified by the gateway counts, never the declaration.
+                    tee: verified,
                     stake: e.info.stake,
                     price: quote.map(|q| pricing::mul_div_floor(q.base_price, q.multiplier, 1_000_000).unwrap_or(u128::MAX)).unwrap_or(u128::MAX),
                     latency_us: latency,
@@ -387,6 +480,7 @@ impl Registry {
 
     pub fn views(&self) -> Vec<ProviderView> {
         let now = self.clock.now();
+        let unix = self.unix_now();
         self.all()
             .iter()
             .filter_map(|e| {
@@ -404,6 +498,8 @@ impl Registry {
                     tee: e.info.tee.clone(),
                     in_flight: e.in_flight.load(Ordering::Relaxed),
                     models: e.info.models.iter().map(|m| m.info.id.clone()).collect(),
+                    tee_verified: s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),
+                    attestation: s.attestation.clone(),
                 })
             })
             .collect()

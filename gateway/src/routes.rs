@@ -343,6 +343,12 @@ fn registry_error(e: RegistryError) -> ApiError {
 
 async fn register(State(state): State<AppState>, ApiJson(signed): ApiJson<Signed>) -> Result<Response, ApiError> {
     let r = state.registry.register(&signed, unix_now()).map_err(registry_error)?;
+    // Verify the provider's evidence with a fresh nonce, off the request path (the
+    // provider may register before it serves).
+    let (registry, client, id) = (state.registry.clone(), state.client.clone(), r.provider_id.clone());
+    state.tasks.spawn(async move {
+        crate::attestation::verify_provider(&registry, &client, &id).await;
+    });
     Ok(Json(r).into_response())
 }
 
@@ -437,7 +443,7 @@ async fn admin_revoke_key(State(state): State<AppState>, _: Admin, Path(id): Pat
 }
 
 async fn admin_providers(State(state): State<AppState>, _: Admin) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "object": "list", "data": state.registry.views() }))
+    Json(serde_json::json!({ "object": "list", "data": state.registry.views(), "slashes": state.registry.slashes() }))
 }
 
 async fn admin_ban(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {

@@ -23,6 +23,8 @@ pub struct Candidate {
     pub category: ModelCategory,
     pub status: Status,
     pub breaker_admits: bool,
+    /// The provider's TEE evidence was verified by the gateway and is still fresh (a
+    /// declared TEE kind alone does not set this).
     pub tee: bool,
     pub stake: u128,
     /// Effective price per token for comparison: base price × multipliers, in
@@ -151,7 +153,10 @@ impl fmt::Display for NoProvider {
             Filter::Model => write!(f, "no live provider serves model '{m}'"),
             Filter::Status => write!(f, "no provider for '{m}': all {n} serving it are Inactive or Banned"),
             Filter::Breaker => write!(f, "no provider for '{m}': the circuit breakers of all {n} remaining are open"),
-            Filter::Tee => write!(f, "no provider for '{m}' runs in a TEE ({n} remaining have none)"),
+            Filter::Tee => write!(
+                f,
+                "no provider for '{m}' has TEE evidence the gateway verified ({n} remaining have no trusted, fresh verdict)"
+            ),
             Filter::Stake => write!(f, "no provider for '{m}' has the minimum stake for its category ({n} below it)"),
         }
     }
