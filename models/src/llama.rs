@@ -15,7 +15,6 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::Embedding;
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::repeat_kv;
 
 /// Positions the RoPE tables cover.
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -231,18 +230,23 @@ impl Llama {
             Some((kc, vc)) => (Tensor::cat(&[&kc, &k.unsqueeze(0)?], 2)?, Tensor::cat(&[&vc, &v.unsqueeze(0)?], 2)?),
         };
         *slot = Some((k.clone(), v.clone()));
+        // Grouped-query attention without copying the cache: the `rep` query heads
+        // that share a key/value head become extra rows of one matmul against it.
         let rep = self.n_head / self.n_kv_head;
-        let k = repeat_kv(k, rep)?.contiguous()?;
-        let v = repeat_kv(v, rep)?.contiguous()?;
-        let q = q.unsqueeze(0)?;
+        let len = k.dim(2)?;
+        let k = k.squeeze(0)?; // (n_kv, len, head_dim)
+        let v = v.squeeze(0)?;
+        let q = q.reshape((self.n_kv_head, rep * rows, self.head_dim))?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = scores.reshape((self.n_head, rows, len))?;
         let scores = match mask {
             None => scores,
             Some(m) => scores.broadcast_add(m)?,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?; // (1, n_head, rows, head_dim)
-        out.squeeze(0)?.transpose(0, 1)?.reshape((rows, self.n_head * self.head_dim))
+        let probs = probs.reshape((self.n_kv_head, rep * rows, len))?;
+        let out = probs.matmul(&v)?.reshape((self.n_head, rows, self.head_dim))?;
+        out.transpose(0, 1)?.reshape((rows, self.n_head * self.head_dim))
     }
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
