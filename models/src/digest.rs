@@ -6,16 +6,17 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "engine")]
 use crate::ModelError;
 
-/// Lowercase hex SHA-256 of a file, streamed in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let io = |source| ModelError::Io { path: path.to_owned(), source };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+/// Lowercase hex SHA-256 of a file, streamed in 1 MiB blocks (shared by loading
+/// and downloading).
+pub fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(io)?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -24,8 +25,15 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// [`sha256_hex`] with the model loader's error.
+#[cfg(feature = "engine")]
+pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    sha256_hex(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })
+}
+
 /// Hash `path` and refuse it when it differs from `expected` (if one is given).
 /// Returns the digest either way it succeeds.
+#[cfg(feature = "engine")]
 pub fn verify_file(path: &Path, expected: Option<&str>) -> Result<String, ModelError> {
     let actual = sha256_file(path)?;
     match expected {
@@ -38,7 +46,7 @@ pub fn verify_file(path: &Path, expected: Option<&str>) -> Result<String, ModelE
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "engine"))]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;

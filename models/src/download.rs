@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sha2::{Digest, Sha256};
 use ureq::tls::{RootCerts, TlsConfig};
 
 /// The Hub used when neither [`FetchOptions::endpoint`] nor `HF_ENDPOINT` names one.
@@ -443,20 +442,9 @@ fn remove(path: &Path) -> Result<(), DownloadError> {
     }
 }
 
-/// Lowercase hex SHA-256 of a file, streamed in 1 MiB blocks.
+/// Lowercase hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, DownloadError> {
-    let io = |source| DownloadError::Io { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::digest::sha256_hex(path).map_err(|source| DownloadError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

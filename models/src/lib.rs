@@ -27,7 +27,7 @@ pub mod stop;
 pub mod template;
 #[cfg(feature = "engine")]
 pub mod detok;
-#[cfg(feature = "engine")]
+#[cfg(feature = "download")]
 pub mod digest;
 #[cfg(feature = "download")]
 pub mod download;
