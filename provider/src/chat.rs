@@ -29,10 +29,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(&req.model)?;
     let valid = validate::chat(&req, model.engine.llm(), &state.config.server)?;
-    let seal = Seal { identity: state.identity.clone(), request_sha256: sha256 };
-    let shape = Shape::new(Kind::Chat, &req.model, &valid, seal);
-    let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
-    if valid.stream { Ok(sse(shape, events).into_response()) } else { collect(shape, events).await }
+    respond(&state, Kind::Chat, &req.model, valid, sha256).await
 }
 
 pub async fn completions(
@@ -41,8 +38,20 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(&req.model)?;
     let valid = validate::completion(&req, model.engine.llm(), &state.config.server)?;
-    let seal = Seal { identity: state.identity.clone(), request_sha256: sha256 };
-    let shape = Shape::new(Kind::Text, &req.model, &valid, seal);
+    respond(&state, Kind::Text, &req.model, valid, sha256).await
+}
+
+/// Submit the validated jobs and answer: SSE when asked to stream, else one body.
+async fn respond(
+    state: &AppState,
+    kind: Kind,
+    model_id: &str,
+    valid: ValidGeneration,
+    request_sha256: [u8; 32],
+) -> Result<Response, ApiError> {
+    let model = state.chat_model(model_id)?;
+    let seal = Seal { identity: state.identity.clone(), request_sha256 };
+    let shape = Shape::new(kind, model_id, &valid, seal);
     let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
     if valid.stream { Ok(sse(shape, events).into_response()) } else { collect(shape, events).await }
 }
