@@ -58,7 +58,69 @@ pub struct Config {
     pub pricing: PricingSection,
     pub limits: LimitsSection,
     pub registration: RegistrationSection,
+    pub store: StoreSection,
+    pub channels: ChannelsSection,
+    pub faucet: FaucetSection,
     pub providers: Vec<StaticProvider>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`; empty: SQLite at
+    /// `DATA_DIR/gateway.db`.
+    pub url: Secret,
+    /// Group commit: the book's changes reach the store once per interval.
+    pub commit_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { url: Secret::default(), commit_interval_ms: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsSection {
+    /// Whole tokens moved into a new channel as a standing float ("0": the deposit
+    /// grows only as requests need it).
+    pub initial_deposit: String,
+    pub ttl_days: u64,
+    pub challenge_window_s: u64,
+    /// Vouchers for ended requests are sent this often.
+    pub voucher_interval_ms: u64,
+    /// Every changed channel is vouched for this often, even mid-stream.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for ChannelsSection {
+    fn default() -> Self {
+        ChannelsSection {
+            initial_deposit: "0".into(),
+            ttl_days: 30,
+            challenge_window_s: 86_400,
+            voucher_interval_ms: 200,
+            checkpoint_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaucetSection {
+    /// Development only: `POST /v1/faucet` funds the caller's account.
+    pub enabled: bool,
+    /// Whole tokens per grant.
+    pub amount: String,
+    /// Grants per account per hour.
+    pub per_hour: u32,
+}
+
+impl Default for FaucetSection {
+    fn default() -> Self {
+        FaucetSection { enabled: false, amount: "10".into(), per_hour: 3 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +359,9 @@ impl Config {
         if let Some(v) = env("TENZRO_ADMIN_TOKEN") {
             cfg.server.admin_token = Secret::new(v);
         }
+        if let Some(v) = env("TENZRO_STORE_URL") {
+            cfg.store.url = Secret::new(v);
+        }
         if let Some(v) = env("TENZRO_ROUTING_STRATEGY") {
             cfg.routing.strategy = serde_json::from_value(serde_json::Value::String(v.clone()))
                 .map_err(|_| invalid("TENZRO_ROUTING_STRATEGY", &v))?;
@@ -395,9 +460,27 @@ impl Config {
         })
     }
 
-    pub fn accounts_path(&self) -> PathBuf {
-        self.server.data_dir.join("accounts.json")
+    /// The store's URL: the configured one, or SQLite in the data directory.
+    pub fn store_url(&self) -> String {
+        let url = self.store.url.expose();
+        if url.is_empty() { format!("sqlite://{}", self.server.data_dir.join("gateway.db").display()) } else { url.to_owned() }
     }
+
+    /// The gateway's payer key (it signs channel vouchers).
+    pub fn payer_key_path(&self) -> PathBuf {
+        self.server.data_dir.join("payer.key")
+    }
+
+    pub fn book(&self) -> Result<crate::money::book::BookConfig, ConfigError> {
+        let initial_deposit = pricing::parse_tokens(&self.channels.initial_deposit)
+            .map_err(|e| ConfigError::Invalid(format!("channels.initial_deposit: {e}")))?;
+        Ok(crate::money::book::BookConfig {
+            initial_deposit,
+            channel_ttl: self.channels.ttl_days.saturating_mul(86_400),
+            challenge_window: self.channels.challenge_window_s,
+        })
+    }
+
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub enum ApiError {
     Forbidden(String),
     ModelNotFound(String),
     NotFound(String),
+    /// The resource is in a state that refuses the operation.
+    Conflict(String),
     RateLimited { message: String, retry_after: Duration },
     NoProvider(NoProvider),
     /// Every provider tried failed before answering.
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoProvider(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -60,7 +63,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => "invalid_request_error",
-            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => "invalid_request_error",
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) | ApiError::Conflict(_) => "invalid_request_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::PaymentRequired(_) => "insufficient_quota",
             ApiError::Forbidden(_) => "permission_error",
@@ -96,6 +99,7 @@ impl ApiError {
             .with_param("model")
             .with_code("model_not_found"),
             ApiError::NotFound(m) => ErrorBody::new(kind, m.clone()).with_code("not_found"),
+            ApiError::Conflict(m) => ErrorBody::new(kind, m.clone()).with_code("conflict"),
             ApiError::RateLimited { message, .. } => ErrorBody::new(kind, message.clone()).with_code("rate_limit_exceeded"),
             ApiError::NoProvider(np) => ErrorBody::new(kind, np.to_string())
                 .with_param(np.filter.as_str())

@@ -3,7 +3,8 @@
 //! per streamed chunk and prices them.
 //!
 //! Domain modules are plain Rust with no axum: [`routing`], [`breaker`],
-//! [`status`], [`registry`], [`pricing`], [`metering`], [`ledger`], [`accounts`],
+//! [`status`], [`registry`], [`pricing`], [`metering`], [`money`] (the book,
+//! scopes, channels, settlement and the SQL store), [`accounts`],
 //! [`ratelimit`]. The HTTP layer is [`routes`] (the route table and thin handlers)
 //! over [`proxy`] (admission, failover and the streaming relay).
 
@@ -13,9 +14,10 @@ pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod error;
-pub mod ledger;
 pub mod metering;
 pub mod metrics;
+pub mod money;
+pub mod money_routes;
 pub mod pricing;
 pub mod proxy;
 pub mod ratelimit;
@@ -29,15 +31,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
+use tenzro_attest::ProviderKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accounts::{Accounts, DefaultLimits};
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{SharedClock, SystemClock, unix_now};
 use crate::config::Config;
-use crate::ledger::{InMemoryLedger, Ledger};
 use crate::metrics::Metrics;
+use crate::money::book::Book;
+use crate::money::store::Store;
+use crate::money::vouchers::Courier;
 use crate::registry::{ProviderInfo, Registry};
 pub use crate::state::AppState;
 
@@ -45,33 +50,70 @@ pub use crate::state::AppState;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Accounts(#[from] accounts::AccountsError),
+    #[error("store {url}: {source}")]
+    Store { url: String, source: money::store::StoreError },
+    #[error("restoring the book: {0}")]
+    Book(#[from] money::book::BookError),
+    #[error("payer key: {0}")]
+    Key(#[from] tenzro_attest::Error),
+    #[error("data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
     #[error("provider {0}: {1}")]
     Provider(String, registry::RegistryError),
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
 
-/// Builds the gateway's state from a validated config, on the real clock.
-pub fn build(config: Config) -> Result<AppState, StartError> {
-    build_with_clock(config, SystemClock::shared())
+/// Opens the configured store (creating the data directory for SQLite).
+pub async fn open_store(config: &Config) -> Result<Store, StartError> {
+    let url = config.store_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.server.data_dir).map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
+    }
+    Store::open(&url).await.map_err(|source| StartError::Store { url: redact(&url), source })
 }
 
-/// Builds the gateway's state on a given clock (tests drive breakers by hand).
-pub fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppState, StartError> {
+/// A store URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Builds the gateway's state from a validated config, on the real clock.
+pub async fn build(config: Config) -> Result<AppState, StartError> {
+    build_with_clock(config, SystemClock::shared()).await
+}
+
+/// Builds the gateway's state on a given clock (tests drive breakers by hand):
+/// opens the store and restores the book from it.
+pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppState, StartError> {
     let registry = Arc::new(Registry::new(config.registry()?, clock));
     for p in &config.providers {
         let info = ProviderInfo::from_registration(config.static_registration(p)?, true)
             .map_err(|e| StartError::Provider(p.id.clone(), e))?;
         registry.upsert(info).map_err(|e| StartError::Provider(p.id.clone(), e))?;
     }
-    let ledger: Arc<dyn Ledger> = Arc::new(InMemoryLedger::new());
+    let store = open_store(&config).await?;
+    let snap = store.load(unix_now()).await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
+    let book = Arc::new(Book::new(config.book()?));
+    for (acct, funds) in &snap.accounts {
+        book.load_account(&acct.id, funds)?;
+    }
+    for (ch, v) in snap.channels {
+        book.load_channel(ch, v)?;
+    }
+    for (key, charges) in &snap.charges {
+        book.load_charges(key, charges)?;
+    }
+    book.load_pools(&snap.pools, &snap.earnings)?;
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,
         tokens_per_minute: config.limits.tokens_per_minute,
     };
-    let accounts = Arc::new(Accounts::open(config.accounts_path(), ledger.clone(), limits)?);
+    let accounts = Arc::new(Accounts::new(store.clone(), book.clone(), limits, snap.accounts.into_iter().map(|a| a.0).collect(), snap.keys));
+    let payer_key = Arc::new(ProviderKey::load_or_create(&config.payer_key_path())?);
     let client = reqwest::Client::builder()
         .connect_timeout(config.upstream.connect_timeout())
         .tcp_nodelay(true)
@@ -84,7 +126,11 @@ pub fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppState, 
         config: Arc::new(config),
         registry,
         accounts,
-        ledger,
+        book,
+        store,
+        payer_key,
+        slashes: Arc::new(std::sync::Mutex::new(snap.slashes)),
+        faucet: Arc::default(),
         metrics: Arc::new(Metrics::new()),
         client,
         tasks: TaskTracker::new(),
@@ -93,8 +139,8 @@ pub fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppState, 
 }
 
 /// Serves on `listener` (TCP_NODELAY on every accepted connection) until
-/// `state.cancel` fires, then drains requests, waits for tracked tasks and writes
-/// the accounts file back.
+/// `state.cancel` fires, then drains requests, commits the book one last time and
+/// waits for tracked tasks.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let app = routes::router(state.clone());
     let listener = listener.tap_io(|tcp| {
@@ -103,12 +149,33 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         }
     });
     let cancel = state.cancel.clone();
+    // The money tasks outlive the HTTP server, so that streams drained during
+    // shutdown are committed too.
+    let money = CancellationToken::new();
     state.tasks.spawn(attestation::reverify_loop(state.registry.clone(), state.client.clone(), cancel.clone()));
-    let result = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+    let cfg = &state.config;
+    state.tasks.spawn(money::committer::run(
+        state.book.clone(),
+        state.store.clone(),
+        Duration::from_millis(cfg.store.commit_interval_ms.max(1)),
+        money.clone(),
+    ));
+    let courier = Courier {
+        book: state.book.clone(),
+        store: state.store.clone(),
+        registry: state.registry.clone(),
+        client: state.client.clone(),
+        key: state.payer_key.clone(),
+    };
+    let (interval, checkpoint) = (Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)), Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)));
+    state.tasks.spawn(async move {
+        courier.reconcile().await;
+        courier.run(interval, checkpoint, cancel.clone()).await;
+    });
+    let result = axum::serve(listener, app).with_graceful_shutdown(state.cancel.clone().cancelled_owned()).await;
+    money.cancel();
     state.tasks.close();
     state.tasks.wait().await;
-    if let Err(e) = state.accounts.save() {
-        tracing::error!(error = %e, "saving balances on shutdown failed");
-    }
+    state.store.close().await;
     result
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tenzro_gateway::accounts::{AccountsFile, KeyScope, add_account};
+use tenzro_gateway::accounts::{KeyScope, create_in_store};
 use tenzro_gateway::config::{Config, Overrides};
 use tenzro_gateway::pricing::{self, Asset};
 
@@ -61,13 +61,15 @@ fn main() -> anyhow::Result<()> {
             let asset: Asset = asset.parse().map_err(|_| anyhow::anyhow!("--asset must be TNZO, USDC or USDT"))?;
             let balance = pricing::parse_tokens(balance.as_deref().unwrap_or(&config.limits.dev_balance))
                 .context("--balance")?;
-            let path = config.accounts_path();
-            let mut file = AccountsFile::load(&path)?;
-            let (key, account, _) = add_account(&mut file, &name, asset, balance, KeyScope::default());
-            file.save(&path)?;
-            eprintln!("account {} funded with {} {} base units ({})", account.id, balance, asset, path.display());
-            println!("{key}");
-            Ok(())
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let store = tenzro_gateway::open_store(&config).await?;
+                let (key, account, _) = create_in_store(&store, &name, asset, balance, KeyScope::default(), None).await?;
+                store.close().await;
+                eprintln!("account {} funded with {} {} base units", account.id, balance, asset);
+                println!("{key}");
+                anyhow::Ok(())
+            })
         }
         None => serve(config),
     }
@@ -83,7 +85,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listen = config.server.listen;
-        let state = tenzro_gateway::build(config)?;
+        let state = tenzro_gateway::build(config).await?;
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         tracing::info!(addr = %listener.local_addr()?, "tenzro-gateway listening");
         let cancel = state.cancel.clone();

@@ -28,7 +28,8 @@ use serde::Deserialize;
 
 use crate::accounts::{KeyEntry, Operation};
 use crate::error::ApiError;
-use crate::ledger::{Charge, Ledger, LedgerError, Reservation};
+use crate::clock::unix_now;
+use crate::money::book::{Book, BookError, Charge, Reservation};
 use crate::metering::{self, Event, Meter, SseSplitter};
 use crate::metrics::Metrics;
 use crate::pricing::Quote;
@@ -67,7 +68,7 @@ pub struct Inference {
 
 /// A reservation not yet settled; released when dropped.
 struct Held {
-    ledger: Arc<dyn Ledger>,
+    book: Arc<Book>,
     reservation: Option<Reservation>,
 }
 
@@ -80,7 +81,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
-            self.ledger.release(r);
+            self.book.release(r);
         }
     }
 }
@@ -151,17 +152,17 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         worst_cost = worst_cost.max(c);
     }
     let reservation = state
-        .ledger
-        .reserve(&key.record.account, key.asset, worst_cost)
+        .book
+        .reserve(&key.record.account, key.asset, worst_cost, Some((&key.record.id, &key.limits)), unix_now())
         .map_err(|e| payment_error(e, worst_tokens, req.prompt_estimate, max_new))?;
     if let Err(limited) = key.limiters.check(worst_tokens) {
-        state.ledger.release(reservation);
+        state.book.release(reservation);
         return Err(rate_limited(limited));
     }
 
     // Released on every path that does not hand it to a settlement, including this
     // future being dropped because the client went away.
-    let mut reservation = Held { ledger: state.ledger.clone(), reservation: Some(reservation) };
+    let mut reservation = Held { book: state.book.clone(), reservation: Some(reservation) };
     let mut last_error = String::from("no provider accepted the request");
     let mut tried = 0usize;
     for (entry, quote, _) in attempts {
@@ -171,6 +172,11 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         }
         tried += 1;
         let in_flight = InFlight::new(entry.clone());
+        let channel = match reservation.reservation.as_ref().map(|r| state.book.bind(r, &entry.info.id, unix_now())) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(ApiError::Internal(format!("opening a payment channel: {e}"))),
+            None => break,
+        };
         let url = format!("{}{}", entry.info.endpoint, req.path);
         let sent = Instant::now();
         let pre_upstream = sent.duration_since(started);
@@ -179,6 +185,7 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id)
+            .header("x-tenzro-channel", &channel)
             .body(req.body.clone())
             .send();
         let deadline = cfg.upstream.first_byte_timeout();
@@ -210,7 +217,7 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             entry.record(state.registry.now(), Outcome::Success { latency: sent.elapsed() });
             let body = read_limited(resp, cfg.upstream.idle_timeout(), 1 << 20).await.unwrap_or_default();
             if let Some(r) = reservation.take() {
-                state.ledger.release(r);
+                state.book.release(r);
             }
             let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             return Err(ApiError::Relayed { status, body });
@@ -230,7 +237,7 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             state.metrics.upstream(&entry.info.id, waited);
             let Some(r) = reservation.take() else { break };
             let after = Instant::now();
-            let resp = finish_whole(state, &entry, r, quote, &req, body)?;
+            let resp = finish_whole(state, &entry, r, quote, request_id, body)?;
             drop(in_flight);
             state.metrics.overhead(req.path, pre_upstream + after.elapsed());
             return Ok(resp);
@@ -262,7 +269,8 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         state.metrics.upstream(&entry.info.id, ttfb);
         let Some(r) = reservation.take() else { break };
         let settlement = Settlement {
-            ledger: state.ledger.clone(),
+            book: state.book.clone(),
+            request_id: request_id.to_owned(),
             registry: state.registry.clone(),
             metrics: state.metrics.clone(),
             reservation: Some(r),
@@ -270,7 +278,6 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             entry: entry.clone(),
             outcome: None,
             ttfb,
-            model: req.model.clone(),
             _in_flight: in_flight,
         };
         let relay = Relay {
@@ -292,6 +299,9 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         h.insert("x-tenzro-asset", HeaderValue::from_static(key.asset.as_str()));
         if let Ok(v) = HeaderValue::from_str(&entry.info.id) {
             h.insert("x-tenzro-provider", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&channel) {
+            h.insert("x-tenzro-channel", v);
         }
         state.metrics.overhead(req.path, pre_upstream);
         return Ok(resp);
@@ -339,14 +349,17 @@ fn rate_limited(l: crate::ratelimit::Limited) -> ApiError {
     }
 }
 
-fn payment_error(e: LedgerError, worst: u64, prompt: u64, max_new: u64) -> ApiError {
+fn payment_error(e: BookError, worst: u64, prompt: u64, max_new: u64) -> ApiError {
     match e {
-        LedgerError::Insufficient { asset, needed, available } => ApiError::PaymentRequired(format!(
+        BookError::Insufficient { asset, needed, available } => ApiError::PaymentRequired(format!(
             "insufficient balance: this request may cost up to {needed} {asset} base units \
              (about {prompt} prompt + {max_new} completion tokens = {worst}), and {available} are available; \
              lower max_tokens or add funds"
         )),
-        LedgerError::UnknownAccount(a) => ApiError::PaymentRequired(format!("account {a} has no balance in its asset")),
+        BookError::UnknownAccount(a) => ApiError::PaymentRequired(format!("account {a} has no balance in its asset")),
+        BookError::Scope(refusal) => ApiError::PaymentRequired(format!(
+            "delegation scope refuses this request ({prompt} prompt + {max_new} completion tokens at most): {refusal}"
+        )),
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -400,7 +413,7 @@ struct UsageCounts {
 }
 
 /// Prices a whole answer, settles, and adds the cost to its usage and headers.
-fn finish_whole(state: &AppState, entry: &ProviderEntry, r: Reservation, quote: Quote, req: &Inference, body: Bytes) -> Result<Response, ApiError> {
+fn finish_whole(state: &AppState, entry: &ProviderEntry, r: Reservation, quote: Quote, request_id: &str, body: Bytes) -> Result<Response, ApiError> {
     let usage = serde_json::from_slice::<UsagePeek>(&body).ok().and_then(|p| p.usage);
     let (prompt, completion) = match &usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens),
@@ -410,8 +423,8 @@ fn finish_whole(state: &AppState, entry: &ProviderEntry, r: Reservation, quote: 
         }
     };
     let cost = quote.cost(prompt.saturating_add(completion)).unwrap_or(r.amount);
-    let charge = Charge { amount: cost, provider: &entry.info.id, model: &req.model, prompt_tokens: prompt, completion_tokens: completion };
-    let settled = state.ledger.settle(r, charge).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let charge = Charge { amount: cost, provider: &entry.info.id, request_id };
+    let settled = state.book.settle(r, charge, unix_now()).map_err(|e| ApiError::Internal(e.to_string()))?;
     if settled.capped {
         tracing::warn!(provider = %entry.info.id, cost, charged = settled.charged, "cost above the reservation; capped");
     }
@@ -443,7 +456,8 @@ fn add_cost(body: &[u8], cost: u128, asset: &str) -> Option<Bytes> {
 /// Charges what a stream metered when it ends, however it ends (finished, cut by
 /// the provider, or dropped because the client went away).
 struct Settlement {
-    ledger: Arc<dyn Ledger>,
+    book: Arc<Book>,
+    request_id: String,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     reservation: Option<Reservation>,
@@ -452,7 +466,6 @@ struct Settlement {
     /// `Some(true)` finished, `Some(false)` cut by the provider, `None` client left.
     outcome: Option<bool>,
     ttfb: Duration,
-    model: String,
     _in_flight: InFlight,
 }
 
@@ -460,14 +473,8 @@ impl Drop for Settlement {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
             let m = &self.meter;
-            let charge = Charge {
-                amount: m.cost,
-                provider: &self.entry.info.id,
-                model: &self.model,
-                prompt_tokens: m.prompt_tokens,
-                completion_tokens: m.completion_tokens,
-            };
-            match self.ledger.settle(r, charge) {
+            let charge = Charge { amount: m.cost, provider: &self.entry.info.id, request_id: &self.request_id };
+            match self.book.settle(r, charge, unix_now()) {
                 Ok(s) if s.capped => tracing::warn!(provider = %self.entry.info.id, cost = m.cost, "stream cost above the reservation; capped"),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "settling a stream failed"),
@@ -564,7 +571,9 @@ impl Relay {
                     let has_choices = p.has_choices();
                     let Some(usage) = p.usage else {
                         if let Some(r) = &s.reservation {
-                            s.ledger.progress(r, s.meter.cost, &s.entry.info.id);
+                            if let Err(e) = s.book.progress(r, s.meter.cost, &s.entry.info.id, unix_now()) {
+                                tracing::error!(error = %e, "metering into the channel failed");
+                            }
                         }
                         out.extend_from_slice(&ev);
                         out.extend_from_slice(b"\n\n");
@@ -574,7 +583,9 @@ impl Relay {
                         tracing::error!(error = %e, "metering overflow");
                     }
                     if let Some(r) = &s.reservation {
-                        s.ledger.progress(r, s.meter.cost, &s.entry.info.id);
+                        if let Err(e) = s.book.progress(r, s.meter.cost, &s.entry.info.id, unix_now()) {
+                                tracing::error!(error = %e, "metering into the channel failed");
+                            }
                     }
                     let data = data.unwrap_or_default();
                     let rewritten = if self.include_usage {

@@ -36,6 +36,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/account", get(crate::money_routes::account))
+        .route("/v1/channels", get(crate::money_routes::channels))
+        .route("/v1/channels/{id}", get(crate::money_routes::channel))
+        .route("/v1/channels/{id}/voucher", get(crate::money_routes::voucher))
+        .route("/v1/channels/{id}/close", post(crate::money_routes::close))
+        .route("/v1/channels/{id}/dispute", post(crate::money_routes::dispute))
+        .route("/v1/faucet", post(crate::money_routes::faucet))
+        .route("/admin/pools", get(crate::money_routes::pools))
+        .route("/admin/slashes", get(crate::money_routes::slashes))
         .route("/v1/providers/register", post(register))
         .route("/v1/providers/heartbeat", post(heartbeat))
         .route("/admin/accounts", post(admin_create_account).get(admin_list_accounts))
@@ -145,6 +154,7 @@ impl FromRequestParts<AppState> for Auth {
         state
             .accounts
             .lookup(key)
+            .await
             .map(Auth)
             .ok_or_else(|| ApiError::Unauthorized("incorrect API key provided".into()))
     }
@@ -369,6 +379,9 @@ struct NewAccount {
     balance: Option<String>,
     #[serde(default)]
     scope: KeyScope,
+    /// The identity (DID) the account belongs to.
+    #[serde(default)]
+    identity: Option<String>,
 }
 
 fn tnzo() -> Asset {
@@ -388,7 +401,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 async fn admin_create_account(State(state): State<AppState>, _: Admin, ApiJson(n): ApiJson<NewAccount>) -> Result<Response, ApiError> {
     let balance = tokens(n.balance.as_deref())?;
-    let (key, account, record) = state.accounts.create_account(&n.name, n.asset, balance, n.scope).map_err(internal)?;
+    let (key, account, record) = state.accounts.create_account(&n.name, n.asset, balance, n.scope, n.identity).await.map_err(internal)?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "account": account, "key": key, "key_id": record.id }))).into_response())
 }
 
@@ -411,7 +424,7 @@ struct NewKey {
 }
 
 async fn admin_create_key(State(state): State<AppState>, _: Admin, Path(id): Path<String>, ApiJson(n): ApiJson<NewKey>) -> Result<Response, ApiError> {
-    let (key, record) = state.accounts.create_key(&id, &n.name, n.scope).map_err(|e| match e {
+    let (key, record) = state.accounts.create_key(&id, &n.name, n.scope).await.map_err(|e| match e {
         crate::accounts::AccountsError::UnknownAccount(a) => ApiError::NotFound(format!("no account {a}")),
         other => internal(other),
     })?;
@@ -436,7 +449,7 @@ async fn admin_credit(State(state): State<AppState>, _: Admin, Path(id): Path<St
 }
 
 async fn admin_revoke_key(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    match state.accounts.revoke(&id).map_err(internal)? {
+    match state.accounts.revoke(&id).await.map_err(internal)? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError::NotFound(format!("no key {id}"))),
     }

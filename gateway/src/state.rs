@@ -7,7 +7,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
-use crate::ledger::Ledger;
+use crate::money::book::Book;
+use crate::money::slashing::Slash;
+use crate::money::store::Store;
 use crate::metrics::Metrics;
 use crate::pricing::Rates;
 use crate::registry::Registry;
@@ -17,7 +19,14 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub accounts: Arc<Accounts>,
-    pub ledger: Arc<dyn Ledger>,
+    pub book: Arc<Book>,
+    pub store: Store,
+    /// Signs channel vouchers on the payers' behalf.
+    pub payer_key: Arc<tenzro_attest::ProviderKey>,
+    /// Slashing records, newest last (also in the store).
+    pub slashes: Arc<std::sync::Mutex<Vec<Slash>>>,
+    /// Faucet grants by account (Unix seconds), for its hourly limit.
+    pub faucet: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>>,
     pub rates: Arc<Rates>,
     pub metrics: Arc<Metrics>,
     pub client: reqwest::Client,

@@ -218,7 +218,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn balance(&self) -> u128 {
-        self.state.ledger.balance(&self.account, Asset::Tnzo).unwrap_or(0)
+        self.state.book.funds(&self.account, Asset::Tnzo).map(|f| f.available()).unwrap_or(0)
     }
 
     /// Polls the balance until it equals `want` (a stream settles when its body is
@@ -261,13 +261,14 @@ pub async fn start_gateway_with_scope(
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let cfg = cfg_for(dir.path());
     let state = match clock {
-        Some(c) => tenzro_gateway::build_with_clock(cfg, c),
-        None => tenzro_gateway::build(cfg),
+        Some(c) => tenzro_gateway::build_with_clock(cfg, c).await,
+        None => tenzro_gateway::build(cfg).await,
     }
     .unwrap_or_else(|e| panic!("build: {e}"));
     let (key, account, _) = state
         .accounts
-        .create_account("test", Asset::Tnzo, FUNDS, scope)
+        .create_account("test", Asset::Tnzo, FUNDS, scope, None)
+        .await
         .unwrap_or_else(|e| panic!("account: {e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
