@@ -17,6 +17,7 @@ use tenzro_models::api::{
 use tenzro_models::engine::Event;
 
 use crate::attestation::Identity;
+use crate::channels::Meter;
 use crate::error::{ApiError, HashedJson};
 use crate::generate::{self, EventStream};
 use crate::receipt::{self, Served};
@@ -25,20 +26,22 @@ use crate::validate::{self, ValidGeneration};
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    meter: Meter,
     HashedJson { value: req, sha256 }: HashedJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(&req.model)?;
     let valid = validate::chat(&req, model.engine.llm(), &state.config.server)?;
-    respond(&state, Kind::Chat, &req.model, valid, sha256).await
+    respond(&state, Kind::Chat, &req.model, valid, sha256, meter).await
 }
 
 pub async fn completions(
     State(state): State<AppState>,
+    meter: Meter,
     HashedJson { value: req, sha256 }: HashedJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(&req.model)?;
     let valid = validate::completion(&req, model.engine.llm(), &state.config.server)?;
-    respond(&state, Kind::Text, &req.model, valid, sha256).await
+    respond(&state, Kind::Text, &req.model, valid, sha256, meter).await
 }
 
 /// Submit the validated jobs and answer: SSE when asked to stream, else one body.
@@ -48,10 +51,11 @@ async fn respond(
     model_id: &str,
     valid: ValidGeneration,
     request_sha256: [u8; 32],
+    meter: Meter,
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(model_id)?;
     let seal = Seal { identity: state.identity.clone(), request_sha256 };
-    let shape = Shape::new(kind, model_id, &valid, seal);
+    let shape = Shape::new(kind, model_id, &valid, seal, meter);
     let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
     if valid.stream { Ok(sse(shape, events).into_response()) } else { collect(shape, events).await }
 }
@@ -73,6 +77,8 @@ struct Shape {
     /// Per global choice: the prompt text to echo (completions only).
     echo: Vec<Option<String>>,
     seal: Seal,
+    /// Counts the tokens served against the request's payment channel, if any.
+    meter: Meter,
 }
 
 /// What a receipt needs besides the response: the signer and the request's digest.
@@ -91,7 +97,7 @@ struct Finish {
 }
 
 impl Shape {
-    fn new(kind: Kind, model: &str, valid: &ValidGeneration, seal: Seal) -> Self {
+    fn new(kind: Kind, model: &str, valid: &ValidGeneration, seal: Seal, meter: Meter) -> Self {
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         let mut echo = Vec::new();
         for (job, e) in valid.jobs.iter().zip(&valid.echo) {
@@ -106,6 +112,7 @@ impl Shape {
             include_usage: valid.include_usage,
             echo,
             seal,
+            meter,
         }
     }
 
@@ -201,7 +208,12 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
         .collect();
     let mut texts = shape.texts();
     let mut held: Option<Finish> = None;
+    // Completion tokens streamed so far: what is owed if the stream breaks.
+    let mut streamed: u64 = 0;
     let body = events.flat_map(move |event| {
+        if let Event::Text { tokens, .. } | Event::Finished { tokens, .. } = &event {
+            streamed += u64::from(*tokens);
+        }
         if let Event::Text { choice, text, .. } | Event::Finished { choice, text, .. } = &event
             && let Some(whole) = texts.get_mut(*choice as usize)
         {
@@ -218,6 +230,7 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
                 held = Some(Finish { choice, reason, text, tokens });
             }
             Event::Done { prompt_tokens, completion_tokens } => {
+                shape.meter.record(u64::from(prompt_tokens) + u64::from(completion_tokens));
                 let receipt = shape.receipt(&texts, prompt_tokens, completion_tokens);
                 match (shape.include_usage, held.take()) {
                     (false, Some(last)) => out.push(shape.finish_chunk(last, Some(receipt))),
@@ -232,6 +245,7 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
             }
             Event::Error(e) => {
                 out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
+                shape.meter.record(streamed);
                 tracing::error!(error = %e, "generation failed mid-stream");
                 let body = ErrorBody::new("server_error", "The model failed while generating; the stream is incomplete");
                 out.push(serde_json::to_string(&body).unwrap_or_default());
@@ -258,6 +272,7 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 reasons[choice as usize] = Some(reason);
             }
             Event::Done { prompt_tokens, completion_tokens } => {
+                shape.meter.record(u64::from(prompt_tokens) + u64::from(completion_tokens));
                 usage = Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens));
                 tokens = (prompt_tokens, completion_tokens);
             }

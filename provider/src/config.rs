@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tenzro_attest::TeeKind;
+use tenzro_attest::{PublicKey, TeeKind};
 use tenzro_attest::evidence::tsm::TSM_REPORT_DIR;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +27,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub attestation: AttestationConfig,
+    #[serde(default)]
+    pub channels: ChannelsConfig,
     /// Stake declared to a gateway at registration, in whole TNZO. Gateways route
     /// LLM traffic only to providers staking at least 100,000.
     #[serde(default = "default_stake_tnzo")]
@@ -106,6 +108,31 @@ impl Default for AttestationConfig {
             kind: TeeKind::None,
             tsm_dir: PathBuf::from(TSM_REPORT_DIR),
             gpu_index: 0,
+        }
+    }
+}
+
+/// `[channels]`: payment-channel vouchers and the credit given before payment
+/// (see `vouchers`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// The voucher store (JSON), relative to the working directory unless absolute.
+    pub path: PathBuf,
+    /// Tokens a channel may be served beyond its last paying voucher before its
+    /// requests get 402; 0 means no limit.
+    pub credit_limit_tokens: u64,
+    /// When not empty, the only payer keys (hex Ed25519) whose vouchers are
+    /// accepted; when empty, each channel trusts the key of its first voucher.
+    pub trusted_payers: Vec<PublicKey>,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            path: PathBuf::from(".tenzro/provider-vouchers.json"),
+            credit_limit_tokens: 200_000,
+            trusted_payers: Vec::new(),
         }
     }
 }
@@ -205,6 +232,9 @@ impl Config {
         if self.identity.key_path.as_os_str().is_empty() {
             return invalid("identity.key_path must not be empty".into());
         }
+        if self.channels.path.as_os_str().is_empty() {
+            return invalid("channels.path must not be empty".into());
+        }
         if self.engine.max_sequences == 0 || self.engine.queue_capacity == 0 {
             return invalid("engine.max_sequences and engine.queue_capacity must be at least 1".into());
         }
@@ -260,6 +290,9 @@ mod tests {
         check(&format!("listen = \"127.0.0.1:1\"\n{model}[attestation]\nkind = \"sgx\"\n"), "unknown variant `sgx`");
         check(&format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey_path = \"\"\n"), "key_path must not be empty");
         check(&format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey = \"00\"\n"), "unknown field `key`");
+        check(&format!("listen = \"127.0.0.1:1\"\n{model}[channels]\ntrusted_payers = [\"zz\"]\n"), "public key must be 32 bytes");
+        check(&format!("listen = \"127.0.0.1:1\"\n{model}[channels]\npath = \"\"\n"), "channels.path must not be empty");
+        check(&format!("listen = \"127.0.0.1:1\"\n{model}[channels]\nlimit = 1\n"), "unknown field `limit`");
     }
 
     #[test]
@@ -274,5 +307,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.identity.key_path, Path::new("/k"));
         assert_eq!((c.attestation.kind, c.attestation.tsm_dir.as_path()), (TeeKind::SevSnp, Path::new("/t")));
+    }
+
+    #[test]
+    fn channels_default_and_parse() {
+        let base = "listen = \"127.0.0.1:1\"\n[[chat_models]]\nid = \"a\"\npath = \"x\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert_eq!(c.channels.path, Path::new(".tenzro/provider-vouchers.json"));
+        assert_eq!((c.channels.credit_limit_tokens, c.channels.trusted_payers.len()), (200_000, 0));
+        let key = tenzro_attest::ProviderKey::from_seed(&[1; 32]).public_key();
+        let c: Config = toml::from_str(&format!(
+            "{base}[channels]\npath = \"/v.json\"\ncredit_limit_tokens = 0\ntrusted_payers = [\"{}\"]\n",
+            key.to_hex()
+        ))
+        .unwrap();
+        assert_eq!((c.channels.path.as_path(), c.channels.credit_limit_tokens), (Path::new("/v.json"), 0));
+        assert_eq!(c.channels.trusted_payers, [key]);
     }
 }

@@ -8,12 +8,14 @@ use tenzro_models::api::{
 };
 use tenzro_models::embed::{EmbedError, EmbedInput};
 
+use crate::channels::Meter;
 use crate::error::{ApiError, HashedJson};
 use crate::receipt::{self, Served};
 use crate::state::AppState;
 
 pub async fn embeddings(
     State(state): State<AppState>,
+    meter: Meter,
     HashedJson { value: req, sha256: request_sha256 }: HashedJson<EmbeddingRequest>,
 ) -> Result<Json<EmbeddingResponse>, ApiError> {
     let model = state.embedding_model(&req.model)?;
@@ -39,6 +41,7 @@ pub async fn embeddings(
         e => ApiError::bad_param("input", e.to_string()),
     })?;
     state.metrics.tokens(tokens as u64, 0);
+    meter.record(tokens as u64);
     let served = Served {
         model: req.model.clone(),
         request_sha256,

@@ -13,6 +13,12 @@ pub enum ApiError {
     BadRequest { message: String, param: Option<String>, code: Option<&'static str> },
     #[error("The model `{0}` does not exist or is not served here")]
     ModelNotFound(String),
+    /// A named thing other than a model is missing (`code` names what).
+    #[error("{message}")]
+    NotFound { message: String, code: &'static str },
+    /// The channel in `x-tenzro-channel` owes more than the credit limit.
+    #[error("{0}")]
+    ChannelUnpaid(#[from] crate::vouchers::Unpaid),
     #[error("Request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("The server is overloaded; retry after {retry_after} s")]
@@ -36,7 +42,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ChannelUnpaid(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -47,6 +54,8 @@ impl ApiError {
         let (kind, code, param) = match self {
             ApiError::BadRequest { param, code, .. } => ("invalid_request_error", *code, param.clone()),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found"), Some("model".into())),
+            ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code), None),
+            ApiError::ChannelUnpaid(_) => ("invalid_request_error", Some("channel_unpaid"), None),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large"), None),
             ApiError::Overloaded { .. } => ("server_error", Some("overloaded"), None),
             ApiError::Unavailable => ("server_error", Some("unavailable"), None),

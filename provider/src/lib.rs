@@ -5,9 +5,12 @@
 //! parse, call `validate`/`generate`, and convert back. `load` builds the state
 //! from a `config::Config`. `attestation` holds the provider's key and evidence
 //! (`GET /v1/attestation`); `receipt` defines the digests of the receipt signed
-//! onto every response.
+//! onto every response. `vouchers` is the payment-channel book (verify,
+//! countersign, store, credit); `channels` its HTTP surface and the
+//! `x-tenzro-channel` credit check.
 
 pub mod attestation;
+pub mod channels;
 pub mod chat;
 pub mod config;
 pub mod embeddings;
@@ -22,3 +25,4 @@ pub mod registration;
 pub mod routes;
 pub mod state;
 pub mod validate;
+pub mod vouchers;

@@ -14,6 +14,7 @@ use crate::attestation::{Identity, IdentityError};
 use crate::config::{Config, RequantizeSetting};
 use crate::metrics::Metrics;
 use crate::state::{AppState, ChatModel, EmbeddingModel};
+use crate::vouchers::{BookSettings, Channels, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -25,12 +26,21 @@ pub enum LoadError {
     Engine { id: String, source: std::io::Error },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Vouchers(#[from] StoreError),
 }
 
-/// Load every model (hashing each weight file against its configured digest),
+/// Open the voucher store, load every model (hashing each weight file against its configured digest),
 /// start one engine thread per chat model, then load the provider's identity over
 /// those digests. Blocking: call it off the async runtime.
 pub fn load(config: Config) -> Result<AppState, LoadError> {
+    // The voucher store first: a corrupt one stops the provider before minutes of
+    // model loading.
+    let channels = Channels::open(BookSettings {
+        path: config.channels.path.clone(),
+        credit_limit_tokens: config.channels.credit_limit_tokens,
+        trusted_payers: config.channels.trusted_payers.clone(),
+    })?;
     let device = device();
     let mut chat = HashMap::new();
     for m in &config.chat_models {
@@ -79,6 +89,7 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
     let identity = Identity::load(&config.identity, &config.attestation, digests)?;
     Ok(AppState {
         identity: Arc::new(identity),
+        channels: Arc::new(channels),
         config: Arc::new(config),
         chat: Arc::new(chat),
         embedding: Arc::new(embedding),

@@ -25,6 +25,9 @@ struct Args {
     /// The provider's Ed25519 key file; overrides `identity.key_path` in the config.
     #[arg(long, env = "TENZRO_KEY_PATH")]
     key_path: Option<PathBuf>,
+    /// The payment-channel voucher store; overrides `channels.path` in the config.
+    #[arg(long, env = "TENZRO_VOUCHERS_PATH")]
+    vouchers_path: Option<PathBuf>,
     /// A gateway to register with (e.g. http://127.0.0.1:8080); the provider then
     /// sends signed heartbeats until it stops.
     #[arg(long, env = "TENZRO_GATEWAY")]
@@ -51,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = args.key_path {
         config.identity.key_path = path;
+    }
+    if let Some(path) = args.vouchers_path {
+        config.channels.path = path;
     }
     config.validate()?;
     let listen = config.listen;

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 
 use crate::error::BodyLimit;
 use crate::state::AppState;
-use crate::{chat, embeddings, info};
+use crate::{channels, chat, embeddings, info};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
@@ -17,6 +17,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(info::models))
+        .route("/v1/channels", get(channels::list))
+        .route("/v1/channels/vouchers", post(channels::submit))
+        .route("/v1/channels/{channel_id}/voucher", get(channels::latest))
         .route("/v1/attestation", get(info::attestation))
         .route("/tokenize", post(info::tokenize))
         .route("/health", get(info::health))

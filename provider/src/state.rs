@@ -11,6 +11,7 @@ use crate::attestation::Identity;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::vouchers::Channels;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +22,8 @@ pub struct AppState {
     pub started: u64,
     /// The provider's key, evidence source and served weight digests.
     pub identity: Arc<Identity>,
+    /// Payment-channel vouchers and unpaid tokens per channel.
+    pub channels: Arc<Channels>,
 }
 
 pub struct ChatModel {
