@@ -24,6 +24,8 @@ CREATE TABLE api_keys (
     account TEXT NOT NULL,
     name TEXT NOT NULL,
     scope TEXT NOT NULL,
+    -- The agent identity (DID) this key acts for, if any.
+    identity TEXT,
     created BIGINT NOT NULL,
     revoked BIGINT
 );

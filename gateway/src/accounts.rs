@@ -79,10 +79,18 @@ pub struct KeyScope {
     pub routing: Option<RoutingPrefs>,
     /// Delegation scope (whitepaper §10.5): most a single request may cost, in base
     /// units of the account's asset (decimal string).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "decimal::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "decimal::option"
+    )]
     pub max_transaction_value: Option<u128>,
     /// Most this key may spend in any rolling 24 hours (decimal string).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "decimal::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "decimal::option"
+    )]
     pub max_daily_spend: Option<u128>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_payment_protocols: Option<Vec<String>>,
@@ -133,11 +141,18 @@ pub struct KeyRecord {
     #[serde(default)]
     pub scope: KeyScope,
     pub created: u64,
+    /// The agent identity (DID) this key acts for; `None`: the account's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// A new API key: `tz-` and 64 hex characters (244 random bits from two UUIDv4s).
 pub fn generate_key() -> String {
-    format!("tz-{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "tz-{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -166,6 +181,7 @@ pub fn new_key(account: &str, name: &str, scope: KeyScope) -> (String, KeyRecord
         name: name.to_owned(),
         scope,
         created: unix_now(),
+        identity: None,
     };
     (key, record)
 }
@@ -220,8 +236,20 @@ fn poisoned<T>(_: T) -> AccountsError {
 
 impl Accounts {
     /// The accounts and keys loaded from the store (their funds go to the book).
-    pub fn new(store: Store, book: Arc<Book>, defaults: DefaultLimits, accounts: Vec<AccountRecord>, keys: Vec<KeyRecord>) -> Self {
-        let a = Accounts { store, book, defaults, keys: RwLock::new(HashMap::new()), accounts: RwLock::new(BTreeMap::new()) };
+    pub fn new(
+        store: Store,
+        book: Arc<Book>,
+        defaults: DefaultLimits,
+        accounts: Vec<AccountRecord>,
+        keys: Vec<KeyRecord>,
+    ) -> Self {
+        let a = Accounts {
+            store,
+            book,
+            defaults,
+            keys: RwLock::new(HashMap::new()),
+            accounts: RwLock::new(BTreeMap::new()),
+        };
         if let Ok(mut map) = a.accounts.write() {
             for acct in accounts {
                 map.insert(acct.id.clone(), acct);
@@ -236,17 +264,33 @@ impl Accounts {
     }
 
     fn insert_key(&self, record: KeyRecord) -> Result<Arc<KeyEntry>, AccountsError> {
-        let (asset, identity) = self
+        let (asset, account_identity) = self
             .accounts
             .read()
             .map_err(poisoned)?
             .get(&record.account)
             .map(|a| (a.asset, a.identity.clone()))
             .ok_or_else(|| AccountsError::UnknownAccount(record.account.clone()))?;
-        let rpm = record.scope.requests_per_minute.unwrap_or(self.defaults.requests_per_minute);
-        let tpm = record.scope.tokens_per_minute.unwrap_or(self.defaults.tokens_per_minute);
-        let entry = Arc::new(KeyEntry { limiters: Limiters::new(rpm, tpm), asset, identity, limits: record.scope.spend_limits(), record });
-        self.keys.write().map_err(poisoned)?.insert(entry.record.hash.clone(), entry.clone());
+        let rpm = record
+            .scope
+            .requests_per_minute
+            .unwrap_or(self.defaults.requests_per_minute);
+        let tpm = record
+            .scope
+            .tokens_per_minute
+            .unwrap_or(self.defaults.tokens_per_minute);
+        let identity = record.identity.clone().or(account_identity);
+        let entry = Arc::new(KeyEntry {
+            limiters: Limiters::new(rpm, tpm),
+            asset,
+            identity,
+            limits: record.scope.spend_limits(),
+            record,
+        });
+        self.keys
+            .write()
+            .map_err(poisoned)?
+            .insert(entry.record.hash.clone(), entry.clone());
         Ok(entry)
     }
 
@@ -269,7 +313,11 @@ impl Accounts {
             tracing::error!(error = %e, "loading an account");
             return None;
         }
-        self.accounts.write().ok()?.entry(account.id.clone()).or_insert(account);
+        self.accounts
+            .write()
+            .ok()?
+            .entry(account.id.clone())
+            .or_insert(account);
         self.insert_key(record).ok()
     }
 
@@ -282,21 +330,48 @@ impl Accounts {
         scope: KeyScope,
         identity: Option<String>,
     ) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
-        let (key, acct, rec) = create_in_store(&self.store, name, asset, balance, scope, identity).await?;
+        let (key, acct, rec) =
+            create_in_store(&self.store, name, asset, balance, scope, identity).await?;
         self.book
-            .load_account(&acct.id, &[(asset, crate::money::book::Funds { balance, held: 0, funded: balance })])
+            .load_account(
+                &acct.id,
+                &[(
+                    asset,
+                    crate::money::book::Funds {
+                        balance,
+                        held: 0,
+                        funded: balance,
+                    },
+                )],
+            )
             .map_err(|e| AccountsError::Invalid(e.to_string()))?;
-        self.accounts.write().map_err(poisoned)?.insert(acct.id.clone(), acct.clone());
+        self.accounts
+            .write()
+            .map_err(poisoned)?
+            .insert(acct.id.clone(), acct.clone());
         self.insert_key(rec.clone())?;
         Ok((key, self.with_balances(acct), rec))
     }
 
-    /// Creates another key for an existing account (admin API).
-    pub async fn create_key(&self, account: &str, name: &str, scope: KeyScope) -> Result<(String, KeyRecord), AccountsError> {
-        if !self.accounts.read().map_err(poisoned)?.contains_key(account) {
+    /// Creates another key for an existing account (admin API; an agent's key
+    /// names the agent's identity).
+    pub async fn create_key(
+        &self,
+        account: &str,
+        name: &str,
+        scope: KeyScope,
+        identity: Option<String>,
+    ) -> Result<(String, KeyRecord), AccountsError> {
+        if !self
+            .accounts
+            .read()
+            .map_err(poisoned)?
+            .contains_key(account)
+        {
             return Err(AccountsError::UnknownAccount(account.to_owned()));
         }
-        let (key, rec) = new_key(account, name, scope);
+        let (key, mut rec) = new_key(account, name, scope);
+        rec.identity = identity;
         self.store.put_key(&rec).await?;
         self.insert_key(rec.clone())?;
         Ok((key, rec))
@@ -315,25 +390,46 @@ impl Accounts {
     }
 
     pub fn credit(&self, account: &str, asset: Asset, amount: u128) -> Result<u128, AccountsError> {
-        if !self.accounts.read().map_err(poisoned)?.contains_key(account) {
+        if !self
+            .accounts
+            .read()
+            .map_err(poisoned)?
+            .contains_key(account)
+        {
             return Err(AccountsError::UnknownAccount(account.to_owned()));
         }
-        self.book.credit(account, asset, amount).map_err(|e| AccountsError::Invalid(e.to_string()))
+        self.book
+            .credit(account, asset, amount)
+            .map_err(|e| AccountsError::Invalid(e.to_string()))
     }
 
     pub fn account(&self, id: &str) -> Option<AccountRecord> {
-        self.accounts.read().ok()?.get(id).cloned().map(|a| self.with_balances(a))
+        self.accounts
+            .read()
+            .ok()?
+            .get(id)
+            .cloned()
+            .map(|a| self.with_balances(a))
     }
 
     pub fn list(&self) -> Vec<AccountRecord> {
-        let accts: Vec<AccountRecord> = self.accounts.read().map(|a| a.values().cloned().collect()).unwrap_or_default();
+        let accts: Vec<AccountRecord> = self
+            .accounts
+            .read()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default();
         accts.into_iter().map(|a| self.with_balances(a)).collect()
     }
 
     pub fn keys_of(&self, account: &str) -> Vec<KeyRecord> {
         self.keys
             .read()
-            .map(|k| k.values().filter(|e| e.record.account == account).map(|e| e.record.clone()).collect())
+            .map(|k| {
+                k.values()
+                    .filter(|e| e.record.account == account)
+                    .map(|e| e.record.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -341,7 +437,12 @@ impl Accounts {
     pub fn keys_of_identity(&self, identity: &str) -> Vec<KeyRecord> {
         self.keys
             .read()
-            .map(|k| k.values().filter(|e| e.identity.as_deref() == Some(identity)).map(|e| e.record.clone()).collect())
+            .map(|k| {
+                k.values()
+                    .filter(|e| e.identity.as_deref() == Some(identity))
+                    .map(|e| e.record.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

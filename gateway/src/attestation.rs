@@ -153,13 +153,23 @@ pub fn check(
             reasons.push(format!(
                 "weights: model {id} was registered without a valid weight_sha256; the binding cannot be checked"
             ));
-            return AttestationVerdict { trusted: false, tee_kind: kind, reasons, verified_at: now, expires_at: now, slashable };
+            return AttestationVerdict {
+                trusted: false,
+                tee_kind: kind,
+                reasons,
+                verified_at: now,
+                expires_at: now,
+                slashable,
+            };
         };
         digests.push(d);
         if let Some(attested) = doc.model_digests.get(id)
             && parse_digest(attested) != Some(d)
         {
-            reasons.push(format!("weights: model {id} is attested with digest {attested}, registered with {}", hex::encode(d)));
+            reasons.push(format!(
+                "weights: model {id} is attested with digest {attested}, registered with {}",
+                hex::encode(d)
+            ));
             slashable = true;
         }
     }
@@ -180,9 +190,17 @@ pub fn check(
             doc.tee_kind, doc.evidence.kind
         ));
     }
-    let ctx = VerifyContext { now, policy, report_data: Some(expected), tdx_collateral: None };
+    let ctx = VerifyContext {
+        now,
+        policy,
+        report_data: Some(expected),
+        tdx_collateral: None,
+    };
     let v = evidence::verify(&doc.evidence, &ctx);
-    if v.checks.iter().any(|c| !c.ok && SLASHABLE_CHECKS.contains(&c.name.as_str())) {
+    if v.checks
+        .iter()
+        .any(|c| !c.ok && SLASHABLE_CHECKS.contains(&c.name.as_str()))
+    {
         slashable = true;
     }
     reasons.extend(v.reasons.iter().map(|r| format!("evidence: {r}")));
@@ -205,23 +223,42 @@ pub fn fresh_nonce() -> Result<[u8; NONCE_BYTES], String> {
 }
 
 /// `GET {endpoint}/v1/attestation?nonce=HEX`, parsed.
-pub async fn fetch(client: &reqwest::Client, endpoint: &str, nonce: &[u8]) -> Result<AttestationDocument, String> {
+pub async fn fetch(
+    client: &reqwest::Client,
+    endpoint: &str,
+    nonce: &[u8],
+) -> Result<AttestationDocument, String> {
     let url = format!("{endpoint}/v1/attestation?nonce={}", hex::encode(nonce));
-    let resp = client.get(&url).timeout(FETCH_TIMEOUT).send().await.map_err(|e| format!("fetch: GET {url}: {e}"))?;
+    let resp = client
+        .get(&url)
+        .timeout(FETCH_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("fetch: GET {url}: {e}"))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("fetch: GET {url} answered {status}"));
     }
-    let body = resp.bytes().await.map_err(|e| format!("fetch: GET {url}: {e}"))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("fetch: GET {url}: {e}"))?;
     if body.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!("fetch: the attestation document is over {MAX_DOCUMENT_BYTES} bytes"));
+        return Err(format!(
+            "fetch: the attestation document is over {MAX_DOCUMENT_BYTES} bytes"
+        ));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("fetch: the attestation document is not valid: {e}"))
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("fetch: the attestation document is not valid: {e}"))
 }
 
 /// Verifies provider `id` now and stores the verdict (and a slash when it is the
 /// provider's fault). `None` when the provider is unknown or has no key (config).
-pub async fn verify_provider(registry: &Registry, client: &reqwest::Client, id: &str) -> Option<AttestationVerdict> {
+pub async fn verify_provider(
+    registry: &Registry,
+    client: &reqwest::Client,
+    id: &str,
+) -> Option<AttestationVerdict> {
     let entry = registry.get(id)?;
     let key = entry.info.public_key?;
     let verdict = match fresh_nonce() {
@@ -245,7 +282,11 @@ pub async fn verify_provider(registry: &Registry, client: &reqwest::Client, id: 
 
 /// Re-verifies, every [`SWEEP_INTERVAL`], the providers whose verdict is missing or
 /// within the last tenth of its freshness window, until `cancel` fires.
-pub async fn reverify_loop(registry: Arc<Registry>, client: reqwest::Client, cancel: CancellationToken) {
+pub async fn reverify_loop(
+    registry: Arc<Registry>,
+    client: reqwest::Client,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,

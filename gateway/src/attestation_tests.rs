@@ -31,7 +31,10 @@ fn info(id: &str, digest: Option<[u8; 32]>) -> ModelInfo {
 }
 
 fn models(digest: Option<[u8; 32]>) -> Vec<ModelEntry> {
-    vec![ModelEntry { info: info("m", digest), price: 1000 }]
+    vec![ModelEntry {
+        info: info("m", digest),
+        price: 1000,
+    }]
 }
 
 fn doc(key: &ProviderKey, nonce: &[u8], digest: [u8; 32]) -> AttestationDocument {
@@ -49,7 +52,15 @@ fn doc(key: &ProviderKey, nonce: &[u8], digest: [u8; 32]) -> AttestationDocument
 }
 
 fn run(d: &AttestationDocument, key: &ProviderKey, m: &[ModelEntry]) -> AttestationVerdict {
-    check(d, &key.public_key(), "none", m, &NONCE, &Policy::default(), 1_000)
+    check(
+        d,
+        &key.public_key(),
+        "none",
+        m,
+        &NONCE,
+        &Policy::default(),
+        1_000,
+    )
 }
 
 #[test]
@@ -57,9 +68,15 @@ fn none_evidence_bound_correctly_is_untrusted_but_not_slashed() {
     let key = ProviderKey::from_seed(&[1; 32]);
     let v = run(&doc(&key, &NONCE, W), &key, &models(Some(W)));
     assert!(!v.trusted && !v.slashable, "{v:?}");
-    assert!(v.reasons.iter().any(|r| r.contains("never trusted")), "{v:?}");
+    assert!(
+        v.reasons.iter().any(|r| r.contains("never trusted")),
+        "{v:?}"
+    );
     assert!(!v.reasons.iter().any(|r| r.starts_with("binding")), "{v:?}");
-    assert_eq!((v.verified_at, v.expires_at), (1_000, 1_000 + Policy::default().freshness_secs));
+    assert_eq!(
+        (v.verified_at, v.expires_at),
+        (1_000, 1_000 + Policy::default().freshness_secs)
+    );
     assert!(!v.is_fresh(1_000));
 }
 
@@ -69,7 +86,10 @@ fn a_wrong_key_is_slashable() {
     let other = ProviderKey::from_seed(&[2; 32]);
     let v = run(&doc(&other, &NONCE, W), &key, &models(Some(W)));
     assert!(v.slashable && !v.trusted);
-    assert!(v.reasons.iter().any(|r| r.starts_with("public_key")), "{v:?}");
+    assert!(
+        v.reasons.iter().any(|r| r.starts_with("public_key")),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -81,7 +101,10 @@ fn a_wrong_binding_is_slashable() {
     let v = run(&d, &key, &models(Some(W)));
     assert!(v.slashable && !v.trusted);
     assert!(v.reasons.iter().any(|r| r.starts_with("binding")), "{v:?}");
-    assert!(v.reasons.iter().any(|r| r.starts_with("evidence: binding")), "{v:?}");
+    assert!(
+        v.reasons.iter().any(|r| r.starts_with("evidence: binding")),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -102,7 +125,15 @@ fn a_registration_without_digests_is_untrusted_not_slashed() {
 #[test]
 fn declared_kind_must_match_the_evidence() {
     let key = ProviderKey::from_seed(&[1; 32]);
-    let v = check(&doc(&key, &NONCE, W), &key.public_key(), "tdx", &models(Some(W)), &NONCE, &Policy::default(), 5);
+    let v = check(
+        &doc(&key, &NONCE, W),
+        &key.public_key(),
+        "tdx",
+        &models(Some(W)),
+        &NONCE,
+        &Policy::default(),
+        5,
+    );
     assert!(v.reasons.iter().any(|r| r.starts_with("tee_kind")), "{v:?}");
 }
 
@@ -115,12 +146,31 @@ fn slash_is_ten_percent() {
 
 #[test]
 fn freshness_window() {
-    let v = AttestationVerdict { trusted: true, tee_kind: None, reasons: vec![], verified_at: 10, expires_at: 20, slashable: false };
+    let v = AttestationVerdict {
+        trusted: true,
+        tee_kind: None,
+        reasons: vec![],
+        verified_at: 10,
+        expires_at: 20,
+        slashable: false,
+    };
     assert!(!v.is_fresh(9) && v.is_fresh(10) && v.is_fresh(19) && !v.is_fresh(20));
-    assert!(!AttestationVerdict { trusted: false, ..v }.is_fresh(15));
+    assert!(
+        !AttestationVerdict {
+            trusted: false,
+            ..v
+        }
+        .is_fresh(15)
+    );
 }
 
-fn registry_with(tee: &str) -> (Registry, Arc<ManualClock>, Arc<crate::registry::ProviderEntry>) {
+fn registry_with(
+    tee: &str,
+) -> (
+    Registry,
+    Arc<ManualClock>,
+    Arc<crate::registry::ProviderEntry>,
+) {
     let clock = ManualClock::new();
     let reg = Registry::new(RegistryConfig::default(), clock.clone());
     let key = ProviderKey::from_seed(&[1; 32]);
@@ -135,12 +185,16 @@ fn registry_with(tee: &str) -> (Registry, Arc<ManualClock>, Arc<crate::registry:
         heartbeat_interval_s: None,
         timestamp: 0,
     };
-    let entry = reg.upsert(ProviderInfo::from_registration(r, false).unwrap()).unwrap();
+    let entry = reg
+        .upsert(ProviderInfo::from_registration(r, false).unwrap())
+        .unwrap();
     (reg, clock, entry)
 }
 
 fn tee_candidate(reg: &Registry) -> bool {
-    reg.candidates("m", Asset::Tnzo, &Rates::default()).into_iter().any(|(_, c, _)| c.tee)
+    reg.candidates("m", Asset::Tnzo, &Rates::default())
+        .into_iter()
+        .any(|(_, c, _)| c.tee)
 }
 
 #[test]
@@ -149,14 +203,25 @@ fn routing_sees_only_trusted_fresh_verdicts() {
     assert!(!tee_candidate(&reg), "a declared TEE alone does not count");
     assert_eq!(reg.attestation_due(), vec!["p".to_owned()]);
     let now = reg.unix_now();
-    let v = AttestationVerdict { trusted: true, tee_kind: Some("tdx".into()), reasons: vec![], verified_at: now, expires_at: now + 100_000, slashable: false };
+    let v = AttestationVerdict {
+        trusted: true,
+        tee_kind: Some("tdx".into()),
+        reasons: vec![],
+        verified_at: now,
+        expires_at: now + 100_000,
+        slashable: false,
+    };
     reg.record_attestation(&entry, v);
     assert!(tee_candidate(&reg));
     assert!(reg.views()[0].tee_verified);
     assert!(reg.attestation_due().is_empty());
     // The default policy's margin is a tenth of 24 h: 8640 s.
     clock.advance(Duration::from_secs(100_000 - 8_640));
-    assert_eq!(reg.attestation_due(), vec!["p".to_owned()], "due within the last tenth");
+    assert_eq!(
+        reg.attestation_due(),
+        vec!["p".to_owned()],
+        "due within the last tenth"
+    );
     clock.advance(Duration::from_secs(8_640));
     assert!(!tee_candidate(&reg), "expired");
     assert!(reg.slashes().is_empty());
@@ -176,7 +241,14 @@ fn a_slashable_verdict_records_ten_percent() {
     reg.record_attestation(&entry, v);
     let s = reg.slashes();
     assert_eq!(s.len(), 1);
-    assert_eq!((s[0].provider.as_str(), s[0].amount.as_str(), s[0].reason.as_str()), ("p", "100000", "binding: wrong"));
+    assert_eq!(
+        (
+            s[0].provider.as_str(),
+            s[0].amount.as_str(),
+            s[0].reason.as_str()
+        ),
+        ("p", "100000", "binding: wrong")
+    );
     assert!(!tee_candidate(&reg));
     assert!(reg.attestation("p").is_some());
 }

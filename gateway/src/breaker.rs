@@ -18,7 +18,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(60) }
+        BreakerConfig {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(60),
+        }
     }
 }
 
@@ -51,10 +54,16 @@ impl BreakerState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Inner {
-    Closed { consecutive_failures: u32 },
-    Open { since: Duration },
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        since: Duration,
+    },
     /// `trial_since` is set while the one trial request is out.
-    HalfOpen { trial_since: Option<Duration> },
+    HalfOpen {
+        trial_since: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +74,12 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
-        Breaker { config, inner: Inner::Closed { consecutive_failures: 0 } }
+        Breaker {
+            config,
+            inner: Inner::Closed {
+                consecutive_failures: 0,
+            },
+        }
     }
 
     /// The state at `now`, without changing anything. An Open breaker whose time is
@@ -87,9 +101,9 @@ impl Breaker {
             Inner::Closed { .. } => true,
             Inner::Open { since } => now.saturating_sub(since) >= self.config.open_for,
             Inner::HalfOpen { trial_since: None } => true,
-            Inner::HalfOpen { trial_since: Some(t) } => {
-                now.saturating_sub(t) >= self.config.open_for
-            }
+            Inner::HalfOpen {
+                trial_since: Some(t),
+            } => now.saturating_sub(t) >= self.config.open_for,
         }
     }
 
@@ -102,24 +116,32 @@ impl Breaker {
         match self.inner {
             Inner::Closed { .. } => {}
             Inner::Open { .. } | Inner::HalfOpen { .. } => {
-                self.inner = Inner::HalfOpen { trial_since: Some(now) };
+                self.inner = Inner::HalfOpen {
+                    trial_since: Some(now),
+                };
             }
         }
         true
     }
 
     pub fn on_success(&mut self) {
-        self.inner = Inner::Closed { consecutive_failures: 0 };
+        self.inner = Inner::Closed {
+            consecutive_failures: 0,
+        };
     }
 
     pub fn on_failure(&mut self, now: Duration) {
         self.inner = match self.inner {
-            Inner::Closed { consecutive_failures } => {
+            Inner::Closed {
+                consecutive_failures,
+            } => {
                 let n = consecutive_failures.saturating_add(1);
                 if n >= self.config.failure_threshold {
                     Inner::Open { since: now }
                 } else {
-                    Inner::Closed { consecutive_failures: n }
+                    Inner::Closed {
+                        consecutive_failures: n,
+                    }
                 }
             }
             Inner::HalfOpen { .. } | Inner::Open { .. } => Inner::Open { since: now },
@@ -144,7 +166,12 @@ mod tests {
         for i in 0..4 {
             assert!(b.try_acquire(S(i)));
             b.on_failure(S(i));
-            assert_eq!(b.state(S(i)), BreakerState::Closed, "after failure {}", i + 1);
+            assert_eq!(
+                b.state(S(i)),
+                BreakerState::Closed,
+                "after failure {}",
+                i + 1
+            );
         }
         assert!(b.try_acquire(S(4)));
         b.on_failure(S(4));

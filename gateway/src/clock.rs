@@ -20,7 +20,9 @@ pub struct SystemClock {
 
 impl SystemClock {
     pub fn shared() -> SharedClock {
-        Arc::new(SystemClock { origin: Instant::now() })
+        Arc::new(SystemClock {
+            origin: Instant::now(),
+        })
     }
 }
 
@@ -55,5 +57,8 @@ impl Clock for ManualClock {
 
 /// Seconds since the Unix epoch (0 if the system clock is before it).
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -19,9 +19,15 @@ use crate::status::StatusConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -42,7 +48,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "Secret(empty)" } else { "Secret(***)" })
+        f.write_str(if self.0.is_empty() {
+            "Secret(empty)"
+        } else {
+            "Secret(***)"
+        })
     }
 }
 
@@ -76,7 +86,10 @@ pub struct StoreSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { url: Secret::default(), commit_interval_ms: 10 }
+        StoreSection {
+            url: Secret::default(),
+            commit_interval_ms: 10,
+        }
     }
 }
 
@@ -119,7 +132,11 @@ pub struct FaucetSection {
 
 impl Default for FaucetSection {
     fn default() -> Self {
-        FaucetSection { enabled: false, amount: "10".into(), per_hour: 3 }
+        FaucetSection {
+            enabled: false,
+            amount: "10".into(),
+            per_hour: 3,
+        }
     }
 }
 
@@ -194,7 +211,11 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { strategy: Strategy::Weighted, weights: [0.4, 0.3, 0.3], degraded_penalty: 0.5 }
+        RoutingConfig {
+            strategy: Strategy::Weighted,
+            weights: [0.4, 0.3, 0.3],
+            degraded_penalty: 0.5,
+        }
     }
 }
 
@@ -216,7 +237,10 @@ pub struct BreakerSection {
 
 impl Default for BreakerSection {
     fn default() -> Self {
-        BreakerSection { failure_threshold: 5, open_for_s: 60 }
+        BreakerSection {
+            failure_threshold: 5,
+            open_for_s: 60,
+        }
     }
 }
 
@@ -265,7 +289,9 @@ pub struct PricingSection {
 
 impl Default for PricingSection {
     fn default() -> Self {
-        PricingSection { rates: BTreeMap::from([(Asset::Usdc, "1".into()), (Asset::Usdt, "1".into())]) }
+        PricingSection {
+            rates: BTreeMap::from([(Asset::Usdc, "1".into()), (Asset::Usdt, "1".into())]),
+        }
     }
 }
 
@@ -302,7 +328,10 @@ pub struct RegistrationSection {
 
 impl Default for RegistrationSection {
     fn default() -> Self {
-        RegistrationSection { heartbeat_interval_s: 30, max_skew_s: 300 }
+        RegistrationSection {
+            heartbeat_interval_s: 30,
+            max_skew_s: 300,
+        }
     }
 }
 
@@ -344,8 +373,14 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                Config::parse(&text).map_err(|source| ConfigError::Parse { path: p.into(), source: Box::new(source) })?
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|source| ConfigError::Parse {
+                    path: p.into(),
+                    source: Box::new(source),
+                })?
             }
             None => Config::default(),
         };
@@ -367,10 +402,14 @@ impl Config {
                 .map_err(|_| invalid("TENZRO_ROUTING_STRATEGY", &v))?;
         }
         if let Some(v) = env("TENZRO_REQUESTS_PER_MINUTE") {
-            cfg.limits.requests_per_minute = v.parse().map_err(|_| invalid("TENZRO_REQUESTS_PER_MINUTE", &v))?;
+            cfg.limits.requests_per_minute = v
+                .parse()
+                .map_err(|_| invalid("TENZRO_REQUESTS_PER_MINUTE", &v))?;
         }
         if let Some(v) = env("TENZRO_TOKENS_PER_MINUTE") {
-            cfg.limits.tokens_per_minute = v.parse().map_err(|_| invalid("TENZRO_TOKENS_PER_MINUTE", &v))?;
+            cfg.limits.tokens_per_minute = v
+                .parse()
+                .map_err(|_| invalid("TENZRO_TOKENS_PER_MINUTE", &v))?;
         }
         if let Some(l) = flags.listen {
             cfg.server.listen = l;
@@ -397,7 +436,12 @@ impl Config {
         if self.breaker.failure_threshold == 0 {
             return bad("breaker.failure_threshold must be at least 1".into());
         }
-        if self.routing.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+        if self
+            .routing
+            .weights
+            .iter()
+            .any(|w| !w.is_finite() || *w < 0.0)
+        {
             return bad("routing.weights must be non-negative numbers".into());
         }
         self.rates()?;
@@ -412,13 +456,15 @@ impl Config {
     }
 
     pub fn rates(&self) -> Result<Rates, ConfigError> {
-        Rates::new(&self.pricing.rates).map_err(|e| ConfigError::Invalid(format!("pricing.rates: {e}")))
+        Rates::new(&self.pricing.rates)
+            .map_err(|e| ConfigError::Invalid(format!("pricing.rates: {e}")))
     }
 
     pub fn stakes(&self) -> Result<StakeMinimums, ConfigError> {
         let s = &self.stake_minimums;
         let p = |name: &str, v: &str| {
-            pricing::parse_tokens(v).map_err(|e| ConfigError::Invalid(format!("stake_minimums.{name}: {e}")))
+            pricing::parse_tokens(v)
+                .map_err(|e| ConfigError::Invalid(format!("stake_minimums.{name}: {e}")))
         };
         Ok(StakeMinimums {
             llm: p("llm", &s.llm)?,
@@ -435,7 +481,10 @@ impl Config {
                 failure_threshold: self.breaker.failure_threshold,
                 open_for: Duration::from_secs(self.breaker.open_for_s),
             },
-            status: StatusConfig { min_samples: self.status.min_samples, ..StatusConfig::default() },
+            status: StatusConfig {
+                min_samples: self.status.min_samples,
+                ..StatusConfig::default()
+            },
             stakes: self.stakes()?,
             max_skew_s: self.registration.max_skew_s,
             heartbeat_interval_s: self.registration.heartbeat_interval_s,
@@ -443,9 +492,15 @@ impl Config {
     }
 
     /// A config-file provider as a registration (stake converted to base units).
-    pub fn static_registration(&self, p: &StaticProvider) -> Result<tenzro_models::api::RegisterRequest, ConfigError> {
-        let stake = if p.stake.is_empty() { 0 } else {
-            pricing::parse_tokens(&p.stake).map_err(|e| ConfigError::Invalid(format!("provider {} stake: {e}", p.id)))?
+    pub fn static_registration(
+        &self,
+        p: &StaticProvider,
+    ) -> Result<tenzro_models::api::RegisterRequest, ConfigError> {
+        let stake = if p.stake.is_empty() {
+            0
+        } else {
+            pricing::parse_tokens(&p.stake)
+                .map_err(|e| ConfigError::Invalid(format!("provider {} stake: {e}", p.id)))?
         };
         Ok(tenzro_models::api::RegisterRequest {
             provider_id: p.id.clone(),
@@ -463,7 +518,14 @@ impl Config {
     /// The store's URL: the configured one, or SQLite in the data directory.
     pub fn store_url(&self) -> String {
         let url = self.store.url.expose();
-        if url.is_empty() { format!("sqlite://{}", self.server.data_dir.join("gateway.db").display()) } else { url.to_owned() }
+        if url.is_empty() {
+            format!(
+                "sqlite://{}",
+                self.server.data_dir.join("gateway.db").display()
+            )
+        } else {
+            url.to_owned()
+        }
     }
 
     /// The gateway's payer key (it signs channel vouchers).
@@ -480,7 +542,6 @@ impl Config {
             challenge_window: self.channels.challenge_window_s,
         })
     }
-
 }
 
 #[cfg(test)]
@@ -505,7 +566,11 @@ mod tests {
     fn precedence_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.toml");
-        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1000\"\nadmin_token = \"file\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:1000\"\nadmin_token = \"file\"\n",
+        )
+        .unwrap();
         let env = |k: &str| match k {
             "TENZRO_LISTEN" => Some("127.0.0.1:2000".to_owned()),
             "TENZRO_ADMIN_TOKEN" => Some("env".to_owned()),
@@ -515,8 +580,18 @@ mod tests {
         assert_eq!(cfg.server.listen.port(), 2000);
         assert_eq!(cfg.server.admin_token.expose(), "env");
         assert_eq!(format!("{:?}", cfg.server.admin_token), "Secret(***)");
-        let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };
-        assert_eq!(Config::load(Some(&path), env, &flags).unwrap().server.listen.port(), 3000);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(Some(&path), env, &flags)
+                .unwrap()
+                .server
+                .listen
+                .port(),
+            3000
+        );
         assert!(Config::load(Some(&path), |_| Some("x".into()), &Overrides::default()).is_err());
     }
 }

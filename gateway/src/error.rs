@@ -15,7 +15,10 @@ use crate::routing::NoProvider;
 
 #[derive(Debug)]
 pub enum ApiError {
-    BadRequest { message: String, param: Option<String> },
+    BadRequest {
+        message: String,
+        param: Option<String>,
+    },
     PayloadTooLarge(usize),
     Unauthorized(String),
     PaymentRequired(String),
@@ -24,12 +27,21 @@ pub enum ApiError {
     NotFound(String),
     /// The resource is in a state that refuses the operation.
     Conflict(String),
-    RateLimited { message: String, retry_after: Duration },
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
     NoProvider(NoProvider),
     /// Every provider tried failed before answering.
-    Upstream { message: String, cause: String },
+    Upstream {
+        message: String,
+        cause: String,
+    },
     /// A provider's own 4xx answer, relayed as it came.
-    Relayed { status: StatusCode, body: bytes::Bytes },
+    Relayed {
+        status: StatusCode,
+        body: bytes::Bytes,
+    },
     Internal(String),
 }
 
@@ -39,7 +51,10 @@ pub struct ErrorCause(pub String);
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::BadRequest { message: message.into(), param: None }
+        ApiError::BadRequest {
+            message: message.into(),
+            param: None,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -63,7 +78,9 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } | ApiError::PayloadTooLarge(_) => "invalid_request_error",
-            ApiError::ModelNotFound(_) | ApiError::NotFound(_) | ApiError::Conflict(_) => "invalid_request_error",
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) | ApiError::Conflict(_) => {
+                "invalid_request_error"
+            }
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::PaymentRequired(_) => "insufficient_quota",
             ApiError::Forbidden(_) => "permission_error",
@@ -121,7 +138,10 @@ impl IntoResponse for ApiError {
         let mut resp = match &self {
             ApiError::Relayed { body, .. } => {
                 let mut r = body.clone().into_response();
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 r
             }
             _ => axum::Json(self.body()).into_response(),
@@ -129,7 +149,8 @@ impl IntoResponse for ApiError {
         *resp.status_mut() = status;
         if let ApiError::RateLimited { retry_after, .. } = &self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp.extensions_mut().insert(ErrorKind(self.kind()));
         if let Some(c) = cause {
@@ -157,12 +178,28 @@ mod tests {
     #[test]
     fn statuses() {
         check(ApiError::bad_request("x"), 400, "invalid_request_error");
-        check(ApiError::Unauthorized("x".into()), 401, "authentication_error");
-        check(ApiError::PaymentRequired("x".into()), 402, "insufficient_quota");
+        check(
+            ApiError::Unauthorized("x".into()),
+            401,
+            "authentication_error",
+        );
+        check(
+            ApiError::PaymentRequired("x".into()),
+            402,
+            "insufficient_quota",
+        );
         check(ApiError::Forbidden("x".into()), 403, "permission_error");
-        check(ApiError::ModelNotFound("x".into()), 404, "invalid_request_error");
+        check(
+            ApiError::ModelNotFound("x".into()),
+            404,
+            "invalid_request_error",
+        );
         check(ApiError::Internal("secret".into()), 500, "server_error");
-        let r = ApiError::RateLimited { message: "slow".into(), retry_after: Duration::from_millis(1500) }.into_response();
+        let r = ApiError::RateLimited {
+            message: "slow".into(),
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }

@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod identity_routes;
 pub mod metering;
 pub mod metrics;
 pub mod money;
@@ -51,9 +52,14 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("store {url}: {source}")]
-    Store { url: String, source: money::store::StoreError },
+    Store {
+        url: String,
+        source: money::store::StoreError,
+    },
     #[error("restoring the book: {0}")]
     Book(#[from] money::book::BookError),
+    #[error("stored identities do not load: {0}")]
+    Identities(String),
     #[error("payer key: {0}")]
     Key(#[from] tenzro_attest::Error),
     #[error("data directory {0}: {1}")]
@@ -68,9 +74,13 @@ pub enum StartError {
 pub async fn open_store(config: &Config) -> Result<Store, StartError> {
     let url = config.store_url();
     if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.server.data_dir).map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
+        std::fs::create_dir_all(&config.server.data_dir)
+            .map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
     }
-    Store::open(&url).await.map_err(|source| StartError::Store { url: redact(&url), source })
+    Store::open(&url).await.map_err(|source| StartError::Store {
+        url: redact(&url),
+        source,
+    })
 }
 
 /// A store URL without its password, for messages.
@@ -93,10 +103,18 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
     for p in &config.providers {
         let info = ProviderInfo::from_registration(config.static_registration(p)?, true)
             .map_err(|e| StartError::Provider(p.id.clone(), e))?;
-        registry.upsert(info).map_err(|e| StartError::Provider(p.id.clone(), e))?;
+        registry
+            .upsert(info)
+            .map_err(|e| StartError::Provider(p.id.clone(), e))?;
     }
     let store = open_store(&config).await?;
-    let snap = store.load(unix_now()).await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
+    let snap = store
+        .load(unix_now())
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact(&config.store_url()),
+            source,
+        })?;
     let book = Arc::new(Book::new(config.book()?));
     for (acct, funds) in &snap.accounts {
         book.load_account(&acct.id, funds)?;
@@ -112,7 +130,29 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         requests_per_minute: config.limits.requests_per_minute,
         tokens_per_minute: config.limits.tokens_per_minute,
     };
-    let accounts = Arc::new(Accounts::new(store.clone(), book.clone(), limits, snap.accounts.into_iter().map(|a| a.0).collect(), snap.keys));
+    let accounts = Arc::new(Accounts::new(
+        store.clone(),
+        book.clone(),
+        limits,
+        snap.accounts.into_iter().map(|a| a.0).collect(),
+        snap.keys,
+    ));
+    let identities = match store.documents(identity_routes::DOCUMENT.0).await {
+        Ok(docs) => match docs
+            .into_iter()
+            .find(|(id, _)| id == identity_routes::DOCUMENT.1)
+        {
+            Some((_, body)) => serde_json::from_str::<tenzro_identity::Identities>(&body)
+                .map_err(|e| StartError::Identities(e.to_string()))?,
+            None => tenzro_identity::Identities::new(),
+        },
+        Err(source) => {
+            return Err(StartError::Store {
+                url: redact(&config.store_url()),
+                source,
+            });
+        }
+    };
     let payer_key = Arc::new(ProviderKey::load_or_create(&config.payer_key_path())?);
     let client = reqwest::Client::builder()
         .connect_timeout(config.upstream.connect_timeout())
@@ -131,6 +171,8 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         payer_key,
         slashes: Arc::new(std::sync::Mutex::new(snap.slashes)),
         faucet: Arc::default(),
+        identities: Arc::new(std::sync::RwLock::new(identities)),
+        identities_save: Arc::default(),
         metrics: Arc::new(Metrics::new()),
         client,
         tasks: TaskTracker::new(),
@@ -152,7 +194,11 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     // The money tasks outlive the HTTP server, so that streams drained during
     // shutdown are committed too.
     let money = CancellationToken::new();
-    state.tasks.spawn(attestation::reverify_loop(state.registry.clone(), state.client.clone(), cancel.clone()));
+    state.tasks.spawn(attestation::reverify_loop(
+        state.registry.clone(),
+        state.client.clone(),
+        cancel.clone(),
+    ));
     let cfg = &state.config;
     state.tasks.spawn(money::committer::run(
         state.book.clone(),
@@ -167,12 +213,17 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         client: state.client.clone(),
         key: state.payer_key.clone(),
     };
-    let (interval, checkpoint) = (Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)), Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)));
+    let (interval, checkpoint) = (
+        Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)),
+        Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)),
+    );
     state.tasks.spawn(async move {
         courier.reconcile().await;
         courier.run(interval, checkpoint, cancel.clone()).await;
     });
-    let result = axum::serve(listener, app).with_graceful_shutdown(state.cancel.clone().cancelled_owned()).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(state.cancel.clone().cancelled_owned())
+        .await;
     money.cancel();
     state.tasks.close();
     state.tasks.wait().await;

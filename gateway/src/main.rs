@@ -10,7 +10,11 @@ use tenzro_gateway::config::{Config, Overrides};
 use tenzro_gateway::pricing::{self, Asset};
 
 #[derive(Parser, Debug)]
-#[command(name = "tenzro-gateway", version, about = "OpenAI-compatible gateway of the Tenzro network")]
+#[command(
+    name = "tenzro-gateway",
+    version,
+    about = "OpenAI-compatible gateway of the Tenzro network"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true)]
@@ -54,19 +58,40 @@ enum KeysCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let flags = Overrides { listen: cli.listen, data_dir: cli.data_dir.clone(), admin_token: cli.admin_token.clone() };
+    let flags = Overrides {
+        listen: cli.listen,
+        data_dir: cli.data_dir.clone(),
+        admin_token: cli.admin_token.clone(),
+    };
     let config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
     match cli.command {
-        Some(Command::Keys { command: KeysCommand::Create { balance, asset, name } }) => {
-            let asset: Asset = asset.parse().map_err(|_| anyhow::anyhow!("--asset must be TNZO, USDC or USDT"))?;
-            let balance = pricing::parse_tokens(balance.as_deref().unwrap_or(&config.limits.dev_balance))
-                .context("--balance")?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Some(Command::Keys {
+            command:
+                KeysCommand::Create {
+                    balance,
+                    asset,
+                    name,
+                },
+        }) => {
+            let asset: Asset = asset
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--asset must be TNZO, USDC or USDT"))?;
+            let balance =
+                pricing::parse_tokens(balance.as_deref().unwrap_or(&config.limits.dev_balance))
+                    .context("--balance")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let store = tenzro_gateway::open_store(&config).await?;
-                let (key, account, _) = create_in_store(&store, &name, asset, balance, KeyScope::default(), None).await?;
+                let (key, account, _) =
+                    create_in_store(&store, &name, asset, balance, KeyScope::default(), None)
+                        .await?;
                 store.close().await;
-                eprintln!("account {} funded with {} {} base units", account.id, balance, asset);
+                eprintln!(
+                    "account {} funded with {} {} base units",
+                    account.id, balance, asset
+                );
                 println!("{key}");
                 anyhow::Ok(())
             })
@@ -82,11 +107,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listen = config.server.listen;
         let state = tenzro_gateway::build(config).await?;
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         tracing::info!(addr = %listener.local_addr()?, "tenzro-gateway listening");
         let cancel = state.cancel.clone();
         tokio::spawn(async move {
@@ -103,13 +132,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -103,7 +103,11 @@ pub struct DeltaPeek<'a> {
 
 impl ChoicePeek<'_> {
     fn has_text(&self) -> bool {
-        let delta = self.delta.as_ref().and_then(|d| d.content.as_deref()).is_some_and(|c| !c.is_empty());
+        let delta = self
+            .delta
+            .as_ref()
+            .and_then(|d| d.content.as_deref())
+            .is_some_and(|c| !c.is_empty());
         delta || self.text.as_deref().is_some_and(|t| !t.is_empty())
     }
 }
@@ -131,7 +135,9 @@ pub fn classify(data: Option<&[u8]>) -> Event<'_> {
     match data {
         None => Event::Empty,
         Some(d) if d.trim_ascii() == b"[DONE]" => Event::Done,
-        Some(d) => serde_json::from_slice::<ChunkPeek<'_>>(d).map(Event::Chunk).unwrap_or(Event::Opaque),
+        Some(d) => serde_json::from_slice::<ChunkPeek<'_>>(d)
+            .map(Event::Chunk)
+            .unwrap_or(Event::Opaque),
     }
 }
 
@@ -142,7 +148,10 @@ impl ChunkPeek<'_> {
     pub fn tokens(&self) -> u64 {
         match &self.tenzro {
             Some(PeekExt { tokens: Some(n) }) => *n,
-            _ => self.choices.as_ref().map_or(0, |c| c.iter().filter(|c| c.has_text()).count() as u64),
+            _ => self
+                .choices
+                .as_ref()
+                .map_or(0, |c| c.iter().filter(|c| c.has_text()).count() as u64),
         }
     }
 
@@ -165,7 +174,13 @@ pub struct Meter {
 
 impl Meter {
     pub fn new(quote: Quote) -> Self {
-        Meter { quote, prompt_tokens: 0, completion_tokens: 0, cost: 0, complete: false }
+        Meter {
+            quote,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0,
+            complete: false,
+        }
     }
 
     fn recompute(&mut self) -> Result<u128, PricingError> {
@@ -246,12 +261,20 @@ mod tests {
         let mut s = SseSplitter::default();
         assert!(s.push(b"data: {\"a\":1}\n").is_empty());
         assert_eq!(s.push(b"\ndata: [DO"), vec![b"data: {\"a\":1}".to_vec()]);
-        assert_eq!(s.push(b"NE]\r\n\r\n: c\n\n"), vec![b"data: [DONE]".to_vec(), b": c".to_vec()]);
+        assert_eq!(
+            s.push(b"NE]\r\n\r\n: c\n\n"),
+            vec![b"data: [DONE]".to_vec(), b": c".to_vec()]
+        );
         assert_eq!(s.pending(), 0);
     }
 
     fn check(event: &[u8], expect: Option<&[u8]>) {
-        assert_eq!(event_data(event).as_deref(), expect, "{}", String::from_utf8_lossy(event));
+        assert_eq!(
+            event_data(event).as_deref(),
+            expect,
+            "{}",
+            String::from_utf8_lossy(event)
+        );
     }
 
     #[test]
@@ -271,17 +294,37 @@ mod tests {
         assert!(matches!(c("[DONE]"), Event::Done));
         assert!(matches!(c("not json"), Event::Opaque));
         assert!(matches!(classify(None), Event::Empty));
-        let Event::Chunk(p) = c(r#"{"choices":[{"delta":{"content":"hi"}}],"tenzro":{"tokens":3}}"#) else { panic!() };
+        let Event::Chunk(p) =
+            c(r#"{"choices":[{"delta":{"content":"hi"}}],"tenzro":{"tokens":3}}"#)
+        else {
+            panic!()
+        };
         assert_eq!(p.tokens(), 3);
-        let Event::Chunk(p) = c(r#"{"choices":[{"delta":{"content":"hi"}}]}"#) else { panic!() };
+        let Event::Chunk(p) = c(r#"{"choices":[{"delta":{"content":"hi"}}]}"#) else {
+            panic!()
+        };
         assert_eq!(p.tokens(), 1);
-        let Event::Chunk(p) = c(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#) else { panic!() };
+        let Event::Chunk(p) = c(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#)
+        else {
+            panic!()
+        };
         assert_eq!(p.tokens(), 0, "a role-only chunk carries no token");
-        let Event::Chunk(p) = c(r#"{"choices":[{"text":"a\"b"},{"text":"c"}]}"#) else { panic!() };
+        let Event::Chunk(p) = c(r#"{"choices":[{"text":"a\"b"},{"text":"c"}]}"#) else {
+            panic!()
+        };
         assert_eq!(p.tokens(), 2);
-        let Event::Chunk(p) = c(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#) else { panic!() };
-        assert_eq!((p.tokens(), p.has_choices(), p.usage.unwrap().prompt_tokens), (0, false, 5));
-        let Event::Chunk(p) = c(r#"{"error":{"message":"x"}}"#) else { panic!() };
+        let Event::Chunk(p) = c(
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.tokens(), p.has_choices(), p.usage.unwrap().prompt_tokens),
+            (0, false, 5)
+        );
+        let Event::Chunk(p) = c(r#"{"error":{"message":"x"}}"#) else {
+            panic!()
+        };
         assert!(p.error.is_some());
     }
 
@@ -293,7 +336,10 @@ mod tests {
         // The provider reports fewer completion tokens than metered: keep the metered.
         assert_eq!(m.on_usage(&Usage::new(10, 2)).unwrap(), 10_000);
         let u = m.usage();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (10, 3, 13));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (10, 3, 13)
+        );
         assert_eq!(u.cost.as_deref(), Some("13000"));
         assert_eq!(u.asset.as_deref(), Some("TNZO"));
     }
@@ -304,10 +350,12 @@ mod tests {
         let mut u = Usage::new(1, 1);
         u.cost = Some("5".into());
         u.asset = Some("TNZO".into());
-        let v: serde_json::Value = serde_json::from_slice(&rewrite_usage(body, Some(&u)).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&rewrite_usage(body, Some(&u)).unwrap()).unwrap();
         assert_eq!(v["usage"]["cost"], "5");
         assert_eq!(v["id"], "x");
-        let v: serde_json::Value = serde_json::from_slice(&rewrite_usage(body, None).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&rewrite_usage(body, None).unwrap()).unwrap();
         assert!(v.get("usage").is_none());
     }
 

@@ -41,38 +41,85 @@ impl Metrics {
         let mut registry = PromRegistry::with_prefix("tenzro_gateway");
         let requests = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
-        let overhead = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        let upstream = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let overhead = Family::<Labels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        let upstream = Family::<Labels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
         let breaker = Family::<Labels, Gauge>::default();
         let tokens = Family::<Labels, Counter>::default();
-        registry.register("requests", "Requests by endpoint and status", requests.clone());
-        registry.register("errors", "Error responses by OpenAI error type", errors.clone());
-        registry.register("overhead_seconds", "Time spent in the gateway, not waiting on a provider", overhead.clone());
-        registry.register("upstream_latency_seconds", "Time to a provider's first byte", upstream.clone());
-        registry.register("breaker_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open", breaker.clone());
+        registry.register(
+            "requests",
+            "Requests by endpoint and status",
+            requests.clone(),
+        );
+        registry.register(
+            "errors",
+            "Error responses by OpenAI error type",
+            errors.clone(),
+        );
+        registry.register(
+            "overhead_seconds",
+            "Time spent in the gateway, not waiting on a provider",
+            overhead.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time to a provider's first byte",
+            upstream.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per provider: 0 closed, 1 open, 2 half-open",
+            breaker.clone(),
+        );
         registry.register("tokens", "Tokens metered, by kind", tokens.clone());
-        Metrics { registry, requests, errors, overhead, upstream, breaker, tokens }
+        Metrics {
+            registry,
+            requests,
+            errors,
+            overhead,
+            upstream,
+            breaker,
+            tokens,
+        }
     }
 
     pub fn request(&self, endpoint: &str, status: u16) {
-        self.requests.get_or_create(&vec![("endpoint", endpoint.to_owned()), ("status", status.to_string())]).inc();
+        self.requests
+            .get_or_create(&vec![
+                ("endpoint", endpoint.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
     }
 
     pub fn error(&self, kind: &str) {
-        self.errors.get_or_create(&vec![("type", kind.to_owned())]).inc();
+        self.errors
+            .get_or_create(&vec![("type", kind.to_owned())])
+            .inc();
     }
 
     pub fn overhead(&self, endpoint: &str, d: Duration) {
-        self.overhead.get_or_create(&vec![("endpoint", endpoint.to_owned())]).observe(d.as_secs_f64());
+        self.overhead
+            .get_or_create(&vec![("endpoint", endpoint.to_owned())])
+            .observe(d.as_secs_f64());
     }
 
     pub fn upstream(&self, provider: &str, d: Duration) {
-        self.upstream.get_or_create(&vec![("provider", provider.to_owned())]).observe(d.as_secs_f64());
+        self.upstream
+            .get_or_create(&vec![("provider", provider.to_owned())])
+            .observe(d.as_secs_f64());
     }
 
     pub fn tokens(&self, prompt: u64, completion: u64) {
-        self.tokens.get_or_create(&vec![("kind", "prompt".to_owned())]).inc_by(prompt);
-        self.tokens.get_or_create(&vec![("kind", "completion".to_owned())]).inc_by(completion);
+        self.tokens
+            .get_or_create(&vec![("kind", "prompt".to_owned())])
+            .inc_by(prompt);
+        self.tokens
+            .get_or_create(&vec![("kind", "completion".to_owned())])
+            .inc_by(completion);
     }
 
     /// The text exposition, with breaker gauges read from the registry now.

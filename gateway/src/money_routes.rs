@@ -26,10 +26,15 @@ fn book_error(e: BookError) -> ApiError {
     match e {
         BookError::UnknownChannel(id) => ApiError::NotFound(format!("no channel {id}")),
         BookError::UnknownAccount(a) => ApiError::NotFound(format!("no account {a}")),
-        BookError::Channel(c @ (ChannelError::Busy(..) | ChannelError::NotOpen(..) | ChannelError::WindowClosed(..))) => {
-            ApiError::Conflict(c.to_string())
-        }
-        BookError::Channel(c) => ApiError::BadRequest { message: c.to_string(), param: Some("voucher".into()) },
+        BookError::Channel(
+            c @ (ChannelError::Busy(..)
+            | ChannelError::NotOpen(..)
+            | ChannelError::WindowClosed(..)),
+        ) => ApiError::Conflict(c.to_string()),
+        BookError::Channel(c) => ApiError::BadRequest {
+            message: c.to_string(),
+            param: Some("voucher".into()),
+        },
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -50,7 +55,12 @@ fn channel_json(v: &ChannelView) -> Value {
         "in_flight": v.in_flight,
     });
     match &c.state {
-        ChannelState::Disputed { deadline, nonce, spent, by } => {
+        ChannelState::Disputed {
+            deadline,
+            nonce,
+            spent,
+            by,
+        } => {
             out["dispute"] = json!({ "deadline": deadline, "nonce": nonce, "spent": spent.to_string(), "by": by });
         }
         ChannelState::Closed { at, split } => {
@@ -75,8 +85,19 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Json<Val
             held.insert(asset.as_str(), f.held.to_string());
         }
     }
-    let spent_today = BTreeMap::from([(key.asset.as_str(), state.book.spent_today(&key.record.id, unix_now()).to_string())]);
-    let channels: Vec<Value> = state.book.channels_of(account).iter().map(channel_json).collect();
+    let spent_today = BTreeMap::from([(
+        key.asset.as_str(),
+        state
+            .book
+            .spent_today(&key.record.id, unix_now())
+            .to_string(),
+    )]);
+    let channels: Vec<Value> = state
+        .book
+        .channels_of(account)
+        .iter()
+        .map(channel_json)
+        .collect();
     Json(json!({
         "object": "account",
         "id": account,
@@ -93,40 +114,75 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Json<Val
 
 /// The caller's channel, or 404 (another account's channel is not disclosed).
 fn own_channel(state: &AppState, account: &str, id: &str) -> Result<ChannelView, ApiError> {
-    state.book.channel(id).filter(|c| c.channel.payer == account).ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))
+    state
+        .book
+        .channel(id)
+        .filter(|c| c.channel.payer == account)
+        .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))
 }
 
 pub async fn channels(State(state): State<AppState>, Auth(key): Auth) -> Json<Value> {
-    let data: Vec<Value> = state.book.channels_of(&key.record.account).iter().map(channel_json).collect();
+    let data: Vec<Value> = state
+        .book
+        .channels_of(&key.record.account)
+        .iter()
+        .map(channel_json)
+        .collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
-pub async fn channel(State(state): State<AppState>, Auth(key): Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn channel(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     own_channel(&state, &key.record.account, &id).map(|c| Json(channel_json(&c)))
 }
 
 /// `GET /v1/channels/{id}/voucher`: the latest voucher the provider countersigned.
-pub async fn voucher(State(state): State<AppState>, Auth(key): Auth, Path(id): Path<String>) -> Result<Json<Voucher>, ApiError> {
+pub async fn voucher(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Voucher>, ApiError> {
     let c = own_channel(&state, &key.record.account, &id)?;
-    c.latest_voucher.map(Json).ok_or_else(|| ApiError::NotFound(format!("channel {id} has no countersigned voucher yet")))
+    c.latest_voucher
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("channel {id} has no countersigned voucher yet")))
 }
 
 /// `POST /v1/channels/{id}/close`: cooperative when the provider has countersigned
 /// the channel's current state (settles now); otherwise the payer's state goes to
 /// a dispute that settles when the challenge window passes.
-pub async fn close(State(state): State<AppState>, Auth(key): Auth, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn close(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let c = own_channel(&state, &key.record.account, &id)?;
     let now = unix_now();
     let agreed = c.latest_voucher.as_ref().is_some_and(|v| {
-        v.nonce == c.channel.nonce && v.cumulative_spent == c.channel.spent && v.provider_signature.is_some()
+        v.nonce == c.channel.nonce
+            && v.cumulative_spent == c.channel.spent
+            && v.provider_signature.is_some()
     });
     if agreed || c.channel.spent == 0 {
         let split = state.book.close(&id, now).map_err(book_error)?;
         let view = own_channel(&state, &key.record.account, &id)?;
-        return Ok(Json(json!({ "channel": channel_json(&view), "settlement": split, "cooperative": true })).into_response());
+        return Ok(Json(
+            json!({ "channel": channel_json(&view), "settlement": split, "cooperative": true }),
+        )
+        .into_response());
     }
-    let ch = state.book.dispute(&id, Party::Payer, c.channel.nonce, c.channel.spent, now).map_err(book_error)?;
-    let view = ChannelView { channel: ch, in_flight: 0, latest_voucher: c.latest_voucher };
+    let ch = state
+        .book
+        .dispute(&id, Party::Payer, c.channel.nonce, c.channel.spent, now)
+        .map_err(book_error)?;
+    let view = ChannelView {
+        channel: ch,
+        in_flight: 0,
+        latest_voucher: c.latest_voucher,
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -148,56 +204,118 @@ struct DisputeBody {
 /// the channel's current state; a provider (no API key) submits its latest
 /// countersigned voucher, which must carry the gateway's payer signature and the
 /// channel provider's registered key. The highest nonce wins when the window closes.
-pub async fn dispute(State(state): State<AppState>, Path(id): Path<String>, parts: Parts, body: Bytes) -> Result<Response, ApiError> {
+pub async fn dispute(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let now = unix_now();
     let (ch, latest) = if body.is_empty() {
         let mut parts = parts;
-        let Auth(key) = <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state).await?;
+        let Auth(key) = <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await?;
         let c = own_channel(&state, &key.record.account, &id)?;
-        (state.book.dispute(&id, Party::Payer, c.channel.nonce, c.channel.spent, now).map_err(book_error)?, c.latest_voucher)
+        (
+            state
+                .book
+                .dispute(&id, Party::Payer, c.channel.nonce, c.channel.spent, now)
+                .map_err(book_error)?,
+            c.latest_voucher,
+        )
     } else {
         let DisputeBody { voucher } = parse_json(&body)?;
-        let c = state.book.channel(&id).ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
+        let c = state
+            .book
+            .channel(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
         if voucher.channel_id != id || voucher.asset != c.channel.asset.as_str() {
-            return Err(ApiError::BadRequest { message: "the voucher is for another channel or asset".into(), param: Some("voucher".into()) });
+            return Err(ApiError::BadRequest {
+                message: "the voucher is for another channel or asset".into(),
+                param: Some("voucher".into()),
+            });
         }
-        let provider_key = state.registry.get(&c.channel.provider).and_then(|e| e.info.public_key);
+        let provider_key = state
+            .registry
+            .get(&c.channel.provider)
+            .and_then(|e| e.info.public_key);
         let Some(provider_key) = provider_key else {
-            return Err(ApiError::Conflict(format!("provider {} has no registered key to check the voucher against", c.channel.provider)));
+            return Err(ApiError::Conflict(format!(
+                "provider {} has no registered key to check the voucher against",
+                c.channel.provider
+            )));
         };
         voucher
             .verify(Some(&state.payer_key.public_key()), Some(&provider_key))
-            .map_err(|e| ApiError::BadRequest { message: format!("voucher refused: {e}"), param: Some("voucher".into()) })?;
-        (state.book.dispute(&id, Party::Provider, voucher.nonce, voucher.cumulative_spent, now).map_err(book_error)?, c.latest_voucher)
+            .map_err(|e| ApiError::BadRequest {
+                message: format!("voucher refused: {e}"),
+                param: Some("voucher".into()),
+            })?;
+        (
+            state
+                .book
+                .dispute(
+                    &id,
+                    Party::Provider,
+                    voucher.nonce,
+                    voucher.cumulative_spent,
+                    now,
+                )
+                .map_err(book_error)?,
+            c.latest_voucher,
+        )
     };
-    let view = ChannelView { channel: ch, in_flight: 0, latest_voucher: latest };
+    let view = ChannelView {
+        channel: ch,
+        in_flight: 0,
+        latest_voucher: latest,
+    };
     Ok((StatusCode::ACCEPTED, Json(channel_json(&view))).into_response())
 }
 
 /// `POST /v1/faucet` (development, off by default): funds the caller's account,
 /// a few times per hour.
-pub async fn faucet(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
+pub async fn faucet(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+) -> Result<Json<Value>, ApiError> {
     let cfg = &state.config.faucet;
     if !cfg.enabled {
-        return Err(ApiError::Forbidden("the faucet is disabled on this gateway (faucet.enabled = false)".into()));
+        return Err(ApiError::Forbidden(
+            "the faucet is disabled on this gateway (faucet.enabled = false)".into(),
+        ));
     }
-    let amount = pricing::parse_tokens(&cfg.amount).map_err(|e| ApiError::Internal(format!("faucet.amount: {e}")))?;
+    let amount = pricing::parse_tokens(&cfg.amount)
+        .map_err(|e| ApiError::Internal(format!("faucet.amount: {e}")))?;
     let now = unix_now();
     {
-        let mut grants = state.faucet.lock().map_err(|_| ApiError::Internal("faucet lock".into()))?;
+        let mut grants = state
+            .faucet
+            .lock()
+            .map_err(|_| ApiError::Internal("faucet lock".into()))?;
         let g = grants.entry(key.record.account.clone()).or_default();
         g.retain(|t| t + 3600 > now);
         if g.len() >= cfg.per_hour as usize {
             let retry = g.first().map(|t| t + 3600 - now).unwrap_or(3600);
             return Err(ApiError::RateLimited {
-                message: format!("the faucet grants {} times per hour per account; try again in {retry} s", cfg.per_hour),
+                message: format!(
+                    "the faucet grants {} times per hour per account; try again in {retry} s",
+                    cfg.per_hour
+                ),
                 retry_after: std::time::Duration::from_secs(retry),
             });
         }
         g.push(now);
     }
-    let balance = state.book.credit(&key.record.account, key.asset, amount).map_err(book_error)?;
-    Ok(Json(json!({ "granted": amount.to_string(), "asset": key.asset, "balance": balance.to_string() })))
+    let balance = state
+        .book
+        .credit(&key.record.account, key.asset, amount)
+        .map_err(book_error)?;
+    Ok(Json(
+        json!({ "granted": amount.to_string(), "asset": key.asset, "balance": balance.to_string() }),
+    ))
 }
 
 pub async fn pools(State(state): State<AppState>, _: Admin) -> Json<Value> {
@@ -205,7 +323,12 @@ pub async fn pools(State(state): State<AppState>, _: Admin) -> Json<Value> {
     for e in state.registry.all() {
         let mine = state.book.earnings(&e.info.id);
         if !mine.is_empty() {
-            earnings.insert(e.info.id.clone(), mine.into_iter().map(|(a, v)| (a.as_str().to_owned(), v.to_string())).collect());
+            earnings.insert(
+                e.info.id.clone(),
+                mine.into_iter()
+                    .map(|(a, v)| (a.as_str().to_owned(), v.to_string()))
+                    .collect(),
+            );
         }
     }
     Json(json!({ "pools": state.book.pools(), "earnings": earnings }))

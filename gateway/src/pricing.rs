@@ -85,12 +85,23 @@ pub fn parse_tokens(s: &str) -> Result<u128, PricingError> {
     if frac.len() > 18 || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    let int_v: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
-    let mut frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad())? };
+    let int_v: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let mut frac_v: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
     for _ in frac.len()..18 {
         frac_v *= 10;
     }
-    int_v.checked_mul(ONE).and_then(|v| v.checked_add(frac_v)).ok_or(PricingError::Overflow)
+    int_v
+        .checked_mul(ONE)
+        .and_then(|v| v.checked_add(frac_v))
+        .ok_or(PricingError::Overflow)
 }
 
 /// Parses a decimal string of base units (`"1500000000000"`).
@@ -123,7 +134,9 @@ pub fn mul_div_floor(a: u128, b: u128, d: u128) -> Option<u128> {
 /// The complexity multiplier: `1 + 0.3 · log10(parameters in billions)`, clamped to
 /// 1.0–3.0, in ppm. Unknown size counts as 1.0.
 pub fn complexity_ppm(parameters: Option<u64>) -> u64 {
-    let Some(p) = parameters.filter(|p| *p > 0) else { return PPM };
+    let Some(p) = parameters.filter(|p| *p > 0) else {
+        return PPM;
+    };
     // log10(p / 10^9) = log10(p) - 9, with log10 in 10^18 fixed point.
     let log10_p = log10_fixed(p);
     let nine = 9 * ONE;
@@ -187,7 +200,10 @@ impl Rates {
     }
 
     pub fn get(&self, asset: Asset) -> Result<u128, PricingError> {
-        self.0.get(&asset).copied().ok_or(PricingError::NoRate(asset))
+        self.0
+            .get(&asset)
+            .copied()
+            .ok_or(PricingError::NoRate(asset))
     }
 }
 
@@ -219,12 +235,20 @@ impl Quote {
         rate: u128,
     ) -> Self {
         let multiplier = u128::from(complexity) * u128::from(congestion) * u128::from(tee);
-        Quote { base_price, multiplier, rate, asset }
+        Quote {
+            base_price,
+            multiplier,
+            rate,
+            asset,
+        }
     }
 
     /// The cost of `tokens` tokens, by the rounding rule at the top of this module.
     pub fn cost(&self, tokens: u64) -> Result<u128, PricingError> {
-        let raw = self.base_price.checked_mul(u128::from(tokens)).ok_or(PricingError::Overflow)?;
+        let raw = self
+            .base_price
+            .checked_mul(u128::from(tokens))
+            .ok_or(PricingError::Overflow)?;
         let tnzo = mul_div_floor(raw, self.multiplier, ONE).ok_or(PricingError::Overflow)?;
         mul_div_floor(tnzo, self.rate, ONE).ok_or(PricingError::Overflow)
     }
@@ -238,7 +262,10 @@ mod tests {
 
     fn check_complexity(params: Option<u64>, expect_ppm: u64) {
         let got = complexity_ppm(params);
-        assert!(got.abs_diff(expect_ppm) <= 1, "{params:?}: got {got}, expected {expect_ppm}");
+        assert!(
+            got.abs_diff(expect_ppm) <= 1,
+            "{params:?}: got {got}, expected {expect_ppm}"
+        );
     }
 
     #[test]
@@ -270,7 +297,15 @@ mod tests {
         assert_eq!(parse_tokens("100000").unwrap(), 100_000 * ONE);
         assert_eq!(parse_tokens(".5").unwrap(), ONE / 2);
         assert_eq!(parse_tokens("0.000000000000000001").unwrap(), 1);
-        for bad in ["", ".", "1.2.3", "-1", "1e5", "0.0000000000000000001", "abc"] {
+        for bad in [
+            "",
+            ".",
+            "1.2.3",
+            "-1",
+            "1e5",
+            "0.0000000000000000001",
+            "abc",
+        ] {
             assert!(parse_tokens(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_units("123").unwrap(), 123);
@@ -281,10 +316,21 @@ mod tests {
     #[test]
     fn quote_cost_examples() {
         // 1e12 per token, 10 tokens, TEE (1.2), idle (0.5), complexity 1.0 => 6e12.
-        let q = Quote::new(1_000_000_000_000, PPM, congestion_ppm(0, 1), tee_ppm(true), Asset::Tnzo, ONE);
+        let q = Quote::new(
+            1_000_000_000_000,
+            PPM,
+            congestion_ppm(0, 1),
+            tee_ppm(true),
+            Asset::Tnzo,
+            ONE,
+        );
         assert_eq!(q.cost(10).unwrap(), 6_000_000_000_000);
         // In USDC at 0.25 per TNZO.
-        let q = Quote { rate: ONE / 4, asset: Asset::Usdc, ..q };
+        let q = Quote {
+            rate: ONE / 4,
+            asset: Asset::Usdc,
+            ..q
+        };
         assert_eq!(q.cost(10).unwrap(), 1_500_000_000_000);
         // Rounds down: 1 unit × 1 token × 0.5 = 0.
         let q = Quote::new(1, PPM, PPM / 2, PPM, Asset::Tnzo, ONE);
@@ -295,7 +341,14 @@ mod tests {
 
     #[test]
     fn huge_prices_overflow_cleanly() {
-        let q = Quote::new(u128::MAX / 2, 3 * PPM, 2 * PPM, tee_ppm(true), Asset::Tnzo, ONE);
+        let q = Quote::new(
+            u128::MAX / 2,
+            3 * PPM,
+            2 * PPM,
+            tee_ppm(true),
+            Asset::Tnzo,
+            ONE,
+        );
         assert_eq!(q.cost(1_000_000), Err(PricingError::Overflow));
     }
 

@@ -27,11 +27,11 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use crate::accounts::{KeyEntry, Operation};
-use crate::error::ApiError;
 use crate::clock::unix_now;
-use crate::money::book::{Book, BookError, Charge, Reservation};
+use crate::error::ApiError;
 use crate::metering::{self, Event, Meter, SseSplitter};
 use crate::metrics::Metrics;
+use crate::money::book::{Book, BookError, Charge, Reservation};
 use crate::pricing::Quote;
 use crate::registry::{Outcome, ProviderEntry, Registry};
 use crate::routing::{self, Filter, NoProvider, RouteRequest, Weights};
@@ -102,7 +102,13 @@ impl Drop for InFlight {
     }
 }
 
-pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &str, started: Instant) -> Result<Response, ApiError> {
+pub async fn run(
+    state: &AppState,
+    key: &KeyEntry,
+    req: Inference,
+    request_id: &str,
+    started: Instant,
+) -> Result<Response, ApiError> {
     check_scope(key, &req)?;
     let rates = &state.rates;
     let pool = state.registry.candidates(&req.model, key.asset, rates);
@@ -111,17 +117,27 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
     }
     let cfg = &state.config;
     let prefs = key.record.scope.routing.clone().unwrap_or_default();
-    let weights = req.ext.weights.or(prefs.weights).map(|w| Weights::from_f64(w[0], w[1], w[2])).unwrap_or(cfg.routing.weights());
+    let weights = req
+        .ext
+        .weights
+        .or(prefs.weights)
+        .map(|w| Weights::from_f64(w[0], w[1], w[2]))
+        .unwrap_or(cfg.routing.weights());
     let route_req = RouteRequest {
         model: &req.model,
         tee_required: req.ext.tee,
-        strategy: req.ext.strategy.or(prefs.strategy).unwrap_or(cfg.routing.strategy),
+        strategy: req
+            .ext
+            .strategy
+            .or(prefs.strategy)
+            .unwrap_or(cfg.routing.strategy),
         weights,
         degraded_penalty: cfg.routing.penalty_ppm(),
         seed: rand_seed(),
     };
     let cands: Vec<routing::Candidate> = pool.iter().map(|(_, c, _)| c.clone()).collect();
-    let order = routing::route(&cands, &route_req, &state.registry.config.stakes).map_err(ApiError::NoProvider)?;
+    let order = routing::route(&cands, &route_req, &state.registry.config.stakes)
+        .map_err(ApiError::NoProvider)?;
     let attempts: Vec<(Arc<ProviderEntry>, Quote, Option<u32>)> = order
         .into_iter()
         .take(cfg.upstream.max_attempts)
@@ -148,12 +164,20 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
     let worst_tokens = req.prompt_estimate.saturating_add(max_new);
     let mut worst_cost = 0u128;
     for (_, q, _) in &attempts {
-        let c = q.cost(worst_tokens).map_err(|e| ApiError::bad_request(format!("cannot price this request: {e}")))?;
+        let c = q
+            .cost(worst_tokens)
+            .map_err(|e| ApiError::bad_request(format!("cannot price this request: {e}")))?;
         worst_cost = worst_cost.max(c);
     }
     let reservation = state
         .book
-        .reserve(&key.record.account, key.asset, worst_cost, Some((&key.record.id, &key.limits)), unix_now())
+        .reserve(
+            &key.record.account,
+            key.asset,
+            worst_cost,
+            Some((&key.record.id, &key.limits)),
+            unix_now(),
+        )
         .map_err(|e| payment_error(e, worst_tokens, req.prompt_estimate, max_new))?;
     if let Err(limited) = key.limiters.check(worst_tokens) {
         state.book.release(reservation);
@@ -162,7 +186,10 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
 
     // Released on every path that does not hand it to a settlement, including this
     // future being dropped because the client went away.
-    let mut reservation = Held { book: state.book.clone(), reservation: Some(reservation) };
+    let mut reservation = Held {
+        book: state.book.clone(),
+        reservation: Some(reservation),
+    };
     let mut last_error = String::from("no provider accepted the request");
     let mut tried = 0usize;
     for (entry, quote, _) in attempts {
@@ -172,9 +199,17 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         }
         tried += 1;
         let in_flight = InFlight::new(entry.clone());
-        let channel = match reservation.reservation.as_ref().map(|r| state.book.bind(r, &entry.info.id, unix_now())) {
+        let channel = match reservation
+            .reservation
+            .as_ref()
+            .map(|r| state.book.bind(r, &entry.info.id, unix_now()))
+        {
             Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(ApiError::Internal(format!("opening a payment channel: {e}"))),
+            Some(Err(e)) => {
+                return Err(ApiError::Internal(format!(
+                    "opening a payment channel: {e}"
+                )));
+            }
             None => break,
         };
         let url = format!("{}{}", entry.info.endpoint, req.path);
@@ -190,7 +225,11 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             .send();
         let deadline = cfg.upstream.first_byte_timeout();
         let resp = match tokio::time::timeout(deadline, call).await {
-            Err(_) => Err(format!("{}: no answer within {} ms", entry.info.id, deadline.as_millis())),
+            Err(_) => Err(format!(
+                "{}: no answer within {} ms",
+                entry.info.id,
+                deadline.as_millis()
+            )),
             Ok(Err(e)) => Err(format!("{}: {}", entry.info.id, error_chain(&e))),
             Ok(Ok(r)) => Ok(r),
         };
@@ -214,8 +253,15 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         }
         if !status.is_success() {
             // The provider judged the request itself: relay its answer.
-            entry.record(state.registry.now(), Outcome::Success { latency: sent.elapsed() });
-            let body = read_limited(resp, cfg.upstream.idle_timeout(), 1 << 20).await.unwrap_or_default();
+            entry.record(
+                state.registry.now(),
+                Outcome::Success {
+                    latency: sent.elapsed(),
+                },
+            );
+            let body = read_limited(resp, cfg.upstream.idle_timeout(), 1 << 20)
+                .await
+                .unwrap_or_default();
             if let Some(r) = reservation.take() {
                 state.book.release(r);
             }
@@ -224,7 +270,13 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
         }
 
         if !req.stream {
-            let body = match read_limited(resp, cfg.upstream.idle_timeout(), cfg.upstream.max_response_bytes).await {
+            let body = match read_limited(
+                resp,
+                cfg.upstream.idle_timeout(),
+                cfg.upstream.max_response_bytes,
+            )
+            .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     entry.record(state.registry.now(), Outcome::Failure);
@@ -239,13 +291,16 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             let after = Instant::now();
             let resp = finish_whole(state, &entry, r, quote, request_id, body)?;
             drop(in_flight);
-            state.metrics.overhead(req.path, pre_upstream + after.elapsed());
+            state
+                .metrics
+                .overhead(req.path, pre_upstream + after.elapsed());
             return Ok(resp);
         }
 
         // Stream: wait for the first body bytes before answering, so a provider that
         // fails now can still be replaced.
-        let mut upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> = Box::pin(resp.bytes_stream());
+        let mut upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> =
+            Box::pin(resp.bytes_stream());
         let left = deadline.saturating_sub(sent.elapsed());
         let first = match tokio::time::timeout(left, upstream.next()).await {
             Ok(Some(Ok(b))) => b,
@@ -260,7 +315,11 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
                 continue;
             }
             Err(_) => {
-                last_error = format!("{}: no first chunk within {} ms", entry.info.id, deadline.as_millis());
+                last_error = format!(
+                    "{}: no first chunk within {} ms",
+                    entry.info.id,
+                    deadline.as_millis()
+                );
                 entry.record(state.registry.now(), Outcome::Failure);
                 continue;
             }
@@ -290,13 +349,21 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
             finished: false,
         };
         let body = Body::from_stream(futures::stream::unfold(relay, |mut r| async move {
-            r.next_bytes().await.map(|b| (Ok::<Bytes, Infallible>(b), r))
+            r.next_bytes()
+                .await
+                .map(|b| (Ok::<Bytes, Infallible>(b), r))
         }));
         let mut resp = Response::new(body);
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-tenzro-asset", HeaderValue::from_static(key.asset.as_str()));
+        h.insert(
+            "x-tenzro-asset",
+            HeaderValue::from_static(key.asset.as_str()),
+        );
         if let Ok(v) = HeaderValue::from_str(&entry.info.id) {
             h.insert("x-tenzro-provider", v);
         }
@@ -308,10 +375,17 @@ pub async fn run(state: &AppState, key: &KeyEntry, req: Inference, request_id: &
     }
     drop(reservation);
     if tried == 0 {
-        return Err(ApiError::NoProvider(NoProvider { model: req.model, filter: Filter::Breaker, removed: 0 }));
+        return Err(ApiError::NoProvider(NoProvider {
+            model: req.model,
+            filter: Filter::Breaker,
+            removed: 0,
+        }));
     }
     Err(ApiError::Upstream {
-        message: format!("all {tried} provider(s) tried for '{}' failed; try again later", req.model),
+        message: format!(
+            "all {tried} provider(s) tried for '{}' failed; try again later",
+            req.model
+        ),
         cause: last_error,
     })
 }
@@ -321,12 +395,18 @@ fn check_scope(key: &KeyEntry, req: &Inference) -> Result<(), ApiError> {
     if let Some(ops) = &scope.allowed_operations
         && !ops.contains(&req.op)
     {
-        return Err(ApiError::Forbidden(format!("this key may not use the {} operation", req.op.as_str())));
+        return Err(ApiError::Forbidden(format!(
+            "this key may not use the {} operation",
+            req.op.as_str()
+        )));
     }
     if let Some(models) = &scope.allowed_models
         && !models.iter().any(|m| m == &req.model)
     {
-        return Err(ApiError::Forbidden(format!("this key may not use model '{}'", req.model)));
+        return Err(ApiError::Forbidden(format!(
+            "this key may not use model '{}'",
+            req.model
+        )));
     }
     Ok(())
 }
@@ -335,15 +415,21 @@ fn rate_limited(l: crate::ratelimit::Limited) -> ApiError {
     use crate::ratelimit::Limited;
     match l {
         Limited::Requests { retry_after } => ApiError::RateLimited {
-            message: "requests-per-minute limit of this key reached; retry after the Retry-After delay".into(),
+            message:
+                "requests-per-minute limit of this key reached; retry after the Retry-After delay"
+                    .into(),
             retry_after,
         },
         Limited::Tokens { retry_after } => ApiError::RateLimited {
-            message: "tokens-per-minute limit of this key reached; retry after the Retry-After delay".into(),
+            message:
+                "tokens-per-minute limit of this key reached; retry after the Retry-After delay"
+                    .into(),
             retry_after,
         },
         Limited::TooLarge { limit } => ApiError::RateLimited {
-            message: format!("this request's worst case exceeds the key's {limit} tokens per minute; lower max_tokens"),
+            message: format!(
+                "this request's worst case exceeds the key's {limit} tokens per minute; lower max_tokens"
+            ),
             retry_after: Duration::from_secs(60),
         },
     }
@@ -351,12 +437,18 @@ fn rate_limited(l: crate::ratelimit::Limited) -> ApiError {
 
 fn payment_error(e: BookError, worst: u64, prompt: u64, max_new: u64) -> ApiError {
     match e {
-        BookError::Insufficient { asset, needed, available } => ApiError::PaymentRequired(format!(
+        BookError::Insufficient {
+            asset,
+            needed,
+            available,
+        } => ApiError::PaymentRequired(format!(
             "insufficient balance: this request may cost up to {needed} {asset} base units \
              (about {prompt} prompt + {max_new} completion tokens = {worst}), and {available} are available; \
              lower max_tokens or add funds"
         )),
-        BookError::UnknownAccount(a) => ApiError::PaymentRequired(format!("account {a} has no balance in its asset")),
+        BookError::UnknownAccount(a) => {
+            ApiError::PaymentRequired(format!("account {a} has no balance in its asset"))
+        }
         BookError::Scope(refusal) => ApiError::PaymentRequired(format!(
             "delegation scope refuses this request ({prompt} prompt + {max_new} completion tokens at most): {refusal}"
         )),
@@ -380,7 +472,11 @@ fn rand_seed() -> u64 {
     u.0 ^ u.1
 }
 
-async fn read_limited(resp: reqwest::Response, idle: Duration, max: usize) -> Result<Bytes, String> {
+async fn read_limited(
+    resp: reqwest::Response,
+    idle: Duration,
+    max: usize,
+) -> Result<Bytes, String> {
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     loop {
@@ -413,8 +509,17 @@ struct UsageCounts {
 }
 
 /// Prices a whole answer, settles, and adds the cost to its usage and headers.
-fn finish_whole(state: &AppState, entry: &ProviderEntry, r: Reservation, quote: Quote, request_id: &str, body: Bytes) -> Result<Response, ApiError> {
-    let usage = serde_json::from_slice::<UsagePeek>(&body).ok().and_then(|p| p.usage);
+fn finish_whole(
+    state: &AppState,
+    entry: &ProviderEntry,
+    r: Reservation,
+    quote: Quote,
+    request_id: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let usage = serde_json::from_slice::<UsagePeek>(&body)
+        .ok()
+        .and_then(|p| p.usage);
     let (prompt, completion) = match &usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens),
         None => {
@@ -422,18 +527,34 @@ fn finish_whole(state: &AppState, entry: &ProviderEntry, r: Reservation, quote: 
             (0, 0)
         }
     };
-    let cost = quote.cost(prompt.saturating_add(completion)).unwrap_or(r.amount);
-    let charge = Charge { amount: cost, provider: &entry.info.id, request_id };
-    let settled = state.book.settle(r, charge, unix_now()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let cost = quote
+        .cost(prompt.saturating_add(completion))
+        .unwrap_or(r.amount);
+    let charge = Charge {
+        amount: cost,
+        provider: &entry.info.id,
+        request_id,
+    };
+    let settled = state
+        .book
+        .settle(r, charge, unix_now())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     if settled.capped {
         tracing::warn!(provider = %entry.info.id, cost, charged = settled.charged, "cost above the reservation; capped");
     }
     state.metrics.tokens(prompt, completion);
     let asset = quote.asset.as_str();
-    let out = if usage.is_some() { add_cost(&body, settled.charged, asset).unwrap_or(body) } else { body };
+    let out = if usage.is_some() {
+        add_cost(&body, settled.charged, asset).unwrap_or(body)
+    } else {
+        body
+    };
     let mut resp = Response::new(Body::from(out));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(&settled.charged.to_string()) {
         h.insert("x-tenzro-cost", v);
     }
@@ -473,9 +594,15 @@ impl Drop for Settlement {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
             let m = &self.meter;
-            let charge = Charge { amount: m.cost, provider: &self.entry.info.id, request_id: &self.request_id };
+            let charge = Charge {
+                amount: m.cost,
+                provider: &self.entry.info.id,
+                request_id: &self.request_id,
+            };
             match self.book.settle(r, charge, unix_now()) {
-                Ok(s) if s.capped => tracing::warn!(provider = %self.entry.info.id, cost = m.cost, "stream cost above the reservation; capped"),
+                Ok(s) if s.capped => {
+                    tracing::warn!(provider = %self.entry.info.id, cost = m.cost, "stream cost above the reservation; capped")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "settling a stream failed"),
             }
@@ -483,7 +610,9 @@ impl Drop for Settlement {
         }
         let now = self.registry.now();
         match self.outcome {
-            Some(true) => self.entry.record(now, Outcome::Success { latency: self.ttfb }),
+            Some(true) => self
+                .entry
+                .record(now, Outcome::Success { latency: self.ttfb }),
             Some(false) => self.entry.record(now, Outcome::Failure),
             None => {}
         }
@@ -510,9 +639,14 @@ impl Relay {
                 Some(b) => Ok(b),
                 None => match tokio::time::timeout(self.idle, self.upstream.next()).await {
                     Ok(Some(Ok(b))) => Ok(b),
-                    Ok(Some(Err(e))) => Err(format!("the provider's stream broke: {}", error_chain(&e))),
+                    Ok(Some(Err(e))) => {
+                        Err(format!("the provider's stream broke: {}", error_chain(&e)))
+                    }
                     Ok(None) => Err("the provider ended the stream early".to_owned()),
-                    Err(_) => Err(format!("the provider went silent for {} ms", self.idle.as_millis())),
+                    Err(_) => Err(format!(
+                        "the provider went silent for {} ms",
+                        self.idle.as_millis()
+                    )),
                 },
             };
             let out = match chunk {
@@ -531,8 +665,11 @@ impl Relay {
     fn cut(&mut self, message: &str) -> Vec<u8> {
         self.finished = true;
         self.settlement.outcome = Some(false);
-        let body = tenzro_models::api::ErrorBody::new("upstream_error", format!("{message}; you were charged only for the tokens received"))
-            .with_code("stream_interrupted");
+        let body = tenzro_models::api::ErrorBody::new(
+            "upstream_error",
+            format!("{message}; you were charged only for the tokens received"),
+        )
+        .with_code("stream_interrupted");
         metering::sse(&serde_json::to_vec(&body).unwrap_or_default())
     }
 
@@ -570,10 +707,12 @@ impl Relay {
                     }
                     let has_choices = p.has_choices();
                     let Some(usage) = p.usage else {
-                        if let Some(r) = &s.reservation {
-                            if let Err(e) = s.book.progress(r, s.meter.cost, &s.entry.info.id, unix_now()) {
-                                tracing::error!(error = %e, "metering into the channel failed");
-                            }
+                        if let Some(r) = &s.reservation
+                            && let Err(e) =
+                                s.book
+                                    .progress(r, s.meter.cost, &s.entry.info.id, unix_now())
+                        {
+                            tracing::error!(error = %e, "metering into the channel failed");
                         }
                         out.extend_from_slice(&ev);
                         out.extend_from_slice(b"\n\n");
@@ -582,10 +721,12 @@ impl Relay {
                     if let Err(e) = s.meter.on_usage(&usage) {
                         tracing::error!(error = %e, "metering overflow");
                     }
-                    if let Some(r) = &s.reservation {
-                        if let Err(e) = s.book.progress(r, s.meter.cost, &s.entry.info.id, unix_now()) {
-                                tracing::error!(error = %e, "metering into the channel failed");
-                            }
+                    if let Some(r) = &s.reservation
+                        && let Err(e) =
+                            s.book
+                                .progress(r, s.meter.cost, &s.entry.info.id, unix_now())
+                    {
+                        tracing::error!(error = %e, "metering into the channel failed");
                     }
                     let data = data.unwrap_or_default();
                     let rewritten = if self.include_usage {

@@ -9,10 +9,16 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 /// Why a request was refused, and when to come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
-    Requests { retry_after: Duration },
-    Tokens { retry_after: Duration },
+    Requests {
+        retry_after: Duration,
+    },
+    Tokens {
+        retry_after: Duration,
+    },
     /// One request asks for more tokens than a whole minute allows.
-    TooLarge { limit: u32 },
+    TooLarge {
+        limit: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -26,7 +32,11 @@ impl Limiters {
     /// A zero limit means unlimited.
     pub fn new(requests_per_minute: u32, tokens_per_minute: u32) -> Self {
         let make = |n: u32| NonZeroU32::new(n).map(|n| RateLimiter::direct(Quota::per_minute(n)));
-        Limiters { requests: make(requests_per_minute), tokens: make(tokens_per_minute), tokens_per_minute }
+        Limiters {
+            requests: make(requests_per_minute),
+            tokens: make(tokens_per_minute),
+            tokens_per_minute,
+        }
     }
 
     /// Takes one request and `tokens` tokens, or says why not (taking nothing from
@@ -36,7 +46,9 @@ impl Limiters {
         if let Some(r) = &self.requests
             && let Err(not_until) = r.check()
         {
-            return Err(Limited::Requests { retry_after: not_until.wait_time_from(clock.now()) });
+            return Err(Limited::Requests {
+                retry_after: not_until.wait_time_from(clock.now()),
+            });
         }
         if let Some(t) = &self.tokens {
             let n = u32::try_from(tokens.max(1)).unwrap_or(u32::MAX);
@@ -44,9 +56,15 @@ impl Limiters {
             match t.check_n(n) {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
-                    return Err(Limited::Tokens { retry_after: not_until.wait_time_from(clock.now()) });
+                    return Err(Limited::Tokens {
+                        retry_after: not_until.wait_time_from(clock.now()),
+                    });
                 }
-                Err(_) => return Err(Limited::TooLarge { limit: self.tokens_per_minute }),
+                Err(_) => {
+                    return Err(Limited::TooLarge {
+                        limit: self.tokens_per_minute,
+                    });
+                }
             }
         }
         Ok(())

@@ -113,7 +113,9 @@ impl ProviderInfo {
         let stake = pricing::parse_units(&r.stake).map_err(|e| bad(format!("stake: {e}")))?;
         let tee = r.tee.to_ascii_lowercase();
         if !matches!(tee.as_str(), "none" | "tdx" | "sev-snp" | "nvidia-cc") {
-            return Err(bad(format!("tee `{tee}` is not one of none, tdx, sev-snp, nvidia-cc")));
+            return Err(bad(format!(
+                "tee `{tee}` is not one of none, tdx, sev-snp, nvidia-cc"
+            )));
         }
         if r.models.is_empty() {
             return Err(bad("models must not be empty".into()));
@@ -124,7 +126,10 @@ impl ProviderInfo {
                 return Err(bad("a model has an empty id".into()));
             }
             if m.tee_required && tee == "none" {
-                return Err(bad(format!("model {} requires a TEE but the provider has none", m.id)));
+                return Err(bad(format!(
+                    "model {} requires a TEE but the provider has none",
+                    m.id
+                )));
             }
             let price = pricing::parse_units(&m.price_per_token)
                 .map_err(|e| bad(format!("price_per_token of {}: {e}", m.id)))?;
@@ -204,7 +209,8 @@ impl ProviderEntry {
 
     /// Takes the breaker's permission for one request (the Half-Open trial included).
     pub fn try_acquire(&self, now: Duration) -> bool {
-        self.with_state(|s| s.breaker.try_acquire(now)).unwrap_or(false)
+        self.with_state(|s| s.breaker.try_acquire(now))
+            .unwrap_or(false)
     }
 
     pub fn record(&self, now: Duration, outcome: Outcome) {
@@ -232,7 +238,8 @@ impl ProviderEntry {
     }
 
     pub fn breaker_state(&self, now: Duration) -> BreakerState {
-        self.with_state(|s| s.breaker.state(now)).unwrap_or(BreakerState::Open)
+        self.with_state(|s| s.breaker.state(now))
+            .unwrap_or(BreakerState::Open)
     }
 
     fn status_at(&self, s: &State, cfg: &StatusConfig, now: Duration) -> Status {
@@ -242,7 +249,12 @@ impl ProviderEntry {
     }
 
     /// The price quote for a request on `model` right now.
-    pub fn quote(&self, model: &ModelEntry, asset: Asset, rates: &Rates) -> Result<Quote, pricing::PricingError> {
+    pub fn quote(
+        &self,
+        model: &ModelEntry,
+        asset: Asset,
+        rates: &Rates,
+    ) -> Result<Quote, pricing::PricingError> {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         Ok(Quote::new(
             model.price,
@@ -288,7 +300,9 @@ impl Registry {
     /// Stores `verdict` on `entry` if it is still the registered entry for its id, and
     /// records a slash when the failure is the provider's fault.
     pub fn record_attestation(&self, entry: &Arc<ProviderEntry>, verdict: AttestationVerdict) {
-        let current = self.get(&entry.info.id).is_some_and(|e| Arc::ptr_eq(&e, entry));
+        let current = self
+            .get(&entry.info.id)
+            .is_some_and(|e| Arc::ptr_eq(&e, entry));
         if !current {
             return;
         }
@@ -315,7 +329,9 @@ impl Registry {
 
     /// The stored verdict of provider `id`.
     pub fn attestation(&self, id: &str) -> Option<AttestationVerdict> {
-        self.get(id)?.with_state(|s| s.attestation.clone()).flatten()
+        self.get(id)?
+            .with_state(|s| s.attestation.clone())
+            .flatten()
     }
 
     /// Slashes recorded since start (in memory; issue 5 makes them durable).
@@ -349,7 +365,10 @@ impl Registry {
     /// Adds or replaces a provider, keeping the live state of one it replaces.
     pub fn upsert(&self, info: ProviderInfo) -> Result<Arc<ProviderEntry>, RegistryError> {
         let now = self.clock.now();
-        let mut map = self.providers.write().map_err(|_| RegistryError::Malformed("registry lock".into()))?;
+        let mut map = self
+            .providers
+            .write()
+            .map_err(|_| RegistryError::Malformed("registry lock".into()))?;
         let state = match map.get(&info.id) {
             Some(old) => {
                 if let (Some(a), Some(b)) = (&old.info.public_key, &info.public_key)
@@ -357,7 +376,9 @@ impl Registry {
                 {
                     return Err(RegistryError::KeyMismatch(info.id));
                 }
-                let mut s = old.with_state(|s| s.clone()).ok_or(RegistryError::Banned(info.id.clone()))?;
+                let mut s = old
+                    .with_state(|s| s.clone())
+                    .ok_or(RegistryError::Banned(info.id.clone()))?;
                 if s.banned {
                     return Err(RegistryError::Banned(info.id));
                 }
@@ -377,22 +398,36 @@ impl Registry {
                 attestation: None,
             },
         };
-        let entry = Arc::new(ProviderEntry { info, in_flight: AtomicU32::new(0), state: Mutex::new(state) });
+        let entry = Arc::new(ProviderEntry {
+            info,
+            in_flight: AtomicU32::new(0),
+            state: Mutex::new(state),
+        });
         map.insert(entry.info.id.clone(), entry.clone());
         Ok(entry)
     }
 
     fn check_fresh(&self, timestamp: u64, now_unix: u64) -> Result<(), RegistryError> {
         let skew = timestamp.abs_diff(now_unix);
-        if skew > self.config.max_skew_s { Err(RegistryError::Stale(skew)) } else { Ok(()) }
+        if skew > self.config.max_skew_s {
+            Err(RegistryError::Stale(skew))
+        } else {
+            Ok(())
+        }
     }
 
     /// Verifies and applies a signed registration.
-    pub fn register(&self, signed: &Signed, now_unix: u64) -> Result<RegisterResponse, RegistryError> {
+    pub fn register(
+        &self,
+        signed: &Signed,
+        now_unix: u64,
+    ) -> Result<RegisterResponse, RegistryError> {
         let req: RegisterRequest = serde_json::from_str(&signed.payload)
             .map_err(|e| RegistryError::Malformed(e.to_string()))?;
         let info = ProviderInfo::from_registration(req.clone(), false)?;
-        let key = info.public_key.ok_or_else(|| RegistryError::Malformed("public_key is required".into()))?;
+        let key = info
+            .public_key
+            .ok_or_else(|| RegistryError::Malformed("public_key is required".into()))?;
         verify(&key, REGISTER_DOMAIN, signed)?;
         self.check_fresh(req.timestamp, now_unix)?;
         let entry = self.upsert(info)?;
@@ -406,16 +441,27 @@ impl Registry {
     }
 
     /// Verifies and applies a signed heartbeat.
-    pub fn heartbeat(&self, signed: &Signed, now_unix: u64) -> Result<HeartbeatResponse, RegistryError> {
+    pub fn heartbeat(
+        &self,
+        signed: &Signed,
+        now_unix: u64,
+    ) -> Result<HeartbeatResponse, RegistryError> {
         let hb: Heartbeat = serde_json::from_str(&signed.payload)
             .map_err(|e| RegistryError::Malformed(e.to_string()))?;
-        let entry = self.get(&hb.provider_id).ok_or_else(|| RegistryError::UnknownProvider(hb.provider_id.clone()))?;
-        let key = entry.info.public_key.ok_or_else(|| RegistryError::UnknownProvider(hb.provider_id.clone()))?;
+        let entry = self
+            .get(&hb.provider_id)
+            .ok_or_else(|| RegistryError::UnknownProvider(hb.provider_id.clone()))?;
+        let key = entry
+            .info
+            .public_key
+            .ok_or_else(|| RegistryError::UnknownProvider(hb.provider_id.clone()))?;
         verify(&key, HEARTBEAT_DOMAIN, signed)?;
         self.check_fresh(hb.timestamp, now_unix)?;
         let now = self.clock.now();
         entry.with_state(|s| s.last_heartbeat = now);
-        Ok(HeartbeatResponse { status: self.status_of(&entry).as_str().to_owned() })
+        Ok(HeartbeatResponse {
+            status: self.status_of(&entry).as_str().to_owned(),
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<ProviderEntry>> {
@@ -423,23 +469,35 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<ProviderEntry>> {
-        self.providers.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.providers
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn set_banned(&self, id: &str, banned: bool) -> Result<(), RegistryError> {
-        let entry = self.get(id).ok_or_else(|| RegistryError::UnknownProvider(id.to_owned()))?;
+        let entry = self
+            .get(id)
+            .ok_or_else(|| RegistryError::UnknownProvider(id.to_owned()))?;
         entry.with_state(|s| s.banned = banned);
         Ok(())
     }
 
     pub fn status_of(&self, entry: &ProviderEntry) -> Status {
         let now = self.clock.now();
-        entry.with_state(|s| entry.status_at(s, &self.config.status, now)).unwrap_or(Status::Inactive)
+        entry
+            .with_state(|s| entry.status_at(s, &self.config.status, now))
+            .unwrap_or(Status::Inactive)
     }
 
     /// Routing candidates for `model`, one per provider (`serves_model` false for
     /// those that do not serve it), priced in `asset`.
-    pub fn candidates(&self, model: &str, asset: Asset, rates: &Rates) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
+    pub fn candidates(
+        &self,
+        model: &str,
+        asset: Asset,
+        rates: &Rates,
+    ) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
         let now = self.clock.now();
         let unix = self.unix_now();
         self.all()
@@ -462,13 +520,20 @@ impl Registry {
                 let cand = Candidate {
                     provider: e.info.id.clone(),
                     serves_model: m.is_some() && quote.is_some(),
-                    category: m.map(|m| m.info.category).unwrap_or(tenzro_models::api::ModelCategory::Custom),
+                    category: m
+                        .map(|m| m.info.category)
+                        .unwrap_or(tenzro_models::api::ModelCategory::Custom),
                     status,
                     breaker_admits: admits,
                     // Only evidence verified by the gateway counts, never the declaration.
                     tee: verified,
                     stake: e.info.stake,
-                    price: quote.map(|q| pricing::mul_div_floor(q.base_price, q.multiplier, 1_000_000).unwrap_or(u128::MAX)).unwrap_or(u128::MAX),
+                    price: quote
+                        .map(|q| {
+                            pricing::mul_div_floor(q.base_price, q.multiplier, 1_000_000)
+                                .unwrap_or(u128::MAX)
+                        })
+                        .unwrap_or(u128::MAX),
                     latency_us: latency,
                     successes: ok,
                     total,
@@ -493,7 +558,8 @@ impl Registry {
                     successful: s.successful,
                     failed: s.failed,
                     ema_latency_ms: s.ema_latency_us.map(|u| u as f64 / 1000.0),
-                    last_heartbeat_s_ago: (!e.info.from_config).then(|| now.saturating_sub(s.last_heartbeat).as_secs()),
+                    last_heartbeat_s_ago: (!e.info.from_config)
+                        .then(|| now.saturating_sub(s.last_heartbeat).as_secs()),
                     stake: e.info.stake.to_string(),
                     tee: e.info.tee.clone(),
                     in_flight: e.in_flight.load(Ordering::Relaxed),

@@ -44,7 +44,10 @@ fn sign(key: &ProviderKey, domain: &[u8], payload: String) -> Signed {
 
 fn setup() -> (Registry, Arc<ManualClock>) {
     let clock = ManualClock::new();
-    (Registry::new(RegistryConfig::default(), clock.clone()), clock)
+    (
+        Registry::new(RegistryConfig::default(), clock.clone()),
+        clock,
+    )
 }
 
 #[test]
@@ -52,14 +55,28 @@ fn signed_registration_and_heartbeat() {
     let (reg, clock) = setup();
     let key = ProviderKey::from_seed(&[1; 32]);
     let r = registration(&key, "p1");
-    let resp = reg.register(&sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()), NOW).unwrap();
+    let resp = reg
+        .register(
+            &sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()),
+            NOW,
+        )
+        .unwrap();
     assert_eq!(resp.status, "Active");
     assert_eq!(reg.get("p1").unwrap().info.endpoint, "http://127.0.0.1:9");
 
     clock.advance(Duration::from_secs(6 * 60));
     assert_eq!(reg.status_of(&reg.get("p1").unwrap()), Status::Degraded);
-    let hb = Heartbeat { provider_id: "p1".into(), timestamp: NOW + 360, in_flight: None };
-    let resp = reg.heartbeat(&sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()), NOW + 360).unwrap();
+    let hb = Heartbeat {
+        provider_id: "p1".into(),
+        timestamp: NOW + 360,
+        in_flight: None,
+    };
+    let resp = reg
+        .heartbeat(
+            &sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()),
+            NOW + 360,
+        )
+        .unwrap();
     assert_eq!(resp.status, "Active");
     clock.advance(Duration::from_secs(61 * 60));
     assert_eq!(reg.status_of(&reg.get("p1").unwrap()), Status::Inactive);
@@ -77,20 +94,40 @@ fn refuses_bad_signatures_stale_times_and_key_changes() {
     assert_eq!(reg.register(&forged, NOW), Err(RegistryError::BadSignature));
     // Signed under the heartbeat domain.
     let wrong_domain = sign(&key, HEARTBEAT_DOMAIN, payload.clone());
-    assert_eq!(reg.register(&wrong_domain, NOW), Err(RegistryError::BadSignature));
+    assert_eq!(
+        reg.register(&wrong_domain, NOW),
+        Err(RegistryError::BadSignature)
+    );
     // Payload changed after signing.
     let mut tampered = sign(&key, REGISTER_DOMAIN, payload.clone());
     tampered.payload = tampered.payload.replace("1000", "1");
-    assert_eq!(reg.register(&tampered, NOW), Err(RegistryError::BadSignature));
+    assert_eq!(
+        reg.register(&tampered, NOW),
+        Err(RegistryError::BadSignature)
+    );
     // Too old.
-    assert_eq!(reg.register(&sign(&key, REGISTER_DOMAIN, payload.clone()), NOW + 301), Err(RegistryError::Stale(301)));
+    assert_eq!(
+        reg.register(&sign(&key, REGISTER_DOMAIN, payload.clone()), NOW + 301),
+        Err(RegistryError::Stale(301))
+    );
 
-    reg.register(&sign(&key, REGISTER_DOMAIN, payload), NOW).unwrap();
+    reg.register(&sign(&key, REGISTER_DOMAIN, payload), NOW)
+        .unwrap();
     let hijack = serde_json::to_string(&registration(&other, "p1")).unwrap();
-    assert_eq!(reg.register(&sign(&other, REGISTER_DOMAIN, hijack), NOW), Err(RegistryError::KeyMismatch("p1".into())));
+    assert_eq!(
+        reg.register(&sign(&other, REGISTER_DOMAIN, hijack), NOW),
+        Err(RegistryError::KeyMismatch("p1".into()))
+    );
 
-    let hb = Heartbeat { provider_id: "nobody".into(), timestamp: NOW, in_flight: None };
-    let r = reg.heartbeat(&sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()), NOW);
+    let hb = Heartbeat {
+        provider_id: "nobody".into(),
+        timestamp: NOW,
+        in_flight: None,
+    };
+    let r = reg.heartbeat(
+        &sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()),
+        NOW,
+    );
     assert_eq!(r, Err(RegistryError::UnknownProvider("nobody".into())));
 }
 
@@ -111,7 +148,13 @@ fn validation_rejects_nonsense() {
     for (i, f) in cases.iter().enumerate() {
         let mut r = registration(&key, "p");
         f(&mut r);
-        assert!(matches!(ProviderInfo::from_registration(r, false), Err(RegistryError::Malformed(_))), "case {i}");
+        assert!(
+            matches!(
+                ProviderInfo::from_registration(r, false),
+                Err(RegistryError::Malformed(_))
+            ),
+            "case {i}"
+        );
     }
 }
 
@@ -124,7 +167,12 @@ fn failures_make_a_provider_inactive_until_they_age_out() {
     let e = reg.upsert(info).unwrap();
     let now = reg.now();
     for _ in 0..8 {
-        e.record(now, Outcome::Success { latency: Duration::from_millis(10) });
+        e.record(
+            now,
+            Outcome::Success {
+                latency: Duration::from_millis(10),
+            },
+        );
     }
     for _ in 0..2 {
         e.record(now, Outcome::Failure);
@@ -133,21 +181,40 @@ fn failures_make_a_provider_inactive_until_they_age_out() {
     e.record(now, Outcome::Failure);
     assert_eq!(reg.status_of(&e), Status::Inactive, "27% failures");
     clock.advance(Duration::from_secs(10 * 60));
-    assert_eq!(reg.status_of(&e), Status::Active, "recovered once the window forgot");
+    assert_eq!(
+        reg.status_of(&e),
+        Status::Active,
+        "recovered once the window forgot"
+    );
     reg.set_banned("p", true).unwrap();
     assert_eq!(reg.status_of(&e), Status::Banned);
     let again = ProviderInfo::from_registration(registration(&key, "p"), false).unwrap();
-    assert_eq!(reg.upsert(again).unwrap_err(), RegistryError::Banned("p".into()));
+    assert_eq!(
+        reg.upsert(again).unwrap_err(),
+        RegistryError::Banned("p".into())
+    );
 }
 
 #[test]
 fn metrics_and_candidates() {
     let (reg, _) = setup();
     let key = ProviderKey::from_seed(&[1; 32]);
-    let e = reg.upsert(ProviderInfo::from_registration(registration(&key, "p"), false).unwrap()).unwrap();
+    let e = reg
+        .upsert(ProviderInfo::from_registration(registration(&key, "p"), false).unwrap())
+        .unwrap();
     let now = reg.now();
-    e.record(now, Outcome::Success { latency: Duration::from_millis(10) });
-    e.record(now, Outcome::Success { latency: Duration::from_millis(20) });
+    e.record(
+        now,
+        Outcome::Success {
+            latency: Duration::from_millis(10),
+        },
+    );
+    e.record(
+        now,
+        Outcome::Success {
+            latency: Duration::from_millis(20),
+        },
+    );
     e.record(now, Outcome::Failure);
     let v = &reg.views()[0];
     assert_eq!((v.total, v.successful, v.failed), (3, 2, 1));
@@ -167,16 +234,27 @@ fn metrics_and_candidates() {
 fn breaker_through_the_entry() {
     let (reg, clock) = setup();
     let key = ProviderKey::from_seed(&[1; 32]);
-    let e = reg.upsert(ProviderInfo::from_registration(registration(&key, "p"), false).unwrap()).unwrap();
+    let e = reg
+        .upsert(ProviderInfo::from_registration(registration(&key, "p"), false).unwrap())
+        .unwrap();
     for _ in 0..5 {
         assert!(e.try_acquire(reg.now()));
         e.record(reg.now(), Outcome::Failure);
     }
     assert_eq!(e.breaker_state(reg.now()), BreakerState::Open);
-    assert!(!reg.candidates("m", Asset::Tnzo, &Rates::default())[0].1.breaker_admits);
+    assert!(
+        !reg.candidates("m", Asset::Tnzo, &Rates::default())[0]
+            .1
+            .breaker_admits
+    );
     clock.advance(Duration::from_secs(60));
     assert!(e.try_acquire(reg.now()));
     assert!(!e.try_acquire(reg.now()));
-    e.record(reg.now(), Outcome::Success { latency: Duration::from_millis(1) });
+    e.record(
+        reg.now(),
+        Outcome::Success {
+            latency: Duration::from_millis(1),
+        },
+    );
     assert_eq!(e.breaker_state(reg.now()), BreakerState::Closed);
 }

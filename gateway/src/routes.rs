@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -16,8 +18,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tenzro_models::api::{
-    ChatCompletionRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, ModelCard, ModelList, Prompt,
-    Signed, StreamOptions,
+    ChatCompletionRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, ModelCard,
+    ModelList, Prompt, Signed, StreamOptions,
 };
 use tracing::Instrument;
 
@@ -39,15 +41,49 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/account", get(crate::money_routes::account))
         .route("/v1/channels", get(crate::money_routes::channels))
         .route("/v1/channels/{id}", get(crate::money_routes::channel))
-        .route("/v1/channels/{id}/voucher", get(crate::money_routes::voucher))
+        .route(
+            "/v1/channels/{id}/voucher",
+            get(crate::money_routes::voucher),
+        )
         .route("/v1/channels/{id}/close", post(crate::money_routes::close))
-        .route("/v1/channels/{id}/dispute", post(crate::money_routes::dispute))
+        .route(
+            "/v1/channels/{id}/dispute",
+            post(crate::money_routes::dispute),
+        )
         .route("/v1/faucet", post(crate::money_routes::faucet))
+        .route(
+            "/admin/identities",
+            post(crate::identity_routes::register_human),
+        )
+        .route(
+            "/admin/identities/issuers",
+            post(crate::identity_routes::trust_issuer),
+        )
+        .route(
+            "/v1/identities/agents",
+            post(crate::identity_routes::create_agent),
+        )
+        .route("/v1/identities/{did}", get(crate::identity_routes::resolve))
+        .route(
+            "/v1/identities/{did}/document",
+            get(crate::identity_routes::document),
+        )
+        .route(
+            "/v1/identities/{did}/credentials",
+            post(crate::identity_routes::add_credential),
+        )
+        .route(
+            "/v1/identities/{did}/{action}",
+            post(crate::identity_routes::lifecycle),
+        )
         .route("/admin/pools", get(crate::money_routes::pools))
         .route("/admin/slashes", get(crate::money_routes::slashes))
         .route("/v1/providers/register", post(register))
         .route("/v1/providers/heartbeat", post(heartbeat))
-        .route("/admin/accounts", post(admin_create_account).get(admin_list_accounts))
+        .route(
+            "/admin/accounts",
+            post(admin_create_account).get(admin_list_accounts),
+        )
         .route("/admin/accounts/{id}", get(admin_get_account))
         .route("/admin/accounts/{id}/keys", post(admin_create_key))
         .route("/admin/accounts/{id}/credit", post(admin_credit))
@@ -77,7 +113,11 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let endpoint = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let start = Instant::now();
     let span = tracing::info_span!("request", request_id = %id, %method, path = %endpoint);
@@ -113,9 +153,9 @@ impl FromRequest<AppState> for RawBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(RawBody(b)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge(state.config.server.max_body_bytes))
-            }
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                ApiError::PayloadTooLarge(state.config.server.max_body_bytes),
+            ),
             Err(rej) => Err(ApiError::bad_request(rej.body_text())),
         }
     }
@@ -131,7 +171,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
 pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     if b.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -142,7 +184,10 @@ pub struct Auth(pub Arc<KeyEntry>);
 fn bearer(parts: &Parts) -> Option<&str> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 impl FromRequestParts<AppState> for Auth {
@@ -155,8 +200,8 @@ impl FromRequestParts<AppState> for Auth {
             .accounts
             .lookup(key)
             .await
-            .map(Auth)
             .ok_or_else(|| ApiError::Unauthorized("incorrect API key provided".into()))
+            .and_then(|k| crate::identity_routes::check_active(state, &k).map(|()| Auth(k)))
     }
 }
 
@@ -168,9 +213,12 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let want = state.config.server.admin_token.expose();
         if want.is_empty() {
-            return Err(ApiError::Forbidden("the admin API is disabled (no admin token configured)".into()));
+            return Err(ApiError::Forbidden(
+                "the admin API is disabled (no admin token configured)".into(),
+            ));
         }
-        let got = bearer(parts).ok_or_else(|| ApiError::Unauthorized("missing admin token".into()))?;
+        let got =
+            bearer(parts).ok_or_else(|| ApiError::Unauthorized("missing admin token".into()))?;
         if Sha256::digest(got.as_bytes()) == Sha256::digest(want.as_bytes()) {
             Ok(Admin)
         } else {
@@ -182,7 +230,11 @@ impl FromRequestParts<AppState> for Admin {
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
     }
 }
 
@@ -195,12 +247,18 @@ struct ExtPeek {
 fn ext(body: &[u8]) -> Result<RequestExt, ApiError> {
     serde_json::from_slice::<ExtPeek>(body)
         .map(|p| p.tenzro.unwrap_or_default())
-        .map_err(|e| ApiError::BadRequest { message: format!("invalid `tenzro` extension: {e}"), param: Some("tenzro".into()) })
+        .map_err(|e| ApiError::BadRequest {
+            message: format!("invalid `tenzro` extension: {e}"),
+            param: Some("tenzro".into()),
+        })
 }
 
 fn require_model(model: &str) -> Result<(), ApiError> {
     if model.is_empty() {
-        return Err(ApiError::BadRequest { message: "`model` must not be empty".into(), param: Some("model".into()) });
+        return Err(ApiError::BadRequest {
+            message: "`model` must not be empty".into(),
+            param: Some("model".into()),
+        });
     }
     Ok(())
 }
@@ -211,18 +269,33 @@ fn estimate_text(s: &str) -> u64 {
     s.len() as u64
 }
 
-async fn chat(State(state): State<AppState>, Auth(key): Auth, RequestId(rid): RequestId, RawBody(body): RawBody) -> Result<Response, ApiError> {
+async fn chat(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+    RequestId(rid): RequestId,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut req: ChatCompletionRequest = parse_json(&body)?;
     require_model(&req.model)?;
     if req.messages.is_empty() {
-        return Err(ApiError::BadRequest { message: "`messages` must not be empty".into(), param: Some("messages".into()) });
+        return Err(ApiError::BadRequest {
+            message: "`messages` must not be empty".into(),
+            param: Some("messages".into()),
+        });
     }
-    let prompt_estimate = req.messages.iter().map(|m| estimate_text(&m.text()) + 16).sum::<u64>() + 16;
+    let prompt_estimate = req
+        .messages
+        .iter()
+        .map(|m| estimate_text(&m.text()) + 16)
+        .sum::<u64>()
+        + 16;
     let stream = req.is_stream();
     let include_usage = req.include_usage();
     if stream {
-        req.stream_options = Some(StreamOptions { include_usage: Some(true) });
+        req.stream_options = Some(StreamOptions {
+            include_usage: Some(true),
+        });
     }
     let inf = Inference {
         op: Operation::Chat,
@@ -239,7 +312,12 @@ async fn chat(State(state): State<AppState>, Auth(key): Auth, RequestId(rid): Re
     proxy::run(&state, &key, inf, &rid, started).await
 }
 
-async fn completions(State(state): State<AppState>, Auth(key): Auth, RequestId(rid): RequestId, RawBody(body): RawBody) -> Result<Response, ApiError> {
+async fn completions(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+    RequestId(rid): RequestId,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut req: CompletionRequest = parse_json(&body)?;
     require_model(&req.model)?;
@@ -252,12 +330,17 @@ async fn completions(State(state): State<AppState>, Auth(key): Auth, RequestId(r
     let stream = req.is_stream();
     let include_usage = req.include_usage();
     if stream {
-        req.stream_options = Some(StreamOptions { include_usage: Some(true) });
+        req.stream_options = Some(StreamOptions {
+            include_usage: Some(true),
+        });
     }
     let inf = Inference {
         op: Operation::Completions,
         path: "/v1/completions",
-        max_tokens: Some(req.max_tokens.unwrap_or(CompletionRequest::DEFAULT_MAX_TOKENS)),
+        max_tokens: Some(
+            req.max_tokens
+                .unwrap_or(CompletionRequest::DEFAULT_MAX_TOKENS),
+        ),
         model: req.model.clone(),
         body: Bytes::from(serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?),
         stream,
@@ -269,7 +352,12 @@ async fn completions(State(state): State<AppState>, Auth(key): Auth, RequestId(r
     proxy::run(&state, &key, inf, &rid, started).await
 }
 
-async fn embeddings(State(state): State<AppState>, Auth(key): Auth, RequestId(rid): RequestId, RawBody(body): RawBody) -> Result<Response, ApiError> {
+async fn embeddings(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+    RequestId(rid): RequestId,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let req: EmbeddingRequest = parse_json(&body)?;
     require_model(&req.model)?;
@@ -296,13 +384,17 @@ async fn embeddings(State(state): State<AppState>, Auth(key): Auth, RequestId(ri
 }
 
 /// The union of the models routable providers serve, with registry fields.
-async fn models(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<ModelList>, ApiError> {
+async fn models(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+) -> Result<Json<ModelList>, ApiError> {
     if let Some(ops) = &key.record.scope.allowed_operations
         && !ops.contains(&Operation::Models)
     {
         return Err(ApiError::Forbidden("this key may not list models".into()));
     }
-    let mut cards: std::collections::BTreeMap<String, (ModelCard, u128, u64, bool)> = Default::default();
+    let mut cards: std::collections::BTreeMap<String, (ModelCard, u128, u64, bool)> =
+        Default::default();
     for p in state.registry.all() {
         if !state.registry.status_of(&p).routable() {
             continue;
@@ -320,7 +412,13 @@ async fn models(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<M
                 };
                 meta.remove("id");
                 meta.remove("price_per_token");
-                let card = ModelCard { id: m.info.id.clone(), object: "model".into(), created: 0, owned_by: "tenzro".into(), meta };
+                let card = ModelCard {
+                    id: m.info.id.clone(),
+                    object: "model".into(),
+                    created: 0,
+                    owned_by: "tenzro".into(),
+                    meta,
+                };
                 (card, m.price, 0, false)
             });
             entry.1 = entry.1.min(m.price);
@@ -331,39 +429,65 @@ async fn models(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<M
     let data = cards
         .into_values()
         .map(|(mut card, price, n, tee)| {
-            card.meta.insert("min_price_per_token".into(), price.to_string().into());
+            card.meta
+                .insert("min_price_per_token".into(), price.to_string().into());
             card.meta.insert("price_asset".into(), "TNZO".into());
             card.meta.insert("providers".into(), n.into());
             card.meta.insert("tee_available".into(), tee.into());
             card
         })
         .collect();
-    Ok(Json(ModelList { object: "list".into(), data }))
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data,
+    }))
 }
 
 fn registry_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::Malformed(m) => ApiError::bad_request(m),
-        RegistryError::Stale(_) => ApiError::bad_request(format!("{e}; check the provider's clock")),
-        RegistryError::BadSignature => ApiError::Unauthorized("registration signature does not verify".into()),
-        RegistryError::KeyMismatch(_) | RegistryError::Banned(_) => ApiError::Forbidden(e.to_string()),
+        RegistryError::Stale(_) => {
+            ApiError::bad_request(format!("{e}; check the provider's clock"))
+        }
+        RegistryError::BadSignature => {
+            ApiError::Unauthorized("registration signature does not verify".into())
+        }
+        RegistryError::KeyMismatch(_) | RegistryError::Banned(_) => {
+            ApiError::Forbidden(e.to_string())
+        }
         RegistryError::UnknownProvider(_) => ApiError::NotFound(e.to_string()),
     }
 }
 
-async fn register(State(state): State<AppState>, ApiJson(signed): ApiJson<Signed>) -> Result<Response, ApiError> {
-    let r = state.registry.register(&signed, unix_now()).map_err(registry_error)?;
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(signed): ApiJson<Signed>,
+) -> Result<Response, ApiError> {
+    let r = state
+        .registry
+        .register(&signed, unix_now())
+        .map_err(registry_error)?;
     // Verify the provider's evidence with a fresh nonce, off the request path (the
     // provider may register before it serves).
-    let (registry, client, id) = (state.registry.clone(), state.client.clone(), r.provider_id.clone());
+    let (registry, client, id) = (
+        state.registry.clone(),
+        state.client.clone(),
+        r.provider_id.clone(),
+    );
     state.tasks.spawn(async move {
         crate::attestation::verify_provider(&registry, &client, &id).await;
     });
     Ok(Json(r).into_response())
 }
 
-async fn heartbeat(State(state): State<AppState>, ApiJson(signed): ApiJson<Signed>) -> Result<Response, ApiError> {
-    let r = state.registry.heartbeat(&signed, unix_now()).map_err(registry_error)?;
+async fn heartbeat(
+    State(state): State<AppState>,
+    ApiJson(signed): ApiJson<Signed>,
+) -> Result<Response, ApiError> {
+    let r = state
+        .registry
+        .heartbeat(&signed, unix_now())
+        .map_err(registry_error)?;
     Ok(Json(r).into_response())
 }
 
@@ -392,26 +516,50 @@ fn tokens(s: Option<&str>) -> Result<u128, ApiError> {
     s.map(pricing::parse_tokens)
         .transpose()
         .map(|v| v.unwrap_or(0))
-        .map_err(|e| ApiError::BadRequest { message: e.to_string(), param: Some("balance".into()) })
+        .map_err(|e| ApiError::BadRequest {
+            message: e.to_string(),
+            param: Some("balance".into()),
+        })
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-async fn admin_create_account(State(state): State<AppState>, _: Admin, ApiJson(n): ApiJson<NewAccount>) -> Result<Response, ApiError> {
+async fn admin_create_account(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(n): ApiJson<NewAccount>,
+) -> Result<Response, ApiError> {
     let balance = tokens(n.balance.as_deref())?;
-    let (key, account, record) = state.accounts.create_account(&n.name, n.asset, balance, n.scope, n.identity).await.map_err(internal)?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "account": account, "key": key, "key_id": record.id }))).into_response())
+    let (key, account, record) = state
+        .accounts
+        .create_account(&n.name, n.asset, balance, n.scope, n.identity)
+        .await
+        .map_err(internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "account": account, "key": key, "key_id": record.id })),
+    )
+        .into_response())
 }
 
 async fn admin_list_accounts(State(state): State<AppState>, _: Admin) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "object": "list", "data": state.accounts.list() }))
 }
 
-async fn admin_get_account(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let account = state.accounts.account(&id).ok_or_else(|| ApiError::NotFound(format!("no account {id}")))?;
-    Ok(Json(serde_json::json!({ "account": account, "keys": state.accounts.keys_of(&id) })))
+async fn admin_get_account(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let account = state
+        .accounts
+        .account(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no account {id}")))?;
+    Ok(Json(
+        serde_json::json!({ "account": account, "keys": state.accounts.keys_of(&id) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -423,12 +571,27 @@ struct NewKey {
     scope: KeyScope,
 }
 
-async fn admin_create_key(State(state): State<AppState>, _: Admin, Path(id): Path<String>, ApiJson(n): ApiJson<NewKey>) -> Result<Response, ApiError> {
-    let (key, record) = state.accounts.create_key(&id, &n.name, n.scope).await.map_err(|e| match e {
-        crate::accounts::AccountsError::UnknownAccount(a) => ApiError::NotFound(format!("no account {a}")),
-        other => internal(other),
-    })?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key, "record": record }))).into_response())
+async fn admin_create_key(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(n): ApiJson<NewKey>,
+) -> Result<Response, ApiError> {
+    let (key, record) = state
+        .accounts
+        .create_key(&id, &n.name, n.scope, None)
+        .await
+        .map_err(|e| match e {
+            crate::accounts::AccountsError::UnknownAccount(a) => {
+                ApiError::NotFound(format!("no account {a}"))
+            }
+            other => internal(other),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "key": key, "record": record })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -439,16 +602,32 @@ struct Credit {
     amount: String,
 }
 
-async fn admin_credit(State(state): State<AppState>, _: Admin, Path(id): Path<String>, ApiJson(c): ApiJson<Credit>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn admin_credit(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(c): ApiJson<Credit>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let amount = tokens(Some(&c.amount))?;
-    let balance = state.accounts.credit(&id, c.asset, amount).map_err(|e| match e {
-        crate::accounts::AccountsError::UnknownAccount(a) => ApiError::NotFound(format!("no account {a}")),
-        other => internal(other),
-    })?;
-    Ok(Json(serde_json::json!({ "account": id, "asset": c.asset, "balance": balance.to_string() })))
+    let balance = state
+        .accounts
+        .credit(&id, c.asset, amount)
+        .map_err(|e| match e {
+            crate::accounts::AccountsError::UnknownAccount(a) => {
+                ApiError::NotFound(format!("no account {a}"))
+            }
+            other => internal(other),
+        })?;
+    Ok(Json(
+        serde_json::json!({ "account": id, "asset": c.asset, "balance": balance.to_string() }),
+    ))
 }
 
-async fn admin_revoke_key(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn admin_revoke_key(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     match state.accounts.revoke(&id).await.map_err(internal)? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError::NotFound(format!("no key {id}"))),
@@ -456,29 +635,61 @@ async fn admin_revoke_key(State(state): State<AppState>, _: Admin, Path(id): Pat
 }
 
 async fn admin_providers(State(state): State<AppState>, _: Admin) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "object": "list", "data": state.registry.views(), "slashes": state.registry.slashes() }))
+    Json(
+        serde_json::json!({ "object": "list", "data": state.registry.views(), "slashes": state.registry.slashes() }),
+    )
 }
 
-async fn admin_ban(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    state.registry.set_banned(&id, true).map_err(registry_error)?;
+async fn admin_ban(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .registry
+        .set_banned(&id, true)
+        .map_err(registry_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn admin_unban(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    state.registry.set_banned(&id, false).map_err(registry_error)?;
+async fn admin_unban(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .registry
+        .set_banned(&id, false)
+        .map_err(registry_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let routable = state.registry.all().iter().filter(|p| state.registry.status_of(p).routable()).count();
+    let routable = state
+        .registry
+        .all()
+        .iter()
+        .filter(|p| state.registry.status_of(p).routable())
+        .count();
     Json(serde_json::json!({ "status": "ok", "providers": routable }))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(&state.registry);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }

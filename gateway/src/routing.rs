@@ -43,8 +43,10 @@ impl Candidate {
         if self.total == 0 {
             return 500_000;
         }
-        u64::try_from(u128::from(self.successes.min(self.total)) * 1_000_000 / u128::from(self.total))
-            .unwrap_or(1_000_000)
+        u64::try_from(
+            u128::from(self.successes.min(self.total)) * 1_000_000 / u128::from(self.total),
+        )
+        .unwrap_or(1_000_000)
     }
 }
 
@@ -69,15 +71,29 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Weights { price: 400_000, latency: 300_000, reputation: 300_000 }
+        Weights {
+            price: 400_000,
+            latency: 300_000,
+            reputation: 300_000,
+        }
     }
 }
 
 impl Weights {
     /// From decimal weights (config or request); each clamped to 0..=1.
     pub fn from_f64(price: f64, latency: f64, reputation: f64) -> Self {
-        let ppm = |w: f64| if w.is_finite() { (w.clamp(0.0, 1.0) * 1e6).round() as u64 } else { 0 };
-        Weights { price: ppm(price), latency: ppm(latency), reputation: ppm(reputation) }
+        let ppm = |w: f64| {
+            if w.is_finite() {
+                (w.clamp(0.0, 1.0) * 1e6).round() as u64
+            } else {
+                0
+            }
+        };
+        Weights {
+            price: ppm(price),
+            latency: ppm(latency),
+            reputation: ppm(reputation),
+        }
     }
 }
 
@@ -151,13 +167,22 @@ impl fmt::Display for NoProvider {
         let (m, n) = (&self.model, self.removed);
         match self.filter {
             Filter::Model => write!(f, "no live provider serves model '{m}'"),
-            Filter::Status => write!(f, "no provider for '{m}': all {n} serving it are Inactive or Banned"),
-            Filter::Breaker => write!(f, "no provider for '{m}': the circuit breakers of all {n} remaining are open"),
+            Filter::Status => write!(
+                f,
+                "no provider for '{m}': all {n} serving it are Inactive or Banned"
+            ),
+            Filter::Breaker => write!(
+                f,
+                "no provider for '{m}': the circuit breakers of all {n} remaining are open"
+            ),
             Filter::Tee => write!(
                 f,
                 "no provider for '{m}' has TEE evidence the gateway verified ({n} remaining have no trusted, fresh verdict)"
             ),
-            Filter::Stake => write!(f, "no provider for '{m}' has the minimum stake for its category ({n} below it)"),
+            Filter::Stake => write!(
+                f,
+                "no provider for '{m}' has the minimum stake for its category ({n} below it)"
+            ),
         }
     }
 }
@@ -189,14 +214,20 @@ pub fn route(
         (Filter::Status, &|c| c.status.routable()),
         (Filter::Breaker, &|c| c.breaker_admits),
         (Filter::Tee, &|c| c.tee || !req.tee_required),
-        (Filter::Stake, &|c| c.stake >= stakes.for_category(c.category)),
+        (Filter::Stake, &|c| {
+            c.stake >= stakes.for_category(c.category)
+        }),
     ];
     let mut left: Vec<usize> = (0..pool.len()).collect();
     for (filter, keep) in filters {
         let before = left.len();
         left.retain(|&i| keep(&pool[i]));
         if left.is_empty() {
-            return Err(NoProvider { model: req.model.to_owned(), filter, removed: before });
+            return Err(NoProvider {
+                model: req.model.to_owned(),
+                filter,
+                removed: before,
+            });
         }
     }
     order(pool, &mut left, req);
@@ -230,7 +261,11 @@ fn order(pool: &[Candidate], idx: &mut [usize], req: &RouteRequest<'_>) {
         }
         Strategy::Random => {
             // Sort first so the shuffle depends only on the seed, not on pool order.
-            idx.sort_by(|&a, &b| degraded(&pool[a]).cmp(&degraded(&pool[b])).then_with(|| id(a).cmp(id(b))));
+            idx.sort_by(|&a, &b| {
+                degraded(&pool[a])
+                    .cmp(&degraded(&pool[b]))
+                    .then_with(|| id(a).cmp(id(b)))
+            });
             let active = idx.iter().filter(|&&i| !degraded(&pool[i])).count();
             let mut rng = SplitMix(req.seed);
             let (head, tail) = idx.split_at_mut(active);
@@ -254,10 +289,20 @@ fn order(pool: &[Candidate], idx: &mut [usize], req: &RouteRequest<'_>) {
 pub fn weighted_scores(pool: &[Candidate], idx: &[usize], req: &RouteRequest<'_>) -> Vec<u128> {
     const M: u128 = 1_000_000;
     let prices: Vec<u128> = idx.iter().map(|&i| pool[i].price).collect();
-    let lats: Vec<u128> = idx.iter().map(|&i| u128::from(pool[i].latency_us.unwrap_or(0))).collect();
+    let lats: Vec<u128> = idx
+        .iter()
+        .map(|&i| u128::from(pool[i].latency_us.unwrap_or(0)))
+        .collect();
     let norm = |v: u128, all: &[u128]| -> u128 {
-        let (lo, hi) = (all.iter().copied().min().unwrap_or(0), all.iter().copied().max().unwrap_or(0));
-        if hi == lo { 0 } else { (v - lo).saturating_mul(M) / (hi - lo) }
+        let (lo, hi) = (
+            all.iter().copied().min().unwrap_or(0),
+            all.iter().copied().max().unwrap_or(0),
+        );
+        if hi == lo {
+            0
+        } else {
+            (v - lo).saturating_mul(M) / (hi - lo)
+        }
     };
     let w = req.weights;
     idx.iter()
@@ -267,7 +312,11 @@ pub fn weighted_scores(pool: &[Candidate], idx: &[usize], req: &RouteRequest<'_>
             let s = u128::from(w.price) * (M - norm(prices[k], &prices))
                 + u128::from(w.latency) * (M - norm(lats[k], &lats))
                 + u128::from(w.reputation) * u128::from(c.reputation_ppm());
-            if degraded(c) { s * u128::from(req.degraded_penalty) / M } else { s }
+            if degraded(c) {
+                s * u128::from(req.degraded_penalty) / M
+            } else {
+                s
+            }
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use super::*;
 use super::Strategy;
+use super::*;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 
@@ -75,8 +75,17 @@ fn weights_can_be_overridden() {
 
 #[test]
 fn ties_break_by_provider_id() {
-    let p = vec![cand("z", 10, None, 0, 0), cand("m", 10, None, 0, 0), cand("a", 10, None, 0, 0)];
-    for s in [Strategy::LowestPrice, Strategy::LowestLatency, Strategy::HighestReputation, Strategy::Weighted] {
+    let p = vec![
+        cand("z", 10, None, 0, 0),
+        cand("m", 10, None, 0, 0),
+        cand("a", 10, None, 0, 0),
+    ];
+    for s in [
+        Strategy::LowestPrice,
+        Strategy::LowestLatency,
+        Strategy::HighestReputation,
+        Strategy::Weighted,
+    ] {
         check(&p, &req(s), &["a", "m", "z"]);
     }
 }
@@ -91,22 +100,41 @@ fn degraded_ranks_last_or_is_penalised() {
 
 #[test]
 fn random_depends_only_on_the_seed() {
-    let p: Vec<Candidate> = (0..8).map(|i| cand(&format!("p{i}"), 1, None, 0, 0)).collect();
+    let p: Vec<Candidate> = (0..8)
+        .map(|i| cand(&format!("p{i}"), 1, None, 0, 0))
+        .collect();
     let mut rev = p.clone();
     rev.reverse();
     let a = route(&p, &req(Strategy::Random), &StakeMinimums::default()).unwrap();
     let b = route(&rev, &req(Strategy::Random), &StakeMinimums::default()).unwrap();
-    let ids = |pool: &[Candidate], v: Vec<usize>| v.into_iter().map(|i| pool[i].provider.clone()).collect::<Vec<_>>();
+    let ids = |pool: &[Candidate], v: Vec<usize>| {
+        v.into_iter()
+            .map(|i| pool[i].provider.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&p, a), ids(&rev, b));
     // Different seeds give different orders at least sometimes.
     let orders: std::collections::BTreeSet<Vec<usize>> = (0..20)
-        .map(|s| route(&p, &RouteRequest { seed: s, ..req(Strategy::Random) }, &StakeMinimums::default()).unwrap())
+        .map(|s| {
+            route(
+                &p,
+                &RouteRequest {
+                    seed: s,
+                    ..req(Strategy::Random)
+                },
+                &StakeMinimums::default(),
+            )
+            .unwrap()
+        })
         .collect();
     assert!(orders.len() > 10);
 }
 
 fn check_empty(pool: &[Candidate], tee: bool, filter: Filter, removed: usize) {
-    let r = RouteRequest { tee_required: tee, ..req(Strategy::Weighted) };
+    let r = RouteRequest {
+        tee_required: tee,
+        ..req(Strategy::Weighted)
+    };
     let err = route(pool, &r, &StakeMinimums::default()).unwrap_err();
     assert_eq!((err.filter, err.removed), (filter, removed), "{err}");
     assert!(!err.to_string().is_empty());
@@ -137,15 +165,24 @@ fn filters_report_which_one_emptied_the_pool() {
     p.iter_mut().for_each(|c| c.stake = 99_999 * ONE);
     check_empty(&p, false, Filter::Stake, 3);
     // An embedding model needs less stake.
-    p.iter_mut().for_each(|c| c.category = ModelCategory::Embedding);
-    assert_eq!(route(&p, &req(Strategy::Weighted), &StakeMinimums::default()).unwrap().len(), 3);
+    p.iter_mut()
+        .for_each(|c| c.category = ModelCategory::Embedding);
+    assert_eq!(
+        route(&p, &req(Strategy::Weighted), &StakeMinimums::default())
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]
 fn tee_filter_keeps_tee_providers() {
     let mut p = pool3();
     p[0].tee = true;
-    let r = RouteRequest { tee_required: true, ..req(Strategy::LowestPrice) };
+    let r = RouteRequest {
+        tee_required: true,
+        ..req(Strategy::LowestPrice)
+    };
     check(&p, &r, &["a"]);
 }
 
@@ -164,7 +201,12 @@ fn arb_candidate() -> impl proptest::strategy::Strategy<Value = Candidate> {
     (
         0u8..12,
         any::<bool>(),
-        prop_oneof![Just(Status::Active), Just(Status::Degraded), Just(Status::Inactive), Just(Status::Banned)],
+        prop_oneof![
+            Just(Status::Active),
+            Just(Status::Degraded),
+            Just(Status::Inactive),
+            Just(Status::Banned)
+        ],
         any::<bool>(),
         any::<bool>(),
         0u128..200_000,
@@ -172,19 +214,21 @@ fn arb_candidate() -> impl proptest::strategy::Strategy<Value = Candidate> {
         proptest::option::of(0u64..100_000),
         (0u64..100, 0u64..100),
     )
-        .prop_map(|(id, serves, status, breaker, tee, stake, price, lat, (ok, extra))| Candidate {
-            provider: format!("p{id}"),
-            serves_model: serves,
-            category: ModelCategory::Llm,
-            status,
-            breaker_admits: breaker,
-            tee,
-            stake: stake * ONE,
-            price,
-            latency_us: lat,
-            successes: ok,
-            total: ok + extra,
-        })
+        .prop_map(
+            |(id, serves, status, breaker, tee, stake, price, lat, (ok, extra))| Candidate {
+                provider: format!("p{id}"),
+                serves_model: serves,
+                category: ModelCategory::Llm,
+                status,
+                breaker_admits: breaker,
+                tee,
+                stake: stake * ONE,
+                price,
+                latency_us: lat,
+                successes: ok,
+                total: ok + extra,
+            },
+        )
 }
 
 fn arb_strategy() -> impl proptest::strategy::Strategy<Value = Strategy> {

@@ -7,10 +7,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::money::book::Book;
 use crate::money::slashing::Slash;
 use crate::money::store::Store;
-use crate::metrics::Metrics;
 use crate::pricing::Rates;
 use crate::registry::Registry;
 
@@ -25,6 +25,10 @@ pub struct AppState {
     pub payer_key: Arc<tenzro_attest::ProviderKey>,
     /// Slashing records, newest last (also in the store).
     pub slashes: Arc<std::sync::Mutex<Vec<Slash>>>,
+    /// The identity registry (TDIP), saved to the store on every change.
+    pub identities: Arc<std::sync::RwLock<tenzro_identity::Identities>>,
+    /// Serialises identity changes and their saves.
+    pub identities_save: Arc<tokio::sync::Mutex<()>>,
     /// Faucet grants by account (Unix seconds), for its hourly limit.
     pub faucet: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>>,
     pub rates: Arc<Rates>,

@@ -74,7 +74,11 @@ pub fn status(
         return Status::Banned;
     }
     let total = ok + failed;
-    let rate = if total >= cfg.min_samples.max(1) { failed * 1_000_000 / total } else { 0 };
+    let rate = if total >= cfg.min_samples.max(1) {
+        failed * 1_000_000 / total
+    } else {
+        0
+    };
     let age = heartbeat_age.unwrap_or_default();
     if rate > cfg.inactive_failure_ppm || age > cfg.inactive_heartbeat {
         Status::Inactive
@@ -132,8 +136,17 @@ mod tests {
     const MIN: fn(u64) -> Duration = |m| Duration::from_secs(m * 60);
 
     fn check(ok: u64, failed: u64, age_min: Option<u64>, banned: bool, expect: Status) {
-        let got = status(&StatusConfig::default(), banned, ok, failed, age_min.map(MIN));
-        assert_eq!(got, expect, "ok={ok} failed={failed} age={age_min:?} banned={banned}");
+        let got = status(
+            &StatusConfig::default(),
+            banned,
+            ok,
+            failed,
+            age_min.map(MIN),
+        );
+        assert_eq!(
+            got, expect,
+            "ok={ok} failed={failed} age={age_min:?} banned={banned}"
+        );
     }
 
     #[test]

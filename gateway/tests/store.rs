@@ -1,7 +1,12 @@
 //! The SQL store against both backends: SQLite in a temporary directory, and the
 //! PostgreSQL server named by `TENZRO_TEST_POSTGRES_URL` (`scripts/postgres` starts
 //! one; `scripts/test` sets it). Each PostgreSQL test works in a fresh database.
-#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 use std::collections::BTreeMap;
 
@@ -21,20 +26,32 @@ use tenzro_gateway::pricing::Asset;
 async fn backends() -> Vec<(String, Store, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("t.db").display());
-    let mut out = vec![(sqlite.clone(), Store::open(&sqlite).await.unwrap(), Some(dir))];
+    let mut out = vec![(
+        sqlite.clone(),
+        Store::open(&sqlite).await.unwrap(),
+        Some(dir),
+    )];
     match std::env::var("TENZRO_TEST_POSTGRES_URL") {
         Ok(admin) => {
             let name = format!("t_{}", uuid::Uuid::new_v4().simple());
             sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(&admin).await.expect("connecting to TENZRO_TEST_POSTGRES_URL");
-            pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+            let pool = sqlx::AnyPool::connect(&admin)
+                .await
+                .expect("connecting to TENZRO_TEST_POSTGRES_URL");
+            pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .unwrap();
             pool.close().await;
             let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
             let url = format!("{base}/{name}");
             out.push((url.clone(), Store::open(&url).await.unwrap(), None));
         }
-        Err(_) if std::env::var_os("CI").is_some() => panic!("CI must run the storage tests on PostgreSQL: set TENZRO_TEST_POSTGRES_URL (scripts/postgres)"),
-        Err(_) => eprintln!("TENZRO_TEST_POSTGRES_URL unset: PostgreSQL skipped (scripts/postgres starts one)"),
+        Err(_) if std::env::var_os("CI").is_some() => panic!(
+            "CI must run the storage tests on PostgreSQL: set TENZRO_TEST_POSTGRES_URL (scripts/postgres)"
+        ),
+        Err(_) => eprintln!(
+            "TENZRO_TEST_POSTGRES_URL unset: PostgreSQL skipped (scripts/postgres starts one)"
+        ),
     }
     out
 }
@@ -59,43 +76,112 @@ async fn restore(store: &Store, now: u64) -> Book {
 #[tokio::test]
 async fn the_book_survives_a_round_trip_through_each_store() {
     for (url, store, _dir) in backends().await {
-        let scope = KeyScope { max_daily_spend: Some(10_000), ..KeyScope::default() };
-        let (_, acct, key) = create_in_store(&store, "dev", Asset::Usdc, 50_000, scope.clone(), Some("did:tenzro:human:x".into())).await.unwrap();
+        let scope = KeyScope {
+            max_daily_spend: Some(10_000),
+            ..KeyScope::default()
+        };
+        let (_, acct, key) = create_in_store(
+            &store,
+            "dev",
+            Asset::Usdc,
+            50_000,
+            scope.clone(),
+            Some("did:tenzro:human:x".into()),
+        )
+        .await
+        .unwrap();
         let book = restore(&store, 1000).await;
         let limits = scope.spend_limits();
 
         // Two requests to two providers, one channel closed.
         for (i, provider) in ["p1", "p2", "p1"].into_iter().enumerate() {
-            let r = book.reserve(&acct.id, Asset::Usdc, 3000, Some((&key.id, &limits)), 1000).unwrap();
+            let r = book
+                .reserve(&acct.id, Asset::Usdc, 3000, Some((&key.id, &limits)), 1000)
+                .unwrap();
             book.bind(&r, provider, 1000).unwrap();
             for c in [100u128, 700, 1500] {
                 book.progress(&r, c, provider, 1000).unwrap();
             }
-            book.settle(r, Charge { amount: 1999, provider, request_id: &format!("req-{i}") }, 1000 + i as u64).unwrap();
+            book.settle(
+                r,
+                Charge {
+                    amount: 1999,
+                    provider,
+                    request_id: &format!("req-{i}"),
+                },
+                1000 + i as u64,
+            )
+            .unwrap();
             commit_once(&book, &store).await.unwrap();
         }
-        let p2 = book.channels_of(&acct.id).into_iter().find(|c| c.channel.provider == "p2").unwrap().channel.id;
+        let p2 = book
+            .channels_of(&acct.id)
+            .into_iter()
+            .find(|c| c.channel.provider == "p2")
+            .unwrap()
+            .channel
+            .id;
         let split = book.close(&p2, 2000).unwrap();
-        assert_eq!(commit_once(&book, &store).await.unwrap() > 0, true);
-        assert_eq!(commit_once(&book, &store).await.unwrap(), 0, "{url}: nothing left to write");
+        assert!(commit_once(&book, &store).await.unwrap() > 0);
+        assert_eq!(
+            commit_once(&book, &store).await.unwrap(),
+            0,
+            "{url}: nothing left to write"
+        );
 
         let again = restore(&store, 2000).await;
-        again.audit(&acct.id, Asset::Usdc).unwrap_or_else(|e| panic!("{url}: {e}"));
-        assert_eq!(again.funds(&acct.id, Asset::Usdc), book.funds(&acct.id, Asset::Usdc), "{url}");
-        let before: BTreeMap<String, _> = book.channels_of(&acct.id).into_iter().map(|c| (c.channel.id.clone(), c.channel)).collect();
-        let after: BTreeMap<String, _> = again.channels_of(&acct.id).into_iter().map(|c| (c.channel.id.clone(), c.channel)).collect();
+        again
+            .audit(&acct.id, Asset::Usdc)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(
+            again.funds(&acct.id, Asset::Usdc),
+            book.funds(&acct.id, Asset::Usdc),
+            "{url}"
+        );
+        let before: BTreeMap<String, _> = book
+            .channels_of(&acct.id)
+            .into_iter()
+            .map(|c| (c.channel.id.clone(), c.channel))
+            .collect();
+        let after: BTreeMap<String, _> = again
+            .channels_of(&acct.id)
+            .into_iter()
+            .map(|c| (c.channel.id.clone(), c.channel))
+            .collect();
         assert_eq!(before, after, "{url}");
         assert!(matches!(after[&p2].state, State::Closed { .. }));
-        assert_eq!(again.spent_today(&key.id, 2000), 3 * 1999, "{url}: the daily window comes back from the requests");
+        assert_eq!(
+            again.spent_today(&key.id, 2000),
+            3 * 1999,
+            "{url}: the daily window comes back from the requests"
+        );
         assert_eq!(again.pools()[&Asset::Usdc].treasury, split.treasury);
         assert_eq!(again.earnings("p2")[&Asset::Usdc], split.provider_net);
-        let charged: u128 = store.charges_by_request().await.unwrap().iter().map(|(_, c)| c).sum();
+        let charged: u128 = store
+            .charges_by_request()
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c)
+            .sum();
         assert_eq!(charged, 3 * 1999, "{url}: each request recorded once");
         // The restored book keeps going on the same channel.
-        let r = again.reserve(&acct.id, Asset::Usdc, 10, Some((&key.id, &limits)), 2001).unwrap();
+        let r = again
+            .reserve(&acct.id, Asset::Usdc, 10, Some((&key.id, &limits)), 2001)
+            .unwrap();
         let ch = again.bind(&r, "p1", 2001).unwrap();
         assert!(before.contains_key(&ch));
-        again.settle(r, Charge { amount: 10, provider: "p1", request_id: "req-4" }, 2001).unwrap();
+        again
+            .settle(
+                r,
+                Charge {
+                    amount: 10,
+                    provider: "p1",
+                    request_id: "req-4",
+                },
+                2001,
+            )
+            .unwrap();
         again.audit(&acct.id, Asset::Usdc).unwrap();
         store.close().await;
     }
@@ -104,15 +190,36 @@ async fn the_book_survives_a_round_trip_through_each_store() {
 #[tokio::test]
 async fn keys_vouchers_and_slashes() {
     for (url, store, _dir) in backends().await {
-        let (plain, acct, key) = create_in_store(&store, "dev", Asset::Tnzo, 7, KeyScope::default(), None).await.unwrap();
-        let (_, second) = new_key(&acct.id, "second", KeyScope { max_transaction_value: Some(5), ..KeyScope::default() });
+        let (plain, acct, key) =
+            create_in_store(&store, "dev", Asset::Tnzo, 7, KeyScope::default(), None)
+                .await
+                .unwrap();
+        let (_, second) = new_key(
+            &acct.id,
+            "second",
+            KeyScope {
+                max_transaction_value: Some(5),
+                ..KeyScope::default()
+            },
+        );
         store.put_key(&second).await.unwrap();
-        let (k, a, funds) = store.key_by_hash(&tenzro_gateway::accounts::hash_key(&plain)).await.unwrap().unwrap();
-        assert_eq!((k.id.as_str(), a.id.as_str()), (key.id.as_str(), acct.id.as_str()), "{url}");
+        let (k, a, funds) = store
+            .key_by_hash(&tenzro_gateway::accounts::hash_key(&plain))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (k.id.as_str(), a.id.as_str()),
+            (key.id.as_str(), acct.id.as_str()),
+            "{url}"
+        );
         assert_eq!(funds[0].1.balance, 7);
         assert!(store.key_by_hash("nope").await.unwrap().is_none());
         assert!(store.revoke_key(&key.id, 5).await.unwrap());
-        assert!(!store.revoke_key(&key.id, 6).await.unwrap(), "{url}: revoked once");
+        assert!(
+            !store.revoke_key(&key.id, 6).await.unwrap(),
+            "{url}: revoked once"
+        );
         assert!(store.key_by_hash(&key.hash).await.unwrap().is_none());
         let snap = store.load(0).await.unwrap();
         assert_eq!(snap.keys.len(), 1);
@@ -121,29 +228,73 @@ async fn keys_vouchers_and_slashes() {
         // Only a higher nonce replaces the stored voucher.
         let payer = ProviderKey::from_seed(&[1; 32]);
         let provider = ProviderKey::from_seed(&[2; 32]);
-        let mut v5 = VoucherBody { channel_id: "ch_1".into(), nonce: 5, cumulative_spent: 50, asset: "TNZO".into() }.sign(&payer);
+        let mut v5 = VoucherBody {
+            channel_id: "ch_1".into(),
+            nonce: 5,
+            cumulative_spent: 50,
+            asset: "TNZO".into(),
+        }
+        .sign(&payer);
         v5.countersign(&provider).unwrap();
-        let v3 = VoucherBody { channel_id: "ch_1".into(), nonce: 3, cumulative_spent: 30, asset: "TNZO".into() }.sign(&payer);
+        let v3 = VoucherBody {
+            channel_id: "ch_1".into(),
+            nonce: 3,
+            cumulative_spent: 30,
+            asset: "TNZO".into(),
+        }
+        .sign(&payer);
         store.put_voucher(&v5).await.unwrap();
         store.put_voucher(&v3).await.unwrap();
         let book = Book::new(BookConfig::default());
-        let (mut ch, _) = (tenzro_gateway::money::channel::Channel::new("ch_1".into(), acct.id.clone(), "p".into(), Asset::Tnzo, 0, 100), ());
+        let (mut ch, _) = (
+            tenzro_gateway::money::channel::Channel::new(
+                "ch_1".into(),
+                acct.id.clone(),
+                "p".into(),
+                Asset::Tnzo,
+                0,
+                100,
+            ),
+            (),
+        );
         ch.top_up(0).unwrap();
         book.load_account(&acct.id, &funds).unwrap();
         book.load_channel(ch, None).unwrap();
-        let b = tenzro_gateway::money::book::Batch { channels: vec![book.channel("ch_1").unwrap().channel], ..Default::default() };
+        let b = tenzro_gateway::money::book::Batch {
+            channels: vec![book.channel("ch_1").unwrap().channel],
+            ..Default::default()
+        };
         store.commit(&b).await.unwrap();
         let snap = store.load(0).await.unwrap();
-        assert_eq!(snap.channels[0].1.as_ref().map(|v| v.nonce), Some(5), "{url}");
+        assert_eq!(
+            snap.channels[0].1.as_ref().map(|v| v.nonce),
+            Some(5),
+            "{url}"
+        );
 
-        let s = slash("p", 100_000, Reason::ModelHashMismatch, "served weights differ", 9);
+        let s = slash(
+            "p",
+            100_000,
+            Reason::ModelHashMismatch,
+            "served weights differ",
+            9,
+        );
         store.put_slash(&s).await.unwrap();
         let snap = store.load(0).await.unwrap();
         assert_eq!(snap.slashes, vec![s]);
 
-        store.put_document("identities", "registry", "{\"a\":1}").await.unwrap();
-        store.put_document("identities", "registry", "{\"a\":2}").await.unwrap();
-        assert_eq!(store.documents("identities").await.unwrap(), vec![("registry".to_owned(), "{\"a\":2}".to_owned())]);
+        store
+            .put_document("identities", "registry", "{\"a\":1}")
+            .await
+            .unwrap();
+        store
+            .put_document("identities", "registry", "{\"a\":2}")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.documents("identities").await.unwrap(),
+            vec![("registry".to_owned(), "{\"a\":2}".to_owned())]
+        );
         store.close().await;
     }
 }

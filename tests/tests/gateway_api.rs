@@ -22,8 +22,14 @@ async fn one_provider() -> (MockProvider, Gateway) {
 async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"]["message"].is_string(), "OpenAI error shape: {body}");
-    assert!(body["error"]["type"].is_string(), "OpenAI error shape: {body}");
+    assert!(
+        body["error"]["message"].is_string(),
+        "OpenAI error shape: {body}"
+    );
+    assert!(
+        body["error"]["type"].is_string(),
+        "OpenAI error shape: {body}"
+    );
     (status, body)
 }
 
@@ -34,28 +40,74 @@ fn chat(stream: bool) -> Value {
 #[tokio::test]
 async fn errors_have_openai_shape_and_status() {
     let (p, gw) = one_provider().await;
-    let (s, b) = error_of(gw.post("/v1/chat/completions", None).json(&chat(false)).send().await.unwrap()).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("invalid_api_key")));
-    let (s, _) = error_of(gw.post("/v1/chat/completions", Some("tz-nope")).json(&chat(false)).send().await.unwrap()).await;
+    let (s, b) = error_of(
+        gw.post("/v1/chat/completions", None)
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let (s, _) = error_of(
+        gw.post("/v1/chat/completions", Some("tz-nope"))
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 401);
 
     let mut unknown = chat(false);
     unknown["model"] = json!("gpt-nothing");
     let (s, b) = error_of(gw.chat(unknown).send().await.unwrap()).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
 
-    let (s, b) = error_of(gw.post("/v1/chat/completions", Some(&gw.key)).body("{not json").send().await.unwrap()).await;
-    assert_eq!((s, b["error"]["type"].as_str()), (400, Some("invalid_request_error")));
-    let (s, b) = error_of(gw.chat(json!({"model": MODEL, "messages": [], "max_tokens": "ten"})).send().await.unwrap()).await;
+    let (s, b) = error_of(
+        gw.post("/v1/chat/completions", Some(&gw.key))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
+    let (s, b) = error_of(
+        gw.chat(json!({"model": MODEL, "messages": [], "max_tokens": "ten"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
-    let (s, b) = error_of(gw.chat(json!({"model": MODEL, "messages": []})).send().await.unwrap()).await;
+    let (s, b) = error_of(
+        gw.chat(json!({"model": MODEL, "messages": []}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, b["error"]["param"].as_str()), (400, Some("messages")));
 
     // Worst case above the balance: 402 before any provider is called.
     let mut huge = chat(false);
     huge["max_tokens"] = json!(4_000_000);
     let (s, b) = error_of(gw.chat(huge).send().await.unwrap()).await;
-    assert_eq!((s, b["error"]["type"].as_str()), (402, Some("insufficient_quota")), "{b}");
+    assert_eq!(
+        (s, b["error"]["type"].as_str()),
+        (402, Some("insufficient_quota")),
+        "{b}"
+    );
 
     // TEE asked, none available: 503 naming the filter.
     let mut tee = chat(false);
@@ -63,13 +115,25 @@ async fn errors_have_openai_shape_and_status() {
     let (s, b) = error_of(gw.chat(tee).send().await.unwrap()).await;
     assert_eq!((s, b["error"]["param"].as_str()), (503, Some("tee")), "{b}");
 
-    let (s, _) = error_of(gw.http.get(format!("{}/v1/nothing", gw.url)).send().await.unwrap()).await;
+    let (s, _) = error_of(
+        gw.http
+            .get(format!("{}/v1/nothing", gw.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 404);
     assert_eq!(p.calls(), 0);
     assert_eq!(gw.balance(), FUNDS);
 
     let big = "x".repeat(5 << 20);
-    let resp = gw.post("/v1/chat/completions", Some(&gw.key)).body(big).send().await.unwrap();
+    let resp = gw
+        .post("/v1/chat/completions", Some(&gw.key))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     let (s, _) = error_of(resp).await;
     assert_eq!(s, 413);
 }
@@ -84,30 +148,57 @@ async fn scopes_forbid_and_rate_limits_answer_429_with_retry_after() {
         requests_per_minute: Some(2),
         ..KeyScope::default()
     };
-    let gw = start_gateway_with_scope(|d| test_config(vec![static_provider("a", &u)], d), None, scope).await;
-    let emb = gw.post("/v1/embeddings", Some(&gw.key)).json(&json!({"model": EMBED_MODEL, "input": "x"}));
+    let gw = start_gateway_with_scope(
+        |d| test_config(vec![static_provider("a", &u)], d),
+        None,
+        scope,
+    )
+    .await;
+    let emb = gw
+        .post("/v1/embeddings", Some(&gw.key))
+        .json(&json!({"model": EMBED_MODEL, "input": "x"}));
     let (s, b) = error_of(emb.send().await.unwrap()).await;
-    assert_eq!((s, b["error"]["type"].as_str()), (403, Some("permission_error")));
+    assert_eq!(
+        (s, b["error"]["type"].as_str()),
+        (403, Some("permission_error"))
+    );
     assert_eq!(gw.chat(chat(false)).send().await.unwrap().status(), 200);
     assert_eq!(gw.chat(chat(false)).send().await.unwrap().status(), 200);
     let resp = gw.chat(chat(false)).send().await.unwrap();
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry));
     let (s, b) = error_of(resp).await;
-    assert_eq!((s, b["error"]["type"].as_str()), (429, Some("rate_limit_error")));
+    assert_eq!(
+        (s, b["error"]["type"].as_str()),
+        (429, Some("rate_limit_error"))
+    );
 }
 
 #[tokio::test]
 async fn streams_strip_or_price_the_usage_chunk() {
     let (_p, gw) = one_provider().await;
     // Without include_usage: no usage chunk, cost in the trailing comment.
-    let text = gw.chat(chat(true)).send().await.unwrap().text().await.unwrap();
+    let text = gw
+        .chat(chat(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let (data, comments) = sse_parts(&text);
     assert_eq!(data.len(), 4, "{text}");
     assert!(data[..3].iter().all(|d| !d.contains("\"usage\"")), "{text}");
     assert_eq!(data[3], "[DONE]");
     let cost = 10 * TOKEN_COST;
-    assert_eq!(comments, vec![format!("x-tenzro-cost={cost} x-tenzro-asset=TNZO")]);
+    assert_eq!(
+        comments,
+        vec![format!("x-tenzro-cost={cost} x-tenzro-asset=TNZO")]
+    );
     assert_eq!(gw.balance_eventually(FUNDS - cost).await, FUNDS - cost);
 
     // With it: the usage chunk carries cost and asset.
@@ -123,35 +214,92 @@ async fn streams_strip_or_price_the_usage_chunk() {
     assert_eq!(usage["usage"]["prompt_tokens"], 7);
     assert_eq!(usage["usage"]["cost"], cost.to_string());
     assert_eq!(usage["usage"]["asset"], "TNZO");
-    assert_eq!(gw.balance_eventually(FUNDS - 2 * cost).await, FUNDS - 2 * cost);
+    assert_eq!(
+        gw.balance_eventually(FUNDS - 2 * cost).await,
+        FUNDS - 2 * cost
+    );
 }
 
 #[tokio::test]
 async fn completions_embeddings_and_models() {
     let (_p, gw) = one_provider().await;
-    let resp = gw.post("/v1/completions", Some(&gw.key)).json(&json!({"model": MODEL, "prompt": "hi"})).send().await.unwrap();
+    let resp = gw
+        .post("/v1/completions", Some(&gw.key))
+        .json(&json!({"model": MODEL, "prompt": "hi"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = gw.post("/v1/embeddings", Some(&gw.key)).json(&json!({"model": EMBED_MODEL, "input": ["a", "b"]})).send().await.unwrap();
+    let resp = gw
+        .post("/v1/embeddings", Some(&gw.key))
+        .json(&json!({"model": EMBED_MODEL, "input": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-tenzro-cost"], (4 * TOKEN_COST).to_string());
+    assert_eq!(
+        resp.headers()["x-tenzro-cost"],
+        (4 * TOKEN_COST).to_string()
+    );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["usage"]["cost"], (4 * TOKEN_COST).to_string());
     assert_eq!(body["usage"]["prompt_tokens"], 4);
 
-    let models: Value = gw.http.get(format!("{}/v1/models", gw.url)).bearer_auth(&gw.key).send().await.unwrap().json().await.unwrap();
+    let models: Value = gw
+        .http
+        .get(format!("{}/v1/models", gw.url))
+        .bearer_auth(&gw.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["object"], "list");
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![EMBED_MODEL, MODEL]);
     assert_eq!(models["data"][1]["category"], "LLM");
     assert_eq!(models["data"][1]["providers"], 1);
-    let unauth = gw.http.get(format!("{}/v1/models", gw.url)).send().await.unwrap();
+    let unauth = gw
+        .http
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauth.status(), 401);
 
-    let health: Value = gw.http.get(format!("{}/health", gw.url)).send().await.unwrap().json().await.unwrap();
+    let health: Value = gw
+        .http
+        .get(format!("{}/health", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tenzro_gateway_requests_total"), "{metrics}");
-    assert!(metrics.contains("tenzro_gateway_overhead_seconds"), "{metrics}");
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tenzro_gateway_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tenzro_gateway_overhead_seconds"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tenzro_gateway_tokens_total"), "{metrics}");
 }
 
@@ -172,11 +320,26 @@ async fn a_provider_registers_with_a_signature_and_serves() {
         timestamp: tenzro_gateway::clock::unix_now(),
     };
     let payload = serde_json::to_string(&reg).unwrap();
-    let forged = Signed { payload: payload.clone(), signature: "00".repeat(64) };
-    let resp = gw.post("/v1/providers/register", None).json(&forged).send().await.unwrap();
+    let forged = Signed {
+        payload: payload.clone(),
+        signature: "00".repeat(64),
+    };
+    let resp = gw
+        .post("/v1/providers/register", None)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
-    let signature = key.sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload)).to_hex();
-    let resp = gw.post("/v1/providers/register", None).json(&Signed { payload, signature }).send().await.unwrap();
+    let signature = key
+        .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
+        .to_hex();
+    let resp = gw
+        .post("/v1/providers/register", None)
+        .json(&Signed { payload, signature })
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "Active");
@@ -188,8 +351,18 @@ async fn a_provider_registers_with_a_signature_and_serves() {
     low.stake = "1".into();
     low.timestamp = tenzro_gateway::clock::unix_now();
     let payload = serde_json::to_string(&low).unwrap();
-    let signature = key.sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload)).to_hex();
-    assert_eq!(gw.post("/v1/providers/register", None).json(&Signed { payload, signature }).send().await.unwrap().status(), 200);
+    let signature = key
+        .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
+        .to_hex();
+    assert_eq!(
+        gw.post("/v1/providers/register", None)
+            .json(&Signed { payload, signature })
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (s, b) = error_of(gw.chat(chat(false)).send().await.unwrap()).await;
     assert_eq!((s, b["error"]["param"].as_str()), (503, Some("stake")));
 }
@@ -198,7 +371,14 @@ async fn a_provider_registers_with_a_signature_and_serves() {
 async fn admin_api_makes_accounts_and_keys() {
     let (_p, gw) = one_provider().await;
     let admin = |rb: reqwest::RequestBuilder| rb.bearer_auth("admin-secret");
-    let resp = gw.http.post(format!("{}/admin/accounts", gw.url)).bearer_auth("wrong").json(&json!({})).send().await.unwrap();
+    let resp = gw
+        .http
+        .post(format!("{}/admin/accounts", gw.url))
+        .bearer_auth("wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = admin(gw.http.post(format!("{}/admin/accounts", gw.url)))
         .json(&json!({"name": "alice", "balance": "0.00000000000001"}))
@@ -210,32 +390,78 @@ async fn admin_api_makes_accounts_and_keys() {
     let key = created["key"].as_str().unwrap().to_owned();
     let account = created["account"]["id"].as_str().unwrap().to_owned();
     // 10^4 base units: too little for the worst case of a chat request.
-    let resp = gw.post("/v1/chat/completions", Some(&key)).json(&chat(false)).send().await.unwrap();
+    let resp = gw
+        .post("/v1/chat/completions", Some(&key))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 402);
-    let resp = admin(gw.http.post(format!("{}/admin/accounts/{account}/credit", gw.url)))
-        .json(&json!({"asset": "TNZO", "amount": "1"}))
+    let resp = admin(
+        gw.http
+            .post(format!("{}/admin/accounts/{account}/credit", gw.url)),
+    )
+    .json(&json!({"asset": "TNZO", "amount": "1"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = gw
+        .post("/v1/chat/completions", Some(&key))
+        .json(&chat(false))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = gw.post("/v1/chat/completions", Some(&key)).json(&chat(false)).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
 
-    let resp = admin(gw.http.post(format!("{}/admin/accounts/{account}/keys", gw.url))).json(&json!({"name": "k2"})).send().await.unwrap();
+    let resp = admin(
+        gw.http
+            .post(format!("{}/admin/accounts/{account}/keys", gw.url)),
+    )
+    .json(&json!({"name": "k2"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 201);
     let k2: Value = resp.json().await.unwrap();
-    let got: Value = admin(gw.http.get(format!("{}/admin/accounts/{account}", gw.url))).send().await.unwrap().json().await.unwrap();
+    let got: Value = admin(gw.http.get(format!("{}/admin/accounts/{account}", gw.url)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["keys"].as_array().unwrap().len(), 2);
     assert!(!got.to_string().contains(&key), "keys are stored hashed");
     let kid = k2["record"]["id"].as_str().unwrap();
-    let resp = admin(gw.http.delete(format!("{}/admin/keys/{kid}", gw.url))).send().await.unwrap();
+    let resp = admin(gw.http.delete(format!("{}/admin/keys/{kid}", gw.url)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
     let k2key = k2["key"].as_str().unwrap();
-    assert_eq!(gw.post("/v1/chat/completions", Some(k2key)).json(&chat(false)).send().await.unwrap().status(), 401);
+    assert_eq!(
+        gw.post("/v1/chat/completions", Some(k2key))
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
-    let providers: Value = admin(gw.http.get(format!("{}/admin/providers", gw.url))).send().await.unwrap().json().await.unwrap();
+    let providers: Value = admin(gw.http.get(format!("{}/admin/providers", gw.url)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(providers["data"][0]["id"], "a");
-    let resp = admin(gw.http.post(format!("{}/admin/providers/a/ban", gw.url))).send().await.unwrap();
+    let resp = admin(gw.http.post(format!("{}/admin/providers/a/ban", gw.url)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
     let (s, b) = error_of(gw.chat(chat(false)).send().await.unwrap()).await;
     assert_eq!((s, b["error"]["param"].as_str()), (503, Some("status")));

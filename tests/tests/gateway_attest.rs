@@ -18,10 +18,10 @@ use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use gateway_common::*;
 use serde_json::{Value, json};
+use tenzro_attest::EvidenceSource;
 use tenzro_attest::binding::{REPORT_DATA_DOMAIN, report_data};
 use tenzro_attest::evidence::none::NoTee;
 use tenzro_attest::keys::ProviderKey;
-use tenzro_attest::EvidenceSource;
 use tenzro_models::api::{ModelCategory, REGISTER_DOMAIN, RegisterRequest, Signed};
 
 const WEIGHTS: [u8; 32] = [0x42; 32];
@@ -56,8 +56,17 @@ async fn attestation(State(m): State<Mock>, Query(q): Query<NonceQuery>) -> axum
     };
     let nonce = hex::decode(&q.nonce).unwrap();
     assert_eq!(nonce.len(), 32, "the gateway sends 32 random bytes");
-    let bound_nonce = if m.doc == Doc::WrongBinding { vec![0u8; 32] } else { nonce };
-    let rd = report_data(REPORT_DATA_DOMAIN, &key.public_key(), &[WEIGHTS], &bound_nonce);
+    let bound_nonce = if m.doc == Doc::WrongBinding {
+        vec![0u8; 32]
+    } else {
+        nonce
+    };
+    let rd = report_data(
+        REPORT_DATA_DOMAIN,
+        &key.public_key(),
+        &[WEIGHTS],
+        &bound_nonce,
+    );
     let evidence = NoTee.evidence(&rd).unwrap();
     axum::Json(json!({
         "object": "tenzro.attestation",
@@ -111,8 +120,15 @@ async fn register(gw: &Gateway, url: &str, seed: [u8; 32], tee: &str) -> String 
         timestamp: tenzro_gateway::clock::unix_now(),
     };
     let payload = serde_json::to_string(&req).unwrap();
-    let signature = key.sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload)).to_hex();
-    let resp = gw.post("/v1/providers/register", None).json(&Signed { payload, signature }).send().await.unwrap();
+    let signature = key
+        .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
+        .to_hex();
+    let resp = gw
+        .post("/v1/providers/register", None)
+        .json(&Signed { payload, signature })
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let id = key.did();
     for _ in 0..250 {
@@ -125,7 +141,8 @@ async fn register(gw: &Gateway, url: &str, seed: [u8; 32], tee: &str) -> String 
 }
 
 fn chat_body(tee: bool) -> Value {
-    let mut b = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let mut b =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
     if tee {
         b["tenzro"] = json!({"tee": true});
     }
@@ -136,12 +153,25 @@ async fn tee_refused(gw: &Gateway) {
     let resp = gw.chat(chat_body(true)).send().await.unwrap();
     let status = resp.status().as_u16();
     let b: Value = resp.json().await.unwrap();
-    assert_eq!((status, b["error"]["param"].as_str()), (503, Some("tee")), "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("verified"), "{b}");
+    assert_eq!(
+        (status, b["error"]["param"].as_str()),
+        (503, Some("tee")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("verified"),
+        "{b}"
+    );
 }
 
 async fn admin_providers(gw: &Gateway) -> Value {
-    let resp = gw.http.get(format!("{}/admin/providers", gw.url)).bearer_auth("admin-secret").send().await.unwrap();
+    let resp = gw
+        .http
+        .get(format!("{}/admin/providers", gw.url))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }
@@ -157,8 +187,14 @@ async fn none_evidence_is_verified_untrusted_and_kept_out_of_tee_routing() {
     let v = gw.state.registry.attestation(&id).unwrap();
     assert!(!v.trusted && !v.slashable, "{v:?}");
     assert_eq!(v.tee_kind.as_deref(), Some("none"));
-    assert!(v.reasons.iter().any(|r| r.contains("never trusted")), "{v:?}");
-    assert!(!v.reasons.iter().any(|r| r.contains("binding")), "bound correctly: {v:?}");
+    assert!(
+        v.reasons.iter().any(|r| r.contains("never trusted")),
+        "{v:?}"
+    );
+    assert!(
+        !v.reasons.iter().any(|r| r.contains("binding")),
+        "bound correctly: {v:?}"
+    );
     assert!(v.expires_at > v.verified_at);
     assert!(gw.state.registry.slashes().is_empty());
 
@@ -170,7 +206,12 @@ async fn none_evidence_is_verified_untrusted_and_kept_out_of_tee_routing() {
     let p = &admin["data"][0];
     assert_eq!(p["tee_verified"], json!(false), "{admin}");
     assert_eq!(p["attestation"]["trusted"], json!(false), "{admin}");
-    assert!(p["attestation"]["reasons"].as_array().is_some_and(|r| !r.is_empty()), "{admin}");
+    assert!(
+        p["attestation"]["reasons"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{admin}"
+    );
     assert_eq!(admin["slashes"], json!([]));
 }
 

@@ -63,9 +63,18 @@ async fn a_provider_registers_and_heartbeats() {
 
     // Heartbeats keep `last_heartbeat` fresh (one per second here).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let view = gw.state.registry.views().into_iter().find(|v| v.id == id).unwrap();
+    let view = gw
+        .state
+        .registry
+        .views()
+        .into_iter()
+        .find(|v| v.id == id)
+        .unwrap();
     assert!(view.last_heartbeat_s_ago.unwrap() <= 1, "{view:?}");
 
     cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

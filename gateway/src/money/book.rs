@@ -32,7 +32,11 @@ pub enum BookError {
     #[error("unknown account {0}")]
     UnknownAccount(String),
     #[error("insufficient balance: need {needed} {asset} base units, {available} available")]
-    Insufficient { asset: Asset, needed: u128, available: u128 },
+    Insufficient {
+        asset: Asset,
+        needed: u128,
+        available: u128,
+    },
     #[error("delegation scope refuses this request: {0}")]
     Scope(#[from] ScopeRefusal),
     #[error("amount overflows 128 bits")]
@@ -59,7 +63,11 @@ pub struct BookConfig {
 
 impl Default for BookConfig {
     fn default() -> Self {
-        BookConfig { initial_deposit: 0, channel_ttl: 30 * 86_400, challenge_window: 86_400 }
+        BookConfig {
+            initial_deposit: 0,
+            channel_ttl: 30 * 86_400,
+            challenge_window: 86_400,
+        }
     }
 }
 
@@ -188,7 +196,11 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.channels.is_empty() && self.requests.is_empty() && self.pools.is_empty() && self.earnings.is_empty()
+        self.accounts.is_empty()
+            && self.channels.is_empty()
+            && self.requests.is_empty()
+            && self.pools.is_empty()
+            && self.earnings.is_empty()
     }
 }
 
@@ -230,7 +242,10 @@ struct Inner {
 
 impl Inner {
     fn funds(&mut self, account: &str, asset: Asset) -> Result<&mut Funds, BookError> {
-        let a = self.accounts.get_mut(account).ok_or_else(|| BookError::UnknownAccount(account.to_owned()))?;
+        let a = self
+            .accounts
+            .get_mut(account)
+            .ok_or_else(|| BookError::UnknownAccount(account.to_owned()))?;
         if !a.dirty {
             a.dirty = true;
             self.dirty_accounts.push(account.to_owned());
@@ -248,20 +263,42 @@ impl Inner {
     }
 
     /// The open channel of (payer, provider, asset), opened if there is none.
-    fn channel_for(&mut self, cfg: &BookConfig, payer: &str, provider: &str, asset: Asset, now: u64) -> Result<String, BookError> {
+    fn channel_for(
+        &mut self,
+        cfg: &BookConfig,
+        payer: &str,
+        provider: &str,
+        asset: Asset,
+        now: u64,
+    ) -> Result<String, BookError> {
         let route = (payer.to_owned(), provider.to_owned(), asset);
         if let Some(id) = self.routes.get(&route) {
             return Ok(id.clone());
         }
         let id = format!("ch_{}", uuid::Uuid::new_v4().simple());
-        let mut ch = Channel::new(id.clone(), payer.to_owned(), provider.to_owned(), asset, now, cfg.channel_ttl);
+        let mut ch = Channel::new(
+            id.clone(),
+            payer.to_owned(),
+            provider.to_owned(),
+            asset,
+            now,
+            cfg.channel_ttl,
+        );
         let funds = self.funds(payer, asset)?;
         let float = cfg.initial_deposit.min(funds.available());
         funds.balance -= float;
         ch.top_up(float)?;
         self.channels.insert(
             id.clone(),
-            ChannelEntry { ch, dirty: false, holds: 0, durable: (0, 0), voucher_due: false, vouchered: 0, latest: None },
+            ChannelEntry {
+                ch,
+                dirty: false,
+                holds: 0,
+                durable: (0, 0),
+                voucher_due: false,
+                vouchered: 0,
+                latest: None,
+            },
         );
         self.touch_channel(&id);
         self.routes.insert(route, id.clone());
@@ -269,8 +306,17 @@ impl Inner {
     }
 
     /// Moves the hold's cost up to `cumulative` into its channel.
-    fn advance(&mut self, cfg: &BookConfig, id: u64, cumulative: u128, provider: &str, now: u64) -> Result<(), BookError> {
-        let Some(hold) = self.holds.get(&id) else { return Ok(()) };
+    fn advance(
+        &mut self,
+        cfg: &BookConfig,
+        id: u64,
+        cumulative: u128,
+        provider: &str,
+        now: u64,
+    ) -> Result<(), BookError> {
+        let Some(hold) = self.holds.get(&id) else {
+            return Ok(());
+        };
         let target = cumulative.min(hold.amount);
         if target <= hold.charged {
             return Ok(());
@@ -290,7 +336,10 @@ impl Inner {
                 c
             }
         };
-        let entry = self.channels.get_mut(&channel).ok_or_else(|| BookError::UnknownChannel(channel.clone()))?;
+        let entry = self
+            .channels
+            .get_mut(&channel)
+            .ok_or_else(|| BookError::UnknownChannel(channel.clone()))?;
         let draw = delta.saturating_sub(entry.ch.free());
         entry.ch.top_up(draw)?;
         if let Err(e) = entry.ch.charge(delta) {
@@ -320,7 +369,11 @@ pub struct Book {
 
 impl Book {
     pub fn new(config: BookConfig) -> Self {
-        Book { inner: Mutex::new(Inner::default()), next_id: AtomicU64::new(1), config }
+        Book {
+            inner: Mutex::new(Inner::default()),
+            next_id: AtomicU64::new(1),
+            config,
+        }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, BookError> {
@@ -343,7 +396,9 @@ impl Book {
     }
 
     pub fn has_account(&self, account: &str) -> bool {
-        self.lock().map(|g| g.accounts.contains_key(account)).unwrap_or(false)
+        self.lock()
+            .map(|g| g.accounts.contains_key(account))
+            .unwrap_or(false)
     }
 
     /// Restores a channel from the store (with its latest countersigned voucher).
@@ -351,10 +406,24 @@ impl Book {
         let mut g = self.lock()?;
         let vouchered = latest.as_ref().map(|v| v.nonce).unwrap_or(0);
         if ch.is_open() {
-            g.routes.insert((ch.payer.clone(), ch.provider.clone(), ch.asset), ch.id.clone());
+            g.routes.insert(
+                (ch.payer.clone(), ch.provider.clone(), ch.asset),
+                ch.id.clone(),
+            );
         }
         let durable = (ch.nonce, ch.spent);
-        g.channels.insert(ch.id.clone(), ChannelEntry { ch, dirty: false, holds: 0, durable, voucher_due: false, vouchered, latest });
+        g.channels.insert(
+            ch.id.clone(),
+            ChannelEntry {
+                ch,
+                dirty: false,
+                holds: 0,
+                durable,
+                voucher_due: false,
+                vouchered,
+                latest,
+            },
+        );
         Ok(())
     }
 
@@ -368,7 +437,11 @@ impl Book {
         Ok(())
     }
 
-    pub fn load_pools(&self, pools: &[(Asset, Pools)], earnings: &[(String, Asset, u128)]) -> Result<(), BookError> {
+    pub fn load_pools(
+        &self,
+        pools: &[(Asset, Pools)],
+        earnings: &[(String, Asset, u128)],
+    ) -> Result<(), BookError> {
         let mut g = self.lock()?;
         for (a, p) in pools {
             g.pools.insert(*a, *p);
@@ -383,7 +456,8 @@ impl Book {
     pub fn credit(&self, account: &str, asset: Asset, amount: u128) -> Result<u128, BookError> {
         let mut g = self.lock()?;
         if !g.accounts.contains_key(account) {
-            g.accounts.insert(account.to_owned(), AccountState::default());
+            g.accounts
+                .insert(account.to_owned(), AccountState::default());
         }
         let f = g.funds(account, asset)?;
         f.balance = f.balance.checked_add(amount).ok_or(BookError::Overflow)?;
@@ -393,7 +467,14 @@ impl Book {
 
     /// Admission: checks the key's scope and the balance together and holds
     /// `amount`, or says which limit refused and by how much.
-    pub fn reserve(&self, account: &str, asset: Asset, amount: u128, key: Option<(&str, &SpendLimits)>, now: u64) -> Result<Reservation, BookError> {
+    pub fn reserve(
+        &self,
+        account: &str,
+        asset: Asset,
+        amount: u128,
+        key: Option<(&str, &SpendLimits)>,
+        now: u64,
+    ) -> Result<Reservation, BookError> {
         let mut g = self.lock()?;
         let available = g
             .accounts
@@ -409,7 +490,11 @@ impl Book {
             }
         }
         if available < amount {
-            return Err(BookError::Insufficient { asset, needed: amount, available });
+            return Err(BookError::Insufficient {
+                asset,
+                needed: amount,
+                available,
+            });
         }
         g.funds(account, asset)?.held += amount;
         if let Some((key, _)) = key
@@ -420,9 +505,22 @@ impl Book {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         g.holds.insert(
             id,
-            Hold { account: account.to_owned(), asset, key: key.map(|k| k.0.to_owned()), amount, charged: 0, drawn: 0, channel: None },
+            Hold {
+                account: account.to_owned(),
+                asset,
+                key: key.map(|k| k.0.to_owned()),
+                amount,
+                charged: 0,
+                drawn: 0,
+                channel: None,
+            },
         );
-        Ok(Reservation { id, account: account.to_owned(), asset, amount })
+        Ok(Reservation {
+            id,
+            account: account.to_owned(),
+            asset,
+            amount,
+        })
     }
 
     /// Binds a request to its channel with `provider` (opened on first use) before
@@ -430,10 +528,21 @@ impl Book {
     /// over before anything was charged may be bound again to the next provider.
     pub fn bind(&self, r: &Reservation, provider: &str, now: u64) -> Result<String, BookError> {
         let mut g = self.lock()?;
-        let hold = g.holds.get(&r.id).ok_or_else(|| BookError::UnknownChannel(format!("hold {}", r.id)))?;
-        let (account, asset, old, charged) = (hold.account.clone(), hold.asset, hold.channel.clone(), hold.charged);
+        let hold = g
+            .holds
+            .get(&r.id)
+            .ok_or_else(|| BookError::UnknownChannel(format!("hold {}", r.id)))?;
+        let (account, asset, old, charged) = (
+            hold.account.clone(),
+            hold.asset,
+            hold.channel.clone(),
+            hold.charged,
+        );
         if let Some(old) = &old {
-            let same = g.channels.get(old).is_some_and(|e| e.ch.provider == provider && e.ch.is_open());
+            let same = g
+                .channels
+                .get(old)
+                .is_some_and(|e| e.ch.provider == provider && e.ch.is_open());
             if same || charged > 0 {
                 return Ok(old.clone());
             }
@@ -452,17 +561,34 @@ impl Book {
     }
 
     /// The cumulative cost metered so far on a request (called per streamed chunk).
-    pub fn progress(&self, r: &Reservation, cumulative: u128, provider: &str, now: u64) -> Result<(), BookError> {
+    pub fn progress(
+        &self,
+        r: &Reservation,
+        cumulative: u128,
+        provider: &str,
+        now: u64,
+    ) -> Result<(), BookError> {
         let mut g = self.lock()?;
         g.advance(&self.config, r.id, cumulative, provider, now)
     }
 
     /// Charges the actual cost (capped at the reservation) and frees the rest.
-    pub fn settle(&self, r: Reservation, charge: Charge<'_>, now: u64) -> Result<Settled, BookError> {
+    pub fn settle(
+        &self,
+        r: Reservation,
+        charge: Charge<'_>,
+        now: u64,
+    ) -> Result<Settled, BookError> {
         let mut g = self.lock()?;
         let adv = g.advance(&self.config, r.id, charge.amount, charge.provider, now);
         let hold = g.holds.remove(&r.id);
-        let Some(hold) = hold else { return adv.map(|()| Settled { charged: 0, refunded: r.amount, capped: false }) };
+        let Some(hold) = hold else {
+            return adv.map(|()| Settled {
+                charged: 0,
+                refunded: r.amount,
+                capped: false,
+            });
+        };
         let free = hold.amount - hold.drawn;
         g.funds(&hold.account, hold.asset)?.held -= free;
         if let Some(key) = &hold.key
@@ -489,13 +615,19 @@ impl Book {
             });
         }
         adv?;
-        Ok(Settled { charged: hold.charged, refunded: hold.amount - hold.charged, capped: charge.amount > hold.amount })
+        Ok(Settled {
+            charged: hold.charged,
+            refunded: hold.amount - hold.charged,
+            capped: charge.amount > hold.amount,
+        })
     }
 
     /// Frees a reservation that never reached a provider.
     pub fn release(&self, r: Reservation) {
         let Ok(mut g) = self.lock() else { return };
-        let Some(hold) = g.holds.remove(&r.id) else { return };
+        let Some(hold) = g.holds.remove(&r.id) else {
+            return;
+        };
         if let Ok(f) = g.funds(&hold.account, hold.asset) {
             f.held -= hold.amount - hold.drawn;
         }
@@ -512,42 +644,70 @@ impl Book {
     }
 
     pub fn funds(&self, account: &str, asset: Asset) -> Option<Funds> {
-        self.lock().ok()?.accounts.get(account).map(|a| a.funds[slot(asset)])
+        self.lock()
+            .ok()?
+            .accounts
+            .get(account)
+            .map(|a| a.funds[slot(asset)])
     }
 
     /// Spent by a key in the last 24 h.
     pub fn spent_today(&self, key: &str, now: u64) -> u128 {
-        self.lock().ok().and_then(|mut g| g.windows.get_mut(key).map(|w| w.spent(now))).unwrap_or(0)
+        self.lock()
+            .ok()
+            .and_then(|mut g| g.windows.get_mut(key).map(|w| w.spent(now)))
+            .unwrap_or(0)
     }
 
     pub fn channels_of(&self, account: &str) -> Vec<ChannelView> {
-        let Ok(g) = self.lock() else { return Vec::new() };
+        let Ok(g) = self.lock() else {
+            return Vec::new();
+        };
         let mut out: Vec<ChannelView> = g
             .channels
             .values()
             .filter(|e| e.ch.payer == account)
-            .map(|e| ChannelView { channel: e.ch.clone(), in_flight: e.holds, latest_voucher: e.latest.clone() })
+            .map(|e| ChannelView {
+                channel: e.ch.clone(),
+                in_flight: e.holds,
+                latest_voucher: e.latest.clone(),
+            })
             .collect();
-        out.sort_by(|a, b| (a.channel.opened, &a.channel.id).cmp(&(b.channel.opened, &b.channel.id)));
+        out.sort_by(|a, b| {
+            (a.channel.opened, &a.channel.id).cmp(&(b.channel.opened, &b.channel.id))
+        });
         out
     }
 
     /// Open channels with one provider.
     pub fn channels_of_provider(&self, provider: &str) -> Vec<Channel> {
-        let Ok(g) = self.lock() else { return Vec::new() };
-        g.channels.values().filter(|e| e.ch.provider == provider && e.ch.is_open()).map(|e| e.ch.clone()).collect()
+        let Ok(g) = self.lock() else {
+            return Vec::new();
+        };
+        g.channels
+            .values()
+            .filter(|e| e.ch.provider == provider && e.ch.is_open())
+            .map(|e| e.ch.clone())
+            .collect()
     }
 
     pub fn channel(&self, id: &str) -> Option<ChannelView> {
         let g = self.lock().ok()?;
-        g.channels.get(id).map(|e| ChannelView { channel: e.ch.clone(), in_flight: e.holds, latest_voucher: e.latest.clone() })
+        g.channels.get(id).map(|e| ChannelView {
+            channel: e.ch.clone(),
+            in_flight: e.holds,
+            latest_voucher: e.latest.clone(),
+        })
     }
 
     /// Closes a channel at its current state: the provider's net goes to its
     /// earnings, the commission to the pools, the refund to the payer's balance.
     pub fn close(&self, id: &str, now: u64) -> Result<Split, BookError> {
         let mut g = self.lock()?;
-        let e = g.channels.get_mut(id).ok_or_else(|| BookError::UnknownChannel(id.to_owned()))?;
+        let e = g
+            .channels
+            .get_mut(id)
+            .ok_or_else(|| BookError::UnknownChannel(id.to_owned()))?;
         if e.holds > 0 {
             return Err(ChannelError::Busy(id.to_owned(), e.holds).into());
         }
@@ -558,15 +718,26 @@ impl Book {
     }
 
     /// Submits a state to a dispute (opening one on an open channel).
-    pub fn dispute(&self, id: &str, by: Party, nonce: u64, spent: u128, now: u64) -> Result<Channel, BookError> {
+    pub fn dispute(
+        &self,
+        id: &str,
+        by: Party,
+        nonce: u64,
+        spent: u128,
+        now: u64,
+    ) -> Result<Channel, BookError> {
         let mut g = self.lock()?;
-        let e = g.channels.get_mut(id).ok_or_else(|| BookError::UnknownChannel(id.to_owned()))?;
+        let e = g
+            .channels
+            .get_mut(id)
+            .ok_or_else(|| BookError::UnknownChannel(id.to_owned()))?;
         if e.holds > 0 && e.ch.is_open() {
             return Err(ChannelError::Busy(id.to_owned(), e.holds).into());
         }
         e.ch.dispute(by, nonce, spent, now, self.config.challenge_window)?;
         let ch = e.ch.clone();
-        g.routes.remove(&(ch.payer.clone(), ch.provider.clone(), ch.asset));
+        g.routes
+            .remove(&(ch.payer.clone(), ch.provider.clone(), ch.asset));
         g.touch_channel(id);
         Ok(ch)
     }
@@ -582,7 +753,9 @@ impl Book {
             .collect();
         let mut out = Vec::new();
         for id in due {
-            let Some(e) = g.channels.get_mut(&id) else { continue };
+            let Some(e) = g.channels.get_mut(&id) else {
+                continue;
+            };
             if let Some(split) = e.ch.finish_dispute(now) {
                 let ch = e.ch.clone();
                 self.after_close(&mut g, &ch, split)?;
@@ -593,10 +766,14 @@ impl Book {
     }
 
     fn after_close(&self, g: &mut Inner, ch: &Channel, split: Split) -> Result<(), BookError> {
-        g.routes.remove(&(ch.payer.clone(), ch.provider.clone(), ch.asset));
+        g.routes
+            .remove(&(ch.payer.clone(), ch.provider.clone(), ch.asset));
         g.touch_channel(&ch.id);
         let f = g.funds(&ch.payer, ch.asset)?;
-        f.balance = f.balance.checked_add(split.refund).ok_or(BookError::Overflow)?;
+        f.balance = f
+            .balance
+            .checked_add(split.refund)
+            .ok_or(BookError::Overflow)?;
         let p = g.pools.entry(ch.asset).or_default();
         p.treasury += split.treasury;
         p.burned += split.burned;
@@ -604,7 +781,9 @@ impl Book {
         g.pools_dirty = true;
         let k = (ch.provider.clone(), ch.asset);
         let earned = g.earnings.entry(k.clone()).or_default();
-        *earned = earned.checked_add(split.provider_net).ok_or(BookError::Overflow)?;
+        *earned = earned
+            .checked_add(split.provider_net)
+            .ok_or(BookError::Overflow)?;
         g.dirty_earnings.push(k);
         Ok(())
     }
@@ -614,19 +793,36 @@ impl Book {
     }
 
     pub fn earnings(&self, provider: &str) -> BTreeMap<Asset, u128> {
-        let Ok(g) = self.lock() else { return BTreeMap::new() };
-        g.earnings.iter().filter(|((p, _), _)| p == provider).map(|((_, a), v)| (*a, *v)).collect()
+        let Ok(g) = self.lock() else {
+            return BTreeMap::new();
+        };
+        g.earnings
+            .iter()
+            .filter(|((p, _), _)| p == provider)
+            .map(|((_, a), v)| (*a, *v))
+            .collect()
     }
 
     /// Checks conservation for one account and asset:
     /// `funded = balance + Σ deposit(not closed) + Σ spent(closed)` and `held <= balance`.
     pub fn audit(&self, account: &str, asset: Asset) -> Result<(), String> {
         let g = self.lock().map_err(|e| e.to_string())?;
-        let f = g.accounts.get(account).map(|a| a.funds[slot(asset)]).ok_or("unknown account")?;
+        let f = g
+            .accounts
+            .get(account)
+            .map(|a| a.funds[slot(asset)])
+            .ok_or("unknown account")?;
         let mut in_channels = 0u128;
-        for e in g.channels.values().filter(|e| e.ch.payer == account && e.ch.asset == asset) {
+        for e in g
+            .channels
+            .values()
+            .filter(|e| e.ch.payer == account && e.ch.asset == asset)
+        {
             if e.ch.spent > e.ch.deposit {
-                return Err(format!("channel {} spent {} > deposit {}", e.ch.id, e.ch.spent, e.ch.deposit));
+                return Err(format!(
+                    "channel {} spent {} > deposit {}",
+                    e.ch.id, e.ch.spent, e.ch.deposit
+                ));
             }
             in_channels += match e.ch.state {
                 State::Closed { .. } => e.ch.spent,
@@ -637,14 +833,19 @@ impl Book {
             return Err(format!("held {} > balance {}", f.held, f.balance));
         }
         if f.funded != f.balance + in_channels {
-            return Err(format!("funded {} != balance {} + channels {}", f.funded, f.balance, in_channels));
+            return Err(format!(
+                "funded {} != balance {} + channels {}",
+                f.funded, f.balance, in_channels
+            ));
         }
         Ok(())
     }
 
     /// Takes every row changed since the last call, for one commit.
     pub fn take_dirty(&self) -> Batch {
-        let Ok(mut g) = self.lock() else { return Batch::default() };
+        let Ok(mut g) = self.lock() else {
+            return Batch::default();
+        };
         let g = &mut *g;
         let mut b = Batch::default();
         for id in std::mem::take(&mut g.dirty_accounts) {
@@ -714,11 +915,19 @@ impl Book {
     /// Durable channel states not yet vouched for, of channels where a request
     /// ended (or every changed one when `checkpoint`).
     pub fn due_vouchers(&self, checkpoint: bool) -> Vec<DueVoucher> {
-        let Ok(g) = self.lock() else { return Vec::new() };
+        let Ok(g) = self.lock() else {
+            return Vec::new();
+        };
         g.channels
             .values()
             .filter(|e| (e.voucher_due || checkpoint) && e.durable.0 > e.vouchered)
-            .map(|e| DueVoucher { channel: e.ch.id.clone(), provider: e.ch.provider.clone(), asset: e.ch.asset, nonce: e.durable.0, spent: e.durable.1 })
+            .map(|e| DueVoucher {
+                channel: e.ch.id.clone(),
+                provider: e.ch.provider.clone(),
+                asset: e.ch.asset,
+                nonce: e.durable.0,
+                spent: e.durable.1,
+            })
             .collect()
     }
 
@@ -744,7 +953,10 @@ impl Book {
     /// difference from the payer's balance, so what the payer signed is paid.
     pub fn reconcile(&self, channel: &str, v: &Voucher) -> Result<u128, BookError> {
         let mut g = self.lock()?;
-        let e = g.channels.get_mut(channel).ok_or_else(|| BookError::UnknownChannel(channel.to_owned()))?;
+        let e = g
+            .channels
+            .get_mut(channel)
+            .ok_or_else(|| BookError::UnknownChannel(channel.to_owned()))?;
         if !e.ch.is_open() {
             return Ok(0);
         }

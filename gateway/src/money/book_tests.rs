@@ -12,7 +12,11 @@ fn book() -> Book {
 }
 
 fn charge(amount: u128) -> Charge<'static> {
-    Charge { amount, provider: "prov", request_id: "req" }
+    Charge {
+        amount,
+        provider: "prov",
+        request_id: "req",
+    }
 }
 
 #[test]
@@ -21,16 +25,38 @@ fn a_request_moves_money_into_the_channel_chunk_by_chunk() {
     b.credit("a", Asset::Tnzo, 1000).unwrap();
     let r = b.reserve("a", Asset::Tnzo, 600, None, 0).unwrap();
     assert_eq!(b.funds("a", Asset::Tnzo).unwrap().available(), 400);
-    assert!(matches!(b.reserve("a", Asset::Tnzo, 401, None, 0), Err(BookError::Insufficient { needed: 401, available: 400, .. })));
+    assert!(matches!(
+        b.reserve("a", Asset::Tnzo, 401, None, 0),
+        Err(BookError::Insufficient {
+            needed: 401,
+            available: 400,
+            ..
+        })
+    ));
     for cumulative in [10, 25, 25, 40] {
         b.progress(&r, cumulative, "prov", 0).unwrap();
         b.audit("a", Asset::Tnzo).unwrap();
     }
     let ch = b.channels_of("a");
     assert_eq!(ch.len(), 1);
-    assert_eq!((ch[0].channel.spent, ch[0].channel.nonce, ch[0].channel.deposit, ch[0].in_flight), (40, 3, 40, 1));
+    assert_eq!(
+        (
+            ch[0].channel.spent,
+            ch[0].channel.nonce,
+            ch[0].channel.deposit,
+            ch[0].in_flight
+        ),
+        (40, 3, 40, 1)
+    );
     let s = b.settle(r, charge(55), 1).unwrap();
-    assert_eq!(s, Settled { charged: 55, refunded: 545, capped: false });
+    assert_eq!(
+        s,
+        Settled {
+            charged: 55,
+            refunded: 545,
+            capped: false
+        }
+    );
     let f = b.funds("a", Asset::Tnzo).unwrap();
     assert_eq!((f.balance, f.held, f.funded), (945, 0, 1000));
     b.audit("a", Asset::Tnzo).unwrap();
@@ -39,9 +65,19 @@ fn a_request_moves_money_into_the_channel_chunk_by_chunk() {
     // reservation is capped to it.
     let r = b.reserve("a", Asset::Tnzo, 100, None, 2).unwrap();
     let s = b.settle(r, charge(150), 3).unwrap();
-    assert_eq!(s, Settled { charged: 100, refunded: 0, capped: true });
+    assert_eq!(
+        s,
+        Settled {
+            charged: 100,
+            refunded: 0,
+            capped: true
+        }
+    );
     let ch = b.channels_of("a");
-    assert_eq!((ch.len(), ch[0].channel.spent, ch[0].channel.nonce), (1, 155, 5));
+    assert_eq!(
+        (ch.len(), ch[0].channel.spent, ch[0].channel.nonce),
+        (1, 155, 5)
+    );
 
     // Closing pays out exactly and refunds nothing (the deposit only grew as needed).
     let split = b.close(&ch[0].channel.id, 10).unwrap();
@@ -58,7 +94,10 @@ fn a_request_moves_money_into_the_channel_chunk_by_chunk() {
 
 #[test]
 fn an_initial_float_is_refunded_at_close() {
-    let b = Book::new(BookConfig { initial_deposit: 500, ..BookConfig::default() });
+    let b = Book::new(BookConfig {
+        initial_deposit: 500,
+        ..BookConfig::default()
+    });
     b.credit("a", Asset::Usdc, 1000).unwrap();
     let r = b.reserve("a", Asset::Usdc, 100, None, 0).unwrap();
     b.progress(&r, 30, "prov", 0).unwrap();
@@ -81,7 +120,10 @@ fn a_busy_channel_does_not_close_and_released_holds_cost_nothing() {
     let r = b.reserve("a", Asset::Tnzo, 50, None, 0).unwrap();
     b.progress(&r, 5, "prov", 0).unwrap();
     let id = b.channels_of("a")[0].channel.id.clone();
-    assert!(matches!(b.close(&id, 1), Err(BookError::Channel(ChannelError::Busy(_, 1)))));
+    assert!(matches!(
+        b.close(&id, 1),
+        Err(BookError::Channel(ChannelError::Busy(_, 1)))
+    ));
     b.settle(r, charge(5), 1).unwrap();
     let r = b.reserve("a", Asset::Tnzo, 50, None, 0).unwrap();
     b.release(r);
@@ -102,7 +144,16 @@ fn dirty_rows_commit_once_and_vouchers_follow_durable_state() {
     assert_eq!(batch.accounts.len(), 1);
     assert_eq!(batch.channels.len(), 1);
     assert!(b.take_dirty().is_empty(), "taken once");
-    b.settle(r, Charge { amount: 9, provider: "prov", request_id: "r1" }, 1).unwrap();
+    b.settle(
+        r,
+        Charge {
+            amount: 9,
+            provider: "prov",
+            request_id: "r1",
+        },
+        1,
+    )
+    .unwrap();
     // The request ended, but its final state is not durable yet: the voucher may
     // cover only what was committed.
     b.committed(&batch);
@@ -121,31 +172,69 @@ fn dirty_rows_commit_once_and_vouchers_follow_durable_state() {
 
     // A failed commit is retried whole.
     let r = b.reserve("a", Asset::Tnzo, 5, None, 2).unwrap();
-    b.settle(r, Charge { amount: 1, provider: "prov", request_id: "r2" }, 2).unwrap();
+    b.settle(
+        r,
+        Charge {
+            amount: 1,
+            provider: "prov",
+            request_id: "r2",
+        },
+        2,
+    )
+    .unwrap();
     let batch = b.take_dirty();
     b.requeue(batch);
     let again = b.take_dirty();
-    assert_eq!((again.accounts.len(), again.channels.len(), again.requests.len()), (1, 1, 1));
+    assert_eq!(
+        (
+            again.accounts.len(),
+            again.channels.len(),
+            again.requests.len()
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[test]
 fn scope_refusals_name_the_limit() {
     let b = book();
     b.credit("a", Asset::Tnzo, 10_000).unwrap();
-    let limits = SpendLimits { max_transaction_value: Some(500), max_daily_spend: Some(1000), ..Default::default() };
-    let err = b.reserve("a", Asset::Tnzo, 600, Some(("k", &limits)), 0).unwrap_err();
-    assert_eq!(err.to_string(), "delegation scope refuses this request: max_transaction_value: this request may cost up to 600 base units, over the scope's limit of 500 by 100");
-    let r1 = b.reserve("a", Asset::Tnzo, 500, Some(("k", &limits)), 0).unwrap();
-    let r2 = b.reserve("a", Asset::Tnzo, 500, Some(("k", &limits)), 0).unwrap();
-    assert!(matches!(b.reserve("a", Asset::Tnzo, 1, Some(("k", &limits)), 0), Err(BookError::Scope(ScopeRefusal::Daily { over: 1, .. }))));
+    let limits = SpendLimits {
+        max_transaction_value: Some(500),
+        max_daily_spend: Some(1000),
+        ..Default::default()
+    };
+    let err = b
+        .reserve("a", Asset::Tnzo, 600, Some(("k", &limits)), 0)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "delegation scope refuses this request: max_transaction_value: this request may cost up to 600 base units, over the scope's limit of 500 by 100"
+    );
+    let r1 = b
+        .reserve("a", Asset::Tnzo, 500, Some(("k", &limits)), 0)
+        .unwrap();
+    let r2 = b
+        .reserve("a", Asset::Tnzo, 500, Some(("k", &limits)), 0)
+        .unwrap();
+    assert!(matches!(
+        b.reserve("a", Asset::Tnzo, 1, Some(("k", &limits)), 0),
+        Err(BookError::Scope(ScopeRefusal::Daily { over: 1, .. }))
+    ));
     b.settle(r1, charge(100), 10).unwrap();
     b.release(r2);
     assert_eq!(b.spent_today("k", 10), 100);
-    let r = b.reserve("a", Asset::Tnzo, 500, Some(("k", &limits)), 10).unwrap();
+    let r = b
+        .reserve("a", Asset::Tnzo, 500, Some(("k", &limits)), 10)
+        .unwrap();
     b.settle(r, charge(500), 20).unwrap();
-    assert!(b.reserve("a", Asset::Tnzo, 401, Some(("k", &limits)), 30).is_err());
+    assert!(
+        b.reserve("a", Asset::Tnzo, 401, Some(("k", &limits)), 30)
+            .is_err()
+    );
     // A day after the first charge it rolls out of the window.
-    b.reserve("a", Asset::Tnzo, 401, Some(("k", &limits)), 10 + DAY).unwrap();
+    b.reserve("a", Asset::Tnzo, 401, Some(("k", &limits)), 10 + DAY)
+        .unwrap();
 }
 
 /// 100 simultaneous requests against one scope and one balance never spend past
@@ -154,7 +243,11 @@ fn scope_refusals_name_the_limit() {
 fn a_hundred_concurrent_requests_never_overspend() {
     let b = Arc::new(book());
     b.credit("agent", Asset::Usdc, 5_000).unwrap();
-    let limits = Arc::new(SpendLimits { max_daily_spend: Some(3_000), max_transaction_value: Some(100), ..Default::default() });
+    let limits = Arc::new(SpendLimits {
+        max_daily_spend: Some(3_000),
+        max_transaction_value: Some(100),
+        ..Default::default()
+    });
     let barrier = Arc::new(std::sync::Barrier::new(100));
     let handles: Vec<_> = (0..100)
         .map(|i| {
@@ -165,16 +258,31 @@ fn a_hundred_concurrent_requests_never_overspend() {
                 for c in 1..=9 {
                     b.progress(&r, c * 10, &format!("prov{}", i % 3), 1)?;
                 }
-                b.settle(r, Charge { amount: 90, provider: "x", request_id: "r" }, 1).map(|s| s.charged)
+                b.settle(
+                    r,
+                    Charge {
+                        amount: 90,
+                        provider: "x",
+                        request_id: "r",
+                    },
+                    1,
+                )
+                .map(|s| s.charged)
             })
         })
         .collect();
-    let results: Vec<Result<u128, BookError>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let results: Vec<Result<u128, BookError>> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
     let admitted = results.iter().filter(|r| r.is_ok()).count();
     let spent: u128 = results.iter().filter_map(|r| r.as_ref().ok()).sum();
     assert_eq!(admitted, 33, "3000 / 90 = 33 requests fit the daily limit");
     assert_eq!(spent, 33 * 90);
-    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, BookError::Scope(ScopeRefusal::Daily { .. }))));
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, BookError::Scope(ScopeRefusal::Daily { .. })))
+    );
     assert_eq!(b.spent_today("agent-key", 1), 2970);
     let f = b.funds("agent", Asset::Usdc).unwrap();
     assert_eq!((f.balance, f.held), (5_000 - 2970, 0));

@@ -57,8 +57,14 @@ impl State {
 pub enum ChannelError {
     #[error("channel {0} is {1}, not open")]
     NotOpen(String, &'static str),
-    #[error("channel {id}: a charge of {delta} would bring spent to more than the deposit {deposit}")]
-    OverDeposit { id: String, delta: u128, deposit: u128 },
+    #[error(
+        "channel {id}: a charge of {delta} would bring spent to more than the deposit {deposit}"
+    )]
+    OverDeposit {
+        id: String,
+        delta: u128,
+        deposit: u128,
+    },
     #[error("stale state: nonce {nonce} is not above the disputed nonce {best}")]
     Stale { nonce: u64, best: u64 },
     #[error("stale state: nonce {nonce} is below the channel's nonce {current}")]
@@ -91,8 +97,26 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: String, payer: String, provider: String, asset: Asset, now: u64, ttl: u64) -> Self {
-        Channel { id, payer, provider, asset, deposit: 0, spent: 0, nonce: 0, opened: now, expires: now.saturating_add(ttl), state: State::Open }
+    pub fn new(
+        id: String,
+        payer: String,
+        provider: String,
+        asset: Asset,
+        now: u64,
+        ttl: u64,
+    ) -> Self {
+        Channel {
+            id,
+            payer,
+            provider,
+            asset,
+            deposit: 0,
+            spent: 0,
+            nonce: 0,
+            opened: now,
+            expires: now.saturating_add(ttl),
+            state: State::Open,
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -109,7 +133,14 @@ impl Channel {
         if !self.is_open() {
             return Err(ChannelError::NotOpen(self.id.clone(), self.state.name()));
         }
-        self.deposit = self.deposit.checked_add(amount).ok_or(ChannelError::OverDeposit { id: self.id.clone(), delta: amount, deposit: self.deposit })?;
+        self.deposit = self
+            .deposit
+            .checked_add(amount)
+            .ok_or(ChannelError::OverDeposit {
+                id: self.id.clone(),
+                delta: amount,
+                deposit: self.deposit,
+            })?;
         Ok(())
     }
 
@@ -119,7 +150,11 @@ impl Channel {
             return Err(ChannelError::NotOpen(self.id.clone(), self.state.name()));
         }
         if delta > self.free() {
-            return Err(ChannelError::OverDeposit { id: self.id.clone(), delta, deposit: self.deposit });
+            return Err(ChannelError::OverDeposit {
+                id: self.id.clone(),
+                delta,
+                deposit: self.deposit,
+            });
         }
         self.spent += delta;
         self.nonce += 1;
@@ -135,34 +170,64 @@ impl Channel {
     }
 
     fn settle_at(&mut self, spent: u128, now: u64) -> Result<Split, ChannelError> {
-        let split = settlement::split(self.deposit, spent)
-            .map_err(|_| ChannelError::OverDepositState { spent, deposit: self.deposit })?;
+        let split =
+            settlement::split(self.deposit, spent).map_err(|_| ChannelError::OverDepositState {
+                spent,
+                deposit: self.deposit,
+            })?;
         self.spent = spent;
         self.state = State::Closed { at: now, split };
         Ok(split)
     }
 
     /// Submits a state to a dispute (opening one if the channel is open).
-    pub fn dispute(&mut self, by: Party, nonce: u64, spent: u128, now: u64, window: u64) -> Result<(), ChannelError> {
+    pub fn dispute(
+        &mut self,
+        by: Party,
+        nonce: u64,
+        spent: u128,
+        now: u64,
+        window: u64,
+    ) -> Result<(), ChannelError> {
         if spent > self.deposit {
-            return Err(ChannelError::OverDepositState { spent, deposit: self.deposit });
+            return Err(ChannelError::OverDepositState {
+                spent,
+                deposit: self.deposit,
+            });
         }
         match self.state {
             State::Open => {
                 if by == Party::Payer && nonce < self.nonce {
-                    return Err(ChannelError::BehindChannel { nonce, current: self.nonce });
+                    return Err(ChannelError::BehindChannel {
+                        nonce,
+                        current: self.nonce,
+                    });
                 }
-                self.state = State::Disputed { deadline: now.saturating_add(window), nonce, spent, by };
+                self.state = State::Disputed {
+                    deadline: now.saturating_add(window),
+                    nonce,
+                    spent,
+                    by,
+                };
                 Ok(())
             }
-            State::Disputed { deadline, nonce: best, .. } => {
+            State::Disputed {
+                deadline,
+                nonce: best,
+                ..
+            } => {
                 if now > deadline {
                     return Err(ChannelError::WindowClosed(self.id.clone(), deadline));
                 }
                 if nonce <= best {
                     return Err(ChannelError::Stale { nonce, best });
                 }
-                self.state = State::Disputed { deadline, nonce, spent, by };
+                self.state = State::Disputed {
+                    deadline,
+                    nonce,
+                    spent,
+                    by,
+                };
                 Ok(())
             }
             State::Closed { .. } => Err(ChannelError::NotOpen(self.id.clone(), "closed")),
@@ -171,7 +236,15 @@ impl Channel {
 
     /// Settles a dispute whose window has passed: the highest nonce wins.
     pub fn finish_dispute(&mut self, now: u64) -> Option<Split> {
-        let State::Disputed { deadline, nonce, spent, .. } = self.state else { return None };
+        let State::Disputed {
+            deadline,
+            nonce,
+            spent,
+            ..
+        } = self.state
+        else {
+            return None;
+        };
         if now <= deadline {
             return None;
         }
@@ -186,7 +259,14 @@ mod tests {
     use super::*;
 
     fn open() -> Channel {
-        let mut c = Channel::new("ch".into(), "acct".into(), "p".into(), Asset::Tnzo, 100, 30 * 86_400);
+        let mut c = Channel::new(
+            "ch".into(),
+            "acct".into(),
+            "p".into(),
+            Asset::Tnzo,
+            100,
+            30 * 86_400,
+        );
         c.top_up(1000).unwrap();
         c
     }
@@ -197,8 +277,15 @@ mod tests {
         c.charge(300).unwrap();
         c.charge(0).unwrap();
         assert_eq!((c.spent, c.nonce, c.free()), (300, 2, 700));
-        assert!(matches!(c.charge(701), Err(ChannelError::OverDeposit { .. })));
-        assert_eq!((c.spent, c.nonce), (300, 2), "a refused charge changes nothing");
+        assert!(matches!(
+            c.charge(701),
+            Err(ChannelError::OverDeposit { .. })
+        ));
+        assert_eq!(
+            (c.spent, c.nonce),
+            (300, 2),
+            "a refused charge changes nothing"
+        );
         let split = c.close(200).unwrap();
         assert_eq!(split.refund, 700);
         assert_eq!(split.provider_net + split.commission + split.refund, 1000);
@@ -213,28 +300,47 @@ mod tests {
             c.charge(100).unwrap();
         }
         // The payer submits an old state (nonce 3, 300): refused, it is behind its own channel.
-        assert!(matches!(c.dispute(Party::Payer, 3, 300, 1000, 86_400), Err(ChannelError::BehindChannel { .. })));
+        assert!(matches!(
+            c.dispute(Party::Payer, 3, 300, 1000, 86_400),
+            Err(ChannelError::BehindChannel { .. })
+        ));
         // The provider opens with a stale voucher (nonce 3, 300) ...
         c.dispute(Party::Provider, 3, 300, 1000, 86_400).unwrap();
         // ... the payer answers within the window with the latest (nonce 5, 500).
-        c.dispute(Party::Payer, 5, 500, 1000 + 3600, 86_400).unwrap();
+        c.dispute(Party::Payer, 5, 500, 1000 + 3600, 86_400)
+            .unwrap();
         // Resubmitting the stale one, or an equal nonce, loses.
-        assert_eq!(c.dispute(Party::Provider, 3, 300, 1000 + 7200, 86_400), Err(ChannelError::Stale { nonce: 3, best: 5 }));
-        assert_eq!(c.dispute(Party::Provider, 5, 999, 1000 + 7200, 86_400), Err(ChannelError::Stale { nonce: 5, best: 5 }));
+        assert_eq!(
+            c.dispute(Party::Provider, 3, 300, 1000 + 7200, 86_400),
+            Err(ChannelError::Stale { nonce: 3, best: 5 })
+        );
+        assert_eq!(
+            c.dispute(Party::Provider, 5, 999, 1000 + 7200, 86_400),
+            Err(ChannelError::Stale { nonce: 5, best: 5 })
+        );
         // Nothing settles inside the window; after it, the highest nonce does.
         assert_eq!(c.finish_dispute(1000 + 86_400), None);
         let split = c.finish_dispute(1000 + 86_401).unwrap();
         assert_eq!(c.spent, 500);
         assert_eq!(split.refund, 500);
         assert_eq!(split.provider_net + split.commission, 500);
-        assert!(matches!(c.dispute(Party::Provider, 9, 600, 1000 + 86_402, 86_400), Err(ChannelError::NotOpen(..))));
+        assert!(matches!(
+            c.dispute(Party::Provider, 9, 600, 1000 + 86_402, 86_400),
+            Err(ChannelError::NotOpen(..))
+        ));
     }
 
     #[test]
     fn late_or_oversized_states_are_refused() {
         let mut c = open();
-        assert!(matches!(c.dispute(Party::Provider, 1, 1001, 0, 10), Err(ChannelError::OverDepositState { .. })));
+        assert!(matches!(
+            c.dispute(Party::Provider, 1, 1001, 0, 10),
+            Err(ChannelError::OverDepositState { .. })
+        ));
         c.dispute(Party::Provider, 1, 10, 0, 10).unwrap();
-        assert!(matches!(c.dispute(Party::Payer, 2, 20, 11, 10), Err(ChannelError::WindowClosed(_, 10))));
+        assert!(matches!(
+            c.dispute(Party::Payer, 2, 20, 11, 10),
+            Err(ChannelError::WindowClosed(_, 10))
+        ));
     }
 }

@@ -17,7 +17,11 @@ pub async fn commit_once(book: &Book, store: &Store) -> Result<usize, StoreError
     if batch.is_empty() {
         return Ok(0);
     }
-    let rows = batch.accounts.len() + batch.channels.len() + batch.requests.len() + batch.pools.len() + batch.earnings.len();
+    let rows = batch.accounts.len()
+        + batch.channels.len()
+        + batch.requests.len()
+        + batch.pools.len()
+        + batch.earnings.len();
     match store.commit(&batch).await {
         Ok(()) => {
             book.committed(&batch);
@@ -39,7 +43,7 @@ pub async fn run(book: Arc<Book>, store: Store, interval: Duration, cancel: Canc
             () = cancel.cancelled() => true,
         };
         ticks += 1;
-        if ticks % 50 == 0 || stop {
+        if ticks.is_multiple_of(50) || stop {
             match book.finish_disputes(unix_now()) {
                 Ok(closed) => {
                     for (id, split) in closed {

@@ -38,9 +38,12 @@ pub mod decimal {
     /// A non-negative decimal integer of at most 39 digits.
     pub fn parse(text: &str) -> Result<u128, String> {
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("`{text}` is not a base-unit amount (a decimal integer string)"));
+            return Err(format!(
+                "`{text}` is not a base-unit amount (a decimal integer string)"
+            ));
         }
-        text.parse::<u128>().map_err(|_| format!("`{text}` does not fit in 128 bits"))
+        text.parse::<u128>()
+            .map_err(|_| format!("`{text}` does not fit in 128 bits"))
     }
 
     pub mod option {

@@ -28,9 +28,17 @@ pub struct TimeBound {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpendLimits {
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "decimal::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "decimal::option"
+    )]
     pub max_transaction_value: Option<u128>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "decimal::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "decimal::option"
+    )]
     pub max_daily_spend: Option<u128>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_payment_protocols: Option<Vec<String>>,
@@ -48,14 +56,32 @@ pub const CHAIN: &str = "tenzro";
 /// Why a scope refused a request, with the numbers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeRefusal {
-    #[error("max_transaction_value: this request may cost up to {worst} base units, over the scope's limit of {limit} by {over}")]
-    Transaction { worst: u128, limit: u128, over: u128 },
+    #[error(
+        "max_transaction_value: this request may cost up to {worst} base units, over the scope's limit of {limit} by {over}"
+    )]
+    Transaction {
+        worst: u128,
+        limit: u128,
+        over: u128,
+    },
     #[error(
         "max_daily_spend: {spent} base units spent and {pending} reserved in the last 24 h; this request may cost up to {worst} more, over the limit of {limit} by {over}"
     )]
-    Daily { spent: u128, pending: u128, worst: u128, limit: u128, over: u128 },
-    #[error("time_bound: this key may be used only from {not_before:?} to {not_after:?} (Unix seconds); it is now {now}")]
-    Time { now: u64, not_before: Option<u64>, not_after: Option<u64> },
+    Daily {
+        spent: u128,
+        pending: u128,
+        worst: u128,
+        limit: u128,
+        over: u128,
+    },
+    #[error(
+        "time_bound: this key may be used only from {not_before:?} to {not_after:?} (Unix seconds); it is now {now}"
+    )]
+    Time {
+        now: u64,
+        not_before: Option<u64>,
+        not_after: Option<u64>,
+    },
     #[error("allowed_payment_protocols does not include {0:?}")]
     Protocol(String),
     #[error("allowed_chains does not include {0:?}")]
@@ -101,11 +127,20 @@ impl SpendWindow {
 impl SpendLimits {
     /// Checks a request's worst case against the limits; the caller adds it to
     /// `window.pending` under the same lock when this returns `Ok`.
-    pub fn admit(&self, window: &mut SpendWindow, worst: u128, now: u64) -> Result<(), ScopeRefusal> {
+    pub fn admit(
+        &self,
+        window: &mut SpendWindow,
+        worst: u128,
+        now: u64,
+    ) -> Result<(), ScopeRefusal> {
         if let Some(tb) = self.time_bound
             && (tb.not_before.is_some_and(|t| now < t) || tb.not_after.is_some_and(|t| now > t))
         {
-            return Err(ScopeRefusal::Time { now, not_before: tb.not_before, not_after: tb.not_after });
+            return Err(ScopeRefusal::Time {
+                now,
+                not_before: tb.not_before,
+                not_after: tb.not_after,
+            });
         }
         if let Some(p) = &self.allowed_payment_protocols
             && !p.iter().any(|p| p == PAYMENT_PROTOCOL)
@@ -120,13 +155,23 @@ impl SpendLimits {
         if let Some(limit) = self.max_transaction_value
             && worst > limit
         {
-            return Err(ScopeRefusal::Transaction { worst, limit, over: worst - limit });
+            return Err(ScopeRefusal::Transaction {
+                worst,
+                limit,
+                over: worst - limit,
+            });
         }
         if let Some(limit) = self.max_daily_spend {
             let spent = window.spent(now);
             let total = spent.saturating_add(window.pending).saturating_add(worst);
             if total > limit {
-                return Err(ScopeRefusal::Daily { spent, pending: window.pending, worst, limit, over: total - limit });
+                return Err(ScopeRefusal::Daily {
+                    spent,
+                    pending: window.pending,
+                    worst,
+                    limit,
+                    over: total - limit,
+                });
             }
         }
         Ok(())
@@ -143,39 +188,85 @@ mod tests {
         let open = SpendLimits::default();
         assert_eq!(open.admit(&mut w, u128::MAX, 0), Ok(()));
 
-        let tx = SpendLimits { max_transaction_value: Some(100), ..Default::default() };
+        let tx = SpendLimits {
+            max_transaction_value: Some(100),
+            ..Default::default()
+        };
         assert_eq!(tx.admit(&mut w, 100, 0), Ok(()));
-        assert_eq!(tx.admit(&mut w, 130, 0), Err(ScopeRefusal::Transaction { worst: 130, limit: 100, over: 30 }));
+        assert_eq!(
+            tx.admit(&mut w, 130, 0),
+            Err(ScopeRefusal::Transaction {
+                worst: 130,
+                limit: 100,
+                over: 30
+            })
+        );
 
-        let daily = SpendLimits { max_daily_spend: Some(1000), ..Default::default() };
+        let daily = SpendLimits {
+            max_daily_spend: Some(1000),
+            ..Default::default()
+        };
         w.record(10, 600);
         w.pending = 300;
         assert_eq!(daily.admit(&mut w, 100, 20), Ok(()));
         assert_eq!(
             daily.admit(&mut w, 150, 20),
-            Err(ScopeRefusal::Daily { spent: 600, pending: 300, worst: 150, limit: 1000, over: 50 })
+            Err(ScopeRefusal::Daily {
+                spent: 600,
+                pending: 300,
+                worst: 150,
+                limit: 1000,
+                over: 50
+            })
         );
         // A day later the old charge has rolled out of the window.
         assert_eq!(daily.admit(&mut w, 700, 10 + DAY), Ok(()));
         assert_eq!(w.spent(10 + DAY), 0);
 
-        let tb = SpendLimits { time_bound: Some(TimeBound { not_before: Some(5), not_after: Some(9) }), ..Default::default() };
-        assert!(matches!(tb.admit(&mut w, 1, 4), Err(ScopeRefusal::Time { now: 4, .. })));
+        let tb = SpendLimits {
+            time_bound: Some(TimeBound {
+                not_before: Some(5),
+                not_after: Some(9),
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            tb.admit(&mut w, 1, 4),
+            Err(ScopeRefusal::Time { now: 4, .. })
+        ));
         assert_eq!(tb.admit(&mut w, 1, 9), Ok(()));
-        assert!(matches!(tb.admit(&mut w, 1, 10), Err(ScopeRefusal::Time { .. })));
+        assert!(matches!(
+            tb.admit(&mut w, 1, 10),
+            Err(ScopeRefusal::Time { .. })
+        ));
 
-        let proto = SpendLimits { allowed_payment_protocols: Some(vec!["x402".into()]), ..Default::default() };
-        assert_eq!(proto.admit(&mut w, 1, 0), Err(ScopeRefusal::Protocol(PAYMENT_PROTOCOL.into())));
-        let chain = SpendLimits { allowed_chains: Some(vec!["ethereum".into(), CHAIN.into()]), ..Default::default() };
+        let proto = SpendLimits {
+            allowed_payment_protocols: Some(vec!["x402".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            proto.admit(&mut w, 1, 0),
+            Err(ScopeRefusal::Protocol(PAYMENT_PROTOCOL.into()))
+        );
+        let chain = SpendLimits {
+            allowed_chains: Some(vec!["ethereum".into(), CHAIN.into()]),
+            ..Default::default()
+        };
         assert_eq!(chain.admit(&mut w, 1, 0), Ok(()));
     }
 
     #[test]
     fn limits_read_and_write_as_decimal_strings() {
-        let s: SpendLimits = serde_json::from_str(r#"{"max_daily_spend":"340282366920938463463374607431768211455"}"#).unwrap_or_default();
+        let s: SpendLimits = serde_json::from_str(
+            r#"{"max_daily_spend":"340282366920938463463374607431768211455"}"#,
+        )
+        .unwrap_or_default();
         assert_eq!(s.max_daily_spend, Some(u128::MAX));
         let text = serde_json::to_string(&s).unwrap_or_default();
-        assert!(text.contains(r#""340282366920938463463374607431768211455""#), "{text}");
+        assert!(
+            text.contains(r#""340282366920938463463374607431768211455""#),
+            "{text}"
+        );
         assert!(serde_json::from_str::<SpendLimits>(r#"{"max_daily_spend":"-1"}"#).is_err());
         assert!(serde_json::from_str::<SpendLimits>(r#"{"max_daily_spnd":"1"}"#).is_err());
     }

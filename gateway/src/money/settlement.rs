@@ -53,7 +53,14 @@ pub fn split(deposit: u128, spent: u128) -> Result<Split, SettleError> {
     let treasury = mul_div(commission, TREASURY_PERCENT, 100);
     let burned = mul_div(commission, BURNED_PERCENT, 100);
     let stakers = commission - treasury - burned;
-    Ok(Split { provider_net: spent - commission, commission, treasury, burned, stakers, refund: deposit - spent })
+    Ok(Split {
+        provider_net: spent - commission,
+        commission,
+        treasury,
+        burned,
+        stakers,
+        refund: deposit - spent,
+    })
 }
 
 /// `floor(a × n / d)` without overflow for `n < d` (exact: splits `a` by `d`).
@@ -86,10 +93,19 @@ mod tests {
         assert_eq!(split(199, 199).unwrap().commission, 0);
         // 1999 spent: commission 9; 40% = 3.6 -> 3, 30% = 2.7 -> 2, stakers 4.
         let s = split(2000, 1999).unwrap();
-        assert_eq!((s.commission, s.treasury, s.burned, s.stakers), (9, 3, 2, 4));
+        assert_eq!(
+            (s.commission, s.treasury, s.burned, s.stakers),
+            (9, 3, 2, 4)
+        );
         assert_eq!(s.provider_net, 1990);
         assert_eq!(s.refund, 1);
-        assert_eq!(split(5, 6), Err(SettleError::Overspent { spent: 6, deposit: 5 }));
+        assert_eq!(
+            split(5, 6),
+            Err(SettleError::Overspent {
+                spent: 6,
+                deposit: 5
+            })
+        );
     }
 
     proptest! {

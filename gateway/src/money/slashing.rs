@@ -59,7 +59,8 @@ pub struct Slash {
 
 /// Slashes `stake` for `reason`; the amount rounds down, and the parts add up.
 pub fn slash(provider: &str, stake: u128, reason: Reason, detail: &str, at: u64) -> Slash {
-    let amount = (stake / 1_000_000) * reason.ppm() + (stake % 1_000_000) * reason.ppm() / 1_000_000;
+    let amount =
+        (stake / 1_000_000) * reason.ppm() + (stake % 1_000_000) * reason.ppm() / 1_000_000;
     Slash {
         id: format!("slash_{}", uuid::Uuid::new_v4().simple()),
         provider: provider.to_owned(),

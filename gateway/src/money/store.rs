@@ -28,22 +28,42 @@ pub enum StoreError {
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database row {table}.{column}: {message}")]
-    Corrupt { table: &'static str, column: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        column: &'static str,
+        message: String,
+    },
 }
 
 fn corrupt(table: &'static str, column: &'static str, message: impl ToString) -> StoreError {
-    StoreError::Corrupt { table, column, message: message.to_string() }
+    StoreError::Corrupt {
+        table,
+        column,
+        message: message.to_string(),
+    }
 }
 
 /// The schema, embedded so the binary needs no files beside it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "money", include_str!("../../migrations/0001_money.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "money", include_str!("../../migrations/0001_money.sql"))];
 
 fn migrator() -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
         .iter()
-        .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, sqlx::AssertSqlSafe(*sql).into_sql_str(), false))
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                (*d).into(),
+                MigrationType::Simple,
+                sqlx::AssertSqlSafe(*sql).into_sql_str(),
+                false,
+            )
+        })
         .collect();
-    Migrator { migrations: migrations.into(), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: migrations.into(),
+        ..Migrator::DEFAULT
+    }
 }
 
 /// Everything the gateway reloads at start.
@@ -79,7 +99,11 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        let url = if sqlite && !url.contains('?') && !url.contains(":memory:") { format!("{url}?mode=rwc") } else { url.to_owned() };
+        let url = if sqlite && !url.contains('?') && !url.contains(":memory:") {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
@@ -124,7 +148,8 @@ impl Store {
             .await?;
         }
         for c in &b.channels {
-            let state = serde_json::to_string(&c.state).map_err(|e| corrupt("channels", "state", e))?;
+            let state =
+                serde_json::to_string(&c.state).map_err(|e| corrupt("channels", "state", e))?;
             sqlx::query(
                 "INSERT INTO channels (id, payer, provider, asset, deposit, spent, nonce, opened, expires, state) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -188,24 +213,32 @@ impl Store {
     }
 
     /// Adds an account with a starting balance (its `funded` too).
-    pub async fn put_account(&self, a: &AccountRecord, funding: Option<(Asset, u128)>) -> Result<(), StoreError> {
+    pub async fn put_account(
+        &self,
+        a: &AccountRecord,
+        funding: Option<(Asset, u128)>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO accounts (id, name, asset, identity, created) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query(
+            "INSERT INTO accounts (id, name, asset, identity, created) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(a.id.as_str())
+        .bind(a.name.as_str())
+        .bind(a.asset.as_str())
+        .bind(a.identity.clone())
+        .bind(i64_of(a.created))
+        .execute(&mut *tx)
+        .await?;
+        if let Some((asset, amount)) = funding {
+            sqlx::query(
+                "INSERT INTO balances (account, asset, balance, funded) VALUES ($1, $2, $3, $4)",
+            )
             .bind(a.id.as_str())
-            .bind(a.name.as_str())
-            .bind(a.asset.as_str())
-            .bind(a.identity.clone())
-            .bind(i64_of(a.created))
+            .bind(asset.as_str())
+            .bind(amount.to_string())
+            .bind(amount.to_string())
             .execute(&mut *tx)
             .await?;
-        if let Some((asset, amount)) = funding {
-            sqlx::query("INSERT INTO balances (account, asset, balance, funded) VALUES ($1, $2, $3, $4)")
-                .bind(a.id.as_str())
-                .bind(asset.as_str())
-                .bind(amount.to_string())
-                .bind(amount.to_string())
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -213,13 +246,14 @@ impl Store {
 
     pub async fn put_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         let scope = serde_json::to_string(&k.scope).map_err(|e| corrupt("api_keys", "scope", e))?;
-        sqlx::query("INSERT INTO api_keys (id, hash, account, name, scope, created) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO api_keys (id, hash, account, name, scope, created, identity) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(k.id.as_str())
             .bind(k.hash.as_str())
             .bind(k.account.as_str())
             .bind(k.name.as_str())
             .bind(scope)
             .bind(i64_of(k.created))
+            .bind(k.identity.clone())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -279,14 +313,22 @@ impl Store {
     }
 
     pub async fn documents(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT id, body FROM documents WHERE kind = $1").bind(kind).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?))).collect()
+        let rows = sqlx::query("SELECT id, body FROM documents WHERE kind = $1")
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect()
     }
 
     /// One key by its hash, with its account and balances (for a key made by
     /// another process after this one loaded).
-    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<(KeyRecord, AccountRecord, Vec<(Asset, Funds)>)>, StoreError> {
-        let Some(row) = sqlx::query("SELECT id, hash, account, name, scope, created FROM api_keys WHERE hash = $1 AND revoked IS NULL")
+    pub async fn key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(KeyRecord, AccountRecord, Vec<(Asset, Funds)>)>, StoreError> {
+        let Some(row) = sqlx::query("SELECT id, hash, account, name, scope, created, identity FROM api_keys WHERE hash = $1 AND revoked IS NULL")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await?
@@ -294,10 +336,11 @@ impl Store {
             return Ok(None);
         };
         let key = key_row(&row)?;
-        let Some(acct) = sqlx::query("SELECT id, name, asset, identity, created FROM accounts WHERE id = $1")
-            .bind(key.account.as_str())
-            .fetch_optional(&self.pool)
-            .await?
+        let Some(acct) =
+            sqlx::query("SELECT id, name, asset, identity, created FROM accounts WHERE id = $1")
+                .bind(key.account.as_str())
+                .fetch_optional(&self.pool)
+                .await?
         else {
             return Ok(None);
         };
@@ -307,31 +350,49 @@ impl Store {
     }
 
     async fn balances_of(&self, account: &str) -> Result<Vec<(Asset, Funds)>, StoreError> {
-        let rows = sqlx::query("SELECT asset, balance, funded FROM balances WHERE account = $1").bind(account).fetch_all(&self.pool).await?;
-        rows.iter().map(funds_row).collect::<Result<Vec<_>, _>>().map(|v| v.into_iter().map(|(_, a, f)| (a, f)).collect())
+        let rows = sqlx::query("SELECT asset, balance, funded FROM balances WHERE account = $1")
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(funds_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.into_iter().map(|(_, a, f)| (a, f)).collect())
     }
 
     /// Everything the book and the accounts need at start.
     pub async fn load(&self, now: u64) -> Result<Snapshot, StoreError> {
         let mut s = Snapshot::default();
-        let mut funds: std::collections::HashMap<String, Vec<(Asset, Funds)>> = std::collections::HashMap::new();
-        for row in sqlx::query("SELECT account, asset, balance, funded FROM balances").fetch_all(&self.pool).await? {
+        let mut funds: std::collections::HashMap<String, Vec<(Asset, Funds)>> =
+            std::collections::HashMap::new();
+        for row in sqlx::query("SELECT account, asset, balance, funded FROM balances")
+            .fetch_all(&self.pool)
+            .await?
+        {
             let account: String = row.try_get(0)?;
             let (_, asset, f) = funds_row_at(&row, 1)?;
             funds.entry(account).or_default().push((asset, f));
         }
-        for row in sqlx::query("SELECT id, name, asset, identity, created FROM accounts").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT id, name, asset, identity, created FROM accounts")
+            .fetch_all(&self.pool)
+            .await?
+        {
             let a = account_row(&row)?;
             let f = funds.remove(&a.id).unwrap_or_default();
             s.accounts.push((a, f));
         }
-        for row in sqlx::query("SELECT id, hash, account, name, scope, created FROM api_keys WHERE revoked IS NULL").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT id, hash, account, name, scope, created, identity FROM api_keys WHERE revoked IS NULL").fetch_all(&self.pool).await? {
             s.keys.push(key_row(&row)?);
         }
-        let mut vouchers: std::collections::HashMap<String, Voucher> = std::collections::HashMap::new();
-        for row in sqlx::query("SELECT channel, voucher FROM vouchers").fetch_all(&self.pool).await? {
+        let mut vouchers: std::collections::HashMap<String, Voucher> =
+            std::collections::HashMap::new();
+        for row in sqlx::query("SELECT channel, voucher FROM vouchers")
+            .fetch_all(&self.pool)
+            .await?
+        {
             let v: String = row.try_get(1)?;
-            let v: Voucher = serde_json::from_str(&v).map_err(|e| corrupt("vouchers", "voucher", e))?;
+            let v: Voucher =
+                serde_json::from_str(&v).map_err(|e| corrupt("vouchers", "voucher", e))?;
             vouchers.insert(row.try_get(0)?, v);
         }
         for row in sqlx::query("SELECT id, payer, provider, asset, deposit, spent, nonce, opened, expires, state FROM channels")
@@ -355,7 +416,8 @@ impl Store {
             s.channels.push((c, v));
         }
         let since = i64_of(now.saturating_sub(crate::money::scope::DAY));
-        let mut charges: std::collections::BTreeMap<String, Vec<(u64, u128)>> = std::collections::BTreeMap::new();
+        let mut charges: std::collections::BTreeMap<String, Vec<(u64, u128)>> =
+            std::collections::BTreeMap::new();
         for row in sqlx::query("SELECT key_id, at, charged FROM requests WHERE key_id IS NOT NULL AND at > $1 ORDER BY at")
             .bind(since)
             .fetch_all(&self.pool)
@@ -366,7 +428,10 @@ impl Store {
             charges.entry(key).or_default().push((u64_of(row.try_get(1)?), amount));
         }
         s.charges = charges.into_iter().collect();
-        for row in sqlx::query("SELECT asset, treasury, burned, stakers FROM pools").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT asset, treasury, burned, stakers FROM pools")
+            .fetch_all(&self.pool)
+            .await?
+        {
             s.pools.push((
                 asset_of(&row.try_get::<String, _>(0)?, "pools")?,
                 Pools {
@@ -376,7 +441,10 @@ impl Store {
                 },
             ));
         }
-        for row in sqlx::query("SELECT provider, asset, amount FROM earnings").fetch_all(&self.pool).await? {
+        for row in sqlx::query("SELECT provider, asset, amount FROM earnings")
+            .fetch_all(&self.pool)
+            .await?
+        {
             s.earnings.push((
                 row.try_get(0)?,
                 asset_of(&row.try_get::<String, _>(1)?, "earnings")?,
@@ -405,8 +473,17 @@ impl Store {
     /// Counts of rows, for tests and the crash checker: (requests, sum charged by
     /// request id).
     pub async fn charges_by_request(&self) -> Result<Vec<(String, u128)>, StoreError> {
-        let rows = sqlx::query("SELECT request_id, charged FROM requests ORDER BY at").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, amount_of(&r.try_get::<String, _>(1)?, "requests", "charged")?))).collect()
+        let rows = sqlx::query("SELECT request_id, charged FROM requests ORDER BY at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0)?,
+                    amount_of(&r.try_get::<String, _>(1)?, "requests", "charged")?,
+                ))
+            })
+            .collect()
     }
 }
 
@@ -436,8 +513,10 @@ fn key_row(row: &sqlx::any::AnyRow) -> Result<KeyRecord, StoreError> {
         hash: row.try_get(1)?,
         account: row.try_get(2)?,
         name: row.try_get(3)?,
-        scope: serde_json::from_str::<KeyScope>(&scope).map_err(|e| corrupt("api_keys", "scope", e))?,
+        scope: serde_json::from_str::<KeyScope>(&scope)
+            .map_err(|e| corrupt("api_keys", "scope", e))?,
         created: u64_of(row.try_get(5)?),
+        identity: row.try_get(6)?,
     })
 }
 
@@ -449,5 +528,13 @@ fn funds_row_at(row: &sqlx::any::AnyRow, at: usize) -> Result<(String, Asset, Fu
     let asset = asset_of(&row.try_get::<String, _>(at)?, "balances")?;
     let balance = amount_of(&row.try_get::<String, _>(at + 1)?, "balances", "balance")?;
     let funded = amount_of(&row.try_get::<String, _>(at + 2)?, "balances", "funded")?;
-    Ok((String::new(), asset, Funds { balance, held: 0, funded }))
+    Ok((
+        String::new(),
+        asset,
+        Funds {
+            balance,
+            held: 0,
+            funded,
+        },
+    ))
 }

@@ -54,7 +54,13 @@ pub struct Courier {
 
 impl Courier {
     pub fn sign(&self, d: &DueVoucher) -> Voucher {
-        VoucherBody { channel_id: d.channel.clone(), nonce: d.nonce, cumulative_spent: d.spent, asset: d.asset.as_str().to_owned() }.sign(&self.key)
+        VoucherBody {
+            channel_id: d.channel.clone(),
+            nonce: d.nonce,
+            cumulative_spent: d.spent,
+            asset: d.asset.as_str().to_owned(),
+        }
+        .sign(&self.key)
     }
 
     /// One round: signs and sends what is due; returns how many were countersigned.
@@ -65,7 +71,10 @@ impl Courier {
         }
         let mut by_provider: BTreeMap<String, Vec<Voucher>> = BTreeMap::new();
         for d in &due {
-            by_provider.entry(d.provider.clone()).or_default().push(self.sign(d));
+            by_provider
+                .entry(d.provider.clone())
+                .or_default()
+                .push(self.sign(d));
         }
         let mut done = 0;
         for (provider, vouchers) in by_provider {
@@ -74,7 +83,15 @@ impl Courier {
                 continue;
             };
             let url = format!("{}/v1/channels/vouchers", entry.info.endpoint);
-            let sent = self.client.post(&url).json(&Batch { vouchers: &vouchers }).timeout(Duration::from_secs(10)).send().await;
+            let sent = self
+                .client
+                .post(&url)
+                .json(&Batch {
+                    vouchers: &vouchers,
+                })
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
             let answer = match sent {
                 Ok(r) if r.status().is_success() => r.json::<Answer>().await,
                 Ok(r) => {
@@ -121,7 +138,7 @@ impl Courier {
                 () = cancel.cancelled() => break,
             }
             ticks += 1;
-            self.round(ticks % every == 0).await;
+            self.round(ticks.is_multiple_of(every)).await;
         }
     }
 
@@ -131,18 +148,33 @@ impl Courier {
         for entry in self.registry.all() {
             for view in self.book.channels_of_provider(&entry.info.id) {
                 let url = format!("{}/v1/channels/{}/voucher", entry.info.endpoint, view.id);
-                let Ok(resp) = self.client.get(&url).timeout(Duration::from_secs(5)).send().await else { continue };
+                let Ok(resp) = self
+                    .client
+                    .get(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
                 if !resp.status().is_success() {
                     continue;
                 }
-                let Ok(v) = resp.json::<Voucher>().await else { continue };
-                if v.channel_id != view.id || v.verify(Some(&payer), entry.info.public_key.as_ref()).is_err() {
+                let Ok(v) = resp.json::<Voucher>().await else {
+                    continue;
+                };
+                if v.channel_id != view.id
+                    || v.verify(Some(&payer), entry.info.public_key.as_ref())
+                        .is_err()
+                {
                     tracing::warn!(channel = %view.id, "provider's voucher does not verify; ignored");
                     continue;
                 }
                 match self.book.reconcile(&view.id, &v) {
                     Ok(0) => {}
-                    Ok(extra) => tracing::warn!(channel = %view.id, extra, "adopted a higher state from the provider's voucher"),
+                    Ok(extra) => {
+                        tracing::warn!(channel = %view.id, extra, "adopted a higher state from the provider's voucher")
+                    }
                     Err(e) => tracing::warn!(channel = %view.id, error = %e, "reconciling"),
                 }
                 if let Err(e) = self.store.put_voucher(&v).await {

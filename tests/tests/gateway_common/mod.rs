@@ -1,7 +1,10 @@
 //! Mock providers and an in-process gateway for the gateway's integration tests.
 //! Everything binds 127.0.0.1:0.
 
-#![allow(dead_code, reason = "each test file uses a different part of this module")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of this module"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,7 +106,9 @@ async fn chat(axum::extract::State(m): axum::extract::State<Mock>, body: Bytes) 
         });
         return axum::Json(body).into_response();
     }
-    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let name = m.name;
     let events = futures::stream::unfold(0usize, move |i| async move {
         if delay > 0 {
@@ -126,7 +131,11 @@ async fn chat(axum::extract::State(m): axum::extract::State<Mock>, body: Bytes) 
         } else {
             return None;
         };
-        let next = if ev.starts_with("data: [DONE]") { chunks + 2 } else { i + 1 };
+        let next = if ev.starts_with("data: [DONE]") {
+            chunks + 2
+        } else {
+            i + 1
+        };
         Some((Ok::<Bytes, std::io::Error>(Bytes::from(ev)), next))
     });
     Response::builder()
@@ -151,18 +160,29 @@ async fn embeddings(axum::extract::State(m): axum::extract::State<Mock>) -> Resp
 /// Starts a mock provider; `name` shows up as the answers' `system_fingerprint`.
 pub async fn mock_provider(name: &'static str, behaviour: Behaviour) -> MockProvider {
     let calls = Arc::new(AtomicUsize::new(0));
-    let state = Mock { behaviour, name, calls: calls.clone() };
+    let state = Mock {
+        behaviour,
+        name,
+        calls: calls.clone(),
+    };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    MockProvider { url: format!("http://{addr}"), calls }
+    MockProvider {
+        url: format!("http://{addr}"),
+        calls,
+    }
 }
 
 pub fn model(id: &str, category: ModelCategory) -> ModelInfo {
@@ -188,7 +208,10 @@ pub fn static_provider(id: &str, url: &str) -> StaticProvider {
         stake: "100000".into(),
         tee: "none".into(),
         max_concurrency: Some(1),
-        models: vec![model(MODEL, ModelCategory::Llm), model(EMBED_MODEL, ModelCategory::Embedding)],
+        models: vec![
+            model(MODEL, ModelCategory::Llm),
+            model(EMBED_MODEL, ModelCategory::Embedding),
+        ],
     }
 }
 
@@ -218,7 +241,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn balance(&self) -> u128 {
-        self.state.book.funds(&self.account, Asset::Tnzo).map(|f| f.available()).unwrap_or(0)
+        self.state
+            .book
+            .funds(&self.account, Asset::Tnzo)
+            .map(|f| f.available())
+            .unwrap_or(0)
     }
 
     /// Polls the balance until it equals `want` (a stream settles when its body is
@@ -242,14 +269,18 @@ impl Gateway {
     }
 
     pub fn chat(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
-        self.post("/v1/chat/completions", Some(&self.key)).json(&body)
+        self.post("/v1/chat/completions", Some(&self.key))
+            .json(&body)
     }
 }
 
 pub const FUNDS: u128 = 1_000_000_000;
 
 /// Starts a gateway in-process on 127.0.0.1:0 with one funded account.
-pub async fn start_gateway(cfg_for: impl FnOnce(&std::path::Path) -> Config, clock: Option<SharedClock>) -> Gateway {
+pub async fn start_gateway(
+    cfg_for: impl FnOnce(&std::path::Path) -> Config,
+    clock: Option<SharedClock>,
+) -> Gateway {
     start_gateway_with_scope(cfg_for, clock, KeyScope::default()).await
 }
 
@@ -270,8 +301,12 @@ pub async fn start_gateway_with_scope(
         .create_account("test", Asset::Tnzo, FUNDS, scope, None)
         .await
         .unwrap_or_else(|e| panic!("account: {e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
     let s = state.clone();
     tokio::spawn(async move {
         let _ = tenzro_gateway::serve(listener, s).await;
@@ -282,7 +317,10 @@ pub async fn start_gateway_with_scope(
         state,
         key,
         account: account.id,
-        http: reqwest::Client::builder().no_proxy().build().unwrap_or_else(|e| panic!("client: {e}")),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_else(|e| panic!("client: {e}")),
         _dir: dir,
     }
 }
