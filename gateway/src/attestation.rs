@@ -100,19 +100,6 @@ impl AttestationVerdict {
     }
 }
 
-/// A slash: who, how much, why, when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SlashRecord {
-    pub provider: String,
-    /// Base units, decimal string.
-    pub amount: String,
-    /// The stake it was computed from, base units, decimal string.
-    pub stake: String,
-    pub reason: String,
-    /// Unix seconds.
-    pub at: u64,
-}
-
 /// 10% of `stake` (rounded down).
 pub fn slash_amount(stake: u128) -> u128 {
     stake / 1_000_000 * SLASH_PPM + stake % 1_000_000 * SLASH_PPM / 1_000_000

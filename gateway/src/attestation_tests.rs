@@ -242,13 +242,42 @@ fn a_slashable_verdict_records_ten_percent() {
     let s = reg.slashes();
     assert_eq!(s.len(), 1);
     assert_eq!(
-        (
-            s[0].provider.as_str(),
-            s[0].amount.as_str(),
-            s[0].reason.as_str()
-        ),
-        ("p", "100000", "binding: wrong")
+        (s[0].provider.as_str(), s[0].amount, s[0].detail.as_str()),
+        ("p", 100000, "binding: wrong")
     );
+    assert_eq!(
+        s[0].reason,
+        crate::money::slashing::Reason::InvalidAttestation
+    );
+    assert_eq!(reg.take_unsaved_slashes().len(), 1, "queued for the store");
     assert!(!tee_candidate(&reg));
     assert!(reg.attestation("p").is_some());
+}
+
+#[test]
+fn served_weights_that_differ_cost_five_percent_and_lower_the_recorded_stake() {
+    let (reg, _clock, entry) = registry_with("none");
+    let stake = entry.info.stake;
+    let v = AttestationVerdict {
+        trusted: false,
+        tee_kind: Some("none".into()),
+        reasons: vec!["weights: model m is attested with digest aa, registered with bb".into()],
+        verified_at: 5,
+        expires_at: 5,
+        slashable: true,
+    };
+    reg.record_attestation(&entry, v.clone());
+    let s = reg.slashes();
+    assert_eq!(
+        s[0].reason,
+        crate::money::slashing::Reason::ModelHashMismatch
+    );
+    assert_eq!(s[0].amount, stake / 20);
+    assert_eq!(reg.stake_of(&entry), stake - stake / 20);
+    // A second offence is computed on the reduced stake.
+    reg.record_attestation(&entry, v);
+    let s = reg.slashes();
+    assert_eq!(s[1].stake_before, stake - stake / 20);
+    assert_eq!(reg.stake_of(&entry), s[1].stake_after);
+    assert_eq!(reg.views()[0].stake, s[1].stake_after.to_string());
 }

@@ -169,7 +169,6 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         book,
         store,
         payer_key,
-        slashes: Arc::new(std::sync::Mutex::new(snap.slashes)),
         faucet: Arc::default(),
         identities: Arc::new(std::sync::RwLock::new(identities)),
         identities_save: Arc::default(),
@@ -203,6 +202,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     state.tasks.spawn(money::committer::run(
         state.book.clone(),
         state.store.clone(),
+        state.registry.clone(),
         Duration::from_millis(cfg.store.commit_interval_ms.max(1)),
         money.clone(),
     ));

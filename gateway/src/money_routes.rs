@@ -18,6 +18,7 @@ use crate::clock::unix_now;
 use crate::error::ApiError;
 use crate::money::book::{ASSETS, BookError, ChannelView};
 use crate::money::channel::{ChannelError, Party, State as ChannelState};
+use crate::money::slashing::Reason;
 use crate::pricing;
 use crate::routes::{Admin, Auth, parse_json};
 use crate::state::AppState;
@@ -335,6 +336,30 @@ pub async fn pools(State(state): State<AppState>, _: Admin) -> Json<Value> {
 }
 
 pub async fn slashes(State(state): State<AppState>, _: Admin) -> Json<Value> {
-    let data = state.slashes.lock().map(|s| s.clone()).unwrap_or_default();
-    Json(json!({ "object": "list", "data": data }))
+    Json(json!({ "object": "list", "data": state.registry.slashes() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlashRequest {
+    reason: Reason,
+    #[serde(default)]
+    detail: String,
+}
+
+/// `POST /admin/providers/{id}/slash`: records a slash the gateway cannot detect
+/// by itself (fraudulent results, downtime, rate-limit abuse...).
+pub async fn slash(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    crate::routes::ApiJson(r): crate::routes::ApiJson<SlashRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let s = state
+        .registry
+        .slash(&id, r.reason, &r.detail)
+        .ok_or_else(|| ApiError::NotFound(format!("no provider {id}")))?;
+    Ok(Json(
+        serde_json::to_value(s).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
 }

@@ -20,9 +20,10 @@ use tenzro_models::api::{
     RegisterResponse, Signed,
 };
 
-use crate::attestation::{AttestationVerdict, SlashRecord, slash_amount};
+use crate::attestation::AttestationVerdict;
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::clock::SharedClock;
+use crate::money::slashing::{self, Reason, Slash};
 use crate::pricing::{self, Asset, Quote, Rates};
 use crate::routing::{Candidate, StakeMinimums};
 use crate::status::{OutcomeWindow, Status, StatusConfig, status};
@@ -276,7 +277,10 @@ pub struct Registry {
     pub attest_policy: Policy,
     /// Unix seconds at the clock's origin: `unix_now` = this + the clock.
     unix_base: u64,
-    slashes: Mutex<Vec<SlashRecord>>,
+    /// Every slash (restored from the store at start), oldest first.
+    slashes: Mutex<Vec<Slash>>,
+    /// Slashes not yet written to the store (the committer drains them).
+    unsaved: Mutex<Vec<Slash>>,
 }
 
 impl Registry {
@@ -289,6 +293,65 @@ impl Registry {
             attest_policy: Policy::default(),
             unix_base,
             slashes: Mutex::new(Vec::new()),
+            unsaved: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Slashes from the store, applied to the stakes of providers as they register.
+    pub fn restore_slashes(&self, slashes: Vec<Slash>) {
+        if let Ok(mut v) = self.slashes.lock() {
+            *v = slashes;
+        }
+    }
+
+    /// Total slashed from provider `id`'s stake.
+    pub fn slashed(&self, id: &str) -> u128 {
+        self.slashes
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|s| s.provider == id)
+                    .fold(0u128, |a, s| a.saturating_add(s.amount))
+            })
+            .unwrap_or(0)
+    }
+
+    /// A provider's recorded stake: what it declared, less what was slashed.
+    pub fn stake_of(&self, entry: &ProviderEntry) -> u128 {
+        entry
+            .info
+            .stake
+            .saturating_sub(self.slashed(&entry.info.id))
+    }
+
+    /// Slashes provider `id` for `reason` (a share of its recorded stake); `None`
+    /// for an unknown provider.
+    pub fn slash(&self, id: &str, reason: Reason, detail: &str) -> Option<Slash> {
+        let entry = self.get(id)?;
+        let s = slashing::slash(id, self.stake_of(&entry), reason, detail, self.unix_now());
+        tracing::warn!(provider = %id, amount = %s.amount, reason = reason.as_str(), %detail, "slashed");
+        if let Ok(mut v) = self.slashes.lock() {
+            v.push(s.clone());
+        }
+        if let Ok(mut v) = self.unsaved.lock() {
+            v.push(s.clone());
+        }
+        Some(s)
+    }
+
+    /// Slashes made since the last call, for the store.
+    pub fn take_unsaved_slashes(&self) -> Vec<Slash> {
+        self.unsaved
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// Puts slashes that failed to save back in the queue.
+    pub fn requeue_slashes(&self, mut failed: Vec<Slash>) {
+        if let Ok(mut v) = self.unsaved.lock() {
+            failed.append(&mut v);
+            *v = failed;
         }
     }
 
@@ -307,18 +370,16 @@ impl Registry {
             return;
         }
         if verdict.slashable {
-            let amount = slash_amount(entry.info.stake);
-            let reason = verdict.reasons.join("; ");
-            tracing::warn!(provider = %entry.info.id, %amount, %reason, "attestation failed: slashed");
-            if let Ok(mut v) = self.slashes.lock() {
-                v.push(SlashRecord {
-                    provider: entry.info.id.clone(),
-                    amount: amount.to_string(),
-                    stake: entry.info.stake.to_string(),
-                    reason,
-                    at: verdict.verified_at,
-                });
-            }
+            // Served weights that differ from the registered digests are their own
+            // fault (5%); any other failed check is an invalid attestation (10%).
+            let reason = if verdict.reasons.iter().any(|r| r.starts_with("weights:"))
+                && verdict.reasons.len() == 1
+            {
+                Reason::ModelHashMismatch
+            } else {
+                Reason::InvalidAttestation
+            };
+            self.slash(&entry.info.id, reason, &verdict.reasons.join("; "));
         } else if verdict.trusted {
             tracing::info!(provider = %entry.info.id, expires_at = verdict.expires_at, "attestation verified");
         } else {
@@ -334,8 +395,8 @@ impl Registry {
             .flatten()
     }
 
-    /// Slashes recorded since start (in memory; issue 5 makes them durable).
-    pub fn slashes(&self) -> Vec<SlashRecord> {
+    /// Every slash, oldest first.
+    pub fn slashes(&self) -> Vec<Slash> {
         self.slashes.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
@@ -527,7 +588,7 @@ impl Registry {
                     breaker_admits: admits,
                     // Only evidence verified by the gateway counts, never the declaration.
                     tee: verified,
-                    stake: e.info.stake,
+                    stake: self.stake_of(&e),
                     price: quote
                         .map(|q| {
                             pricing::mul_div_floor(q.base_price, q.multiplier, 1_000_000)
@@ -560,7 +621,7 @@ impl Registry {
                     ema_latency_ms: s.ema_latency_us.map(|u| u as f64 / 1000.0),
                     last_heartbeat_s_ago: (!e.info.from_config)
                         .then(|| now.saturating_sub(s.last_heartbeat).as_secs()),
-                    stake: e.info.stake.to_string(),
+                    stake: self.stake_of(e).to_string(),
                     tee: e.info.tee.clone(),
                     in_flight: e.in_flight.load(Ordering::Relaxed),
                     models: e.info.models.iter().map(|m| m.info.id.clone()).collect(),

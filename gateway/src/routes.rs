@@ -78,6 +78,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/pools", get(crate::money_routes::pools))
         .route("/admin/slashes", get(crate::money_routes::slashes))
+        .route(
+            "/admin/providers/{id}/slash",
+            post(crate::money_routes::slash),
+        )
         .route("/v1/providers/register", post(register))
         .route("/v1/providers/heartbeat", post(heartbeat))
         .route(

@@ -9,7 +9,6 @@ use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::money::book::Book;
-use crate::money::slashing::Slash;
 use crate::money::store::Store;
 use crate::pricing::Rates;
 use crate::registry::Registry;
@@ -23,8 +22,6 @@ pub struct AppState {
     pub store: Store,
     /// Signs channel vouchers on the payers' behalf.
     pub payer_key: Arc<tenzro_attest::ProviderKey>,
-    /// Slashing records, newest last (also in the store).
-    pub slashes: Arc<std::sync::Mutex<Vec<Slash>>>,
     /// The identity registry (TDIP), saved to the store on every change.
     pub identities: Arc<std::sync::RwLock<tenzro_identity::Identities>>,
     /// Serialises identity changes and their saves.

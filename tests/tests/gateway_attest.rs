@@ -226,8 +226,25 @@ async fn slashed(doc: Doc, want_reason: &str) {
     let slashes = gw.state.registry.slashes();
     assert_eq!(slashes.len(), 1, "{slashes:?}");
     assert_eq!(slashes[0].provider, id);
-    assert_eq!(slashes[0].amount, (STAKE / 10).to_string());
-    assert!(slashes[0].reason.contains(want_reason), "{slashes:?}");
+    assert!(slashes[0].detail.contains(want_reason), "{slashes:?}");
+    let share = if want_reason == "weights" { 20 } else { 10 };
+    assert_eq!(slashes[0].amount, STAKE / share, "{slashes:?}");
+    // The recorded stake falls by the slash, and the record reaches the store.
+    let admin = admin_providers(&gw).await;
+    assert_eq!(
+        admin["data"][0]["stake"],
+        json!((STAKE - STAKE / share).to_string()),
+        "{admin}"
+    );
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        stored = gw.state.store.load(0).await.unwrap().slashes;
+        if !stored.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored, slashes);
 
     tee_refused(&gw).await;
     let admin = admin_providers(&gw).await;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::unix_now;
 use crate::money::book::Book;
 use crate::money::store::{Store, StoreError};
+use crate::registry::Registry;
 
 /// Commits whatever changed; returns the number of rows written.
 pub async fn commit_once(book: &Book, store: &Store) -> Result<usize, StoreError> {
@@ -34,8 +35,26 @@ pub async fn commit_once(book: &Book, store: &Store) -> Result<usize, StoreError
     }
 }
 
+/// Writes slashes recorded since the last call.
+pub async fn save_slashes(registry: &Registry, store: &Store) -> Result<(), StoreError> {
+    let new = registry.take_unsaved_slashes();
+    for (i, s) in new.iter().enumerate() {
+        if let Err(e) = store.put_slash(s).await {
+            registry.requeue_slashes(new[i..].to_vec());
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Runs until `cancel`, then commits one last time.
-pub async fn run(book: Arc<Book>, store: Store, interval: Duration, cancel: CancellationToken) {
+pub async fn run(
+    book: Arc<Book>,
+    store: Store,
+    registry: Arc<Registry>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
     let mut ticks = 0u64;
     loop {
         let stop = tokio::select! {
@@ -52,6 +71,9 @@ pub async fn run(book: Arc<Book>, store: Store, interval: Duration, cancel: Canc
                 }
                 Err(e) => tracing::error!(error = %e, "settling disputes"),
             }
+        }
+        if let Err(e) = save_slashes(&registry, &store).await {
+            tracing::error!(error = %e, "saving slashes failed; retrying next interval");
         }
         if let Err(e) = commit_once(&book, &store).await {
             tracing::error!(error = %e, "group commit failed; retrying next interval");
