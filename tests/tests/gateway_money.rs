@@ -364,3 +364,56 @@ async fn suspending_the_owner_cascades_to_its_agents_keys() {
     );
     assert_eq!(ok(owner_key).await, 200);
 }
+
+/// The same gateway on PostgreSQL (`TENZRO_TEST_POSTGRES_URL`, required under CI):
+/// a streamed request's charge and channel survive a restart on the same database.
+#[tokio::test]
+async fn the_gateway_keeps_its_money_in_postgresql() {
+    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set TENZRO_TEST_POSTGRES_URL");
+        eprintln!("TENZRO_TEST_POSTGRES_URL unset: skipped");
+        return;
+    };
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+    pool.close().await;
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+
+    let p = mock_provider("a", Behaviour::Ok { chunks: 4 }).await;
+    let purl = p.url.clone();
+    let db = url.clone();
+    let gw = start_gateway(
+        move |d| {
+            let mut c = test_config(vec![static_provider("a", &purl)], d);
+            c.store.url = tenzro_gateway::config::Secret::new(db);
+            c
+        },
+        None,
+    )
+    .await;
+    assert!(!gw.state.store.is_sqlite());
+    let body = gw.chat(chat(true)).send().await.unwrap().text().await.unwrap();
+    assert!(body.contains("[DONE]"));
+    let (_, before) = get(&gw, "/v1/account", &gw.key).await;
+    let spent = before["spent_today"]["TNZO"].clone();
+    assert_ne!(spent, json!("0"));
+
+    // Stop it cleanly (the last commit) and start another gateway on the database.
+    gw.state.cancel.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(vec![static_provider("a", &p.url)], dir.path());
+    cfg.store.url = tenzro_gateway::config::Secret::new(url);
+    let again = tenzro_gateway::build(cfg).await.unwrap();
+    let key = again.accounts.lookup(&gw.key).await.unwrap();
+    let f = again.book.funds(&key.record.account, Asset::Tnzo).unwrap();
+    assert_eq!(f.available().to_string(), before["balances"]["TNZO"].as_str().unwrap());
+    assert_eq!(again.book.spent_today(&key.record.id, tenzro_gateway::clock::unix_now()).to_string(), spent.as_str().unwrap());
+    let ch = again.book.channels_of(&key.record.account);
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].channel.spent.to_string(), before["channels"][0]["spent"].as_str().unwrap());
+    again.book.audit(&key.record.account, Asset::Tnzo).unwrap();
+}
