@@ -308,11 +308,8 @@ impl Accounts {
                 return None;
             }
         };
-        let (record, account, funds) = found;
-        if let Err(e) = self.book.load_account(&account.id, &funds) {
-            tracing::error!(error = %e, "loading an account");
-            return None;
-        }
+        // The account's money enters the book when its lease is taken.
+        let (record, account, _funds) = found;
         self.accounts
             .write()
             .ok()?

@@ -82,14 +82,16 @@ pub struct StoreSection {
     pub url: Secret,
     /// Group commit: the book's changes reach the store once per interval.
     pub commit_interval_ms: u64,
+    /// An account's lease (one replica serves it at a time) lasts this long and is
+    /// renewed by commits.
+    pub lease_ttl_s: u64,
+    /// Accounts unused this long are released for other replicas (0: never).
+    pub lease_idle_s: u64,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection {
-            url: Secret::default(),
-            commit_interval_ms: 10,
-        }
+        StoreSection { url: Secret::default(), commit_interval_ms: 10, lease_ttl_s: 30, lease_idle_s: 60 }
     }
 }
 

@@ -32,6 +32,8 @@ pub enum ApiError {
         retry_after: Duration,
     },
     NoProvider(NoProvider),
+    /// Temporarily unable to serve (e.g. another replica holds the account).
+    Unavailable { message: String, retry_after: Duration },
     /// Every provider tried failed before answering.
     Upstream {
         message: String,
@@ -67,7 +69,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoProvider(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoProvider(_) | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Relayed { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,7 +87,7 @@ impl ApiError {
             ApiError::PaymentRequired(_) => "insufficient_quota",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::RateLimited { .. } => "rate_limit_error",
-            ApiError::NoProvider(_) => "service_unavailable",
+            ApiError::NoProvider(_) | ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Upstream { .. } => "upstream_error",
             ApiError::Relayed { .. } => "upstream_client_error",
             ApiError::Internal(_) => "server_error",
@@ -121,9 +123,19 @@ impl ApiError {
             ApiError::NoProvider(np) => ErrorBody::new(kind, np.to_string())
                 .with_param(np.filter.as_str())
                 .with_code("no_provider_available"),
+            ApiError::Unavailable { message, .. } => ErrorBody::new(kind, message.clone()).with_code("replica_busy"),
             ApiError::Upstream { message, .. } => ErrorBody::new(kind, message.clone()).with_code("upstream_failed"),
             ApiError::Relayed { .. } => ErrorBody::new(kind, "the provider refused the request"),
             ApiError::Internal(_) => ErrorBody::new(kind, "internal error; the gateway logged the cause"),
+        }
+    }
+}
+
+impl From<crate::money::lease::LeaseError> for ApiError {
+    fn from(e: crate::money::lease::LeaseError) -> Self {
+        match e {
+            crate::money::lease::LeaseError::HeldElsewhere(_) => ApiError::Unavailable { message: e.to_string(), retry_after: Duration::from_secs(1) },
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -147,7 +159,7 @@ impl IntoResponse for ApiError {
             _ => axum::Json(self.body()).into_response(),
         };
         *resp.status_mut() = status;
-        if let ApiError::RateLimited { retry_after, .. } = &self {
+        if let ApiError::RateLimited { retry_after, .. } | ApiError::Unavailable { retry_after, .. } = &self {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -115,17 +115,12 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
             url: redact(&config.store_url()),
             source,
         })?;
+    // Accounts' money enters the book when this replica takes their leases
+    // (`money::lease`); the network-wide pools and earnings load now.
     let book = Arc::new(Book::new(config.book()?));
-    for (acct, funds) in &snap.accounts {
-        book.load_account(&acct.id, funds)?;
-    }
-    for (ch, v) in snap.channels {
-        book.load_channel(ch, v)?;
-    }
-    for (key, charges) in &snap.charges {
-        book.load_charges(key, charges)?;
-    }
     book.load_pools(&snap.pools, &snap.earnings)?;
+    let replica = money::lease::Leases::replica_id(&config.server.data_dir).map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
+    let leases = Arc::new(money::lease::Leases::new(replica, config.store.lease_ttl_s));
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,
         tokens_per_minute: config.limits.tokens_per_minute,
@@ -168,6 +163,7 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         accounts,
         book,
         store,
+        leases,
         payer_key,
         faucet: Arc::default(),
         identities: Arc::new(std::sync::RwLock::new(identities)),
@@ -203,7 +199,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         state.book.clone(),
         state.store.clone(),
         state.registry.clone(),
+        state.leases.clone(),
         Duration::from_millis(cfg.store.commit_interval_ms.max(1)),
+        cfg.store.lease_idle_s,
         money.clone(),
     ));
     let courier = Courier {
@@ -217,7 +215,20 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)),
         Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)),
     );
+    let (store, book, leases) = (state.store.clone(), state.book.clone(), state.leases.clone());
     state.tasks.spawn(async move {
+        // Take the accounts with open channels first, so their channels are
+        // reconciled with what the providers hold before new vouchers go out.
+        match store.accounts_with_channels().await {
+            Ok(accounts) => {
+                for a in accounts {
+                    if let Err(e) = leases.ensure(&store, &book, &a, unix_now()).await {
+                        tracing::info!(account = %a, error = %e, "not reconciling this account here");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "listing accounts with channels"),
+        }
         courier.reconcile().await;
         courier.run(interval, checkpoint, cancel.clone()).await;
     });

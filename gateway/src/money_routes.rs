@@ -74,8 +74,9 @@ fn channel_json(v: &ChannelView) -> Value {
 
 /// `GET /v1/account`: balances, what this key spent in the last 24 h, its scope and
 /// the account's channels.
-pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Json<Value> {
+pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
     let account = &key.record.account;
+    state.leases.ensure(&state.store, &state.book, account, unix_now()).await?;
     let mut balances = BTreeMap::new();
     let mut held = BTreeMap::new();
     for asset in ASSETS {
@@ -99,7 +100,7 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Json<Val
         .iter()
         .map(channel_json)
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "object": "account",
         "id": account,
         "key_id": key.record.id,
@@ -110,7 +111,12 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Json<Val
         "spent_today": spent_today,
         "scope": key.record.scope,
         "channels": channels,
-    }))
+    })))
+}
+
+/// Takes the caller's account lease (see `money::lease`).
+async fn lease(state: &AppState, account: &str) -> Result<(), ApiError> {
+    state.leases.ensure(&state.store, &state.book, account, unix_now()).await.map_err(ApiError::from)
 }
 
 /// The caller's channel, or 404 (another account's channel is not disclosed).
@@ -122,14 +128,15 @@ fn own_channel(state: &AppState, account: &str, id: &str) -> Result<ChannelView,
         .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))
 }
 
-pub async fn channels(State(state): State<AppState>, Auth(key): Auth) -> Json<Value> {
+pub async fn channels(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
+    lease(&state, &key.record.account).await?;
     let data: Vec<Value> = state
         .book
         .channels_of(&key.record.account)
         .iter()
         .map(channel_json)
         .collect();
-    Json(json!({ "object": "list", "data": data }))
+    Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 pub async fn channel(
@@ -137,6 +144,7 @@ pub async fn channel(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    lease(&state, &key.record.account).await?;
     own_channel(&state, &key.record.account, &id).map(|c| Json(channel_json(&c)))
 }
 
@@ -146,6 +154,7 @@ pub async fn voucher(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Voucher>, ApiError> {
+    lease(&state, &key.record.account).await?;
     let c = own_channel(&state, &key.record.account, &id)?;
     c.latest_voucher
         .map(Json)
@@ -160,6 +169,7 @@ pub async fn close(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    lease(&state, &key.record.account).await?;
     let c = own_channel(&state, &key.record.account, &id)?;
     let now = unix_now();
     let agreed = c.latest_voucher.as_ref().is_some_and(|v| {
@@ -218,6 +228,7 @@ pub async fn dispute(
             &mut parts, &state,
         )
         .await?;
+        lease(&state, &key.record.account).await?;
         let c = own_channel(&state, &key.record.account, &id)?;
         (
             state
@@ -228,6 +239,9 @@ pub async fn dispute(
         )
     } else {
         let DisputeBody { voucher } = parse_json(&body)?;
+        let payer = state.store.channel_payer(&id).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let payer = payer.ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
+        lease(&state, &payer).await?;
         let c = state
             .book
             .channel(&id)
@@ -291,6 +305,7 @@ pub async fn faucet(
     let amount = pricing::parse_tokens(&cfg.amount)
         .map_err(|e| ApiError::Internal(format!("faucet.amount: {e}")))?;
     let now = unix_now();
+    lease(&state, &key.record.account).await?;
     {
         let mut grants = state
             .faucet

@@ -613,6 +613,9 @@ async fn admin_credit(
     ApiJson(c): ApiJson<Credit>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let amount = tokens(Some(&c.amount))?;
+    if state.accounts.account(&id).is_some() {
+        state.leases.ensure(&state.store, &state.book, &id, unix_now()).await?;
+    }
     let balance = state
         .accounts
         .credit(&id, c.asset, amount)

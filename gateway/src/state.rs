@@ -20,6 +20,8 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub book: Arc<Book>,
     pub store: Store,
+    /// The accounts this replica serves (see [`crate::money::lease`]).
+    pub leases: Arc<crate::money::lease::Leases>,
     /// Signs channel vouchers on the payers' behalf.
     pub payer_key: Arc<tenzro_attest::ProviderKey>,
     /// The identity registry (TDIP), saved to the store on every change.

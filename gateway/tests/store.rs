@@ -298,3 +298,33 @@ async fn keys_vouchers_and_slashes() {
         store.close().await;
     }
 }
+
+/// The lease fence: a replica whose lease expired and was taken over cannot write
+/// the account any more, on either backend.
+#[tokio::test]
+async fn a_lost_lease_fences_the_commit() {
+    use tenzro_gateway::money::store::StoreError;
+    for (url, store, _dir) in backends().await {
+        let (_, acct, _) = create_in_store(&store, "dev", Asset::Tnzo, 100, KeyScope::default(), None).await.unwrap();
+        assert!(store.claim(&acct.id, "A", 130, 100).await.unwrap(), "{url}");
+        assert!(store.claim(&acct.id, "A", 140, 110).await.unwrap(), "the owner renews");
+        assert!(!store.claim(&acct.id, "B", 150, 120).await.unwrap(), "{url}: held by A until 140");
+        let book = restore(&store, 100).await;
+        book.credit(&acct.id, Asset::Tnzo, 5).unwrap();
+        let batch = book.take_dirty();
+        store.commit_fenced(&batch, Some(("A", 150, 120))).await.unwrap();
+        // A stalls past its lease; B takes the account over.
+        assert!(store.claim(&acct.id, "B", 300, 200).await.unwrap(), "{url}");
+        book.credit(&acct.id, Asset::Tnzo, 7).unwrap();
+        let batch = book.take_dirty();
+        match store.commit_fenced(&batch, Some(("A", 320, 210))).await {
+            Err(StoreError::LeaseLost(a)) => assert_eq!(a, acct.id),
+            other => panic!("{url}: {other:?}"),
+        }
+        let s = store.account_state(&acct.id, 210).await.unwrap();
+        assert_eq!(s.funds[0].1.balance, 105, "{url}: A's write after losing the lease did not land");
+        store.release("B", std::slice::from_ref(&acct.id)).await.unwrap();
+        assert!(store.claim(&acct.id, "C", 400, 210).await.unwrap(), "{url}: released");
+        store.close().await;
+    }
+}

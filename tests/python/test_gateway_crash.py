@@ -26,6 +26,7 @@ import httpx
 from conftest import CHAT_MODEL, MODELS_DIR, ROOT, Server, binary, free_port, wait_healthy
 
 KILLS = 50
+MIN_COMPLETED = 10
 TIME_BUDGET_S = 420
 FUNDS_TNZO = 1000
 ONE = 10**18
@@ -150,10 +151,13 @@ def test_kill_dash_nine_loses_nothing_and_charges_nothing_twice():
     rng = random.Random(20261122)
     try:
         gw = start_gateway()
-        while kills < KILLS and time.monotonic() - started < TIME_BUDGET_S:
+        while (kills < KILLS or len(completed) < MIN_COMPLETED) and time.monotonic() - started < TIME_BUDGET_S:
             load = Load(gw_url, key)
             load.start()
-            time.sleep(rng.uniform(0.2, 2.5))
+            # Kill at a random instant; on a slow machine, leave room for some
+            # requests to finish too.
+            slow = len(completed) * 5 < kills
+            time.sleep(rng.uniform(1.0, 4.0) if slow else rng.uniform(0.2, 2.5))
             gw.send_signal(signal.SIGKILL)
             gw.wait()
             kills += 1
@@ -194,7 +198,7 @@ def test_kill_dash_nine_loses_nothing_and_charges_nothing_twice():
         gw_log.close()
 
     assert kills >= KILLS, f"only {kills} kills within {TIME_BUDGET_S} s"
-    assert len(completed) >= 10, f"too few requests completed to mean anything: {len(completed)}"
+    assert len(completed) >= MIN_COMPLETED, f"too few requests completed to mean anything: {len(completed)}"
     db = sqlite3.connect(tmp / "data" / "gateway.db")
     rows = db.execute("SELECT request_id, COUNT(*), SUM(CAST(charged AS INTEGER)) FROM requests GROUP BY request_id").fetchall()
     twice = [r for r in rows if r[1] != 1]

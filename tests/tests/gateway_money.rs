@@ -409,6 +409,7 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
     cfg.store.url = tenzro_gateway::config::Secret::new(url);
     let again = tenzro_gateway::build(cfg).await.unwrap();
     let key = again.accounts.lookup(&gw.key).await.unwrap();
+    again.leases.ensure(&again.store, &again.book, &key.record.account, tenzro_gateway::clock::unix_now()).await.unwrap();
     let f = again.book.funds(&key.record.account, Asset::Tnzo).unwrap();
     assert_eq!(f.available().to_string(), before["balances"]["TNZO"].as_str().unwrap());
     assert_eq!(again.book.spent_today(&key.record.id, tenzro_gateway::clock::unix_now()).to_string(), spent.as_str().unwrap());
@@ -416,4 +417,61 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
     assert_eq!(ch.len(), 1);
     assert_eq!(ch[0].channel.spent.to_string(), before["channels"][0]["spent"].as_str().unwrap());
     again.book.audit(&key.record.account, Asset::Tnzo).unwrap();
+}
+
+/// Two replicas on one PostgreSQL database: an account is served by one at a time.
+/// The other answers 503 with Retry-After until the first releases the idle account,
+/// then takes it over with the balance and channels the first committed.
+#[tokio::test]
+async fn replicas_on_one_database_take_turns_with_an_account() {
+    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set TENZRO_TEST_POSTGRES_URL");
+        return;
+    };
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let name = format!("rep_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+    pool.close().await;
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let p = mock_provider("a", Behaviour::Ok { chunks: 4 }).await;
+    let cfg = |d: &std::path::Path, url: &str, purl: &str| {
+        let mut c = test_config(vec![static_provider("a", purl)], d);
+        c.store.url = tenzro_gateway::config::Secret::new(url.to_owned());
+        c.store.lease_idle_s = 1;
+        c
+    };
+    let (u1, p1) = (url.clone(), p.url.clone());
+    let a = start_gateway(move |d| cfg(d, &u1, &p1), None).await;
+    let (u2, p2) = (url.clone(), p.url.clone());
+    let b = start_gateway(move |d| cfg(d, &u2, &p2), None).await;
+
+    // A serves the key first; B refuses it while A holds the account.
+    assert_eq!(a.chat(chat(false)).send().await.unwrap().status().as_u16(), 200);
+    let r = b.post("/v1/chat/completions", Some(&a.key)).json(&chat(false)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "replica_busy", "{e}");
+    let (_, on_a) = get(&a, "/v1/account", &a.key).await;
+
+    // Idle for over a second, A commits, drops and releases it; B takes it over.
+    let mut status = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = b.post("/v1/chat/completions", Some(&a.key)).json(&chat(false)).send().await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "B took the account over");
+    let (_, on_b) = get(&b, "/v1/account", &a.key).await;
+    let cost_a: u128 = on_a["spent_today"]["TNZO"].as_str().unwrap().parse().unwrap();
+    let spent_b: u128 = on_b["spent_today"]["TNZO"].as_str().unwrap().parse().unwrap();
+    assert!(spent_b > cost_a, "B sees A's spend and its own: {cost_a} then {spent_b}");
+    let balance_b: u128 = on_b["balances"]["TNZO"].as_str().unwrap().parse().unwrap();
+    assert_eq!(balance_b, FUNDS - spent_b, "one balance across replicas");
+    assert_eq!(on_b["channels"].as_array().unwrap().len(), 1, "the same channel, served by B now: {on_b}");
+    assert_eq!(get(&a, "/v1/account", &a.key).await.0, 503, "and A refuses it now");
 }

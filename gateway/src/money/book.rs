@@ -45,6 +45,8 @@ pub enum BookError {
     UnknownChannel(String),
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    #[error("account {0} has requests in flight")]
+    AccountBusy(String),
     #[error("the book's lock is poisoned")]
     Poisoned,
 }
@@ -105,6 +107,10 @@ pub const ASSETS: [Asset; 3] = [Asset::Tnzo, Asset::Usdc, Asset::Usdt];
 struct AccountState {
     funds: [Funds; 3],
     dirty: bool,
+    /// Requests in flight.
+    holds: u32,
+    /// Unix seconds of the last admission or credit.
+    touched: u64,
 }
 
 #[derive(Debug)]
@@ -395,6 +401,99 @@ impl Book {
         Ok(())
     }
 
+    /// Replaces everything the book holds for `account` with the store's state
+    /// (when this replica takes the account's lease): its funds, its channels, and
+    /// the spend windows of `keys` rebuilt from their charges of the last 24 h.
+    /// Refused while the account has requests in flight.
+    pub fn replace_account(
+        &self,
+        account: &str,
+        funds: &[(Asset, Funds)],
+        channels: Vec<(Channel, Option<Voucher>)>,
+        keys: &[(String, Vec<(u64, u128)>)],
+        now: u64,
+    ) -> Result<(), BookError> {
+        let mut g = self.lock()?;
+        if g.accounts.get(account).is_some_and(|a| a.holds > 0) {
+            return Err(BookError::AccountBusy(account.to_owned()));
+        }
+        Self::forget(&mut g, account);
+        let mut state = AccountState { touched: now, ..AccountState::default() };
+        for (asset, f) in funds {
+            state.funds[slot(*asset)] = Funds { held: 0, ..*f };
+        }
+        g.accounts.insert(account.to_owned(), state);
+        for (ch, latest) in channels {
+            let vouchered = latest.as_ref().map(|v| v.nonce).unwrap_or(0);
+            if ch.is_open() {
+                g.routes.insert((ch.payer.clone(), ch.provider.clone(), ch.asset), ch.id.clone());
+            }
+            let durable = (ch.nonce, ch.spent);
+            g.channels.insert(ch.id.clone(), ChannelEntry { ch, dirty: false, holds: 0, durable, voucher_due: false, vouchered, latest });
+        }
+        for (key, charges) in keys {
+            let mut w = SpendWindow::default();
+            for (at, amount) in charges {
+                w.record(*at, *amount);
+            }
+            g.windows.insert(key.clone(), w);
+        }
+        Ok(())
+    }
+
+    fn forget(g: &mut Inner, account: &str) {
+        g.accounts.remove(account);
+        let ids: Vec<String> = g.channels.values().filter(|e| e.ch.payer == account).map(|e| e.ch.id.clone()).collect();
+        for id in ids {
+            g.channels.remove(&id);
+        }
+        g.routes.retain(|(payer, _, _), _| payer != account);
+        g.dirty_accounts.retain(|a| a != account);
+        g.dirty_channels.retain(|c| g.channels.contains_key(c));
+    }
+
+    /// Drops accounts idle since `before` (no request in flight, nothing waiting to
+    /// be committed) from the book, so their leases can be released; returns them.
+    pub fn evict_idle(&self, before: u64) -> Vec<String> {
+        let Ok(mut g) = self.lock() else { return Vec::new() };
+        let idle: Vec<String> = g
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.holds == 0 && !a.dirty && a.touched < before)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in idle {
+            // A voucher still due is sent by whichever replica takes the account
+            // next (its checkpoint vouches for every durable state not yet vouched).
+            let busy = g.channels.values().any(|e| e.ch.payer == id && (e.dirty || e.holds > 0)) || g.requests.iter().any(|r| r.account == id);
+            if busy {
+                continue;
+            }
+            // Its keys' spend windows are rebuilt from the store when it comes back.
+            Self::forget(&mut g, &id);
+            out.push(id);
+        }
+        out
+    }
+
+    /// Accounts in the book (those this replica holds leases for).
+    pub fn accounts(&self) -> Vec<String> {
+        self.lock().map(|g| g.accounts.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Drops an account whose lease was lost, with its uncommitted changes.
+    pub fn drop_account(&self, account: &str) {
+        if let Ok(mut g) = self.lock() {
+            Self::forget(&mut g, account);
+            g.requests.retain(|r| r.account != account);
+            let holds: Vec<u64> = g.holds.iter().filter(|(_, h)| h.account == account).map(|(id, _)| *id).collect();
+            for id in holds {
+                g.holds.remove(&id);
+            }
+        }
+    }
+
     pub fn has_account(&self, account: &str) -> bool {
         self.lock()
             .map(|g| g.accounts.contains_key(account))
@@ -497,6 +596,10 @@ impl Book {
             });
         }
         g.funds(account, asset)?.held += amount;
+        if let Some(a) = g.accounts.get_mut(account) {
+            a.holds += 1;
+            a.touched = now;
+        }
         if let Some((key, _)) = key
             && let Some(w) = g.windows.get_mut(key)
         {
@@ -591,6 +694,9 @@ impl Book {
         };
         let free = hold.amount - hold.drawn;
         g.funds(&hold.account, hold.asset)?.held -= free;
+        if let Some(a) = g.accounts.get_mut(&hold.account) {
+            a.holds = a.holds.saturating_sub(1);
+        }
         if let Some(key) = &hold.key
             && let Some(w) = g.windows.get_mut(key)
         {
@@ -630,6 +736,9 @@ impl Book {
         };
         if let Ok(f) = g.funds(&hold.account, hold.asset) {
             f.held -= hold.amount - hold.drawn;
+        }
+        if let Some(a) = g.accounts.get_mut(&hold.account) {
+            a.holds = a.holds.saturating_sub(1);
         }
         if let Some(key) = &hold.key
             && let Some(w) = g.windows.get_mut(key)

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::unix_now;
 use crate::money::book::Book;
+use crate::money::lease::Leases;
 use crate::money::store::{Store, StoreError};
 use crate::registry::Registry;
 
@@ -35,6 +36,58 @@ pub async fn commit_once(book: &Book, store: &Store) -> Result<usize, StoreError
     }
 }
 
+/// One commit under leases: renews the leases due, writes the batch fenced by
+/// this replica's leases (an account whose lease was lost is dropped from the book
+/// with its unwritten changes, and the rest retried), and every `idle_s` releases
+/// accounts nobody used since.
+pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64, release_idle: Option<u64>) -> Result<usize, StoreError> {
+    let until = leases.renewal(now);
+    for account in leases.due(now) {
+        match store.claim(&account, &leases.owner, until, now).await {
+            Ok(true) => leases.renewed(std::slice::from_ref(&account), until),
+            Ok(false) => {
+                tracing::error!(%account, "lease lost to another replica; dropping the account from this book");
+                book.drop_account(&account);
+                leases.forget(&[account]);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let batch = book.take_dirty();
+    let mut rows = 0;
+    if !batch.is_empty() {
+        rows = batch.accounts.len() + batch.channels.len() + batch.requests.len() + batch.pools.len() + batch.earnings.len();
+        let mut touched: Vec<String> = batch.accounts.iter().map(|a| a.0.clone()).chain(batch.channels.iter().map(|c| c.payer.clone())).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        match store.commit_fenced(&batch, Some((&leases.owner, until, now))).await {
+            Ok(()) => {
+                book.committed(&batch);
+                leases.renewed(&touched, until);
+            }
+            Err(StoreError::LeaseLost(account)) => {
+                tracing::error!(%account, "lease lost to another replica; its unwritten changes are dropped");
+                book.requeue(batch);
+                book.drop_account(&account);
+                leases.forget(&[account]);
+                return Ok(0);
+            }
+            Err(e) => {
+                book.requeue(batch);
+                return Err(e);
+            }
+        }
+    }
+    if let Some(idle) = release_idle {
+        let gone = book.evict_idle(now.saturating_sub(idle));
+        if !gone.is_empty() {
+            leases.forget(&gone);
+            store.release(&leases.owner, &gone).await?;
+        }
+    }
+    Ok(rows)
+}
+
 /// Writes slashes recorded since the last call.
 pub async fn save_slashes(registry: &Registry, store: &Store) -> Result<(), StoreError> {
     let new = registry.take_unsaved_slashes();
@@ -47,22 +100,25 @@ pub async fn save_slashes(registry: &Registry, store: &Store) -> Result<(), Stor
     Ok(())
 }
 
-/// Runs until `cancel`, then commits one last time.
+/// Runs until `cancel`, then commits one last time and releases every lease.
 pub async fn run(
     book: Arc<Book>,
     store: Store,
     registry: Arc<Registry>,
+    leases: Arc<Leases>,
     interval: Duration,
+    idle_s: u64,
     cancel: CancellationToken,
 ) {
     let mut ticks = 0u64;
+    let every_second = (1000 / interval.as_millis().max(1)).max(1) as u64;
     loop {
         let stop = tokio::select! {
             () = tokio::time::sleep(interval) => false,
             () = cancel.cancelled() => true,
         };
         ticks += 1;
-        if ticks.is_multiple_of(50) || stop {
+        if ticks.is_multiple_of(every_second) || stop {
             match book.finish_disputes(unix_now()) {
                 Ok(closed) => {
                     for (id, split) in closed {
@@ -75,10 +131,15 @@ pub async fn run(
         if let Err(e) = save_slashes(&registry, &store).await {
             tracing::error!(error = %e, "saving slashes failed; retrying next interval");
         }
-        if let Err(e) = commit_once(&book, &store).await {
+        let release = (idle_s > 0 && ticks.is_multiple_of(every_second)).then_some(idle_s);
+        if let Err(e) = commit_leased(&book, &store, &leases, unix_now(), release).await {
             tracing::error!(error = %e, "group commit failed; retrying next interval");
         }
         if stop {
+            let held = leases.held();
+            if let Err(e) = store.release(&leases.owner, &held).await {
+                tracing::warn!(error = %e, "releasing leases at shutdown; they expire by themselves");
+            }
             break;
         }
     }

@@ -16,6 +16,7 @@
 pub mod book;
 pub mod channel;
 pub mod committer;
+pub mod lease;
 pub mod scope;
 pub mod settlement;
 pub mod slashing;

@@ -27,6 +27,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("migrating the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("this replica no longer holds the lease of account {0}")]
+    LeaseLost(String),
     #[error("database row {table}.{column}: {message}")]
     Corrupt {
         table: &'static str,
@@ -44,8 +46,19 @@ fn corrupt(table: &'static str, column: &'static str, message: impl ToString) ->
 }
 
 /// The schema, embedded so the binary needs no files beside it.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "money", include_str!("../../migrations/0001_money.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "money", include_str!("../../migrations/0001_money.sql")),
+    (2, "leases", include_str!("../../migrations/0002_leases.sql")),
+];
+
+/// One account's money as stored: funds, channels with their latest vouchers, and
+/// each key's charges of the last 24 h.
+#[derive(Debug, Default)]
+pub struct AccountState {
+    pub funds: Vec<(Asset, Funds)>,
+    pub channels: Vec<(Channel, Option<Voucher>)>,
+    pub keys: Vec<(String, Vec<(u64, u128)>)>,
+}
 
 fn migrator() -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
@@ -131,10 +144,34 @@ impl Store {
 
     /// Writes one batch in one transaction.
     pub async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+        self.commit_fenced(b, None).await
+    }
+
+    /// Writes one batch in one transaction, first renewing (`owner`, `until`, `now`)
+    /// the lease of every account it touches: if one was lost to another replica,
+    /// nothing is written and the error names it.
+    pub async fn commit_fenced(&self, b: &Batch, fence: Option<(&str, u64, u64)>) -> Result<(), StoreError> {
         if b.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        if let Some((owner, until, now)) = fence {
+            let mut accounts: Vec<&str> = b.accounts.iter().map(|a| a.0.as_str()).chain(b.channels.iter().map(|c| c.payer.as_str())).collect();
+            accounts.sort_unstable();
+            accounts.dedup();
+            for account in accounts {
+                let r = sqlx::query("UPDATE leases SET until = $1 WHERE account = $2 AND owner = $3 AND until >= $4")
+                    .bind(i64_of(until))
+                    .bind(account)
+                    .bind(owner)
+                    .bind(i64_of(now))
+                    .execute(&mut *tx)
+                    .await?;
+                if r.rows_affected() == 0 {
+                    return Err(StoreError::LeaseLost(account.to_owned()));
+                }
+            }
+        }
         for (account, asset, f) in &b.accounts {
             sqlx::query(
                 "INSERT INTO balances (account, asset, balance, funded) VALUES ($1, $2, $3, $4) \
@@ -210,6 +247,78 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Takes (or renews) the lease of `account` for `owner` until `until`; false
+    /// when another replica holds it past `now`.
+    pub async fn claim(&self, account: &str, owner: &str, until: u64, now: u64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO leases (account, owner, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+             WHERE leases.owner = excluded.owner OR leases.until < $4",
+        )
+        .bind(account)
+        .bind(owner)
+        .bind(i64_of(until))
+        .bind(i64_of(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Gives up leases (idle accounts, shutdown).
+    pub async fn release(&self, owner: &str, accounts: &[String]) -> Result<(), StoreError> {
+        for a in accounts {
+            sqlx::query("DELETE FROM leases WHERE account = $1 AND owner = $2").bind(a.as_str()).bind(owner).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// The paying account of a channel.
+    pub async fn channel_payer(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT payer FROM channels WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(StoreError::from)
+    }
+
+    /// Accounts with an open or disputed channel (claimed and reconciled at start).
+    pub async fn accounts_with_channels(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT payer FROM channels WHERE state NOT LIKE '%closed%'").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
+    /// One account's money as stored (read after taking its lease).
+    pub async fn account_state(&self, account: &str, now: u64) -> Result<AccountState, StoreError> {
+        let funds = self.balances_of(account).await?;
+        let mut channels = Vec::new();
+        for row in sqlx::query("SELECT id, payer, provider, asset, deposit, spent, nonce, opened, expires, state FROM channels WHERE payer = $1")
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let c = channel_row(&row)?;
+            let v = sqlx::query("SELECT voucher FROM vouchers WHERE channel = $1").bind(c.id.as_str()).fetch_optional(&self.pool).await?;
+            let v = match v {
+                Some(r) => Some(serde_json::from_str::<Voucher>(&r.try_get::<String, _>(0)?).map_err(|e| corrupt("vouchers", "voucher", e))?),
+                None => None,
+            };
+            channels.push((c, v));
+        }
+        let since = i64_of(now.saturating_sub(crate::money::scope::DAY));
+        let mut keys: std::collections::BTreeMap<String, Vec<(u64, u128)>> = std::collections::BTreeMap::new();
+        for row in sqlx::query("SELECT id FROM api_keys WHERE account = $1").bind(account).fetch_all(&self.pool).await? {
+            keys.insert(row.try_get(0)?, Vec::new());
+        }
+        for row in sqlx::query("SELECT key_id, at, charged FROM requests WHERE account = $1 AND key_id IS NOT NULL AND at > $2 ORDER BY at")
+            .bind(account)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let key: String = row.try_get(0)?;
+            let amount = amount_of(&row.try_get::<String, _>(2)?, "requests", "charged")?;
+            keys.entry(key).or_default().push((u64_of(row.try_get(1)?), amount));
+        }
+        Ok(AccountState { funds, channels, keys: keys.into_iter().collect() })
     }
 
     /// Adds an account with a starting balance (its `funded` too).
@@ -399,19 +508,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
         {
-            let state: String = row.try_get(9)?;
-            let c = Channel {
-                id: row.try_get(0)?,
-                payer: row.try_get(1)?,
-                provider: row.try_get(2)?,
-                asset: asset_of(&row.try_get::<String, _>(3)?, "channels")?,
-                deposit: amount_of(&row.try_get::<String, _>(4)?, "channels", "deposit")?,
-                spent: amount_of(&row.try_get::<String, _>(5)?, "channels", "spent")?,
-                nonce: u64_of(row.try_get(6)?),
-                opened: u64_of(row.try_get(7)?),
-                expires: u64_of(row.try_get(8)?),
-                state: serde_json::from_str::<State>(&state).map_err(|e| corrupt("channels", "state", e))?,
-            };
+            let c = channel_row(&row)?;
             let v = vouchers.remove(&c.id);
             s.channels.push((c, v));
         }
@@ -493,6 +590,22 @@ fn asset_of(text: &str, table: &'static str) -> Result<Asset, StoreError> {
 
 fn amount_of(text: &str, table: &'static str, column: &'static str) -> Result<u128, StoreError> {
     decimal::parse(text).map_err(|e| corrupt(table, column, e))
+}
+
+fn channel_row(row: &sqlx::any::AnyRow) -> Result<Channel, StoreError> {
+    let state: String = row.try_get(9)?;
+    Ok(Channel {
+        id: row.try_get(0)?,
+        payer: row.try_get(1)?,
+        provider: row.try_get(2)?,
+        asset: asset_of(&row.try_get::<String, _>(3)?, "channels")?,
+        deposit: amount_of(&row.try_get::<String, _>(4)?, "channels", "deposit")?,
+        spent: amount_of(&row.try_get::<String, _>(5)?, "channels", "spent")?,
+        nonce: u64_of(row.try_get(6)?),
+        opened: u64_of(row.try_get(7)?),
+        expires: u64_of(row.try_get(8)?),
+        state: serde_json::from_str::<State>(&state).map_err(|e| corrupt("channels", "state", e))?,
+    })
 }
 
 fn account_row(row: &sqlx::any::AnyRow) -> Result<AccountRecord, StoreError> {

@@ -1,0 +1,134 @@
+//! Account leases: several gateway replicas share one PostgreSQL database, and each
+//! account (its balance, holds and channels) is served by one replica at a time.
+//!
+//! A replica takes an account's lease on first use and loads the account's money
+//! from the store into its book; every commit renews the leases of the accounts it
+//! writes and fails if one was lost (the fence); accounts idle for
+//! `store.lease_idle_s` are committed, dropped from the book and released, so
+//! another replica can take them. A replica that dies loses its leases when they
+//! expire (`store.lease_ttl_s`). A request for an account another replica holds is
+//! answered 503 with Retry-After: route keys to replicas with affinity.
+//! A single gateway on SQLite runs the same code and always gets its leases.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::money::book::{Book, BookError};
+use crate::money::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("account {0} is being served by another gateway replica; retry shortly or send this key to that replica")]
+    HeldElsewhere(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Book(#[from] BookError),
+}
+
+#[derive(Debug)]
+pub struct Leases {
+    /// This replica's id, kept in its data directory so that a restarted replica
+    /// takes its own leases back at once.
+    pub owner: String,
+    pub ttl: u64,
+    /// Account -> lease end (Unix seconds) as last written.
+    held: RwLock<HashMap<String, u64>>,
+    /// One claim at a time, so an account is never loaded twice at once.
+    claiming: tokio::sync::Mutex<()>,
+}
+
+impl Leases {
+    pub fn new(owner: String, ttl: u64) -> Self {
+        Leases {
+            owner,
+            ttl: ttl.max(3),
+            held: RwLock::new(HashMap::new()),
+            claiming: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The replica id stored in `dir/replica-id`, made on first use.
+    pub fn replica_id(dir: &std::path::Path) -> std::io::Result<String> {
+        let path = dir.join("replica-id");
+        match std::fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+            Ok(_) => Err(std::io::Error::other(format!("{} is empty", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                let id = format!("replica_{}", uuid::Uuid::new_v4().simple());
+                let tmp = dir.join("replica-id.tmp");
+                std::fs::write(&tmp, &id)?;
+                std::fs::rename(&tmp, &path)?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn valid(&self, account: &str, now: u64) -> bool {
+        self.held.read().is_ok_and(|h| h.get(account).is_some_and(|until| *until > now + 1))
+    }
+
+    /// Makes sure this replica holds `account`'s lease, taking it (and loading the
+    /// account's money into the book) if needed. Cheap when already held.
+    pub async fn ensure(&self, store: &Store, book: &Book, account: &str, now: u64) -> Result<(), LeaseError> {
+        if self.valid(account, now) {
+            return Ok(());
+        }
+        let _one = self.claiming.lock().await;
+        if self.valid(account, now) {
+            return Ok(());
+        }
+        let until = now + self.ttl;
+        if !store.claim(account, &self.owner, until, now).await? {
+            return Err(LeaseError::HeldElsewhere(account.to_owned()));
+        }
+        let known = self.held.read().is_ok_and(|h| h.contains_key(account));
+        if !known || !book.has_account(account) {
+            let s = store.account_state(account, now).await?;
+            book.replace_account(account, &s.funds, s.channels, &s.keys, now)?;
+        }
+        if let Ok(mut h) = self.held.write() {
+            h.insert(account.to_owned(), until);
+        }
+        Ok(())
+    }
+
+    /// The lease end a commit now should renew to.
+    pub fn renewal(&self, now: u64) -> u64 {
+        now + self.ttl
+    }
+
+    /// Records renewed leases (after a fenced commit).
+    pub fn renewed(&self, accounts: &[String], until: u64) {
+        if let Ok(mut h) = self.held.write() {
+            for a in accounts {
+                if let Some(u) = h.get_mut(a) {
+                    *u = until;
+                }
+            }
+        }
+    }
+
+    /// Accounts whose lease ends within half its length: the committer renews them.
+    pub fn due(&self, now: u64) -> Vec<String> {
+        self.held
+            .read()
+            .map(|h| h.iter().filter(|(_, u)| **u <= now + self.ttl / 2).map(|(a, _)| a.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets accounts (released or lost).
+    pub fn forget(&self, accounts: &[String]) {
+        if let Ok(mut h) = self.held.write() {
+            for a in accounts {
+                h.remove(a);
+            }
+        }
+    }
+
+    pub fn held(&self) -> Vec<String> {
+        self.held.read().map(|h| h.keys().cloned().collect()).unwrap_or_default()
+    }
+}
