@@ -556,6 +556,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway.toml");
         let cfg = Config::load(Some(&path), |_| None, &Overrides::default()).unwrap();
         assert_eq!(cfg.breaker.failure_threshold, 5);
+        assert_eq!(cfg.store_url(), "sqlite://.tenzro/gateway/gateway.db");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway-postgres.toml");
+        let env = |k: &str| (k == "TENZRO_STORE_URL").then(|| "postgres://u:p@db/t".to_owned());
+        let cfg = Config::load(Some(&path), env, &Overrides::default()).unwrap();
+        assert_eq!((cfg.store_url().as_str(), cfg.store.lease_idle_s), ("postgres://u:p@db/t", 30));
     }
 
     #[test]
