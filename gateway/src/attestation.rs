@@ -279,6 +279,7 @@ pub async fn reverify_loop(
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}
         }
+        registry.slash_downtime();
         for id in registry.attestation_due() {
             if cancel.is_cancelled() {
                 break;

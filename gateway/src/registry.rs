@@ -162,6 +162,8 @@ struct State {
     failed: u64,
     ema_latency_us: Option<u64>,
     last_heartbeat: Duration,
+    /// The current outage (no heartbeat for over 24 h) was already slashed.
+    downtime_slashed: bool,
     banned: bool,
     /// The latest verdict on the provider's TEE evidence (reset on re-registration).
     attestation: Option<AttestationVerdict>,
@@ -267,6 +269,9 @@ impl ProviderEntry {
         ))
     }
 }
+
+/// Silence that counts as downtime (whitepaper §3.2).
+pub const DOWNTIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug)]
 pub struct Registry {
@@ -395,6 +400,32 @@ impl Registry {
             .flatten()
     }
 
+    /// Slashes (1%) each registered provider silent for more than 24 hours, once per
+    /// outage; returns the slashes made.
+    pub fn slash_downtime(&self) -> Vec<Slash> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for e in self.all() {
+            if e.info.from_config {
+                continue;
+            }
+            let silent = e
+                .with_state(|s| {
+                    let over = now.saturating_sub(s.last_heartbeat) > DOWNTIME && !s.downtime_slashed;
+                    if over {
+                        s.downtime_slashed = true;
+                    }
+                    over.then_some(now.saturating_sub(s.last_heartbeat))
+                })
+                .flatten();
+            if let Some(for_how_long) = silent {
+                let detail = format!("no heartbeat for {} h", for_how_long.as_secs() / 3600);
+                out.extend(self.slash(&e.info.id, Reason::Downtime, &detail));
+            }
+        }
+        out
+    }
+
     /// Every slash, oldest first.
     pub fn slashes(&self) -> Vec<Slash> {
         self.slashes.lock().map(|v| v.clone()).unwrap_or_default()
@@ -444,6 +475,7 @@ impl Registry {
                     return Err(RegistryError::Banned(info.id));
                 }
                 s.last_heartbeat = now;
+                s.downtime_slashed = false;
                 s.attestation = None;
                 s
             }
@@ -455,6 +487,7 @@ impl Registry {
                 failed: 0,
                 ema_latency_us: None,
                 last_heartbeat: now,
+                downtime_slashed: false,
                 banned: false,
                 attestation: None,
             },
@@ -519,7 +552,10 @@ impl Registry {
         verify(&key, HEARTBEAT_DOMAIN, signed)?;
         self.check_fresh(hb.timestamp, now_unix)?;
         let now = self.clock.now();
-        entry.with_state(|s| s.last_heartbeat = now);
+        entry.with_state(|s| {
+            s.last_heartbeat = now;
+            s.downtime_slashed = false;
+        });
         Ok(HeartbeatResponse {
             status: self.status_of(&entry).as_str().to_owned(),
         })

@@ -258,3 +258,25 @@ fn breaker_through_the_entry() {
     );
     assert_eq!(e.breaker_state(reg.now()), BreakerState::Closed);
 }
+
+#[test]
+fn a_day_of_silence_is_slashed_once_per_outage() {
+    let (reg, clock) = setup();
+    let key = ProviderKey::from_seed(&[4; 32]);
+    let r = registration(&key, "p4");
+    reg.register(&sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()), NOW).unwrap();
+    let stake = reg.get("p4").unwrap().info.stake;
+    clock.advance(Duration::from_secs(23 * 3600));
+    assert!(reg.slash_downtime().is_empty(), "23 h is not downtime");
+    clock.advance(Duration::from_secs(2 * 3600));
+    let s = reg.slash_downtime();
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].reason, s[0].amount), (crate::money::slashing::Reason::Downtime, stake / 100));
+    assert!(reg.slash_downtime().is_empty(), "once per outage");
+    // A heartbeat ends the outage; the next one is slashed again.
+    let hb = Heartbeat { provider_id: "p4".into(), timestamp: NOW + 25 * 3600, in_flight: None };
+    reg.heartbeat(&sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()), NOW + 25 * 3600).unwrap();
+    clock.advance(Duration::from_secs(25 * 3600));
+    assert_eq!(reg.slash_downtime().len(), 1);
+    assert_eq!(reg.stake_of(&reg.get("p4").unwrap()), stake - stake / 100 - (stake - stake / 100) / 100);
+}
