@@ -35,7 +35,32 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
 /// Returns the digest either way it succeeds.
 #[cfg(feature = "engine")]
 pub fn verify_file(path: &Path, expected: Option<&str>) -> Result<String, ModelError> {
-    let actual = sha256_file(path)?;
+    verify(path, sha256_file(path)?, expected)
+}
+
+/// The digest of a checkpoint kept in several files: SHA-256 of their `sha256sum`
+/// listing, one line `<hex digest>  <file name>\n` per file in the order given
+/// (sorted by name, for a reproducible digest). In the directory,
+/// `LC_ALL=C sha256sum *.safetensors | sha256sum` prints the same.
+#[cfg(feature = "engine")]
+pub fn sha256_listing(files: &[std::path::PathBuf]) -> Result<String, ModelError> {
+    let mut listing = Sha256::new();
+    for path in files {
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        listing.update(format!("{}  {name}\n", sha256_file(path)?));
+    }
+    Ok(hex::encode(listing.finalize()))
+}
+
+/// [`sha256_listing`] of `files`, refused when it differs from `expected`;
+/// `dir` names the checkpoint in the error.
+#[cfg(feature = "engine")]
+pub fn verify_listing(dir: &Path, files: &[std::path::PathBuf], expected: Option<&str>) -> Result<String, ModelError> {
+    verify(dir, sha256_listing(files)?, expected)
+}
+
+#[cfg(feature = "engine")]
+fn verify(path: &Path, actual: String, expected: Option<&str>) -> Result<String, ModelError> {
     match expected {
         Some(expected) if !expected.eq_ignore_ascii_case(&actual) => Err(ModelError::DigestMismatch {
             path: path.to_owned(),
@@ -63,6 +88,21 @@ mod tests {
         let err = verify_file(&file, Some(&"0".repeat(64))).unwrap_err();
         assert!(matches!(err, ModelError::DigestMismatch { .. }), "{err}");
         assert!(err.to_string().contains(abc));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn listing_digest_is_sha256sum_piped_to_sha256sum() {
+        let dir = std::env::temp_dir().join(format!("tenzro-listing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        std::fs::write(&a, b"abc").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        // printf 'abc' > a.safetensors; : > b.safetensors; sha256sum *.safetensors | sha256sum
+        let expected = "d2d04e7d28b904f67fba46ec8a63649be04d39b956a8383039d8798ffd8ae516";
+        assert_eq!(sha256_listing(&[a.clone(), b.clone()]).unwrap(), expected);
+        let err = verify_listing(&dir, &[b, a], Some(expected)).unwrap_err();
+        assert!(matches!(err, ModelError::DigestMismatch { .. }), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

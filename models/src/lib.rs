@@ -2,7 +2,7 @@
 //!
 //! - [`api`]: the OpenAI wire types. Serde only, always built: the gateway uses this
 //!   crate with `default-features = false` and gets nothing else.
-//! - Behind the default `engine` feature: loading GGUF and BERT weights with candle,
+//! - Behind the default `engine` feature: loading GGUF and safetensors (llama, qwen2, BERT) weights with candle,
 //!   the tokenizer and chat template, the sampler and the generation engine.
 
 pub mod api;
@@ -15,6 +15,8 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "engine")]
 pub mod gguf;
+#[cfg(feature = "engine")]
+pub mod hf;
 #[cfg(feature = "engine")]
 pub mod llama;
 #[cfg(feature = "engine")]

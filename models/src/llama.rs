@@ -1,5 +1,6 @@
 //! A llama-family transformer over quantized weights, with per-sequence KV caches
-//! so the decode steps of many sequences run as one batch.
+//! so the decode steps of many sequences run as one batch. Built from a GGUF file
+//! here, or from a Hugging Face safetensors checkpoint by `hf`.
 //!
 //! The math follows candle-transformers' `quantized_llama` (same weights, same
 //! RoPE convention, same norms); what differs is the shape of the work. Each
@@ -14,22 +15,63 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::Embedding;
-use candle_transformers::quantized_nn::RmsNorm;
 
 /// Positions the RoPE tables cover.
 pub const MAX_SEQ_LEN: usize = 4096;
 
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Dimensions (2i, 2i+1) rotate together: llama GGUF files, whose converter
+    /// permuted the rows of the q and k weights into this order.
+    Interleaved,
+    /// Dimensions (i, i + head_dim/2) rotate together (`rotate_half`): Hugging Face
+    /// checkpoints, and GGUF files of qwen2-like architectures.
+    Halves,
+}
+
+/// The shape of the network, wherever its weights come from.
 #[derive(Debug, Clone)]
-struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    attn_norm: RmsNorm,
-    ffn_norm: RmsNorm,
-    gate: QMatMul,
-    down: QMatMul,
-    up: QMatMul,
+pub struct LlamaShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    /// Dimensions of each head that RoPE rotates (the head dimension, for llama).
+    pub rope_dim: usize,
+    pub rope_theta: f32,
+    pub rope: RopeLayout,
+}
+
+/// RMS normalisation with a learned scale.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(weight: Tensor, eps: f64) -> Result<Self> {
+        Ok(RmsNorm { weight: weight.to_dtype(DType::F32)?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// One transformer block's weights. The q/k/v biases are qwen2's; llama has none.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub(crate) wq: QMatMul,
+    pub(crate) wk: QMatMul,
+    pub(crate) wv: QMatMul,
+    pub(crate) qkv_bias: Option<[Tensor; 3]>,
+    pub(crate) wo: QMatMul,
+    pub(crate) attn_norm: RmsNorm,
+    pub(crate) ffn_norm: RmsNorm,
+    pub(crate) gate: QMatMul,
+    pub(crate) down: QMatMul,
+    pub(crate) up: QMatMul,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +85,7 @@ pub struct Llama {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    rope_is_neox: bool,
+    rope: RopeLayout,
     device: Device,
 }
 
@@ -83,12 +125,23 @@ impl Llama {
             candle_core::bail!("mixture-of-experts llama models are not supported yet");
         }
         let arch = md("general.architecture")?.to_string()?.clone();
-        let rope_is_neox = matches!(arch.as_str(), "qwen2" | "qwen3" | "phi3" | "stablelm");
+        let rope = match arch.as_str() {
+            "qwen2" | "qwen3" | "phi3" | "stablelm" => RopeLayout::Halves,
+            _ => RopeLayout::Interleaved,
+        };
+        let shape = LlamaShape {
+            n_head,
+            n_kv_head,
+            head_dim: hidden / n_head,
+            rope_dim,
+            rope_theta: freq_base,
+            rope,
+        };
 
         let mut get = |name: &str| ct.tensor(reader, name, device);
         let embed_q = get("token_embd.weight")?;
-        let embed = Embedding::new(embed_q.dequantize(device)?, hidden);
-        let norm = RmsNorm::from_qtensor(get("output_norm.weight")?, eps)?;
+        let embed = embed_q.dequantize(device)?;
+        let norm = RmsNorm::new(get("output_norm.weight")?.dequantize(device)?, eps)?;
         let output = match get("output.weight") {
             Ok(t) => t,
             Err(_) => embed_q,
@@ -97,30 +150,50 @@ impl Llama {
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
             let mut layer = |suffix: &str| get(&format!("blk.{i}.{suffix}"));
+            let attn_norm = RmsNorm::new(layer("attn_norm.weight")?.dequantize(device)?, eps)?;
+            let ffn_norm = RmsNorm::new(layer("ffn_norm.weight")?.dequantize(device)?, eps)?;
             layers.push(Layer {
+                attn_norm,
+                ffn_norm,
                 wq: mm(layer("attn_q.weight")?)?,
                 wk: mm(layer("attn_k.weight")?)?,
                 wv: mm(layer("attn_v.weight")?)?,
+                qkv_bias: None,
                 wo: mm(layer("attn_output.weight")?)?,
-                attn_norm: RmsNorm::from_qtensor(layer("attn_norm.weight")?, eps)?,
-                ffn_norm: RmsNorm::from_qtensor(layer("ffn_norm.weight")?, eps)?,
                 gate: mm(layer("ffn_gate.weight")?)?,
                 down: mm(layer("ffn_down.weight")?)?,
                 up: mm(layer("ffn_up.weight")?)?,
             });
         }
-        let (cos, sin) = rope_tables(rope_dim, freq_base, device)?;
+        Self::from_parts(&shape, embed, layers, norm, mm(output)?, device)
+    }
+
+    /// Assemble a model from loaded weights: `embed` is `(vocab, hidden)`.
+    pub(crate) fn from_parts(
+        shape: &LlamaShape,
+        embed: Tensor,
+        layers: Vec<Layer>,
+        norm: RmsNorm,
+        output: QMatMul,
+        device: &Device,
+    ) -> Result<Self> {
+        if shape.n_kv_head == 0 || !shape.n_head.is_multiple_of(shape.n_kv_head) {
+            let (q, kv) = (shape.n_head, shape.n_kv_head);
+            candle_core::bail!("{q} attention heads do not share {kv} key/value heads evenly");
+        }
+        let hidden = embed.dim(1)?;
+        let (cos, sin) = rope_tables(shape.rope_dim, shape.rope_theta, device)?;
         Ok(Llama {
-            embed,
+            embed: Embedding::new(embed.to_dtype(DType::F32)?, hidden),
             layers,
             norm,
-            output: mm(output)?,
+            output,
             cos,
             sin,
-            n_head,
-            n_kv_head,
-            head_dim: hidden / n_head,
-            rope_is_neox,
+            n_head: shape.n_head,
+            n_kv_head: shape.n_kv_head,
+            head_dim: shape.head_dim,
+            rope: shape.rope,
             device: device.clone(),
         })
     }
@@ -201,16 +274,21 @@ impl Llama {
         };
         let rotate = |t: Tensor| -> Result<Tensor> {
             let t = t.unsqueeze(0)?;
-            let t = if self.rope_is_neox {
-                candle_nn::rotary_emb::rope(&t, &cos, &sin)?
-            } else {
-                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+            let t = match self.rope {
+                RopeLayout::Halves => candle_nn::rotary_emb::rope(&t, &cos, &sin)?,
+                RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?,
             };
             t.squeeze(0)
         };
-        let q = rotate(heads(layer.wq.forward(h)?, self.n_head)?)?;
-        let k = rotate(heads(layer.wk.forward(h)?, self.n_kv_head)?)?;
-        let v = heads(layer.wv.forward(h)?, self.n_kv_head)?;
+        let (mut q, mut k, mut v) = (layer.wq.forward(h)?, layer.wk.forward(h)?, layer.wv.forward(h)?);
+        if let Some([bq, bk, bv]) = &layer.qkv_bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let q = rotate(heads(q, self.n_head)?)?;
+        let k = rotate(heads(k, self.n_kv_head)?)?;
+        let v = heads(v, self.n_kv_head)?;
         Ok((q, k, v))
     }
 

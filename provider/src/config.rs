@@ -142,14 +142,20 @@ impl Default for ChannelsConfig {
 pub struct ChatModelConfig {
     /// The name clients put in `model`.
     pub id: String,
-    /// A `.gguf` file, relative to `models_dir` unless absolute, or
-    /// `hf://owner/repo[@revision]/file` to download it (set `sha256` then).
+    /// A `.gguf` file or a directory holding a Hugging Face safetensors checkpoint
+    /// (`config.json`, `*.safetensors`, `tokenizer.json`, `tokenizer_config.json`;
+    /// llama or qwen2), relative to `models_dir` unless absolute; or
+    /// `hf://owner/repo[@revision]/file` to download a `.gguf` (set `sha256` then).
     pub path: PathBuf,
-    /// Expected SHA-256 of the file (hex); the provider refuses to serve a mismatch.
+    /// Expected SHA-256 of the weights (hex); the provider refuses to serve a
+    /// mismatch. For a directory: SHA-256 of the `sha256sum` listing of its
+    /// `*.safetensors` files sorted by name (`LC_ALL=C sha256sum *.safetensors | sha256sum`).
     pub sha256: Option<String>,
-    /// A tokenizer.json to use instead of the one built from the GGUF metadata.
+    /// A tokenizer.json to use instead of the one built from the GGUF metadata
+    /// (or the one in the checkpoint directory).
     pub tokenizer: Option<PathBuf>,
-    /// `"q8_0"` re-quantises Q4_1 tensors at load for speed; `"none"` keeps them.
+    /// `"q8_0"` re-quantises Q4_1 tensors at load for speed (for a safetensors
+    /// checkpoint: quantises its float matmul weights); `"none"` keeps them.
     #[serde(default)]
     pub requantize: RequantizeSetting,
     /// Price per token in base units (10^-18 TNZO), as a decimal string.
