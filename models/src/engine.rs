@@ -229,9 +229,17 @@ impl Worker {
         for index in 0..params.n.max(1) {
             let mut sampler = Sampler::new(params.sampling.clone(), u64::from(index));
             let first = sampler.sample(&mut logits.clone());
+            let cache = match cache.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "copying the prompt's cache failed");
+                    let _ = group.reply.send(Event::Error(e.to_string()));
+                    return None;
+                }
+            };
             group.choices.push(Choice {
                 index,
-                cache: cache.clone(),
+                cache,
                 sampler,
                 detok: IncrementalDecoder::default(),
                 stop: StopMatcher::new(params.stop.clone()),

@@ -89,11 +89,67 @@ pub struct Llama {
     device: Device,
 }
 
-/// One sequence's attention state: keys and values per layer, `(1, kv_heads, len, head_dim)`.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+/// One layer's keys and values for one sequence: buffers of `(kv_heads, capacity,
+/// head_dim)` of which the first `len` positions are filled. New positions are
+/// written in place; a full buffer is replaced by one twice its size, so appending a
+/// token costs O(1) amortised instead of copying the whole cache every step.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
     len: usize,
+}
+
+impl LayerCache {
+    fn capacity(&self) -> usize {
+        self.k.dim(1).unwrap_or(0)
+    }
+
+    /// Appends `(kv_heads, rows, head_dim)` keys and values; returns views of the
+    /// filled part.
+    fn append(slot: &mut Option<LayerCache>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let rows = k.dim(1)?;
+        let len = slot.as_ref().map(|c| c.len).unwrap_or(0);
+        let need = len + rows;
+        if slot.as_ref().is_none_or(|c| c.capacity() < need) {
+            let cap = need.next_power_of_two().clamp(64, MAX_SEQ_LEN.max(need));
+            let (heads, _, dim) = k.dims3()?;
+            let nk = Tensor::zeros((heads, cap, dim), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((heads, cap, dim), v.dtype(), v.device())?;
+            if let Some(old) = slot.as_ref()
+                && old.len > 0
+            {
+                nk.slice_set(&old.k.narrow(1, 0, old.len)?.contiguous()?, 1, 0)?;
+                nv.slice_set(&old.v.narrow(1, 0, old.len)?.contiguous()?, 1, 0)?;
+            }
+            *slot = Some(LayerCache { k: nk, v: nv, len });
+        }
+        let Some(c) = slot.as_mut() else { candle_core::bail!("kv cache slot vanished") };
+        c.k.slice_set(&k.contiguous()?, 1, len)?;
+        c.v.slice_set(&v.contiguous()?, 1, len)?;
+        c.len = need;
+        Ok((c.k.narrow(1, 0, need)?, c.v.narrow(1, 0, need)?))
+    }
+
+    /// A copy that shares no storage (the buffers are written in place).
+    fn deep_copy(&self) -> Result<LayerCache> {
+        Ok(LayerCache { k: self.k.copy()?, v: self.v.copy()?, len: self.len })
+    }
+}
+
+/// One sequence's attention state: keys and values per layer.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// A deep copy (the choices of one prompt share its prefill, then diverge).
+    pub fn try_clone(&self) -> Result<KvCache> {
+        let layers = self.layers.iter().map(|l| l.as_ref().map(LayerCache::deep_copy).transpose()).collect::<Result<_>>()?;
+        Ok(KvCache { layers, len: self.len })
+    }
 }
 
 impl KvCache {
@@ -199,7 +255,7 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: vec![None; self.layers.len()], len: 0 }
+        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
     }
 
     /// Run `tokens` of one sequence (a prompt, in one pass); returns the logits
@@ -296,24 +352,19 @@ impl Llama {
     /// returns `(rows, n_head * head_dim)`.
     fn attend(
         &self,
-        slot: &mut Option<(Tensor, Tensor)>,
+        slot: &mut Option<LayerCache>,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let rows = q.dim(1)?;
-        let (k, v) = match slot.take() {
-            None => (k.unsqueeze(0)?, v.unsqueeze(0)?),
-            Some((kc, vc)) => (Tensor::cat(&[&kc, &k.unsqueeze(0)?], 2)?, Tensor::cat(&[&vc, &v.unsqueeze(0)?], 2)?),
-        };
-        *slot = Some((k.clone(), v.clone()));
+        // (n_kv, len, head_dim) views of the cache, this step's rows included.
+        let (k, v) = LayerCache::append(slot, k, v)?;
         // Grouped-query attention without copying the cache: the `rep` query heads
         // that share a key/value head become extra rows of one matmul against it.
         let rep = self.n_head / self.n_kv_head;
-        let len = k.dim(2)?;
-        let k = k.squeeze(0)?; // (n_kv, len, head_dim)
-        let v = v.squeeze(0)?;
+        let len = k.dim(1)?;
         let q = q.reshape((self.n_kv_head, rep * rows, self.head_dim))?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let scores = scores.reshape((self.n_head, rows, len))?;
