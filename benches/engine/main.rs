@@ -4,6 +4,11 @@
 //!
 //! Run: `cargo run --release -p tenzro-benches --bin engine-speed [-- --tokens 64]`
 //! (needs `scripts/fetch-models`). Prints a table with ratios to the baseline.
+//! `--ours-only --streams 1 --json` prints one stream count of our engine alone
+//! as JSON, which is how `benches/llama-cpp/compare.py` runs it (one process per
+//! stream count, so each peak RSS is that run's own).
+
+mod weights;
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -15,6 +20,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use clap::Parser;
+use serde_json::json;
 use tenzro_models::engine::{Engine, EngineConfig, Event, GenerateRequest, GenerationParams};
 use tenzro_models::llm::{Llm, LlmConfig, Requantize, default_model_path, requantize_q4_1};
 use tenzro_models::sampler::{SamplingParams, argmax};
@@ -22,26 +28,68 @@ use tenzro_models::template::TemplateMessage;
 
 #[derive(Parser)]
 struct Args {
-    /// Tokens to generate per stream.
+    /// Tokens to generate per stream (fewer when the model ends its answer).
     #[arg(long, default_value_t = 64)]
     tokens: usize,
     #[arg(long, default_value = ".tenzro/models")]
     models_dir: PathBuf,
+    /// A GGUF file other than the default model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Concurrent stream counts to run our engine with.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    streams: Vec<usize>,
+    /// Only our engine's rows, without candle's `quantized_llama` baseline.
+    #[arg(long)]
+    ours_only: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 struct Row {
     name: String,
+    side: &'static str,
     streams: usize,
-    ttft: Duration,
-    tok_s: f64,
+    timing: Timing,
+    /// VmHWM right after this row ran: the process's peak so far.
+    peak_rss_mib: f64,
+}
+
+/// What one run of `streams` concurrent requests measured.
+struct Timing {
+    /// Time to first token of each stream, from the moment all were submitted.
+    ttft: Vec<Duration>,
+    /// Completion tokens over all streams.
+    completion_tokens: u64,
+    /// Tokens after each stream's first, over the span from the earliest first
+    /// token to the last stream's end: aggregate decode throughput.
+    decode_tok_s: f64,
+    wall: Duration,
+    /// What the first stream generated (a check that both engines agree).
+    text: String,
+}
+
+impl Timing {
+    fn ttft_mean(&self) -> Duration {
+        let n = u32::try_from(self.ttft.len()).unwrap_or(u32::MAX).max(1);
+        self.ttft.iter().sum::<Duration>() / n
+    }
+
+    fn ttft_p50(&self) -> Duration {
+        let mut sorted = self.ttft.clone();
+        sorted.sort();
+        sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let path = default_model_path(&args.models_dir);
+    let path = args.model.clone().unwrap_or_else(|| default_model_path(&args.models_dir));
     let device = Device::Cpu;
     let cfg = LlmConfig { path: path.clone(), sha256: None, tokenizer_json: None, requantize: Requantize::Q8_0 };
-    let llm = Arc::new(Llm::load(&cfg, &device).context("loading the default model")?);
+    let llm = Arc::new(Llm::load(&cfg, &device).context("loading the model")?);
+    let rss_after_load = rss_mib("VmRSS:");
     let prompt_text = llm.render_chat(&[
         TemplateMessage { role: "system".into(), content: "You are a helpful assistant.".into() },
         TemplateMessage { role: "user".into(), content: "Write a short story about a lighthouse keeper.".into() },
@@ -49,104 +97,192 @@ fn main() -> anyhow::Result<()> {
     let prompt = llm.encode(&prompt_text)?;
     let mut rows = Vec::new();
 
-    for (name, requant) in [("candle quantized_llama, Q4_1 as shipped", false), ("candle quantized_llama, Q8_0 at load", true)] {
-        let (content, mut file) = tenzro_models::gguf::read_content(&path)?;
-        let mut model = if requant {
-            let bytes = requantize_q4_1(&content, &mut file)?;
-            let mut cur = Cursor::new(bytes);
-            let ct = Content::read(&mut cur)?;
-            ModelWeights::from_gguf(ct, &mut cur, &device)?
-        } else {
-            ModelWeights::from_gguf(content, &mut file, &device)?
-        };
-        let start = Instant::now();
-        let input = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
-        let logits = model.forward(&input, 0)?;
-        let mut next = argmax(&logits.flatten_all()?.to_vec1::<f32>()?);
-        let ttft = start.elapsed();
-        let decode = Instant::now();
-        for i in 0..args.tokens {
-            let input = Tensor::new(&[next], &device)?.unsqueeze(0)?;
-            let logits = model.forward(&input, prompt.len() + i)?;
-            next = argmax(&logits.flatten_all()?.to_vec1::<f32>()?);
+    if !args.ours_only {
+        for (name, requant) in
+            [("candle quantized_llama, Q4_1 as shipped", false), ("candle quantized_llama, Q8_0 at load", true)]
+        {
+            let timing = run_candle(&path, requant, &prompt, args.tokens, &device)?;
+            rows.push(Row { name: name.into(), side: "candle", streams: 1, timing, peak_rss_mib: rss_mib("VmHWM:") });
         }
-        let tok_s = args.tokens as f64 / decode.elapsed().as_secs_f64();
-        rows.push(Row { name: name.into(), streams: 1, ttft, tok_s });
     }
 
-    let engine = Engine::spawn(llm.clone(), EngineConfig { queue_capacity: 64, max_sequences: 8 })?;
-    for streams in [1usize, 8] {
-        let (ttft, tok_s) = run_streams(&engine, &prompt, streams, args.tokens)?;
-        rows.push(Row { name: format!("tenzro engine, {streams} stream(s)"), streams, ttft, tok_s });
+    let max_streams = args.streams.iter().copied().max().unwrap_or(1).max(1);
+    let engine = Engine::spawn(llm.clone(), EngineConfig { queue_capacity: 64, max_sequences: max_streams })?;
+    // One short request first, so the first measured one does not pay for cold
+    // caches and page faults (llama.cpp's side warms up the same way).
+    run_streams(&engine, &prompt, 1, 2)?;
+    for &streams in &args.streams {
+        let timing = run_streams(&engine, &prompt, streams, args.tokens)?;
+        rows.push(Row {
+            name: format!("tenzro engine, {streams} stream(s)"),
+            side: "tenzro",
+            streams,
+            timing,
+            peak_rss_mib: rss_mib("VmHWM:"),
+        });
     }
 
-    let base = rows[0].tok_s;
-    println!("\nDefault model (SmolLM2-135M-Instruct), prompt {} tokens, {} new tokens per stream, greedy", prompt.len(), args.tokens);
-    println!("{:<42} {:>7} {:>12} {:>16} {:>12}", "engine", "streams", "TTFT (ms)", "aggregate tok/s", "vs baseline");
+    let weights = weights::per_token(&path)?;
+    if args.json {
+        let out = json!({
+            "model": path.display().to_string(),
+            "threads": candle_core::utils::get_num_threads(),
+            "prompt_tokens": prompt,
+            "max_new_tokens": args.tokens,
+            "rss_after_load_mib": rss_after_load,
+            "weights": weights.iter().map(|w| json!({
+                "format": w.format,
+                "bytes_per_token": w.bytes_per_token,
+                "resident_bytes": w.resident_bytes,
+            })).collect::<Vec<_>>(),
+            "rows": rows.iter().map(|r| json!({
+                "name": r.name,
+                "side": r.side,
+                "streams": r.streams,
+                "completion_tokens": r.timing.completion_tokens,
+                "ttft_ms_mean": r.timing.ttft_mean().as_secs_f64() * 1e3,
+                "ttft_ms_p50": r.timing.ttft_p50().as_secs_f64() * 1e3,
+                "decode_tok_s": r.timing.decode_tok_s,
+                "wall_s": r.timing.wall.as_secs_f64(),
+                "peak_rss_mib": r.peak_rss_mib,
+                "text": r.timing.text,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    let base = rows.first().map_or(1.0, |r| r.timing.decode_tok_s);
+    println!(
+        "\nModel {}, prompt {} tokens, up to {} new tokens per stream, greedy, {} threads",
+        path.display(),
+        prompt.len(),
+        args.tokens,
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "{:<42} {:>7} {:>10} {:>10} {:>16} {:>12} {:>10}",
+        "engine", "streams", "TTFT mean", "TTFT p50", "decode tok/s", "vs first row", "peak RSS"
+    );
     for r in &rows {
         println!(
-            "{:<42} {:>7} {:>12.1} {:>16.1} {:>11.2}x",
+            "{:<42} {:>7} {:>8.1}ms {:>8.1}ms {:>16.1} {:>11.2}x {:>7.0}MiB",
             r.name,
             r.streams,
-            r.ttft.as_secs_f64() * 1e3,
-            r.tok_s,
-            r.tok_s / base
+            r.timing.ttft_mean().as_secs_f64() * 1e3,
+            r.timing.ttft_p50().as_secs_f64() * 1e3,
+            r.timing.decode_tok_s,
+            r.timing.decode_tok_s / base,
+            r.peak_rss_mib
         );
     }
-    println!("\npeak RSS of this process: {} MiB", peak_rss_mib());
+    println!("\nweights read per decode step (one step serves every stream in the batch):");
+    for w in &weights {
+        println!("  {:<28} {:>8.1} MiB", w.format, w.bytes_per_token as f64 / (1024.0 * 1024.0));
+    }
+    println!("peak RSS is the process's high-water mark after each row (rows share one process)");
     println!("reproduce: cargo run --release -p tenzro-benches --bin engine-speed -- --tokens {}", args.tokens);
     Ok(())
 }
 
-/// `streams` concurrent greedy requests; returns mean time to first token and
-/// aggregate decode tokens per second.
-fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -> anyhow::Result<(Duration, f64)> {
+/// Candle's `quantized_llama`, one greedy stream, in this process.
+fn run_candle(
+    path: &std::path::Path,
+    requant: bool,
+    prompt: &[u32],
+    tokens: usize,
+    device: &Device,
+) -> anyhow::Result<Timing> {
+    let (content, mut file) = tenzro_models::gguf::read_content(path)?;
+    let mut model = if requant {
+        let bytes = requantize_q4_1(&content, &mut file)?;
+        let mut cur = Cursor::new(bytes);
+        let ct = Content::read(&mut cur)?;
+        ModelWeights::from_gguf(ct, &mut cur, device)?
+    } else {
+        ModelWeights::from_gguf(content, &mut file, device)?
+    };
     let start = Instant::now();
-    let mut receivers = Vec::new();
-    for _ in 0..streams {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let params = GenerationParams { sampling: SamplingParams::greedy(), max_new_tokens: tokens, stop: vec![], n: 1 };
-        engine
-            .submit(GenerateRequest { prompt: prompt.to_vec(), params, reply: tx })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        receivers.push(rx);
+    let input = Tensor::new(prompt, device)?.unsqueeze(0)?;
+    let logits = model.forward(&input, 0)?;
+    let mut next = argmax(&logits.flatten_all()?.to_vec1::<f32>()?);
+    let ttft = start.elapsed();
+    let decode = Instant::now();
+    let steps = tokens.saturating_sub(1);
+    for i in 0..steps {
+        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+        let logits = model.forward(&input, prompt.len() + i)?;
+        next = argmax(&logits.flatten_all()?.to_vec1::<f32>()?);
     }
-    let handles: Vec<_> = receivers
-        .into_iter()
-        .map(|mut rx| {
-            std::thread::spawn(move || {
-                let mut first = None;
-                let mut count = 0u32;
-                while let Some(ev) = rx.blocking_recv() {
-                    match ev {
-                        Event::Text { .. } if first.is_none() => first = Some(Instant::now()),
-                        Event::Done { completion_tokens, .. } => count = completion_tokens,
-                        Event::Error(_) => break,
-                        _ => {}
-                    }
-                }
-                (first, count)
-            })
-        })
-        .collect();
-    let mut ttft = Duration::ZERO;
-    let mut total = 0u64;
-    let mut first_min = None::<Instant>;
-    for h in handles {
-        let (first, count) = h.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))?;
-        let first = first.unwrap_or(start);
-        ttft += first - start;
-        first_min = Some(first_min.map_or(first, |m: Instant| m.min(first)));
-        total += u64::from(count);
-    }
-    let decode = first_min.map_or(start, |f| f).elapsed().as_secs_f64();
-    Ok((ttft / streams as u32, total as f64 / decode))
+    let decode_tok_s = steps as f64 / decode.elapsed().as_secs_f64();
+    let wall = start.elapsed();
+    Ok(Timing { ttft: vec![ttft], completion_tokens: tokens as u64, decode_tok_s, wall, text: String::new() })
 }
 
-fn peak_rss_mib() -> u64 {
+/// `streams` concurrent greedy requests through the engine.
+fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -> anyhow::Result<Timing> {
+    let mut senders = Vec::with_capacity(streams);
+    let mut handles = Vec::with_capacity(streams);
+    // Readers first, so a token's arrival is timed when it is sent, not when a
+    // reader thread gets started.
+    for _ in 0..streams {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        senders.push(tx);
+        handles.push(std::thread::spawn(move || {
+            let mut first = None;
+            let mut end = None;
+            let mut count = 0u32;
+            let mut out = String::new();
+            while let Some(ev) = rx.blocking_recv() {
+                if first.is_none() && matches!(ev, Event::Text { .. } | Event::Finished { .. }) {
+                    first = Some(Instant::now());
+                }
+                match ev {
+                    Event::Text { text, .. } | Event::Finished { text, .. } => out.push_str(&text),
+                    Event::Done { completion_tokens, .. } => {
+                        end = Some(Instant::now());
+                        count = completion_tokens;
+                    }
+                    Event::Error(e) => return Err(e),
+                }
+            }
+            Ok((first, end.unwrap_or_else(Instant::now), count, out))
+        }));
+    }
+    let start = Instant::now();
+    for reply in senders {
+        let params = GenerationParams { sampling: SamplingParams::greedy(), max_new_tokens: tokens, stop: vec![], n: 1 };
+        engine
+            .submit(GenerateRequest { prompt: prompt.to_vec(), params, reply })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut ttft = Vec::with_capacity(streams);
+    let mut completion_tokens = 0u64;
+    let mut decoded = 0u64;
+    let mut first_min = None::<Instant>;
+    let mut last_end = start;
+    let mut text = None;
+    for h in handles {
+        let (first, end, count, out) =
+            h.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))?.map_err(|e| anyhow::anyhow!(e))?;
+        let first = first.unwrap_or(end);
+        ttft.push(first - start);
+        first_min = Some(first_min.map_or(first, |m: Instant| m.min(first)));
+        last_end = last_end.max(end);
+        completion_tokens += u64::from(count);
+        decoded += u64::from(count.saturating_sub(1));
+        text.get_or_insert(out);
+    }
+    let span = last_end - first_min.unwrap_or(start);
+    let decode_tok_s = decoded as f64 / span.as_secs_f64();
+    Ok(Timing { ttft, completion_tokens, decode_tok_s, wall: last_end - start, text: text.unwrap_or_default() })
+}
+
+/// A size line of /proc/self/status (`VmRSS:`, `VmHWM:`) in MiB; 0 where there is none.
+fn rss_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
-        .map_or(0, |kib| kib / 1024)
+        .map_or(0.0, |kib| kib as f64 / 1024.0)
 }
