@@ -301,14 +301,11 @@ impl Llama {
             let h = layer.attn_norm.forward(&x)?;
             // (n_head, B, head_dim): row i of the batch is sequence i's query.
             let (q, k, v) = self.qkv(layer, &h, &positions)?;
-            let mut outs = Vec::with_capacity(b);
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let qi = q.narrow(1, i, 1)?;
-                let ki = k.narrow(1, i, 1)?;
-                let vi = v.narrow(1, i, 1)?;
-                outs.push(self.attend(&mut cache.layers[li], &qi, &ki, &vi, None)?);
-            }
-            let att = Tensor::cat(&outs, 0)?;
+            let att = if b == 1 {
+                self.attend(&mut caches[0].layers[li], &q, &k, &v, None)?
+            } else {
+                self.attend_batch(caches, li, &q, &k, &v)?
+            };
             x = (x + layer.wo.forward(&att)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
@@ -376,6 +373,47 @@ impl Llama {
         let probs = probs.reshape((self.n_kv_head, rep * rows, len))?;
         let out = probs.matmul(&v)?.reshape((self.n_head, rows, self.head_dim))?;
         out.transpose(0, 1)?.reshape((rows, self.n_head * self.head_dim))
+    }
+
+    /// Decode-step attention for several sequences in one set of ops: each
+    /// sequence's cache is viewed (or zero-padded) to the longest length, keys and
+    /// values are stacked to `(B, kv_heads, len, head_dim)`, and a mask hides the
+    /// positions past each sequence's own length. Per-sequence attention would cost
+    /// a dozen small ops per sequence per layer, which dominated batched decode.
+    fn attend_batch(&self, caches: &mut [&mut KvCache], li: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let b = q.dim(1)?;
+        let mut lens = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (ki, _) = LayerCache::append(&mut cache.layers[li], &k.narrow(1, i, 1)?, &v.narrow(1, i, 1)?)?;
+            lens.push(ki.dim(1)?);
+        }
+        let max = lens.iter().copied().max().unwrap_or(0);
+        let mut ks = Vec::with_capacity(b);
+        let mut vs = Vec::with_capacity(b);
+        for (cache, &len) in caches.iter().zip(&lens) {
+            let Some(c) = cache.layers[li].as_ref() else { candle_core::bail!("kv cache slot vanished") };
+            // Positions past `len` in the buffer are zeros (never written) and masked.
+            if c.capacity() >= max {
+                ks.push(c.k.narrow(1, 0, max)?);
+                vs.push(c.v.narrow(1, 0, max)?);
+            } else {
+                ks.push(c.k.narrow(1, 0, len)?.pad_with_zeros(1, 0, max - len)?);
+                vs.push(c.v.narrow(1, 0, len)?.pad_with_zeros(1, 0, max - len)?);
+            }
+        }
+        let k = Tensor::stack(&ks, 0)?; // (B, n_kv, max, head_dim)
+        let v = Tensor::stack(&vs, 0)?;
+        let rep = self.n_head / self.n_kv_head;
+        let q = q.transpose(0, 1)?.contiguous()?.reshape((b, self.n_kv_head, rep, self.head_dim))?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?; // (B, n_kv, rep, max)
+        let scores = if lens.iter().all(|&l| l == max) {
+            scores
+        } else {
+            let mask: Vec<f32> = lens.iter().flat_map(|&l| (0..max).map(move |c| if c < l { 0.0 } else { f32::NEG_INFINITY })).collect();
+            scores.broadcast_add(&Tensor::from_vec(mask, (b, 1, 1, max), &self.device)?)?
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs.matmul(&v)?.reshape((b, self.n_head * self.head_dim))
     }
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
