@@ -365,22 +365,29 @@ async fn suspending_the_owner_cascades_to_its_agents_keys() {
     assert_eq!(ok(owner_key).await, 200);
 }
 
+/// The URL of a new, empty database on the server named by
+/// `TENZRO_TEST_POSTGRES_URL` (`scripts/postgres`); `None` when it is unset, which
+/// CI does not allow.
+async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Executor;
+    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set TENZRO_TEST_POSTGRES_URL");
+        eprintln!("TENZRO_TEST_POSTGRES_URL unset: skipped");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+    pool.close().await;
+    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
+}
+
 /// The same gateway on PostgreSQL (`TENZRO_TEST_POSTGRES_URL`, required under CI):
 /// a streamed request's charge and channel survive a restart on the same database.
 #[tokio::test]
 async fn the_gateway_keeps_its_money_in_postgresql() {
-    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set TENZRO_TEST_POSTGRES_URL");
-        eprintln!("TENZRO_TEST_POSTGRES_URL unset: skipped");
-        return;
-    };
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
-    let name = format!("gw_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
-    pool.close().await;
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let Some(url) = fresh_postgres_database().await else { return };
 
     let p = mock_provider("a", Behaviour::Ok { chunks: 4 }).await;
     let purl = p.url.clone();
@@ -424,17 +431,7 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
 /// then takes it over with the balance and channels the first committed.
 #[tokio::test]
 async fn replicas_on_one_database_take_turns_with_an_account() {
-    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set TENZRO_TEST_POSTGRES_URL");
-        return;
-    };
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
-    let name = format!("rep_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
-    pool.close().await;
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let Some(url) = fresh_postgres_database().await else { return };
     let p = mock_provider("a", Behaviour::Ok { chunks: 4 }).await;
     let cfg = |d: &std::path::Path, url: &str, purl: &str| {
         let mut c = test_config(vec![static_provider("a", purl)], d);
