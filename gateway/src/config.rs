@@ -146,7 +146,7 @@ impl Default for FaucetSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// Where `accounts.json` lives.
+    /// Where the SQLite store (gateway.db), the payer key and the replica id live.
     pub data_dir: PathBuf,
     /// Bearer token of the admin API; empty disables it.
     pub admin_token: Secret,

@@ -22,7 +22,7 @@ struct Cli {
     /// Address to listen on (overrides the file and TENZRO_LISTEN).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Folder of accounts.json (overrides the file and TENZRO_DATA_DIR).
+    /// Data directory: the SQLite store, the payer key, the replica id (overrides the file and TENZRO_DATA_DIR).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Admin API token (prefer TENZRO_ADMIN_TOKEN: flags show up in `ps`).
