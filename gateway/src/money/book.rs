@@ -14,7 +14,7 @@
 //! and `held <= balance`. Every change marks its rows dirty; the committer writes
 //! them in one transaction per interval (group commit), so no chunk writes to disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -442,39 +442,41 @@ impl Book {
     }
 
     fn forget(g: &mut Inner, account: &str) {
-        g.accounts.remove(account);
-        let ids: Vec<String> = g.channels.values().filter(|e| e.ch.payer == account).map(|e| e.ch.id.clone()).collect();
-        for id in ids {
-            g.channels.remove(&id);
+        Self::forget_all(g, &HashSet::from([account]));
+    }
+
+    /// Drops accounts and their channels in one pass over the channels.
+    fn forget_all(g: &mut Inner, accounts: &HashSet<&str>) {
+        for a in accounts {
+            g.accounts.remove(*a);
         }
-        g.routes.retain(|(payer, _, _), _| payer != account);
-        g.dirty_accounts.retain(|a| a != account);
-        g.dirty_channels.retain(|c| g.channels.contains_key(c));
+        g.channels.retain(|_, e| !accounts.contains(e.ch.payer.as_str()));
+        g.routes.retain(|(payer, _, _), _| !accounts.contains(payer.as_str()));
+        g.dirty_accounts.retain(|a| !accounts.contains(a.as_str()));
+        let channels = &g.channels;
+        g.dirty_channels.retain(|c| channels.contains_key(c));
     }
 
     /// Drops accounts idle since `before` (no request in flight, nothing waiting to
     /// be committed) from the book, so their leases can be released; returns them.
     pub fn evict_idle(&self, before: u64) -> Vec<String> {
         let Ok(mut g) = self.lock() else { return Vec::new() };
+        // Accounts with a channel or a request still to be written stay. A voucher
+        // still due is sent by whichever replica takes the account next (its
+        // checkpoint vouches for every durable state not yet vouched).
+        let mut busy: HashSet<&str> = g.channels.values().filter(|e| e.dirty || e.holds > 0).map(|e| e.ch.payer.as_str()).collect();
+        busy.extend(g.requests.iter().map(|r| r.account.as_str()));
         let idle: Vec<String> = g
             .accounts
             .iter()
-            .filter(|(_, a)| a.holds == 0 && !a.dirty && a.touched < before)
+            .filter(|(id, a)| a.holds == 0 && !a.dirty && a.touched < before && !busy.contains(id.as_str()))
             .map(|(id, _)| id.clone())
             .collect();
-        let mut out = Vec::new();
-        for id in idle {
-            // A voucher still due is sent by whichever replica takes the account
-            // next (its checkpoint vouches for every durable state not yet vouched).
-            let busy = g.channels.values().any(|e| e.ch.payer == id && (e.dirty || e.holds > 0)) || g.requests.iter().any(|r| r.account == id);
-            if busy {
-                continue;
-            }
-            // Its keys' spend windows are rebuilt from the store when it comes back.
-            Self::forget(&mut g, &id);
-            out.push(id);
-        }
-        out
+        drop(busy);
+        // Their keys' spend windows are rebuilt from the store when they come back.
+        let set: HashSet<&str> = idle.iter().map(String::as_str).collect();
+        Self::forget_all(&mut g, &set);
+        idle
     }
 
     /// Accounts in the book (those this replica holds leases for).

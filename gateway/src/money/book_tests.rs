@@ -351,3 +351,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_idle_accounts_with_nothing_to_write_are_evicted() {
+    let b = book();
+    for a in ["idle", "busy", "dirty"] {
+        b.credit(a, Asset::Tnzo, 100).unwrap();
+    }
+    let _ = b.take_dirty();
+    // "idle" and "busy" were last used at 10; "busy" still has a request in flight.
+    let r = b.reserve("idle", Asset::Tnzo, 10, None, 10).unwrap();
+    b.settle(r, charge(5), 10).unwrap();
+    let held = b.reserve("busy", Asset::Tnzo, 10, None, 10).unwrap();
+    let _ = b.take_dirty();
+    // "dirty" changed after the last commit.
+    b.credit("dirty", Asset::Tnzo, 1).unwrap();
+    assert!(b.evict_idle(10).is_empty(), "nothing is idle before its last use");
+    let mut gone = b.evict_idle(100);
+    gone.sort();
+    assert_eq!(gone, vec!["idle".to_owned()]);
+    assert!(b.funds("idle", Asset::Tnzo).is_none() && b.channels_of("idle").is_empty());
+    assert!(b.funds("busy", Asset::Tnzo).is_some() && b.funds("dirty", Asset::Tnzo).is_some());
+    b.release(held);
+}
