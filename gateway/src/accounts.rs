@@ -209,6 +209,8 @@ pub struct KeyEntry {
     pub record: KeyRecord,
     pub asset: Asset,
     pub identity: Option<String>,
+    /// `identity` parsed once, for the per-request status check.
+    pub did: Option<tenzro_identity::Did>,
     pub limits: SpendLimits,
     pub limiters: Limiters,
 }
@@ -280,10 +282,12 @@ impl Accounts {
             .tokens_per_minute
             .unwrap_or(self.defaults.tokens_per_minute);
         let identity = record.identity.clone().or(account_identity);
+        let did = identity.as_deref().and_then(|d| d.parse().ok());
         let entry = Arc::new(KeyEntry {
             limiters: Limiters::new(rpm, tpm),
             asset,
             identity,
+            did,
             limits: record.scope.spend_limits(),
             record,
         });

@@ -98,17 +98,14 @@ fn identity_json(reg: &Identities, i: &Identity, now: u64) -> Value {
 
 /// Refuses keys whose identity (the agent's, else the account's) is not active.
 pub fn check_active(state: &AppState, key: &KeyEntry) -> Result<(), ApiError> {
-    let Some(did) = &key.identity else {
-        return Ok(());
-    };
-    let Ok(did) = Did::from_str(did) else {
+    let Some(did) = &key.did else {
         return Ok(());
     };
     let reg = state
         .identities
         .read()
         .map_err(|_| ApiError::Internal("identities lock".into()))?;
-    match reg.resolve(&did) {
+    match reg.resolve(did) {
         Some(i) if !i.is_active() => Err(ApiError::Forbidden(format!(
             "identity {did} is {}; its keys may not be used",
             i.status().name()

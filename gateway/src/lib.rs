@@ -109,7 +109,7 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
     }
     let store = open_store(&config).await?;
     let snap = store
-        .load(unix_now())
+        .load()
         .await
         .map_err(|source| StartError::Store {
             url: redact(&config.store_url()),
@@ -129,7 +129,7 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         store.clone(),
         book.clone(),
         limits,
-        snap.accounts.into_iter().map(|a| a.0).collect(),
+        snap.accounts,
         snap.keys,
     ));
     let identities = match store.documents(identity_routes::DOCUMENT.0).await {

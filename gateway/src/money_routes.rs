@@ -76,7 +76,7 @@ fn channel_json(v: &ChannelView) -> Value {
 /// the account's channels.
 pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
     let account = &key.record.account;
-    state.leases.ensure(&state.store, &state.book, account, unix_now()).await?;
+    state.lease(account).await?;
     let mut balances = BTreeMap::new();
     let mut held = BTreeMap::new();
     for asset in ASSETS {
@@ -114,11 +114,6 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<J
     })))
 }
 
-/// Takes the caller's account lease (see `money::lease`).
-async fn lease(state: &AppState, account: &str) -> Result<(), ApiError> {
-    state.leases.ensure(&state.store, &state.book, account, unix_now()).await.map_err(ApiError::from)
-}
-
 /// The caller's channel, or 404 (another account's channel is not disclosed).
 fn own_channel(state: &AppState, account: &str, id: &str) -> Result<ChannelView, ApiError> {
     state
@@ -129,7 +124,7 @@ fn own_channel(state: &AppState, account: &str, id: &str) -> Result<ChannelView,
 }
 
 pub async fn channels(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
-    lease(&state, &key.record.account).await?;
+    state.lease(&key.record.account).await?;
     let data: Vec<Value> = state
         .book
         .channels_of(&key.record.account)
@@ -144,7 +139,7 @@ pub async fn channel(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    lease(&state, &key.record.account).await?;
+    state.lease(&key.record.account).await?;
     own_channel(&state, &key.record.account, &id).map(|c| Json(channel_json(&c)))
 }
 
@@ -154,7 +149,7 @@ pub async fn voucher(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Voucher>, ApiError> {
-    lease(&state, &key.record.account).await?;
+    state.lease(&key.record.account).await?;
     let c = own_channel(&state, &key.record.account, &id)?;
     c.latest_voucher
         .map(Json)
@@ -169,7 +164,7 @@ pub async fn close(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    lease(&state, &key.record.account).await?;
+    state.lease(&key.record.account).await?;
     let c = own_channel(&state, &key.record.account, &id)?;
     let now = unix_now();
     let agreed = c.latest_voucher.as_ref().is_some_and(|v| {
@@ -228,7 +223,7 @@ pub async fn dispute(
             &mut parts, &state,
         )
         .await?;
-        lease(&state, &key.record.account).await?;
+        state.lease(&key.record.account).await?;
         let c = own_channel(&state, &key.record.account, &id)?;
         (
             state
@@ -241,7 +236,7 @@ pub async fn dispute(
         let DisputeBody { voucher } = parse_json(&body)?;
         let payer = state.store.channel_payer(&id).await.map_err(|e| ApiError::Internal(e.to_string()))?;
         let payer = payer.ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
-        lease(&state, &payer).await?;
+        state.lease(&payer).await?;
         let c = state
             .book
             .channel(&id)
@@ -305,7 +300,7 @@ pub async fn faucet(
     let amount = pricing::parse_tokens(&cfg.amount)
         .map_err(|e| ApiError::Internal(format!("faucet.amount: {e}")))?;
     let now = unix_now();
-    lease(&state, &key.record.account).await?;
+    state.lease(&key.record.account).await?;
     {
         let mut grants = state
             .faucet

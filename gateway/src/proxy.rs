@@ -169,7 +169,7 @@ pub async fn run(
             .map_err(|e| ApiError::bad_request(format!("cannot price this request: {e}")))?;
         worst_cost = worst_cost.max(c);
     }
-    state.leases.ensure(&state.store, &state.book, &key.record.account, unix_now()).await?;
+    state.lease(&key.record.account).await?;
     let reservation = state
         .book
         .reserve(

@@ -614,7 +614,7 @@ async fn admin_credit(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let amount = tokens(Some(&c.amount))?;
     if state.accounts.account(&id).is_some() {
-        state.leases.ensure(&state.store, &state.book, &id, unix_now()).await?;
+        state.lease(&id).await?;
     }
     let balance = state
         .accounts

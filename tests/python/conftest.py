@@ -103,3 +103,41 @@ def tokenize(url: str, **body) -> int:
     r = httpx.post(f"{url}/tokenize", json={"model": CHAT_MODEL, **body}, timeout=30)
     r.raise_for_status()
     return r.json()["count"]
+
+
+def gateway_config(data_dir: Path, provider_url: str | None, admin_token: str = "",
+                   first_byte_timeout_ms: int = 60000, extra: str = "") -> str:
+    """A gateway config for tests: its data directory, the default models' provider
+    at `provider_url` as a static provider (none when `None`), and `extra` TOML
+    tables."""
+    text = f"""
+[server]
+data_dir = "{data_dir}"
+admin_token = "{admin_token}"
+
+[upstream]
+first_byte_timeout_ms = {first_byte_timeout_ms}
+
+{extra}
+"""
+    if provider_url:
+        text += f"""
+[[providers]]
+id = "local"
+endpoint = "{provider_url}"
+stake = "100000"
+max_concurrency = 8
+[[providers.models]]
+id = "{CHAT_MODEL}"
+category = "LLM"
+price_per_token = "100000000000"
+max_context = 2048
+parameters = 134515008
+[[providers.models]]
+id = "{EMBED_MODEL}"
+category = "Embedding"
+price_per_token = "10000000000"
+max_context = 512
+parameters = 22713216
+"""
+    return text

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import CHAT_MODEL, MODELS_DIR, ROOT, Server, binary, free_port, wait_healthy
+from conftest import CHAT_MODEL, MODELS_DIR, ROOT, Server, binary, free_port, gateway_config, wait_healthy
 
 KILLS = 50
 MIN_COMPLETED = 10
@@ -33,28 +33,8 @@ ONE = 10**18
 
 
 def config(data_dir: Path, provider_url: str) -> str:
-    return f"""
-[server]
-data_dir = "{data_dir}"
-
-[upstream]
-first_byte_timeout_ms = 60000
-
-[channels]
-voucher_interval_ms = 50
-
-[[providers]]
-id = "local"
-endpoint = "{provider_url}"
-stake = "100000"
-max_concurrency = 8
-[[providers.models]]
-id = "{CHAT_MODEL}"
-category = "LLM"
-price_per_token = "100000000000"
-max_context = 2048
-parameters = 134515008
-"""
+    # Vouchers often, so the provider holds recent ones when the gateway dies.
+    return gateway_config(data_dir, provider_url, extra="[channels]\nvoucher_interval_ms = 50\n")
 
 
 class Load:

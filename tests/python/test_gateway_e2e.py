@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+import conftest
 from conftest import CHAT_MODEL, EMBED_MODEL, MODELS_DIR, ROOT, Server, binary, free_port
 
 ADMIN = "e2e-admin-token"
@@ -30,35 +31,7 @@ def provider_has_gateway_flag() -> bool:
 
 
 def gateway_config(data_dir: Path, provider_url: str | None) -> str:
-    text = f"""
-[server]
-data_dir = "{data_dir}"
-admin_token = "{ADMIN}"
-
-[upstream]
-first_byte_timeout_ms = 120000
-"""
-    if provider_url:
-        text += f"""
-[[providers]]
-id = "local"
-endpoint = "{provider_url}"
-stake = "100000"
-max_concurrency = 8
-[[providers.models]]
-id = "{CHAT_MODEL}"
-category = "LLM"
-price_per_token = "100000000000"
-max_context = 2048
-parameters = 134515008
-[[providers.models]]
-id = "{EMBED_MODEL}"
-category = "Embedding"
-price_per_token = "10000000000"
-max_context = 512
-parameters = 22713216
-"""
-    return text
+    return conftest.gateway_config(data_dir, provider_url, admin_token=ADMIN, first_byte_timeout_ms=120000)
 
 
 @pytest.fixture(scope="module")

@@ -238,7 +238,7 @@ async fn slashed(doc: Doc, want_reason: &str) {
     );
     let mut stored = Vec::new();
     for _ in 0..100 {
-        stored = gw.state.store.load(0).await.unwrap().slashes;
+        stored = gw.state.store.load().await.unwrap().slashes;
         if !stored.is_empty() {
             break;
         }

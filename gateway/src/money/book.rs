@@ -479,11 +479,6 @@ impl Book {
         idle
     }
 
-    /// Accounts in the book (those this replica holds leases for).
-    pub fn accounts(&self) -> Vec<String> {
-        self.lock().map(|g| g.accounts.keys().cloned().collect()).unwrap_or_default()
-    }
-
     /// Drops an account whose lease was lost, with its uncommitted changes.
     pub fn drop_account(&self, account: &str) {
         if let Ok(mut g) = self.lock() {
@@ -500,42 +495,6 @@ impl Book {
         self.lock()
             .map(|g| g.accounts.contains_key(account))
             .unwrap_or(false)
-    }
-
-    /// Restores a channel from the store (with its latest countersigned voucher).
-    pub fn load_channel(&self, ch: Channel, latest: Option<Voucher>) -> Result<(), BookError> {
-        let mut g = self.lock()?;
-        let vouchered = latest.as_ref().map(|v| v.nonce).unwrap_or(0);
-        if ch.is_open() {
-            g.routes.insert(
-                (ch.payer.clone(), ch.provider.clone(), ch.asset),
-                ch.id.clone(),
-            );
-        }
-        let durable = (ch.nonce, ch.spent);
-        g.channels.insert(
-            ch.id.clone(),
-            ChannelEntry {
-                ch,
-                dirty: false,
-                holds: 0,
-                durable,
-                voucher_due: false,
-                vouchered,
-                latest,
-            },
-        );
-        Ok(())
-    }
-
-    /// Restores a key's spend window from its charges of the last 24 h.
-    pub fn load_charges(&self, key: &str, charges: &[(u64, u128)]) -> Result<(), BookError> {
-        let mut g = self.lock()?;
-        let w = g.windows.entry(key.to_owned()).or_default();
-        for (at, amount) in charges {
-            w.record(*at, *amount);
-        }
-        Ok(())
     }
 
     pub fn load_pools(

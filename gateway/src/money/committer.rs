@@ -36,13 +36,21 @@ pub async fn commit_once(book: &Book, store: &Store) -> Result<usize, StoreError
     }
 }
 
+/// The once-a-second part of a commit: renewing leases that are due (a commit
+/// renews those it writes anyway) and, when set, releasing accounts idle that long.
+#[derive(Debug, Clone, Copy)]
+pub struct Housekeeping {
+    pub release_idle: Option<u64>,
+}
+
 /// One commit under leases: renews the leases due, writes the batch fenced by
 /// this replica's leases (an account whose lease was lost is dropped from the book
 /// with its unwritten changes, and the rest retried), and every `idle_s` releases
 /// accounts nobody used since.
-pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64, release_idle: Option<u64>) -> Result<usize, StoreError> {
+pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64, housekeeping: Option<Housekeeping>) -> Result<usize, StoreError> {
     let until = leases.renewal(now);
-    for account in leases.due(now) {
+    let due = if housekeeping.is_some() { leases.due(now) } else { Vec::new() };
+    for account in due {
         match store.claim(&account, &leases.owner, until, now).await {
             Ok(true) => leases.renewed(std::slice::from_ref(&account), until),
             Ok(false) => {
@@ -78,7 +86,7 @@ pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64
             }
         }
     }
-    if let Some(idle) = release_idle {
+    if let Some(Housekeeping { release_idle: Some(idle) }) = housekeeping {
         let gone = book.evict_idle(now.saturating_sub(idle));
         if !gone.is_empty() {
             leases.forget(&gone);
@@ -131,8 +139,8 @@ pub async fn run(
         if let Err(e) = save_slashes(&registry, &store).await {
             tracing::error!(error = %e, "saving slashes failed; retrying next interval");
         }
-        let release = (idle_s > 0 && ticks.is_multiple_of(every_second)).then_some(idle_s);
-        if let Err(e) = commit_leased(&book, &store, &leases, unix_now(), release).await {
+        let housekeeping = (ticks.is_multiple_of(every_second) || stop).then_some(Housekeeping { release_idle: (idle_s > 0).then_some(idle_s) });
+        if let Err(e) = commit_leased(&book, &store, &leases, unix_now(), housekeeping).await {
             tracing::error!(error = %e, "group commit failed; retrying next interval");
         }
         if stop {

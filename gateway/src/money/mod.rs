@@ -11,7 +11,8 @@
 //!   and send signed vouchers to providers.
 //!
 //! The four invariants of `DESIGN.md` ("Money") are tested here and in
-//! `tests/tests/gateway_money.rs` and `gateway_crash.rs`.
+//! `tests/tests/gateway_money.rs`, `gateway/tests/store.rs` and
+//! `tests/python/test_gateway_crash.py`.
 
 pub mod book;
 pub mod channel;

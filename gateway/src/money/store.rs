@@ -79,14 +79,13 @@ fn migrator() -> Migrator {
     }
 }
 
-/// Everything the gateway reloads at start.
+/// What the gateway loads at start. An account's money (funds, channels, spend
+/// windows) is not here: it is read by [`Store::account_state`] when a replica
+/// takes the account's lease.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub accounts: Vec<(AccountRecord, Vec<(Asset, Funds)>)>,
+    pub accounts: Vec<AccountRecord>,
     pub keys: Vec<KeyRecord>,
-    pub channels: Vec<(Channel, Option<Voucher>)>,
-    /// Charges of the last 24 h by key: (key id, [(at, amount)]).
-    pub charges: Vec<(String, Vec<(u64, u128)>)>,
     pub pools: Vec<(Asset, Pools)>,
     pub earnings: Vec<(String, Asset, u128)>,
     pub slashes: Vec<Slash>,
@@ -469,62 +468,18 @@ impl Store {
             .map(|v| v.into_iter().map(|(_, a, f)| (a, f)).collect())
     }
 
-    /// Everything the book and the accounts need at start.
-    pub async fn load(&self, now: u64) -> Result<Snapshot, StoreError> {
+    /// Accounts, keys, pools, earnings and slashes (see [`Snapshot`]).
+    pub async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut s = Snapshot::default();
-        let mut funds: std::collections::HashMap<String, Vec<(Asset, Funds)>> =
-            std::collections::HashMap::new();
-        for row in sqlx::query("SELECT account, asset, balance, funded FROM balances")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let account: String = row.try_get(0)?;
-            let (_, asset, f) = funds_row_at(&row, 1)?;
-            funds.entry(account).or_default().push((asset, f));
-        }
         for row in sqlx::query("SELECT id, name, asset, identity, created FROM accounts")
             .fetch_all(&self.pool)
             .await?
         {
-            let a = account_row(&row)?;
-            let f = funds.remove(&a.id).unwrap_or_default();
-            s.accounts.push((a, f));
+            s.accounts.push(account_row(&row)?);
         }
         for row in sqlx::query("SELECT id, hash, account, name, scope, created, identity FROM api_keys WHERE revoked IS NULL").fetch_all(&self.pool).await? {
             s.keys.push(key_row(&row)?);
         }
-        let mut vouchers: std::collections::HashMap<String, Voucher> =
-            std::collections::HashMap::new();
-        for row in sqlx::query("SELECT channel, voucher FROM vouchers")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let v: String = row.try_get(1)?;
-            let v: Voucher =
-                serde_json::from_str(&v).map_err(|e| corrupt("vouchers", "voucher", e))?;
-            vouchers.insert(row.try_get(0)?, v);
-        }
-        for row in sqlx::query("SELECT id, payer, provider, asset, deposit, spent, nonce, opened, expires, state FROM channels")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let c = channel_row(&row)?;
-            let v = vouchers.remove(&c.id);
-            s.channels.push((c, v));
-        }
-        let since = i64_of(now.saturating_sub(crate::money::scope::DAY));
-        let mut charges: std::collections::BTreeMap<String, Vec<(u64, u128)>> =
-            std::collections::BTreeMap::new();
-        for row in sqlx::query("SELECT key_id, at, charged FROM requests WHERE key_id IS NOT NULL AND at > $1 ORDER BY at")
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let key: String = row.try_get(0)?;
-            let amount = amount_of(&row.try_get::<String, _>(2)?, "requests", "charged")?;
-            charges.entry(key).or_default().push((u64_of(row.try_get(1)?), amount));
-        }
-        s.charges = charges.into_iter().collect();
         for row in sqlx::query("SELECT asset, treasury, burned, stakers FROM pools")
             .fetch_all(&self.pool)
             .await?
@@ -567,8 +522,7 @@ impl Store {
         Ok(s)
     }
 
-    /// Counts of rows, for tests and the crash checker: (requests, sum charged by
-    /// request id).
+    /// Every recorded request's id and charge, oldest first (for tests and audits).
     pub async fn charges_by_request(&self) -> Result<Vec<(String, u128)>, StoreError> {
         let rows = sqlx::query("SELECT request_id, charged FROM requests ORDER BY at")
             .fetch_all(&self.pool)
