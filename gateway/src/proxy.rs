@@ -290,7 +290,10 @@ pub async fn run(
             state.metrics.upstream(&entry.info.id, waited);
             let Some(r) = reservation.take() else { break };
             let after = Instant::now();
-            let resp = finish_whole(state, &entry, r, quote, request_id, body)?;
+            let mut resp = finish_whole(state, &entry, r, quote, request_id, body)?;
+            if let Ok(v) = HeaderValue::from_str(&channel) {
+                resp.headers_mut().insert("x-tenzro-channel", v);
+            }
             drop(in_flight);
             state
                 .metrics

@@ -115,6 +115,7 @@ async fn the_account_shows_balances_spend_and_the_channel() {
     // A new request opens a new channel; the disputed one takes no more.
     let resp = gw.chat(chat(false)).send().await.unwrap();
     assert_ne!(resp.headers()["x-tenzro-provider"], "");
+    assert_ne!(resp.headers()["x-tenzro-channel"].to_str().unwrap(), channel, "a new channel, named on non-streamed answers too");
     let (_, a) = get(&gw, "/v1/account", &gw.key).await;
     assert_eq!(a["channels"].as_array().unwrap().len(), 2);
     gw.state.book.audit(&gw.account, Asset::Tnzo).unwrap();
