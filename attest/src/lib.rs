@@ -6,6 +6,8 @@
 //! - [`keys`]: Ed25519 provider keys on disk, public keys, signatures, DIDs.
 //! - [`receipt`]: what a provider signs for every response it serves.
 //! - [`voucher`]: payment-channel vouchers, signed by the payer and countersigned.
+//! - [`bond`]: a provider key's consent to be bonded by (and pay its earnings to) an owner.
+//! - [`payer`]: the payer's signature on a paid request to a provider.
 //! - [`binding`]: the 64-byte report data that ties evidence to key, weights and nonce.
 //! - [`evidence`]: producing evidence (one backend per TEE kind) and verifying it.
 //! - [`policy`]: what a verifier accepts (measurements, debug, TCB, freshness).
@@ -13,11 +15,13 @@
 //! - [`input`]: reading vendor files given as raw bytes, hex text, PEM or DER.
 
 pub mod binding;
+pub mod bond;
 mod canon;
 mod error;
 pub mod evidence;
 pub mod input;
 pub mod keys;
+pub mod payer;
 pub mod policy;
 pub mod receipt;
 pub mod verdict;
