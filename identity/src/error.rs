@@ -28,6 +28,9 @@ pub enum Error {
         /// What was asked.
         action: &'static str,
     },
+    /// A controller asked to lift a suspension an admin made.
+    #[error("identity {0} was suspended by an admin; only an admin may resume it")]
+    AdminSuspended(Did),
     /// An agent cannot be activated or resumed while its controller is not active.
     #[error("controller {controller} of {did} is not active")]
     ControllerInactive {

@@ -18,15 +18,17 @@
 //! - **Lifecycle** ([`lifecycle`]): created, active, suspended, terminated. Humans
 //!   start active, agents created. Terminated is final. Suspending or terminating a
 //!   controller cascades to the agents under it; resuming it resumes the agents the
-//!   cascade suspended, not those suspended on their own.
+//!   cascade suspended, not those suspended on their own. An admin's suspension
+//!   is lifted only by an admin.
 //! - **Credentials** ([`credential`]): W3C VC v1 with an `Ed25519Signature2020` proof
 //!   over canonical JSON ([`canonical`]) with a domain tag. Verification checks the
 //!   signature with the issuer's key and the validity window at `now`.
 //! - **KYC** ([`kyc`]): a human's effective tier is the higher of its registered
 //!   tier and its current KYC credentials from trusted issuers; a controlled agent
 //!   has its controller's; autonomous agents and inactive identities have 0.
-//! - **Registry** ([`Identities`]): in memory, serializable whole (serde) so the
-//!   gateway can keep it as one JSON value; reading it back checks it.
+//! - **Registry** ([`Identities`]): in memory; stored as one JSON value (serde)
+//!   or one row per identity ([`Identities::from_rows`]); reading it back checks
+//!   it. It counts each owner's live agents, for a per-owner cap.
 //! - **DID documents** ([`document`]): W3C DID v1 with an
 //!   `Ed25519VerificationKey2020` method.
 
@@ -49,5 +51,5 @@ pub use did::{Did, DidError, DidErrorReason, DidKind, Method};
 pub use error::Error;
 pub use identity::{Agent, Human, Identity, Reputation, Role};
 pub use kyc::KycTier;
-pub use lifecycle::Status;
+pub use lifecycle::{Authority, Status};
 pub use registry::Identities;

@@ -18,6 +18,10 @@
 //!   cascade, transitively; an agent that was suspended on its own stays suspended,
 //!   and so do the agents under it. Suspending an agent already suspended by cascade
 //!   makes the suspension its own, so resuming the controller then leaves it alone.
+//! - Who suspended is recorded ([`Authority`]): a suspension by an admin can be
+//!   lifted only by an admin ([`Identities::resume_as`] refuses a controller with
+//!   [`Error::AdminSuspended`]). An admin may also take over a suspension a
+//!   controller made, so that the controller cannot lift it either.
 //! - Terminating (revoking) an identity terminates every agent it controls,
 //!   transitively, whatever their state. Terminated is final; the DID stays
 //!   registered so it can never be taken again.
@@ -43,6 +47,9 @@ pub enum Status {
         /// cascaded here (it is resumed with its controller).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cascaded_from: Option<Did>,
+        /// Whether an admin suspended it; then only an admin may resume it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_admin: bool,
     },
     /// Revoked for good.
     Terminated,
@@ -63,10 +70,26 @@ impl Status {
         matches!(
             self,
             Self::Suspended {
-                cascaded_from: Some(_)
+                cascaded_from: Some(_),
+                ..
             }
         )
     }
+
+    /// Whether an admin suspended it (only an admin may resume it).
+    pub fn suspended_by_admin(&self) -> bool {
+        matches!(self, Self::Suspended { by_admin: true, .. })
+    }
+}
+
+/// Who asks for a lifecycle change: an admin of the registry, or a controller of the
+/// identity (its owner, directly or through other agents).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// The registry's operator.
+    Admin,
+    /// A controller of the identity.
+    Controller,
 }
 
 impl Identities {
@@ -81,43 +104,61 @@ impl Identities {
         Ok(vec![did.clone()])
     }
 
-    /// Active to suspended, with every active agent under it (see the module docs).
+    /// Active to suspended by a controller, with every active agent under it (see
+    /// the module docs).
     pub fn suspend(&mut self, did: &Did, now: u64) -> Result<Vec<Did>, Error> {
+        self.suspend_as(did, Authority::Controller, now)
+    }
+
+    /// Active to suspended, recording who suspended, with every active agent under
+    /// it. A suspension by cascade becomes its own; an admin may also take over a
+    /// controller's own suspension (it then needs an admin to be lifted).
+    pub fn suspend_as(&mut self, did: &Did, by: Authority, now: u64) -> Result<Vec<Did>, Error> {
+        let own = Status::Suspended {
+            cascaded_from: None,
+            by_admin: by == Authority::Admin,
+        };
         match self.status_of(did)? {
             Status::Active => {}
             // Already suspended by cascade: the suspension becomes its own, and
             // everything under it is suspended already.
             status if status.suspended_by_cascade() => {
-                self.set_status(
-                    did,
-                    Status::Suspended {
-                        cascaded_from: None,
-                    },
-                    now,
-                );
+                self.set_status(did, own, now);
+                return Ok(vec![did.clone()]);
+            }
+            Status::Suspended {
+                by_admin: false, ..
+            } if by == Authority::Admin => {
+                self.set_status(did, own, now);
                 return Ok(vec![did.clone()]);
             }
             other => return Err(transition(did, other, "suspend")),
         }
-        self.set_status(
-            did,
-            Status::Suspended {
-                cascaded_from: None,
-            },
-            now,
-        );
+        self.set_status(did, own, now);
         let mut changed = vec![did.clone()];
         let cascade = Status::Suspended {
             cascaded_from: Some(did.clone()),
+            by_admin: false,
         };
         self.cascade(did, |s| *s == Status::Active, &cascade, now, &mut changed);
         Ok(changed)
     }
 
-    /// Suspended to active, with the agents under it that were suspended by cascade.
-    /// The controller, if any, must be active.
+    /// Suspended to active by a controller, with the agents under it that were
+    /// suspended by cascade. The controller, if any, must be active; a suspension by
+    /// an admin is refused ([`Error::AdminSuspended`]).
     pub fn resume(&mut self, did: &Did, now: u64) -> Result<Vec<Did>, Error> {
+        self.resume_as(did, Authority::Controller, now)
+    }
+
+    /// Suspended to active, with the agents under it that were suspended by cascade.
+    /// Only an admin lifts an admin's suspension. The controller, if any, must be
+    /// active.
+    pub fn resume_as(&mut self, did: &Did, by: Authority, now: u64) -> Result<Vec<Did>, Error> {
         match self.status_of(did)? {
+            status if status.suspended_by_admin() && by != Authority::Admin => {
+                return Err(Error::AdminSuspended(did.clone()));
+            }
             Status::Suspended { .. } => {}
             other => return Err(transition(did, other, "resume")),
         }
@@ -200,9 +241,14 @@ impl Identities {
     }
 
     fn set_status(&mut self, did: &Did, status: Status, now: u64) {
-        if let Some(identity) = self.identities.get_mut(did) {
-            identity.status = status;
-            identity.status_changed_at = now;
+        let Some(identity) = self.identities.get_mut(did) else {
+            return;
+        };
+        let ends = identity.status != Status::Terminated && status == Status::Terminated;
+        identity.status = status;
+        identity.status_changed_at = now;
+        if ends {
+            self.count_live(did, false);
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Identities {
     pub(crate) identities: BTreeMap<Did, Identity>,
     /// Controller to the agents it controls directly (derived, not persisted).
     pub(crate) controlled: BTreeMap<Did, BTreeSet<Did>>,
+    /// Owner (the top of a controller chain) to how many agents under it are not
+    /// terminated (derived, not persisted).
+    live_agents: BTreeMap<Did, usize>,
     trusted_issuers: BTreeMap<Did, PublicKey>,
 }
 
@@ -129,8 +132,67 @@ impl Identities {
                 .or_default()
                 .insert(did.clone());
         }
+        let live = identity.status != Status::Terminated;
         self.identities.insert(did.clone(), identity);
+        if live {
+            self.count_live(&did, true);
+        }
         Ok(did)
+    }
+
+    /// Counts a controlled agent in (or out of) its owner's live agents.
+    pub(crate) fn count_live(&mut self, did: &Did, born: bool) {
+        if did.controller().is_none() {
+            return;
+        }
+        let owner = owner_of(did).clone();
+        let n = self.live_agents.entry(owner.clone()).or_default();
+        if born {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live_agents.remove(&owner);
+            }
+        }
+    }
+
+    /// How many agents under `owner` (directly or through other agents) are not
+    /// terminated; `owner` is the top of their controller chain (see [`owner_of`]).
+    pub fn live_agents_of(&self, owner: &Did) -> usize {
+        self.live_agents.get(owner).copied().unwrap_or(0)
+    }
+
+    /// The first identity in `did`'s chain (itself, then its controllers upwards)
+    /// that is not active, with its state; `None` when the whole chain is active.
+    /// An unregistered DID in the chain counts as not active.
+    pub fn inactive_in_chain(&self, did: &Did) -> Option<(Did, &'static str)> {
+        let mut next = Some(did);
+        while let Some(d) = next {
+            match self.resolve(d) {
+                Some(i) if i.is_active() => {}
+                Some(i) => return Some((d.clone(), i.status().name())),
+                None => return Some((d.clone(), "unregistered")),
+            }
+            next = d.controller();
+        }
+        None
+    }
+
+    /// Builds a registry from stored rows (one identity each, in any order) and the
+    /// trusted issuers, with the same checks as reading the whole registry back.
+    pub fn from_rows(
+        identities: Vec<Identity>,
+        trusted_issuers: Vec<(Did, PublicKey)>,
+    ) -> Result<Self, Error> {
+        Self::from_snapshot(Snapshot {
+            version: STATE_VERSION,
+            identities,
+            trusted_issuers: trusted_issuers
+                .into_iter()
+                .map(|(did, public_key)| TrustedIssuer { did, public_key })
+                .collect(),
+        })
     }
 
     /// The identity with this DID, in any state.
@@ -273,6 +335,16 @@ impl Identities {
         }
         Ok(registry)
     }
+}
+
+/// The top of `did`'s controller chain: the person (or autonomous agent) that owns
+/// it, directly or through other agents; `did` itself when it has no controller.
+pub fn owner_of(did: &Did) -> &Did {
+    let mut top = did;
+    while let Some(c) = top.controller() {
+        top = c;
+    }
+    top
 }
 
 /// What `Identities::from_snapshot` checks of each identity on its own.

@@ -57,12 +57,142 @@ fn status(ids: &Identities, did: &Did) -> Status {
 fn cascaded(from: &Did) -> Status {
     Status::Suspended {
         cascaded_from: Some(from.clone()),
+        by_admin: false,
     }
 }
 
 const OWN: Status = Status::Suspended {
     cascaded_from: None,
+    by_admin: false,
 };
+
+const BY_ADMIN: Status = Status::Suspended {
+    cascaded_from: None,
+    by_admin: true,
+};
+
+#[test]
+fn only_an_admin_lifts_an_admins_suspension() {
+    let Family {
+        mut ids, h, a, b, ..
+    } = family();
+    ids.suspend_as(&a, Authority::Admin, T0).unwrap();
+    assert_eq!(status(&ids, &a), BY_ADMIN);
+    assert_eq!(status(&ids, &b), cascaded(&a));
+    assert!(matches!(
+        ids.resume(&a, T0 + 1),
+        Err(Error::AdminSuspended(d)) if d == a
+    ));
+    assert_eq!(
+        status(&ids, &a),
+        BY_ADMIN,
+        "the refused resume changed nothing"
+    );
+    // The owner suspending and resuming itself does not lift it either.
+    ids.suspend(&h, T0 + 2).unwrap();
+    ids.resume(&h, T0 + 3).unwrap();
+    assert_eq!(status(&ids, &a), BY_ADMIN);
+    assert_eq!(status(&ids, &b), cascaded(&a));
+    assert_eq!(
+        ids.resume_as(&a, Authority::Admin, T0 + 4).unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(status(&ids, &b), Status::Active);
+
+    // An admin takes over a controller's own suspension, and then only an admin lifts it.
+    ids.suspend(&b, T0 + 5).unwrap();
+    assert_eq!(status(&ids, &b), OWN);
+    ids.suspend_as(&b, Authority::Admin, T0 + 6).unwrap();
+    assert_eq!(status(&ids, &b), BY_ADMIN);
+    assert!(matches!(
+        ids.resume(&b, T0 + 7),
+        Err(Error::AdminSuspended(_))
+    ));
+    // A controller cannot turn an admin's suspension back into its own.
+    assert!(ids.suspend(&b, T0 + 7).is_err());
+    assert_eq!(status(&ids, &b), BY_ADMIN);
+    // It survives the round trip through storage.
+    let text = serde_json::to_string(&ids).unwrap();
+    let back: Identities = serde_json::from_str(&text).unwrap();
+    assert_eq!(status(&back, &b), BY_ADMIN);
+    let row = serde_json::to_value(back.resolve(&b).unwrap()).unwrap();
+    assert_eq!(
+        row["status"],
+        json!({"state": "suspended", "by_admin": true})
+    );
+}
+
+#[test]
+fn live_agents_are_counted_per_owner() {
+    let Family {
+        mut ids,
+        h,
+        a,
+        b,
+        c,
+    } = family();
+    assert_eq!(ids.live_agents_of(&h), 3);
+    assert_eq!(registry::owner_of(&b), &h);
+    assert_eq!(registry::owner_of(&h), &h);
+    assert_eq!(ids.live_agents_of(&a), 0, "counted at the owner only");
+    ids.suspend(&c, T0).unwrap();
+    assert_eq!(ids.live_agents_of(&h), 3, "suspended agents count");
+    ids.terminate(&a, T0).unwrap();
+    assert_eq!(ids.live_agents_of(&h), 1, "a and b are terminated");
+    ids.terminate(&a, T0).unwrap_err();
+    assert_eq!(ids.live_agents_of(&h), 1);
+    let rows: Vec<Identity> = ids.iter().cloned().collect();
+    let back = Identities::from_rows(rows, Vec::new()).unwrap();
+    assert_eq!(back.live_agents_of(&h), 1, "rebuilt from rows");
+    ids.terminate(&h, T0).unwrap();
+    assert_eq!(ids.live_agents_of(&h), 0);
+}
+
+#[test]
+fn the_whole_chain_must_be_active() {
+    let Family {
+        mut ids, h, a, b, ..
+    } = family();
+    assert_eq!(ids.inactive_in_chain(&b), None);
+    ids.suspend(&b, T0).unwrap();
+    assert_eq!(ids.inactive_in_chain(&b), Some((b.clone(), "suspended")));
+    ids.resume(&b, T0).unwrap();
+    ids.suspend(&h, T0).unwrap();
+    assert_eq!(ids.inactive_in_chain(&a).map(|x| x.1), Some("suspended"));
+    let stranger =
+        Did::controlled(Did::human(did::key_uuid(&key(90))), did::key_uuid(&key(91))).unwrap();
+    assert_eq!(
+        ids.inactive_in_chain(&stranger).map(|x| x.1),
+        Some("unregistered")
+    );
+}
+
+#[test]
+fn rows_read_back_in_any_order() {
+    let Family { mut ids, a, c, .. } = family();
+    ids.suspend_as(&a, Authority::Admin, T0).unwrap();
+    ids.terminate(&c, T0).unwrap();
+    let issuer = kyc_issuer();
+    ids.trust_issuer(issuer.1.clone(), issuer.0.public_key());
+    let mut rows: Vec<String> = ids
+        .iter()
+        .map(|i| serde_json::to_string(i).unwrap())
+        .collect();
+    rows.reverse();
+    let rows: Vec<Identity> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let issuers = ids
+        .trusted_issuers()
+        .map(|(d, k)| (d.clone(), *k))
+        .collect();
+    let back = Identities::from_rows(rows.clone(), issuers).unwrap();
+    assert_eq!(back, ids);
+    // The same checks as the whole registry: a row without its controller fails.
+    let orphans: Vec<Identity> = rows.into_iter().filter(|i| i.did().is_machine()).collect();
+    assert!(Identities::from_rows(orphans, Vec::new()).is_err());
+}
 
 #[test]
 fn dids_come_from_keys() {
@@ -575,19 +705,25 @@ proptest! {
     /// controller has only terminated agents, and a cascade suspension never outlives
     /// its controller's.
     #[test]
-    fn lifecycle_invariants_hold(ops in prop::collection::vec((0u8..4, 0usize..5), 0..40)) {
+    fn lifecycle_invariants_hold(ops in prop::collection::vec((0u8..6, 0usize..5), 0..40)) {
         let Family { mut ids, h, a, b, c } = family();
         let d = ids.register_agent(Some(&b), Vec::new(), key(5), T0).unwrap();
         let dids = [h, a, b, c, d];
         for (step, (op, target)) in ops.into_iter().enumerate() {
             let did = &dids[target];
             let now = T0 + step as u64;
+            let before = status(&ids, did);
             let _ = match op {
                 0 => ids.activate(did, now),
                 1 => ids.suspend(did, now),
                 2 => ids.resume(did, now),
-                _ => ids.terminate(did, now),
+                3 => ids.terminate(did, now),
+                4 => ids.suspend_as(did, Authority::Admin, now),
+                _ => ids.resume_as(did, Authority::Admin, now),
             };
+            if before.suspended_by_admin() && matches!(op, 1 | 2) {
+                prop_assert_eq!(status(&ids, did), before, "a controller lifted an admin's suspension");
+            }
             for identity in ids.iter() {
                 let Some(controller) = identity.controller() else { continue };
                 let controller = ids.resolve(controller).unwrap().status();
@@ -597,7 +733,7 @@ proptest! {
                 if *controller == Status::Terminated {
                     prop_assert_eq!(identity.status(), &Status::Terminated);
                 }
-                if matches!(identity.status(), Status::Suspended { cascaded_from: Some(_) }) {
+                if matches!(identity.status(), Status::Suspended { cascaded_from: Some(_), .. }) {
                     prop_assert_ne!(controller, &Status::Active);
                 }
             }
