@@ -71,6 +71,7 @@ pub struct Config {
     pub store: StoreSection,
     pub channels: ChannelsSection,
     pub faucet: FaucetSection,
+    pub receipts: ReceiptsSection,
     pub providers: Vec<StaticProvider>,
 }
 
@@ -174,7 +175,11 @@ pub struct UpstreamConfig {
     pub idle_timeout_ms: u64,
     /// Providers tried per request (the first one and failovers).
     pub max_attempts: usize,
+    /// Largest answer relayed, streamed or not; a stream past it is cut.
     pub max_response_bytes: usize,
+    /// Largest unterminated SSE event a stream may hold pending; past it the stream
+    /// is cut (so one endless event cannot grow the gateway's memory).
+    pub max_event_bytes: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -185,6 +190,7 @@ impl Default for UpstreamConfig {
             idle_timeout_ms: 60_000,
             max_attempts: 3,
             max_response_bytes: 64 << 20,
+            max_event_bytes: 1 << 20,
         }
     }
 }
@@ -337,6 +343,23 @@ impl Default for RegistrationSection {
     }
 }
 
+/// Checking providers' signed receipts (see `verify`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptsSection {
+    /// Share of responses whose receipt is verified, in parts per million
+    /// (1,000,000: every response). Token bounds apply to every response regardless.
+    pub verify_sample_ppm: u32,
+}
+
+impl Default for ReceiptsSection {
+    fn default() -> Self {
+        ReceiptsSection {
+            verify_sample_ppm: 1_000_000,
+        }
+    }
+}
+
 /// A provider named in the config file (no registration, no heartbeats).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -434,6 +457,12 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.upstream.max_attempts == 0 {
             return bad("upstream.max_attempts must be at least 1".into());
+        }
+        if self.upstream.max_event_bytes == 0 {
+            return bad("upstream.max_event_bytes must be at least 1".into());
+        }
+        if self.receipts.verify_sample_ppm > 1_000_000 {
+            return bad("receipts.verify_sample_ppm must be at most 1000000".into());
         }
         if self.breaker.failure_threshold == 0 {
             return bad("breaker.failure_threshold must be at least 1".into());

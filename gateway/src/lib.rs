@@ -27,6 +27,7 @@ pub mod routes;
 pub mod routing;
 pub mod state;
 pub mod status;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,11 +10,18 @@ use serde::de::IgnoredAny;
 use tenzro_models::api::Usage;
 
 use crate::pricing::{Asset, PricingError, Quote};
+use crate::verify::Bounds;
 
 /// Cuts a byte stream into SSE events at blank lines (`\n\n` or `\r\n\r\n`).
+///
+/// Scanning resumes where the previous push stopped (less the three bytes a
+/// terminator split across reads may need), so a long event costs its length once,
+/// not once per read. The caller bounds [`SseSplitter::pending`].
 #[derive(Debug, Default)]
 pub struct SseSplitter {
     buf: Vec<u8>,
+    /// Every position before this one was checked with enough bytes after it.
+    scanned: usize,
 }
 
 impl SseSplitter {
@@ -24,7 +31,7 @@ impl SseSplitter {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut start = 0;
-        let mut i = 0;
+        let mut i = self.scanned;
         while i + 1 < self.buf.len() {
             let b = &self.buf[i..];
             let end = if b.starts_with(b"\n\n") {
@@ -43,6 +50,7 @@ impl SseSplitter {
             }
         }
         self.buf.drain(..start);
+        self.scanned = self.buf.len().saturating_sub(3);
         out
     }
 
@@ -85,9 +93,11 @@ pub struct ChunkPeek<'a> {
     pub error: Option<IgnoredAny>,
 }
 
-/// A choice of a chunk: only whether it carries text.
+/// A choice of a chunk: its index and the text it carries.
 #[derive(Debug, Default, Deserialize)]
 pub struct ChoicePeek<'a> {
+    #[serde(default)]
+    pub index: u64,
     #[serde(default, borrow)]
     pub delta: Option<DeltaPeek<'a>>,
     /// Text completions stream `text` instead of `delta`.
@@ -102,13 +112,17 @@ pub struct DeltaPeek<'a> {
 }
 
 impl ChoicePeek<'_> {
-    fn has_text(&self) -> bool {
-        let delta = self
-            .delta
+    /// The text this choice carries in this chunk (`delta.content` or `text`).
+    pub fn piece(&self) -> &str {
+        self.delta
             .as_ref()
             .and_then(|d| d.content.as_deref())
-            .is_some_and(|c| !c.is_empty());
-        delta || self.text.as_deref().is_some_and(|t| !t.is_empty())
+            .or(self.text.as_deref())
+            .unwrap_or("")
+    }
+
+    fn has_text(&self) -> bool {
+        !self.piece().is_empty()
     }
 }
 
@@ -116,6 +130,9 @@ impl ChoicePeek<'_> {
 pub struct PeekExt {
     #[serde(default)]
     pub tokens: Option<u64>,
+    /// The provider's signed receipt (checked by [`crate::verify`]).
+    #[serde(default)]
+    pub receipt: Option<serde_json::Value>,
 }
 
 /// One event, classified.
@@ -142,12 +159,14 @@ pub fn classify(data: Option<&[u8]>) -> Event<'_> {
 }
 
 impl ChunkPeek<'_> {
-    /// Completion tokens this chunk carries: the provider's own count when it gives
+    /// Completion tokens this chunk claims: the provider's own count when it gives
     /// one, else one per choice that carries text (an estimate for providers without
-    /// our extension; the usage chunk corrects it at the end).
+    /// our extension).
     pub fn tokens(&self) -> u64 {
         match &self.tenzro {
-            Some(PeekExt { tokens: Some(n) }) => *n,
+            Some(PeekExt {
+                tokens: Some(n), ..
+            }) => *n,
             _ => self
                 .choices
                 .as_ref()
@@ -155,31 +174,61 @@ impl ChunkPeek<'_> {
         }
     }
 
+    /// Bytes of text this chunk carries, over all its choices.
+    pub fn text_bytes(&self) -> u64 {
+        self.choices
+            .as_ref()
+            .map_or(0, |c| c.iter().map(|c| c.piece().len() as u64).sum())
+    }
+
     pub fn has_choices(&self) -> bool {
         self.choices.as_ref().is_some_and(|c| !c.is_empty())
     }
+
+    /// The receipt this chunk carries, if any.
+    pub fn receipt(&self) -> Option<&serde_json::Value> {
+        self.tenzro.as_ref().and_then(|t| t.receipt.as_ref())
+    }
 }
 
-/// The running count and cost of one response.
+/// The running count and cost of one response: the provider's claims bounded by
+/// what the gateway relayed (see [`crate::verify`]).
 #[derive(Debug, Clone)]
 pub struct Meter {
     pub quote: Quote,
+    pub bounds: Bounds,
+    /// Sum of the completion tokens the relayed chunks claimed.
+    pub chunk_tokens: u64,
+    /// Bytes of text relayed.
+    pub text_bytes: u64,
+    /// Prompt tokens charged.
     pub prompt_tokens: u64,
+    /// Completion tokens charged (never falls).
     pub completion_tokens: u64,
     /// Cost of what was metered so far (never falls).
     pub cost: u128,
     /// Whether the provider's final usage arrived.
     pub complete: bool,
+    /// What the provider's usage claimed (prompt, completion), when it arrived.
+    pub claimed: Option<(u64, u64)>,
+    /// Whether a chunk with choices reached the client (from then on the prompt is
+    /// owed, issue 11).
+    pub relayed: bool,
 }
 
 impl Meter {
-    pub fn new(quote: Quote) -> Self {
+    pub fn new(quote: Quote, bounds: Bounds) -> Self {
         Meter {
             quote,
+            bounds,
+            chunk_tokens: 0,
+            text_bytes: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
             cost: 0,
             complete: false,
+            claimed: None,
+            relayed: false,
         }
     }
 
@@ -191,19 +240,41 @@ impl Meter {
         Ok(delta)
     }
 
-    /// Counts a relayed chunk's completion tokens; returns the added cost.
-    pub fn on_tokens(&mut self, n: u64) -> Result<u128, PricingError> {
-        self.completion_tokens = self.completion_tokens.saturating_add(n);
+    /// Counts a relayed chunk that claims `tokens` completion tokens and carries
+    /// `text_bytes` bytes of text; returns the added cost.
+    pub fn on_chunk(&mut self, tokens: u64, text_bytes: u64) -> Result<u128, PricingError> {
+        self.relayed = true;
+        self.chunk_tokens = self.chunk_tokens.saturating_add(tokens);
+        self.text_bytes = self.text_bytes.saturating_add(text_bytes);
+        let bound = self
+            .bounds
+            .completion_bound(Some(self.chunk_tokens), self.text_bytes);
+        self.completion_tokens = self.completion_tokens.max(bound);
         self.recompute()
     }
 
-    /// Applies the provider's final usage: prompt tokens are charged from here, and
-    /// completion tokens are the larger of the metered sum and the reported count
-    /// (so the running cost never falls). Returns the added cost.
+    /// Applies the provider's final usage: the prompt is charged from here (at most
+    /// the gateway's estimate), and completion tokens are the claim bounded by what
+    /// was relayed, never below what was already metered. Returns the added cost.
     pub fn on_usage(&mut self, usage: &Usage) -> Result<u128, PricingError> {
-        self.prompt_tokens = usage.prompt_tokens;
-        self.completion_tokens = self.completion_tokens.max(usage.completion_tokens);
+        self.claimed = Some((usage.prompt_tokens, usage.completion_tokens));
+        self.prompt_tokens = self.bounds.prompt_bound(usage.prompt_tokens);
+        let bound = self
+            .bounds
+            .completion_bound(Some(self.chunk_tokens), self.text_bytes);
+        self.completion_tokens = self
+            .completion_tokens
+            .max(usage.completion_tokens.min(bound));
         self.complete = true;
+        self.recompute()
+    }
+
+    /// A stream that ends without usage after a chunk reached the client owes its
+    /// prompt at the gateway's estimate. Returns the added cost.
+    pub fn on_cut(&mut self) -> Result<u128, PricingError> {
+        if self.relayed && !self.complete {
+            self.prompt_tokens = self.prompt_tokens.max(self.bounds.prompt_estimate);
+        }
         self.recompute()
     }
 
@@ -250,6 +321,7 @@ pub fn cost_comment(cost: u128, asset: Asset) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::pricing::{ONE, PPM};
+    use crate::verify::SPECIAL_TOKENS_PER_CHOICE as SPECIAL;
     use proptest::prelude::*;
 
     fn quote() -> Quote {
@@ -265,6 +337,32 @@ mod tests {
             s.push(b"NE]\r\n\r\n: c\n\n"),
             vec![b"data: [DONE]".to_vec(), b": c".to_vec()]
         );
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn splitter_finds_terminators_split_across_reads_and_long_events() {
+        let wire = b"data: a\r\n\r\ndata: b\n\n";
+        for cut in 0..wire.len() {
+            let mut s = SseSplitter::default();
+            let mut got = s.push(&wire[..cut]);
+            got.extend(s.push(&wire[cut..]));
+            assert_eq!(
+                got,
+                vec![b"data: a".to_vec(), b"data: b".to_vec()],
+                "cut at {cut}"
+            );
+        }
+        // A 1 MiB event in 16-byte reads: each read scans only what is new (a
+        // rescan from the start would take minutes here).
+        let mut s = SseSplitter::default();
+        let mut event = b"data: ".to_vec();
+        event.resize(1 << 20, b'x');
+        for piece in event.chunks(16) {
+            assert!(s.push(piece).is_empty());
+        }
+        assert_eq!(s.pending(), 1 << 20);
+        assert_eq!(s.push(b"\r\n\r\n"), vec![event]);
         assert_eq!(s.pending(), 0);
     }
 
@@ -328,11 +426,21 @@ mod tests {
         assert!(p.error.is_some());
     }
 
+    fn bounds(prompt: u64, choices: u64, max_new: u64) -> Bounds {
+        Bounds {
+            prompt_estimate: prompt,
+            choices,
+            max_new,
+            hard_cap: true,
+            generates: true,
+        }
+    }
+
     #[test]
     fn meter_charges_prompt_at_the_end_and_never_falls() {
-        let mut m = Meter::new(quote());
-        assert_eq!(m.on_tokens(2).unwrap(), 2000);
-        assert_eq!(m.on_tokens(1).unwrap(), 1000);
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        assert_eq!(m.on_chunk(2, 5).unwrap(), 2000);
+        assert_eq!(m.on_chunk(1, 3).unwrap(), 1000);
         // The provider reports fewer completion tokens than metered: keep the metered.
         assert_eq!(m.on_usage(&Usage::new(10, 2)).unwrap(), 10_000);
         let u = m.usage();
@@ -342,6 +450,42 @@ mod tests {
         );
         assert_eq!(u.cost.as_deref(), Some("13000"));
         assert_eq!(u.asset.as_deref(), Some("TNZO"));
+    }
+
+    #[test]
+    fn meter_believes_no_claim_beyond_what_it_relayed() {
+        // "hi" claimed as a billion tokens: bounded by 2 bytes + the allowance.
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        m.on_chunk(1_000_000_000, 2).unwrap();
+        assert_eq!(m.completion_tokens, 2 + SPECIAL);
+        m.on_usage(&Usage::new(1_000_000, 1_000_000_000)).unwrap();
+        assert_eq!((m.prompt_tokens, m.completion_tokens), (40, 2 + SPECIAL));
+        assert_eq!(m.claimed, Some((1_000_000, 1_000_000_000)));
+        // Usage above the chunks' own counts is clipped to them.
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        m.on_chunk(3, 30).unwrap();
+        m.on_usage(&Usage::new(5, 50)).unwrap();
+        assert_eq!(m.completion_tokens, 3);
+        // n x max_tokens caps everything.
+        let mut m = Meter::new(quote(), bounds(40, 16, 2));
+        m.on_chunk(500, 500).unwrap();
+        assert_eq!(m.completion_tokens, 32);
+    }
+
+    #[test]
+    fn a_cut_stream_owes_its_prompt_once_a_chunk_was_relayed() {
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        m.on_cut().unwrap();
+        assert_eq!(m.cost, 0, "nothing relayed, nothing owed");
+        m.on_chunk(1, 3).unwrap();
+        assert_eq!(m.on_cut().unwrap(), 40_000);
+        assert_eq!((m.prompt_tokens, m.completion_tokens), (40, 1));
+        // With usage, the verified prompt count stands.
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        m.on_chunk(1, 3).unwrap();
+        m.on_usage(&Usage::new(7, 1)).unwrap();
+        assert_eq!(m.on_cut().unwrap(), 0);
+        assert_eq!(m.prompt_tokens, 7);
     }
 
     #[test]
@@ -384,17 +528,30 @@ mod tests {
             prop_assert_eq!(datas, expect);
         }
 
-        /// The per-chunk deltas add up to the final cost.
+        /// The per-chunk deltas add up to the final cost, which never exceeds the
+        /// worst case the reservation covered, whatever the provider claims.
         #[test]
-        fn meter_deltas_sum_to_cost(chunks in proptest::collection::vec(0u64..20, 0..30), prompt in 0u64..500, report in 0u64..400) {
-            let mut m = Meter::new(Quote::new(777, 1_234_567, 600_000, 1_200_000, Asset::Tnzo, ONE));
+        fn meter_deltas_sum_to_cost_within_the_reservation(
+            chunks in proptest::collection::vec((0u64..20, 0u64..40), 0..30),
+            prompt in 0u64..5000, report in 0u64..4000, cut in any::<bool>(),
+            estimate in 0u64..500, choices in 1u64..17, max_new in 0u64..64,
+        ) {
+            let q = Quote::new(777, 1_234_567, 600_000, 1_200_000, Asset::Tnzo, ONE);
+            let b = bounds(estimate, choices, max_new);
+            let mut m = Meter::new(q, b);
             let mut sum = 0;
-            for c in chunks {
-                sum += m.on_tokens(c).unwrap();
+            for (t, bytes) in chunks {
+                sum += m.on_chunk(t, bytes).unwrap();
             }
-            sum += m.on_usage(&Usage::new(prompt, report)).unwrap();
+            if !cut {
+                sum += m.on_usage(&Usage::new(prompt, report)).unwrap();
+            }
+            sum += m.on_cut().unwrap();
             prop_assert_eq!(sum, m.cost);
             prop_assert_eq!(m.cost, m.quote.cost(m.prompt_tokens + m.completion_tokens).unwrap());
+            prop_assert!(m.cost <= q.cost(b.worst_tokens()).unwrap());
+            prop_assert!(m.completion_tokens <= m.chunk_tokens);
+            prop_assert!(m.prompt_tokens <= estimate);
         }
     }
 }

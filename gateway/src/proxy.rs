@@ -8,10 +8,21 @@
 //! in an SSE comment line `: x-tenzro-cost=N x-tenzro-asset=A` just before
 //! `data: [DONE]` (SDKs ignore comments).
 //!
-//! A stream cut by the provider ends with an `error` event (which OpenAI SDKs raise
-//! as `APIError`) and is charged for the completion tokens of the chunks relayed to
-//! the client; prompt tokens are charged only when the provider's usage arrived, so
-//! a provider that dies bears its own prompt cost.
+//! A stream cut by the provider (or by the gateway's limits: `max_response_bytes`,
+//! `max_event_bytes`) ends with an `error` event (which OpenAI SDKs raise as
+//! `APIError`). Once a chunk reached the client, the prompt is owed: a cut stream pays
+//! the verified completion tokens of the chunks relayed plus the prompt (the
+//! provider's count bounded by the gateway's estimate, or the estimate when the
+//! usage never came).
+//!
+//! Admission prices the worst case per candidate (`n` × prompts × max new tokens,
+//! plus the prompt bound): a candidate whose quote overflows, or whose worst case the
+//! balance or the key's scope refuses, is skipped with its reason; the request fails
+//! only when none is left. What a response is charged, and when a provider is slashed
+//! for fraud, is in [`crate::verify`]. Every request sent upstream carries the payer's
+//! signature (`x-tenzro-payer-auth`, [`tenzro_attest::payer`]).
+
+mod relay;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -29,13 +40,17 @@ use serde::Deserialize;
 use crate::accounts::{KeyEntry, Operation};
 use crate::clock::unix_now;
 use crate::error::ApiError;
-use crate::metering::{self, Event, Meter, SseSplitter};
-use crate::metrics::Metrics;
+use crate::metering::{Meter, SseSplitter};
 use crate::money::book::{Book, BookError, Charge, Reservation};
+use crate::money::slashing::Reason;
 use crate::pricing::Quote;
 use crate::registry::{Outcome, ProviderEntry, Registry};
 use crate::routing::{self, Filter, NoProvider, RouteRequest, Weights};
 use crate::state::AppState;
+use crate::verify::{self, Bounds, Texts};
+use relay::{Limits, Relay, Settlement};
+use tenzro_attest::PublicKey;
+use tenzro_attest::payer::{PAYER_AUTH_HEADER, PaidRequest};
 
 /// Our request extension: `{"tenzro": {"tee": true, "strategy": "...", "weights": [p, l, r]}}`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,6 +78,8 @@ pub struct Inference {
     pub max_tokens: Option<u32>,
     /// False for embeddings (no completion tokens).
     pub generates: bool,
+    /// Choices generated: `n` × the number of prompts (1 for embeddings).
+    pub choices: u64,
     pub ext: RequestExt,
 }
 
@@ -102,6 +119,113 @@ impl Drop for InFlight {
     }
 }
 
+/// One provider we may call, priced for this request's worst case.
+struct Priced {
+    entry: Arc<ProviderEntry>,
+    quote: Quote,
+    bounds: Bounds,
+    /// The worst case's cost on this provider.
+    worst: u128,
+}
+
+/// What a response's receipt and claims are judged against.
+pub(crate) struct Audit {
+    pub request_id: String,
+    pub model: String,
+    /// SHA-256 of the exact body sent upstream.
+    pub request_sha256: [u8; 32],
+    /// The provider's registered key and declared weight digest, when this response's
+    /// receipt is checked (a registered key, and sampled).
+    pub check: Option<(PublicKey, Option<[u8; 32]>)>,
+}
+
+impl Audit {
+    /// Every reason the response cannot be honest (empty when none).
+    pub fn faults(
+        &self,
+        bounds: &Bounds,
+        claimed: Option<(u64, u64)>,
+        receipt: Option<&serde_json::Value>,
+        response_sha256: [u8; 32],
+    ) -> Vec<String> {
+        let mut faults = Vec::new();
+        if let Some((_, completion)) = claimed
+            && let Some(why) = bounds.impossible_claim(completion)
+        {
+            faults.push(why);
+        }
+        if let Some((key, weights)) = &self.check {
+            let expected = verify::Expected {
+                key,
+                model: &self.model,
+                weight_sha256: *weights,
+                request_sha256: self.request_sha256,
+                response_sha256,
+                usage: claimed,
+            };
+            if let Err(why) = verify::check_receipt(receipt, &expected) {
+                faults.push(why);
+            }
+        }
+        faults
+    }
+}
+
+/// Records a fraud incident (whitepaper §3.2, 25% of the stake) with its evidence.
+fn slash_for_fraud(registry: &Registry, provider: &str, request_id: &str, faults: Vec<String>) {
+    if faults.is_empty() {
+        return;
+    }
+    let detail = format!("request {request_id}: {}", faults.join("; "));
+    if registry
+        .slash(provider, Reason::FraudulentResults, &detail)
+        .is_none()
+    {
+        tracing::warn!(%provider, %detail, "fraud by a provider no longer registered");
+    }
+}
+
+/// The bounds of a request on a provider that declared `context` for the model.
+fn bounds_for(req: &Inference, context: Option<u32>, default_max_tokens: u32) -> Bounds {
+    let (max_new, hard_cap) = if !req.generates {
+        (0, true)
+    } else {
+        match (req.max_tokens, context) {
+            (Some(n), _) => (u64::from(n), true),
+            (None, Some(c)) => (u64::from(c), true),
+            (None, None) => (u64::from(default_max_tokens), false),
+        }
+    };
+    Bounds {
+        prompt_estimate: req.prompt_estimate,
+        choices: if req.generates { req.choices.max(1) } else { 1 },
+        max_new,
+        hard_cap,
+        generates: req.generates,
+    }
+}
+
+/// At most this many skipped candidates are named in an error.
+const SKIPS_SHOWN: usize = 5;
+
+fn with_skips(message: String, skipped: &[String]) -> String {
+    if skipped.is_empty() {
+        return message;
+    }
+    let shown: Vec<&str> = skipped
+        .iter()
+        .take(SKIPS_SHOWN)
+        .map(String::as_str)
+        .collect();
+    let more = skipped.len().saturating_sub(SKIPS_SHOWN);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{message} (providers skipped: {}{tail})", shown.join("; "))
+}
+
 pub async fn run(
     state: &AppState,
     key: &KeyEntry,
@@ -138,48 +262,99 @@ pub async fn run(
     let cands: Vec<routing::Candidate> = pool.iter().map(|(_, c, _)| c.clone()).collect();
     let order = routing::route(&cands, &route_req, &state.registry.config.stakes)
         .map_err(ApiError::NoProvider)?;
-    let attempts: Vec<(Arc<ProviderEntry>, Quote, Option<u32>)> = order
-        .into_iter()
-        .take(cfg.upstream.max_attempts)
-        .filter_map(|i| {
-            let (e, _, q) = &pool[i];
-            let ctx = e.info.model(&req.model).and_then(|m| m.info.max_context);
-            q.map(|q| (e.clone(), q, ctx))
-        })
-        .collect();
 
-    // Admission: the worst case over every provider we may try.
-    let max_new = if !req.generates {
-        0
-    } else {
-        match req.max_tokens {
-            Some(n) => u64::from(n),
-            None => attempts
-                .iter()
-                .map(|a| u64::from(a.2.unwrap_or(cfg.limits.default_max_tokens)))
-                .max()
-                .unwrap_or(u64::from(cfg.limits.default_max_tokens)),
+    // Admission: the worst case per candidate; one that cannot be priced is skipped.
+    let mut skipped: Vec<String> = Vec::new();
+    let mut priced: Vec<Priced> = Vec::new();
+    for i in order {
+        let (e, _, q) = &pool[i];
+        let Some(quote) = *q else { continue };
+        let context = e.info.model(&req.model).and_then(|m| m.info.max_context);
+        let bounds = bounds_for(&req, context, cfg.limits.default_max_tokens);
+        match quote.cost(bounds.worst_tokens()) {
+            Ok(worst) => priced.push(Priced {
+                entry: e.clone(),
+                quote,
+                bounds,
+                worst,
+            }),
+            Err(err) => skipped.push(format!(
+                "{}: cannot price {} tokens: {err}",
+                e.info.id,
+                bounds.worst_tokens()
+            )),
         }
-    };
-    let worst_tokens = req.prompt_estimate.saturating_add(max_new);
-    let mut worst_cost = 0u128;
-    for (_, q, _) in &attempts {
-        let c = q
-            .cost(worst_tokens)
-            .map_err(|e| ApiError::bad_request(format!("cannot price this request: {e}")))?;
-        worst_cost = worst_cost.max(c);
     }
+    // Hold the most expensive of the providers we may try; when the balance or the
+    // scope refuses it, drop the candidates it refuses and try the rest.
     state.lease(&key.record.account).await?;
-    let reservation = state
-        .book
-        .reserve(
+    let mut refusal: Option<ApiError> = None;
+    let reserved = loop {
+        let window = &priced[..priced.len().min(cfg.upstream.max_attempts)];
+        let Some(top) = window.iter().max_by_key(|p| p.worst) else {
+            break None;
+        };
+        let (amount, top_bounds) = (top.worst, top.bounds);
+        match state.book.reserve(
             &key.record.account,
             key.asset,
-            worst_cost,
+            amount,
             Some((&key.record.id, &key.limits)),
             unix_now(),
-        )
-        .map_err(|e| payment_error(e, worst_tokens, req.prompt_estimate, max_new))?;
+        ) {
+            Ok(r) => break Some(r),
+            Err(e @ BookError::Insufficient { available, .. }) => {
+                for p in priced.iter().filter(|p| p.worst > available) {
+                    skipped.push(format!(
+                        "{}: may cost up to {} and {available} are available",
+                        p.entry.info.id, p.worst
+                    ));
+                }
+                priced.retain(|p| p.worst <= available);
+                refusal = Some(payment_error(e, &top_bounds));
+            }
+            Err(e @ BookError::Scope(_)) => {
+                for p in priced.iter().filter(|p| p.worst >= amount) {
+                    skipped.push(format!(
+                        "{}: may cost up to {}, which the key's scope refuses",
+                        p.entry.info.id, p.worst
+                    ));
+                }
+                priced.retain(|p| p.worst < amount);
+                refusal = Some(payment_error(e, &top_bounds));
+            }
+            Err(e) => return Err(payment_error(e, &top_bounds)),
+        }
+    };
+    let Some(reservation) = reserved else {
+        return Err(match refusal {
+            Some(ApiError::PaymentRequired(m)) => {
+                ApiError::PaymentRequired(with_skips(m, &skipped))
+            }
+            Some(other) => other,
+            None if !skipped.is_empty() => ApiError::bad_request(with_skips(
+                format!(
+                    "cannot price this request on any provider of '{}'",
+                    req.model
+                ),
+                &skipped,
+            )),
+            None => ApiError::NoProvider(NoProvider {
+                model: req.model,
+                filter: Filter::Model,
+                removed: 0,
+            }),
+        });
+    };
+    priced.truncate(cfg.upstream.max_attempts);
+    if !skipped.is_empty() {
+        tracing::info!(model = %req.model, skipped = ?skipped, "candidates skipped at admission");
+    }
+    let worst_tokens = priced
+        .iter()
+        .map(|p| p.bounds.worst_tokens())
+        .max()
+        .unwrap_or(req.prompt_estimate);
     if let Err(limited) = key.limiters.check(worst_tokens) {
         state.book.release(reservation);
         return Err(rate_limited(limited));
@@ -191,9 +366,16 @@ pub async fn run(
         book: state.book.clone(),
         reservation: Some(reservation),
     };
+    let request_sha256 = tenzro_attest::sha256(&req.body);
     let mut last_error = String::from("no provider accepted the request");
     let mut tried = 0usize;
-    for (entry, quote, _) in attempts {
+    for Priced {
+        entry,
+        quote,
+        bounds,
+        ..
+    } in priced
+    {
         let now = state.registry.now();
         if !entry.try_acquire(now) {
             continue;
@@ -213,7 +395,24 @@ pub async fn run(
             }
             None => break,
         };
+        let audit = Audit {
+            request_id: request_id.to_owned(),
+            model: req.model.clone(),
+            request_sha256,
+            check: entry
+                .info
+                .public_key
+                .filter(|_| verify::sampled(cfg.receipts.verify_sample_ppm, rand_seed()))
+                .map(|k| (k, declared_weights(&entry, &req.model))),
+        };
         let url = format!("{}{}", entry.info.endpoint, req.path);
+        let payer_auth = PaidRequest {
+            method: "POST",
+            path_and_query: req.path,
+            channel_id: &channel,
+            body: &req.body,
+        }
+        .sign(&state.payer_key, unix_now());
         let sent = Instant::now();
         let pre_upstream = sent.duration_since(started);
         let call = state
@@ -222,6 +421,7 @@ pub async fn run(
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id)
             .header("x-tenzro-channel", &channel)
+            .header(PAYER_AUTH_HEADER, payer_auth)
             .body(req.body.clone())
             .send();
         let deadline = cfg.upstream.first_byte_timeout();
@@ -290,7 +490,7 @@ pub async fn run(
             state.metrics.upstream(&entry.info.id, waited);
             let Some(r) = reservation.take() else { break };
             let after = Instant::now();
-            let mut resp = finish_whole(state, &entry, r, quote, request_id, body)?;
+            let mut resp = finish_whole(state, &entry, r, (quote, &bounds), &audit, body)?;
             if let Ok(v) = HeaderValue::from_str(&channel) {
                 resp.headers_mut().insert("x-tenzro-channel", v);
             }
@@ -337,20 +537,29 @@ pub async fn run(
             registry: state.registry.clone(),
             metrics: state.metrics.clone(),
             reservation: Some(r),
-            meter: Meter::new(quote),
+            meter: Meter::new(quote, bounds),
             entry: entry.clone(),
             outcome: None,
             ttfb,
             _in_flight: in_flight,
         };
+        let texts = audit.check.is_some().then(|| Texts::new(bounds.choices));
         let relay = Relay {
             upstream,
             first: Some(first),
             splitter: SseSplitter::default(),
-            idle: cfg.upstream.idle_timeout(),
+            limits: Limits {
+                idle: cfg.upstream.idle_timeout(),
+                max_bytes: cfg.upstream.max_response_bytes,
+                max_event: cfg.upstream.max_event_bytes,
+            },
             include_usage: req.include_usage,
             settlement,
             finished: false,
+            read: 0,
+            audit,
+            texts,
+            receipt: None,
         };
         let body = Body::from_stream(futures::stream::unfold(relay, |mut r| async move {
             r.next_bytes()
@@ -439,7 +648,13 @@ fn rate_limited(l: crate::ratelimit::Limited) -> ApiError {
     }
 }
 
-fn payment_error(e: BookError, worst: u64, prompt: u64, max_new: u64) -> ApiError {
+fn payment_error(e: BookError, b: &Bounds) -> ApiError {
+    let (prompt, completion, worst) = (b.prompt_estimate, b.completion_cap(), b.worst_tokens());
+    let choices = if b.choices > 1 {
+        format!(" for {} choices", b.choices)
+    } else {
+        String::new()
+    };
     match e {
         BookError::Insufficient {
             asset,
@@ -447,14 +662,14 @@ fn payment_error(e: BookError, worst: u64, prompt: u64, max_new: u64) -> ApiErro
             available,
         } => ApiError::PaymentRequired(format!(
             "insufficient balance: this request may cost up to {needed} {asset} base units \
-             (about {prompt} prompt + {max_new} completion tokens = {worst}), and {available} are available; \
+             (about {prompt} prompt + {completion} completion tokens{choices} = {worst}), and {available} are available; \
              lower max_tokens or add funds"
         )),
         BookError::UnknownAccount(a) => {
             ApiError::PaymentRequired(format!("account {a} has no balance in its asset"))
         }
         BookError::Scope(refusal) => ApiError::PaymentRequired(format!(
-            "delegation scope refuses this request ({prompt} prompt + {max_new} completion tokens at most): {refusal}"
+            "delegation scope refuses this request ({prompt} prompt + {completion} completion tokens{choices} at most): {refusal}"
         )),
         other => ApiError::Internal(other.to_string()),
     }
@@ -498,46 +713,49 @@ async fn read_limited(
     }
 }
 
-#[derive(Deserialize)]
-struct UsagePeek {
-    #[serde(default)]
-    usage: Option<UsageCounts>,
+/// The declared weight digest of `model` on a provider, when it declared one.
+fn declared_weights(entry: &ProviderEntry, model: &str) -> Option<[u8; 32]> {
+    let hex = entry.info.model(model)?.info.weight_sha256.as_deref()?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
 }
 
-#[derive(Deserialize)]
-struct UsageCounts {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-}
-
-/// Prices a whole answer, settles, and adds the cost to its usage and headers.
+/// Prices a whole answer at its verified token counts, judges its receipt, settles,
+/// and writes the charged counts and cost into its usage and headers.
 fn finish_whole(
     state: &AppState,
     entry: &ProviderEntry,
     r: Reservation,
-    quote: Quote,
-    request_id: &str,
+    (quote, bounds): (Quote, &Bounds),
+    audit: &Audit,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let usage = serde_json::from_slice::<UsagePeek>(&body)
-        .ok()
-        .and_then(|p| p.usage);
-    let (prompt, completion) = match &usage {
-        Some(u) => (u.prompt_tokens, u.completion_tokens),
+    let whole = verify::read_whole(&body).unwrap_or_default();
+    let (prompt, completion) = match whole.usage {
+        Some((p, c)) => (
+            bounds.prompt_bound(p),
+            c.min(bounds.completion_bound(None, whole.text_bytes)),
+        ),
         None => {
             tracing::warn!(provider = %entry.info.id, "answer without usage; charging nothing");
             (0, 0)
         }
     };
+    let faults = audit.faults(
+        bounds,
+        whole.usage,
+        whole.receipt.as_ref(),
+        whole.response_sha256,
+    );
+    slash_for_fraud(&state.registry, &entry.info.id, &audit.request_id, faults);
     let cost = quote
         .cost(prompt.saturating_add(completion))
         .unwrap_or(r.amount);
     let charge = Charge {
         amount: cost,
         provider: &entry.info.id,
-        request_id,
+        request_id: &audit.request_id,
     };
     let settled = state
         .book
@@ -548,8 +766,8 @@ fn finish_whole(
     }
     state.metrics.tokens(prompt, completion);
     let asset = quote.asset.as_str();
-    let out = if usage.is_some() {
-        add_cost(&body, settled.charged, asset).unwrap_or(body)
+    let out = if whole.usage.is_some() {
+        add_cost(&body, (prompt, completion), settled.charged, asset).unwrap_or(body)
     } else {
         body
     };
@@ -569,183 +787,25 @@ fn finish_whole(
     Ok(resp)
 }
 
-/// Sets `usage.cost` and `usage.asset` in a JSON body, keeping the rest.
-fn add_cost(body: &[u8], cost: u128, asset: &str) -> Option<Bytes> {
+/// Sets the charged token counts, `usage.cost` and `usage.asset` in a JSON body,
+/// keeping the rest.
+fn add_cost(
+    body: &[u8],
+    (prompt, completion): (u64, u64),
+    cost: u128,
+    asset: &str,
+) -> Option<Bytes> {
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     let usage = v.get_mut("usage")?.as_object_mut()?;
+    usage.insert("prompt_tokens".into(), prompt.into());
+    if usage.contains_key("completion_tokens") {
+        usage.insert("completion_tokens".into(), completion.into());
+    }
+    usage.insert(
+        "total_tokens".into(),
+        prompt.saturating_add(completion).into(),
+    );
     usage.insert("cost".into(), cost.to_string().into());
     usage.insert("asset".into(), asset.into());
     serde_json::to_vec(&v).ok().map(Bytes::from)
-}
-
-/// Charges what a stream metered when it ends, however it ends (finished, cut by
-/// the provider, or dropped because the client went away).
-struct Settlement {
-    book: Arc<Book>,
-    request_id: String,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    reservation: Option<Reservation>,
-    meter: Meter,
-    entry: Arc<ProviderEntry>,
-    /// `Some(true)` finished, `Some(false)` cut by the provider, `None` client left.
-    outcome: Option<bool>,
-    ttfb: Duration,
-    _in_flight: InFlight,
-}
-
-impl Drop for Settlement {
-    fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            let m = &self.meter;
-            let charge = Charge {
-                amount: m.cost,
-                provider: &self.entry.info.id,
-                request_id: &self.request_id,
-            };
-            match self.book.settle(r, charge, unix_now()) {
-                Ok(s) if s.capped => {
-                    tracing::warn!(provider = %self.entry.info.id, cost = m.cost, "stream cost above the reservation; capped")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "settling a stream failed"),
-            }
-            self.metrics.tokens(m.prompt_tokens, m.completion_tokens);
-        }
-        let now = self.registry.now();
-        match self.outcome {
-            Some(true) => self
-                .entry
-                .record(now, Outcome::Success { latency: self.ttfb }),
-            Some(false) => self.entry.record(now, Outcome::Failure),
-            None => {}
-        }
-    }
-}
-
-struct Relay {
-    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    first: Option<Bytes>,
-    splitter: SseSplitter,
-    idle: Duration,
-    include_usage: bool,
-    settlement: Settlement,
-    finished: bool,
-}
-
-impl Relay {
-    async fn next_bytes(&mut self) -> Option<Bytes> {
-        loop {
-            if self.finished {
-                return None;
-            }
-            let chunk = match self.first.take() {
-                Some(b) => Ok(b),
-                None => match tokio::time::timeout(self.idle, self.upstream.next()).await {
-                    Ok(Some(Ok(b))) => Ok(b),
-                    Ok(Some(Err(e))) => {
-                        Err(format!("the provider's stream broke: {}", error_chain(&e)))
-                    }
-                    Ok(None) => Err("the provider ended the stream early".to_owned()),
-                    Err(_) => Err(format!(
-                        "the provider went silent for {} ms",
-                        self.idle.as_millis()
-                    )),
-                },
-            };
-            let out = match chunk {
-                Ok(b) => self.process(&b),
-                Err(message) => {
-                    tracing::warn!(provider = %self.settlement.entry.info.id, %message, "stream cut");
-                    self.cut(&message)
-                }
-            };
-            if !out.is_empty() {
-                return Some(Bytes::from(out));
-            }
-        }
-    }
-
-    fn cut(&mut self, message: &str) -> Vec<u8> {
-        self.finished = true;
-        self.settlement.outcome = Some(false);
-        let body = tenzro_models::api::ErrorBody::new(
-            "upstream_error",
-            format!("{message}; you were charged only for the tokens received"),
-        )
-        .with_code("stream_interrupted");
-        metering::sse(&serde_json::to_vec(&body).unwrap_or_default())
-    }
-
-    fn process(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len() + 64);
-        for ev in self.splitter.push(bytes) {
-            if self.finished {
-                break;
-            }
-            let data = metering::event_data(&ev);
-            match metering::classify(data.as_deref()) {
-                Event::Empty | Event::Opaque => {
-                    out.extend_from_slice(&ev);
-                    out.extend_from_slice(b"\n\n");
-                }
-                Event::Done => {
-                    let m = &self.settlement.meter;
-                    out.extend_from_slice(&metering::cost_comment(m.cost, m.quote.asset));
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    self.finished = true;
-                    self.settlement.outcome = Some(true);
-                }
-                Event::Chunk(p) if p.error.is_some() => {
-                    out.extend_from_slice(&ev);
-                    out.extend_from_slice(b"\n\n");
-                    self.finished = true;
-                    self.settlement.outcome = Some(false);
-                }
-                Event::Chunk(p) => {
-                    let s = &mut self.settlement;
-                    if (p.has_choices() || p.usage.is_none())
-                        && let Err(e) = s.meter.on_tokens(p.tokens())
-                    {
-                        tracing::error!(error = %e, "metering overflow");
-                    }
-                    let has_choices = p.has_choices();
-                    let Some(usage) = p.usage else {
-                        if let Some(r) = &s.reservation
-                            && let Err(e) =
-                                s.book
-                                    .progress(r, s.meter.cost, &s.entry.info.id, unix_now())
-                        {
-                            tracing::error!(error = %e, "metering into the channel failed");
-                        }
-                        out.extend_from_slice(&ev);
-                        out.extend_from_slice(b"\n\n");
-                        continue;
-                    };
-                    if let Err(e) = s.meter.on_usage(&usage) {
-                        tracing::error!(error = %e, "metering overflow");
-                    }
-                    if let Some(r) = &s.reservation
-                        && let Err(e) =
-                            s.book
-                                .progress(r, s.meter.cost, &s.entry.info.id, unix_now())
-                    {
-                        tracing::error!(error = %e, "metering into the channel failed");
-                    }
-                    let data = data.unwrap_or_default();
-                    let rewritten = if self.include_usage {
-                        metering::rewrite_usage(&data, Some(&s.meter.usage())).ok()
-                    } else if has_choices {
-                        metering::rewrite_usage(&data, None).ok()
-                    } else {
-                        None
-                    };
-                    if let Some(d) = rewritten {
-                        out.extend_from_slice(&metering::sse(&d));
-                    }
-                }
-            }
-        }
-        out
-    }
 }

@@ -311,6 +311,7 @@ async fn chat(
         include_usage,
         prompt_estimate,
         generates: true,
+        choices: u64::from(req.n.unwrap_or(1).max(1)),
         ext: ext(&body)?,
     };
     proxy::run(&state, &key, inf, &rid, started).await
@@ -331,6 +332,12 @@ async fn completions(
         Prompt::Tokens(t) => t.len() as u64,
         Prompt::TokenLists(l) => l.iter().map(|t| t.len() as u64).sum(),
     } + 16;
+    let prompts = match &req.prompt {
+        Prompt::Texts(v) => v.len() as u64,
+        Prompt::TokenLists(l) => l.len() as u64,
+        Prompt::Text(_) | Prompt::Tokens(_) => 1,
+    };
+    let choices = prompts.max(1).saturating_mul(u64::from(req.n.unwrap_or(1).max(1)));
     let stream = req.is_stream();
     let include_usage = req.include_usage();
     if stream {
@@ -340,6 +347,7 @@ async fn completions(
     }
     let inf = Inference {
         op: Operation::Completions,
+        choices,
         path: "/v1/completions",
         max_tokens: Some(
             req.max_tokens
@@ -382,6 +390,7 @@ async fn embeddings(
         include_usage: false,
         prompt_estimate,
         generates: false,
+        choices: 1,
         ext: RequestExt::default(),
     };
     proxy::run(&state, &key, inf, &rid, started).await
