@@ -31,7 +31,19 @@ pub enum AccountsError {
     Invalid(String),
 }
 
-/// What an API call may do with a key.
+/// What an API call may do with a key: the names a scope's `allowed_operations`
+/// lists. A scope without `allowed_operations` allows them all.
+///
+/// | name | allows |
+/// |---|---|
+/// | `chat`, `completions`, `embeddings` | the inference endpoints |
+/// | `models` | `GET /v1/models` |
+/// | `account` | `GET /v1/account`: the account's balances, holds and spend |
+/// | `channels` | reading, closing and disputing the account's payment channels |
+/// | `identities` | the identities this key controls: their personal fields and lifecycle |
+/// | `agents:create` | `POST /v1/identities/agents`: delegating to a new agent |
+///
+/// Handlers check the non-inference ones with [`require_operation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
@@ -39,6 +51,11 @@ pub enum Operation {
     Completions,
     Embeddings,
     Models,
+    Account,
+    Channels,
+    Identities,
+    #[serde(rename = "agents:create")]
+    AgentsCreate,
 }
 
 impl Operation {
@@ -48,8 +65,51 @@ impl Operation {
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
             Operation::Models => "models",
+            Operation::Account => "account",
+            Operation::Channels => "channels",
+            Operation::Identities => "identities",
+            Operation::AgentsCreate => "agents:create",
         }
     }
+}
+
+/// A key's scope does not allow an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this key's delegation scope does not allow the `{name}` operation (allowed_operations: {allowed:?})",
+    name = .op.as_str()
+)]
+pub struct OperationRefused {
+    pub op: Operation,
+    pub allowed: Vec<&'static str>,
+}
+
+/// The one check of an operation against a key's scope (its stored scope is the
+/// intersection of its delegation chain): `Ok` when the scope names no
+/// `allowed_operations` or lists `op`. Handlers of `/v1/account`, `/v1/channels…`,
+/// `/v1/identities…` call it; the error converts into a 403.
+pub fn require_operation(key: &KeyEntry, op: Operation) -> Result<(), OperationRefused> {
+    match &key.record.scope.allowed_operations {
+        Some(ops) if !ops.contains(&op) => Err(OperationRefused {
+            op,
+            allowed: ops.iter().map(|o| o.as_str()).collect(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A delegating key above an agent's key, recorded by the gateway when the agent is
+/// created (never taken from a request): the agent's charges count in its window too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ancestor {
+    pub key_id: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "decimal::option"
+    )]
+    pub max_daily_spend: Option<u128>,
 }
 
 /// Per-key routing preferences.
@@ -98,9 +158,21 @@ pub struct KeyScope {
     pub allowed_chains: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_bound: Option<TimeBound>,
+    /// The keys that delegated to this one, nearest first (set by the gateway when
+    /// an agent is created; a request naming it is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor>,
 }
 
 impl KeyScope {
+    /// The ancestors whose daily limit this key's spending counts against.
+    pub fn shared_windows(&self) -> Vec<(String, u128)> {
+        self.ancestors
+            .iter()
+            .filter_map(|a| a.max_daily_spend.map(|l| (a.key_id.clone(), l)))
+            .collect()
+    }
+
     /// The spending part of the scope, checked at admission.
     pub fn spend_limits(&self) -> SpendLimits {
         SpendLimits {
@@ -283,6 +355,8 @@ impl Accounts {
             .unwrap_or(self.defaults.tokens_per_minute);
         let identity = record.identity.clone().or(account_identity);
         let did = identity.as_deref().and_then(|d| d.parse().ok());
+        self.book
+            .set_ancestors(&record.id, record.scope.shared_windows());
         let entry = Arc::new(KeyEntry {
             limiters: Limiters::new(rpm, tpm),
             asset,
@@ -378,15 +452,21 @@ impl Accounts {
         Ok((key, rec))
     }
 
-    /// Revokes a key by its public id; true when one was revoked.
+    /// Revokes a key by its public id, with every key it delegated to (directly or
+    /// through other agents); true when one was revoked.
     pub async fn revoke(&self, key_id: &str) -> Result<bool, AccountsError> {
         let removed = {
             let mut keys = self.keys.write().map_err(poisoned)?;
             let before = keys.len();
-            keys.retain(|_, e| e.record.id != key_id);
+            keys.retain(|_, e| {
+                e.record.id != key_id
+                    && !e.record.scope.ancestors.iter().any(|a| a.key_id == key_id)
+            });
             before != keys.len()
         };
-        let stored = self.store.revoke_key(key_id, unix_now()).await?;
+        let now = unix_now();
+        let stored = self.store.revoke_key(key_id, now).await?;
+        self.store.revoke_delegated_keys(key_id, now).await?;
         Ok(removed || stored)
     }
 

@@ -71,8 +71,23 @@ pub struct Config {
     pub store: StoreSection,
     pub channels: ChannelsSection,
     pub faucet: FaucetSection,
+    pub identities: IdentitiesSection,
     pub receipts: ReceiptsSection,
     pub providers: Vec<StaticProvider>,
+}
+
+/// The identity registry (TDIP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitiesSection {
+    /// Most agents (not terminated) one owner may have, counting sub-agents.
+    pub max_agents_per_owner: usize,
+}
+
+impl Default for IdentitiesSection {
+    fn default() -> Self {
+        IdentitiesSection { max_agents_per_owner: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

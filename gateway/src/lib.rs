@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod identity_routes;
+pub mod identity_store;
 pub mod metering;
 pub mod metrics;
 pub mod money;
@@ -133,15 +134,11 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         snap.accounts,
         snap.keys,
     ));
-    let identities = match store.documents(identity_routes::DOCUMENT.0).await {
-        Ok(docs) => match docs
-            .into_iter()
-            .find(|(id, _)| id == identity_routes::DOCUMENT.1)
-        {
-            Some((_, body)) => serde_json::from_str::<tenzro_identity::Identities>(&body)
-                .map_err(|e| StartError::Identities(e.to_string()))?,
-            None => tenzro_identity::Identities::new(),
-        },
+    let identities = match store.load_identities().await {
+        Ok(reg) => reg,
+        Err(e @ money::store::StoreError::Corrupt { .. }) => {
+            return Err(StartError::Identities(e.to_string()));
+        }
         Err(source) => {
             return Err(StartError::Store {
                 url: redact(&config.store_url()),

@@ -75,6 +75,7 @@ fn channel_json(v: &ChannelView) -> Value {
 /// `GET /v1/account`: balances, what this key spent in the last 24 h, its scope and
 /// the account's channels.
 pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
+    crate::accounts::require_operation(&key, crate::accounts::Operation::Account)?;
     let account = &key.record.account;
     state.lease(account).await?;
     let mut balances = BTreeMap::new();

@@ -295,6 +295,8 @@ async fn suspending_the_owner_cascades_to_its_agents_keys() {
     let who: Value = gw
         .http
         .get(format!("{}/v1/identities/{agent_did}", gw.url))
+        // Personal fields (the KYC tier) are shown to the identity's controllers only.
+        .bearer_auth(&owner_key)
         .send()
         .await
         .unwrap()

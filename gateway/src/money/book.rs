@@ -143,6 +143,8 @@ struct Hold {
     account: String,
     asset: Asset,
     key: Option<String>,
+    /// The key's delegating ancestors whose daily windows count this request too.
+    shared: Vec<String>,
     amount: u128,
     /// Cost metered so far (at most `amount`).
     charged: u128,
@@ -239,6 +241,8 @@ struct Inner {
     routes: HashMap<(String, String, Asset), String>,
     holds: HashMap<u64, Hold>,
     windows: HashMap<String, SpendWindow>,
+    /// Key -> its delegating ancestors' windows and daily limits (see `money::scope`).
+    ancestors: HashMap<String, Vec<(String, u128)>>,
     requests: Vec<RequestRecord>,
     pools: BTreeMap<Asset, Pools>,
     pools_dirty: bool,
@@ -431,14 +435,24 @@ impl Book {
             let durable = (ch.nonce, ch.spent);
             g.channels.insert(ch.id.clone(), ChannelEntry { ch, dirty: false, holds: 0, durable, voucher_due: false, vouchered, latest });
         }
-        for (key, charges) in keys {
-            let mut w = SpendWindow::default();
-            for (at, amount) in charges {
-                w.record(*at, *amount);
-            }
-            g.windows.insert(key.clone(), w);
-        }
+        // Each key's charges count in its delegating ancestors' windows too.
+        let ancestors = &g.ancestors;
+        let windows = crate::money::scope::rebuild_windows(keys, |k| {
+            ancestors.get(k).map(|up| up.iter().map(|a| a.0.clone()).collect()).unwrap_or_default()
+        });
+        g.windows.extend(windows);
         Ok(())
+    }
+
+    /// Records the delegating ancestors of `key` (their key ids and daily limits,
+    /// nearest first): its requests count in their 24 h windows too.
+    pub fn set_ancestors(&self, key: &str, ancestors: Vec<(String, u128)>) {
+        let Ok(mut g) = self.lock() else { return };
+        if ancestors.is_empty() {
+            g.ancestors.remove(key);
+        } else {
+            g.ancestors.insert(key.to_owned(), ancestors);
+        }
     }
 
     fn forget(g: &mut Inner, account: &str) {
@@ -548,6 +562,10 @@ impl Book {
             if let Some(w) = g.windows.get_mut(key) {
                 limits.admit(w, amount, now)?;
             }
+            let g = &mut *g;
+            if let Some(up) = g.ancestors.get(key) {
+                crate::money::scope::admit_shared(&mut g.windows, up, amount, now)?;
+            }
         }
         if available < amount {
             return Err(BookError::Insufficient {
@@ -566,6 +584,11 @@ impl Book {
         {
             w.pending += amount;
         }
+        let shared: Vec<String> = key
+            .and_then(|(k, _)| g.ancestors.get(k))
+            .map(|up| up.iter().map(|a| a.0.clone()).collect())
+            .unwrap_or_default();
+        crate::money::scope::hold_shared(&mut g.windows, &shared, amount);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         g.holds.insert(
             id,
@@ -573,6 +596,7 @@ impl Book {
                 account: account.to_owned(),
                 asset,
                 key: key.map(|k| k.0.to_owned()),
+                shared,
                 amount,
                 charged: 0,
                 drawn: 0,
@@ -664,6 +688,7 @@ impl Book {
             w.pending -= hold.amount;
             w.record(now, hold.charged);
         }
+        crate::money::scope::settle_shared(&mut g.windows, &hold.shared, hold.amount, hold.charged, now);
         if let Some(c) = &hold.channel
             && let Some(e) = g.channels.get_mut(c)
         {
@@ -706,6 +731,7 @@ impl Book {
         {
             w.pending -= hold.amount;
         }
+        crate::money::scope::settle_shared(&mut g.windows, &hold.shared, hold.amount, 0, 0);
         if let Some(c) = &hold.channel
             && let Some(e) = g.channels.get_mut(c)
         {

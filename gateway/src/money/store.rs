@@ -49,6 +49,7 @@ fn corrupt(table: &'static str, column: &'static str, message: impl ToString) ->
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "money", include_str!("../../migrations/0001_money.sql")),
     (2, "leases", include_str!("../../migrations/0002_leases.sql")),
+    (6, "identities", include_str!("../../migrations/0006_identities.sql")),
 ];
 
 /// One account's money as stored: funds, channels with their latest vouchers, and
@@ -93,7 +94,7 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     sqlite: bool,
 }
 
