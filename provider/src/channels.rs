@@ -11,24 +11,30 @@
 //!   "cumulative_spent", "payer_key", "unpaid_tokens"}]}`, one entry per channel with
 //!   a voucher or unpaid tokens (the voucher fields are null until its first one).
 //!
+//! Each needs the payer's `x-tenzro-payer-auth` (the reads also take the operator
+//! token), else 401: see `paid`.
+//!
 //! Inference requests carrying `x-tenzro-channel: ID` are refused with 402
 //! (`code: "channel_unpaid"`) while that channel's unpaid tokens exceed
 //! `[channels] credit_limit_tokens`, and the tokens they are served (prompt plus
-//! completion) are counted against it. Requests without the header are served as
-//! before.
+//! completion) are counted against it. Requests without the header are served only
+//! by a standalone provider (attached to a gateway, `paid` refuses them first).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use tenzro_attest::Voucher;
 
-use crate::error::{ApiError, ApiJson};
+use bytes::Bytes;
+
+use crate::error::{ApiError, parse_json};
+use crate::paid::{Guard, authorize};
 use crate::state::AppState;
-use crate::vouchers::{ChannelId, Channels, MAX_BATCH, Outcome};
+use crate::vouchers::{ChannelId, Channels, MAX_BATCH, Outcome, StoreError};
 
 /// The header naming the channel an inference request is paid from.
 pub const CHANNEL_HEADER: &str = "x-tenzro-channel";
@@ -67,11 +73,30 @@ pub struct ChannelEntry {
     pub unpaid_tokens: u64,
 }
 
-/// `POST /v1/channels/vouchers`.
+/// `POST /v1/channels/vouchers`: signed by the payer (`x-tenzro-payer-auth`, no
+/// channel). A closed provider checks the signature before reading the batch; an
+/// open one (standalone, trust on first use) against the payer of its first voucher.
 pub async fn submit(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<SubmitRequest>,
+    parts: Parts,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SubmitResponse>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.config.server.max_body_bytes)
+        } else {
+            ApiError::bad(format!("Could not read the request body: {e}"))
+        }
+    })?;
+    let closed = state.payers.closed();
+    let guard = |also| Guard { channel_id: "", also, operator: false };
+    if closed {
+        authorize(&state, &parts, &body, guard(vec![]))?;
+    }
+    let req: SubmitRequest = parse_json(&body)?;
+    if !closed {
+        authorize(&state, &parts, &body, guard(req.vouchers.first().map(|v| v.payer_key).into_iter().collect()))?;
+    }
     if req.vouchers.len() > MAX_BATCH {
         return Err(ApiError::bad_param(
             "vouchers",
@@ -82,7 +107,10 @@ pub async fn submit(
     let outcome = tokio::task::spawn_blocking(move || channels.submit(req.vouchers, identity.key()))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            e @ StoreError::Full { .. } => ApiError::StoreFull(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        })?;
     Ok(Json(submit_response(outcome)))
 }
 
@@ -95,21 +123,27 @@ fn submit_response(outcome: Outcome) -> SubmitResponse {
     SubmitResponse { vouchers: outcome.vouchers, rejected }
 }
 
-/// `GET /v1/channels/{channel_id}/voucher`.
+/// `GET /v1/channels/{channel_id}/voucher`: for the payer (trusted, or the one the
+/// channel is pinned to) signing with this channel id, or the operator.
 pub async fn latest(
     State(state): State<AppState>,
+    parts: Parts,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Voucher>, ApiError> {
     let Path(text) = path.map_err(|e| ApiError::bad(format!("Invalid channel id in the path: {e}")))?;
     let channel = ChannelId::parse(&text).map_err(|e| ApiError::bad(e.to_string()))?;
-    state.channels.latest(&channel).map(Json).ok_or_else(|| ApiError::NotFound {
+    let latest = state.channels.latest(&channel);
+    let also = latest.iter().map(|v| v.payer_key).collect();
+    authorize(&state, &parts, b"", Guard { channel_id: channel.as_str(), also, operator: true })?;
+    latest.map(Json).ok_or_else(|| ApiError::NotFound {
         message: format!("No voucher has been accepted on channel `{channel}`"),
         code: "voucher_not_found",
     })
 }
 
-/// `GET /v1/channels`.
-pub async fn list(State(state): State<AppState>) -> Json<ChannelList> {
+/// `GET /v1/channels`: for the trusted payer (signing with no channel) or the operator.
+pub async fn list(State(state): State<AppState>, parts: Parts) -> Result<Json<ChannelList>, ApiError> {
+    authorize(&state, &parts, b"", Guard { channel_id: "", also: vec![], operator: true })?;
     let data = state
         .channels
         .summaries()
@@ -123,7 +157,7 @@ pub async fn list(State(state): State<AppState>) -> Json<ChannelList> {
             unpaid_tokens: s.unpaid_tokens,
         })
         .collect();
-    Json(ChannelList { data })
+    Ok(Json(ChannelList { data }))
 }
 
 /// The channel an inference request is paid from, admitted under the credit
@@ -172,7 +206,11 @@ mod tests {
     use crate::attestation::Identity;
     use crate::config::Config;
     use crate::metrics::Metrics;
+    use crate::paid::OperatorToken;
+    use crate::payer::PayerTrust;
+    use crate::throttle::{Cache, RateLimiter};
     use crate::vouchers::BookSettings;
+    use tenzro_attest::payer::{PAYER_AUTH_HEADER, PaidRequest};
 
     fn provider_key() -> ProviderKey {
         ProviderKey::from_seed(&[9; 32])
@@ -183,9 +221,23 @@ mod tests {
     }
 
     fn state(dir: &std::path::Path, limit: u64) -> AppState {
+        state_with(dir, limit, Arc::new(PayerTrust::new(false, vec![])))
+    }
+
+    pub(crate) fn state_with(dir: &std::path::Path, limit: u64, payers: Arc<PayerTrust>) -> AppState {
         let config: Config = toml::from_str("listen = \"127.0.0.1:1\"\n").unwrap();
-        let settings = BookSettings { path: dir.join("v.json"), credit_limit_tokens: limit, trusted_payers: vec![] };
+        let settings = BookSettings {
+            path: dir.join("v.json"),
+            credit_limit_tokens: limit,
+            trust: payers.clone(),
+            max_channels: 1000,
+            max_store_bytes: 1 << 20,
+        };
         AppState {
+            payers,
+            operator: OperatorToken::new(Some("op-token")),
+            evidence: Arc::new(Cache::new(4)),
+            evidence_limit: Arc::new(RateLimiter::new(60, 2, 16)),
             config: Arc::new(config),
             chat: Arc::new(HashMap::new()),
             embedding: Arc::new(HashMap::new()),
@@ -196,14 +248,31 @@ mod tests {
         }
     }
 
+    /// Sends a request on channel ch-1 signed by `payer()` (the signature names the
+    /// channel for inference and voucher reads, none for the list and batches).
     async fn call(state: &AppState, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .header(CHANNEL_HEADER, "ch-1")
-            .body(Body::from(body.to_owned()))
-            .unwrap();
+        let channel = match uri.strip_prefix("/v1/channels/").and_then(|r| r.strip_suffix("/voucher")) {
+            Some(id) => id,
+            None if uri.starts_with("/v1/channels") => "",
+            None => "ch-1",
+        };
+        let auth = PaidRequest { method, path_and_query: uri, channel_id: channel, body: body.as_bytes() }
+            .sign(&payer(), crate::paid::unix_now());
+        call_with(state, method, uri, body, &[(CHANNEL_HEADER, "ch-1"), (PAYER_AUTH_HEADER, &auth)]).await
+    }
+
+    pub(crate) async fn call_with(
+        state: &AppState,
+        method: &str,
+        uri: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Body::from(body.to_owned())).unwrap();
         let res = crate::routes::router(state.clone()).oneshot(req).await.unwrap();
         let status = res.status();
         let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
@@ -232,10 +301,13 @@ mod tests {
         assert_eq!(json["cumulative_spent"], "10");
         assert_eq!(serde_json::from_value::<Voucher>(json).unwrap(), answer.vouchers[0]);
 
-        let (status, json) = call(&state, "GET", "/v1/channels/nope/voucher", "").await;
+        let op = [("authorization", "Bearer op-token")];
+        let (status, json) = call_with(&state, "GET", "/v1/channels/nope/voucher", "", &op).await;
         assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("voucher_not_found")));
 
-        let (status, json) = call(&state, "GET", "/v1/channels", "").await;
+        // Standalone, the list (every channel's spend) is for the operator only.
+        assert_eq!(call(&state, "GET", "/v1/channels", "").await.0, StatusCode::UNAUTHORIZED);
+        let (status, json) = call_with(&state, "GET", "/v1/channels", "", &op).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             json,
@@ -306,5 +378,126 @@ mod tests {
         let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
         let json: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["error"]["param"], CHANNEL_HEADER);
+    }
+
+    fn signed(method: &str, uri: &str, channel: &str, body: &str, key: &ProviderKey) -> String {
+        PaidRequest { method, path_and_query: uri, channel_id: channel, body: body.as_bytes() }
+            .sign(key, crate::paid::unix_now())
+    }
+
+    fn code(json: &Value) -> &str {
+        json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn the_book_is_shown_only_to_the_payer_or_the_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 0);
+        let stranger = ProviderKey::from_seed(&[8; 32]);
+        let batch = json!({"vouchers": [voucher(1, 10)]}).to_string();
+        // A batch needs its payer's signature (standalone: the payer of its vouchers).
+        let (status, json) = call_with(&state, "POST", "/v1/channels/vouchers", &batch, &[]).await;
+        assert_eq!((status, code(&json)), (StatusCode::UNAUTHORIZED, "payer_auth_required"), "{json}");
+        let forged = signed("POST", "/v1/channels/vouchers", "", &batch, &stranger);
+        let (status, json) =
+            call_with(&state, "POST", "/v1/channels/vouchers", &batch, &[(PAYER_AUTH_HEADER, &forged)]).await;
+        assert_eq!((status, code(&json)), (StatusCode::UNAUTHORIZED, "payer_auth_invalid"), "{json}");
+        assert!(state.channels.summaries().is_empty());
+        assert_eq!(call(&state, "POST", "/v1/channels/vouchers", &batch).await.0, StatusCode::OK);
+
+        // Reads: nothing without a signature or the operator token.
+        for uri in ["/v1/channels", "/v1/channels/ch-1/voucher", "/v1/channels/nope/voucher"] {
+            let (status, json) = call_with(&state, "GET", uri, "", &[]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            assert_eq!(json["error"]["type"], "authentication_error");
+            assert!(json["error"]["message"].as_str().unwrap().contains("x-tenzro-payer-auth"), "{json}");
+            let (status, _) = call_with(&state, "GET", uri, "", &[("authorization", "Bearer wrong")]).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            let (status, _) = call_with(&state, "GET", uri, "", &[("authorization", "Bearer op-token")]).await;
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        }
+        // The channel's own payer reads its voucher, signing with the channel id.
+        let uri = "/v1/channels/ch-1/voucher";
+        let ok = signed("GET", uri, "ch-1", "", &payer());
+        assert_eq!(call_with(&state, "GET", uri, "", &[(PAYER_AUTH_HEADER, &ok)]).await.0, StatusCode::OK);
+        for bad in [signed("GET", uri, "ch-2", "", &payer()), signed("GET", uri, "ch-1", "", &stranger)] {
+            assert_eq!(call_with(&state, "GET", uri, "", &[(PAYER_AUTH_HEADER, &bad)]).await.0, StatusCode::UNAUTHORIZED);
+        }
+        // A stranger cannot tell a missing channel from a hidden one.
+        let nope = signed("GET", "/v1/channels/nope/voucher", "nope", "", &stranger);
+        let (status, _) = call_with(&state, "GET", "/v1/channels/nope/voucher", "", &[(PAYER_AUTH_HEADER, &nope)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn an_attached_provider_serves_only_what_its_payer_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = Arc::new(PayerTrust::new(true, vec![]));
+        let state = state_with(dir.path(), 0, trust.clone());
+        let chat = r#"{"model":"m","messages":[]}"#;
+        // Before registration no payer is known: refused, not served for free.
+        let (status, json) = call(&state, "POST", "/v1/chat/completions", chat).await;
+        assert_eq!((status, code(&json)), (StatusCode::PAYMENT_REQUIRED, "payer_unknown"), "{json}");
+        trust.learn(payer().public_key());
+        // Paid: passes to the handler (which has no model here).
+        assert_eq!(call(&state, "POST", "/v1/chat/completions", chat).await.0, StatusCode::NOT_FOUND);
+        let stranger = ProviderKey::from_seed(&[8; 32]);
+        for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
+            let (status, json) = call_with(&state, "POST", path, chat, &[]).await;
+            assert_eq!((status, code(&json)), (StatusCode::PAYMENT_REQUIRED, "payment_required"), "{path}");
+            assert!(json["error"]["message"].as_str().unwrap().contains("attached to a gateway"), "{json}");
+            let (status, json) = call_with(&state, "POST", path, chat, &[(CHANNEL_HEADER, "ch-1")]).await;
+            assert_eq!((status, code(&json)), (StatusCode::PAYMENT_REQUIRED, "payer_auth_invalid"), "{path}");
+            assert!(json["error"]["message"].as_str().unwrap().contains("missing x-tenzro-payer-auth"), "{json}");
+            let cases = [
+                signed("POST", path, "ch-1", chat, &stranger),
+                signed("POST", path, "ch-2", chat, &payer()),
+                signed("POST", path, "ch-1", "{}", &payer()),
+                signed("POST", "/v1/other", "ch-1", chat, &payer()),
+                "12.zz".to_owned(),
+            ];
+            for auth in cases {
+                let headers = [(CHANNEL_HEADER, "ch-1"), (PAYER_AUTH_HEADER, auth.as_str())];
+                let (status, json) = call_with(&state, "POST", path, chat, &headers).await;
+                assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{path} {auth}: {json}");
+            }
+        }
+        // Vouchers: only the trusted payer posts, and only its vouchers are taken.
+        let foreign = VoucherBody { channel_id: "f".into(), nonce: 1, cumulative_spent: 1, asset: "TNZO".into() }.sign(&stranger);
+        let batch = json!({"vouchers": [foreign]}).to_string();
+        let own = signed("POST", "/v1/channels/vouchers", "", &batch, &stranger);
+        let (status, _) = call_with(&state, "POST", "/v1/channels/vouchers", &batch, &[(PAYER_AUTH_HEADER, &own)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, json) = call(&state, "POST", "/v1/channels/vouchers", &batch).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(json["rejected"][0]["reason"].as_str().unwrap().contains("not this provider's trusted payer"), "{json}");
+        assert!(state.channels.summaries().is_empty());
+        // The trusted payer lists the book.
+        assert_eq!(call(&state, "GET", "/v1/channels", "").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn fresh_attestations_are_limited_and_repeated_nonces_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), 0);
+        let get = |nonce: String| {
+            let state = state.clone();
+            async move {
+                let req = Request::builder().uri(format!("/v1/attestation?nonce={nonce}")).body(Body::empty()).unwrap();
+                crate::routes::router(state).oneshot(req).await.unwrap()
+            }
+        };
+        let first = get("aa".repeat(16)).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(get("bb".repeat(16)).await.status(), StatusCode::OK);
+        let limited = get("cc".repeat(16)).await;
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(limited.headers().contains_key("retry-after"));
+        // A nonce asked before is answered from the cache, limit or not.
+        let again = get("aa".repeat(16)).await;
+        assert_eq!(again.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(again.into_body(), usize::MAX).await.unwrap();
+        let doc: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(doc["nonce"], "aa".repeat(16));
     }
 }

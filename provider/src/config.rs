@@ -29,6 +29,10 @@ pub struct Config {
     pub attestation: AttestationConfig,
     #[serde(default)]
     pub channels: ChannelsConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub operator: OperatorConfig,
     /// Stake declared to a gateway at registration, in whole TNZO. Gateways route
     /// LLM traffic only to providers staking at least 100,000.
     #[serde(default = "default_stake_tnzo")]
@@ -100,6 +104,12 @@ pub struct AttestationConfig {
     pub tsm_dir: PathBuf,
     /// The NVML index of the GPU whose evidence is given (`nvidia-cc`).
     pub gpu_index: u32,
+    /// Documents kept per nonce: a nonce asked again is answered from this cache.
+    pub cache_entries: usize,
+    /// Fresh documents (cache misses) one source address may ask for per minute...
+    pub fresh_per_minute: u32,
+    /// ...and in one burst; past that, 429 with Retry-After.
+    pub fresh_burst: u32,
 }
 
 impl Default for AttestationConfig {
@@ -108,7 +118,61 @@ impl Default for AttestationConfig {
             kind: TeeKind::None,
             tsm_dir: PathBuf::from(TSM_REPORT_DIR),
             gpu_index: 0,
+            cache_entries: 1024,
+            fresh_per_minute: 60,
+            fresh_burst: 20,
         }
+    }
+}
+
+/// `[gateway]`: the gateway this provider registers with (`--gateway` overrides
+/// `url`) and the bond its owner puts up before it registers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// `http(s)://host[:port]`; with a gateway the provider serves only paid requests.
+    pub url: Option<String>,
+    /// The environment variable holding the owner account's API key.
+    pub owner_key_env: String,
+    /// The owner's API key itself (prefer `owner_key_env`: a file leaks more easily).
+    pub owner_key: Option<String>,
+    /// Stake the owner keeps bonded for this provider's key, in whole TNZO (decimal
+    /// string, e.g. "100000" or "0.5"); topped up to this at every start.
+    pub bond: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            url: None,
+            owner_key_env: "TENZRO_OWNER_KEY".to_owned(),
+            owner_key: None,
+            bond: "0".to_owned(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The owner's API key: `owner_key`, else the `owner_key_env` variable; none when
+    /// both are unset or empty.
+    pub fn owner_key(&self) -> Option<String> {
+        let from_env = || std::env::var(&self.owner_key_env).ok();
+        self.owner_key.clone().or_else(from_env).filter(|k| !k.trim().is_empty())
+    }
+}
+
+/// `[operator]`: the token that lets the operator read the channel book.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// The environment variable holding the operator token; unset or empty: no
+    /// operator access (only the payer's signature reads the book).
+    pub token_env: String,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig { token_env: "TENZRO_OPERATOR_TOKEN".to_owned() }
     }
 }
 
@@ -123,8 +187,14 @@ pub struct ChannelsConfig {
     /// requests get 402; 0 means no limit.
     pub credit_limit_tokens: u64,
     /// When not empty, the only payer keys (hex Ed25519) whose vouchers are
-    /// accepted; when empty, each channel trusts the key of its first voucher.
+    /// accepted (and who may sign paid requests). When empty: with a gateway, the
+    /// payer key it answers at registration; without one, each channel trusts the
+    /// key of its first voucher.
     pub trusted_payers: Vec<PublicKey>,
+    /// Most channels the store holds; vouchers opening more are refused.
+    pub max_channels: usize,
+    /// Largest store file, in bytes; vouchers that would grow it past this are refused.
+    pub max_store_bytes: usize,
 }
 
 impl Default for ChannelsConfig {
@@ -133,6 +203,8 @@ impl Default for ChannelsConfig {
             path: PathBuf::from(".tenzro/provider-vouchers.json"),
             credit_limit_tokens: 200_000,
             trusted_payers: Vec::new(),
+            max_channels: 100_000,
+            max_store_bytes: 64 << 20,
         }
     }
 }
@@ -240,6 +312,20 @@ impl Config {
         }
         if self.channels.path.as_os_str().is_empty() {
             return invalid("channels.path must not be empty".into());
+        }
+        if self.channels.max_channels == 0 || self.channels.max_store_bytes == 0 {
+            return invalid("channels.max_channels and channels.max_store_bytes must be at least 1".into());
+        }
+        if self.attestation.cache_entries == 0 || self.attestation.fresh_per_minute == 0 || self.attestation.fresh_burst == 0 {
+            return invalid("attestation.cache_entries, fresh_per_minute and fresh_burst must be at least 1".into());
+        }
+        if let Some(url) = &self.gateway.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid(format!("gateway.url `{url}` must start with http:// or https://"));
+        }
+        if let Err(e) = crate::bond::whole_tokens(&self.gateway.bond) {
+            return invalid(format!("gateway.bond: {e}"));
         }
         if self.engine.max_sequences == 0 || self.engine.queue_capacity == 0 {
             return invalid("engine.max_sequences and engine.queue_capacity must be at least 1".into());

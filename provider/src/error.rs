@@ -19,6 +19,18 @@ pub enum ApiError {
     /// The channel in `x-tenzro-channel` owes more than the credit limit.
     #[error("{0}")]
     ChannelUnpaid(#[from] crate::vouchers::Unpaid),
+    /// A provider attached to a gateway refuses a request its payer did not sign.
+    #[error("{message}")]
+    PaymentRequired { message: String, code: &'static str },
+    /// A read of the channel book without the payer's signature or the operator token.
+    #[error("{message}")]
+    Unauthorized { message: String, code: &'static str },
+    /// Too many fresh attestation documents asked for; retry after some seconds.
+    #[error("Too many fresh attestation requests from this address; retry after {retry_after} s (a nonce asked before is answered from the cache)")]
+    RateLimited { retry_after: u32 },
+    /// The voucher store reached its configured size.
+    #[error("{0}")]
+    StoreFull(String),
     #[error("Request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("The server is overloaded; retry after {retry_after} s")]
@@ -43,7 +55,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::ChannelUnpaid(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::ChannelUnpaid(_) | ApiError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -56,6 +71,10 @@ impl ApiError {
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found"), Some("model".into())),
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code), None),
             ApiError::ChannelUnpaid(_) => ("invalid_request_error", Some("channel_unpaid"), None),
+            ApiError::PaymentRequired { code, .. } => ("invalid_request_error", Some(*code), None),
+            ApiError::Unauthorized { code, .. } => ("authentication_error", Some(*code), None),
+            ApiError::RateLimited { .. } => ("requests", Some("rate_limit_exceeded"), None),
+            ApiError::StoreFull(_) => ("server_error", Some("voucher_store_full"), None),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large"), None),
             ApiError::Overloaded { .. } => ("server_error", Some("overloaded"), None),
             ApiError::Unavailable => ("server_error", Some("unavailable"), None),
@@ -78,7 +97,7 @@ impl IntoResponse for ApiError {
             tracing::error!(%cause, "internal error");
         }
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if let ApiError::Overloaded { retry_after } = self {
+        if let ApiError::Overloaded { retry_after } | ApiError::RateLimited { retry_after } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response

@@ -1,6 +1,11 @@
 //! `/v1/models`, `/v1/attestation`, `/health`, `/metrics`, `/tokenize`.
 
 use axum::Json;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -44,19 +49,35 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
 }
 
 /// `GET /v1/attestation?nonce=HEX`: evidence over this provider's key, weights and
-/// the caller's nonce (see `attestation`).
+/// the caller's nonce (see `attestation`). A nonce asked before is answered from a
+/// bounded cache; fresh evidence is limited per source address (429 with
+/// Retry-After past `[attestation] fresh_per_minute` / `fresh_burst`).
 pub async fn attestation(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    Extension(peer): Extension<Peer>,
 ) -> Result<Json<AttestationDocument>, ApiError> {
     let nonce = Nonce::from_query(query.as_deref()).map_err(|e| ApiError::bad_param("nonce", e.to_string()))?;
+    let key = nonce.as_bytes().to_vec();
+    if let Some(document) = state.evidence.get(&key) {
+        return Ok(Json(AttestationDocument::clone(&document)));
+    }
+    state.evidence_limit.take(peer.0, Instant::now()).map_err(|wait| ApiError::RateLimited {
+        retry_after: u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
+    })?;
     let identity = state.identity.clone();
     let document = tokio::task::spawn_blocking(move || identity.document(&nonce))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(format!("producing evidence: {e}")))?;
+    state.evidence.insert(key, Arc::new(document.clone()));
     Ok(Json(document))
 }
+
+/// The caller's address (`ConnectInfo` when the server has it; unspecified in
+/// tests that call the router directly), set by `routes`.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub IpAddr);
 
 fn card(state: &AppState, id: &str, meta: Value) -> ModelCard {
     ModelCard {

@@ -13,8 +13,14 @@ use tokio::sync::Semaphore;
 use crate::attestation::{Identity, IdentityError};
 use crate::config::{Config, RequantizeSetting};
 use crate::metrics::Metrics;
+use crate::paid::OperatorToken;
+use crate::payer::PayerTrust;
+use crate::throttle::{Cache, RateLimiter};
 use crate::state::{AppState, ChatModel, EmbeddingModel};
 use crate::vouchers::{BookSettings, Channels, StoreError};
+
+/// Source addresses whose attestation requests are counted separately.
+const MAX_LIMITED_ADDRESSES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -36,10 +42,14 @@ pub enum LoadError {
 pub fn load(config: Config) -> Result<AppState, LoadError> {
     // The voucher store first: a corrupt one stops the provider before minutes of
     // model loading.
+    // With a gateway the provider serves only what its payer signed (see `payer`).
+    let payers = Arc::new(PayerTrust::new(config.gateway.url.is_some(), config.channels.trusted_payers.clone()));
     let channels = Channels::open(BookSettings {
         path: config.channels.path.clone(),
         credit_limit_tokens: config.channels.credit_limit_tokens,
-        trusted_payers: config.channels.trusted_payers.clone(),
+        trust: payers.clone(),
+        max_channels: config.channels.max_channels,
+        max_store_bytes: config.channels.max_store_bytes,
     })?;
     let device = device();
     let mut chat = HashMap::new();
@@ -87,9 +97,16 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
         .map(|(id, m)| (id.clone(), m.engine.llm().sha256.clone()))
         .chain(embedding.iter().map(|(id, m)| (id.clone(), m.embedder.sha256.clone())));
     let identity = Identity::load(&config.identity, &config.attestation, digests)?;
+    let a = &config.attestation;
+    let evidence = Arc::new(Cache::new(a.cache_entries));
+    let evidence_limit = Arc::new(RateLimiter::new(a.fresh_per_minute, a.fresh_burst, MAX_LIMITED_ADDRESSES));
     Ok(AppState {
         identity: Arc::new(identity),
         channels: Arc::new(channels),
+        payers,
+        operator: OperatorToken::from_env(&config.operator.token_env),
+        evidence,
+        evidence_limit,
         config: Arc::new(config),
         chat: Arc::new(chat),
         embedding: Arc::new(embedding),

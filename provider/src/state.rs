@@ -7,10 +7,13 @@ use tenzro_models::embed::Embedder;
 use tenzro_models::engine::Engine;
 use tokio::sync::Semaphore;
 
-use crate::attestation::Identity;
+use crate::attestation::{AttestationDocument, Identity};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::paid::OperatorToken;
+use crate::payer::PayerTrust;
+use crate::throttle::{Cache, RateLimiter};
 use crate::vouchers::Channels;
 
 #[derive(Clone)]
@@ -24,6 +27,13 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     /// Payment-channel vouchers and unpaid tokens per channel.
     pub channels: Arc<Channels>,
+    /// The trusted payer and whether unpaid requests are refused.
+    pub payers: Arc<PayerTrust>,
+    /// Lets the operator read the channel book.
+    pub operator: OperatorToken,
+    /// Attestation documents by nonce, and the per-address limit on fresh ones.
+    pub evidence: Arc<Cache<Vec<u8>, Arc<AttestationDocument>>>,
+    pub evidence_limit: Arc<RateLimiter>,
 }
 
 pub struct ChatModel {

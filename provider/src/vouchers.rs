@@ -7,14 +7,20 @@
 //! paid with, so the rules are strict:
 //!
 //! - the payer's signature verifies;
-//! - with `trusted_payers` configured the payer key must be one of them; without,
-//!   the key of a channel's first accepted voucher is pinned to that channel (trust
-//!   on first use) and every later voucher on it must carry the same key;
+//! - when the provider is closed (attached to a gateway, or payers pinned in the
+//!   config; see `payer`) the payer key must be a trusted one, and none is trusted
+//!   before the gateway answered its key; otherwise the key of a channel's first
+//!   accepted voucher is pinned to that channel (trust on first use). Either way
+//!   every later voucher on a channel must carry its first voucher's key;
 //! - the nonce is strictly above the stored one, the cumulative spent is not below
 //!   it, and the asset is the same;
 //! - a voucher equal to the stored latest (same nonce, same content) is a resend:
 //!   it is answered with the stored countersigned voucher and changes nothing, while
 //!   the stored nonce with any other content is refused.
+//!
+//! The store is bounded: at most `max_channels` channels (vouchers opening more are
+//! refused, `TooManyChannels`) and a file of at most `max_store_bytes` (vouchers
+//! opening channels that would grow it past that are refused, `StoreFull`).
 //!
 //! The store is one JSON file, `{"version": 1, "vouchers": [Voucher, ...]}` sorted
 //! by channel, replaced atomically (temporary file, fsync, rename, fsync of the
@@ -31,14 +37,16 @@
 //! do not raise the spend reset nothing, so a payer cannot buy credit with
 //! vouchers that pay nothing. Counts live in memory only: a restart forgives them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use tenzro_attest::{ProviderKey, PublicKey, Voucher};
+use tenzro_attest::{ProviderKey, Voucher};
+
+use crate::payer::PayerTrust;
 
 /// Most vouchers accepted in one batch.
 pub const MAX_BATCH: usize = 1024;
@@ -82,8 +90,12 @@ pub struct BookSettings {
     pub path: PathBuf,
     /// Unpaid tokens a channel may run up; 0 means no limit.
     pub credit_limit_tokens: u64,
-    /// When not empty, the only payer keys accepted.
-    pub trusted_payers: Vec<PublicKey>,
+    /// Whose vouchers are accepted (see `payer`).
+    pub trust: Arc<PayerTrust>,
+    /// Most channels held; vouchers opening more are refused.
+    pub max_channels: usize,
+    /// Largest store file in bytes; vouchers opening channels past it are refused.
+    pub max_store_bytes: usize,
 }
 
 /// Why one voucher of a batch was refused.
@@ -95,8 +107,14 @@ pub enum Refusal {
     BadAsset,
     #[error("the payer signature does not verify")]
     BadSignature,
-    #[error("payer key {0} is not one of this provider's trusted_payers")]
+    #[error("payer key {0} is not this provider's trusted payer (its gateway's payer key or [channels] trusted_payers)")]
     UntrustedPayer(String),
+    #[error("this provider trusts no payer yet: it takes vouchers from its gateway's payer key, learned when it registers")]
+    NoTrustedPayer,
+    #[error("the voucher store holds its maximum of {0} channels ([channels] max_channels); no new channel is accepted")]
+    TooManyChannels(usize),
+    #[error("the voucher store would grow past its maximum of {0} bytes ([channels] max_store_bytes); no new channel is accepted")]
+    StoreFull(usize),
     #[error("the channel is pinned to payer key {expected}; this voucher is signed by {got}")]
     WrongPayer { expected: String, got: String },
     #[error("the channel's asset is `{expected}`; this voucher is in `{got}`")]
@@ -147,6 +165,8 @@ pub struct ChannelSummary {
 pub enum StoreError {
     #[error("voucher store {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("voucher store {path} would be {size} bytes, over [channels] max_store_bytes = {max}")]
+    Full { path: PathBuf, size: usize, max: usize },
     #[error(
         "voucher store {path} is corrupt: {detail}. It holds the countersigned vouchers this provider is \
          paid with: repair or restore it (or point [channels] path elsewhere) rather than deleting it"
@@ -165,7 +185,6 @@ struct StoreFile {
 /// Every channel's latest voucher and unpaid tokens, shared by all handlers.
 pub struct Channels {
     settings: BookSettings,
-    trusted: HashSet<PublicKey>,
     book: Mutex<Book>,
     /// Held for a whole batch, so batches are checked and written one at a time
     /// while `book` is locked only briefly (token counting never waits on disk).
@@ -185,8 +204,14 @@ impl Channels {
     pub fn open(settings: BookSettings) -> Result<Channels, StoreError> {
         let latest = load(&settings.path)?;
         tracing::info!(path = %settings.path.display(), channels = latest.len(), "voucher store loaded");
+        if latest.len() > settings.max_channels {
+            tracing::warn!(
+                channels = latest.len(),
+                max = settings.max_channels,
+                "the voucher store holds more channels than [channels] max_channels: no new channel is accepted"
+            );
+        }
         Ok(Channels {
-            trusted: settings.trusted_payers.iter().copied().collect(),
             settings,
             book: Mutex::new(Book { latest, unpaid: HashMap::new() }),
             writer: Mutex::new(()),
@@ -205,10 +230,17 @@ impl Channels {
         let mut staged: BTreeMap<String, Voucher> = BTreeMap::new();
         let mut paying: Vec<String> = Vec::new();
         let mut outcome = Outcome::default();
+        // Channels this batch opens, in order.
+        let mut opened: Vec<String> = Vec::new();
         {
             let book = lock(&self.book);
             for mut voucher in batch {
                 let previous = staged.get(&voucher.channel_id).or_else(|| book.latest.get(&voucher.channel_id));
+                let opens = previous.is_none();
+                if opens && book.latest.len().saturating_add(opened.len()) >= self.settings.max_channels {
+                    outcome.rejected.push(rejected(&voucher, Refusal::TooManyChannels(self.settings.max_channels)));
+                    continue;
+                }
                 match self.judge(&voucher, previous) {
                     Ok(Verdict::Resend) => outcome.vouchers.extend(previous.cloned()),
                     Ok(Verdict::New { pays }) => {
@@ -219,6 +251,9 @@ impl Channels {
                         }
                         if pays {
                             paying.push(voucher.channel_id.clone());
+                        }
+                        if opens {
+                            opened.push(voucher.channel_id.clone());
                         }
                         outcome.vouchers.push(voucher.clone());
                         staged.insert(voucher.channel_id.clone(), voucher);
@@ -232,7 +267,29 @@ impl Channels {
         }
         let mut all = lock(&self.book).latest.clone();
         all.extend(staged.iter().map(|(k, v)| (k.clone(), v.clone())));
-        save(&self.settings.path, all.into_values().collect())?;
+        let mut bytes = encode(all.values())?;
+        if bytes.len() > self.settings.max_store_bytes {
+            // Refuse the vouchers opening channels; updates of known ones still land.
+            let max = self.settings.max_store_bytes;
+            let opening: std::collections::HashSet<String> = opened.into_iter().collect();
+            for channel in &opening {
+                if let Some(v) = staged.remove(channel) {
+                    outcome.rejected.push(Rejected { channel_id: channel.clone(), nonce: v.nonce, reason: Refusal::StoreFull(max) });
+                }
+                all.remove(channel);
+            }
+            paying.retain(|c| !opening.contains(c));
+            outcome.vouchers.retain(|v| !opening.contains(&v.channel_id));
+            bytes = encode(all.values())?;
+            if bytes.len() > max {
+                return Err(StoreError::Full { path: self.settings.path.clone(), size: bytes.len(), max });
+            }
+            if staged.is_empty() {
+                return Ok(outcome);
+            }
+        }
+        let io = |source: std::io::Error| StoreError::Io { path: self.settings.path.clone(), source };
+        write_atomically(&self.settings.path, &bytes).map_err(io)?;
         let mut book = lock(&self.book);
         for channel in paying {
             book.unpaid.remove(&channel);
@@ -248,7 +305,11 @@ impl Channels {
             return Err(Refusal::BadAsset);
         }
         voucher.verify_payer(None).map_err(|_| Refusal::BadSignature)?;
-        if !self.trusted.is_empty() && !self.trusted.contains(&voucher.payer_key) {
+        let trust = &self.settings.trust;
+        if trust.closed() && !trust.is_trusted(&voucher.payer_key) {
+            if trust.trusted().is_empty() {
+                return Err(Refusal::NoTrustedPayer);
+            }
             return Err(Refusal::UntrustedPayer(voucher.payer_key.to_hex()));
         }
         let Some(previous) = previous else {
@@ -306,9 +367,15 @@ impl Channels {
         Ok(())
     }
 
-    /// Counts `tokens` served on a channel.
+    /// Counts `tokens` served on a channel. At most `max_channels` channels are
+    /// counted: past that a new channel's tokens are not (only an open, standalone
+    /// provider can get there: attached, channels come from the gateway).
     pub fn record(&self, channel: &ChannelId, tokens: u64) {
         let mut book = lock(&self.book);
+        if !book.unpaid.contains_key(channel.as_str()) && book.unpaid.len() >= self.settings.max_channels {
+            tracing::warn!(%channel, "too many channels with unpaid tokens; this one is not counted");
+            return;
+        }
         let unpaid = book.unpaid.entry(channel.0.clone()).or_default();
         *unpaid = unpaid.saturating_add(tokens);
     }
@@ -360,12 +427,18 @@ fn load(path: &Path) -> Result<BTreeMap<String, Voucher>, StoreError> {
     Ok(latest)
 }
 
-fn save(path: &Path, vouchers: Vec<Voucher>) -> Result<(), StoreError> {
-    let file = StoreFile { version: STORE_VERSION, vouchers };
-    let io = |source: std::io::Error| StoreError::Io { path: path.to_owned(), source };
-    let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
+/// The store file's bytes for these vouchers (in channel order).
+fn encode<'a>(vouchers: impl Iterator<Item = &'a Voucher>) -> Result<Vec<u8>, StoreError> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        version: u32,
+        vouchers: Vec<&'a Voucher>,
+    }
+    let file = Borrowed { version: STORE_VERSION, vouchers: vouchers.collect() };
+    let mut bytes = serde_json::to_vec_pretty(&file)
+        .map_err(|e| StoreError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
     bytes.push(b'\n');
-    write_atomically(path, &bytes).map_err(io)
+    Ok(bytes)
 }
 
 /// Replaces `path` with `bytes` so that a crash at any instant leaves either the
@@ -402,7 +475,7 @@ fn sync_dir(_dir: &Path) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use tenzro_attest::VoucherBody;
+    use tenzro_attest::{PublicKey, VoucherBody};
 
     fn payer() -> ProviderKey {
         ProviderKey::from_seed(&[7; 32])
@@ -427,11 +500,17 @@ mod tests {
     }
 
     fn fixture(limit: u64, trusted: Vec<PublicKey>) -> Fixture {
+        fixture_with(limit, Arc::new(PayerTrust::new(false, trusted)), 100, 1 << 20)
+    }
+
+    fn fixture_with(limit: u64, trust: Arc<PayerTrust>, max_channels: usize, max_store_bytes: usize) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let settings = BookSettings {
             path: dir.path().join("sub/vouchers.json"),
             credit_limit_tokens: limit,
-            trusted_payers: trusted,
+            trust,
+            max_channels,
+            max_store_bytes,
         };
         let channels = Channels::open(settings.clone()).unwrap();
         Fixture { _dir: dir, settings, channels }
@@ -585,8 +664,13 @@ mod tests {
     #[test]
     fn a_failed_write_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let settings =
-            BookSettings { path: dir.path().join("blocker/v.json"), credit_limit_tokens: 0, trusted_payers: vec![] };
+        let settings = BookSettings {
+            path: dir.path().join("blocker/v.json"),
+            credit_limit_tokens: 0,
+            trust: Arc::new(PayerTrust::new(false, vec![])),
+            max_channels: 10,
+            max_store_bytes: 1 << 20,
+        };
         let channels = Channels::open(settings).unwrap();
         // The store's directory is a file, so the write fails.
         std::fs::write(dir.path().join("blocker"), "").unwrap();
@@ -634,5 +718,60 @@ mod tests {
         f.channels.admit(&id("x")).unwrap();
         let s = f.channels.summaries();
         assert_eq!((s[0].channel_id.as_str(), s[0].unpaid_tokens, s[0].latest.is_none()), ("x", u64::MAX, true));
+    }
+
+    #[test]
+    fn an_attached_book_takes_its_gateways_payer_only_and_none_before_it_is_known() {
+        let trust = Arc::new(PayerTrust::new(true, vec![]));
+        let f = fixture_with(0, trust.clone(), 100, 1 << 20);
+        assert_eq!(f.one(voucher("ch", 1, 1)), Err(Refusal::NoTrustedPayer));
+        let gateway = ProviderKey::from_seed(&[1; 32]);
+        trust.learn(gateway.public_key());
+        assert_eq!(f.one(voucher("ch", 1, 1)), Err(Refusal::UntrustedPayer(payer().public_key().to_hex())));
+        f.one(signed_by(&gateway, "ch", 1, 1)).unwrap();
+        // Nothing refused was stored.
+        assert_eq!(f.reopen().summaries().len(), 1);
+    }
+
+    #[test]
+    fn the_store_holds_at_most_max_channels() {
+        let f = fixture_with(0, Arc::new(PayerTrust::new(false, vec![])), 3, 1 << 20);
+        let out = f.submit((0..5).map(|i| voucher(&format!("c{i}"), 1, 1)).collect());
+        assert_eq!(out.vouchers.len(), 3);
+        assert_eq!(out.rejected.len(), 2);
+        assert!(out.rejected.iter().all(|r| r.reason == Refusal::TooManyChannels(3)));
+        assert!(out.rejected[0].reason.to_string().contains("max_channels"));
+        // Known channels still move on; new ones are still refused.
+        f.one(voucher("c0", 2, 5)).unwrap();
+        assert_eq!(f.one(voucher("new", 1, 1)), Err(Refusal::TooManyChannels(3)));
+        assert_eq!(f.reopen().summaries().len(), 3);
+    }
+
+    #[test]
+    fn the_store_file_stays_under_max_store_bytes() {
+        let f = fixture_with(0, Arc::new(PayerTrust::new(false, vec![])), 1000, 2_000);
+        let mut accepted = 0;
+        for i in 0..20 {
+            match f.one(voucher(&format!("channel-{i}"), 1, 1)) {
+                Ok(_) => accepted += 1,
+                Err(Refusal::StoreFull(2_000)) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!((1..20).contains(&accepted), "{accepted}");
+        assert!(std::fs::metadata(&f.settings.path).unwrap().len() <= 2_000);
+        // A known channel still takes its next voucher.
+        f.one(voucher("channel-0", 2, 2)).unwrap();
+        assert_eq!(f.reopen().summaries().len(), accepted);
+    }
+
+    #[test]
+    fn unpaid_counts_are_kept_for_at_most_max_channels() {
+        let f = fixture_with(0, Arc::new(PayerTrust::new(false, vec![])), 2, 1 << 20);
+        for c in ["a", "b", "c"] {
+            f.channels.record(&id(c), 1);
+        }
+        f.channels.record(&id("a"), 1);
+        assert_eq!((f.channels.unpaid_tokens(&id("a")), f.channels.unpaid_tokens(&id("c"))), (2, 0));
     }
 }
