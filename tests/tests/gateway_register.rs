@@ -1,20 +1,17 @@
-//! The provider's registration module (`provider/src/register.rs`, compiled here by
-//! path) against an in-process gateway: it registers, heartbeats, and registers
-//! again after the gateway forgets it.
+//! The provider's registration module (`tenzro_provider::register`) against an
+//! in-process gateway: it registers, heartbeats, and registers again after the
+//! gateway forgets it.
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 mod gateway_common;
-
-#[path = "../../provider/src/register.rs"]
-#[allow(dead_code, reason = "only run() is used here")]
-mod register;
 
 use std::time::Duration;
 
 use gateway_common::*;
 use tenzro_attest::keys::ProviderKey;
 use tenzro_models::api::{ModelCategory, RegisterRequest};
+use tenzro_provider::register;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -7,7 +7,9 @@
 //! (`(channel, nonce, cumulative spent)` with the gateway's payer key), posts them
 //! to each provider's `POST /v1/channels/vouchers` in one batch, checks the
 //! countersignatures and stores them. At start, [`reconcile`] asks each provider
-//! for the latest voucher it holds and adopts any higher state.
+//! for the latest voucher it holds and adopts any higher state. Both requests carry
+//! `x-tenzro-payer-auth` (`tenzro_attest::payer`), signed with the payer key: a
+//! provider takes vouchers from, and shows its channels to, its trusted payer only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,12 +17,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tenzro_attest::ProviderKey;
+use tenzro_attest::payer::{PAYER_AUTH_HEADER, PaidRequest};
 use tenzro_attest::voucher::{Voucher, VoucherBody};
 use tokio_util::sync::CancellationToken;
 
 use crate::money::book::{Book, DueVoucher};
 use crate::money::store::Store;
 use crate::registry::Registry;
+
+/// Where a provider takes voucher batches.
+const VOUCHERS_PATH: &str = "/v1/channels/vouchers";
 
 #[derive(Serialize)]
 struct Batch<'a> {
@@ -63,6 +69,23 @@ impl Courier {
         .sign(&self.key)
     }
 
+    /// The `x-tenzro-payer-auth` value of one request to a provider, signed now.
+    fn authorize(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        channel_id: &str,
+        body: &[u8],
+    ) -> String {
+        PaidRequest {
+            method,
+            path_and_query,
+            channel_id,
+            body,
+        }
+        .sign(&self.key, crate::clock::unix_now())
+    }
+
     /// One round: signs and sends what is due; returns how many were countersigned.
     pub async fn round(&self, checkpoint: bool) -> usize {
         let due = self.book.due_vouchers(checkpoint);
@@ -82,13 +105,25 @@ impl Courier {
                 tracing::debug!(%provider, "provider gone; its vouchers wait");
                 continue;
             };
-            let url = format!("{}/v1/channels/vouchers", entry.info.endpoint);
+            let url = format!("{}{VOUCHERS_PATH}", entry.info.endpoint);
+            let body = match serde_json::to_vec(&Batch {
+                vouchers: &vouchers,
+            }) {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(%provider, error = %e, "encoding a voucher batch");
+                    continue;
+                }
+            };
+            // The provider accepts vouchers only from its trusted payer: sign the
+            // batch (no channel: it names many).
+            let auth = self.authorize("POST", VOUCHERS_PATH, "", &body);
             let sent = self
                 .client
                 .post(&url)
-                .json(&Batch {
-                    vouchers: &vouchers,
-                })
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(PAYER_AUTH_HEADER, auth)
+                .body(body)
                 .timeout(Duration::from_secs(10))
                 .send()
                 .await;
@@ -147,10 +182,14 @@ impl Courier {
         let payer = self.key.public_key();
         for entry in self.registry.all() {
             for view in self.book.channels_of_provider(&entry.info.id) {
-                let url = format!("{}/v1/channels/{}/voucher", entry.info.endpoint, view.id);
+                let path = format!("/v1/channels/{}/voucher", view.id);
+                let url = format!("{}{path}", entry.info.endpoint);
+                // The provider shows a channel's voucher only to its payer.
+                let auth = self.authorize("GET", &path, &view.id, b"");
                 let Ok(resp) = self
                     .client
                     .get(&url)
+                    .header(PAYER_AUTH_HEADER, auth)
                     .timeout(Duration::from_secs(5))
                     .send()
                     .await
