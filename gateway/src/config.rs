@@ -73,6 +73,7 @@ pub struct Config {
     pub faucet: FaucetSection,
     pub identities: IdentitiesSection,
     pub receipts: ReceiptsSection,
+    pub bonds: BondsSection,
     pub providers: Vec<StaticProvider>,
 }
 
@@ -133,6 +134,25 @@ impl Default for ChannelsSection {
             challenge_window_s: 86_400,
             voucher_interval_ms: 200,
             checkpoint_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Bonded stake (`money::bonds`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BondsSection {
+    /// Unbonding waits this long before the amount returns to the owner (7 days).
+    pub unbonding_s: u64,
+    /// The stakers' pool is paid out to bonds pro rata this often (1 day).
+    pub payout_interval_s: u64,
+}
+
+impl Default for BondsSection {
+    fn default() -> Self {
+        BondsSection {
+            unbonding_s: crate::money::bonds::DEFAULT_UNBONDING_S,
+            payout_interval_s: 86_400,
         }
     }
 }

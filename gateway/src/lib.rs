@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod attestation;
+pub mod bond_routes;
 pub mod breaker;
 pub mod clock;
 pub mod config;
@@ -121,6 +122,12 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
     // (`money::lease`); the network-wide pools and earnings load now.
     let book = Arc::new(Book::new(config.book()?));
     book.load_pools(&snap.pools, &snap.earnings)?;
+    let bonds = store.bonds().await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
+    let applied = store.applied_slashes().await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
+    book.load_bonds(bonds, applied)?;
+    for b in book.bonds() {
+        money::bonds_task::publish(&registry, &b);
+    }
     let replica = money::lease::Leases::replica_id(&config.server.data_dir).map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
     let leases = Arc::new(money::lease::Leases::new(replica, config.store.lease_ttl_s));
     let limits = DefaultLimits {
@@ -202,6 +209,16 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         cfg.store.lease_idle_s,
         money.clone(),
     ));
+    state.tasks.spawn(
+        money::bonds_task::BondsTask {
+            book: state.book.clone(),
+            store: state.store.clone(),
+            leases: state.leases.clone(),
+            registry: state.registry.clone(),
+            payout_interval_s: cfg.bonds.payout_interval_s,
+        }
+        .run(money.clone()),
+    );
     let courier = Courier {
         book: state.book.clone(),
         store: state.store.clone(),

@@ -101,6 +101,7 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<J
         .iter()
         .map(channel_json)
         .collect();
+    let (bonds, earnings) = crate::bond_routes::account_view(&state, account);
     Ok(Json(json!({
         "object": "account",
         "id": account,
@@ -112,6 +113,8 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<J
         "spent_today": spent_today,
         "scope": key.record.scope,
         "channels": channels,
+        "bonds": bonds,
+        "earnings": earnings,
     })))
 }
 

@@ -200,6 +200,9 @@ pub struct Batch {
     pub requests: Vec<RequestRecord>,
     pub pools: Vec<(Asset, Pools)>,
     pub earnings: Vec<(String, Asset, u128)>,
+    /// Bonds changed since the last commit, and slashes newly applied to them.
+    pub bonds: Vec<crate::money::bonds::Bond>,
+    pub applied_slashes: Vec<AppliedSlash>,
 }
 
 impl Batch {
@@ -209,6 +212,8 @@ impl Batch {
             && self.requests.is_empty()
             && self.pools.is_empty()
             && self.earnings.is_empty()
+            && self.bonds.is_empty()
+            && self.applied_slashes.is_empty()
     }
 }
 
@@ -248,6 +253,7 @@ struct Inner {
     pools_dirty: bool,
     earnings: HashMap<(String, Asset), u128>,
     dirty_earnings: Vec<(String, Asset)>,
+    bonds: bonds_book::BondBook,
 }
 
 impl Inner {
@@ -900,7 +906,8 @@ impl Book {
     }
 
     /// Checks conservation for one account and asset:
-    /// `funded = balance + Σ deposit(not closed) + Σ spent(closed)` and `held <= balance`.
+    /// `funded = balance + Σ deposit(not closed) + Σ spent(closed) + Σ bonds` (each
+    /// bond's bonded + unbonding + slashed, see `money::bonds`) and `held <= balance`.
     pub fn audit(&self, account: &str, asset: Asset) -> Result<(), String> {
         let g = self.lock().map_err(|e| e.to_string())?;
         let f = g
@@ -928,10 +935,11 @@ impl Book {
         if f.held > f.balance {
             return Err(format!("held {} > balance {}", f.held, f.balance));
         }
-        if f.funded != f.balance + in_channels {
+        let bonds = g.bonds_held(account, asset);
+        if f.funded != f.balance + in_channels + bonds {
             return Err(format!(
-                "funded {} != balance {} + channels {}",
-                f.funded, f.balance, in_channels
+                "funded {} != balance {} + channels {} + bonds {}",
+                f.funded, f.balance, in_channels, bonds
             ));
         }
         Ok(())
@@ -970,6 +978,7 @@ impl Book {
                 b.earnings.push((k.0, k.1, *v));
             }
         }
+        (b.bonds, b.applied_slashes) = g.bonds.take_dirty();
         b
     }
 
@@ -1006,6 +1015,7 @@ impl Book {
         for (p, a, _) in batch.earnings {
             g.dirty_earnings.push((p, a));
         }
+        g.bonds.requeue(batch.bonds, batch.applied_slashes);
     }
 
     /// Durable channel states not yet vouched for, of channels where a request
@@ -1075,6 +1085,10 @@ impl Book {
         Ok(extra)
     }
 }
+
+#[path = "bonds_book.rs"]
+mod bonds_book;
+pub use bonds_book::{AppliedSlash, Tick};
 
 #[cfg(test)]
 #[path = "book_tests.rs"]

@@ -14,6 +14,9 @@
 //! `tests/tests/gateway_money.rs`, `gateway/tests/store.rs` and
 //! `tests/python/test_gateway_crash.py`.
 
+pub mod bonds;
+pub mod bonds_store;
+pub mod bonds_task;
 pub mod book;
 pub mod channel;
 pub mod committer;

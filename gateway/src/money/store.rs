@@ -49,6 +49,7 @@ fn corrupt(table: &'static str, column: &'static str, message: impl ToString) ->
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "money", include_str!("../../migrations/0001_money.sql")),
     (2, "leases", include_str!("../../migrations/0002_leases.sql")),
+    (4, "bonds", include_str!("../../migrations/0004_bonds.sql")),
     (6, "identities", include_str!("../../migrations/0006_identities.sql")),
 ];
 
@@ -245,6 +246,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        crate::money::bonds_store::write(&mut tx, b).await?;
         tx.commit().await?;
         Ok(())
     }
