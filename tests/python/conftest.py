@@ -50,10 +50,12 @@ def binary(name: str) -> Path:
 
 
 class Server:
-    def __init__(self, args, port):
+    def __init__(self, args, port, env=None):
+        """`env`: variables set (over this process's environment) for the server."""
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(ROOT / "target" / f"{Path(args[0]).name}-{port}.log", "w")
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        environ = {**os.environ, **env} if env else None
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=environ)
         try:
             wait_healthy(self.url, self.proc)
         except Exception:

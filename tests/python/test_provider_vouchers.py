@@ -4,9 +4,13 @@ a channel past its credit limit until a voucher pays, and keeps its vouchers
 across a restart.
 
 Signatures use the canonical encoding documented in attest/src/voucher.rs and
-attest/src/canon.rs, rebuilt here independently of the Rust code.
+attest/src/canon.rs, rebuilt here independently of the Rust code. Standalone (no
+gateway) each batch is signed by its vouchers' payer (x-tenzro-payer-auth) and the
+book is read with the operator token.
 """
+import hashlib
 import json
+import time
 import os
 import struct
 import subprocess
@@ -19,6 +23,9 @@ from conftest import CHAT_MODEL, EMBED_MODEL, MODELS_DIR, ROOT, BIN_DIR, Server,
 ed25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
 
 VOUCHER_DOMAIN = b"tenzro/voucher/v1"
+PAYER_AUTH_DOMAIN = b"tenzro/payer-auth/v1"
+OPERATOR = "vouchers-operator-token"
+AS_OPERATOR = {"Authorization": f"Bearer {OPERATOR}"}
 COUNTERSIGN_DOMAIN = b"tenzro/voucher-countersign/v1"
 CREDIT_LIMIT = 5
 CHANNEL = "py-channel-1"
@@ -66,6 +73,12 @@ class Payer:
         v["payer_signature"] = self.key.sign(payer_message(v)).hex()
         return v
 
+    def payer_auth(self, method: str, path: str, channel: str, body: bytes) -> str:
+        at = int(time.time())
+        message = (blob(PAYER_AUTH_DOMAIN) + blob(method.encode()) + blob(path.encode()) + blob(channel.encode())
+                   + hashlib.sha256(body).digest() + struct.pack(">Q", at) + bytes.fromhex(self.public_hex))
+        return f"{at}.{self.key.sign(message).hex()}"
+
 
 def check_countersigned(v: dict, provider_key: str) -> None:
     assert v["provider_key"] == provider_key
@@ -82,7 +95,7 @@ def start(config: str, tmp_path) -> Server:
         "--models-dir", str(MODELS_DIR),
         "--key-path", str(tmp_path / "provider.key"),
     ]
-    return Server(args, port)
+    return Server(args, port, env={"TENZRO_OPERATOR_TOKEN": OPERATOR})
 
 
 @pytest.fixture
@@ -106,8 +119,11 @@ def provider_key(url: str) -> str:
     return r.json()["public_key"]
 
 
-def post(url: str, vouchers) -> dict:
-    r = httpx.post(f"{url}/v1/channels/vouchers", json={"vouchers": vouchers}, timeout=30)
+def post(url: str, vouchers, payer: "Payer") -> dict:
+    body = json.dumps({"vouchers": vouchers}).encode()
+    headers = {"content-type": "application/json",
+               "x-tenzro-payer-auth": payer.payer_auth("POST", "/v1/channels/vouchers", "", body)}
+    r = httpx.post(f"{url}/v1/channels/vouchers", content=body, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -119,7 +135,7 @@ def chat(url: str, channel: str | None):
 
 
 def unpaid(url: str, channel: str) -> int:
-    data = httpx.get(f"{url}/v1/channels", timeout=30).json()["data"]
+    data = httpx.get(f"{url}/v1/channels", headers=AS_OPERATOR, timeout=30).json()["data"]
     return next((c["unpaid_tokens"] for c in data if c["channel_id"] == channel), 0)
 
 
@@ -131,7 +147,10 @@ def test_vouchers_are_countersigned_stored_and_enforced(setup, tmp_path):
 
     # Accepted and countersigned; the file is written before the answer.
     first = payer.voucher(1, 10**18)
-    answer = post(url, [first])
+    # Unsigned batches are refused.
+    r = httpx.post(f"{url}/v1/channels/vouchers", json={"vouchers": [first]}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "payer_auth_required", r.text
+    answer = post(url, [first], payer)
     assert answer["rejected"] == []
     [signed] = answer["vouchers"]
     check_countersigned(signed, me)
@@ -151,7 +170,7 @@ def test_vouchers_are_countersigned_stored_and_enforced(setup, tmp_path):
     forged = payer.voucher(2, 2 * 10**18)
     forged["cumulative_spent"] = str(10**30)
     other = Payer().voucher(2, 2 * 10**18)
-    answer = post(url, [first, payer.voucher(1, 5), forged, other])
+    answer = post(url, [first, payer.voucher(1, 5), forged, other], payer)
     assert answer["vouchers"] == [signed]
     reasons = {r["nonce"]: r["reason"] for r in answer["rejected"]}
     assert len(answer["rejected"]) == 3
@@ -159,12 +178,18 @@ def test_vouchers_are_countersigned_stored_and_enforced(setup, tmp_path):
     assert any("signature does not verify" in r["reason"] for r in answer["rejected"])
     assert any("pinned to payer key" in r["reason"] for r in answer["rejected"])
 
-    # Read back, one channel and the list.
-    r = httpx.get(f"{url}/v1/channels/{CHANNEL}/voucher", timeout=30)
+    # Read back, one channel and the list: by the channel's payer or the operator.
+    assert httpx.get(f"{url}/v1/channels/{CHANNEL}/voucher", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/v1/channels", timeout=30).status_code == 401
+    path = f"/v1/channels/{CHANNEL}/voucher"
+    auth = {"x-tenzro-payer-auth": payer.payer_auth("GET", path, CHANNEL, b"")}
+    r = httpx.get(f"{url}{path}", headers=auth, timeout=30)
     assert r.status_code == 200 and r.json() == signed
-    r = httpx.get(f"{url}/v1/channels/unknown/voucher", timeout=30)
+    r = httpx.get(f"{url}{path}", headers={"x-tenzro-payer-auth": Payer().payer_auth("GET", path, CHANNEL, b"")}, timeout=30)
+    assert r.status_code == 401
+    r = httpx.get(f"{url}/v1/channels/unknown/voucher", headers=AS_OPERATOR, timeout=30)
     assert r.status_code == 404 and r.json()["error"]["code"] == "voucher_not_found"
-    [entry] = httpx.get(f"{url}/v1/channels", timeout=30).json()["data"]
+    [entry] = httpx.get(f"{url}/v1/channels", headers=AS_OPERATOR, timeout=30).json()["data"]
     assert entry == {"channel_id": CHANNEL, "asset": "TNZO", "nonce": 1, "cumulative_spent": str(10**18),
                      "payer_key": payer.public_hex, "unpaid_tokens": 0}
 
@@ -190,18 +215,18 @@ def test_vouchers_are_countersigned_stored_and_enforced(setup, tmp_path):
     assert chat(url, None).status_code == 200
     assert chat(url, "py-channel-2").status_code == 200
     # A voucher that pays clears the debt.
-    answer = post(url, [payer.voucher(2, 2 * 10**18)])
+    answer = post(url, [payer.voucher(2, 2 * 10**18)], payer)
     assert answer["rejected"] == [] and answer["vouchers"][0]["nonce"] == 2
     assert unpaid(url, CHANNEL) == 0
     assert chat(url, CHANNEL).status_code == 200
 
     # The vouchers survive a restart; a corrupt store stops the provider.
-    latest = httpx.get(f"{url}/v1/channels/{CHANNEL}/voucher", timeout=30).json()
+    latest = httpx.get(f"{url}/v1/channels/{CHANNEL}/voucher", headers=AS_OPERATOR, timeout=30).json()
     server.stop()
     again = start(config, tmp_path)
     try:
-        assert httpx.get(f"{again.url}/v1/channels/{CHANNEL}/voucher", timeout=30).json() == latest
-        answer = post(again.url, [payer.voucher(2, 3 * 10**18)])
+        assert httpx.get(f"{again.url}/v1/channels/{CHANNEL}/voucher", headers=AS_OPERATOR, timeout=30).json() == latest
+        answer = post(again.url, [payer.voucher(2, 3 * 10**18)], payer)
         assert "already accepted" in answer["rejected"][0]["reason"]
     finally:
         again.stop()
