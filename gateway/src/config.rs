@@ -124,6 +124,10 @@ pub struct ChannelsSection {
     pub voucher_interval_ms: u64,
     /// Every changed channel is vouched for this often, even mid-stream.
     pub checkpoint_interval_ms: u64,
+    /// The store is searched this often for accounts no replica holds whose
+    /// disputes' windows ended or whose open channels expired; this replica takes
+    /// them and settles them.
+    pub settle_sweep_s: u64,
 }
 
 impl Default for ChannelsSection {
@@ -134,6 +138,7 @@ impl Default for ChannelsSection {
             challenge_window_s: 86_400,
             voucher_interval_ms: 200,
             checkpoint_interval_ms: 5_000,
+            settle_sweep_s: 30,
         }
     }
 }

@@ -227,6 +227,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         key: state.payer_key.clone(),
     };
     let (interval, checkpoint) = (
+    state.tasks.spawn(money::committer::sweep(
+        state.book.clone(),
+        state.store.clone(),
+        state.leases.clone(),
+        Duration::from_secs(cfg.channels.settle_sweep_s.max(1)),
+        money.clone(),
+    ));
         Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)),
         Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)),
     );

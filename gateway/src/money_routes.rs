@@ -14,10 +14,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tenzro_attest::voucher::Voucher;
 
+use crate::accounts::KeyEntry;
 use crate::clock::unix_now;
 use crate::error::ApiError;
 use crate::money::book::{ASSETS, BookError, ChannelView};
-use crate::money::channel::{ChannelError, Party, State as ChannelState};
+use crate::money::channel::{Channel, ChannelError, Party, State as ChannelState};
+use crate::money::dispute_auth;
 use crate::money::slashing::Reason;
 use crate::pricing;
 use crate::routes::{Admin, Auth, parse_json};
@@ -30,8 +32,12 @@ fn book_error(e: BookError) -> ApiError {
         BookError::Channel(
             c @ (ChannelError::Busy(..)
             | ChannelError::NotOpen(..)
-            | ChannelError::WindowClosed(..)),
+            | ChannelError::WindowClosed(..)
+            | ChannelError::Stale { .. }
+            | ChannelError::BehindChannel { .. }
+            | ChannelError::Conflicting { .. }),
         ) => ApiError::Conflict(c.to_string()),
+        e @ BookError::Insufficient { .. } => ApiError::PaymentRequired(e.to_string()),
         BookError::Channel(c) => ApiError::BadRequest {
             message: c.to_string(),
             param: Some("voucher".into()),
@@ -118,16 +124,43 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<J
     })))
 }
 
+/// The operation an agent key's scope must grant (`allowed_operations`) to read,
+/// close or dispute its account's channels.
+pub const CHANNELS_OPERATION: &str = "channels";
+
+/// An account's own keys may read, close and dispute its channels; an agent's key
+/// only when its scope grants [`CHANNELS_OPERATION`].
+fn require_channels(key: &KeyEntry) -> Result<(), ApiError> {
+    if key.record.identity.is_none() {
+        return Ok(());
+    }
+    let granted = key
+        .record
+        .scope
+        .allowed_operations
+        .as_ref()
+        .is_some_and(|ops| ops.iter().any(|o| o.as_str() == CHANNELS_OPERATION));
+    if granted {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this agent key's scope does not grant the \"{CHANNELS_OPERATION}\" operation (reading, closing or disputing channels)"
+        )))
+    }
+}
+
 /// The caller's channel, or 404 (another account's channel is not disclosed).
-fn own_channel(state: &AppState, account: &str, id: &str) -> Result<ChannelView, ApiError> {
+fn own_channel(state: &AppState, key: &KeyEntry, id: &str) -> Result<ChannelView, ApiError> {
+    require_channels(key)?;
     state
         .book
         .channel(id)
-        .filter(|c| c.channel.payer == account)
+        .filter(|c| c.channel.payer == key.record.account)
         .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))
 }
 
 pub async fn channels(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
+    require_channels(&key)?;
     state.lease(&key.record.account).await?;
     let data: Vec<Value> = state
         .book
@@ -143,8 +176,9 @@ pub async fn channel(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    require_channels(&key)?;
     state.lease(&key.record.account).await?;
-    own_channel(&state, &key.record.account, &id).map(|c| Json(channel_json(&c)))
+    own_channel(&state, &key, &id).map(|c| Json(channel_json(&c)))
 }
 
 /// `GET /v1/channels/{id}/voucher`: the latest voucher the provider countersigned.
@@ -153,23 +187,25 @@ pub async fn voucher(
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Voucher>, ApiError> {
+    require_channels(&key)?;
     state.lease(&key.record.account).await?;
-    let c = own_channel(&state, &key.record.account, &id)?;
+    let c = own_channel(&state, &key, &id)?;
     c.latest_voucher
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} has no countersigned voucher yet")))
 }
 
 /// `POST /v1/channels/{id}/close`: cooperative when the provider has countersigned
-/// the channel's current state (settles now); otherwise the payer's state goes to
-/// a dispute that settles when the challenge window passes.
+/// the channel's current state (settles now); otherwise the channel's latest state
+/// goes to a dispute that settles when the challenge window passes.
 pub async fn close(
     State(state): State<AppState>,
     Auth(key): Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    require_channels(&key)?;
     state.lease(&key.record.account).await?;
-    let c = own_channel(&state, &key.record.account, &id)?;
+    let c = own_channel(&state, &key, &id)?;
     let now = unix_now();
     let agreed = c.latest_voucher.as_ref().is_some_and(|v| {
         v.nonce == c.channel.nonce
@@ -178,7 +214,7 @@ pub async fn close(
     });
     if agreed || c.channel.spent == 0 {
         let split = state.book.close(&id, now).map_err(book_error)?;
-        let view = own_channel(&state, &key.record.account, &id)?;
+        let view = own_channel(&state, &key, &id)?;
         return Ok(Json(
             json!({ "channel": channel_json(&view), "settlement": split, "cooperative": true }),
         )
@@ -186,7 +222,7 @@ pub async fn close(
     }
     let ch = state
         .book
-        .dispute(&id, Party::Payer, c.channel.nonce, c.channel.spent, now)
+        .dispute(&id, Party::Payer, None, now)
         .map_err(book_error)?;
     let view = ChannelView {
         channel: ch,
@@ -210,83 +246,140 @@ struct DisputeBody {
     voucher: Voucher,
 }
 
-/// `POST /v1/channels/{id}/dispute`. The payer (with its API key, no body) submits
-/// the channel's current state; a provider (no API key) submits its latest
-/// countersigned voucher, which must carry the gateway's payer signature and the
-/// channel provider's registered key. The highest nonce wins when the window closes.
+/// The most a dispute body may hold (one voucher is about 600 bytes).
+const MAX_DISPUTE_BODY: usize = 16 * 1024;
+
+/// Checks a submitted voucher against the channel: its id and asset, the gateway's
+/// own payer signature and, from the provider, its countersignature by the
+/// channel provider's key. Returns the state it claims.
+fn check_voucher(
+    state: &AppState,
+    c: &ChannelView,
+    v: &Voucher,
+    provider_key: Option<&tenzro_attest::PublicKey>,
+) -> Result<(u64, u128), ApiError> {
+    let refuse = |message: String| ApiError::BadRequest {
+        message,
+        param: Some("voucher".into()),
+    };
+    if v.channel_id != c.channel.id || v.asset != c.channel.asset.as_str() {
+        return Err(refuse("the voucher is for another channel or asset".into()));
+    }
+    let payer = state.payer_key.public_key();
+    match provider_key {
+        Some(p) => v.verify(Some(&payer), Some(p)),
+        None => v.verify_payer(Some(&payer)),
+    }
+    .map_err(|e| refuse(format!("voucher refused: {e}")))?;
+    Ok((v.nonce, v.cumulative_spent))
+}
+
+/// `POST /v1/channels/{id}/dispute`, by the channel's payer (its API key; an agent
+/// key needs the `channels` operation) or by the channel's provider (no API key; its
+/// registered key signs the request in `x-tenzro-provider-auth`, see
+/// [`crate::money::dispute_auth`]). The body is empty (dispute at the channel's
+/// latest state) or `{"voucher": …}`, a voucher the gateway signed (and, from the
+/// provider, countersigned). A state behind the channel's latest is refused (409);
+/// the dispute records the channel's latest state at once, which settles when the
+/// challenge window closes. Anonymous requests are 401.
 pub async fn dispute(
     State(state): State<AppState>,
     Path(id): Path<String>,
     parts: Parts,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if body.len() > MAX_DISPUTE_BODY {
+        return Err(ApiError::PayloadTooLarge(MAX_DISPUTE_BODY));
+    }
+    let voucher = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(parse_json::<DisputeBody>(&body)?.voucher)
+    };
     let now = unix_now();
-    let (ch, latest) = if body.is_empty() {
+    let (by, c) = if parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
         let mut parts = parts;
         let Auth(key) = <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(
             &mut parts, &state,
         )
         .await?;
+        require_channels(&key)?;
         state.lease(&key.record.account).await?;
-        let c = own_channel(&state, &key.record.account, &id)?;
-        (
-            state
-                .book
-                .dispute(&id, Party::Payer, c.channel.nonce, c.channel.spent, now)
-                .map_err(book_error)?,
-            c.latest_voucher,
-        )
-    } else {
-        let DisputeBody { voucher } = parse_json(&body)?;
-        let payer = state.store.channel_payer(&id).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-        let payer = payer.ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
+        (Party::Payer, own_channel(&state, &key, &id)?)
+    } else if let Some(header) = parts.headers.get(dispute_auth::HEADER) {
+        let header = header
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized(dispute_auth::DisputeAuthError::Malformed.to_string()))?;
+        let parties = state
+            .store
+            .channel_parties(&id)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (payer, provider) =
+            parties.ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
+        let provider_key = state
+            .registry
+            .get(&provider)
+            .and_then(|e| e.info.public_key)
+            .ok_or_else(|| {
+                ApiError::Unauthorized(format!(
+                    "provider {provider} has no registered key to sign a dispute with; dispute with the payer's API key"
+                ))
+            })?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        dispute_auth::SignedDispute {
+            method: parts.method.as_str(),
+            path_and_query: path,
+            channel_id: &id,
+            body: &body,
+        }
+        .verify(header, &provider_key, now)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         state.lease(&payer).await?;
         let c = state
             .book
             .channel(&id)
             .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
-        if voucher.channel_id != id || voucher.asset != c.channel.asset.as_str() {
-            return Err(ApiError::BadRequest {
-                message: "the voucher is for another channel or asset".into(),
-                param: Some("voucher".into()),
-            });
-        }
-        let provider_key = state
-            .registry
-            .get(&c.channel.provider)
-            .and_then(|e| e.info.public_key);
-        let Some(provider_key) = provider_key else {
-            return Err(ApiError::Conflict(format!(
-                "provider {} has no registered key to check the voucher against",
-                c.channel.provider
-            )));
+        let claim = match &voucher {
+            Some(v) => Some(check_voucher(&state, &c, v, Some(&provider_key))?),
+            None => None,
         };
-        voucher
-            .verify(Some(&state.payer_key.public_key()), Some(&provider_key))
-            .map_err(|e| ApiError::BadRequest {
-                message: format!("voucher refused: {e}"),
-                param: Some("voucher".into()),
-            })?;
-        (
-            state
-                .book
-                .dispute(
-                    &id,
-                    Party::Provider,
-                    voucher.nonce,
-                    voucher.cumulative_spent,
-                    now,
-                )
-                .map_err(book_error)?,
-            c.latest_voucher,
-        )
+        let ch = state
+            .book
+            .dispute(&id, Party::Provider, claim, now)
+            .map_err(book_error)?;
+        return Ok(dispute_answer(ch, c.latest_voucher));
+    } else {
+        return Err(ApiError::Unauthorized(format!(
+            "a dispute needs the payer's API key (`Authorization: Bearer KEY`) or the channel provider's signature ({})",
+            dispute_auth::HEADER
+        )));
     };
+    let claim = match &voucher {
+        Some(v) => Some(check_voucher(&state, &c, v, None)?),
+        None => None,
+    };
+    let ch = state
+        .book
+        .dispute(&id, by, claim, now)
+        .map_err(book_error)?;
+    Ok(dispute_answer(ch, c.latest_voucher))
+}
+
+/// 202 with the disputed channel: the state it settles at is the channel's latest
+/// (the gateway's answer), with the latest voucher the provider countersigned.
+fn dispute_answer(ch: Channel, latest: Option<Voucher>) -> Response {
     let view = ChannelView {
         channel: ch,
         in_flight: 0,
-        latest_voucher: latest,
+        latest_voucher: latest.clone(),
     };
-    Ok((StatusCode::ACCEPTED, Json(channel_json(&view))).into_response())
+    let mut body = channel_json(&view);
+    body["latest_voucher"] = json!(latest);
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 /// `POST /v1/faucet` (development, off by default): funds the caller's account,

@@ -289,7 +289,11 @@ impl Inner {
     ) -> Result<String, BookError> {
         let route = (payer.to_owned(), provider.to_owned(), asset);
         if let Some(id) = self.routes.get(&route) {
-            return Ok(id.clone());
+            // An expired channel takes no new request; the expiry sweep closes it.
+            if !self.channels.get(id).is_some_and(|e| e.ch.is_expired(now)) {
+                return Ok(id.clone());
+            }
+            self.routes.remove(&route);
         }
         let id = format!("ch_{}", uuid::Uuid::new_v4().simple());
         let mut ch = Channel::new(
@@ -484,7 +488,14 @@ impl Book {
         // Accounts with a channel or a request still to be written stay. A voucher
         // still due is sent by whichever replica takes the account next (its
         // checkpoint vouches for every durable state not yet vouched).
-        let mut busy: HashSet<&str> = g.channels.values().filter(|e| e.dirty || e.holds > 0).map(|e| e.ch.payer.as_str()).collect();
+        // So do accounts with a disputed channel: the dispute settles here when its
+        // window ends, whether or not the payer comes back.
+        let mut busy: HashSet<&str> = g
+            .channels
+            .values()
+            .filter(|e| e.dirty || e.holds > 0 || matches!(e.ch.state, State::Disputed { .. }))
+            .map(|e| e.ch.payer.as_str())
+            .collect();
         busy.extend(g.requests.iter().map(|r| r.account.as_str()));
         let idle: Vec<String> = g
             .accounts
@@ -819,24 +830,58 @@ impl Book {
         Ok(split)
     }
 
-    /// Submits a state to a dispute (opening one on an open channel).
+    /// Submits a state to a dispute (opening one on an open channel) and answers it
+    /// with the channel's latest state: `claim` is the submitted (nonce, spent), or
+    /// `None` for the channel's own. A claim behind the channel is refused, whoever
+    /// makes it, so a dispute never settles below the latest state the gateway
+    /// signed. A claim above the book's (a voucher the gateway signed that the book
+    /// has not caught up with, after a crash) is adopted first, drawing what the
+    /// deposit lacks from the payer's available balance (refused when it cannot).
     pub fn dispute(
         &self,
         id: &str,
         by: Party,
-        nonce: u64,
-        spent: u128,
+        claim: Option<(u64, u128)>,
         now: u64,
     ) -> Result<Channel, BookError> {
         let mut g = self.lock()?;
         let e = g
             .channels
-            .get_mut(id)
+            .get(id)
             .ok_or_else(|| BookError::UnknownChannel(id.to_owned()))?;
         if e.holds > 0 && e.ch.is_open() {
             return Err(ChannelError::Busy(id.to_owned(), e.holds).into());
         }
-        e.ch.dispute(by, nonce, spent, now, self.config.challenge_window)?;
+        let (nonce, spent) = claim.unwrap_or((e.ch.nonce, e.ch.spent));
+        let (payer, asset) = (e.ch.payer.clone(), e.ch.asset);
+        if let State::Disputed { deadline, .. } = e.ch.state
+            && now > deadline
+        {
+            return Err(ChannelError::WindowClosed(id.to_owned(), deadline).into());
+        }
+        if nonce > e.ch.nonce {
+            let mut ahead = e.ch.clone();
+            let draw = ahead.adopt(nonce, spent)?;
+            let f = g.funds(&payer, asset)?;
+            if f.available() < draw {
+                return Err(BookError::Insufficient {
+                    asset,
+                    needed: draw,
+                    available: f.available(),
+                });
+            }
+            f.balance -= draw;
+            if let Some(e) = g.channels.get_mut(id) {
+                e.ch = ahead;
+                e.vouchered = e.vouchered.max(nonce);
+            }
+        }
+        let window = self.config.challenge_window;
+        let e = g
+            .channels
+            .get_mut(id)
+            .ok_or_else(|| BookError::UnknownChannel(id.to_owned()))?;
+        e.ch.dispute(by, nonce, spent, now, window)?;
         let ch = e.ch.clone();
         g.routes
             .remove(&(ch.payer.clone(), ch.provider.clone(), ch.asset));
@@ -863,6 +908,29 @@ impl Book {
                 self.after_close(&mut g, &ch, split)?;
                 out.push((id, split));
             }
+        }
+        Ok(out)
+    }
+
+    /// Closes every expired open channel with no request in flight cooperatively
+    /// at its latest state (those busy close on a later sweep); returns them.
+    pub fn expire_channels(&self, now: u64) -> Result<Vec<(String, Split)>, BookError> {
+        let mut g = self.lock()?;
+        let due: Vec<String> = g
+            .channels
+            .values()
+            .filter(|e| e.holds == 0 && e.ch.is_expired(now))
+            .map(|e| e.ch.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            let Some(e) = g.channels.get_mut(&id) else {
+                continue;
+            };
+            let split = e.ch.close(now)?;
+            let ch = e.ch.clone();
+            self.after_close(&mut g, &ch, split)?;
+            out.push((id, split));
         }
         Ok(out)
     }

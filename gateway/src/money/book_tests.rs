@@ -374,3 +374,258 @@ fn only_idle_accounts_with_nothing_to_write_are_evicted() {
     assert!(b.funds("busy", Asset::Tnzo).is_some() && b.funds("dirty", Asset::Tnzo).is_some());
     b.release(held);
 }
+
+/// What a dispute sequence does, for the property below.
+#[derive(Debug, Clone)]
+enum DOp {
+    /// A whole request of `cost` to provider `p`, metered in three chunks.
+    Request(u8, u128),
+    /// The committer writes the dirty rows.
+    Commit,
+    /// The courier signs every durable state not vouched for; the provider countersigns.
+    Sign,
+    /// A dispute by the payer or the provider on provider `p`'s latest channel, with
+    /// any past signed state of it (`Some(i)`) or the channel's own (`None`).
+    Dispute(bool, u8, Option<usize>),
+    /// The payer closes provider `p`'s open channel.
+    Close(u8),
+    /// Time passes; disputes past their window settle, expired channels close.
+    Time(u64),
+    /// Commit, evict the idle account (kept while a channel is disputed), and load
+    /// it back from the store, as when it is used again.
+    Evict,
+    /// The replica dies before committing: the account is dropped and loaded from
+    /// the store.
+    Crash,
+}
+
+fn dop() -> impl Strategy<Value = DOp> {
+    prop_oneof![
+        4 => (0u8..2, 1u128..300).prop_map(|(p, c)| DOp::Request(p, c)),
+        2 => Just(DOp::Commit),
+        2 => Just(DOp::Sign),
+        3 => (any::<bool>(), 0u8..2, proptest::option::of(0usize..16))
+            .prop_map(|(payer, p, i)| DOp::Dispute(payer, p, i)),
+        1 => (0u8..2).prop_map(DOp::Close),
+        2 => (0u64..40).prop_map(DOp::Time),
+        1 => Just(DOp::Evict),
+        1 => Just(DOp::Crash),
+    ]
+}
+
+/// The store as the committer and courier leave it.
+#[derive(Default)]
+struct Durable {
+    funds: Vec<(Asset, Funds)>,
+    channels: HashMap<String, Channel>,
+    vouchers: HashMap<String, Voucher>,
+}
+
+impl Durable {
+    fn commit(&mut self, b: &Book) {
+        let batch = b.take_dirty();
+        for (_, asset, f) in &batch.accounts {
+            self.funds.retain(|(a, _)| a != asset);
+            self.funds.push((*asset, *f));
+        }
+        for c in &batch.channels {
+            self.channels.insert(c.id.clone(), c.clone());
+        }
+        b.committed(&batch);
+    }
+
+    fn reload(&self, b: &Book, now: u64) {
+        let channels = self
+            .channels
+            .values()
+            .map(|c| (c.clone(), self.vouchers.get(&c.id).cloned()))
+            .collect();
+        b.replace_account("a", &self.funds, channels, &[], now).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    /// Whatever anyone submits (any past signed state, by the payer or the
+    /// provider), whenever the window ends, the channel expires or the account
+    /// leaves memory: every channel settles at its latest state, never below the
+    /// highest state the gateway signed, stale states are refused, and `funded`
+    /// is conserved.
+    #[test]
+    fn disputes_settle_at_the_highest_signed_state(ops in proptest::collection::vec(dop(), 0..60)) {
+        use tenzro_attest::ProviderKey;
+        use tenzro_attest::voucher::VoucherBody;
+        const FUNDED: u128 = 1_000_000;
+        let b = Book::new(BookConfig { initial_deposit: 0, channel_ttl: 100, challenge_window: 10 });
+        let payer = ProviderKey::from_seed(&[1; 32]);
+        let providers = [ProviderKey::from_seed(&[2; 32]), ProviderKey::from_seed(&[3; 32])];
+        b.credit("a", Asset::Tnzo, FUNDED).unwrap();
+        let mut store = Durable::default();
+        store.commit(&b);
+        // Per channel: every voucher signed, and the latest state it was seen at.
+        let mut signed: HashMap<String, Vec<Voucher>> = HashMap::new();
+        let mut latest: HashMap<String, (u64, u128)> = HashMap::new();
+        let mut now = 0u64;
+        for (t, o) in ops.into_iter().enumerate() {
+            match o {
+                DOp::Request(p, cost) => {
+                    let prov = format!("p{p}");
+                    if let Ok(r) = b.reserve("a", Asset::Tnzo, cost, None, now) {
+                        for part in [cost / 3, cost / 2, cost] {
+                            b.progress(&r, part, &prov, now).unwrap();
+                        }
+                        let id = format!("r{t}");
+                        b.settle(r, Charge { amount: cost, provider: &prov, request_id: &id }, now).unwrap();
+                    }
+                }
+                DOp::Commit => store.commit(&b),
+                DOp::Sign => {
+                    for d in b.due_vouchers(true) {
+                        let mut v = VoucherBody {
+                            channel_id: d.channel.clone(),
+                            nonce: d.nonce,
+                            cumulative_spent: d.spent,
+                            asset: d.asset.as_str().to_owned(),
+                        }
+                        .sign(&payer);
+                        let p = if d.provider == "p0" { &providers[0] } else { &providers[1] };
+                        v.countersign(p).unwrap();
+                        store.vouchers.insert(d.channel.clone(), v.clone());
+                        signed.entry(d.channel.clone()).or_default().push(v.clone());
+                        b.vouchered(&d.channel, d.nonce, Some(v));
+                    }
+                }
+                DOp::Dispute(by_payer, p, pick) => {
+                    let prov = format!("p{p}");
+                    let Some(c) = b.channels_of("a").into_iter().rfind(|c| c.channel.provider == prov) else { continue };
+                    let id = c.channel.id.clone();
+                    let claim = pick.and_then(|i| {
+                        let past = signed.get(&id)?;
+                        past.get(i % past.len()).map(|v| (v.nonce, v.cumulative_spent))
+                    });
+                    let by = if by_payer { Party::Payer } else { Party::Provider };
+                    let result = b.dispute(&id, by, claim, now);
+                    if let Some((nonce, _)) = claim && nonce < c.channel.nonce {
+                        prop_assert!(result.is_err(), "a stale state ({nonce} < {}) was accepted", c.channel.nonce);
+                    }
+                    if !c.channel.is_open() && !matches!(c.channel.state, State::Disputed { .. }) {
+                        prop_assert!(result.is_err(), "a closed channel was disputed");
+                    }
+                    if let Ok(ch) = result {
+                        prop_assert!(matches!(ch.state, State::Disputed { nonce, spent, .. } if nonce == ch.nonce && spent == ch.spent),
+                            "the dispute records the channel's latest state: {ch:?}");
+                    }
+                }
+                DOp::Close(p) => {
+                    let prov = format!("p{p}");
+                    if let Some(c) = b.channels_of("a").into_iter().find(|c| c.channel.provider == prov && c.channel.is_open()) {
+                        b.close(&c.channel.id, now).unwrap();
+                    }
+                }
+                DOp::Time(dt) => {
+                    now += dt;
+                    b.finish_disputes(now).unwrap();
+                    b.expire_channels(now).unwrap();
+                    for c in b.channels_of("a") {
+                        prop_assert!(!c.channel.is_expired(now), "an expired channel stayed open");
+                        if let State::Disputed { deadline, .. } = c.channel.state {
+                            prop_assert!(now <= deadline, "a dispute outlived its window");
+                        }
+                    }
+                }
+                DOp::Evict => {
+                    store.commit(&b);
+                    let disputed = b.channels_of("a").iter().any(|c| matches!(c.channel.state, State::Disputed { .. }));
+                    let gone = b.evict_idle(now + 1_000);
+                    prop_assert_eq!(gone.is_empty(), disputed, "evicted exactly when no channel is disputed");
+                    if !gone.is_empty() {
+                        store.reload(&b, now);
+                    }
+                }
+                DOp::Crash => {
+                    b.drop_account("a");
+                    store.reload(&b, now);
+                    // What was not committed is gone; the store is at or above every
+                    // signed state, so nothing signed is lost.
+                    latest.clear();
+                }
+            }
+            prop_assert_eq!(b.audit("a", Asset::Tnzo), Ok(()));
+            prop_assert_eq!(b.funds("a", Asset::Tnzo).unwrap().funded, FUNDED);
+            for c in b.channels_of("a") {
+                let ch = &c.channel;
+                let top = signed.get(&ch.id).and_then(|v| v.iter().map(|v| (v.nonce, v.cumulative_spent)).max());
+                if let Some((n, s)) = top {
+                    prop_assert!(ch.nonce >= n && ch.spent >= s, "{} is below its highest signed state ({n}, {s}): {ch:?}", ch.id);
+                }
+                let before = latest.insert(ch.id.clone(), (ch.nonce, ch.spent));
+                if let State::Closed { split, .. } = ch.state {
+                    prop_assert_eq!(split.provider_net + split.commission + split.refund, ch.deposit);
+                    prop_assert_eq!(split.provider_net + split.commission, ch.spent, "settles at the latest state");
+                    if let Some(before) = before {
+                        prop_assert_eq!(before, (ch.nonce, ch.spent), "closing changed the state");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stale_voucher_cannot_claw_back_a_payment() {
+    let b = book();
+    b.credit("a", Asset::Tnzo, 1000).unwrap();
+    let r = b.reserve("a", Asset::Tnzo, 10, None, 0).unwrap();
+    b.settle(r, charge(10), 0).unwrap();
+    let id = b.channels_of("a")[0].channel.id.clone();
+    let old = (b.channel(&id).unwrap().channel.nonce, 10);
+    let r = b.reserve("a", Asset::Tnzo, 900, None, 1).unwrap();
+    b.progress(&r, 500, "prov", 1).unwrap();
+    b.settle(r, charge(900), 1).unwrap();
+    let ch = b.channel(&id).unwrap().channel;
+    assert_eq!(ch.spent, 910);
+    for by in [Party::Payer, Party::Provider] {
+        let err = b.dispute(&id, by, Some(old), 2).unwrap_err();
+        assert!(
+            err.to_string().contains("below the channel's latest signed nonce"),
+            "{err}"
+        );
+    }
+    let disputed = b.dispute(&id, Party::Provider, None, 2).unwrap();
+    assert!(matches!(disputed.state, State::Disputed { spent: 910, .. }));
+    assert!(b.dispute(&id, Party::Payer, Some(old), 3).is_err());
+    assert!(b.finish_disputes(2 + 86_400).unwrap().is_empty());
+    let done = b.finish_disputes(2 + 86_401).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.refund, 0);
+    assert_eq!(b.funds("a", Asset::Tnzo).unwrap().balance, 90);
+    b.audit("a", Asset::Tnzo).unwrap();
+}
+
+#[test]
+fn expired_channels_close_at_their_latest_state_and_are_not_reused() {
+    let b = Book::new(BookConfig {
+        channel_ttl: 100,
+        ..BookConfig::default()
+    });
+    b.credit("a", Asset::Tnzo, 1000).unwrap();
+    let r = b.reserve("a", Asset::Tnzo, 50, None, 0).unwrap();
+    b.settle(r, charge(40), 0).unwrap();
+    let first = b.channels_of("a")[0].channel.id.clone();
+    // In flight at expiry: it closes once the request ends.
+    let r = b.reserve("a", Asset::Tnzo, 50, None, 99).unwrap();
+    b.progress(&r, 5, "prov", 99).unwrap();
+    assert!(b.expire_channels(100).unwrap().is_empty());
+    b.settle(r, charge(5), 100).unwrap();
+    // A new request goes to a new channel.
+    let r = b.reserve("a", Asset::Tnzo, 50, None, 101).unwrap();
+    b.settle(r, charge(7), 101).unwrap();
+    let closed = b.expire_channels(101).unwrap();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].0, first);
+    assert_eq!(closed[0].1.provider_net + closed[0].1.commission, 45);
+    let chs = b.channels_of("a");
+    assert_eq!(chs.len(), 2);
+    assert!(chs.iter().any(|c| c.channel.id != first && c.channel.is_open() && c.channel.spent == 7));
+    b.audit("a", Asset::Tnzo).unwrap();
+}

@@ -7,9 +7,17 @@
 //! `spent <= deposit` always. Each metered chunk raises `spent` by its cost and the
 //! nonce by one. Closing splits the deposit (see [`crate::money::settlement`]).
 //!
-//! Dispute: either side submits a state (nonce, spent); within the challenge window
-//! a state with a higher nonce replaces it; after the window the highest nonce
-//! settles.
+//! Dispute (whitepaper §12.1): either side submits a state (nonce, spent). A channel
+//! never settles below the latest state the gateway has signed, and the gateway's
+//! book is always at or above it (it signs only durable states): so a state behind
+//! the channel's nonce is refused whoever submits it, a state at the channel's nonce
+//! must be the channel's own, and the dispute records the channel's latest state at
+//! once (the gateway's answer). A signed state above the book's (a voucher the book
+//! has not caught up with after a crash) is adopted first ([`Channel::adopt`]).
+//! After the challenge window the recorded state settles.
+//!
+//! Expiry: an open channel past `expires` is closed cooperatively at its latest
+//! state by the book's sweep ([`Channel::is_expired`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -65,10 +73,24 @@ pub enum ChannelError {
         delta: u128,
         deposit: u128,
     },
-    #[error("stale state: nonce {nonce} is not above the disputed nonce {best}")]
+    #[error(
+        "stale state: nonce {nonce} is below the disputed nonce {best}; the dispute settles at the latest state"
+    )]
     Stale { nonce: u64, best: u64 },
-    #[error("stale state: nonce {nonce} is below the channel's nonce {current}")]
+    #[error(
+        "stale state: nonce {nonce} is below the channel's latest signed nonce {current}; a channel never settles below its latest state"
+    )]
     BehindChannel { nonce: u64, current: u64 },
+    #[error(
+        "conflicting state: nonce {nonce} with spent {spent}, but the channel's state at that nonce has spent {own}"
+    )]
+    Conflicting { nonce: u64, spent: u128, own: u128 },
+    #[error(
+        "state nonce {nonce} is above the channel's nonce {current}; it must be adopted before a dispute"
+    )]
+    Ahead { nonce: u64, current: u64 },
+    #[error("state nonce {nonce} is above the channel's but its spent {spent} is below {own}")]
+    NotMonotone { nonce: u64, spent: u128, own: u128 },
     #[error("the challenge window of channel {0} closed at {1}")]
     WindowClosed(String, u64),
     #[error("the state's spent {spent} exceeds the deposit {deposit}")]
@@ -180,7 +202,49 @@ impl Channel {
         Ok(split)
     }
 
-    /// Submits a state to a dispute (opening one if the channel is open).
+    /// True when the channel is open and its lifetime has passed.
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.is_open() && now >= self.expires
+    }
+
+    /// Adopts a signed state above the channel's (`nonce` > the channel's nonce):
+    /// `spent` rises to it, drawing into the deposit what it lacks; returns that
+    /// draw (the caller takes it from the payer's balance). A state at or below the
+    /// channel's nonce changes nothing and returns 0. Open or disputed channels only.
+    pub fn adopt(&mut self, nonce: u64, spent: u128) -> Result<u128, ChannelError> {
+        if matches!(self.state, State::Closed { .. }) {
+            return Err(ChannelError::NotOpen(self.id.clone(), "closed"));
+        }
+        if nonce <= self.nonce {
+            return Ok(0);
+        }
+        if spent < self.spent {
+            return Err(ChannelError::NotMonotone {
+                nonce,
+                spent,
+                own: self.spent,
+            });
+        }
+        let draw = spent.saturating_sub(self.deposit);
+        self.deposit += draw;
+        self.spent = spent;
+        self.nonce = nonce;
+        if let State::Disputed {
+            nonce: n, spent: s, ..
+        } = &mut self.state
+        {
+            (*n, *s) = (nonce, spent);
+        }
+        Ok(draw)
+    }
+
+    /// Submits a state to a dispute (opening one if the channel is open). The
+    /// state must be the channel's own latest (a lower nonce is refused, the same
+    /// nonce must carry the same spent, a higher one must be [`adopt`]ed first);
+    /// resubmitting the disputed state changes nothing. The dispute records the
+    /// channel's latest state.
+    ///
+    /// [`adopt`]: Channel::adopt
     pub fn dispute(
         &mut self,
         by: Party,
@@ -189,28 +253,8 @@ impl Channel {
         now: u64,
         window: u64,
     ) -> Result<(), ChannelError> {
-        if spent > self.deposit {
-            return Err(ChannelError::OverDepositState {
-                spent,
-                deposit: self.deposit,
-            });
-        }
         match self.state {
-            State::Open => {
-                if by == Party::Payer && nonce < self.nonce {
-                    return Err(ChannelError::BehindChannel {
-                        nonce,
-                        current: self.nonce,
-                    });
-                }
-                self.state = State::Disputed {
-                    deadline: now.saturating_add(window),
-                    nonce,
-                    spent,
-                    by,
-                };
-                Ok(())
-            }
+            State::Open => {}
             State::Disputed {
                 deadline,
                 nonce: best,
@@ -219,19 +263,46 @@ impl Channel {
                 if now > deadline {
                     return Err(ChannelError::WindowClosed(self.id.clone(), deadline));
                 }
-                if nonce <= best {
+                if nonce < best {
                     return Err(ChannelError::Stale { nonce, best });
                 }
-                self.state = State::Disputed {
-                    deadline,
-                    nonce,
-                    spent,
-                    by,
-                };
-                Ok(())
             }
-            State::Closed { .. } => Err(ChannelError::NotOpen(self.id.clone(), "closed")),
+            State::Closed { .. } => return Err(ChannelError::NotOpen(self.id.clone(), "closed")),
         }
+        if nonce < self.nonce {
+            return Err(ChannelError::BehindChannel {
+                nonce,
+                current: self.nonce,
+            });
+        }
+        if nonce > self.nonce {
+            return Err(ChannelError::Ahead {
+                nonce,
+                current: self.nonce,
+            });
+        }
+        if spent != self.spent {
+            return Err(ChannelError::Conflicting {
+                nonce,
+                spent,
+                own: self.spent,
+            });
+        }
+        if self.spent > self.deposit {
+            return Err(ChannelError::OverDepositState {
+                spent: self.spent,
+                deposit: self.deposit,
+            });
+        }
+        if self.state == State::Open {
+            self.state = State::Disputed {
+                deadline: now.saturating_add(window),
+                nonce: self.nonce,
+                spent: self.spent,
+                by,
+            };
+        }
+        Ok(())
     }
 
     /// Settles a dispute whose window has passed: the highest nonce wins.
@@ -248,6 +319,13 @@ impl Channel {
         if now <= deadline {
             return None;
         }
+        // The recorded state is the channel's own; should they ever differ, the
+        // higher nonce settles.
+        let spent = if self.nonce >= nonce {
+            self.spent
+        } else {
+            spent
+        };
         self.nonce = self.nonce.max(nonce);
         self.settle_at(spent, now).ok()
     }
@@ -292,55 +370,87 @@ mod tests {
         assert!(c.charge(1).is_err() && c.top_up(1).is_err() && c.close(201).is_err());
     }
 
-    /// A stale state submitted in the challenge window loses to the higher nonce.
+    /// A stale state is refused whoever submits it; the dispute records the
+    /// channel's latest state at once and settles there after the window.
     #[test]
-    fn dispute_highest_nonce_wins() {
+    fn disputes_never_settle_below_the_latest_state() {
         let mut c = open();
         for _ in 0..5 {
             c.charge(100).unwrap();
         }
-        // The payer submits an old state (nonce 3, 300): refused, it is behind its own channel.
+        for by in [Party::Payer, Party::Provider] {
+            assert_eq!(
+                c.dispute(by, 3, 300, 1000, 86_400),
+                Err(ChannelError::BehindChannel {
+                    nonce: 3,
+                    current: 5
+                })
+            );
+        }
+        assert!(c.is_open(), "a refused dispute changes nothing");
+        // The same nonce with another spent is not the channel's state.
         assert!(matches!(
-            c.dispute(Party::Payer, 3, 300, 1000, 86_400),
-            Err(ChannelError::BehindChannel { .. })
+            c.dispute(Party::Provider, 5, 999, 1000, 86_400),
+            Err(ChannelError::Conflicting { .. })
         ));
-        // The provider opens with a stale voucher (nonce 3, 300) ...
-        c.dispute(Party::Provider, 3, 300, 1000, 86_400).unwrap();
-        // ... the payer answers within the window with the latest (nonce 5, 500).
+        // A state ahead of the book must be adopted first.
+        assert!(matches!(
+            c.dispute(Party::Provider, 6, 600, 1000, 86_400),
+            Err(ChannelError::Ahead { .. })
+        ));
+        c.dispute(Party::Provider, 5, 500, 1000, 86_400).unwrap();
+        // Resubmitting the same state is harmless; an older one is refused.
         c.dispute(Party::Payer, 5, 500, 1000 + 3600, 86_400)
             .unwrap();
-        // Resubmitting the stale one, or an equal nonce, loses.
         assert_eq!(
-            c.dispute(Party::Provider, 3, 300, 1000 + 7200, 86_400),
+            c.dispute(Party::Payer, 3, 300, 1000 + 7200, 86_400),
             Err(ChannelError::Stale { nonce: 3, best: 5 })
         );
+        assert!(matches!(
+            c.state,
+            State::Disputed {
+                nonce: 5,
+                spent: 500,
+                by: Party::Provider,
+                ..
+            }
+        ));
+        // A signed state above the book's is adopted, also during the dispute.
+        assert_eq!(c.adopt(4, 400).unwrap(), 0, "a lower state is not adopted");
+        assert!(matches!(
+            c.adopt(7, 450),
+            Err(ChannelError::NotMonotone { .. })
+        ));
         assert_eq!(
-            c.dispute(Party::Provider, 5, 999, 1000 + 7200, 86_400),
-            Err(ChannelError::Stale { nonce: 5, best: 5 })
+            c.adopt(7, 1200).unwrap(),
+            200,
+            "the deposit grows by what it lacks"
         );
-        // Nothing settles inside the window; after it, the highest nonce does.
+        c.dispute(Party::Provider, 7, 1200, 1000 + 7200, 86_400)
+            .unwrap();
+        // Nothing settles inside the window; after it, the latest state does.
         assert_eq!(c.finish_dispute(1000 + 86_400), None);
         let split = c.finish_dispute(1000 + 86_401).unwrap();
-        assert_eq!(c.spent, 500);
-        assert_eq!(split.refund, 500);
-        assert_eq!(split.provider_net + split.commission, 500);
+        assert_eq!((c.spent, c.nonce), (1200, 7));
+        assert_eq!(split.refund, 0);
+        assert_eq!(split.provider_net + split.commission, 1200);
         assert!(matches!(
             c.dispute(Party::Provider, 9, 600, 1000 + 86_402, 86_400),
             Err(ChannelError::NotOpen(..))
         ));
+        assert!(c.adopt(9, 1300).is_err(), "a closed channel adopts nothing");
     }
 
     #[test]
-    fn late_or_oversized_states_are_refused() {
+    fn late_disputes_are_refused_and_channels_expire() {
         let mut c = open();
+        c.dispute(Party::Provider, 0, 0, 0, 10).unwrap();
         assert!(matches!(
-            c.dispute(Party::Provider, 1, 1001, 0, 10),
-            Err(ChannelError::OverDepositState { .. })
-        ));
-        c.dispute(Party::Provider, 1, 10, 0, 10).unwrap();
-        assert!(matches!(
-            c.dispute(Party::Payer, 2, 20, 11, 10),
+            c.dispute(Party::Payer, 0, 0, 11, 10),
             Err(ChannelError::WindowClosed(_, 10))
         ));
+        let c = open();
+        assert!(!c.is_expired(100 + 30 * 86_400 - 1));
+        assert!(c.is_expired(100 + 30 * 86_400));
     }
 }

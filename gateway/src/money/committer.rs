@@ -1,6 +1,9 @@
 //! Group commit: the book's dirty rows reach the store in one transaction per
 //! interval, never one write per chunk. A failed commit is put back and retried.
-//! The same loop settles disputes whose challenge window has passed.
+//! The same loop settles disputes whose challenge window has passed and closes
+//! expired channels, for the accounts this replica holds; [`sweep`] takes the
+//! leases of accounts whose channels are due but that no replica holds (idle,
+//! or their replica died), so they settle too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +111,60 @@ pub async fn save_slashes(registry: &Registry, store: &Store) -> Result<(), Stor
     Ok(())
 }
 
+/// Settles the disputes whose window has passed and closes the expired channels
+/// of the accounts in the book (their next commit writes them).
+pub fn settle_due(book: &Book, now: u64) {
+    match book.finish_disputes(now) {
+        Ok(closed) => {
+            for (id, split) in closed {
+                tracing::info!(channel = %id, provider_net = %split.provider_net, refund = %split.refund, "dispute settled");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "settling disputes"),
+    }
+    match book.expire_channels(now) {
+        Ok(closed) => {
+            for (id, split) in closed {
+                tracing::info!(channel = %id, provider_net = %split.provider_net, refund = %split.refund, "expired channel closed at its latest state");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "closing expired channels"),
+    }
+}
+
+/// Takes the leases of accounts whose channels are due (a dispute past its window,
+/// an open channel past its expiry) and that are not in this book, loading them so
+/// that the committer loop settles them. An account another replica holds is left
+/// to it. Returns the accounts taken.
+pub async fn sweep_once(book: &Book, store: &Store, leases: &Leases, now: u64) -> Result<Vec<String>, StoreError> {
+    let mut taken = Vec::new();
+    for account in store.accounts_to_settle(now).await? {
+        if book.has_account(&account) {
+            continue;
+        }
+        match leases.ensure(store, book, &account, now).await {
+            Ok(()) => taken.push(account),
+            Err(e) => tracing::debug!(%account, error = %e, "a due channel's account is not settled here"),
+        }
+    }
+    Ok(taken)
+}
+
+/// Runs [`sweep_once`] every `interval` until `cancel`.
+pub async fn sweep(book: Arc<Book>, store: Store, leases: Arc<Leases>, interval: Duration, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = cancel.cancelled() => break,
+        }
+        match sweep_once(&book, &store, &leases, unix_now()).await {
+            Ok(taken) if !taken.is_empty() => tracing::info!(accounts = taken.len(), "took accounts with channels due to settle"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "looking for channels due to settle"),
+        }
+    }
+}
+
 /// Runs until `cancel`, then commits one last time and releases every lease.
 pub async fn run(
     book: Arc<Book>,
@@ -127,14 +184,7 @@ pub async fn run(
         };
         ticks += 1;
         if ticks.is_multiple_of(every_second) || stop {
-            match book.finish_disputes(unix_now()) {
-                Ok(closed) => {
-                    for (id, split) in closed {
-                        tracing::info!(channel = %id, provider_net = %split.provider_net, refund = %split.refund, "dispute settled");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "settling disputes"),
-            }
+            settle_due(&book, unix_now());
         }
         if let Err(e) = save_slashes(&registry, &store).await {
             tracing::error!(error = %e, "saving slashes failed; retrying next interval");

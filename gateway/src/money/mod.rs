@@ -20,6 +20,8 @@ pub mod bonds_task;
 pub mod book;
 pub mod channel;
 pub mod committer;
+pub mod dispute_auth;
+pub mod disputes_store;
 pub mod lease;
 pub mod scope;
 pub mod settlement;
