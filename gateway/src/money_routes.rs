@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tenzro_attest::voucher::Voucher;
 
-use crate::accounts::KeyEntry;
+use crate::accounts::{KeyEntry, Operation, require_operation};
 use crate::clock::unix_now;
 use crate::error::ApiError;
 use crate::money::book::{ASSETS, BookError, ChannelView};
@@ -124,29 +124,11 @@ pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<J
     })))
 }
 
-/// The operation an agent key's scope must grant (`allowed_operations`) to read,
-/// close or dispute its account's channels.
-pub const CHANNELS_OPERATION: &str = "channels";
-
-/// An account's own keys may read, close and dispute its channels; an agent's key
-/// only when its scope grants [`CHANNELS_OPERATION`].
+/// Reading, closing and disputing channels is the `channels` operation: a key whose
+/// scope lists `allowed_operations` without it (an agent's, say) gets 403; the one
+/// check is [`crate::accounts::require_operation`].
 fn require_channels(key: &KeyEntry) -> Result<(), ApiError> {
-    if key.record.identity.is_none() {
-        return Ok(());
-    }
-    let granted = key
-        .record
-        .scope
-        .allowed_operations
-        .as_ref()
-        .is_some_and(|ops| ops.iter().any(|o| o.as_str() == CHANNELS_OPERATION));
-    if granted {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "this agent key's scope does not grant the \"{CHANNELS_OPERATION}\" operation (reading, closing or disputing channels)"
-        )))
-    }
+    require_operation(key, Operation::Channels).map_err(ApiError::from)
 }
 
 /// The caller's channel, or 404 (another account's channel is not disclosed).

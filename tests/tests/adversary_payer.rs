@@ -343,8 +343,8 @@ async fn the_sweep_settles_disputes_no_replica_holds() {
     audit(&gw);
 }
 
-/// Agent keys read, close or dispute channels only when their scope grants the
-/// `channels` operation.
+/// Keys whose scope lists operations without `channels` (an agent's) cannot read,
+/// close or dispute channels; with it they can.
 #[tokio::test]
 async fn agent_keys_need_the_channels_operation() {
     let gw = start(2, 60, 3600).await;
@@ -384,13 +384,23 @@ async fn agent_keys_need_the_channels_operation() {
     for path in ["/v1/channels".to_owned(), format!("/v1/channels/{channel}"), format!("/v1/channels/{channel}/voucher")] {
         let (s, e) = get_json(&gw, &path, &agent_key).await;
         assert_eq!(s, 403, "{path}: {e}");
-        assert!(e["error"]["message"].as_str().unwrap().contains("\"channels\""), "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("`channels`"), "{e}");
     }
     let r = gw.post(&format!("/v1/channels/{channel}/close"), Some(&agent_key)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403);
     assert_eq!(dispute(&gw, &channel, b"", Some(&agent_key), None).await.0, 403);
-    // The owner's own key may.
+    // The owner's own key may, and so may an agent whose scope grants `channels`.
     assert_eq!(get_json(&gw, &format!("/v1/channels/{channel}"), &owner_key).await.0, 200);
+    let b = ProviderKey::from_seed(&[28; 32]);
+    let r = gw
+        .post("/v1/identities/agents", Some(&owner_key))
+        .json(&json!({"public_key": b.public_key_hex(), "scope": {"allowed_operations": ["chat", "channels"]}}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let granted = v["key"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
+    assert_eq!(get_json(&gw, &format!("/v1/channels/{channel}"), &granted).await.0, 200);
     let (_, account) = get_json(&gw, "/v1/account", &owner_key).await;
     gw.state.book.audit(account["id"].as_str().unwrap(), Asset::Tnzo).unwrap();
 }
