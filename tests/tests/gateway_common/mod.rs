@@ -6,6 +6,8 @@
     reason = "each test file uses a different part of this module"
 )]
 
+pub mod hostile;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
