@@ -1,6 +1,6 @@
 //! Delegation: `delegate` only narrows, `intersect` is what both allow, and the
 //! shared daily windows of a chain.
-#![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 use std::collections::HashMap;
 
@@ -327,8 +327,8 @@ proptest! {
             hold_shared(&mut w, &all_ids, worst);
             let charged = worst * pct / 100;
             settle_shared(&mut w, &all_ids, worst, charged, 0);
-            for i in 0..=who {
-                spent[i] += charged;
+            for s in &mut spent[..=who] {
+                *s += charged;
             }
         }
         for i in 0..n {
