@@ -342,4 +342,59 @@ async fn bond_unbond_and_restart_against_the_binary() {
         assert!(Instant::now() < deadline, "unbonding never returned: {a}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A ban slashes the whole bond into the treasury, once.
+    let did = provider.public_key().did();
+    for _ in 0..2 {
+        let r = gw
+            .http
+            .post(format!("{}/admin/providers/{did}/ban", gw.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = gw.account(&key).await;
+        let b = &a["bonds"][0];
+        if amount(&b["slashed"]) > 0 {
+            assert_eq!(
+                (amount(&b["bonded"]), amount(&b["slashed"])),
+                (0, 300 * ONE),
+                "{a}"
+            );
+            assert_eq!(amount(&a["balances"]["TNZO"]), 700 * ONE, "{a}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ban never reached the bond: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = gw
+        .http
+        .get(format!("{}/admin/pools", gw.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let pools: Value = r.json().await.unwrap();
+    assert_eq!(
+        amount(&pools["pools"]["TNZO"]["treasury"]),
+        300 * ONE,
+        "{pools}"
+    );
+    // The slashed money stays slashed after a restart.
+    drop(gw);
+    let gw = start(&config).await;
+    let a = gw.account(&key).await;
+    assert_eq!(amount(&a["bonds"][0]["slashed"]), 300 * ONE, "{a}");
+    assert_eq!(
+        owned(&a) + amount(&a["bonds"][0]["slashed"]),
+        1000 * ONE,
+        "{a}"
+    );
 }
