@@ -24,9 +24,10 @@ pub struct AppState {
     pub leases: Arc<crate::money::lease::Leases>,
     /// Signs channel vouchers on the payers' behalf.
     pub payer_key: Arc<tenzro_attest::ProviderKey>,
-    /// The identity registry (TDIP), saved to the store on every change.
+    /// The identity registry (TDIP). A change is made in place under this lock and
+    /// writes only its rows, after the lock is released (`identity_store`).
     pub identities: Arc<std::sync::RwLock<tenzro_identity::Identities>>,
-    /// Serialises identity changes and their saves.
+    /// Serialises identity changes and their row writes.
     pub identities_save: Arc<tokio::sync::Mutex<()>>,
     /// Faucet grants by account (Unix seconds), for its hourly limit.
     pub faucet: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>>,
