@@ -2,7 +2,7 @@
 //! one lock, so moving money between a balance, a bond, the treasury and an
 //! owner's earnings is one change, written by the same group commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{Book, BookError, Inner};
 use crate::money::bonds::{self, Bond, BondError};
@@ -256,20 +256,35 @@ impl Book {
         let mut g = self.lock()?;
         let g = &mut *g;
         let mut tick = Tick::default();
-        let keys: Vec<String> = g.bonds.by_key.keys().cloned().collect();
-        for key in keys {
+        // One pass over the bonds and one over the earnings: the keys with money
+        // due, and what each earned.
+        let by_provider: HashMap<&str, &str> = g
+            .bonds
+            .by_key
+            .values()
+            .map(|b| (b.provider_id.as_str(), b.provider_key.as_str()))
+            .collect();
+        let mut due: BTreeMap<String, Vec<(Asset, u128)>> = g
+            .bonds
+            .by_key
+            .values()
+            .filter(|b| b.unbonding > 0 && now >= b.unbonding_until)
+            .map(|b| (b.provider_key.clone(), Vec::new()))
+            .collect();
+        for ((provider, asset), v) in &g.earnings {
+            if *v > 0
+                && let Some(key) = by_provider.get(provider.as_str())
+            {
+                due.entry((*key).to_owned()).or_default().push((*asset, *v));
+            }
+        }
+        for (key, earned) in due {
             let Some(b) = g.bonds.by_key.get(&key) else {
                 continue;
             };
             let owner = b.owner.clone();
             let here = g.accounts.contains_key(&owner);
             let matured = b.unbonding > 0 && now >= b.unbonding_until;
-            let earned: Vec<(Asset, u128)> = g
-                .earnings
-                .iter()
-                .filter(|((p, _), v)| *p == b.provider_id && **v > 0)
-                .map(|((_, a), v)| (*a, *v))
-                .collect();
             if !here {
                 if matured || !earned.is_empty() {
                     tick.owners_needed.push(owner);
