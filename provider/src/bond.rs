@@ -287,4 +287,114 @@ mod tests {
         assert!(!low.retryable());
         assert!(low.to_string().contains("balance is too low to bond 100000 TNZO"));
     }
+
+    /// A small stand-in for the gateway's bonds API (the real one is driven end to end
+    /// by tests/python/test_provider_bond.py): checks the owner's key and the
+    /// provider's consent, moves the balance into the bond, 402 when it is short.
+    async fn fake_gateway(balance: u128) -> String {
+        use axum::Json;
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::get;
+        use std::sync::{Arc, Mutex};
+        type Book = Arc<Mutex<(u128, Option<(String, u128)>)>>;
+        fn owner(h: &HeaderMap) -> Result<(), StatusCode> {
+            let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tz-owner");
+            if ok { Ok(()) } else { Err(StatusCode::UNAUTHORIZED) }
+        }
+        async fn account(h: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+            owner(&h)?;
+            Ok(Json(json!({"id": "acct-1"})))
+        }
+        async fn list(State(b): State<Book>, h: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+            owner(&h)?;
+            let book = b.lock().unwrap();
+            let data: Vec<_> = book
+                .1
+                .iter()
+                .map(|(k, v)| json!({"provider_key": k, "bonded": v.to_string()}))
+                .collect();
+            Ok(Json(json!({ "data": data })))
+        }
+        async fn bond(
+            State(b): State<Book>,
+            h: HeaderMap,
+            Json(body): Json<serde_json::Value>,
+        ) -> (StatusCode, Json<serde_json::Value>) {
+            if owner(&h).is_err() {
+                return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad key"}})));
+            }
+            let key = tenzro_attest::PublicKey::from_hex(body["provider_key"].as_str().unwrap()).unwrap();
+            let sig = tenzro_attest::Signature::from_hex(body["owner_signature"].as_str().unwrap()).unwrap();
+            if !tenzro_attest::bond::verify_owner(&key, "acct-1", &sig) {
+                return (
+                    StatusCode::FORBIDDEN,
+                    Json(json!({"error": {"message": "bad consent"}})),
+                );
+            }
+            let amount = whole_tokens(body["amount"].as_str().unwrap()).unwrap();
+            let mut book = b.lock().unwrap();
+            if book.0 < amount {
+                let message = format!("balance {} is below {amount}", book.0);
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    Json(json!({"error": {"message": message}})),
+                );
+            }
+            book.0 -= amount;
+            let bonded = book.1.as_ref().map_or(0, |b| b.1) + amount;
+            book.1 = Some((key.to_hex(), bonded));
+            (
+                StatusCode::OK,
+                Json(json!({"provider_key": key.to_hex(), "bonded": bonded.to_string()})),
+            )
+        }
+        let book: Book = Arc::new(Mutex::new((balance, None)));
+        let app = axum::Router::new()
+            .route("/v1/account", get(account))
+            .route("/v1/providers/bonds", get(list).post(bond))
+            .with_state(book);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn the_bond_is_topped_up_to_the_target_once_and_a_short_balance_says_so() {
+        let gw = fake_gateway(150 * BASE_UNITS).await;
+        let client = crate::register::client().unwrap();
+        let key = ProviderKey::from_seed(&[4; 32]);
+        let first = ensure(&client, &gw, "tz-owner", &key, 100 * BASE_UNITS).await.unwrap();
+        assert_eq!(
+            first,
+            Bonded {
+                owner: "acct-1".into(),
+                bonded: 100 * BASE_UNITS,
+                added: 100 * BASE_UNITS
+            }
+        );
+        // A restart with the same target bonds nothing more.
+        let again = ensure(&client, &gw, "tz-owner", &key, 100 * BASE_UNITS).await.unwrap();
+        assert_eq!((again.bonded, again.added), (100 * BASE_UNITS, 0));
+        // A higher target adds the difference only: 120 of the 50 left is too much.
+        let err = ensure(&client, &gw, "tz-owner", &key, 220 * BASE_UNITS)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BondError::InsufficientBalance { amount, .. } if amount == "120"),
+            "{err}"
+        );
+        assert!(!err.retryable() && err.to_string().contains("balance 50"), "{err}");
+        let more = ensure(&client, &gw, "tz-owner", &key, 130 * BASE_UNITS).await.unwrap();
+        assert_eq!((more.bonded, more.added), (130 * BASE_UNITS, 30 * BASE_UNITS));
+        // A refused owner key is not retried.
+        let err = ensure(&client, &gw, "tz-other", &key, 0).await.unwrap_err();
+        assert!(matches!(err, BondError::Refused { status: 401, .. }), "{err}");
+        // Nothing listens: retried.
+        let err = ensure(&client, "http://127.0.0.1:9", "tz-owner", &key, 0)
+            .await
+            .unwrap_err();
+        assert!(err.retryable(), "{err}");
+    }
 }

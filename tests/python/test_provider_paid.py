@@ -37,8 +37,11 @@ def blob(b: bytes) -> bytes:
 
 
 class Key:
-    def __init__(self):
-        self.key = ed25519.Ed25519PrivateKey.generate()
+    def __init__(self, seed_hex: str | None = None):
+        if seed_hex is None:
+            self.key = ed25519.Ed25519PrivateKey.generate()
+        else:
+            self.key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex))
         self.public = self.key.public_key().public_bytes_raw()
 
     def payer_auth(self, method: str, path: str, channel: str, body: bytes, at: int | None = None) -> str:
@@ -155,6 +158,13 @@ def test_foreign_payer_vouchers_are_refused(stack):
     signed = {**headers, "x-tenzro-payer-auth": attacker.payer_auth("POST", "/v1/channels/vouchers", "", body)}
     assert_error(httpx.post(f"{url}/v1/channels/vouchers", content=body, headers=signed, timeout=30), 401,
                  "payer_auth_invalid")
+    # Even in a batch the gateway's payer key signed, another payer's vouchers are refused.
+    gateway = Key((stack["tmp"] / "data" / "payer.key").read_text().strip())
+    signed = {**headers, "x-tenzro-payer-auth": gateway.payer_auth("POST", "/v1/channels/vouchers", "", body)}
+    r = httpx.post(f"{url}/v1/channels/vouchers", content=body, headers=signed, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["vouchers"] == [] and len(r.json()["rejected"]) == 8
+    assert all("not this provider's trusted payer" in x["reason"] for x in r.json()["rejected"]), r.text
     assert not any(c["channel_id"].startswith("evil-") for c in operator_list(url))
     assert not (stack["tmp"] / "vouchers.json").exists() or "evil-" not in (stack["tmp"] / "vouchers.json").read_text()
 
