@@ -171,10 +171,17 @@ impl Audit {
     }
 }
 
-/// Records a fraud incident (whitepaper §3.2, 25% of the stake) with its evidence.
-fn slash_for_fraud(registry: &Registry, provider: &str, request_id: &str, faults: Vec<String>) {
+/// Records a fraud incident (whitepaper §3.2, 25% of the stake) with its evidence;
+/// true when there was one (the response then counts as a failure for the
+/// provider's breaker and status, so a provider that keeps cheating leaves routing).
+fn slash_for_fraud(
+    registry: &Registry,
+    provider: &str,
+    request_id: &str,
+    faults: Vec<String>,
+) -> bool {
     if faults.is_empty() {
-        return;
+        return false;
     }
     let detail = format!("request {request_id}: {}", faults.join("; "));
     if registry
@@ -183,6 +190,7 @@ fn slash_for_fraud(registry: &Registry, provider: &str, request_id: &str, faults
     {
         tracing::warn!(%provider, %detail, "fraud by a provider no longer registered");
     }
+    true
 }
 
 /// The bounds of a request on a provider that declared `context` for the model.
@@ -486,11 +494,16 @@ pub async fn run(
                 }
             };
             let waited = sent.elapsed();
-            entry.record(state.registry.now(), Outcome::Success { latency: waited });
             state.metrics.upstream(&entry.info.id, waited);
             let Some(r) = reservation.take() else { break };
             let after = Instant::now();
-            let mut resp = finish_whole(state, &entry, r, (quote, &bounds), &audit, body)?;
+            let (mut resp, fraud) = finish_whole(state, &entry, r, (quote, &bounds), &audit, body)?;
+            let outcome = if fraud {
+                Outcome::Failure
+            } else {
+                Outcome::Success { latency: waited }
+            };
+            entry.record(state.registry.now(), outcome);
             if let Ok(v) = HeaderValue::from_str(&channel) {
                 resp.headers_mut().insert("x-tenzro-channel", v);
             }
@@ -722,7 +735,8 @@ fn declared_weights(entry: &ProviderEntry, model: &str) -> Option<[u8; 32]> {
 }
 
 /// Prices a whole answer at its verified token counts, judges its receipt, settles,
-/// and writes the charged counts and cost into its usage and headers.
+/// and writes the charged counts and cost into its usage and headers; true when the
+/// answer was fraudulent.
 fn finish_whole(
     state: &AppState,
     entry: &ProviderEntry,
@@ -730,7 +744,7 @@ fn finish_whole(
     (quote, bounds): (Quote, &Bounds),
     audit: &Audit,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, bool), ApiError> {
     let whole = verify::read_whole(&body).unwrap_or_default();
     let (prompt, completion) = match whole.usage {
         Some((p, c)) => (
@@ -748,7 +762,7 @@ fn finish_whole(
         whole.receipt.as_ref(),
         whole.response_sha256,
     );
-    slash_for_fraud(&state.registry, &entry.info.id, &audit.request_id, faults);
+    let fraud = slash_for_fraud(&state.registry, &entry.info.id, &audit.request_id, faults);
     let cost = quote
         .cost(prompt.saturating_add(completion))
         .unwrap_or(r.amount);
@@ -784,7 +798,7 @@ fn finish_whole(
     if let Ok(v) = HeaderValue::from_str(&entry.info.id) {
         h.insert("x-tenzro-provider", v);
     }
-    Ok(resp)
+    Ok((resp, fraud))
 }
 
 /// Sets the charged token counts, `usage.cost` and `usage.asset` in a JSON body,

@@ -173,6 +173,15 @@ async fn invented_usage_is_charged_the_verified_bound_and_slashed_for_fraud() {
         "every upstream call is payer-signed"
     );
     assert_eq!(h.calls.load(Ordering::SeqCst), 2);
+    // Each fraudulent answer counts against the provider (its breaker and status).
+    let view = gw
+        .state
+        .registry
+        .views()
+        .into_iter()
+        .find(|v| v.id == id)
+        .unwrap();
+    assert_eq!((view.failed, view.successful), (2, 0));
 }
 
 #[tokio::test]

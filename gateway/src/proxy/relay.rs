@@ -164,19 +164,20 @@ impl Relay {
     }
 
     /// At `[DONE]`: a claim the request made impossible, or a receipt that is
-    /// missing or false, is fraud.
-    fn judge(&self) {
+    /// missing or false, is fraud (and the response a failure of the provider).
+    fn judge(&mut self) {
         let m = &self.settlement.meter;
         let digest = self.texts.as_ref().map(Texts::digest).unwrap_or_default();
         let faults = self
             .audit
             .faults(&m.bounds, m.claimed, self.receipt.as_ref(), digest);
-        super::slash_for_fraud(
+        let fraud = super::slash_for_fraud(
             &self.settlement.registry,
             &self.settlement.entry.info.id,
             &self.audit.request_id,
             faults,
         );
+        self.settlement.outcome = Some(!fraud);
     }
 
     fn process(&mut self, bytes: &[u8]) -> Vec<u8> {
@@ -200,7 +201,6 @@ impl Relay {
                     out.extend_from_slice(&metering::cost_comment(m.cost, m.quote.asset));
                     out.extend_from_slice(b"data: [DONE]\n\n");
                     self.finished = true;
-                    self.settlement.outcome = Some(true);
                 }
                 Event::Chunk(p) if p.error.is_some() => {
                     out.extend_from_slice(&ev);
