@@ -19,15 +19,25 @@
 //! Routing's TEE filter keeps only providers whose stored verdict is trusted and
 //! fresh ([`AttestationVerdict::is_fresh`]); the declared TEE kind alone counts for
 //! nothing. [`reverify_loop`] renews verdicts before their freshness window ends.
+//!
+//! Every fetch is bounded ([`Verifier`]): its own client that never follows a
+//! redirect, resolves names to public addresses only (unless private endpoints are
+//! allowed), gives up after [`FETCH_TIMEOUT`], and reads the body as a stream that
+//! stops at [`MAX_DOCUMENT_BYTES`]; at most [`MAX_CONCURRENT`] fetches run at once,
+//! so hanging endpoints cannot starve real ones; banned providers are not fetched.
+//! A fetched document, or else a 2xx answer to `GET {endpoint}/health`, means the
+//! gateway reached the provider: only then does a registration enter routing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tenzro_attest::binding::{REPORT_DATA_DOMAIN, report_data};
 use tenzro_attest::evidence::{self, VerifyContext};
 use tenzro_attest::{Evidence, Policy, PublicKey, TeeKind};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{ModelEntry, Registry};
@@ -36,8 +46,12 @@ use crate::registry::{ModelEntry, Registry};
 pub const SLASH_PPM: u128 = 100_000;
 /// Bytes of the gateway's nonce.
 pub const NONCE_BYTES: usize = 32;
-/// How long the gateway waits for an attestation document.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the gateway waits for an attestation document (the whole exchange).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to a provider for a fetch may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fetches running at once.
+pub const MAX_CONCURRENT: usize = 16;
 /// Largest attestation document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// How often [`reverify_loop`] looks for verdicts that are due.
@@ -64,7 +78,7 @@ pub struct AttestationDocument {
 }
 
 /// The gateway's verdict on a provider's evidence, as stored and shown to admins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestationVerdict {
     /// True only when every check passed and the evidence is a real TEE's.
     pub trusted: bool,
@@ -209,7 +223,51 @@ pub fn fresh_nonce() -> Result<[u8; NONCE_BYTES], String> {
     Ok(b)
 }
 
-/// `GET {endpoint}/v1/attestation?nonce=HEX`, parsed.
+/// The bounded HTTP client of attestation fetches and health probes, and the
+/// permits that bound how many run at once.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+}
+
+impl Verifier {
+    /// A client that never follows redirects and, unless `allow_private`, connects
+    /// only to public addresses of the names it resolves.
+    pub fn new(allow_private: bool) -> Result<Self, reqwest::Error> {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(FETCH_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .pool_max_idle_per_host(1);
+        if !allow_private {
+            b = b.dns_resolver(Arc::new(crate::registry_bounds::PublicOnly));
+        }
+        Ok(Verifier {
+            client: b.build()?,
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+        })
+    }
+}
+
+/// Reads at most `limit` bytes of `resp`'s body, as a stream (a longer body is an
+/// error, read no further than `limit` + one chunk).
+pub async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is over {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is over {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `GET {endpoint}/v1/attestation?nonce=HEX`, parsed (bounded: see [`Verifier`]).
 pub async fn fetch(
     client: &reqwest::Client,
     endpoint: &str,
@@ -226,65 +284,96 @@ pub async fn fetch(
     if !status.is_success() {
         return Err(format!("fetch: GET {url} answered {status}"));
     }
-    let body = resp
-        .bytes()
+    let body = tokio::time::timeout(FETCH_TIMEOUT, read_bounded(resp, MAX_DOCUMENT_BYTES))
         .await
+        .map_err(|_| {
+            format!(
+                "fetch: GET {url}: the body took over {} s",
+                FETCH_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("fetch: GET {url}: {e}"))?;
-    if body.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!(
-            "fetch: the attestation document is over {MAX_DOCUMENT_BYTES} bytes"
-        ));
-    }
     serde_json::from_slice(&body)
         .map_err(|e| format!("fetch: the attestation document is not valid: {e}"))
 }
 
+/// Whether `GET {endpoint}/health` answers 2xx (its body is not read).
+pub async fn probe_health(client: &reqwest::Client, endpoint: &str) -> bool {
+    client
+        .get(format!("{endpoint}/health"))
+        .timeout(FETCH_TIMEOUT)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 /// Verifies provider `id` now and stores the verdict (and a slash when it is the
-/// provider's fault). `None` when the provider is unknown or has no key (config).
+/// provider's fault); marks it reached when it answered. `None` when the provider
+/// is unknown, banned or has no key (config).
 pub async fn verify_provider(
     registry: &Registry,
-    client: &reqwest::Client,
+    verifier: &Verifier,
     id: &str,
 ) -> Option<AttestationVerdict> {
+    let _permit = verifier.permits.acquire().await.ok()?;
     let entry = registry.get(id)?;
     let key = entry.info.public_key?;
+    if registry.is_banned(id) {
+        return None;
+    }
+    let client = &verifier.client;
     let verdict = match fresh_nonce() {
         Err(e) => AttestationVerdict::unverified(e, registry.unix_now()),
         Ok(nonce) => match fetch(client, &entry.info.endpoint, &nonce).await {
-            Ok(doc) => check(
-                &doc,
-                &key,
-                &entry.info.tee,
-                &entry.info.models,
-                &nonce,
-                &registry.attest_policy,
-                registry.unix_now(),
-            ),
-            Err(reason) => AttestationVerdict::unverified(reason, registry.unix_now()),
+            Ok(doc) => {
+                registry.mark_reached(&entry);
+                check(
+                    &doc,
+                    &key,
+                    &entry.info.tee,
+                    &entry.info.models,
+                    &nonce,
+                    &registry.attest_policy,
+                    registry.unix_now(),
+                )
+            }
+            Err(reason) => {
+                if probe_health(client, &entry.info.endpoint).await {
+                    registry.mark_reached(&entry);
+                }
+                AttestationVerdict::unverified(reason, registry.unix_now())
+            }
         },
     };
     registry.record_attestation(&entry, verdict.clone());
     Some(verdict)
 }
 
-/// Re-verifies, every [`SWEEP_INTERVAL`], the providers whose verdict is missing or
-/// within the last tenth of its freshness window, until `cancel` fires.
-pub async fn reverify_loop(
-    registry: Arc<Registry>,
-    client: reqwest::Client,
-    cancel: CancellationToken,
-) {
+/// One sweep: drops stale providers, slashes downtime, then verifies (at most
+/// [`MAX_CONCURRENT`] at once) the providers not yet reached and those whose
+/// verdict is missing or due.
+pub async fn sweep(registry: &Registry, verifier: &Verifier) {
+    registry.evict_stale();
+    registry.slash_downtime();
+    let mut due: std::collections::BTreeSet<String> = registry.unreached().into_iter().collect();
+    due.extend(registry.attestation_due());
+    futures::stream::iter(due)
+        .for_each_concurrent(MAX_CONCURRENT, |id| async move {
+            verify_provider(registry, verifier, &id).await;
+        })
+        .await;
+}
+
+/// Sweeps at start and then every [`SWEEP_INTERVAL`] until `cancel` fires.
+pub async fn reverify_loop(registry: Arc<Registry>, verifier: Verifier, cancel: CancellationToken) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            () = sweep(&registry, &verifier) => {}
         }
-        registry.slash_downtime();
-        for id in registry.attestation_due() {
-            if cancel.is_cancelled() {
-                break;
-            }
-            verify_provider(&registry, &client, &id).await;
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
         }
     }
 }

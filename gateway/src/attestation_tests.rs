@@ -188,6 +188,8 @@ fn registry_with(
     let entry = reg
         .upsert(ProviderInfo::from_registration(r, false).unwrap())
         .unwrap();
+    // The routing stake of a registered provider is its bond.
+    reg.set_bond("p", 1_000_000, false);
     (reg, clock, entry)
 }
 
@@ -257,7 +259,8 @@ fn a_slashable_verdict_records_ten_percent() {
 #[test]
 fn served_weights_that_differ_cost_five_percent_and_lower_the_recorded_stake() {
     let (reg, _clock, entry) = registry_with("none");
-    let stake = entry.info.stake;
+    let stake = reg.stake_of(&entry);
+    assert_eq!(stake, 1_000_000);
     let v = AttestationVerdict {
         trusted: false,
         tee_kind: Some("none".into()),
@@ -280,4 +283,91 @@ fn served_weights_that_differ_cost_five_percent_and_lower_the_recorded_stake() {
     assert_eq!(s[1].stake_before, stake - stake / 20);
     assert_eq!(reg.stake_of(&entry), s[1].stake_after);
     assert_eq!(reg.views()[0].stake, s[1].stake_after.to_string());
+}
+
+/// A hostile endpoint: answers `GET /v1/attestation` with `body` after `status`
+/// (`Location` set for redirects); `/health` with 200 when `status` is 200, else 404.
+async fn hostile(status: u16, location: Option<String>, body_bytes: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let location = location.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                let health = String::from_utf8_lossy(&buf[..n]).starts_with("GET /health");
+                let head = if health {
+                    format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: 0\r\n\r\n",
+                        if status == 200 { 200 } else { 404 }
+                    )
+                } else {
+                    let loc = location
+                        .map(|l| format!("location: {l}\r\n"))
+                        .unwrap_or_default();
+                    format!("HTTP/1.1 {status} X\r\n{loc}content-length: {body_bytes}\r\n\r\n")
+                };
+                if c.write_all(head.as_bytes()).await.is_err() || health {
+                    return;
+                }
+                let zeros = vec![0u8; 64 << 10];
+                let mut left = body_bytes;
+                while left > 0 {
+                    let k = left.min(zeros.len());
+                    if c.write_all(&zeros[..k]).await.is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn fetches_stop_at_the_cap_and_never_follow_redirects() {
+    let v = Verifier::new(true).unwrap();
+    // 1 GiB of zeros (declared in content-length).
+    let big = hostile(200, None, 1 << 30).await;
+    let err = fetch(&v.client, &big, &[0; 32]).await.unwrap_err();
+    assert!(err.contains("over 1048576 bytes"), "{err}");
+    // A redirect to a private address is an answer, not followed.
+    let target = hostile(200, None, 10).await;
+    let redirect = hostile(302, Some(format!("{target}/v1/attestation")), 0).await;
+    let err = fetch(&v.client, &redirect, &[0; 32]).await.unwrap_err();
+    assert!(err.contains("302"), "{err}");
+    assert!(!probe_health(&v.client, &redirect).await);
+}
+
+#[tokio::test]
+async fn an_unreachable_or_hostile_endpoint_never_enters_routing() {
+    let (reg, _clock, entry) = registry_with("none");
+    let v = Verifier::new(true).unwrap();
+    let id = entry.info.id.clone();
+    let verdict = verify_provider(&reg, &v, &id).await.unwrap();
+    assert!(!verdict.trusted && !verdict.slashable);
+    assert!(!reg.is_reached(&id), "127.0.0.1:1 answers nothing");
+    // Banned providers are not fetched at all.
+    reg.ban(&id, "test").unwrap();
+    assert!(verify_provider(&reg, &v, &id).await.is_none());
+}
+
+#[tokio::test]
+async fn names_resolving_to_private_addresses_are_not_fetched() {
+    let target = hostile(200, None, 10).await;
+    let port = target.rsplit(':').next().unwrap().to_owned();
+    let name = format!("http://localhost:{port}");
+    assert!(
+        probe_health(&Verifier::new(true).unwrap().client, &name).await,
+        "development: allowed"
+    );
+    let v = Verifier::new(false).unwrap();
+    assert!(fetch(&v.client, &name, &[0; 32]).await.is_err());
+    assert!(
+        !probe_health(&v.client, &name).await,
+        "localhost resolves to loopback only"
+    );
 }

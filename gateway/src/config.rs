@@ -372,6 +372,25 @@ impl Default for LimitsSection {
 pub struct RegistrationSection {
     pub heartbeat_interval_s: u64,
     pub max_skew_s: u64,
+    /// Development only: accept endpoints on loopback, private and link-local
+    /// addresses. Off, such endpoints (and names resolving to them) are refused.
+    pub allow_private_endpoints: bool,
+    /// Per asset, whole tokens of that asset per token: the highest price a
+    /// registration may declare (converted at `pricing.rates`).
+    pub max_price_per_token: BTreeMap<Asset, String>,
+    /// Highest `max_context` a model may declare.
+    pub max_context: u32,
+    /// Most models per provider.
+    pub max_models: usize,
+    /// Highest `max_concurrency` a provider may declare.
+    pub max_concurrency: u32,
+    /// Registered providers without a heartbeat this long leave memory and routing
+    /// (their key binding, bans and slashes stay in the store).
+    pub stale_after_s: u64,
+    /// Registered providers held at most; registrations past it wait (503).
+    pub max_providers: usize,
+    /// Registrations per source address (IPv6: per /64) per minute; 0: unlimited.
+    pub per_source_per_minute: u32,
 }
 
 impl Default for RegistrationSection {
@@ -379,6 +398,18 @@ impl Default for RegistrationSection {
         RegistrationSection {
             heartbeat_interval_s: 30,
             max_skew_s: 300,
+            allow_private_endpoints: false,
+            max_price_per_token: BTreeMap::from([
+                (Asset::Tnzo, "0.01".into()),
+                (Asset::Usdc, "0.01".into()),
+                (Asset::Usdt, "0.01".into()),
+            ]),
+            max_context: 1 << 20,
+            max_models: 64,
+            max_concurrency: 4096,
+            stale_after_s: 7 * 86_400,
+            max_providers: 10_000,
+            per_source_per_minute: 60,
         }
     }
 }
@@ -517,6 +548,7 @@ impl Config {
         }
         self.rates()?;
         self.stakes()?;
+        self.registration_bounds()?;
         pricing::parse_tokens(&self.limits.dev_balance)
             .map_err(|e| ConfigError::Invalid(format!("limits.dev_balance: {e}")))?;
         for p in &self.providers {
@@ -559,6 +591,35 @@ impl Config {
             stakes: self.stakes()?,
             max_skew_s: self.registration.max_skew_s,
             heartbeat_interval_s: self.registration.heartbeat_interval_s,
+            bounds: self.registration_bounds()?,
+            stale_after: Duration::from_secs(self.registration.stale_after_s.max(1)),
+            max_registered: self.registration.max_providers,
+            registrations_per_minute: self.registration.per_source_per_minute,
+        })
+    }
+
+    /// What a registration may declare (`[registration]`).
+    pub fn registration_bounds(
+        &self,
+    ) -> Result<crate::registry_bounds::RegistrationBounds, ConfigError> {
+        let r = &self.registration;
+        let rates = self.rates()?;
+        let mut max_price_per_token = Vec::new();
+        for (asset, cap) in &r.max_price_per_token {
+            let cap = pricing::parse_tokens(cap).map_err(|e| {
+                ConfigError::Invalid(format!("registration.max_price_per_token.{asset}: {e}"))
+            })?;
+            // An asset without a rate cannot be paid in; its cap has nothing to bound.
+            if let Ok(rate) = rates.get(*asset) {
+                max_price_per_token.push((*asset, cap, rate));
+            }
+        }
+        Ok(crate::registry_bounds::RegistrationBounds {
+            max_price_per_token,
+            max_context: r.max_context,
+            max_models: r.max_models,
+            max_concurrency: r.max_concurrency,
+            allow_private_endpoints: r.allow_private_endpoints,
         })
     }
 
@@ -630,6 +691,42 @@ mod tests {
         let env = |k: &str| (k == "TENZRO_STORE_URL").then(|| "postgres://u:p@db/t".to_owned());
         let cfg = Config::load(Some(&path), env, &Overrides::default()).unwrap();
         assert_eq!((cfg.store_url().as_str(), cfg.store.lease_idle_s), ("postgres://u:p@db/t", 30));
+    }
+
+    /// Every gateway config in configs/ loads; the development example has zero
+    /// stake minimums and allows private endpoints, the production one the
+    /// whitepaper's minimums and public endpoints only.
+    #[test]
+    fn every_gateway_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(name.starts_with("gateway") && name.ends_with(".toml")) {
+                continue;
+            }
+            let cfg = Config::load(Some(&path), |_| None, &Overrides::default())
+                .map_err(|e| format!("{name}: {e}"))
+                .unwrap();
+            seen += 1;
+            let (stakes, bounds) = (cfg.stakes().unwrap(), cfg.registration_bounds().unwrap());
+            match name.as_str() {
+                "gateway.toml" => {
+                    assert_eq!(stakes.llm, 0);
+                    assert!(bounds.allow_private_endpoints);
+                }
+                "gateway-production.toml" => {
+                    assert_eq!(stakes, StakeMinimums::default());
+                    assert_eq!(stakes.llm, 100_000 * crate::pricing::ONE);
+                    assert!(!bounds.allow_private_endpoints);
+                }
+                _ => {}
+            }
+        }
+        assert!(seen >= 3, "{seen} gateway configs");
+        // Built in: public endpoints only.
+        assert!(!Config::default().registration_bounds().unwrap().allow_private_endpoints);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod pricing;
 pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
+pub mod registry_bounds;
+pub mod registry_store;
 pub mod routes;
 pub mod routing;
 pub mod state;
@@ -120,6 +122,15 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         })?;
     // Accounts' money enters the book when this replica takes their leases
     // (`money::lease`); the network-wide pools and earnings load now.
+    // Bans, slashes and the registered providers heard from recently.
+    let restored = registry_store::restore(&registry, &store, snap.slashes)
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact(&config.store_url()),
+            source,
+        })?;
+    tracing::info!(providers = restored, "registry restored from the store");
+    let verifier = attestation::Verifier::new(config.registration.allow_private_endpoints)?;
     let book = Arc::new(Book::new(config.book()?));
     book.load_pools(&snap.pools, &snap.earnings)?;
     let bonds = store.bonds().await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
@@ -175,6 +186,7 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         identities_save: Arc::default(),
         metrics: Arc::new(Metrics::new()),
         client,
+        verifier,
         tasks: TaskTracker::new(),
         cancel: CancellationToken::new(),
     })
@@ -196,8 +208,14 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let money = CancellationToken::new();
     state.tasks.spawn(attestation::reverify_loop(
         state.registry.clone(),
-        state.client.clone(),
+        state.verifier.clone(),
         cancel.clone(),
+    ));
+    state.tasks.spawn(registry_store::persist_loop(
+        state.registry.clone(),
+        state.store.clone(),
+        Duration::from_secs(1),
+        money.clone(),
     ));
     let cfg = &state.config;
     state.tasks.spawn(money::committer::run(
@@ -254,6 +272,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         courier.reconcile().await;
         courier.run(interval, checkpoint, cancel.clone()).await;
     });
+    // The source address reaches handlers (registrations are limited per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(state.cancel.clone().cancelled_owned())
         .await;

@@ -1,6 +1,13 @@
 //! Prometheus metrics: requests, errors by type, gateway overhead, upstream latency,
 //! breaker state, tokens.
+//!
+//! Label sets are bounded: endpoints are route patterns, error types a fixed set,
+//! and provider ids (which registrants choose, one per key) label at most
+//! [`MAX_PROVIDER_LABELS`] upstream series (the rest share `provider="other"`);
+//! breaker gauges are rebuilt from the registry's current providers at each scrape.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -14,6 +21,9 @@ use crate::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Distinct provider ids that get their own upstream latency series.
+pub const MAX_PROVIDER_LABELS: usize = 256;
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: PromRegistry,
@@ -23,6 +33,8 @@ pub struct Metrics {
     upstream: Family<Labels, Histogram>,
     breaker: Family<Labels, Gauge>,
     tokens: Family<Labels, Counter>,
+    /// Provider ids with their own upstream series.
+    upstream_ids: Mutex<HashSet<String>>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -83,6 +95,7 @@ impl Metrics {
             upstream,
             breaker,
             tokens,
+            upstream_ids: Mutex::default(),
         }
     }
 
@@ -108,8 +121,16 @@ impl Metrics {
     }
 
     pub fn upstream(&self, provider: &str, d: Duration) {
+        let label = match self.upstream_ids.lock() {
+            Ok(ids) if ids.contains(provider) => provider.to_owned(),
+            Ok(mut ids) if ids.len() < MAX_PROVIDER_LABELS => {
+                ids.insert(provider.to_owned());
+                provider.to_owned()
+            }
+            _ => "other".to_owned(),
+        };
         self.upstream
-            .get_or_create(&vec![("provider", provider.to_owned())])
+            .get_or_create(&vec![("provider", label)])
             .observe(d.as_secs_f64());
     }
 
@@ -125,6 +146,8 @@ impl Metrics {
     /// The text exposition, with breaker gauges read from the registry now.
     pub fn render(&self, providers: &Registry) -> String {
         let now = providers.now();
+        // Only the providers in memory now (stale ones were dropped).
+        self.breaker.clear();
         for p in providers.all() {
             self.breaker
                 .get_or_create(&vec![("provider", p.info.id.clone())])

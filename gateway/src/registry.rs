@@ -4,10 +4,19 @@
 //! [`RegisterRequest`]; they stay alive with signed heartbeats. Per provider the
 //! registry keeps the metrics of §8.2 (total, successful, failed, EMA latency, last
 //! heartbeat), the outcome window its [`Status`] is computed from, and its circuit
-//! [`Breaker`]. A provider id is bound to the first public key that registers it
-//! (trust on first use); a later registration must be signed by the same key.
+//! [`Breaker`].
+//!
+//! Identity (issue 10): a registered provider's id *is* the DID of its signing key
+//! (`PublicKey::did()`), so an id cannot be squatted by another key, before or after
+//! a restart. Providers from the config file are a separate namespace no
+//! registration can replace. A registered provider's routing stake is its bond
+//! ([`Registry::set_bond`]), never what it declares. A ban binds the id (so the key)
+//! and slashes 100%; un-banning restores nothing. A new registration enters routing
+//! only once the gateway has reached its endpoint ([`Registry::mark_reached`]), and
+//! registered providers silent for `stale_after` leave memory ([`Registry::evict_stale`];
+//! their rows, bans and slashes stay in the store, see `registry_store`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -42,6 +51,20 @@ pub enum RegistryError {
     UnknownProvider(String),
     #[error("provider {0} is banned")]
     Banned(String),
+    #[error(
+        "provider_id `{claimed}` is not the DID of the signing key ({did}); a provider's id is its key's DID"
+    )]
+    IdNotKey { claimed: String, did: String },
+    #[error(
+        "provider {0} is configured by the gateway's operator; registrations cannot replace it"
+    )]
+    ConfigProvider(String),
+    #[error("registration refused: {0}")]
+    OutOfBounds(String),
+    #[error("too many registrations from this address; retry in {0} s")]
+    RateLimited(u64),
+    #[error("the registry is full ({0} registered providers); retry later")]
+    Full(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +76,14 @@ pub struct RegistryConfig {
     pub max_skew_s: u64,
     /// Seconds between heartbeats the gateway asks for.
     pub heartbeat_interval_s: u64,
+    /// What a registration may declare.
+    pub bounds: crate::registry_bounds::RegistrationBounds,
+    /// Registered providers without a heartbeat this long leave memory and routing.
+    pub stale_after: Duration,
+    /// Registered providers held in memory at most.
+    pub max_registered: usize,
+    /// Registrations per source address per minute (0: unlimited).
+    pub registrations_per_minute: u32,
 }
 
 impl Default for RegistryConfig {
@@ -63,6 +94,10 @@ impl Default for RegistryConfig {
             stakes: StakeMinimums::default(),
             max_skew_s: 300,
             heartbeat_interval_s: 30,
+            bounds: crate::registry_bounds::RegistrationBounds::default(),
+            stale_after: Duration::from_secs(7 * 24 * 3600),
+            max_registered: 10_000,
+            registrations_per_minute: 60,
         }
     }
 }
@@ -151,6 +186,21 @@ impl ProviderInfo {
     pub fn model(&self, id: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.info.id == id)
     }
+
+    /// Back to a registration (as stored; `stake` is what routing counts for it).
+    pub fn to_registration(&self) -> RegisterRequest {
+        RegisterRequest {
+            provider_id: self.id.clone(),
+            endpoint: self.endpoint.clone(),
+            public_key: self.public_key.map(|k| k.to_hex()).unwrap_or_default(),
+            models: self.models.iter().map(|m| m.info.clone()).collect(),
+            stake: self.stake.to_string(),
+            tee: self.tee.clone(),
+            max_concurrency: Some(self.max_concurrency),
+            heartbeat_interval_s: None,
+            timestamp: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +217,16 @@ struct State {
     banned: bool,
     /// The latest verdict on the provider's TEE evidence (reset on re-registration).
     attestation: Option<AttestationVerdict>,
+    /// The gateway has reached the endpoint (attestation document or `/health`);
+    /// until then the provider gets no requests.
+    reached: bool,
+    /// When the last heartbeat was marked for the store.
+    seen_saved: Duration,
 }
+
+/// How often a heartbeat's time reaches the store (it only decides, after a
+/// restart, whether a provider is stale).
+pub const SEEN_SAVE_EVERY: Duration = Duration::from_secs(600);
 
 /// One provider: its declaration, its live state, and its in-flight count.
 #[derive(Debug)]
@@ -196,6 +255,11 @@ pub struct ProviderView {
     /// Whether the stored attestation verdict is trusted and fresh (TEE routing).
     pub tee_verified: bool,
     pub attestation: Option<AttestationVerdict>,
+    /// The gateway has reached the endpoint (routable only then).
+    pub reached: bool,
+    /// Unbonding: no new requests.
+    pub unbonding: bool,
+    pub from_config: bool,
 }
 
 /// The outcome of one upstream attempt.
@@ -286,12 +350,30 @@ pub struct Registry {
     slashes: Mutex<Vec<Slash>>,
     /// Slashes not yet written to the store (the committer drains them).
     unsaved: Mutex<Vec<Slash>>,
+    /// Ids of the providers from the config file (a namespace of their own).
+    config_ids: RwLock<BTreeSet<String>>,
+    /// Per registered provider id: (bonded amount, unbonding), set by the bonds
+    /// module; kept apart from the entries so a slash or ban reaches a bond whose
+    /// provider left memory.
+    bonds: Mutex<BTreeMap<String, (u128, bool)>>,
+    /// Banned ids (with the key, for registered ones: id = DID of the key).
+    banned: RwLock<BTreeSet<String>>,
+    /// Providers whose stored row is out of date (see `registry_store`).
+    dirty: Mutex<BTreeSet<String>>,
+    limiter: Mutex<crate::registry_bounds::SourceLimiter>,
 }
 
 impl Registry {
     pub fn new(config: RegistryConfig, clock: SharedClock) -> Self {
         let unix_base = crate::clock::unix_now().saturating_sub(clock.now().as_secs());
+        let limiter =
+            crate::registry_bounds::SourceLimiter::new(config.registrations_per_minute, 65_536);
         Registry {
+            config_ids: RwLock::default(),
+            bonds: Mutex::default(),
+            banned: RwLock::default(),
+            dirty: Mutex::default(),
+            limiter: Mutex::new(limiter),
             providers: RwLock::new(BTreeMap::new()),
             clock,
             config,
@@ -321,19 +403,39 @@ impl Registry {
             .unwrap_or(0)
     }
 
-    /// A provider's recorded stake: what it declared, less what was slashed.
+    /// A provider's routing stake: for one from the config file, its configured
+    /// stake less what was slashed; for a registered one, its bond (what it declares
+    /// counts for nothing).
     pub fn stake_of(&self, entry: &ProviderEntry) -> u128 {
-        entry
-            .info
-            .stake
-            .saturating_sub(self.slashed(&entry.info.id))
+        if entry.info.from_config {
+            entry
+                .info
+                .stake
+                .saturating_sub(self.slashed(&entry.info.id))
+        } else {
+            self.bond(&entry.info.id).0
+        }
     }
 
-    /// Slashes provider `id` for `reason` (a share of its recorded stake); `None`
-    /// for an unknown provider.
+    /// Slashes provider `id` for `reason` (a share of its routing stake); `None`
+    /// for a provider neither in memory nor bonded. A registered provider's bond
+    /// shrinks by the amount at once (the bonds module then moves it to the
+    /// treasury and confirms the bond with [`Registry::set_bond`]).
     pub fn slash(&self, id: &str, reason: Reason, detail: &str) -> Option<Slash> {
-        let entry = self.get(id)?;
-        let s = slashing::slash(id, self.stake_of(&entry), reason, detail, self.unix_now());
+        let stake = match self.get(id) {
+            Some(entry) => self.stake_of(&entry),
+            None => {
+                let bonded = self.bonds.lock().ok()?.get(id).copied()?;
+                bonded.0
+            }
+        };
+        let s = slashing::slash(id, stake, reason, detail, self.unix_now());
+        if !self.is_config(id)
+            && let Ok(mut b) = self.bonds.lock()
+            && let Some(bond) = b.get_mut(id)
+        {
+            bond.0 = bond.0.saturating_sub(s.amount);
+        }
         tracing::warn!(provider = %id, amount = %s.amount, reason = reason.as_str(), %detail, "slashed");
         if let Ok(mut v) = self.slashes.lock() {
             v.push(s.clone());
@@ -391,6 +493,7 @@ impl Registry {
             tracing::info!(provider = %entry.info.id, reasons = ?verdict.reasons, "attestation not trusted");
         }
         entry.with_state(|s| s.attestation = Some(verdict));
+        self.mark_dirty(&entry.info.id);
     }
 
     /// The stored verdict of provider `id`.
@@ -411,7 +514,8 @@ impl Registry {
             }
             let silent = e
                 .with_state(|s| {
-                    let over = now.saturating_sub(s.last_heartbeat) > DOWNTIME && !s.downtime_slashed;
+                    let over =
+                        now.saturating_sub(s.last_heartbeat) > DOWNTIME && !s.downtime_slashed;
                     if over {
                         s.downtime_slashed = true;
                     }
@@ -431,14 +535,15 @@ impl Registry {
         self.slashes.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
-    /// Registered providers (with a key) whose verdict is missing, or within the last
-    /// tenth of its freshness window.
+    /// Registered providers (with a key, not banned) whose verdict is missing, or
+    /// within the last tenth of its freshness window.
     pub fn attestation_due(&self) -> Vec<String> {
         let now = self.unix_now();
         let margin = self.attest_policy.freshness_secs / 10;
         self.all()
             .into_iter()
             .filter(|e| e.info.public_key.is_some() && !e.info.from_config)
+            .filter(|e| !self.is_banned(&e.info.id))
             .filter(|e| {
                 e.with_state(|s| match &s.attestation {
                     None => true,
@@ -454,17 +559,25 @@ impl Registry {
         self.clock.now()
     }
 
-    /// Adds or replaces a provider, keeping the live state of one it replaces.
+    /// Adds or replaces a provider, keeping the live state of one it replaces. A
+    /// config provider's id is never replaced by a registered one, and a banned id
+    /// never comes back.
     pub fn upsert(&self, info: ProviderInfo) -> Result<Arc<ProviderEntry>, RegistryError> {
         let now = self.clock.now();
+        if self.is_banned(&info.id) {
+            return Err(RegistryError::Banned(info.id));
+        }
         let mut map = self
             .providers
             .write()
             .map_err(|_| RegistryError::Malformed("registry lock".into()))?;
+        if !info.from_config && self.is_config(&info.id) {
+            return Err(RegistryError::ConfigProvider(info.id));
+        }
         let state = match map.get(&info.id) {
             Some(old) => {
-                if let (Some(a), Some(b)) = (&old.info.public_key, &info.public_key)
-                    && a != b
+                if old.info.public_key != info.public_key
+                    || old.info.from_config != info.from_config
                 {
                     return Err(RegistryError::KeyMismatch(info.id));
                 }
@@ -477,27 +590,47 @@ impl Registry {
                 s.last_heartbeat = now;
                 s.downtime_slashed = false;
                 s.attestation = None;
+                // A new endpoint must be reached again before it gets requests.
+                s.reached = s.reached && old.info.endpoint == info.endpoint;
                 s
             }
-            None => State {
-                breaker: Breaker::new(self.config.breaker),
-                window: OutcomeWindow::default(),
-                total: 0,
-                successful: 0,
-                failed: 0,
-                ema_latency_us: None,
-                last_heartbeat: now,
-                downtime_slashed: false,
-                banned: false,
-                attestation: None,
-            },
+            None => {
+                if !info.from_config {
+                    let registered = map.values().filter(|e| !e.info.from_config).count();
+                    if registered >= self.config.max_registered {
+                        return Err(RegistryError::Full(registered));
+                    }
+                }
+                State {
+                    breaker: Breaker::new(self.config.breaker),
+                    window: OutcomeWindow::default(),
+                    total: 0,
+                    successful: 0,
+                    failed: 0,
+                    ema_latency_us: None,
+                    last_heartbeat: now,
+                    downtime_slashed: false,
+                    banned: false,
+                    attestation: None,
+                    // The operator vouches for configured endpoints.
+                    reached: info.from_config,
+                    seen_saved: now,
+                }
+            }
         };
+        if info.from_config
+            && let Ok(mut c) = self.config_ids.write()
+        {
+            c.insert(info.id.clone());
+        }
         let entry = Arc::new(ProviderEntry {
             info,
             in_flight: AtomicU32::new(0),
             state: Mutex::new(state),
         });
         map.insert(entry.info.id.clone(), entry.clone());
+        drop(map);
+        self.mark_dirty(&entry.info.id);
         Ok(entry)
     }
 
@@ -510,20 +643,43 @@ impl Registry {
         }
     }
 
-    /// Verifies and applies a signed registration.
-    pub fn register(
-        &self,
-        signed: &Signed,
-        now_unix: u64,
-    ) -> Result<RegisterResponse, RegistryError> {
+    /// Verifies a signed registration into provider info without applying it: the
+    /// signature, the timestamp, the id (= DID of the key), the namespace, bans and
+    /// the declared bounds. The endpoint's addresses are checked by the caller
+    /// (`registry_bounds::check_endpoint`, which resolves names).
+    pub fn prepare(&self, signed: &Signed, now_unix: u64) -> Result<ProviderInfo, RegistryError> {
         let req: RegisterRequest = serde_json::from_str(&signed.payload)
             .map_err(|e| RegistryError::Malformed(e.to_string()))?;
-        let info = ProviderInfo::from_registration(req.clone(), false)?;
+        let mut info = ProviderInfo::from_registration(req.clone(), false)?;
         let key = info
             .public_key
             .ok_or_else(|| RegistryError::Malformed("public_key is required".into()))?;
         verify(&key, REGISTER_DOMAIN, signed)?;
         self.check_fresh(req.timestamp, now_unix)?;
+        let did = key.did();
+        if info.id != did {
+            return Err(RegistryError::IdNotKey {
+                claimed: info.id,
+                did,
+            });
+        }
+        if self.is_config(&info.id) {
+            return Err(RegistryError::ConfigProvider(info.id));
+        }
+        if self.is_banned(&info.id) {
+            return Err(RegistryError::Banned(info.id));
+        }
+        self.config
+            .bounds
+            .check(&info)
+            .map_err(RegistryError::OutOfBounds)?;
+        // The declared stake counts for nothing: the routing stake is the bond.
+        info.stake = 0;
+        Ok(info)
+    }
+
+    /// Applies a registration [`Registry::prepare`]d.
+    pub fn admit(&self, info: ProviderInfo) -> Result<RegisterResponse, RegistryError> {
         let entry = self.upsert(info)?;
         let status = self.status_of(&entry);
         tracing::info!(provider = %entry.info.id, endpoint = %entry.info.endpoint, models = entry.info.models.len(), "provider registered");
@@ -532,6 +688,17 @@ impl Registry {
             status: status.as_str().to_owned(),
             heartbeat_interval_s: self.config.heartbeat_interval_s,
         })
+    }
+
+    /// Verifies and applies a signed registration (without the endpoint address
+    /// check, which needs DNS: the HTTP handler does it between the two steps).
+    pub fn register(
+        &self,
+        signed: &Signed,
+        now_unix: u64,
+    ) -> Result<RegisterResponse, RegistryError> {
+        let info = self.prepare(signed, now_unix)?;
+        self.admit(info)
     }
 
     /// Verifies and applies a signed heartbeat.
@@ -552,10 +719,20 @@ impl Registry {
         verify(&key, HEARTBEAT_DOMAIN, signed)?;
         self.check_fresh(hb.timestamp, now_unix)?;
         let now = self.clock.now();
-        entry.with_state(|s| {
-            s.last_heartbeat = now;
-            s.downtime_slashed = false;
-        });
+        let save = entry
+            .with_state(|s| {
+                s.last_heartbeat = now;
+                s.downtime_slashed = false;
+                let due = now.saturating_sub(s.seen_saved) >= SEEN_SAVE_EVERY;
+                if due {
+                    s.seen_saved = now;
+                }
+                due
+            })
+            .unwrap_or(false);
+        if save {
+            self.mark_dirty(&entry.info.id);
+        }
         Ok(HeartbeatResponse {
             status: self.status_of(&entry).as_str().to_owned(),
         })
@@ -570,14 +747,6 @@ impl Registry {
             .read()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
-    }
-
-    pub fn set_banned(&self, id: &str, banned: bool) -> Result<(), RegistryError> {
-        let entry = self
-            .get(id)
-            .ok_or_else(|| RegistryError::UnknownProvider(id.to_owned()))?;
-        entry.with_state(|s| s.banned = banned);
-        Ok(())
     }
 
     pub fn status_of(&self, entry: &ProviderEntry) -> Status {
@@ -602,7 +771,7 @@ impl Registry {
             .map(|e| {
                 let m = e.info.model(model);
                 let quote = m.and_then(|m| e.quote(m, asset, rates).ok());
-                let (status, admits, latency, ok, total, verified) = e
+                let (status, admits, latency, ok, total, verified, reached) = e
                     .with_state(|s| {
                         (
                             e.status_at(s, &self.config.status, now),
@@ -611,9 +780,10 @@ impl Registry {
                             s.successful,
                             s.total,
                             s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),
+                            s.reached,
                         )
                     })
-                    .unwrap_or((Status::Inactive, false, None, 0, 0, false));
+                    .unwrap_or((Status::Inactive, false, None, 0, 0, false, false));
                 let cand = Candidate {
                     provider: e.info.id.clone(),
                     serves_model: m.is_some() && quote.is_some(),
@@ -621,6 +791,8 @@ impl Registry {
                         .map(|m| m.info.category)
                         .unwrap_or(tenzro_models::api::ModelCategory::Custom),
                     status,
+                    reachable: reached,
+                    unbonding: !e.info.from_config && self.bond(&e.info.id).1,
                     breaker_admits: admits,
                     // Only evidence verified by the gateway counts, never the declaration.
                     tee: verified,
@@ -663,6 +835,9 @@ impl Registry {
                     models: e.info.models.iter().map(|m| m.info.id.clone()).collect(),
                     tee_verified: s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),
                     attestation: s.attestation.clone(),
+                    reached: s.reached,
+                    unbonding: !e.info.from_config && self.bond(&e.info.id).1,
+                    from_config: e.info.from_config,
                 })
             })
             .collect()
@@ -677,6 +852,9 @@ fn verify(key: &PublicKey, domain: &[u8], signed: &Signed) -> Result<(), Registr
         Err(RegistryError::BadSignature)
     }
 }
+
+#[path = "registry_life.rs"]
+mod life;
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]

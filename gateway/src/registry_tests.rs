@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::money::slashing::Reason;
 use tenzro_attest::keys::ProviderKey;
 use tenzro_models::api::ModelCategory;
 
@@ -54,7 +55,8 @@ fn setup() -> (Registry, Arc<ManualClock>) {
 fn signed_registration_and_heartbeat() {
     let (reg, clock) = setup();
     let key = ProviderKey::from_seed(&[1; 32]);
-    let r = registration(&key, "p1");
+    let p1 = key.did();
+    let r = registration(&key, &p1);
     let resp = reg
         .register(
             &sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()),
@@ -62,12 +64,12 @@ fn signed_registration_and_heartbeat() {
         )
         .unwrap();
     assert_eq!(resp.status, "Active");
-    assert_eq!(reg.get("p1").unwrap().info.endpoint, "http://127.0.0.1:9");
+    assert_eq!(reg.get(&p1).unwrap().info.endpoint, "http://127.0.0.1:9");
 
     clock.advance(Duration::from_secs(6 * 60));
-    assert_eq!(reg.status_of(&reg.get("p1").unwrap()), Status::Degraded);
+    assert_eq!(reg.status_of(&reg.get(&p1).unwrap()), Status::Degraded);
     let hb = Heartbeat {
-        provider_id: "p1".into(),
+        provider_id: p1.clone(),
         timestamp: NOW + 360,
         in_flight: None,
     };
@@ -79,7 +81,7 @@ fn signed_registration_and_heartbeat() {
         .unwrap();
     assert_eq!(resp.status, "Active");
     clock.advance(Duration::from_secs(61 * 60));
-    assert_eq!(reg.status_of(&reg.get("p1").unwrap()), Status::Inactive);
+    assert_eq!(reg.status_of(&reg.get(&p1).unwrap()), Status::Inactive);
 }
 
 #[test]
@@ -87,7 +89,7 @@ fn refuses_bad_signatures_stale_times_and_key_changes() {
     let (reg, _) = setup();
     let key = ProviderKey::from_seed(&[1; 32]);
     let other = ProviderKey::from_seed(&[2; 32]);
-    let payload = serde_json::to_string(&registration(&key, "p1")).unwrap();
+    let payload = serde_json::to_string(&registration(&key, &key.did())).unwrap();
 
     // Signed by another key than the one inside.
     let forged = sign(&other, REGISTER_DOMAIN, payload.clone());
@@ -113,10 +115,20 @@ fn refuses_bad_signatures_stale_times_and_key_changes() {
 
     reg.register(&sign(&key, REGISTER_DOMAIN, payload), NOW)
         .unwrap();
-    let hijack = serde_json::to_string(&registration(&other, "p1")).unwrap();
+    // Another key claiming the first one's id (its DID), or any made-up id.
+    for claimed in [key.did(), "p1".to_owned()] {
+        let hijack = serde_json::to_string(&registration(&other, &claimed)).unwrap();
+        assert_eq!(
+            reg.register(&sign(&other, REGISTER_DOMAIN, hijack), NOW),
+            Err(RegistryError::IdNotKey {
+                claimed,
+                did: other.did()
+            })
+        );
+    }
     assert_eq!(
-        reg.register(&sign(&other, REGISTER_DOMAIN, hijack), NOW),
-        Err(RegistryError::KeyMismatch("p1".into()))
+        reg.get(&key.did()).unwrap().info.public_key,
+        Some(key.public_key())
     );
 
     let hb = Heartbeat {
@@ -186,7 +198,7 @@ fn failures_make_a_provider_inactive_until_they_age_out() {
         Status::Active,
         "recovered once the window forgot"
     );
-    reg.set_banned("p", true).unwrap();
+    assert!(reg.ban("p", "test").unwrap().is_some());
     assert_eq!(reg.status_of(&e), Status::Banned);
     let again = ProviderInfo::from_registration(registration(&key, "p"), false).unwrap();
     assert_eq!(
@@ -263,20 +275,239 @@ fn breaker_through_the_entry() {
 fn a_day_of_silence_is_slashed_once_per_outage() {
     let (reg, clock) = setup();
     let key = ProviderKey::from_seed(&[4; 32]);
-    let r = registration(&key, "p4");
-    reg.register(&sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()), NOW).unwrap();
-    let stake = reg.get("p4").unwrap().info.stake;
+    let p4 = key.did();
+    let r = registration(&key, &p4);
+    reg.register(
+        &sign(&key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap()),
+        NOW,
+    )
+    .unwrap();
+    let stake = 100_000 * pricing::ONE;
+    reg.set_bond(&p4, stake, false);
     clock.advance(Duration::from_secs(23 * 3600));
     assert!(reg.slash_downtime().is_empty(), "23 h is not downtime");
     clock.advance(Duration::from_secs(2 * 3600));
     let s = reg.slash_downtime();
     assert_eq!(s.len(), 1);
-    assert_eq!((s[0].reason, s[0].amount), (crate::money::slashing::Reason::Downtime, stake / 100));
+    assert_eq!(
+        (s[0].reason, s[0].amount),
+        (crate::money::slashing::Reason::Downtime, stake / 100)
+    );
     assert!(reg.slash_downtime().is_empty(), "once per outage");
     // A heartbeat ends the outage; the next one is slashed again.
-    let hb = Heartbeat { provider_id: "p4".into(), timestamp: NOW + 25 * 3600, in_flight: None };
-    reg.heartbeat(&sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()), NOW + 25 * 3600).unwrap();
+    let hb = Heartbeat {
+        provider_id: p4.clone(),
+        timestamp: NOW + 25 * 3600,
+        in_flight: None,
+    };
+    reg.heartbeat(
+        &sign(&key, HEARTBEAT_DOMAIN, serde_json::to_string(&hb).unwrap()),
+        NOW + 25 * 3600,
+    )
+    .unwrap();
     clock.advance(Duration::from_secs(25 * 3600));
     assert_eq!(reg.slash_downtime().len(), 1);
-    assert_eq!(reg.stake_of(&reg.get("p4").unwrap()), stake - stake / 100 - (stake - stake / 100) / 100);
+    assert_eq!(
+        reg.stake_of(&reg.get(&p4).unwrap()),
+        stake - stake / 100 - (stake - stake / 100) / 100
+    );
+}
+
+fn signed_reg(key: &ProviderKey, f: impl FnOnce(&mut RegisterRequest)) -> Signed {
+    let mut r = registration(key, &key.did());
+    f(&mut r);
+    sign(key, REGISTER_DOMAIN, serde_json::to_string(&r).unwrap())
+}
+
+#[test]
+fn config_providers_are_a_namespace_registrations_cannot_touch() {
+    let (reg, _) = setup();
+    let operator = ProviderKey::from_seed(&[7; 32]);
+    // A config entry named by a made-up id, and one named by a key's DID.
+    for id in ["local".to_owned(), operator.did()] {
+        let mut info = ProviderInfo::from_registration(registration(&operator, &id), true).unwrap();
+        info.public_key = None;
+        reg.upsert(info).unwrap();
+    }
+    let attacker = ProviderKey::from_seed(&[8; 32]);
+    let claim = signed_reg(&attacker, |r| r.provider_id = "local".into());
+    assert!(matches!(
+        reg.register(&claim, NOW),
+        Err(RegistryError::IdNotKey { .. })
+    ));
+    // Even the key whose DID the operator used cannot replace the config entry.
+    assert_eq!(
+        reg.register(&signed_reg(&operator, |_| {}), NOW),
+        Err(RegistryError::ConfigProvider(operator.did()))
+    );
+    assert_eq!(
+        reg.get("local").unwrap().info.endpoint,
+        "http://127.0.0.1:9"
+    );
+    assert!(reg.get(&operator.did()).unwrap().info.from_config);
+}
+
+#[test]
+fn declarations_past_the_bounds_are_refused() {
+    let (reg, _) = setup();
+    let key = ProviderKey::from_seed(&[9; 32]);
+    type Case = (Box<dyn Fn(&mut RegisterRequest)>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            Box::new(|r| r.models[0].price_per_token = u128::MAX.to_string()),
+            "max_price_per_token",
+        ),
+        (
+            Box::new(|r| r.models[0].price_per_token = (pricing::ONE / 100 + 1).to_string()),
+            "max_price_per_token",
+        ),
+        (
+            Box::new(|r| r.models[0].max_context = Some(u32::MAX)),
+            "max_context",
+        ),
+        (
+            Box::new(|r| r.models = (0..65).map(|i| model(&format!("m{i}"))).collect()),
+            "max_models",
+        ),
+        (
+            Box::new(|r| r.max_concurrency = Some(u32::MAX)),
+            "max_concurrency",
+        ),
+        (Box::new(|r| r.models[0].id = "x".repeat(300)), "256 bytes"),
+        (
+            Box::new(|r| r.endpoint = "http://user:pw@example.com".into()),
+            "credentials",
+        ),
+    ];
+    for (f, why) in cases {
+        let r = reg.register(&signed_reg(&key, f), NOW);
+        assert!(
+            matches!(&r, Err(RegistryError::OutOfBounds(m)) if m.contains(why)),
+            "{why}: {r:?}"
+        );
+    }
+    assert!(reg.all().is_empty());
+    // At the cap is fine.
+    reg.register(
+        &signed_reg(&key, |r| {
+            r.models[0].price_per_token = (pricing::ONE / 100).to_string()
+        }),
+        NOW,
+    )
+    .unwrap();
+}
+
+#[test]
+fn stake_is_the_bond_and_unbonding_takes_no_new_requests() {
+    let (reg, _) = setup();
+    let key = ProviderKey::from_seed(&[10; 32]);
+    let id = key.did();
+    // Declares 10^27 base units: counts for nothing.
+    reg.register(
+        &signed_reg(&key, |r| r.stake = "1000000000000000000000000000".into()),
+        NOW,
+    )
+    .unwrap();
+    let e = reg.get(&id).unwrap();
+    assert_eq!(reg.stake_of(&e), 0);
+    reg.set_bond(&id, 5_000, false);
+    reg.mark_reached(&e);
+    let cand = |reg: &Registry| {
+        reg.candidates("m", Asset::Tnzo, &Rates::default())[0]
+            .1
+            .clone()
+    };
+    assert_eq!(
+        (cand(&reg).stake, cand(&reg).unbonding, cand(&reg).reachable),
+        (5_000, false, true)
+    );
+    assert!(reg.routable(&e));
+    reg.set_bond(&id, 5_000, true);
+    assert!(cand(&reg).unbonding && !reg.routable(&e));
+    assert_eq!(
+        reg.status_of(&e),
+        Status::Active,
+        "unbonding stays registered"
+    );
+    // A slash shrinks the bond at once; a ban takes the rest, once.
+    reg.set_bond(&id, 5_000, false);
+    let s = reg.slash(&id, Reason::FraudulentResults, "x").unwrap();
+    assert_eq!((s.amount, reg.stake_of(&e)), (1_250, 3_750));
+    let b = reg.ban(&id, "fraud").unwrap().unwrap();
+    assert_eq!(
+        (b.reason, b.amount, reg.stake_of(&e)),
+        (Reason::Ban, 3_750, 0)
+    );
+    assert_eq!(reg.ban(&id, "again").unwrap(), None, "one slash per ban");
+    reg.unban(&id).unwrap();
+    assert_eq!(reg.stake_of(&e), 0, "un-banning restores nothing");
+    // The bond of a provider not in memory can still be slashed.
+    reg.set_bond("did:tenzro:machine:gone", 100, false);
+    assert_eq!(
+        reg.slash("did:tenzro:machine:gone", Reason::Downtime, "")
+            .unwrap()
+            .amount,
+        1
+    );
+    assert!(
+        reg.slash("did:tenzro:machine:unknown", Reason::Downtime, "")
+            .is_none()
+    );
+}
+
+#[test]
+fn new_registrations_wait_to_be_reached_and_stale_ones_leave() {
+    let clock = ManualClock::new();
+    let cfg = RegistryConfig {
+        stale_after: Duration::from_secs(3600),
+        ..RegistryConfig::default()
+    };
+    let reg = Registry::new(cfg, clock.clone());
+    let key = ProviderKey::from_seed(&[11; 32]);
+    let id = key.did();
+    reg.register(&signed_reg(&key, |_| {}), NOW).unwrap();
+    let e = reg.get(&id).unwrap();
+    assert!(
+        !reg.routable(&e)
+            && !reg.candidates("m", Asset::Tnzo, &Rates::default())[0]
+                .1
+                .reachable
+    );
+    assert_eq!(reg.unreached(), vec![id.clone()]);
+    reg.mark_reached(&e);
+    assert!(reg.routable(&e) && reg.unreached().is_empty());
+    // Re-registering at the same endpoint keeps it reached; a new endpoint does not.
+    reg.register(&signed_reg(&key, |_| {}), NOW).unwrap();
+    assert!(reg.is_reached(&id));
+    reg.register(
+        &signed_reg(&key, |r| r.endpoint = "http://127.0.0.1:10".into()),
+        NOW,
+    )
+    .unwrap();
+    assert!(!reg.is_reached(&id));
+    clock.advance(Duration::from_secs(3601));
+    assert_eq!(reg.evict_stale(), vec![id.clone()]);
+    assert!(reg.get(&id).is_none());
+}
+
+#[test]
+fn the_registry_is_bounded() {
+    let clock = ManualClock::new();
+    let cfg = RegistryConfig {
+        max_registered: 2,
+        ..RegistryConfig::default()
+    };
+    let reg = Registry::new(cfg, clock);
+    for seed in 20..22 {
+        reg.register(
+            &signed_reg(&ProviderKey::from_seed(&[seed; 32]), |_| {}),
+            NOW,
+        )
+        .unwrap();
+    }
+    let third = reg.register(&signed_reg(&ProviderKey::from_seed(&[22; 32]), |_| {}), NOW);
+    assert_eq!(third, Err(RegistryError::Full(2)));
+    // Known providers may still register again.
+    reg.register(&signed_reg(&ProviderKey::from_seed(&[20; 32]), |_| {}), NOW)
+        .unwrap();
 }

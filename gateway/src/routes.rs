@@ -411,7 +411,7 @@ async fn models(
     let mut cards: std::collections::BTreeMap<String, (ModelCard, u128, u64, bool)> =
         Default::default();
     for p in state.registry.all() {
-        if !state.registry.status_of(&p).routable() {
+        if !state.registry.routable(&p) {
             continue;
         }
         for m in &p.info.models {
@@ -467,32 +467,82 @@ fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::BadSignature => {
             ApiError::Unauthorized("registration signature does not verify".into())
         }
-        RegistryError::KeyMismatch(_) | RegistryError::Banned(_) => {
-            ApiError::Forbidden(e.to_string())
-        }
+        RegistryError::KeyMismatch(_)
+        | RegistryError::Banned(_)
+        | RegistryError::IdNotKey { .. }
+        | RegistryError::ConfigProvider(_) => ApiError::Forbidden(e.to_string()),
         RegistryError::UnknownProvider(_) => ApiError::NotFound(e.to_string()),
+        RegistryError::OutOfBounds(_) => ApiError::bad_request(e.to_string()),
+        RegistryError::RateLimited(s) => ApiError::RateLimited {
+            message: e.to_string(),
+            retry_after: std::time::Duration::from_secs(s),
+        },
+        RegistryError::Full(_) => ApiError::Unavailable {
+            message: e.to_string(),
+            retry_after: std::time::Duration::from_secs(60),
+        },
     }
 }
 
+/// The caller's address, when the server was started with connect info.
+pub struct SourceAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SourceAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// A signed registration: limited per source address, verified (id = DID of the
+/// key, bounds), the endpoint's addresses checked, stored before the answer, then
+/// probed off the request path; it enters routing once the endpoint answered.
 async fn register(
     State(state): State<AppState>,
+    SourceAddr(source): SourceAddr,
     ApiJson(signed): ApiJson<Signed>,
 ) -> Result<Response, ApiError> {
-    let r = state
+    if let Some(ip) = source {
+        state.registry.check_source(ip).map_err(registry_error)?;
+    }
+    let info = state
         .registry
-        .register(&signed, unix_now())
+        .prepare(&signed, unix_now())
         .map_err(registry_error)?;
-    // Verify the provider's evidence with a fresh nonce, off the request path (the
-    // provider may register before it serves).
-    let (registry, client, id) = (
+    crate::registry_bounds::check_endpoint(
+        &info.endpoint,
+        state.config.registration.allow_private_endpoints,
+    )
+    .await
+    .map_err(|m| registry_error(RegistryError::OutOfBounds(m)))?;
+    let r = state.registry.admit(info).map_err(registry_error)?;
+    crate::registry_store::save(&state.registry, &state.store)
+        .await
+        .map_err(internal)?;
+    // Verify the provider's evidence with a fresh nonce, off the request path; the
+    // provider may register just before it serves, so try a few times.
+    let (registry, verifier, id) = (
         state.registry.clone(),
-        state.client.clone(),
+        state.verifier.clone(),
         r.provider_id.clone(),
     );
     state.tasks.spawn(async move {
-        crate::attestation::verify_provider(&registry, &client, &id).await;
+        for wait_ms in [0u64, 250, 500, 1000, 2000, 4000] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            crate::attestation::verify_provider(&registry, &verifier, &id).await;
+            if registry.is_reached(&id) || registry.get(&id).is_none() {
+                break;
+            }
+        }
     });
-    Ok(Json(r).into_response())
+    let mut body = serde_json::to_value(&r).map_err(internal)?;
+    body["payer_key"] = state.payer_key.public_key().to_hex().into();
+    Ok(Json(body).into_response())
 }
 
 async fn heartbeat(
@@ -658,6 +708,8 @@ async fn admin_providers(State(state): State<AppState>, _: Admin) -> Json<serde_
     )
 }
 
+/// Bans a provider for good (its key's DID can never register again) and slashes
+/// its whole stake once; stored before the answer.
 async fn admin_ban(
     State(state): State<AppState>,
     _: Admin,
@@ -665,20 +717,24 @@ async fn admin_ban(
 ) -> Result<StatusCode, ApiError> {
     state
         .registry
-        .set_banned(&id, true)
+        .ban(&id, "banned by an admin")
         .map_err(registry_error)?;
+    crate::registry_store::save(&state.registry, &state.store)
+        .await
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Lifts a ban; what was slashed stays slashed.
 async fn admin_unban(
     State(state): State<AppState>,
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .registry
-        .set_banned(&id, false)
-        .map_err(registry_error)?;
+    state.registry.unban(&id).map_err(registry_error)?;
+    crate::registry_store::save(&state.registry, &state.store)
+        .await
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -687,7 +743,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         .registry
         .all()
         .iter()
-        .filter(|p| state.registry.status_of(p).routable())
+        .filter(|p| state.registry.routable(p))
         .count();
     Json(serde_json::json!({ "status": "ok", "providers": routable }))
 }

@@ -22,6 +22,10 @@ pub struct Candidate {
     pub serves_model: bool,
     pub category: ModelCategory,
     pub status: Status,
+    /// The gateway has reached the provider's endpoint since it registered.
+    pub reachable: bool,
+    /// The provider's bond is unbonding: no new requests.
+    pub unbonding: bool,
     pub breaker_admits: bool,
     /// The provider's TEE evidence was verified by the gateway and is still fresh (a
     /// declared TEE kind alone does not set this).
@@ -136,8 +140,10 @@ impl StakeMinimums {
 pub enum Filter {
     Model,
     Status,
+    Reachable,
     Breaker,
     Tee,
+    Unbonding,
     Stake,
 }
 
@@ -146,6 +152,8 @@ impl Filter {
         match self {
             Filter::Model => "model",
             Filter::Status => "status",
+            Filter::Reachable => "reachable",
+            Filter::Unbonding => "unbonding",
             Filter::Breaker => "circuit_breaker",
             Filter::Tee => "tee",
             Filter::Stake => "stake",
@@ -170,6 +178,14 @@ impl fmt::Display for NoProvider {
             Filter::Status => write!(
                 f,
                 "no provider for '{m}': all {n} serving it are Inactive or Banned"
+            ),
+            Filter::Reachable => write!(
+                f,
+                "no provider for '{m}': the gateway has not yet reached any of the {n} remaining (new registrations enter routing once their endpoint answers)"
+            ),
+            Filter::Unbonding => write!(
+                f,
+                "no provider for '{m}': all {n} remaining are unbonding their stake"
             ),
             Filter::Breaker => write!(
                 f,
@@ -209,11 +225,13 @@ pub fn route(
     req: &RouteRequest<'_>,
     stakes: &StakeMinimums,
 ) -> Result<Vec<usize>, NoProvider> {
-    let filters: [(Filter, Keep<'_>); 5] = [
+    let filters: [(Filter, Keep<'_>); 7] = [
         (Filter::Model, &|c| c.serves_model),
         (Filter::Status, &|c| c.status.routable()),
+        (Filter::Reachable, &|c| c.reachable),
         (Filter::Breaker, &|c| c.breaker_admits),
         (Filter::Tee, &|c| c.tee || !req.tee_required),
+        (Filter::Unbonding, &|c| !c.unbonding),
         (Filter::Stake, &|c| {
             c.stake >= stakes.for_category(c.category)
         }),

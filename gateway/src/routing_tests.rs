@@ -11,6 +11,8 @@ fn cand(id: &str, price: u128, latency: Option<u64>, ok: u64, total: u64) -> Can
         serves_model: true,
         category: ModelCategory::Llm,
         status: Status::Active,
+        reachable: true,
+        unbonding: false,
         breaker_admits: true,
         tee: false,
         stake: 100_000 * ONE,
@@ -161,6 +163,18 @@ fn filters_report_which_one_emptied_the_pool() {
 
     check_empty(&pool3(), true, Filter::Tee, 3);
 
+    // Not yet reached (a registration whose endpoint never answered).
+    let mut p = pool3();
+    p[0].status = Status::Inactive;
+    p[1].reachable = false;
+    p[2].reachable = false;
+    check_empty(&p, false, Filter::Reachable, 2);
+
+    // Unbonding providers get no new requests, whatever their stake.
+    let mut p = pool3();
+    p.iter_mut().for_each(|c| c.unbonding = true);
+    check_empty(&p, false, Filter::Unbonding, 3);
+
     let mut p = pool3();
     p.iter_mut().for_each(|c| c.stake = 99_999 * ONE);
     check_empty(&p, false, Filter::Stake, 3);
@@ -208,18 +222,30 @@ fn arb_candidate() -> impl proptest::strategy::Strategy<Value = Candidate> {
             Just(Status::Banned)
         ],
         any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
         0u128..200_000,
         0u128..1_000,
         proptest::option::of(0u64..100_000),
         (0u64..100, 0u64..100),
     )
         .prop_map(
-            |(id, serves, status, breaker, tee, stake, price, lat, (ok, extra))| Candidate {
+            |(
+                id,
+                serves,
+                status,
+                breaker,
+                (tee, reachable, unbonding),
+                stake,
+                price,
+                lat,
+                (ok, extra),
+            )| Candidate {
                 provider: format!("p{id}"),
                 serves_model: serves,
                 category: ModelCategory::Llm,
                 status,
+                reachable,
+                unbonding,
                 breaker_admits: breaker,
                 tee,
                 stake: stake * ONE,
@@ -252,7 +278,7 @@ proptest! {
         let stakes = StakeMinimums::default();
         let eligible: std::collections::BTreeSet<usize> = (0..pool.len()).filter(|&i| {
             let c = &pool[i];
-            c.serves_model && c.status.routable() && c.breaker_admits && (c.tee || !tee) && c.stake >= stakes.llm
+            c.serves_model && c.status.routable() && c.reachable && !c.unbonding && c.breaker_admits && (c.tee || !tee) && c.stake >= stakes.llm
         }).collect();
         match route(&pool, &r, &stakes) {
             Ok(order) => {

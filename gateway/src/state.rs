@@ -34,6 +34,8 @@ pub struct AppState {
     pub rates: Arc<Rates>,
     pub metrics: Arc<Metrics>,
     pub client: reqwest::Client,
+    /// The bounded client of attestation fetches and health probes.
+    pub verifier: crate::attestation::Verifier,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
 }

@@ -120,6 +120,18 @@ admin_token = "{admin_token}"
 [upstream]
 first_byte_timeout_ms = {first_byte_timeout_ms}
 
+# Development, as configs/gateway.toml: providers on 127.0.0.1 may register, and a
+# registered provider (whose stake is its bond) routes without one.
+[registration]
+allow_private_endpoints = true
+
+[stake_minimums]
+llm = "0"
+image_gen = "0"
+speech = "0"
+embedding = "0"
+custom = "0"
+
 {extra}
 """
     if provider_url:

@@ -306,8 +306,18 @@ async fn completions_embeddings_and_models() {
 #[tokio::test]
 async fn a_provider_registers_with_a_signature_and_serves() {
     let p = mock_provider("reg", Behaviour::Ok { chunks: 2 }).await;
-    let gw = start_gateway(|d| test_config(vec![], d), None).await;
+    let gw = start_gateway(
+        |d| {
+            let mut c = test_config(vec![], d);
+            c.stake_minimums.llm = "100000".into();
+            c
+        },
+        None,
+    )
+    .await;
     let key = ProviderKey::from_seed(&[9; 32]);
+    // The routing stake of a registered provider is its bond.
+    gw.state.registry.set_bond(&key.did(), 100_000u128 * 10u128.pow(18), false);
     let reg = RegisterRequest {
         provider_id: key.did(),
         endpoint: p.url.clone(),
@@ -343,26 +353,21 @@ async fn a_provider_registers_with_a_signature_and_serves() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "Active");
+    assert_eq!(body["provider_id"], key.did());
+    assert_eq!(body["payer_key"], gw.state.payer_key.public_key().to_hex());
+    // It enters routing once the gateway has reached its endpoint.
+    for _ in 0..250 {
+        if gw.state.registry.is_reached(&key.did()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(gw.chat(chat(false)).send().await.unwrap().status(), 200);
     assert_eq!(p.calls(), 1);
 
-    // Below the stake minimum for an LLM: routable no more.
-    let mut low = reg.clone();
-    low.stake = "1".into();
-    low.timestamp = tenzro_gateway::clock::unix_now();
-    let payload = serde_json::to_string(&low).unwrap();
-    let signature = key
-        .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
-        .to_hex();
-    assert_eq!(
-        gw.post("/v1/providers/register", None)
-            .json(&Signed { payload, signature })
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // Below the stake minimum for an LLM (a declared stake counts for nothing):
+    // routable no more.
+    gw.state.registry.set_bond(&key.did(), 1, false);
     let (s, b) = error_of(gw.chat(chat(false)).send().await.unwrap()).await;
     assert_eq!((s, b["error"]["param"].as_str()), (503, Some("stake")));
 }

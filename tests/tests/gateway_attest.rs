@@ -123,6 +123,8 @@ async fn register(gw: &Gateway, url: &str, seed: [u8; 32], tee: &str) -> String 
     let signature = key
         .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
         .to_hex();
+    // The routing stake (what slashes take a share of) is the bond, not `stake`.
+    gw.state.registry.set_bond(&key.did(), STAKE, false);
     let resp = gw
         .post("/v1/providers/register", None)
         .json(&Signed { payload, signature })

@@ -15,6 +15,8 @@ pub enum Reason {
     ModelHashMismatch,
     /// Per incident.
     RateLimitAbuse,
+    /// Banned: "permanently excluded, stake slashed 100%" (whitepaper §8.2).
+    Ban,
 }
 
 impl Reason {
@@ -26,6 +28,7 @@ impl Reason {
             Reason::FraudulentResults => 250_000,
             Reason::ModelHashMismatch => 50_000,
             Reason::RateLimitAbuse => 1_000,
+            Reason::Ban => 1_000_000,
         }
     }
 
@@ -36,6 +39,7 @@ impl Reason {
             Reason::FraudulentResults => "fraudulent_results",
             Reason::ModelHashMismatch => "model_hash_mismatch",
             Reason::RateLimitAbuse => "rate_limit_abuse",
+            Reason::Ban => "ban",
         }
     }
 }
@@ -86,6 +90,7 @@ mod tests {
             (Reason::FraudulentResults, 25_000),
             (Reason::ModelHashMismatch, 5_000),
             (Reason::RateLimitAbuse, 100),
+            (Reason::Ban, 100_000),
         ];
         for (reason, tnzo) in cases {
             let s = slash("p", stake, reason, "", 0);

@@ -49,6 +49,7 @@ fn corrupt(table: &'static str, column: &'static str, message: impl ToString) ->
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "money", include_str!("../../migrations/0001_money.sql")),
     (2, "leases", include_str!("../../migrations/0002_leases.sql")),
+    (3, "registry", include_str!("../../migrations/0003_registry.sql")),
     (4, "bonds", include_str!("../../migrations/0004_bonds.sql")),
     (6, "identities", include_str!("../../migrations/0006_identities.sql")),
 ];

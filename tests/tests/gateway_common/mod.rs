@@ -171,6 +171,7 @@ pub async fn mock_provider(name: &'static str, behaviour: Behaviour) -> MockProv
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/health", axum::routing::get(|| async { "ok" }))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -228,6 +229,16 @@ pub fn test_config(providers: Vec<StaticProvider>, data_dir: &std::path::Path) -
     cfg.upstream.max_attempts = 3;
     cfg.routing.strategy = tenzro_gateway::routing::Strategy::LowestPrice;
     cfg.providers = providers;
+    // Development: mock providers listen on 127.0.0.1, registered ones route
+    // without a bond (a registered provider's stake is its bond).
+    cfg.registration.allow_private_endpoints = true;
+    cfg.stake_minimums = tenzro_gateway::config::StakeSection {
+        llm: "0".into(),
+        image_gen: "0".into(),
+        speech: "0".into(),
+        embedding: "0".into(),
+        custom: "0".into(),
+    };
     cfg
 }
 

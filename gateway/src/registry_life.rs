@@ -1,0 +1,257 @@
+//! A registered provider's life in the registry beyond its registration: its bond
+//! (the routing stake), being reached, bans, the rows the store keeps, and leaving
+//! memory when stale. A child module of `registry`, so it sees the private state.
+
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+
+use tenzro_models::api::RegisterRequest;
+
+use super::{ProviderEntry, ProviderInfo, Registry, RegistryError, State};
+use crate::attestation::AttestationVerdict;
+use crate::breaker::Breaker;
+use crate::money::slashing::{Reason, Slash};
+use crate::status::OutcomeWindow;
+
+impl Registry {
+    /// The bond of registered provider `id`: (bonded, unbonding).
+    pub fn bond(&self, id: &str) -> (u128, bool) {
+        self.bonds
+            .lock()
+            .ok()
+            .and_then(|b| b.get(id).copied())
+            .unwrap_or((0, false))
+    }
+
+    /// Sets the bond of registered provider `id` (the bonds module calls this at
+    /// start and whenever a bond changes): `bonded` is its routing stake, and an
+    /// unbonding provider gets no new requests (it stays registered and keeps
+    /// serving its open channels). Applies to ids not (or no longer) in memory too.
+    pub fn set_bond(&self, id: &str, bonded: u128, unbonding: bool) {
+        if let Ok(mut b) = self.bonds.lock() {
+            if bonded == 0 && !unbonding {
+                b.remove(id);
+            } else {
+                b.insert(id.to_owned(), (bonded, unbonding));
+            }
+        }
+    }
+
+    /// Records that the gateway reached `entry`'s endpoint: it may now be routed to.
+    pub fn mark_reached(&self, entry: &Arc<ProviderEntry>) {
+        let newly = entry
+            .with_state(|s| !std::mem::replace(&mut s.reached, true))
+            .unwrap_or(false);
+        if newly {
+            tracing::info!(provider = %entry.info.id, endpoint = %entry.info.endpoint, "provider reached; it enters routing");
+        }
+    }
+
+    /// Whether provider `id` is in memory and the gateway has reached it.
+    pub fn is_reached(&self, id: &str) -> bool {
+        self.get(id)
+            .and_then(|e| e.with_state(|s| s.reached))
+            .unwrap_or(false)
+    }
+
+    /// Whether `entry` may get new requests now: routable status, reached, not
+    /// unbonding (routing's other filters aside).
+    pub fn routable(&self, entry: &ProviderEntry) -> bool {
+        let reached = entry.with_state(|s| s.reached).unwrap_or(false);
+        reached
+            && self.status_of(entry).routable()
+            && (entry.info.from_config || !self.bond(&entry.info.id).1)
+    }
+
+    pub fn is_config(&self, id: &str) -> bool {
+        self.config_ids.read().is_ok_and(|c| c.contains(id))
+    }
+
+    pub fn is_banned(&self, id: &str) -> bool {
+        self.banned.read().is_ok_and(|b| b.contains(id))
+    }
+
+    /// Counts one registration from source address `ip` (429 past the limit).
+    pub fn check_source(&self, ip: std::net::IpAddr) -> Result<(), RegistryError> {
+        let now = self.clock.now();
+        match self.limiter.lock() {
+            Ok(mut l) => l.check(ip, now).map_err(RegistryError::RateLimited),
+            Err(_) => Err(RegistryError::RateLimited(60)),
+        }
+    }
+
+    pub(super) fn mark_dirty(&self, id: &str) {
+        if !self.is_config(id)
+            && let Ok(mut d) = self.dirty.lock()
+        {
+            d.insert(id.to_owned());
+        }
+    }
+
+    /// Ids whose stored row is out of date, for the store.
+    pub fn take_dirty(&self) -> Vec<String> {
+        self.dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts ids that failed to save back.
+    pub fn requeue_dirty(&self, ids: Vec<String>) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.extend(ids);
+        }
+    }
+
+    /// Bans provider `id` for good: its id (= its key's DID) can never register
+    /// again, and its whole stake is slashed (whitepaper §8.2) once. `Ok(None)`
+    /// when it was banned already.
+    pub fn ban(&self, id: &str, detail: &str) -> Result<Option<Slash>, RegistryError> {
+        let entry = self.get(id);
+        if entry.is_none()
+            && self
+                .bonds
+                .lock()
+                .map(|b| !b.contains_key(id))
+                .unwrap_or(true)
+        {
+            return Err(RegistryError::UnknownProvider(id.to_owned()));
+        }
+        let newly = self
+            .banned
+            .write()
+            .map(|mut b| b.insert(id.to_owned()))
+            .unwrap_or(false);
+        if let Some(e) = &entry {
+            e.with_state(|s| s.banned = true);
+        }
+        self.mark_dirty(id);
+        Ok(if newly {
+            self.slash(id, Reason::Ban, detail)
+        } else {
+            None
+        })
+    }
+
+    /// Lifts a ban; the slashed stake stays slashed.
+    pub fn unban(&self, id: &str) -> Result<(), RegistryError> {
+        let was = self
+            .banned
+            .write()
+            .map(|mut b| b.remove(id))
+            .unwrap_or(false);
+        if let Some(e) = self.get(id) {
+            e.with_state(|s| s.banned = false);
+        } else if !was {
+            return Err(RegistryError::UnknownProvider(id.to_owned()));
+        }
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Restores the stored bans (at start).
+    pub fn restore_bans(&self, ids: impl IntoIterator<Item = String>) {
+        if let Ok(mut b) = self.banned.write() {
+            b.extend(ids);
+        }
+    }
+
+    /// What the store keeps of registered provider `id`: its registration, verdict,
+    /// when it was last heard from (Unix seconds) and whether it is banned.
+    pub fn stored(&self, id: &str) -> Option<(RegisterRequest, Option<AttestationVerdict>, u64)> {
+        let e = self.get(id).filter(|e| !e.info.from_config)?;
+        let (verdict, seen) = e.with_state(|s| (s.attestation.clone(), s.last_heartbeat))?;
+        Some((
+            e.info.to_registration(),
+            verdict,
+            self.unix_base.saturating_add(seen.as_secs()),
+        ))
+    }
+
+    /// Puts a stored registered provider back in memory (at start): checked as a
+    /// registration is (id = DID of the key, bounds, namespace), not yet reached.
+    pub fn restore(
+        &self,
+        req: RegisterRequest,
+        attestation: Option<AttestationVerdict>,
+    ) -> Result<(), RegistryError> {
+        let info = ProviderInfo::from_registration(req, false)?;
+        let key = info
+            .public_key
+            .ok_or_else(|| RegistryError::Malformed("public_key is required".into()))?;
+        if info.id != key.did() {
+            return Err(RegistryError::IdNotKey {
+                claimed: info.id,
+                did: key.did(),
+            });
+        }
+        self.config
+            .bounds
+            .check(&info)
+            .map_err(RegistryError::OutOfBounds)?;
+        let banned = self.is_banned(&info.id);
+        let now = self.clock.now();
+        let mut map = self
+            .providers
+            .write()
+            .map_err(|_| RegistryError::Malformed("registry lock".into()))?;
+        if self.is_config(&info.id) {
+            return Err(RegistryError::ConfigProvider(info.id));
+        }
+        let state = State {
+            breaker: Breaker::new(self.config.breaker),
+            window: OutcomeWindow::default(),
+            total: 0,
+            successful: 0,
+            failed: 0,
+            ema_latency_us: None,
+            last_heartbeat: now,
+            downtime_slashed: false,
+            banned,
+            attestation,
+            reached: false,
+            seen_saved: now,
+        };
+        let entry = Arc::new(ProviderEntry {
+            info,
+            in_flight: AtomicU32::new(0),
+            state: Mutex::new(state),
+        });
+        map.insert(entry.info.id.clone(), entry);
+        Ok(())
+    }
+
+    /// Registered providers, not banned, that the gateway has not reached yet.
+    pub fn unreached(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|e| !e.info.from_config && !self.is_banned(&e.info.id))
+            .filter(|e| !e.with_state(|s| s.reached).unwrap_or(true))
+            .map(|e| e.info.id.clone())
+            .collect()
+    }
+
+    /// Drops registered providers without a heartbeat for `stale_after` from memory
+    /// and routing (their stored rows, bans, bonds and slashes stay); returns their ids.
+    pub fn evict_stale(&self) -> Vec<String> {
+        let now = self.clock.now();
+        let stale = self.config.stale_after;
+        let Ok(mut map) = self.providers.write() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = map
+            .values()
+            .filter(|e| !e.info.from_config)
+            .filter(|e| {
+                e.with_state(|s| now.saturating_sub(s.last_heartbeat) > stale)
+                    .unwrap_or(true)
+            })
+            .map(|e| e.info.id.clone())
+            .collect();
+        for id in &gone {
+            map.remove(id);
+            tracing::info!(provider = %id, "stale provider dropped from memory");
+        }
+        gone
+    }
+}
