@@ -42,6 +42,7 @@ use crate::clock::unix_now;
 use crate::error::ApiError;
 use crate::metering::{Meter, SseSplitter};
 use crate::money::book::{Book, BookError, Charge, Reservation};
+use crate::money::scope::ScopeRefusal;
 use crate::money::slashing::Reason;
 use crate::pricing::Quote;
 use crate::registry::{Outcome, ProviderEntry, Registry};
@@ -213,6 +214,17 @@ fn bounds_for(req: &Inference, context: Option<u32>, default_max_tokens: u32) ->
     }
 }
 
+/// The most a request may cost under a scope that refused a larger amount, when the
+/// refusal was about the amount (`None`: no amount would do).
+fn scope_room(refusal: &ScopeRefusal) -> Option<u128> {
+    match refusal {
+        ScopeRefusal::Transaction { worst, over, .. }
+        | ScopeRefusal::Daily { worst, over, .. }
+        | ScopeRefusal::AncestorDaily { worst, over, .. } => Some(worst.saturating_sub(*over)),
+        _ => None,
+    }
+}
+
 /// At most this many skipped candidates are named in an error.
 const SKIPS_SHOWN: usize = 5;
 
@@ -296,7 +308,7 @@ pub async fn run(
     // Hold the most expensive of the providers we may try; when the balance or the
     // scope refuses it, drop the candidates it refuses and try the rest.
     state.lease(&key.record.account).await?;
-    let mut refusal: Option<ApiError> = None;
+    let mut refusal_err: Option<ApiError> = None;
     let reserved = loop {
         let window = &priced[..priced.len().min(cfg.upstream.max_attempts)];
         let Some(top) = window.iter().max_by_key(|p| p.worst) else {
@@ -319,23 +331,27 @@ pub async fn run(
                     ));
                 }
                 priced.retain(|p| p.worst <= available);
-                refusal = Some(payment_error(e, &top_bounds));
+                refusal_err = Some(payment_error(e, &top_bounds));
             }
-            Err(e @ BookError::Scope(_)) => {
-                for p in priced.iter().filter(|p| p.worst >= amount) {
+            Err(BookError::Scope(refusal)) => {
+                // Only a limit on the amount can admit a cheaper candidate.
+                let Some(room) = scope_room(&refusal) else {
+                    return Err(payment_error(BookError::Scope(refusal), &top_bounds));
+                };
+                for p in priced.iter().filter(|p| p.worst > room) {
                     skipped.push(format!(
-                        "{}: may cost up to {}, which the key's scope refuses",
+                        "{}: may cost up to {}, over what the key's scope allows ({room})",
                         p.entry.info.id, p.worst
                     ));
                 }
-                priced.retain(|p| p.worst < amount);
-                refusal = Some(payment_error(e, &top_bounds));
+                priced.retain(|p| p.worst <= room);
+                refusal_err = Some(payment_error(BookError::Scope(refusal), &top_bounds));
             }
             Err(e) => return Err(payment_error(e, &top_bounds)),
         }
     };
     let Some(reservation) = reserved else {
-        return Err(match refusal {
+        return Err(match refusal_err {
             Some(ApiError::PaymentRequired(m)) => {
                 ApiError::PaymentRequired(with_skips(m, &skipped))
             }
@@ -822,4 +838,87 @@ fn add_cost(
     usage.insert("cost".into(), cost.to_string().into());
     usage.insert("asset".into(), asset.into());
     serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(refusal: ScopeRefusal, expect: Option<u128>) {
+        assert_eq!(scope_room(&refusal), expect, "{refusal}");
+    }
+
+    #[test]
+    fn only_amount_limits_leave_room_for_a_cheaper_candidate() {
+        check(
+            ScopeRefusal::Transaction {
+                worst: 100,
+                limit: 60,
+                over: 40,
+            },
+            Some(60),
+        );
+        check(
+            ScopeRefusal::Daily {
+                spent: 10,
+                pending: 5,
+                worst: 100,
+                limit: 50,
+                over: 65,
+            },
+            Some(35),
+        );
+        check(
+            ScopeRefusal::AncestorDaily {
+                key: "k".into(),
+                spent: 0,
+                pending: 0,
+                worst: 10,
+                limit: 0,
+                over: 10,
+            },
+            Some(0),
+        );
+        check(ScopeRefusal::Protocol("x".into()), None);
+        check(
+            ScopeRefusal::Time {
+                now: 5,
+                not_before: Some(10),
+                not_after: None,
+            },
+            None,
+        );
+    }
+
+    #[test]
+    fn bounds_follow_the_request_and_the_provider() {
+        let req = |max_tokens, choices, generates| Inference {
+            op: Operation::Chat,
+            path: "/v1/chat/completions",
+            model: "m".into(),
+            body: Bytes::new(),
+            stream: false,
+            include_usage: false,
+            prompt_estimate: 34,
+            max_tokens,
+            generates,
+            choices,
+            ext: RequestExt::default(),
+        };
+        let b = bounds_for(&req(Some(8), 16, true), Some(1024), 4096);
+        assert_eq!((b.max_new, b.hard_cap, b.completion_cap()), (8, true, 128));
+        assert_eq!(b.worst_tokens(), 34 + 128);
+        let b = bounds_for(&req(None, 1, true), Some(1024), 4096);
+        assert_eq!((b.max_new, b.hard_cap), (1024, true));
+        let b = bounds_for(&req(None, 2, true), None, 4096);
+        assert_eq!(
+            (b.max_new, b.hard_cap, b.completion_cap()),
+            (4096, false, 8192)
+        );
+        let b = bounds_for(&req(None, 5, false), None, 4096);
+        assert_eq!(
+            (b.choices, b.completion_cap(), b.worst_tokens()),
+            (1, 0, 34)
+        );
+    }
 }
