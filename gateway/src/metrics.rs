@@ -160,3 +160,33 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::registry::RegistryConfig;
+
+    /// A registrant choosing new ids cannot grow the label sets without bound.
+    #[test]
+    fn provider_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..(MAX_PROVIDER_LABELS + 500) {
+            m.upstream(&format!("did:tenzro:machine:{i}"), Duration::from_millis(1));
+        }
+        let reg = Registry::new(RegistryConfig::default(), ManualClock::new());
+        let out = m.render(&reg);
+        let series: std::collections::HashSet<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("tenzro_gateway_upstream_latency_seconds_count"))
+            .collect();
+        assert_eq!(
+            series.len(),
+            MAX_PROVIDER_LABELS + 1,
+            "plus provider=\"other\""
+        );
+        assert!(out.contains("provider=\"other\""));
+        assert_eq!(m.upstream_ids.lock().unwrap().len(), MAX_PROVIDER_LABELS);
+    }
+}
