@@ -165,13 +165,20 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         }
     };
     let payer_key = Arc::new(ProviderKey::load_or_create(&config.payer_key_path())?);
-    let client = reqwest::Client::builder()
+    // The client that calls providers: a registrant must not turn the gateway into a
+    // proxy for internal addresses, so it never follows redirects and, unless private
+    // endpoints are allowed (development), connects only to public addresses.
+    let mut client = reqwest::Client::builder()
         .connect_timeout(config.upstream.connect_timeout())
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .no_proxy()
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build()?;
+        .pool_max_idle_per_host(256);
+    if !config.registration.allow_private_endpoints {
+        client = client.dns_resolver(Arc::new(crate::registry_bounds::PublicOnly));
+    }
+    let client = client.build()?;
     Ok(AppState {
         rates: Arc::new(config.rates()?),
         config: Arc::new(config),
@@ -227,6 +234,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         cfg.store.lease_idle_s,
         money.clone(),
     ));
+    state.tasks.spawn(money::committer::sweep(
+        state.book.clone(),
+        state.store.clone(),
+        state.leases.clone(),
+        Duration::from_secs(cfg.channels.settle_sweep_s.max(1)),
+        money.clone(),
+    ));
     state.tasks.spawn(
         money::bonds_task::BondsTask {
             book: state.book.clone(),
@@ -245,13 +259,6 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         key: state.payer_key.clone(),
     };
     let (interval, checkpoint) = (
-    state.tasks.spawn(money::committer::sweep(
-        state.book.clone(),
-        state.store.clone(),
-        state.leases.clone(),
-        Duration::from_secs(cfg.channels.settle_sweep_s.max(1)),
-        money.clone(),
-    ));
         Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)),
         Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)),
     );
