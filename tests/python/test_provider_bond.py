@@ -102,7 +102,8 @@ def test_the_provider_bonds_before_it_registers_and_only_once(gateway):
     try:
         [bond] = [b for b in bonds(gw, owner) if b["provider_key"] == me]
         assert int(bond["bonded"]) == BOND
-        assert balance(gw, owner) == spent
+        # Nothing more left the balance (a channel settling in between may add to it).
+        assert balance(gw, owner) >= spent
     finally:
         provider.stop()
 
