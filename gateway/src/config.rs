@@ -387,8 +387,14 @@ pub struct RegistrationSection {
     /// Registered providers without a heartbeat this long leave memory and routing
     /// (their key binding, bans and slashes stay in the store).
     pub stale_after_s: u64,
-    /// Registered providers held at most; registrations past it wait (503).
+    /// Registered providers the gateway has reached, held at most; registrations
+    /// past it wait (503). Registrations not reached yet do not count here.
     pub max_providers: usize,
+    /// Registrations not reached yet, held at most; registrations past it wait (503).
+    pub max_unreached: usize,
+    /// A registration whose endpoint the gateway has not reached within this long
+    /// leaves memory (the provider registers again).
+    pub unreached_ttl_s: u64,
     /// Registrations per source address (IPv6: per /64) per minute; 0: unlimited.
     pub per_source_per_minute: u32,
 }
@@ -409,6 +415,8 @@ impl Default for RegistrationSection {
             max_concurrency: 4096,
             stale_after_s: 7 * 86_400,
             max_providers: 10_000,
+            max_unreached: 1_000,
+            unreached_ttl_s: 600,
             per_source_per_minute: 60,
         }
     }
@@ -594,6 +602,8 @@ impl Config {
             bounds: self.registration_bounds()?,
             stale_after: Duration::from_secs(self.registration.stale_after_s.max(1)),
             max_registered: self.registration.max_providers,
+            max_unreached: self.registration.max_unreached,
+            unreached_ttl: Duration::from_secs(self.registration.unreached_ttl_s.max(1)),
             registrations_per_minute: self.registration.per_source_per_minute,
         })
     }

@@ -65,6 +65,8 @@ pub enum RegistryError {
     RateLimited(u64),
     #[error("the registry is full ({0} registered providers); retry later")]
     Full(usize),
+    #[error("{0} registrations are waiting for the gateway to reach their endpoints; retry later")]
+    PendingFull(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -80,8 +82,15 @@ pub struct RegistryConfig {
     pub bounds: crate::registry_bounds::RegistrationBounds,
     /// Registered providers without a heartbeat this long leave memory and routing.
     pub stale_after: Duration,
-    /// Registered providers held in memory at most.
+    /// Registered providers the gateway has reached, held in memory at most (new
+    /// registrations wait, 503, while it is full).
     pub max_registered: usize,
+    /// Registrations not reached yet, held in memory at most (their own cap: they
+    /// never count toward `max_registered`).
+    pub max_unreached: usize,
+    /// A registration the gateway has not reached within this long leaves memory
+    /// (its stored row stays; the provider registers again).
+    pub unreached_ttl: Duration,
     /// Registrations per source address per minute (0: unlimited).
     pub registrations_per_minute: u32,
 }
@@ -97,6 +106,8 @@ impl Default for RegistryConfig {
             bounds: crate::registry_bounds::RegistrationBounds::default(),
             stale_after: Duration::from_secs(7 * 24 * 3600),
             max_registered: 10_000,
+            max_unreached: 1_000,
+            unreached_ttl: Duration::from_secs(600),
             registrations_per_minute: 60,
         }
     }
@@ -220,6 +231,9 @@ struct State {
     /// The gateway has reached the endpoint (attestation document or `/health`);
     /// until then the provider gets no requests.
     reached: bool,
+    /// Since when it has been unreached (registration, restore or a new endpoint);
+    /// past `unreached_ttl` it leaves memory.
+    unreached_since: Duration,
     /// When the last heartbeat was marked for the store.
     seen_saved: Duration,
 }
@@ -346,8 +360,13 @@ pub struct Registry {
     pub attest_policy: Policy,
     /// Unix seconds at the clock's origin: `unix_now` = this + the clock.
     unix_base: u64,
-    /// Every slash (restored from the store at start), oldest first.
+    /// The newest slashes (bounded, see `registry_slashes`), oldest first; the
+    /// store keeps them all.
     slashes: Mutex<Vec<Slash>>,
+    /// Per provider id: the total slashed (all records, stored ones included).
+    slashed_total: Mutex<BTreeMap<String, u128>>,
+    /// Slashes the bonds module has not applied yet (it drains them).
+    unapplied: Mutex<Vec<Slash>>,
     /// Slashes not yet written to the store (the committer drains them).
     unsaved: Mutex<Vec<Slash>>,
     /// Ids of the providers from the config file (a namespace of their own).
@@ -380,27 +399,10 @@ impl Registry {
             attest_policy: Policy::default(),
             unix_base,
             slashes: Mutex::new(Vec::new()),
+            slashed_total: Mutex::default(),
+            unapplied: Mutex::default(),
             unsaved: Mutex::new(Vec::new()),
         }
-    }
-
-    /// Slashes from the store, applied to the stakes of providers as they register.
-    pub fn restore_slashes(&self, slashes: Vec<Slash>) {
-        if let Ok(mut v) = self.slashes.lock() {
-            *v = slashes;
-        }
-    }
-
-    /// Total slashed from provider `id`'s stake.
-    pub fn slashed(&self, id: &str) -> u128 {
-        self.slashes
-            .lock()
-            .map(|v| {
-                v.iter()
-                    .filter(|s| s.provider == id)
-                    .fold(0u128, |a, s| a.saturating_add(s.amount))
-            })
-            .unwrap_or(0)
     }
 
     /// A provider's routing stake: for one from the config file, its configured
@@ -436,10 +438,8 @@ impl Registry {
         {
             bond.0 = bond.0.saturating_sub(s.amount);
         }
-        tracing::warn!(provider = %id, amount = %s.amount, reason = reason.as_str(), %detail, "slashed");
-        if let Ok(mut v) = self.slashes.lock() {
-            v.push(s.clone());
-        }
+        tracing::warn!(provider = %id, amount = %s.amount, reason = reason.as_str(), detail = %s.detail, "slashed");
+        self.keep_slash(&s);
         if let Ok(mut v) = self.unsaved.lock() {
             v.push(s.clone());
         }
@@ -530,7 +530,8 @@ impl Registry {
         out
     }
 
-    /// Every slash, oldest first.
+    /// The newest slashes (at most [`MAX_SLASHES_PER_PROVIDER`] per provider and
+    /// [`MAX_SLASHES_KEPT`] in all), oldest first.
     pub fn slashes(&self) -> Vec<Slash> {
         self.slashes.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -590,15 +591,34 @@ impl Registry {
                 s.last_heartbeat = now;
                 s.downtime_slashed = false;
                 s.attestation = None;
-                // A new endpoint must be reached again before it gets requests.
-                s.reached = s.reached && old.info.endpoint == info.endpoint;
+                // A new endpoint must be reached again before it gets requests. An
+                // entry still unreached keeps its deadline (registering again does
+                // not extend it).
+                let still = s.reached && old.info.endpoint == info.endpoint;
+                if s.reached && !still {
+                    s.unreached_since = now;
+                }
+                s.reached = still;
                 s
             }
             None => {
                 if !info.from_config {
-                    let registered = map.values().filter(|e| !e.info.from_config).count();
-                    if registered >= self.config.max_registered {
-                        return Err(RegistryError::Full(registered));
+                    // Reached and unreached registrations have caps of their own, so
+                    // registrations at endpoints nobody serves cannot lock out
+                    // providers that answer.
+                    let (mut reached, mut unreached) = (0usize, 0usize);
+                    for e in map.values().filter(|e| !e.info.from_config) {
+                        if e.with_state(|s| s.reached).unwrap_or(false) {
+                            reached += 1;
+                        } else {
+                            unreached += 1;
+                        }
+                    }
+                    if reached >= self.config.max_registered {
+                        return Err(RegistryError::Full(reached));
+                    }
+                    if unreached >= self.config.max_unreached {
+                        return Err(RegistryError::PendingFull(unreached));
                     }
                 }
                 State {
@@ -614,6 +634,7 @@ impl Registry {
                     attestation: None,
                     // The operator vouches for configured endpoints.
                     reached: info.from_config,
+                    unreached_since: now,
                     seen_saved: now,
                 }
             }
@@ -855,6 +876,10 @@ fn verify(key: &PublicKey, domain: &[u8], signed: &Signed) -> Result<(), Registr
 
 #[path = "registry_life.rs"]
 mod life;
+
+#[path = "registry_slashes.rs"]
+mod slashes;
+pub use slashes::{MAX_SLASHES_KEPT, MAX_SLASHES_PER_PROVIDER};
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]

@@ -63,12 +63,39 @@ impl Registry {
             && (entry.info.from_config || !self.bond(&entry.info.id).1)
     }
 
+    /// Whether the bond of provider `id` earns a share of the stakers' pool: the
+    /// provider is registered (in memory, not from the config file), the gateway
+    /// has reached it, and it is not banned. A bond on a key that serves nobody
+    /// earns nothing.
+    pub fn earns_staking(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|e| {
+            !e.info.from_config && e.with_state(|s| s.reached && !s.banned).unwrap_or(false)
+        }) && !self.is_banned(id)
+    }
+
     pub fn is_config(&self, id: &str) -> bool {
         self.config_ids.read().is_ok_and(|c| c.contains(id))
     }
 
     pub fn is_banned(&self, id: &str) -> bool {
         self.banned.read().is_ok_and(|b| b.contains(id))
+    }
+
+    /// [`Registry::prepare`]s a registration from source address `ip`, then counts
+    /// it against the source's limit: only a registration whose signature (and the
+    /// rest of `prepare`'s checks) passed is counted, so unsigned junk cannot use up
+    /// a shared address's (e.g. a NAT's) budget. Signed ones stay limited.
+    pub fn prepare_from(
+        &self,
+        signed: &tenzro_models::api::Signed,
+        now_unix: u64,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<ProviderInfo, RegistryError> {
+        let info = self.prepare(signed, now_unix)?;
+        if let Some(ip) = ip {
+            self.check_source(ip)?;
+        }
+        Ok(info)
     }
 
     /// Counts one registration from source address `ip` (429 past the limit).
@@ -210,6 +237,7 @@ impl Registry {
             banned,
             attestation,
             reached: false,
+            unreached_since: now,
             seen_saved: now,
         };
         let entry = Arc::new(ProviderEntry {
@@ -231,11 +259,12 @@ impl Registry {
             .collect()
     }
 
-    /// Drops registered providers without a heartbeat for `stale_after` from memory
-    /// and routing (their stored rows, bans, bonds and slashes stay); returns their ids.
+    /// Drops registered providers without a heartbeat for `stale_after`, and those
+    /// the gateway has not reached within `unreached_ttl`, from memory and routing
+    /// (their stored rows, bans, bonds and slashes stay); returns their ids.
     pub fn evict_stale(&self) -> Vec<String> {
         let now = self.clock.now();
-        let stale = self.config.stale_after;
+        let (stale, ttl) = (self.config.stale_after, self.config.unreached_ttl);
         let Ok(mut map) = self.providers.write() else {
             return Vec::new();
         };
@@ -243,8 +272,11 @@ impl Registry {
             .values()
             .filter(|e| !e.info.from_config)
             .filter(|e| {
-                e.with_state(|s| now.saturating_sub(s.last_heartbeat) > stale)
-                    .unwrap_or(true)
+                e.with_state(|s| {
+                    now.saturating_sub(s.last_heartbeat) > stale
+                        || (!s.reached && now.saturating_sub(s.unreached_since) > ttl)
+                })
+                .unwrap_or(true)
             })
             .map(|e| e.info.id.clone())
             .collect();

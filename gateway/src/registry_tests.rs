@@ -499,15 +499,156 @@ fn the_registry_is_bounded() {
     };
     let reg = Registry::new(cfg, clock);
     for seed in 20..22 {
-        reg.register(
-            &signed_reg(&ProviderKey::from_seed(&[seed; 32]), |_| {}),
-            NOW,
-        )
-        .unwrap();
+        let key = ProviderKey::from_seed(&[seed; 32]);
+        reg.register(&signed_reg(&key, |_| {}), NOW).unwrap();
+        reg.mark_reached(&reg.get(&key.did()).unwrap());
     }
     let third = reg.register(&signed_reg(&ProviderKey::from_seed(&[22; 32]), |_| {}), NOW);
     assert_eq!(third, Err(RegistryError::Full(2)));
     // Known providers may still register again.
     reg.register(&signed_reg(&ProviderKey::from_seed(&[20; 32]), |_| {}), NOW)
         .unwrap();
+}
+
+#[test]
+fn unreached_registrations_cannot_lock_out_providers_that_answer() {
+    let clock = ManualClock::new();
+    let cfg = RegistryConfig {
+        max_registered: 2,
+        max_unreached: 3,
+        unreached_ttl: Duration::from_secs(600),
+        ..RegistryConfig::default()
+    };
+    let reg = Registry::new(cfg, clock.clone());
+    // Junk at endpoints nobody serves fills its own cap, not the registry's.
+    for seed in 30..33 {
+        reg.register(
+            &signed_reg(&ProviderKey::from_seed(&[seed; 32]), |_| {}),
+            NOW,
+        )
+        .unwrap();
+    }
+    let fourth = reg.register(&signed_reg(&ProviderKey::from_seed(&[33; 32]), |_| {}), NOW);
+    assert_eq!(fourth, Err(RegistryError::PendingFull(3)));
+    // Registering again does not extend an unreached entry's time.
+    clock.advance(Duration::from_secs(300));
+    reg.register(&signed_reg(&ProviderKey::from_seed(&[30; 32]), |_| {}), NOW)
+        .unwrap();
+    clock.advance(Duration::from_secs(301));
+    let mut gone = reg.evict_stale();
+    gone.sort();
+    let mut junk: Vec<String> = (30..33)
+        .map(|s| ProviderKey::from_seed(&[s; 32]).did())
+        .collect();
+    junk.sort();
+    assert_eq!(gone, junk, "unreached entries leave after unreached_ttl");
+    // Honest providers register, are reached, and stay.
+    for seed in 40..42 {
+        let key = ProviderKey::from_seed(&[seed; 32]);
+        reg.register(&signed_reg(&key, |_| {}), NOW).unwrap();
+        reg.mark_reached(&reg.get(&key.did()).unwrap());
+    }
+    // Once the reached ones fill their cap, new registrations wait.
+    let more = reg.register(&signed_reg(&ProviderKey::from_seed(&[34; 32]), |_| {}), NOW);
+    assert_eq!(more, Err(RegistryError::Full(2)));
+    clock.advance(Duration::from_secs(601));
+    assert!(reg.evict_stale().is_empty(), "reached providers stay");
+    assert!(reg.is_reached(&ProviderKey::from_seed(&[40; 32]).did()));
+}
+
+#[test]
+fn unsigned_junk_does_not_use_up_a_source_limit() {
+    let clock = ManualClock::new();
+    let cfg = RegistryConfig {
+        registrations_per_minute: 2,
+        ..RegistryConfig::default()
+    };
+    let reg = Registry::new(cfg, clock);
+    let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    let key = ProviderKey::from_seed(&[50; 32]);
+    let mut junk = signed_reg(&key, |_| {});
+    junk.signature = "00".repeat(64);
+    for _ in 0..10 {
+        assert_eq!(
+            reg.prepare_from(&junk, NOW, Some(ip)),
+            Err(RegistryError::BadSignature)
+        );
+    }
+    // The honest registrant behind the same address still gets through, and signed
+    // registrations stay limited.
+    for _ in 0..2 {
+        reg.prepare_from(&signed_reg(&key, |_| {}), NOW, Some(ip))
+            .unwrap();
+    }
+    assert!(matches!(
+        reg.prepare_from(&signed_reg(&key, |_| {}), NOW, Some(ip)),
+        Err(RegistryError::RateLimited(_))
+    ));
+}
+
+#[test]
+fn slash_records_in_memory_are_bounded_and_applied_once() {
+    let (reg, _) = setup();
+    let key = ProviderKey::from_seed(&[60; 32]);
+    let id = key.did();
+    reg.register(&signed_reg(&key, |_| {}), NOW).unwrap();
+    reg.set_bond(&id, 1_000_000_000, false);
+    let evidence = "x".repeat(10_000);
+    let n = MAX_SLASHES_PER_PROVIDER + 10;
+    let mut total = 0u128;
+    for _ in 0..n {
+        total += reg
+            .slash(&id, Reason::RateLimitAbuse, &evidence)
+            .unwrap()
+            .amount;
+    }
+    let kept = reg.slashes();
+    assert_eq!(
+        kept.len(),
+        MAX_SLASHES_PER_PROVIDER,
+        "newest kept per provider"
+    );
+    assert!(kept.iter().all(|s| s.detail.len() <= slashing::MAX_DETAIL));
+    assert_eq!(reg.slashed(&id), total, "the total counts every record");
+    // The bonds module sees each new record once.
+    assert_eq!(reg.take_unapplied_slashes().len(), n);
+    assert!(reg.take_unapplied_slashes().is_empty());
+    reg.slash(&id, Reason::RateLimitAbuse, "one more").unwrap();
+    assert_eq!(reg.take_unapplied_slashes().len(), 1);
+    // Restored from the store: totals count all, memory keeps the newest.
+    let many: Vec<Slash> = (0..MAX_SLASHES_KEPT + 5)
+        .map(|i| {
+            slashing::slash(
+                &format!("p{}", i % 1000),
+                1_000_000,
+                Reason::Downtime,
+                "",
+                0,
+            )
+        })
+        .collect();
+    reg.restore_slashes(many.clone());
+    let kept = reg.slashes();
+    assert_eq!(kept.len(), MAX_SLASHES_KEPT);
+    assert_eq!(kept.last(), many.last());
+    assert_eq!(
+        reg.slashed("p0"),
+        10_000 * many.iter().filter(|s| s.provider == "p0").count() as u128
+    );
+    assert_eq!(reg.take_unapplied_slashes().len(), many.len());
+}
+
+#[test]
+fn only_reached_unbanned_registered_providers_earn_staking() {
+    let (reg, _) = setup();
+    let key = ProviderKey::from_seed(&[70; 32]);
+    let id = key.did();
+    assert!(!reg.earns_staking(&id), "a bond on a key never registered");
+    reg.register(&signed_reg(&key, |_| {}), NOW).unwrap();
+    assert!(!reg.earns_staking(&id), "registered, never reached");
+    reg.mark_reached(&reg.get(&id).unwrap());
+    assert!(reg.earns_staking(&id));
+    reg.set_bond(&id, 100, false);
+    reg.ban(&id, "fraud").unwrap();
+    assert!(!reg.earns_staking(&id), "banned");
 }

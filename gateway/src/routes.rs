@@ -477,7 +477,7 @@ fn registry_error(e: RegistryError) -> ApiError {
             message: e.to_string(),
             retry_after: std::time::Duration::from_secs(s),
         },
-        RegistryError::Full(_) => ApiError::Unavailable {
+        RegistryError::Full(_) | RegistryError::PendingFull(_) => ApiError::Unavailable {
             message: e.to_string(),
             retry_after: std::time::Duration::from_secs(60),
         },
@@ -499,20 +499,18 @@ impl<S: Send + Sync> FromRequestParts<S> for SourceAddr {
     }
 }
 
-/// A signed registration: limited per source address, verified (id = DID of the
-/// key, bounds), the endpoint's addresses checked, stored before the answer, then
-/// probed off the request path; it enters routing once the endpoint answered.
+/// A signed registration: verified (signature, id = DID of the key, bounds), then
+/// limited per source address, the endpoint's addresses checked, stored before the
+/// answer, then probed off the request path; it enters routing once the endpoint answered.
 async fn register(
     State(state): State<AppState>,
     SourceAddr(source): SourceAddr,
     ApiJson(signed): ApiJson<Signed>,
 ) -> Result<Response, ApiError> {
-    if let Some(ip) = source {
-        state.registry.check_source(ip).map_err(registry_error)?;
-    }
+    // Verified before the source's limit is charged (see `Registry::prepare_from`).
     let info = state
         .registry
-        .prepare(&signed, unix_now())
+        .prepare_from(&signed, unix_now(), source)
         .map_err(registry_error)?;
     crate::registry_bounds::check_endpoint(
         &info.endpoint,

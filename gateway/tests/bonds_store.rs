@@ -111,7 +111,7 @@ async fn bonds_survive_a_round_trip_through_each_store() {
         .unwrap();
         book.close(&ch, 13).unwrap();
         book.bond_tick(14).unwrap();
-        book.pay_stakers().unwrap();
+        book.pay_stakers(|_| true).unwrap();
         book.bond_tick(15).unwrap();
         book.audit(o, Asset::Tnzo)
             .unwrap_or_else(|e| panic!("{url}: {e}"));

@@ -328,15 +328,20 @@ impl Book {
 
     /// Pays each asset's stakers' pool to the bonds pro rata to `bonded` (into
     /// their providers' earnings, which [`Book::bond_tick`] credits to the
-    /// owners); the remainder units stay in the pool. Returns what was paid.
-    pub fn pay_stakers(&self) -> Result<Vec<(String, Asset, u128)>, BookError> {
+    /// owners); the remainder units stay in the pool. Only bonds whose provider
+    /// id passes `eligible` (the bonds task asks the registry: registered, reached,
+    /// not banned) take part. Returns what was paid.
+    pub fn pay_stakers(
+        &self,
+        eligible: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Asset, u128)>, BookError> {
         let mut g = self.lock()?;
         let g = &mut *g;
         let stakers: Vec<(String, u128)> = g
             .bonds
             .by_key
             .values()
-            .filter(|b| b.bonded > 0)
+            .filter(|b| b.bonded > 0 && eligible(&b.provider_id))
             .map(|b| (b.provider_id.clone(), b.bonded))
             .collect();
         let stakes: Vec<u128> = stakers.iter().map(|(_, s)| *s).collect();

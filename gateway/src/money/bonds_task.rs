@@ -1,5 +1,6 @@
 //! The bonds' background work, once a second on the registry's clock: apply each
-//! slash record to its bond (once per record id), return matured unbonding and
+//! new slash record to its bond (once per record id; the registry queues the
+//! records not applied yet, so a tick costs nothing when none is new), return matured unbonding and
 //! providers' earnings to their owners (taking the owners' leases when needed),
 //! pay the stakers' pool out every `payout_interval`, and keep the registry's
 //! routing stake equal to the bonds.
@@ -31,10 +32,12 @@ pub struct BondsTask {
 }
 
 impl BondsTask {
-    /// Applies slash records not yet applied; returns how many moved money.
+    /// Applies the slash records the registry queued since the last call; returns
+    /// how many moved money. Records that failed (the book's lock) go back.
     pub fn apply_slashes(&self) -> usize {
         let mut n = 0;
-        for s in self.registry.slashes() {
+        let mut failed = Vec::new();
+        for s in self.registry.take_unapplied_slashes() {
             match self
                 .book
                 .apply_slash(&s.id, &s.provider, s.reason.ppm(), s.at)
@@ -46,9 +49,13 @@ impl BondsTask {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(error = %e, slash = %s.id, "applying a slash to its bond")
+                    tracing::error!(error = %e, slash = %s.id, "applying a slash to its bond");
+                    failed.push(s);
                 }
             }
+        }
+        if !failed.is_empty() {
+            self.registry.requeue_unapplied_slashes(failed);
         }
         n
     }
@@ -88,9 +95,11 @@ impl BondsTask {
         }
     }
 
-    /// Pays the stakers' pools out (see [`Book::pay_stakers`]).
+    /// Pays the stakers' pools out (see [`Book::pay_stakers`]) to the bonds of
+    /// providers that are registered (in memory), reached and not banned: a bond
+    /// on a key that serves nobody earns nothing.
     pub fn pay_stakers(&self) {
-        match self.book.pay_stakers() {
+        match self.book.pay_stakers(|id| self.registry.earns_staking(id)) {
             Ok(paid) => {
                 for (provider, asset, amount) in paid {
                     tracing::info!(%provider, asset = asset.as_str(), %amount, "stakers' share paid");

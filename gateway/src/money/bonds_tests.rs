@@ -229,6 +229,28 @@ fn a_slash_moves_its_share_to_the_treasury_once_per_record() {
 }
 
 #[test]
+fn only_eligible_bonds_share_the_stakers_pool() {
+    let b = book_with(4000);
+    b.credit(PAYER, Asset::Tnzo, 1_000_000).unwrap();
+    b.bond(OWNER, KEY, DID, 1000, true).unwrap();
+    // A bond on a key that serves nobody (never registered or reached, or banned).
+    b.bond(OWNER, "k2", "did:idle", 3000, true).unwrap();
+    settle_with(&b, DID, 200_000, 1);
+    let pool = b.pools()[&Asset::Tnzo].stakers;
+    assert!(pool > 0);
+    let paid = b.pay_stakers(|id| id == DID).unwrap();
+    assert_eq!(paid, vec![(DID.to_owned(), Asset::Tnzo, pool)]);
+    assert_eq!(b.pools()[&Asset::Tnzo].stakers, 0);
+    assert!(b.pending_earnings("did:idle").is_empty());
+    // Nobody eligible: the pool stays.
+    settle_with(&b, DID, 200_000, 2);
+    let pool = b.pools()[&Asset::Tnzo].stakers;
+    assert!(b.pay_stakers(|_| false).unwrap().is_empty());
+    assert_eq!(b.pools()[&Asset::Tnzo].stakers, pool);
+    b.audit(OWNER, Asset::Tnzo).unwrap();
+}
+
+#[test]
 fn earnings_and_the_stakers_share_reach_the_owner() {
     let b = book_with(2000);
     b.credit(PAYER, Asset::Tnzo, 1_000_000).unwrap();
@@ -243,7 +265,7 @@ fn earnings_and_the_stakers_share_reach_the_owner() {
     assert!(b.pending_earnings(DID).is_empty());
     assert_eq!(b.bond_of(KEY).unwrap().earned[&Asset::Tnzo].0, 199_000);
     // The stakers' 300, pro rata to 1000 : 1000.
-    let paid = b.pay_stakers().unwrap();
+    let paid = b.pay_stakers(|_| true).unwrap();
     assert_eq!(paid.iter().map(|p| p.2).sum::<u128>(), 300);
     assert_eq!(b.pools()[&Asset::Tnzo].stakers, 0);
     b.bond_tick(2).unwrap();
@@ -273,7 +295,8 @@ enum Op {
     /// Applies an earlier slash record again.
     Reslash(usize),
     Spend(usize, u128),
-    Payout,
+    /// Which providers (bit i: `did:i`) may be paid.
+    Payout(u8),
     Advance(u64),
 }
 
@@ -288,7 +311,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(k, p)| Op::Slash(k, p)),
         (0..20usize).prop_map(Op::Reslash),
         (0..3usize, 1..500_000u128).prop_map(|(k, a)| Op::Spend(k, a)),
-        Just(Op::Payout),
+        (0..8u8).prop_map(Op::Payout),
         (0..(2 * WEEK)).prop_map(Op::Advance),
     ]
 }
@@ -356,14 +379,19 @@ proptest! {
                         settle_with(&b, dids[k], a, now);
                     }
                 }
-                Op::Payout => {
+                Op::Payout(mask) => {
+                    let eligible = |id: &str| dids.iter().position(|d| *d == id).is_some_and(|i| mask & (1 << i) != 0);
                     let pool = b.pools().get(&Asset::Tnzo).map(|p| p.stakers).unwrap_or(0);
-                    let paid: u128 = b.pay_stakers().unwrap().iter().map(|p| p.2).sum();
+                    let paid = b.pay_stakers(eligible).unwrap();
+                    prop_assert!(paid.iter().all(|p| eligible(&p.0)), "paid an ineligible bond: {paid:?}");
+                    let paid: u128 = paid.iter().map(|p| p.2).sum();
                     let after = b.pools().get(&Asset::Tnzo).map(|p| p.stakers).unwrap_or(0);
                     prop_assert_eq!(pool, paid + after);
-                    let stakers = b.bonds().iter().filter(|x| x.bonded > 0).count() as u128;
+                    let stakers = b.bonds().iter().filter(|x| x.bonded > 0 && eligible(&x.provider_id)).count() as u128;
                     if stakers > 0 {
                         prop_assert!(after < stakers, "remainder {after} with {stakers} stakers");
+                    } else {
+                        prop_assert_eq!(after, pool);
                     }
                 }
                 Op::Advance(s) => {

@@ -61,6 +61,22 @@ pub struct Slash {
     pub at: u64,
 }
 
+/// Longest `detail` (evidence) a slash record keeps, in bytes; longer text is cut
+/// at a character boundary and ends with "…".
+pub const MAX_DETAIL: usize = 512;
+
+/// `detail` within [`MAX_DETAIL`] bytes.
+pub fn bounded_detail(detail: &str) -> String {
+    if detail.len() <= MAX_DETAIL {
+        return detail.to_owned();
+    }
+    let mut end = MAX_DETAIL - '…'.len_utf8();
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &detail[..end])
+}
+
 /// Slashes `stake` for `reason`; the amount rounds down, and the parts add up.
 pub fn slash(provider: &str, stake: u128, reason: Reason, detail: &str, at: u64) -> Slash {
     let amount =
@@ -69,7 +85,7 @@ pub fn slash(provider: &str, stake: u128, reason: Reason, detail: &str, at: u64)
         id: format!("slash_{}", uuid::Uuid::new_v4().simple()),
         provider: provider.to_owned(),
         reason,
-        detail: detail.to_owned(),
+        detail: bounded_detail(detail),
         stake_before: stake,
         amount,
         stake_after: stake - amount,
@@ -102,5 +118,15 @@ mod tests {
         assert_eq!((s.amount, s.stake_after), (0, 999));
         let s = slash("p", u128::MAX, Reason::FraudulentResults, "", 0);
         assert_eq!(s.amount + s.stake_after, u128::MAX);
+    }
+
+    #[test]
+    fn evidence_is_bounded() {
+        let long = "é".repeat(5_000);
+        let s = slash("p", 100, Reason::FraudulentResults, &long, 0);
+        assert!(s.detail.len() <= MAX_DETAIL && s.detail.ends_with('…'));
+        assert!(long.starts_with(s.detail.trim_end_matches('…')));
+        let short = slash("p", 100, Reason::FraudulentResults, "short", 0);
+        assert_eq!(short.detail, "short");
     }
 }

@@ -1,0 +1,101 @@
+//! The registry's slash records in memory: bounded (the newest
+//! [`MAX_SLASHES_PER_PROVIDER`] per provider, [`MAX_SLASHES_KEPT`] in all; the store
+//! keeps every record), a running total per provider (what a configured
+//! provider's stake lost), and the queue of records the bonds module has not
+//! applied yet, so it handles each new record once instead of scanning them all.
+//! A child module of `registry`, so it sees the private state.
+
+use super::Registry;
+use crate::money::slashing::Slash;
+
+/// Slash records kept in memory per provider (the newest).
+pub const MAX_SLASHES_PER_PROVIDER: usize = 32;
+/// Slash records kept in memory in all (the newest).
+pub const MAX_SLASHES_KEPT: usize = 4096;
+
+/// Keeps the newest records of `v` (oldest first) within the caps.
+fn bound(v: &mut Vec<Slash>) {
+    let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut keep = vec![false; v.len()];
+    let mut kept = 0usize;
+    for (i, s) in v.iter().enumerate().rev() {
+        let n = per.entry(s.provider.as_str()).or_default();
+        if *n < MAX_SLASHES_PER_PROVIDER && kept < MAX_SLASHES_KEPT {
+            *n += 1;
+            kept += 1;
+            keep[i] = true;
+        }
+    }
+    let mut keep = keep.into_iter();
+    v.retain(|_| keep.next().unwrap_or(false));
+}
+
+impl Registry {
+    /// Slashes from the store (oldest first): the totals count them all, memory
+    /// keeps the newest, and all go to the bonds module (which applies each record
+    /// id once, so already applied ones cost a lookup).
+    pub fn restore_slashes(&self, slashes: Vec<Slash>) {
+        if let Ok(mut t) = self.slashed_total.lock() {
+            t.clear();
+            for s in &slashes {
+                let e = t.entry(s.provider.clone()).or_default();
+                *e = e.saturating_add(s.amount);
+            }
+        }
+        if let Ok(mut q) = self.unapplied.lock() {
+            q.extend(slashes.iter().cloned());
+        }
+        let mut slashes = slashes;
+        bound(&mut slashes);
+        if let Ok(mut v) = self.slashes.lock() {
+            *v = slashes;
+        }
+    }
+
+    /// Records a new slash in memory (the caller queues it for the store).
+    pub(super) fn keep_slash(&self, s: &Slash) {
+        if let Ok(mut t) = self.slashed_total.lock() {
+            let e = t.entry(s.provider.clone()).or_default();
+            *e = e.saturating_add(s.amount);
+        }
+        if let Ok(mut q) = self.unapplied.lock() {
+            q.push(s.clone());
+        }
+        if let Ok(mut v) = self.slashes.lock() {
+            v.push(s.clone());
+            let of_provider = v.iter().filter(|x| x.provider == s.provider).count();
+            if of_provider > MAX_SLASHES_PER_PROVIDER
+                && let Some(i) = v.iter().position(|x| x.provider == s.provider)
+            {
+                v.remove(i);
+            }
+            if v.len() > MAX_SLASHES_KEPT {
+                v.remove(0);
+            }
+        }
+    }
+
+    /// Total slashed from provider `id`'s stake (every record, not only those kept).
+    pub fn slashed(&self, id: &str) -> u128 {
+        self.slashed_total
+            .lock()
+            .map(|t| t.get(id).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Slash records not yet applied to bonds, oldest first (the bonds module).
+    pub fn take_unapplied_slashes(&self) -> Vec<Slash> {
+        self.unapplied
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+
+    /// Puts records that failed to apply back at the front of the queue.
+    pub fn requeue_unapplied_slashes(&self, mut failed: Vec<Slash>) {
+        if let Ok(mut q) = self.unapplied.lock() {
+            failed.append(&mut q);
+            *q = failed;
+        }
+    }
+}
