@@ -18,7 +18,7 @@ use crate::money::decimal;
 use crate::money::scope::{SpendLimits, TimeBound};
 use crate::money::store::{Store, StoreError};
 use crate::pricing::Asset;
-use crate::ratelimit::Limiters;
+use crate::ratelimit::{ChainLimiters, LimiterRegistry, Rates};
 use crate::routing::Strategy;
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +284,9 @@ pub struct KeyEntry {
     /// `identity` parsed once, for the per-request status check.
     pub did: Option<tenzro_identity::Did>,
     pub limits: SpendLimits,
-    pub limiters: Limiters,
+    /// Requests and tokens per minute of this key and of every key above it: a
+    /// request must pass them all ([`ChainLimiters::check`]).
+    pub limiters: ChainLimiters,
 }
 
 /// Default per-key limits when a key's scope names none.
@@ -300,6 +302,8 @@ pub struct Accounts {
     store: Store,
     book: Arc<Book>,
     defaults: DefaultLimits,
+    /// The rate-limit buckets of every key, by key id, shared down each chain.
+    limiters: LimiterRegistry,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
     accounts: RwLock<BTreeMap<String, AccountRecord>>,
 }
@@ -321,6 +325,7 @@ impl Accounts {
             store,
             book,
             defaults,
+            limiters: LimiterRegistry::default(),
             keys: RwLock::new(HashMap::new()),
             accounts: RwLock::new(BTreeMap::new()),
         };
@@ -345,20 +350,33 @@ impl Accounts {
             .get(&record.account)
             .map(|a| (a.asset, a.identity.clone()))
             .ok_or_else(|| AccountsError::UnknownAccount(record.account.clone()))?;
-        let rpm = record
+        let own = Rates {
+            requests_per_minute: record
+                .scope
+                .requests_per_minute
+                .unwrap_or(self.defaults.requests_per_minute),
+            tokens_per_minute: record
+                .scope
+                .tokens_per_minute
+                .unwrap_or(self.defaults.tokens_per_minute),
+        };
+        // An ancestor whose own key is not loaded yet (made by another gateway
+        // process) is assumed to allow what this key does: a key's scope is the
+        // intersection of its chain, so never more than the ancestor's; loading the
+        // ancestor's key sets its own limits.
+        let up: Vec<(String, Rates)> = record
             .scope
-            .requests_per_minute
-            .unwrap_or(self.defaults.requests_per_minute);
-        let tpm = record
-            .scope
-            .tokens_per_minute
-            .unwrap_or(self.defaults.tokens_per_minute);
+            .ancestors
+            .iter()
+            .map(|a| (a.key_id.clone(), own))
+            .collect();
+        let limiters = self.limiters.chain(&record.id, own, &up);
         let identity = record.identity.clone().or(account_identity);
         let did = identity.as_deref().and_then(|d| d.parse().ok());
         self.book
             .set_ancestors(&record.id, record.scope.shared_windows());
         let entry = Arc::new(KeyEntry {
-            limiters: Limiters::new(rpm, tpm),
+            limiters,
             asset,
             identity,
             did,
@@ -457,12 +475,17 @@ impl Accounts {
     pub async fn revoke(&self, key_id: &str) -> Result<bool, AccountsError> {
         let removed = {
             let mut keys = self.keys.write().map_err(poisoned)?;
-            let before = keys.len();
+            let mut gone = Vec::new();
             keys.retain(|_, e| {
-                e.record.id != key_id
-                    && !e.record.scope.ancestors.iter().any(|a| a.key_id == key_id)
+                let keep = e.record.id != key_id
+                    && !e.record.scope.ancestors.iter().any(|a| a.key_id == key_id);
+                if !keep {
+                    gone.push(e.record.id.clone());
+                }
+                keep
             });
-            before != keys.len()
+            self.limiters.forget(&gone);
+            !gone.is_empty()
         };
         let now = unix_now();
         let stored = self.store.revoke_key(key_id, now).await?;

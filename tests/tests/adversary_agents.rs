@@ -552,3 +552,90 @@ async fn agents_per_owner_are_capped() {
     assert_eq!(try_agent(&gw, &owner_key, 68, json!({})).await.0, 403);
     audit(&gw, &owner_key).await;
 }
+
+/// The rate-limit escape of the security review: an agent limited to N requests a
+/// minute makes sub-agents (each inheriting N) and floods through all of them at
+/// once. Their requests count against the parent's minute too: N of them pass in
+/// all, the rest get 429 with a Retry-After, the parent's own next request too, and
+/// only what passed was charged.
+#[tokio::test]
+async fn sub_agents_share_their_parents_requests_per_minute() {
+    // One cell every 15 s: the test runs well inside one.
+    const N: usize = 4;
+    const SUBS: u8 = 6;
+    const EACH: usize = 3;
+    let (p, gw) = gateway_with(|_| {}).await;
+    let (_, account, owner_key) = owner(&gw, 7).await;
+    let (_, parent) = agent(&gw, &owner_key, 80, json!({"requests_per_minute": N})).await;
+    let mut subs = Vec::new();
+    for seed in 0..SUBS {
+        let (s, v) = try_agent(&gw, &parent, 81 + seed, json!({})).await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["scope"]["requests_per_minute"], json!(N), "{v}");
+        subs.push(v["key"].as_str().unwrap().to_owned());
+    }
+    // A grandchild counts against the parent as well.
+    let (_, grandchild) = agent(&gw, &subs[0], 99, json!({})).await;
+    subs.push(grandchild);
+    let before = balance_of(&gw, &account);
+
+    let tasks: Vec<_> = subs
+        .iter()
+        .flat_map(|k| std::iter::repeat_n(k.clone(), EACH))
+        .map(|key| {
+            let (http, url) = (gw.http.clone(), gw.url.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&chat())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+                let cost = r
+                    .headers()
+                    .get("x-tenzro-cost")
+                    .map(|c| c.to_str().unwrap().parse::<u128>().unwrap());
+                let body: Value = r.json().await.unwrap();
+                (status, retry, cost, body)
+            })
+        })
+        .collect();
+    let total = tasks.len();
+    let (mut admitted, mut spent) = (0usize, 0u128);
+    for t in tasks {
+        let (status, retry, cost, body) = t.await.unwrap();
+        match status {
+            200 => {
+                admitted += 1;
+                spent += cost.unwrap();
+            }
+            429 => {
+                assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+                let retry = retry.unwrap();
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        admitted,
+        N,
+        "{total} requests by {} sub-agents of a key limited to {N} a minute",
+        subs.len()
+    );
+    assert_eq!(p.calls(), N, "only the admitted reached the provider");
+    let (s, v) = chat_status(&gw, &parent).await;
+    assert_eq!(s, 429, "the parent's minute is spent by its agents: {v}");
+    assert_eq!(
+        before - balance_of(&gw, &account),
+        spent,
+        "the owner paid exactly what was admitted"
+    );
+    audit(&gw, &owner_key).await;
+}
