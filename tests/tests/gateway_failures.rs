@@ -145,10 +145,11 @@ async fn a_stream_cut_half_way_ends_with_an_error_event_and_is_charged_for_what_
         assert_eq!(chunks[3]["error"]["type"], "upstream_error");
         assert_eq!(chunks[3]["error"]["code"], "stream_interrupted");
         assert!(!text.contains("[DONE]"));
-        // Three one-token chunks reached the client; no prompt charge without usage.
+        // Three one-token chunks reached the client, so the prompt is owed too: at
+        // the gateway's estimate (2 bytes + 16 + 16 = 34), as no usage arrived.
         assert_eq!(
-            gw.balance_eventually(before - 3 * TOKEN_COST).await,
-            before - 3 * TOKEN_COST
+            gw.balance_eventually(before - (3 + 34) * TOKEN_COST).await,
+            before - (3 + 34) * TOKEN_COST
         );
     }
     let v = gw.state.registry.views();
