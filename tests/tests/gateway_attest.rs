@@ -182,7 +182,18 @@ async fn admin_providers(gw: &Gateway) -> Value {
 async fn none_evidence_is_verified_untrusted_and_kept_out_of_tee_routing() {
     let seed = [5; 32];
     let url = attesting_provider(Doc::Good, seed).await;
-    let gw = start_gateway(|d| test_config(vec![], d), None).await;
+    // This stand-in answers chats without signed receipts, which the gateway would
+    // rightly slash as fraud (tested in adversary_provider); here only the
+    // attestation verdict is under test, so receipts are not sampled.
+    let gw = start_gateway(
+        |d| {
+            let mut cfg = test_config(vec![], d);
+            cfg.receipts.verify_sample_ppm = 0;
+            cfg
+        },
+        None,
+    )
+    .await;
     // Declares a TDX it cannot prove: a declaration alone never admits it to TEE routing.
     let id = register(&gw, &url, seed, "tdx").await;
 
