@@ -393,6 +393,8 @@ pub async fn run(
     let request_sha256 = tenzro_attest::sha256(&req.body);
     let mut last_error = String::from("no provider accepted the request");
     let mut tried = 0usize;
+    // The last provider refusal (4xx other than 429), relayed when no candidate answers.
+    let mut refused: Option<(StatusCode, Bytes)> = None;
     for Priced {
         entry,
         quote,
@@ -477,21 +479,20 @@ pub async fn run(
             continue;
         }
         if !status.is_success() {
-            // The provider judged the request itself: relay its answer.
-            entry.record(
-                state.registry.now(),
-                Outcome::Success {
-                    latency: sent.elapsed(),
-                },
-            );
+            // A provider's refusal is not trusted to judge the request (the gateway
+            // already validated it): it counts as a failure for its breaker and the
+            // next candidate gets the request; only when none is left is the last
+            // refusal relayed (a registrant answering 400 at once must not win routing
+            // and fail every request for the model).
+            entry.record(state.registry.now(), Outcome::Failure);
             let body = read_limited(resp, cfg.upstream.idle_timeout(), 1 << 20)
                 .await
                 .unwrap_or_default();
-            if let Some(r) = reservation.take() {
-                state.book.release(r);
-            }
+            tracing::warn!(provider = %entry.info.id, status = status.as_u16(), "upstream refused the request; trying the next");
+            last_error = format!("{}: HTTP {}", entry.info.id, status.as_u16());
             let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            return Err(ApiError::Relayed { status, body });
+            refused = Some((status, body));
+            continue;
         }
 
         if !req.stream {
@@ -616,6 +617,9 @@ pub async fn run(
         return Ok(resp);
     }
     drop(reservation);
+    if let Some((status, body)) = refused {
+        return Err(ApiError::Relayed { status, body });
+    }
     if tried == 0 {
         return Err(ApiError::NoProvider(NoProvider {
             model: req.model,

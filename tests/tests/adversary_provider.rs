@@ -366,3 +366,49 @@ async fn unpriceable_and_unaffordable_candidates_are_skipped() {
     );
     audit(&gw);
 }
+
+#[tokio::test]
+async fn a_provider_refusing_everything_does_not_fail_honest_requests() {
+    let gw = gateway(vec![]).await;
+    // Cheaper than the honest one: first in the test config's lowest-price routing.
+    let refuser = hostile_provider(
+        ProviderKey::from_seed(&[50; 32]),
+        gw.state.payer_key.public_key(),
+        Lie::Refuse { status: 400 },
+    )
+    .await;
+    let refuser_id = register(&gw, &refuser.key, &refuser.url, &[MODEL], PRICE / 2);
+    let (honest, _) = keyed(&gw, 51, Lie::Nothing).await;
+    for i in 0..6 {
+        let stream = i % 2 == 1;
+        let (status, text, charged) = chat(&gw, chat_body(stream, 1)).await;
+        assert_eq!(status, 200, "request {i} stream={stream}: {text}");
+        assert_eq!(charged, (u128::from(PROMPT_TOKENS) + 8) * TOKEN_COST);
+        audit(&gw);
+    }
+    assert_eq!(honest.calls.load(Ordering::SeqCst), 6);
+    // The refuser was tried first, and each refusal counts against it (its breaker
+    // takes it out of routing) instead of winning latency routing.
+    let refused = refuser.calls.load(Ordering::SeqCst);
+    assert!(refused >= 1, "the refuser was never tried");
+    let view = gw
+        .state
+        .registry
+        .views()
+        .into_iter()
+        .find(|v| v.id == refuser_id)
+        .unwrap();
+    assert_eq!(view.successful, 0);
+    assert_eq!(view.failed, refused as u64);
+}
+
+#[tokio::test]
+async fn the_last_candidates_refusal_is_relayed() {
+    let gw = gateway(vec![]).await;
+    let (refuser, _) = keyed(&gw, 52, Lie::Refuse { status: 404 }).await;
+    let (status, text, charged) = chat(&gw, chat_body(false, 1)).await;
+    assert_eq!((status, charged), (404, 0), "{text}");
+    assert!(text.contains("refused by the hostile provider"), "{text}");
+    assert_eq!(refuser.calls.load(Ordering::SeqCst), 1);
+    audit(&gw);
+}

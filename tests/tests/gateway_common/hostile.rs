@@ -29,6 +29,8 @@ pub enum Lie {
     WrongResponseDigest,
     /// Streams one chunk, then one SSE event of `bytes` bytes with no end.
     EndlessEvent { bytes: usize },
+    /// Answers every paid request at once with this HTTP status (a 4xx).
+    Refuse { status: u16 },
 }
 
 /// What every choice repeats (one token per byte) up to the request's `max_tokens`.
@@ -109,6 +111,12 @@ async fn chat(State(h): State<Hostile>, headers: HeaderMap, body: Bytes) -> Resp
     if let Err(e) = paid.verify(header, &h.payer, tenzro_attest::evidence::unix_now()) {
         h.unsigned.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::PAYMENT_REQUIRED, e.to_string()).into_response();
+    }
+    if let Lie::Refuse { status } = h.lie {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = json!({"error": {"message": "refused by the hostile provider",
+            "type": "invalid_request_error", "param": null, "code": "hostile"}});
+        return (status, axum::Json(body)).into_response();
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = req["model"].as_str().unwrap_or("").to_owned();
