@@ -146,10 +146,19 @@ impl Audit {
         &self,
         bounds: &Bounds,
         claimed: Option<(u64, u64)>,
+        chunk_tokens: Option<u64>,
         receipt: Option<&serde_json::Value>,
         response_sha256: [u8; 32],
     ) -> Vec<String> {
         let mut faults = Vec::new();
+        // The receipt signs `usage`: chunks claiming more than it contradict it.
+        if let (Some((_, completion)), Some(chunks)) = (claimed, chunk_tokens)
+            && chunks > completion
+        {
+            faults.push(format!(
+                "the stream's chunks claimed {chunks} completion tokens (tenzro.tokens) but its usage says {completion}"
+            ));
+        }
         if let Some((_, completion)) = claimed
             && let Some(why) = bounds.impossible_claim(completion)
         {
@@ -779,6 +788,7 @@ fn finish_whole(
     let faults = audit.faults(
         bounds,
         whole.usage,
+        None,
         whole.receipt.as_ref(),
         whole.response_sha256,
     );

@@ -412,3 +412,23 @@ async fn the_last_candidates_refusal_is_relayed() {
     assert_eq!(refuser.calls.load(Ordering::SeqCst), 1);
     audit(&gw);
 }
+
+#[tokio::test]
+async fn chunk_claims_above_the_signed_usage_are_not_paid_and_are_fraud() {
+    let gw = gateway(vec![]).await;
+    let (h, id) = keyed(&gw, 53, Lie::InflatedChunks).await;
+    let (status, text, charged) = chat(&gw, chat_body(true, 1)).await;
+    assert_eq!(status, 200, "{text}");
+    // 8 bytes relayed, chunks claimed 8 tokens, the signed usage says 2: 2 are paid.
+    assert_eq!(charged, (u128::from(PROMPT_TOKENS) + 2) * TOKEN_COST);
+    let details = fraud_slashes(&gw, &id);
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(details[0].contains("chunks claimed 8"), "{details:?}");
+    // Not a stream: no chunks, nothing to contradict.
+    let (status, text, charged) = chat(&gw, chat_body(false, 1)).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(charged, (u128::from(PROMPT_TOKENS) + 2) * TOKEN_COST);
+    assert_eq!(fraud_slashes(&gw, &id).len(), 1);
+    assert_eq!(h.unsigned.load(Ordering::SeqCst), 0);
+    audit(&gw);
+}

@@ -168,9 +168,13 @@ impl Relay {
     fn judge(&mut self) {
         let m = &self.settlement.meter;
         let digest = self.texts.as_ref().map(Texts::digest).unwrap_or_default();
-        let faults = self
-            .audit
-            .faults(&m.bounds, m.claimed, self.receipt.as_ref(), digest);
+        let faults = self.audit.faults(
+            &m.bounds,
+            m.claimed,
+            Some(m.chunk_tokens),
+            self.receipt.as_ref(),
+            digest,
+        );
         let fraud = super::slash_for_fraud(
             &self.settlement.registry,
             &self.settlement.entry.info.id,
@@ -224,14 +228,11 @@ impl Relay {
                         tracing::error!(error = %e, "metering overflow");
                     }
                     let has_choices = p.has_choices();
+                    // Chunks are not committed to the channel as they pass: their
+                    // claims may exceed the final usage, which caps the charge, and a
+                    // channel charge cannot be taken back. The usage is committed
+                    // below; a cut stream settles what it metered when it ends.
                     let Some(usage) = p.usage else {
-                        if let Some(r) = &s.reservation
-                            && let Err(e) =
-                                s.book
-                                    .progress(r, s.meter.cost, &s.entry.info.id, unix_now())
-                        {
-                            tracing::error!(error = %e, "metering into the channel failed");
-                        }
                         out.extend_from_slice(&ev);
                         out.extend_from_slice(b"\n\n");
                         continue;

@@ -29,6 +29,9 @@ pub enum Lie {
     WrongResponseDigest,
     /// Streams one chunk, then one SSE event of `bytes` bytes with no end.
     EndlessEvent { bytes: usize },
+    /// Usage and receipt say one token per 4 bytes of text (a plausible tokenizer),
+    /// but each stream chunk's `tenzro.tokens` claims one per byte (4x).
+    InflatedChunks,
     /// Answers every paid request at once with this HTTP status (a 4xx).
     Refuse { status: u16 },
 }
@@ -129,6 +132,7 @@ async fn chat(State(h): State<Hostile>, headers: HeaderMap, body: Bytes) -> Resp
     let honest = (text.len() * n) as u64;
     let completion = match h.lie {
         Lie::Usage { completion_tokens } => completion_tokens,
+        Lie::InflatedChunks => honest / 4,
         _ => honest,
     };
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
