@@ -275,6 +275,16 @@ impl Meter {
         Ok(delta)
     }
 
+    /// A stream its provider ended (error event, early EOF, broken connection)
+    /// before any usage or receipt, while its receipt was to be checked: its chunk
+    /// claims cannot be verified, so only the prompt is owed (the provider cannot
+    /// dodge the receipt check by ending the stream itself). The cost may fall here.
+    pub fn on_unproven_end(&mut self) -> Result<(), PricingError> {
+        self.completion_tokens = 0;
+        self.cost = self.quote.cost(self.prompt_tokens)?;
+        Ok(())
+    }
+
     /// A stream that ends without usage after a chunk reached the client owes its
     /// prompt at the gateway's estimate. Returns the added cost.
     pub fn on_cut(&mut self) -> Result<u128, PricingError> {
@@ -498,6 +508,20 @@ mod tests {
         m.on_usage(&Usage::new(7, 1)).unwrap();
         assert_eq!(m.on_cut().unwrap(), 0);
         assert_eq!(m.prompt_tokens, 7);
+    }
+
+    #[test]
+    fn an_unproven_end_owes_only_the_prompt() {
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        m.on_chunk(5, 20).unwrap();
+        assert_eq!(m.cost, 5000);
+        m.on_unproven_end().unwrap();
+        assert_eq!((m.completion_tokens, m.cost), (0, 0));
+        m.on_cut().unwrap();
+        assert_eq!(
+            (m.prompt_tokens, m.completion_tokens, m.cost),
+            (40, 0, 40_000)
+        );
     }
 
     #[test]

@@ -432,3 +432,27 @@ async fn chunk_claims_above_the_signed_usage_are_not_paid_and_are_fraud() {
     assert_eq!(h.unsigned.load(Ordering::SeqCst), 0);
     audit(&gw);
 }
+
+#[tokio::test]
+async fn a_stream_its_provider_ends_without_a_receipt_pays_only_the_prompt() {
+    let gw = gateway(vec![]).await;
+    let (_h, id) = keyed(&gw, 54, Lie::EndsEarly).await;
+    let (status, text, charged) = chat(&gw, chat_body(true, 1)).await;
+    assert_eq!(status, 200);
+    let (data, _) = sse_parts(&text);
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{text:.300}");
+    // 8 tokens relayed, but no receipt can back them: the prompt estimate only.
+    assert_eq!(charged, u128::from(PROMPT_ESTIMATE) * TOKEN_COST);
+    // An early end is not proof of fraud, but it is a failure.
+    assert!(fraud_slashes(&gw, &id).is_empty());
+    let view = gw
+        .state
+        .registry
+        .views()
+        .into_iter()
+        .find(|v| v.id == id)
+        .unwrap();
+    assert_eq!((view.failed, view.successful), (1, 0));
+    audit(&gw);
+}

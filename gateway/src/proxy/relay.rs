@@ -105,13 +105,17 @@ impl Relay {
                 Some(b) => Ok(b),
                 None => match tokio::time::timeout(self.limits.idle, self.upstream.next()).await {
                     Ok(Some(Ok(b))) => Ok(b),
-                    Ok(Some(Err(e))) => {
-                        Err(format!("the provider's stream broke: {}", error_chain(&e)))
-                    }
-                    Ok(None) => Err("the provider ended the stream early".to_owned()),
-                    Err(_) => Err(format!(
-                        "the provider went silent for {} ms",
-                        self.limits.idle.as_millis()
+                    Ok(Some(Err(e))) => Err((
+                        format!("the provider's stream broke: {}", error_chain(&e)),
+                        true,
+                    )),
+                    Ok(None) => Err(("the provider ended the stream early".to_owned(), true)),
+                    Err(_) => Err((
+                        format!(
+                            "the provider went silent for {} ms",
+                            self.limits.idle.as_millis()
+                        ),
+                        false,
                     )),
                 },
             };
@@ -138,8 +142,11 @@ impl Relay {
                         out
                     }
                 }
-                Err(message) => {
+                Err((message, provider_ended)) => {
                     tracing::warn!(provider = %self.settlement.entry.info.id, %message, "stream cut");
+                    if provider_ended {
+                        self.judge_end();
+                    }
                     self.cut(&message)
                 }
             };
@@ -184,6 +191,36 @@ impl Relay {
         self.settlement.outcome = Some(!fraud);
     }
 
+    /// When the provider itself ended the stream before `[DONE]`: with a usage or a
+    /// receipt, both are judged as at `[DONE]`; without, a chunk claim the request
+    /// made impossible is fraud, and when the receipt was to be checked only the
+    /// prompt is paid (ending early must not dodge the receipt check). Either way
+    /// the response counts as a failure.
+    fn judge_end(&mut self) {
+        if self.receipt.is_some() || self.settlement.meter.complete {
+            self.judge();
+        } else {
+            let m = &mut self.settlement.meter;
+            let faults: Vec<String> = m
+                .bounds
+                .impossible_claim(m.chunk_tokens)
+                .into_iter()
+                .collect();
+            super::slash_for_fraud(
+                &self.settlement.registry,
+                &self.settlement.entry.info.id,
+                &self.audit.request_id,
+                faults,
+            );
+            if self.audit.check.is_some()
+                && let Err(e) = m.on_unproven_end()
+            {
+                tracing::error!(error = %e, "metering overflow");
+            }
+        }
+        self.settlement.outcome = Some(false);
+    }
+
     fn process(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len() + 64);
         for ev in self.splitter.push(bytes) {
@@ -210,7 +247,7 @@ impl Relay {
                     out.extend_from_slice(&ev);
                     out.extend_from_slice(b"\n\n");
                     self.finished = true;
-                    self.settlement.outcome = Some(false);
+                    self.judge_end();
                 }
                 Event::Chunk(p) => {
                     let s = &mut self.settlement;

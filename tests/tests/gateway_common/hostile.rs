@@ -32,6 +32,8 @@ pub enum Lie {
     /// Usage and receipt say one token per 4 bytes of text (a plausible tokenizer),
     /// but each stream chunk's `tenzro.tokens` claims one per byte (4x).
     InflatedChunks,
+    /// Streams its chunks, then closes the stream without usage, receipt or `[DONE]`.
+    EndsEarly,
     /// Answers every paid request at once with this HTTP status (a 4xx).
     Refuse { status: u16 },
 }
@@ -197,8 +199,10 @@ async fn chat(State(h): State<Hostile>, headers: HeaderMap, body: Bytes) -> Resp
         json!({"id": "chatcmpl-hostile", "object": "chat.completion.chunk", "created": 1, "model": model,
             "choices": [], "usage": usage, "tenzro": tenzro})
     );
-    head.push(usage_chunk);
-    head.push("data: [DONE]\n\n".to_owned());
+    if h.lie != Lie::EndsEarly {
+        head.push(usage_chunk);
+        head.push("data: [DONE]\n\n".to_owned());
+    }
     let all = futures::stream::iter(
         head.into_iter()
             .map(|s| Ok::<Bytes, std::io::Error>(Bytes::from(s))),
