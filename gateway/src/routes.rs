@@ -269,6 +269,26 @@ fn require_model(model: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Most choices one request may ask for (`n` × prompts): each is metered, held
+/// and, when its receipt is checked, kept in full until the response ends.
+pub const MAX_CHOICES: u64 = 128;
+
+/// `n` × `prompts`, refused 400 naming `n` above [`MAX_CHOICES`].
+fn choices(n: Option<u32>, prompts: u64) -> Result<u64, ApiError> {
+    let choices = prompts
+        .max(1)
+        .saturating_mul(u64::from(n.unwrap_or(1).max(1)));
+    if choices > MAX_CHOICES {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "`n` × prompts asks for {choices} choices; at most {MAX_CHOICES} per request"
+            ),
+            param: Some("n".into()),
+        });
+    }
+    Ok(choices)
+}
+
 /// An upper bound on prompt tokens: one per byte (byte-level BPE never does worse)
 /// plus the chat template's framing.
 fn estimate_text(s: &str) -> u64 {
@@ -313,7 +333,7 @@ async fn chat(
         include_usage,
         prompt_estimate,
         generates: true,
-        choices: u64::from(req.n.unwrap_or(1).max(1)),
+        choices: choices(req.n, 1)?,
         ext: ext(&body)?,
     };
     proxy::run(&state, &key, inf, &rid, started).await
@@ -339,7 +359,7 @@ async fn completions(
         Prompt::TokenLists(l) => l.len() as u64,
         Prompt::Text(_) | Prompt::Tokens(_) => 1,
     };
-    let choices = prompts.max(1).saturating_mul(u64::from(req.n.unwrap_or(1).max(1)));
+    let choices = choices(req.n, prompts)?;
     let stream = req.is_stream();
     let include_usage = req.include_usage();
     if stream {

@@ -115,7 +115,7 @@ pub struct Texts {
 
 impl Texts {
     pub fn new(choices: u64) -> Self {
-        // At most 4096 slots up front; the rest grow as pieces arrive.
+        // One slot per choice (at most 4096; requests ask for at most 128).
         let n = usize::try_from(choices.min(4096)).unwrap_or(0);
         Texts {
             texts: vec![Vec::new(); n],
@@ -129,14 +129,16 @@ impl Texts {
             self.stray = true;
             return;
         }
-        let Ok(i) = usize::try_from(index) else {
+        // Never grows on the provider's word: a choice without a slot is stray
+        // (the gateway refuses more than `routes::MAX_CHOICES` choices at parse).
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.texts.get_mut(i));
+        let Some(slot) = slot else {
             self.stray = true;
             return;
         };
-        if i >= self.texts.len() {
-            self.texts.resize(i + 1, Vec::new());
-        }
-        self.texts[i].extend_from_slice(piece.as_bytes());
+        slot.extend_from_slice(piece.as_bytes());
     }
 
     pub fn digest(&self) -> [u8; 32] {

@@ -456,3 +456,30 @@ async fn a_stream_its_provider_ends_without_a_receipt_pays_only_the_prompt() {
     assert_eq!((view.failed, view.successful), (1, 0));
     audit(&gw);
 }
+
+#[tokio::test]
+async fn more_than_128_choices_are_refused_before_any_provider() {
+    let gw = gateway(vec![]).await;
+    let (h, _) = keyed(&gw, 55, Lie::Nothing).await;
+    let (status, text, charged) = chat(&gw, chat_body(false, 129)).await;
+    assert_eq!((status, charged), (400, 0), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["param"], "n", "{text}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("128"));
+    // Completions: n × prompts counts.
+    let body = json!({"model": MODEL, "n": 65, "max_tokens": 8, "prompt": ["a", "b"]});
+    let resp = gw
+        .post("/v1/completions", Some(&gw.key))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "n");
+    // 128 is allowed.
+    let (status, text, _) = chat(&gw, chat_body(false, 128)).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+    audit(&gw);
+}
