@@ -26,6 +26,17 @@ fn quote() -> Quote {
     Quote::new(100_000_000_000, PPM, PPM / 2, PPM, Asset::Tnzo, ONE)
 }
 
+/// Bounds wide enough that no chunk of the benchmark is clipped.
+fn bounds() -> tenzro_gateway::verify::Bounds {
+    tenzro_gateway::verify::Bounds {
+        prompt_estimate: 0,
+        choices: 1,
+        max_new: u64::MAX / 4,
+        hard_cap: false,
+        generates: true,
+    }
+}
+
 fn funded_book(accounts: usize) -> (Arc<Book>, Vec<Reservation>) {
     let book = Arc::new(Book::new(BookConfig::default()));
     let mut holds = Vec::new();
@@ -52,14 +63,14 @@ fn per_call(n: u64, mut f: impl FnMut(u64)) -> f64 {
 fn criterion_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_chunk");
     g.bench_function("meter_only", |b| {
-        let mut m = Meter::new(quote());
-        b.iter(|| black_box(m.on_tokens(black_box(1))))
+        let mut m = Meter::new(quote(), bounds());
+        b.iter(|| black_box(m.on_chunk(black_box(1), black_box(4))))
     });
     g.bench_function("meter_and_channel", |b| {
         let (book, holds) = funded_book(1);
-        let mut m = Meter::new(quote());
+        let mut m = Meter::new(quote(), bounds());
         b.iter(|| {
-            let _ = m.on_tokens(1);
+            let _ = m.on_chunk(1, 4);
             black_box(book.progress(&holds[0], m.cost, "prov", 0))
         })
     });
@@ -118,14 +129,14 @@ async fn postgres_store() -> Option<Store> {
 
 fn table() -> anyhow::Result<()> {
     let n = 2_000_000;
-    let mut m = Meter::new(quote());
+    let mut m = Meter::new(quote(), bounds());
     let meter_ns = per_call(n, |_| {
-        let _ = black_box(m.on_tokens(1));
+        let _ = black_box(m.on_chunk(1, 4));
     });
     let (book, holds) = funded_book(1);
-    let mut m = Meter::new(quote());
+    let mut m = Meter::new(quote(), bounds());
     let both_ns = per_call(n, |_| {
-        let _ = m.on_tokens(1);
+        let _ = m.on_chunk(1, 4);
         let _ = black_box(book.progress(&holds[0], m.cost, "prov", 0));
     });
     let one = updates_on_threads(1, n);
