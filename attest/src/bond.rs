@@ -42,6 +42,10 @@ mod tests {
         assert!(verify_owner(&key.public_key(), "acct-a", &sig));
         assert!(!verify_owner(&key.public_key(), "acct-b", &sig));
         assert!(!verify_owner(&other.public_key(), "acct-a", &sig));
-        assert!(!verify_owner(&key.public_key(), "acct-a", &sign_owner(&other, "acct-a")));
+        assert!(!verify_owner(
+            &key.public_key(),
+            "acct-a",
+            &sign_owner(&other, "acct-a")
+        ));
     }
 }

@@ -44,7 +44,9 @@ pub struct PaidRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayerAuthError {
     /// The header is absent.
-    #[error("missing {PAYER_AUTH_HEADER} header: this provider serves only requests paid through its gateway")]
+    #[error(
+        "missing {PAYER_AUTH_HEADER} header: this provider serves only requests paid through its gateway"
+    )]
     Missing,
     /// The header is not `<seconds>.<hex signature>`.
     #[error("{PAYER_AUTH_HEADER} must be '<unix seconds>.<signature hex>'")]
@@ -140,7 +142,10 @@ mod tests {
             req(b"{}").verify(Some(&header), &pk, 1_000 + MAX_SKEW_S + 1),
             Err(PayerAuthError::Stale)
         );
-        assert_eq!(req(b"{}").verify(None, &pk, 1_000), Err(PayerAuthError::Missing));
+        assert_eq!(
+            req(b"{}").verify(None, &pk, 1_000),
+            Err(PayerAuthError::Missing)
+        );
         for bad in ["", "x", "1.zz", "99999999999999999999999.00"] {
             assert_eq!(
                 req(b"{}").verify(Some(bad), &pk, 1_000),

@@ -120,10 +120,19 @@ async fn postgres_store() -> Option<Store> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&admin).await.ok()?;
     let name = format!("bench_{}", std::process::id());
-    let _ = pool.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).await;
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.ok()?;
+    let _ = pool
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .await;
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .ok()?;
     pool.close().await;
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(admin);
     Store::open(&format!("{base}/{name}")).await.ok()
 }
 
@@ -145,14 +154,26 @@ fn table() -> anyhow::Result<()> {
     println!();
     println!("per streamed chunk (this process, {n} chunks)      ns/chunk   vs meter only");
     println!("  meter only (baseline)                          {meter_ns:>9.1}   1.00x");
-    println!("  meter + channel update (Book::progress)        {both_ns:>9.1}   {:.2}x", both_ns / meter_ns);
-    println!("  added by the channel update                    {:>9.1}   (goal < 2000 ns)", both_ns - meter_ns);
+    println!(
+        "  meter + channel update (Book::progress)        {both_ns:>9.1}   {:.2}x",
+        both_ns / meter_ns
+    );
+    println!(
+        "  added by the channel update                    {:>9.1}   (goal < 2000 ns)",
+        both_ns - meter_ns
+    );
     println!();
     println!("channel updates per second                       updates/s   vs 1 thread");
     println!("  1 thread                                       {one:>11.0}   1.00x");
-    println!("  2 threads (one lock, two payers)               {two:>11.0}   {:.2}x   (goal >= 200000 on 2 cores)", two / one);
+    println!(
+        "  2 threads (one lock, two payers)               {two:>11.0}   {:.2}x   (goal >= 200000 on 2 cores)",
+        two / one
+    );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
         let mut stores = vec![("SQLite (WAL, synchronous=FULL)", Store::open(&format!("sqlite://{}", dir.path().join("b.db").display())).await?)];
@@ -173,12 +194,16 @@ fn table() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     println!();
-    println!("reproduce: TENZRO_TEST_POSTGRES_URL=$(scripts/postgres) cargo bench -p tenzro-benches --bench money");
+    println!(
+        "reproduce: TENZRO_TEST_POSTGRES_URL=$(scripts/postgres) cargo bench -p tenzro-benches --bench money"
+    );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut c = Criterion::default().measurement_time(Duration::from_secs(3)).configure_from_args();
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
     criterion_benches(&mut c);
     c.final_summary();
     table()

@@ -85,29 +85,56 @@ impl Timing {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let path = args.model.clone().unwrap_or_else(|| default_model_path(&args.models_dir));
+    let path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| default_model_path(&args.models_dir));
     let device = Device::Cpu;
-    let cfg = LlmConfig { path: path.clone(), sha256: None, tokenizer_json: None, requantize: Requantize::Q8_0 };
+    let cfg = LlmConfig {
+        path: path.clone(),
+        sha256: None,
+        tokenizer_json: None,
+        requantize: Requantize::Q8_0,
+    };
     let llm = Arc::new(Llm::load(&cfg, &device).context("loading the model")?);
     let rss_after_load = rss_mib("VmRSS:");
     let prompt_text = llm.render_chat(&[
-        TemplateMessage { role: "system".into(), content: "You are a helpful assistant.".into() },
-        TemplateMessage { role: "user".into(), content: "Write a short story about a lighthouse keeper.".into() },
+        TemplateMessage {
+            role: "system".into(),
+            content: "You are a helpful assistant.".into(),
+        },
+        TemplateMessage {
+            role: "user".into(),
+            content: "Write a short story about a lighthouse keeper.".into(),
+        },
     ])?;
     let prompt = llm.encode(&prompt_text)?;
     let mut rows = Vec::new();
 
     if !args.ours_only {
-        for (name, requant) in
-            [("candle quantized_llama, Q4_1 as shipped", false), ("candle quantized_llama, Q8_0 at load", true)]
-        {
+        for (name, requant) in [
+            ("candle quantized_llama, Q4_1 as shipped", false),
+            ("candle quantized_llama, Q8_0 at load", true),
+        ] {
             let timing = run_candle(&path, requant, &prompt, args.tokens, &device)?;
-            rows.push(Row { name: name.into(), side: "candle", streams: 1, timing, peak_rss_mib: rss_mib("VmHWM:") });
+            rows.push(Row {
+                name: name.into(),
+                side: "candle",
+                streams: 1,
+                timing,
+                peak_rss_mib: rss_mib("VmHWM:"),
+            });
         }
     }
 
     let max_streams = args.streams.iter().copied().max().unwrap_or(1).max(1);
-    let engine = Engine::spawn(llm.clone(), EngineConfig { queue_capacity: 64, max_sequences: max_streams })?;
+    let engine = Engine::spawn(
+        llm.clone(),
+        EngineConfig {
+            queue_capacity: 64,
+            max_sequences: max_streams,
+        },
+    )?;
     // One short request first, so the first measured one does not pay for cold
     // caches and page faults (llama.cpp's side warms up the same way).
     run_streams(&engine, &prompt, 1, 2)?;
@@ -178,10 +205,17 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\nweights read per decode step (one step serves every stream in the batch):");
     for w in &weights {
-        println!("  {:<28} {:>8.1} MiB", w.format, w.bytes_per_token as f64 / (1024.0 * 1024.0));
+        println!(
+            "  {:<28} {:>8.1} MiB",
+            w.format,
+            w.bytes_per_token as f64 / (1024.0 * 1024.0)
+        );
     }
     println!("peak RSS is the process's high-water mark after each row (rows share one process)");
-    println!("reproduce: cargo run --release -p tenzro-benches --bin engine-speed -- --tokens {}", args.tokens);
+    println!(
+        "reproduce: cargo run --release -p tenzro-benches --bin engine-speed -- --tokens {}",
+        args.tokens
+    );
     Ok(())
 }
 
@@ -216,11 +250,22 @@ fn run_candle(
     }
     let decode_tok_s = steps as f64 / decode.elapsed().as_secs_f64();
     let wall = start.elapsed();
-    Ok(Timing { ttft: vec![ttft], completion_tokens: tokens as u64, decode_tok_s, wall, text: String::new() })
+    Ok(Timing {
+        ttft: vec![ttft],
+        completion_tokens: tokens as u64,
+        decode_tok_s,
+        wall,
+        text: String::new(),
+    })
 }
 
 /// `streams` concurrent greedy requests through the engine.
-fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -> anyhow::Result<Timing> {
+fn run_streams(
+    engine: &Engine,
+    prompt: &[u32],
+    streams: usize,
+    tokens: usize,
+) -> anyhow::Result<Timing> {
     let mut senders = Vec::with_capacity(streams);
     let mut handles = Vec::with_capacity(streams);
     // Readers first, so a token's arrival is timed when it is sent, not when a
@@ -239,7 +284,9 @@ fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -
                 }
                 match ev {
                     Event::Text { text, .. } | Event::Finished { text, .. } => out.push_str(&text),
-                    Event::Done { completion_tokens, .. } => {
+                    Event::Done {
+                        completion_tokens, ..
+                    } => {
                         end = Some(Instant::now());
                         count = completion_tokens;
                     }
@@ -251,9 +298,18 @@ fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -
     }
     let start = Instant::now();
     for reply in senders {
-        let params = GenerationParams { sampling: SamplingParams::greedy(), max_new_tokens: tokens, stop: vec![], n: 1 };
+        let params = GenerationParams {
+            sampling: SamplingParams::greedy(),
+            max_new_tokens: tokens,
+            stop: vec![],
+            n: 1,
+        };
         engine
-            .submit(GenerateRequest { prompt: prompt.to_vec(), params, reply })
+            .submit(GenerateRequest {
+                prompt: prompt.to_vec(),
+                params,
+                reply,
+            })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut ttft = Vec::with_capacity(streams);
@@ -263,8 +319,10 @@ fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -
     let mut last_end = start;
     let mut text = None;
     for h in handles {
-        let (first, end, count, out) =
-            h.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))?.map_err(|e| anyhow::anyhow!(e))?;
+        let (first, end, count, out) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))?
+            .map_err(|e| anyhow::anyhow!(e))?;
         let first = first.unwrap_or(end);
         ttft.push(first - start);
         first_min = Some(first_min.map_or(first, |m: Instant| m.min(first)));
@@ -275,7 +333,13 @@ fn run_streams(engine: &Engine, prompt: &[u32], streams: usize, tokens: usize) -
     }
     let span = last_end - first_min.unwrap_or(start);
     let decode_tok_s = decoded as f64 / span.as_secs_f64();
-    Ok(Timing { ttft, completion_tokens, decode_tok_s, wall: last_end - start, text: text.unwrap_or_default() })
+    Ok(Timing {
+        ttft,
+        completion_tokens,
+        decode_tok_s,
+        wall: last_end - start,
+        text: text.unwrap_or_default(),
+    })
 }
 
 /// A size line of /proc/self/status (`VmRSS:`, `VmHWM:`) in MiB; 0 where there is none.
@@ -283,6 +347,10 @@ fn rss_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map_or(0.0, |kib| kib as f64 / 1024.0)
 }

@@ -30,20 +30,41 @@ pub fn per_token(path: &Path) -> anyhow::Result<Vec<Format>> {
         let read_whole = name != "token_embd.weight" || tied;
         shipped.push((info.ggml_dtype, elems, read_whole));
     }
-    let types: std::collections::BTreeSet<String> = shipped.iter().map(|(d, _, _)| format!("{d:?}")).collect();
+    let types: std::collections::BTreeSet<String> =
+        shipped.iter().map(|(d, _, _)| format!("{d:?}")).collect();
     let as_shipped = total(&shipped, |d| d);
-    let q8 = total(&shipped, |d| if d == GgmlDType::Q4_1 { GgmlDType::Q8_0 } else { d });
+    let q8 = total(&shipped, |d| {
+        if d == GgmlDType::Q4_1 {
+            GgmlDType::Q8_0
+        } else {
+            d
+        }
+    });
     // Our engine also keeps the embedding as f32 for the row lookup.
-    let embd_f32 = content.tensor_infos.get("token_embd.weight").map_or(0, |i| i.shape.elem_count() as u64 * 4);
+    let embd_f32 = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map_or(0, |i| i.shape.elem_count() as u64 * 4);
     let names = types.into_iter().collect::<Vec<_>>().join("+");
     Ok(vec![
-        Format { format: format!("as shipped ({names})"), bytes_per_token: as_shipped.0, resident_bytes: as_shipped.1 },
-        Format { format: "Q4_1 as Q8_0 (ours)".into(), bytes_per_token: q8.0, resident_bytes: q8.1 + embd_f32 },
+        Format {
+            format: format!("as shipped ({names})"),
+            bytes_per_token: as_shipped.0,
+            resident_bytes: as_shipped.1,
+        },
+        Format {
+            format: "Q4_1 as Q8_0 (ours)".into(),
+            bytes_per_token: q8.0,
+            resident_bytes: q8.1 + embd_f32,
+        },
     ])
 }
 
 /// (bytes read per step, bytes resident) with each tensor stored as `as_type(dtype)`.
-fn total(tensors: &[(GgmlDType, u64, bool)], as_type: impl Fn(GgmlDType) -> GgmlDType) -> (u64, u64) {
+fn total(
+    tensors: &[(GgmlDType, u64, bool)],
+    as_type: impl Fn(GgmlDType) -> GgmlDType,
+) -> (u64, u64) {
     let mut read = 0;
     let mut resident = 0;
     for &(dtype, elems, read_whole) in tensors {

@@ -34,7 +34,13 @@ impl Phase {
 
 /// Sends `rate` requests per second for `secs` seconds (or [`MIN_REQUESTS`],
 /// whichever is more), open loop, each cut off after [`REQUEST_TIMEOUT`].
-pub async fn phase(client: &reqwest::Client, t: &Target<'_>, body: &'static str, rate: u64, secs: u64) -> Phase {
+pub async fn phase(
+    client: &reqwest::Client,
+    t: &Target<'_>,
+    body: &'static str,
+    rate: u64,
+    secs: u64,
+) -> Phase {
     let n = usize::try_from((rate * secs).max(MIN_REQUESTS)).unwrap_or(usize::MAX);
     let start = Instant::now() + Duration::from_millis(20);
     let mut handles = Vec::with_capacity(n);
@@ -43,7 +49,11 @@ pub async fn phase(client: &reqwest::Client, t: &Target<'_>, body: &'static str,
         let (client, url, key) = (client.clone(), t.url.to_owned(), t.key.map(str::to_owned));
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let mut rb = client.post(url).header("content-type", "application/json").body(body).timeout(REQUEST_TIMEOUT);
+            let mut rb = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .timeout(REQUEST_TIMEOUT);
             if let Some(k) = key {
                 rb = rb.bearer_auth(k);
             }
@@ -68,5 +78,10 @@ pub async fn phase(client: &reqwest::Client, t: &Target<'_>, body: &'static str,
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or(f64::NAN)
     };
-    Phase { p50_ms: pct(0.50), p99_ms: pct(0.99), ok: lat.len(), errors }
+    Phase {
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        ok: lat.len(),
+        errors,
+    }
 }

@@ -58,7 +58,10 @@ const SLO_MS: f64 = 50.0;
 const SATURATED_MS: f64 = 1_000.0;
 
 const BODIES: [(&str, &str); 2] = [
-    ("non-stream", r#"{"model":"bench","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16}"#),
+    (
+        "non-stream",
+        r#"{"model":"bench","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16}"#,
+    ),
     (
         "stream",
         r#"{"model":"bench","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"stream":true}"#,
@@ -103,7 +106,13 @@ impl Bench {
     /// in order and stopping at the first that fails twice in a row (on a shared
     /// machine one stall can push a short phase's p99 over). `Err(first)` when
     /// even the first fails.
-    async fn max_rate(&self, sut: &Sut<'_>, mode: &str, body: &'static str, ramp: &[u64]) -> Result<u64, u64> {
+    async fn max_rate(
+        &self,
+        sut: &Sut<'_>,
+        mode: &str,
+        body: &'static str,
+        ramp: &[u64],
+    ) -> Result<u64, u64> {
         let mut best = Err(ramp.first().copied().unwrap_or(0));
         for &rate in ramp {
             let mut good = false;
@@ -156,7 +165,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The mock gets its own single thread, the load generator the runtime below.
     let mock_addr = mock::start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let dir = std::env::temp_dir().join(format!("tenzro-gw-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -175,19 +187,49 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
     let ticks_per_s = procs::clock_ticks_per_s();
     let tenzro = procs::start_tenzro(&args.gateway_bin, mock_addr, dir).await?;
     let litellm = start_litellm(args, mock_addr, dir).await?;
-    let client = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(4096).build()?;
-    let bench = Bench { client, secs: args.seconds, ticks_per_s };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(4096)
+        .build()?;
+    let bench = Bench {
+        client,
+        secs: args.seconds,
+        ticks_per_s,
+    };
 
     let direct_url = format!("http://{mock_addr}/v1/chat/completions");
     let tenzro_url = format!("{}/v1/chat/completions", tenzro.url);
-    let litellm_url = litellm.as_ref().map(|(p, _)| format!("{}/v1/chat/completions", p.url));
-    let direct = Sut { name: "direct", target: Target { url: &direct_url, key: None }, proc: None };
-    let tz = Sut { name: "tenzro", target: Target { url: &tenzro_url, key: Some(&tenzro.key) }, proc: Some(&tenzro) };
-    let ll = litellm.as_ref().zip(litellm_url.as_deref()).map(|((p, _), url)| Sut {
-        name: "litellm",
-        target: Target { url, key: Some(&p.key) },
-        proc: Some(p),
-    });
+    let litellm_url = litellm
+        .as_ref()
+        .map(|(p, _)| format!("{}/v1/chat/completions", p.url));
+    let direct = Sut {
+        name: "direct",
+        target: Target {
+            url: &direct_url,
+            key: None,
+        },
+        proc: None,
+    };
+    let tz = Sut {
+        name: "tenzro",
+        target: Target {
+            url: &tenzro_url,
+            key: Some(&tenzro.key),
+        },
+        proc: Some(&tenzro),
+    };
+    let ll = litellm
+        .as_ref()
+        .zip(litellm_url.as_deref())
+        .map(|((p, _), url)| Sut {
+            name: "litellm",
+            target: Target {
+                url,
+                key: Some(&p.key),
+            },
+            proc: Some(p),
+        });
 
     print_header(args, litellm.as_ref().map(|(_, v)| v.as_str()));
     // Background work (the gateway's group commit and voucher rounds, LiteLLM's
@@ -198,13 +240,21 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
         Some((p, _)) => format!("{:.1} %", idle_share(p, ticks_per_s).await),
         None => "off".to_owned(),
     };
-    println!("idle CPU (share of one core over 2 s, no load): tenzro {idle_tz:.1} %, litellm {idle_ll}");
+    println!(
+        "idle CPU (share of one core over 2 s, no load): tenzro {idle_tz:.1} %, litellm {idle_ll}"
+    );
     for (mode, body) in BODIES {
-        for sut in [Some(&direct), Some(&tz), ll.as_ref()].into_iter().flatten() {
+        for sut in [Some(&direct), Some(&tz), ll.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             check_answer(&bench.client, sut, mode, body).await?;
         }
         // Warm every path (LiteLLM imports lazily on its first requests).
-        for sut in [Some(&direct), Some(&tz), ll.as_ref()].into_iter().flatten() {
+        for sut in [Some(&direct), Some(&tz), ll.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             load::phase(&bench.client, &sut.target, body, 50, 1).await;
         }
         println!("\n## {mode}\n");
@@ -218,14 +268,22 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
         let mut ll_cpu: Vec<(u64, f64)> = Vec::new();
         for &rate in &args.rates {
             let d = bench.measure(&direct, body, rate).await;
-            let t = if tz_saturated { None } else { Some(bench.measure(&tz, body, rate).await) };
+            let t = if tz_saturated {
+                None
+            } else {
+                Some(bench.measure(&tz, body, rate).await)
+            };
             let l = match &ll {
                 Some(sut) if !ll_saturated => Some(bench.measure(sut, body, rate).await),
                 _ => None,
             };
             tz_saturated |= t.as_ref().is_some_and(|m| !m.phase.passes(SATURATED_MS));
             ll_saturated |= l.as_ref().is_some_and(|m| !m.phase.passes(SATURATED_MS));
-            let within = |m: &Option<Measured>| m.as_ref().filter(|m| m.phase.passes(SLO_MS)).and_then(|m| m.cpu_us);
+            let within = |m: &Option<Measured>| {
+                m.as_ref()
+                    .filter(|m| m.phase.passes(SLO_MS))
+                    .and_then(|m| m.cpu_us)
+            };
             tz_cpu.extend(within(&t).map(|c| (rate, c)));
             ll_cpu.extend(within(&l).map(|c| (rate, c)));
             println!("{}", row(rate, &d, t.as_ref(), l.as_ref(), ll.is_some()));
@@ -247,12 +305,25 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
         );
         let off = |s: String| if ll.is_some() { s } else { "off".to_owned() };
         // The same rate for both: the highest table rate where both met the SLO.
-        let both = tz_cpu.iter().rev().find_map(|&(r, t)| ll_cpu.iter().find(|&&(lr, _)| lr == r).map(|&(_, l)| (r, t, l)));
+        let both = tz_cpu.iter().rev().find_map(|&(r, t)| {
+            ll_cpu
+                .iter()
+                .find(|&&(lr, _)| lr == r)
+                .map(|&(_, l)| (r, t, l))
+        });
         match both {
-            Some((r, t, l)) => println!("| CPU µs/req at {r} req/s (highest table rate where both met the SLO) | — | {t:.0} | {l:.0} |"),
-            None => println!("| CPU µs/req at a table rate where both met the SLO | — | — | {} |", off("none".to_owned())),
+            Some((r, t, l)) => println!(
+                "| CPU µs/req at {r} req/s (highest table rate where both met the SLO) | — | {t:.0} | {l:.0} |"
+            ),
+            None => println!(
+                "| CPU µs/req at a table rate where both met the SLO | — | — | {} |",
+                off("none".to_owned())
+            ),
         }
-        let at_best = |v: &[(u64, f64)]| v.last().map_or_else(|| "—".to_owned(), |(r, c)| format!("{c:.0} (at {r} req/s)"));
+        let at_best = |v: &[(u64, f64)]| {
+            v.last()
+                .map_or_else(|| "—".to_owned(), |(r, c)| format!("{c:.0} (at {r} req/s)"))
+        };
         println!(
             "| CPU µs/req at its highest table rate within the SLO | — | {} | {} |",
             at_best(&tz_cpu),
@@ -266,23 +337,43 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
 /// One request: the answer must carry the mock's content (all ten chunks and the
 /// end marker, when streamed), so a proxy that answers 200 with an error inside
 /// cannot pass for a fast one.
-async fn check_answer(client: &reqwest::Client, sut: &Sut<'_>, mode: &str, body: &'static str) -> anyhow::Result<()> {
-    let mut rb = client.post(sut.target.url).header("content-type", "application/json").body(body);
+async fn check_answer(
+    client: &reqwest::Client,
+    sut: &Sut<'_>,
+    mode: &str,
+    body: &'static str,
+) -> anyhow::Result<()> {
+    let mut rb = client
+        .post(sut.target.url)
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(k) = sut.target.key {
         rb = rb.bearer_auth(k);
     }
     let r = rb.timeout(load::REQUEST_TIMEOUT).send().await?;
     let status = r.status();
     let text = r.text().await?;
-    let expected: &[&str] = if body.contains("\"stream\":true") { &["w0 ", "w9 ", "[DONE]"] } else { &["Paris is the capital of France."] };
+    let expected: &[&str] = if body.contains("\"stream\":true") {
+        &["w0 ", "w9 ", "[DONE]"]
+    } else {
+        &["Paris is the capital of France."]
+    };
     if !status.is_success() || !expected.iter().all(|e| text.contains(e)) {
-        bail!("{} ({mode}) answered {status} without the mock's content: {}", sut.name, text.chars().take(500).collect::<String>());
+        bail!(
+            "{} ({mode}) answered {status} without the mock's content: {}",
+            sut.name,
+            text.chars().take(500).collect::<String>()
+        );
     }
     Ok(())
 }
 
 /// Starts LiteLLM unless it is off or missing; returns it with its version.
-async fn start_litellm(args: &Args, mock: SocketAddr, dir: &Path) -> anyhow::Result<Option<(Proc, String)>> {
+async fn start_litellm(
+    args: &Args,
+    mock: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<Option<(Proc, String)>> {
     if args.no_litellm {
         return Ok(None);
     }
@@ -293,13 +384,23 @@ async fn start_litellm(args: &Args, mock: SocketAddr, dir: &Path) -> anyhow::Res
         );
         return Ok(None);
     };
-    let p = procs::start_litellm(&procs::LitellmOpts { bin: &bin, workers: args.litellm_workers }, mock, dir).await?;
+    let p = procs::start_litellm(
+        &procs::LitellmOpts {
+            bin: &bin,
+            workers: args.litellm_workers,
+        },
+        mock,
+        dir,
+    )
+    .await?;
     let version = procs::litellm_version(&p).await;
     Ok(Some((p, version)))
 }
 
 fn print_header(args: &Args, litellm_version: Option<&str>) {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     println!(
         "gateway-load: {cores} cores, {} s or {} requests per phase (whichever is longer), open loop, every process on 127.0.0.1 and the same mock upstream",
         args.seconds,
@@ -316,15 +417,34 @@ fn print_header(args: &Args, litellm_version: Option<&str>) {
         ),
         None => println!("litellm: off"),
     }
-    println!("overhead = proxy latency - direct latency at the same rate; CPU = utime + stime of the proxy's process tree per successful request");
+    println!(
+        "overhead = proxy latency - direct latency at the same rate; CPU = utime + stime of the proxy's process tree per successful request"
+    );
 }
 
-fn row(rate: u64, d: &Measured, t: Option<&Measured>, l: Option<&Measured>, litellm_on: bool) -> String {
-    let pair = |m: Option<&Measured>| m.map_or_else(|| "—".to_owned(), |m| format!("{:.2} / {:.2}", m.phase.p50_ms, m.phase.p99_ms));
+fn row(
+    rate: u64,
+    d: &Measured,
+    t: Option<&Measured>,
+    l: Option<&Measured>,
+    litellm_on: bool,
+) -> String {
+    let pair = |m: Option<&Measured>| {
+        m.map_or_else(
+            || "—".to_owned(),
+            |m| format!("{:.2} / {:.2}", m.phase.p50_ms, m.phase.p99_ms),
+        )
+    };
     let over = |m: Option<&Measured>| {
         m.map_or_else(
             || "—".to_owned(),
-            |m| format!("{:.2} / {:.2}", m.phase.p50_ms - d.phase.p50_ms, m.phase.p99_ms - d.phase.p99_ms),
+            |m| {
+                format!(
+                    "{:.2} / {:.2}",
+                    m.phase.p50_ms - d.phase.p50_ms,
+                    m.phase.p99_ms - d.phase.p99_ms
+                )
+            },
         )
     };
     let skipped = if litellm_on { "saturated" } else { "off" };
@@ -332,7 +452,10 @@ fn row(rate: u64, d: &Measured, t: Option<&Measured>, l: Option<&Measured>, lite
         Some(_) => (pair(l), over(l)),
         None => (skipped.to_owned(), skipped.to_owned()),
     };
-    let within = |m: Option<&Measured>| m.filter(|m| m.phase.passes(SLO_MS)).map(|m| m.phase.p50_ms - d.phase.p50_ms);
+    let within = |m: Option<&Measured>| {
+        m.filter(|m| m.phase.passes(SLO_MS))
+            .map(|m| m.phase.p50_ms - d.phase.p50_ms)
+    };
     // Past the SLO a latency is mostly queue, which grows with the phase's length,
     // and below 0.05 ms our overhead is within the noise: no ratio in either case.
     let over_ratio = match (l, within(l), within(t)) {
@@ -348,7 +471,8 @@ fn row(rate: u64, d: &Measured, t: Option<&Measured>, l: Option<&Measured>, lite
         (Some(l), Some(t)) if t > 0.0 => format!("{:.0}x", l / t),
         _ => "—".to_owned(),
     };
-    let errs = |m: Option<&Measured>| m.map_or_else(|| "-".to_owned(), |m| m.phase.errors.to_string());
+    let errs =
+        |m: Option<&Measured>| m.map_or_else(|| "-".to_owned(), |m| m.phase.errors.to_string());
     format!(
         "| {rate} | {} | {} | {} | {l_pair} | {l_over} | {over_ratio} | {} | {} | {cpu_ratio} | {}/{}/{} |",
         pair(Some(d)),

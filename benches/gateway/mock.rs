@@ -38,7 +38,10 @@ async fn chat(body: Bytes) -> Response {
     } else {
         ("application/json", Body::from(CHAT))
     };
-    Response::builder().header("content-type", kind).body(body).unwrap_or_default()
+    Response::builder()
+        .header("content-type", kind)
+        .body(body)
+        .unwrap_or_default()
 }
 
 /// Our gateway posts payment-channel vouchers to its providers in the background
@@ -57,7 +60,9 @@ async fn vouchers() -> Response {
 pub fn start() -> anyhow::Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
         if let Ok(rt) = rt {
             rt.block_on(async move {
                 if let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await {
@@ -80,7 +85,8 @@ mod tests {
 
     #[test]
     fn stream_flag() {
-        let check = |body: &str, expect: bool| assert_eq!(wants_stream(body.as_bytes()), expect, "{body}");
+        let check =
+            |body: &str, expect: bool| assert_eq!(wants_stream(body.as_bytes()), expect, "{body}");
         check(r#"{"model":"bench","stream":true}"#, true);
         check(r#"{"model": "bench", "stream": true}"#, true);
         check(r#"{"model":"bench","stream":false}"#, false);

@@ -23,7 +23,10 @@ pub struct Proc {
 impl Proc {
     /// utime + stime of the process and all its descendants, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        tree(self.child.id()).iter().filter_map(|&pid| stat(pid).map(|s| s.ticks)).sum()
+        tree(self.child.id())
+            .iter()
+            .filter_map(|&pid| stat(pid).map(|s| s.ticks))
+            .sum()
     }
 }
 
@@ -31,9 +34,17 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // Descendants first (a forking server's workers), while they still name
         // the root as an ancestor; then the root itself.
-        let pids: Vec<String> = tree(self.child.id()).into_iter().skip(1).map(|p| p.to_string()).collect();
+        let pids: Vec<String> = tree(self.child.id())
+            .into_iter()
+            .skip(1)
+            .map(|p| p.to_string())
+            .collect();
         if !pids.is_empty() {
-            let _ = Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -94,11 +105,15 @@ pub fn find_on_path(name: &Path) -> Option<PathBuf> {
         return name.is_file().then(|| name.to_owned());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Polls `path` until it answers 2xx, the child exits, or `limit` passes. On an
@@ -106,7 +121,10 @@ fn free_port() -> anyhow::Result<u16> {
 async fn wait_ready(p: &mut Proc, path: &str, limit: Duration) -> anyhow::Result<()> {
     let url = format!("{}{path}", p.url);
     let log = &p.log;
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let until = Instant::now() + limit;
     while Instant::now() < until {
         if let Ok(r) = client.get(&url).send().await
@@ -115,11 +133,20 @@ async fn wait_ready(p: &mut Proc, path: &str, limit: Duration) -> anyhow::Result
             return Ok(());
         }
         if let Some(status) = p.child.try_wait()? {
-            bail!("{url}: the process exited ({status}) before it was ready; log: {}\n{}", log.display(), tail(log));
+            bail!(
+                "{url}: the process exited ({status}) before it was ready; log: {}\n{}",
+                log.display(),
+                tail(log)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{url} was not ready within {} s; log: {}\n{}", limit.as_secs(), log.display(), tail(log))
+    bail!(
+        "{url} was not ready within {} s; log: {}\n{}",
+        limit.as_secs(),
+        log.display(),
+        tail(log)
+    )
 }
 
 fn tail(log: &Path) -> String {
@@ -163,10 +190,18 @@ max_context = 2048
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stdout = String::from_utf8(out.stdout)?;
-    let key = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()).context("keys create printed no key")?.to_owned();
+    let key = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .context("keys create printed no key")?
+        .to_owned();
     let port = free_port()?;
     let log = dir.join("tenzro-gateway.log");
     let log_file = File::create(&log)?;
@@ -180,7 +215,12 @@ max_context = 2048
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let mut p = Proc { child, url: format!("http://127.0.0.1:{port}"), key, log };
+    let mut p = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        key,
+        log,
+    };
     wait_ready(&mut p, "/health", Duration::from_secs(30)).await?;
     Ok(p)
 }
@@ -198,7 +238,11 @@ const LITELLM_KEY: &str = "sk-tenzro-bench";
 /// a master key and no database (so no virtual keys, budgets or spend logs), its
 /// log level at WARNING (no access log, like our gateway at `warn`), telemetry
 /// off and the bundled model cost map (the machine may have no internet).
-pub async fn start_litellm(opts: &LitellmOpts<'_>, mock: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+pub async fn start_litellm(
+    opts: &LitellmOpts<'_>,
+    mock: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<Proc> {
     let cfg = dir.join("litellm.yaml");
     std::fs::write(
         &cfg,
@@ -220,7 +264,14 @@ general_settings:
     let child = Command::new(opts.bin)
         .arg("--config")
         .arg(&cfg)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--num_workers", &opts.workers.to_string()])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--num_workers",
+            &opts.workers.to_string(),
+        ])
         .env("LITELLM_TELEMETRY", "False")
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("LITELLM_LOG", "WARNING")
@@ -235,7 +286,12 @@ general_settings:
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("starting {}", opts.bin.display()))?;
-    let mut p = Proc { child, url: format!("http://127.0.0.1:{port}"), key: LITELLM_KEY.to_owned(), log };
+    let mut p = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        key: LITELLM_KEY.to_owned(),
+        log,
+    };
     // Python imports make the first start slow on a small machine.
     wait_ready(&mut p, "/health/readiness", Duration::from_secs(180)).await?;
     Ok(p)
@@ -245,9 +301,20 @@ general_settings:
 pub async fn litellm_version(p: &Proc) -> String {
     let got = async {
         let url = format!("{}/health/readiness/details", p.url);
-        let r = reqwest::Client::builder().no_proxy().build()?.get(url).bearer_auth(&p.key).send().await?;
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()?
+            .get(url)
+            .bearer_auth(&p.key)
+            .send()
+            .await?;
         let v: serde_json::Value = r.json().await?;
-        anyhow::Ok(v.get("litellm_version").and_then(|v| v.as_str()).unwrap_or("(unknown version)").to_owned())
+        anyhow::Ok(
+            v.get("litellm_version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("(unknown version)")
+                .to_owned(),
+        )
     };
     got.await.unwrap_or_else(|_| "(unknown version)".to_owned())
 }

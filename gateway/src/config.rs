@@ -87,7 +87,9 @@ pub struct IdentitiesSection {
 
 impl Default for IdentitiesSection {
     fn default() -> Self {
-        IdentitiesSection { max_agents_per_owner: 1000 }
+        IdentitiesSection {
+            max_agents_per_owner: 1000,
+        }
     }
 }
 
@@ -108,7 +110,12 @@ pub struct StoreSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { url: Secret::default(), commit_interval_ms: 10, lease_ttl_s: 30, lease_idle_s: 60 }
+        StoreSection {
+            url: Secret::default(),
+            commit_interval_ms: 10,
+            lease_ttl_s: 30,
+            lease_idle_s: 60,
+        }
     }
 }
 
@@ -700,7 +707,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/gateway-postgres.toml");
         let env = |k: &str| (k == "TENZRO_STORE_URL").then(|| "postgres://u:p@db/t".to_owned());
         let cfg = Config::load(Some(&path), env, &Overrides::default()).unwrap();
-        assert_eq!((cfg.store_url().as_str(), cfg.store.lease_idle_s), ("postgres://u:p@db/t", 30));
+        assert_eq!(
+            (cfg.store_url().as_str(), cfg.store.lease_idle_s),
+            ("postgres://u:p@db/t", 30)
+        );
     }
 
     /// Every gateway config in configs/ loads; the development example has zero
@@ -736,7 +746,12 @@ mod tests {
         }
         assert!(seen >= 3, "{seen} gateway configs");
         // Built in: public endpoints only.
-        assert!(!Config::default().registration_bounds().unwrap().allow_private_endpoints);
+        assert!(
+            !Config::default()
+                .registration_bounds()
+                .unwrap()
+                .allow_private_endpoints
+        );
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub enum ApiError {
     },
     NoProvider(NoProvider),
     /// Temporarily unable to serve (e.g. another replica holds the account).
-    Unavailable { message: String, retry_after: Duration },
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
     /// Every provider tried failed before answering.
     Upstream {
         message: String,
@@ -69,7 +72,9 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NoProvider(_) | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoProvider(_) | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Relayed { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,7 +139,10 @@ impl ApiError {
 impl From<crate::money::lease::LeaseError> for ApiError {
     fn from(e: crate::money::lease::LeaseError) -> Self {
         match e {
-            crate::money::lease::LeaseError::HeldElsewhere(_) => ApiError::Unavailable { message: e.to_string(), retry_after: Duration::from_secs(1) },
+            crate::money::lease::LeaseError::HeldElsewhere(_) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -159,7 +167,9 @@ impl IntoResponse for ApiError {
             _ => axum::Json(self.body()).into_response(),
         };
         *resp.status_mut() = status;
-        if let ApiError::RateLimited { retry_after, .. } | ApiError::Unavailable { retry_after, .. } = &self {
+        if let ApiError::RateLimited { retry_after, .. }
+        | ApiError::Unavailable { retry_after, .. } = &self
+        {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -113,13 +113,10 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
             .map_err(|e| StartError::Provider(p.id.clone(), e))?;
     }
     let store = open_store(&config).await?;
-    let snap = store
-        .load()
-        .await
-        .map_err(|source| StartError::Store {
-            url: redact(&config.store_url()),
-            source,
-        })?;
+    let snap = store.load().await.map_err(|source| StartError::Store {
+        url: redact(&config.store_url()),
+        source,
+    })?;
     // Accounts' money enters the book when this replica takes their leases
     // (`money::lease`); the network-wide pools and earnings load now.
     // Bans, slashes and the registered providers heard from recently.
@@ -133,13 +130,23 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
     let verifier = attestation::Verifier::new(config.registration.allow_private_endpoints)?;
     let book = Arc::new(Book::new(config.book()?));
     book.load_pools(&snap.pools, &snap.earnings)?;
-    let bonds = store.bonds().await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
-    let applied = store.applied_slashes().await.map_err(|source| StartError::Store { url: redact(&config.store_url()), source })?;
+    let bonds = store.bonds().await.map_err(|source| StartError::Store {
+        url: redact(&config.store_url()),
+        source,
+    })?;
+    let applied = store
+        .applied_slashes()
+        .await
+        .map_err(|source| StartError::Store {
+            url: redact(&config.store_url()),
+            source,
+        })?;
     book.load_bonds(bonds, applied)?;
     for b in book.bonds() {
         money::bonds_task::publish(&registry, &b);
     }
-    let replica = money::lease::Leases::replica_id(&config.server.data_dir).map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
+    let replica = money::lease::Leases::replica_id(&config.server.data_dir)
+        .map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
     let leases = Arc::new(money::lease::Leases::new(replica, config.store.lease_ttl_s));
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,
@@ -262,7 +269,11 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)),
         Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)),
     );
-    let (store, book, leases) = (state.store.clone(), state.book.clone(), state.leases.clone());
+    let (store, book, leases) = (
+        state.store.clone(),
+        state.book.clone(),
+        state.leases.clone(),
+    );
     state.tasks.spawn(async move {
         // Take the accounts with open channels first, so their channels are
         // reconciled with what the providers hold before new vouchers go out.

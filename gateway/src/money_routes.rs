@@ -80,7 +80,10 @@ fn channel_json(v: &ChannelView) -> Value {
 
 /// `GET /v1/account`: balances, what this key spent in the last 24 h, its scope and
 /// the account's channels.
-pub async fn account(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
+pub async fn account(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+) -> Result<Json<Value>, ApiError> {
     crate::accounts::require_operation(&key, crate::accounts::Operation::Account)?;
     let account = &key.record.account;
     state.lease(account).await?;
@@ -141,7 +144,10 @@ fn own_channel(state: &AppState, key: &KeyEntry, id: &str) -> Result<ChannelView
         .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))
 }
 
-pub async fn channels(State(state): State<AppState>, Auth(key): Auth) -> Result<Json<Value>, ApiError> {
+pub async fn channels(
+    State(state): State<AppState>,
+    Auth(key): Auth,
+) -> Result<Json<Value>, ApiError> {
     require_channels(&key)?;
     state.lease(&key.record.account).await?;
     let data: Vec<Value> = state
@@ -279,7 +285,10 @@ pub async fn dispute(
         Some(parse_json::<DisputeBody>(&body)?.voucher)
     };
     let now = unix_now();
-    let (by, c) = if parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+    let (by, c) = if parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
         let mut parts = parts;
         let Auth(key) = <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(
             &mut parts, &state,
@@ -289,9 +298,9 @@ pub async fn dispute(
         state.lease(&key.record.account).await?;
         (Party::Payer, own_channel(&state, &key, &id)?)
     } else if let Some(header) = parts.headers.get(dispute_auth::HEADER) {
-        let header = header
-            .to_str()
-            .map_err(|_| ApiError::Unauthorized(dispute_auth::DisputeAuthError::Malformed.to_string()))?;
+        let header = header.to_str().map_err(|_| {
+            ApiError::Unauthorized(dispute_auth::DisputeAuthError::Malformed.to_string())
+        })?;
         let parties = state
             .store
             .channel_parties(&id)

@@ -83,8 +83,14 @@ pub fn router(state: AppState) -> Router {
             post(crate::money_routes::slash),
         )
         .route("/v1/providers/register", post(register))
-        .route("/v1/providers/bonds", post(crate::bond_routes::bond).get(crate::bond_routes::list))
-        .route("/v1/providers/bonds/unbond", post(crate::bond_routes::unbond))
+        .route(
+            "/v1/providers/bonds",
+            post(crate::bond_routes::bond).get(crate::bond_routes::list),
+        )
+        .route(
+            "/v1/providers/bonds/unbond",
+            post(crate::bond_routes::unbond),
+        )
         .route("/v1/providers/heartbeat", post(heartbeat))
         .route(
             "/admin/accounts",

@@ -44,6 +44,8 @@ impl AppState {
     /// Takes `account`'s lease for this replica, loading its money into the book
     /// when it was not here (see [`crate::money::lease`]).
     pub async fn lease(&self, account: &str) -> Result<(), crate::money::lease::LeaseError> {
-        self.leases.ensure(&self.store, &self.book, account, crate::clock::unix_now()).await
+        self.leases
+            .ensure(&self.store, &self.book, account, crate::clock::unix_now())
+            .await
     }
 }

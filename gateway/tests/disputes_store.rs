@@ -64,13 +64,29 @@ async fn due_disputes_and_expired_channels_are_found_until_settled() {
             challenge_window: 10,
         });
         let s = store.account_state(a, 0).await.unwrap();
-        b.replace_account(a, &s.funds, s.channels, &s.keys, 0).unwrap();
+        b.replace_account(a, &s.funds, s.channels, &s.keys, 0)
+            .unwrap();
         for (p, at) in [("p0", 0), ("p1", 500)] {
             let r = b.reserve(a, Asset::Tnzo, 50, None, at).unwrap();
-            b.settle(r, Charge { amount: 20, provider: p, request_id: p }, at).unwrap();
+            b.settle(
+                r,
+                Charge {
+                    amount: 20,
+                    provider: p,
+                    request_id: p,
+                },
+                at,
+            )
+            .unwrap();
         }
         let chs = b.channels_of(a);
-        let first = chs.iter().find(|c| c.channel.provider == "p0").unwrap().channel.id.clone();
+        let first = chs
+            .iter()
+            .find(|c| c.channel.provider == "p0")
+            .unwrap()
+            .channel
+            .id
+            .clone();
         b.dispute(&first, Party::Provider, None, 100).unwrap();
         commit_once(&b, &store).await.unwrap();
 
@@ -81,17 +97,35 @@ async fn due_disputes_and_expired_channels_are_found_until_settled() {
         );
         assert_eq!(store.channel_parties("ch_none").await.unwrap(), None);
         // Nothing is due inside the window; the dispute is once it ended.
-        assert!(store.accounts_to_settle(110).await.unwrap().is_empty(), "{url}");
-        assert_eq!(store.accounts_to_settle(111).await.unwrap(), vec![a.to_owned()]);
+        assert!(
+            store.accounts_to_settle(110).await.unwrap().is_empty(),
+            "{url}"
+        );
+        assert_eq!(
+            store.accounts_to_settle(111).await.unwrap(),
+            vec![a.to_owned()]
+        );
         b.finish_disputes(111).unwrap();
         commit_once(&b, &store).await.unwrap();
-        assert!(store.accounts_to_settle(111).await.unwrap().is_empty(), "{url}");
+        assert!(
+            store.accounts_to_settle(111).await.unwrap().is_empty(),
+            "{url}"
+        );
         // The other channel (opened at 500) is due when it expires.
-        assert!(store.accounts_to_settle(1499).await.unwrap().is_empty(), "{url}");
-        assert_eq!(store.accounts_to_settle(1500).await.unwrap(), vec![a.to_owned()]);
+        assert!(
+            store.accounts_to_settle(1499).await.unwrap().is_empty(),
+            "{url}"
+        );
+        assert_eq!(
+            store.accounts_to_settle(1500).await.unwrap(),
+            vec![a.to_owned()]
+        );
         assert_eq!(b.expire_channels(1500).unwrap().len(), 1);
         commit_once(&b, &store).await.unwrap();
-        assert!(store.accounts_to_settle(5000).await.unwrap().is_empty(), "{url}");
+        assert!(
+            store.accounts_to_settle(5000).await.unwrap().is_empty(),
+            "{url}"
+        );
         b.audit(a, Asset::Tnzo).unwrap();
     }
 }

@@ -63,7 +63,8 @@ async fn restore(store: &Store, now: u64) -> Book {
     let book = Book::new(BookConfig::default());
     for a in &snap.accounts {
         let s = store.account_state(&a.id, now).await.unwrap();
-        book.replace_account(&a.id, &s.funds, s.channels, &s.keys, now).unwrap();
+        book.replace_account(&a.id, &s.funds, s.channels, &s.keys, now)
+            .unwrap();
     }
     book.load_pools(&snap.pools, &snap.earnings).unwrap();
     book
@@ -241,11 +242,25 @@ async fn keys_vouchers_and_slashes() {
         .sign(&payer);
         store.put_voucher(&v5).await.unwrap();
         store.put_voucher(&v3).await.unwrap();
-        let ch = tenzro_gateway::money::channel::Channel::new("ch_1".into(), acct.id.clone(), "p".into(), Asset::Tnzo, 0, 100);
-        let b = tenzro_gateway::money::book::Batch { channels: vec![ch], ..Default::default() };
+        let ch = tenzro_gateway::money::channel::Channel::new(
+            "ch_1".into(),
+            acct.id.clone(),
+            "p".into(),
+            Asset::Tnzo,
+            0,
+            100,
+        );
+        let b = tenzro_gateway::money::book::Batch {
+            channels: vec![ch],
+            ..Default::default()
+        };
         store.commit(&b).await.unwrap();
         let state = store.account_state(&acct.id, 0).await.unwrap();
-        assert_eq!(state.channels[0].1.as_ref().map(|v| v.nonce), Some(5), "{url}");
+        assert_eq!(
+            state.channels[0].1.as_ref().map(|v| v.nonce),
+            Some(5),
+            "{url}"
+        );
 
         let s = slash(
             "p",
@@ -280,14 +295,26 @@ async fn keys_vouchers_and_slashes() {
 async fn a_lost_lease_fences_the_commit() {
     use tenzro_gateway::money::store::StoreError;
     for (url, store, _dir) in backends().await {
-        let (_, acct, _) = create_in_store(&store, "dev", Asset::Tnzo, 100, KeyScope::default(), None).await.unwrap();
+        let (_, acct, _) =
+            create_in_store(&store, "dev", Asset::Tnzo, 100, KeyScope::default(), None)
+                .await
+                .unwrap();
         assert!(store.claim(&acct.id, "A", 130, 100).await.unwrap(), "{url}");
-        assert!(store.claim(&acct.id, "A", 140, 110).await.unwrap(), "the owner renews");
-        assert!(!store.claim(&acct.id, "B", 150, 120).await.unwrap(), "{url}: held by A until 140");
+        assert!(
+            store.claim(&acct.id, "A", 140, 110).await.unwrap(),
+            "the owner renews"
+        );
+        assert!(
+            !store.claim(&acct.id, "B", 150, 120).await.unwrap(),
+            "{url}: held by A until 140"
+        );
         let book = restore(&store, 100).await;
         book.credit(&acct.id, Asset::Tnzo, 5).unwrap();
         let batch = book.take_dirty();
-        store.commit_fenced(&batch, Some(("A", 150, 120))).await.unwrap();
+        store
+            .commit_fenced(&batch, Some(("A", 150, 120)))
+            .await
+            .unwrap();
         // A stalls past its lease; B takes the account over.
         assert!(store.claim(&acct.id, "B", 300, 200).await.unwrap(), "{url}");
         book.credit(&acct.id, Asset::Tnzo, 7).unwrap();
@@ -297,9 +324,18 @@ async fn a_lost_lease_fences_the_commit() {
             other => panic!("{url}: {other:?}"),
         }
         let s = store.account_state(&acct.id, 210).await.unwrap();
-        assert_eq!(s.funds[0].1.balance, 105, "{url}: A's write after losing the lease did not land");
-        store.release("B", std::slice::from_ref(&acct.id)).await.unwrap();
-        assert!(store.claim(&acct.id, "C", 400, 210).await.unwrap(), "{url}: released");
+        assert_eq!(
+            s.funds[0].1.balance, 105,
+            "{url}: A's write after losing the lease did not land"
+        );
+        store
+            .release("B", std::slice::from_ref(&acct.id))
+            .await
+            .unwrap();
+        assert!(
+            store.claim(&acct.id, "C", 400, 210).await.unwrap(),
+            "{url}: released"
+        );
         store.close().await;
     }
 }

@@ -28,7 +28,10 @@ pub fn sha256_hex(path: &Path) -> std::io::Result<String> {
 /// [`sha256_hex`] with the model loader's error.
 #[cfg(feature = "engine")]
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    sha256_hex(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })
+    sha256_hex(path).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Hash `path` and refuse it when it differs from `expected` (if one is given).
@@ -46,7 +49,10 @@ pub fn verify_file(path: &Path, expected: Option<&str>) -> Result<String, ModelE
 pub fn sha256_listing(files: &[std::path::PathBuf]) -> Result<String, ModelError> {
     let mut listing = Sha256::new();
     for path in files {
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         listing.update(format!("{}  {name}\n", sha256_file(path)?));
     }
     Ok(hex::encode(listing.finalize()))
@@ -55,18 +61,24 @@ pub fn sha256_listing(files: &[std::path::PathBuf]) -> Result<String, ModelError
 /// [`sha256_listing`] of `files`, refused when it differs from `expected`;
 /// `dir` names the checkpoint in the error.
 #[cfg(feature = "engine")]
-pub fn verify_listing(dir: &Path, files: &[std::path::PathBuf], expected: Option<&str>) -> Result<String, ModelError> {
+pub fn verify_listing(
+    dir: &Path,
+    files: &[std::path::PathBuf],
+    expected: Option<&str>,
+) -> Result<String, ModelError> {
     verify(dir, sha256_listing(files)?, expected)
 }
 
 #[cfg(feature = "engine")]
 fn verify(path: &Path, actual: String, expected: Option<&str>) -> Result<String, ModelError> {
     match expected {
-        Some(expected) if !expected.eq_ignore_ascii_case(&actual) => Err(ModelError::DigestMismatch {
-            path: path.to_owned(),
-            expected: expected.to_owned(),
-            actual,
-        }),
+        Some(expected) if !expected.eq_ignore_ascii_case(&actual) => {
+            Err(ModelError::DigestMismatch {
+                path: path.to_owned(),
+                expected: expected.to_owned(),
+                actual,
+            })
+        }
         _ => Ok(actual),
     }
 }

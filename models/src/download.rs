@@ -83,7 +83,10 @@ impl HubFile {
     pub fn url(&self, endpoint: &str) -> String {
         let endpoint = endpoint.trim_end_matches('/');
         let revision = self.revision.replace('/', "%2F");
-        format!("{endpoint}/{}/{}/resolve/{revision}/{}", self.owner, self.repo, self.file)
+        format!(
+            "{endpoint}/{}/{}/resolve/{revision}/{}",
+            self.owner, self.repo, self.file
+        )
     }
 
     /// Where this file lives under `cache_dir`.
@@ -98,7 +101,11 @@ impl HubFile {
 
 impl fmt::Display for HubFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{HUB_SCHEME}{}/{}@{}/{}", self.owner, self.repo, self.revision, self.file)
+        write!(
+            f,
+            "{HUB_SCHEME}{}/{}@{}/{}",
+            self.owner, self.repo, self.revision, self.file
+        )
     }
 }
 
@@ -110,10 +117,16 @@ impl FromStr for ModelSource {
         let Some(rest) = s.strip_prefix(HUB_SCHEME) else {
             return Ok(ModelSource::Local(PathBuf::from(s)));
         };
-        let bad = |reason: &str| DownloadError::BadSource { source_text: s.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| DownloadError::BadSource {
+            source_text: s.to_owned(),
+            reason: reason.to_owned(),
+        };
         let mut parts = rest.splitn(3, '/');
-        let (Some(owner), Some(repo_rev), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected hf://owner/repo/file or hf://owner/repo@revision/file"));
+        let (Some(owner), Some(repo_rev), Some(file)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(
+                "expected hf://owner/repo/file or hf://owner/repo@revision/file",
+            ));
         };
         let (repo, revision) = match repo_rev.split_once('@') {
             Some((repo, revision)) => (repo, revision),
@@ -123,10 +136,13 @@ impl FromStr for ModelSource {
             return Err(bad("owner, repo, revision and file must all be non-empty"));
         }
         let plain = |part: &str| part != "." && part != ".." && !part.contains('\\');
-        if !plain(owner) || !plain(repo) || !revision.split('/').all(|p| !p.is_empty() && plain(p)) {
+        if !plain(owner) || !plain(repo) || !revision.split('/').all(|p| !p.is_empty() && plain(p))
+        {
             return Err(bad("owner, repo and revision must be plain names"));
         }
-        let file_ok = Path::new(file).components().all(|c| matches!(c, Component::Normal(_)))
+        let file_ok = Path::new(file)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
             && file.split('/').all(|p| !p.is_empty() && plain(p));
         if !file_ok {
             return Err(bad("the file must be a relative path without `.` or `..`"));
@@ -183,12 +199,20 @@ pub enum DownloadError {
     #[error("{url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url}: gave up after {attempts} attempts: {last}")]
-    Exhausted { url: String, attempts: u32, last: String },
+    Exhausted {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
     #[error(
         "sha256 mismatch for {what}: expected {expected}, got {actual}; refusing to serve it \
          (the download was deleted)"
     )]
-    DigestMismatch { what: String, expected: String, actual: String },
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -196,7 +220,11 @@ pub enum DownloadError {
 /// Resolve `source` to a local file: a local path is checked to exist (and hashed when a
 /// digest is given); a hub file is taken from the cache or downloaded into it.
 /// Blocking: call it off the async runtime.
-pub fn fetch(source: &ModelSource, cache_dir: &Path, options: &FetchOptions) -> Result<PathBuf, DownloadError> {
+pub fn fetch(
+    source: &ModelSource,
+    cache_dir: &Path,
+    options: &FetchOptions,
+) -> Result<PathBuf, DownloadError> {
     match source {
         ModelSource::Local(path) => {
             if !path.is_file() {
@@ -218,7 +246,11 @@ pub fn fetch(source: &ModelSource, cache_dir: &Path, options: &FetchOptions) -> 
     }
 }
 
-fn fetch_hub(file: &HubFile, cache_dir: &Path, options: &FetchOptions) -> Result<PathBuf, DownloadError> {
+fn fetch_hub(
+    file: &HubFile,
+    cache_dir: &Path,
+    options: &FetchOptions,
+) -> Result<PathBuf, DownloadError> {
     let dest = file.cache_path(cache_dir);
     let expected = options.expected_sha256.as_deref();
     if dest.is_file() {
@@ -236,7 +268,10 @@ fn fetch_hub(file: &HubFile, cache_dir: &Path, options: &FetchOptions) -> Result
         }
     }
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|source| DownloadError::Io { path: parent.to_owned(), source })?;
+        fs::create_dir_all(parent).map_err(|source| DownloadError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
     }
     let partial = partial_path(&dest);
     let endpoint = options
@@ -253,9 +288,16 @@ fn fetch_hub(file: &HubFile, cache_dir: &Path, options: &FetchOptions) -> Result
         && !expected.eq_ignore_ascii_case(&actual)
     {
         remove(&partial)?;
-        return Err(DownloadError::DigestMismatch { what: url, expected: expected.to_owned(), actual });
+        return Err(DownloadError::DigestMismatch {
+            what: url,
+            expected: expected.to_owned(),
+            actual,
+        });
     }
-    fs::rename(&partial, &dest).map_err(|source| DownloadError::Io { path: dest.clone(), source })?;
+    fs::rename(&partial, &dest).map_err(|source| DownloadError::Io {
+        path: dest.clone(),
+        source,
+    })?;
     tracing::info!(path = %dest.display(), sha256 = %actual, "model file downloaded");
     Ok(dest)
 }
@@ -295,7 +337,11 @@ fn download(url: &str, partial: &Path, options: &FetchOptions) -> Result<(), Dow
             }
             Err(Failure::Retry(last)) if attempt > options.max_retries => {
                 bar.abandon();
-                return Err(DownloadError::Exhausted { url: url.to_owned(), attempts: attempt, last });
+                return Err(DownloadError::Exhausted {
+                    url: url.to_owned(),
+                    attempts: attempt,
+                    last,
+                });
             }
             Err(Failure::Retry(reason)) => {
                 tracing::warn!(%url, attempt, %reason, backoff_ms = backoff.as_millis() as u64, "download interrupted; will resume");
@@ -342,7 +388,12 @@ fn attempt_once(
     token: Option<&str>,
     bar: &ProgressBar,
 ) -> Result<(), Failure> {
-    let io = |source| Failure::Fatal(DownloadError::Io { path: partial.to_owned(), source });
+    let io = |source| {
+        Failure::Fatal(DownloadError::Io {
+            path: partial.to_owned(),
+            source,
+        })
+    };
     let have = match fs::metadata(partial) {
         Ok(meta) => meta.len(),
         Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
@@ -355,19 +406,34 @@ fn attempt_once(
     if let Some(token) = token {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
-    let response = request.call().map_err(|err| Failure::Retry(err.to_string()))?;
+    let response = request
+        .call()
+        .map_err(|err| Failure::Retry(err.to_string()))?;
     let status = response.status().as_u16();
-    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let content_length = header("content-length").and_then(|v| v.parse::<u64>().ok());
 
     // Where this body starts in the file, and the file's full size when known.
     let (start, total) = match status {
-        206 => match header("content-range").as_deref().and_then(parse_content_range) {
-            Some((start, total)) if start == have => (start, total.or(content_length.map(|n| start + n))),
+        206 => match header("content-range")
+            .as_deref()
+            .and_then(parse_content_range)
+        {
+            Some((start, total)) if start == have => {
+                (start, total.or(content_length.map(|n| start + n)))
+            }
             other => {
                 // A range we did not ask for: start over rather than splice wrongly.
                 remove(partial).map_err(Failure::Fatal)?;
-                return Err(Failure::Retry(format!("unexpected Content-Range {other:?} for offset {have}")));
+                return Err(Failure::Retry(format!(
+                    "unexpected Content-Range {other:?} for offset {have}"
+                )));
             }
         },
         200 => {
@@ -379,11 +445,22 @@ fn attempt_once(
         416 => {
             // Our partial file is no prefix of what the server has now.
             remove(partial).map_err(Failure::Fatal)?;
-            return Err(Failure::Retry("HTTP 416: partial file does not fit; restarting".into()));
+            return Err(Failure::Retry(
+                "HTTP 416: partial file does not fit; restarting".into(),
+            ));
         }
-        404 => return Err(Failure::Fatal(DownloadError::NotFound { url: url.to_owned() })),
+        404 => {
+            return Err(Failure::Fatal(DownloadError::NotFound {
+                url: url.to_owned(),
+            }));
+        }
         429 | 500..=599 => return Err(Failure::Retry(format!("HTTP {status}"))),
-        _ => return Err(Failure::Fatal(DownloadError::Status { url: url.to_owned(), status })),
+        _ => {
+            return Err(Failure::Fatal(DownloadError::Status {
+                url: url.to_owned(),
+                status,
+            }));
+        }
     };
 
     let mut out = if start == 0 {
@@ -404,7 +481,9 @@ fn attempt_once(
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 out.flush().map_err(io)?;
-                return Err(Failure::Retry(format!("connection dropped at byte {written}: {err}")));
+                return Err(Failure::Retry(format!(
+                    "connection dropped at byte {written}: {err}"
+                )));
             }
         };
         out.write_all(&buf[..n]).map_err(io)?;
@@ -413,9 +492,9 @@ fn attempt_once(
     }
     out.sync_all().map_err(io)?;
     match total {
-        Some(total) if written != total => {
-            Err(Failure::Retry(format!("body ended at byte {written} of {total}")))
-        }
+        Some(total) if written != total => Err(Failure::Retry(format!(
+            "body ended at byte {written} of {total}"
+        ))),
         _ => Ok(()),
     }
 }
@@ -435,16 +514,20 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 
 fn remove(path: &Path) -> Result<(), DownloadError> {
     match fs::remove_file(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => {
-            Err(DownloadError::Io { path: path.to_owned(), source: err })
-        }
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(DownloadError::Io {
+            path: path.to_owned(),
+            source: err,
+        }),
         _ => Ok(()),
     }
 }
 
 /// Lowercase hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, DownloadError> {
-    crate::digest::sha256_hex(path).map_err(|source| DownloadError::Io { path: path.to_owned(), source })
+    crate::digest::sha256_hex(path).map_err(|source| DownloadError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -473,16 +556,36 @@ mod tests {
         // belongs in the file part, so `refs` is the revision here.
         assert_eq!((f.revision(), f.file()), ("refs", "pr/1/sub/w.gguf"));
         let f = hub("hf://o/r@abc123/dir/w.gguf");
-        assert_eq!(f.cache_path(Path::new("/c")), Path::new("/c/o/r/abc123/dir/w.gguf"));
-        assert_eq!("models/x.gguf".parse::<ModelSource>().unwrap(), ModelSource::Local("models/x.gguf".into()));
-        for bad in ["hf://o/r", "hf://o//f", "hf:///r/f", "hf://o/r@/f", "hf://o/r/../x", "hf://../r/f", "hf://o/r/a//b"] {
-            assert!(bad.parse::<ModelSource>().is_err(), "{bad} should be refused");
+        assert_eq!(
+            f.cache_path(Path::new("/c")),
+            Path::new("/c/o/r/abc123/dir/w.gguf")
+        );
+        assert_eq!(
+            "models/x.gguf".parse::<ModelSource>().unwrap(),
+            ModelSource::Local("models/x.gguf".into())
+        );
+        for bad in [
+            "hf://o/r",
+            "hf://o//f",
+            "hf:///r/f",
+            "hf://o/r@/f",
+            "hf://o/r/../x",
+            "hf://../r/f",
+            "hf://o/r/a//b",
+        ] {
+            assert!(
+                bad.parse::<ModelSource>().is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 
     #[test]
     fn content_range_parses() {
-        assert_eq!(parse_content_range("bytes 100-199/3000"), Some((100, Some(3000))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/3000"),
+            Some((100, Some(3000)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
     }

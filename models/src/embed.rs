@@ -32,7 +32,11 @@ pub struct Embedder {
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
     #[error("input {index} has {tokens} tokens; this model takes at most {max}")]
-    TooLong { index: usize, tokens: usize, max: usize },
+    TooLong {
+        index: usize,
+        tokens: usize,
+        max: usize,
+    },
     #[error("input {index} has token id {id}, outside the vocabulary of {vocab}")]
     BadToken { index: usize, id: u32, vocab: usize },
     #[error(transparent)]
@@ -49,7 +53,12 @@ impl Embedder {
     pub fn load(cfg: &EmbedderConfig, device: &Device) -> Result<Self, ModelError> {
         let weights = cfg.dir.join("model.safetensors");
         let sha256 = digest::verify_file(&weights, cfg.sha256.as_deref())?;
-        let read = |p: &Path| std::fs::read(p).map_err(|source| ModelError::Io { path: p.to_owned(), source });
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| ModelError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
         let config_path = cfg.dir.join("config.json");
         let config: Config = serde_json::from_slice(&read(&config_path)?)
             .map_err(|e| ModelError::format(&config_path, e))?;
@@ -94,7 +103,11 @@ impl Embedder {
         let vocab = self.tokenizer.get_vocab_size(true);
         for (index, seq) in ids.iter().enumerate() {
             if seq.len() > self.max_tokens {
-                return Err(EmbedError::TooLong { index, tokens: seq.len(), max: self.max_tokens });
+                return Err(EmbedError::TooLong {
+                    index,
+                    tokens: seq.len(),
+                    max: self.max_tokens,
+                });
             }
             if let Some(&id) = seq.iter().find(|&&id| id as usize >= vocab) {
                 return Err(EmbedError::BadToken { index, id, vocab });
@@ -114,7 +127,11 @@ impl Embedder {
         let mut flat = Vec::with_capacity(ids.len() * width);
         let mut mask = Vec::with_capacity(ids.len() * width);
         for seq in ids {
-            flat.extend(seq.iter().copied().chain(std::iter::repeat_n(0, width - seq.len())));
+            flat.extend(
+                seq.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, width - seq.len())),
+            );
             mask.extend((0..width).map(|i| u32::from(i < seq.len())));
         }
         let shape = (ids.len(), width);

@@ -34,7 +34,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { queue_capacity: 64, max_sequences: 8 }
+        EngineConfig {
+            queue_capacity: 64,
+            max_sequences: 8,
+        }
     }
 }
 
@@ -60,11 +63,23 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// New text of one choice and the completion tokens it carries.
-    Text { choice: u32, text: String, tokens: u32 },
+    Text {
+        choice: u32,
+        text: String,
+        tokens: u32,
+    },
     /// The choice ended; `text` is any last text, `tokens` the tokens not yet
     /// reported (so the sum over events equals the choice's completion tokens).
-    Finished { choice: u32, reason: FinishReason, text: String, tokens: u32 },
-    Done { prompt_tokens: u32, completion_tokens: u32 },
+    Finished {
+        choice: u32,
+        reason: FinishReason,
+        text: String,
+        tokens: u32,
+    },
+    Done {
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
     Error(String),
 }
 
@@ -101,7 +116,9 @@ impl Engine {
             max_sequences: config.max_sequences.max(1),
             groups: Vec::new(),
         };
-        thread::Builder::new().name("tenzro-engine".into()).spawn(move || worker.run())?;
+        thread::Builder::new()
+            .name("tenzro-engine".into())
+            .spawn(move || worker.run())?;
         Ok(Engine { tx, stats, llm })
     }
 
@@ -171,14 +188,18 @@ impl Worker {
                 return;
             }
             self.step_all();
-            self.groups.retain(|g| !g.ended && g.choices.iter().any(|c| !c.done));
+            self.groups
+                .retain(|g| !g.ended && g.choices.iter().any(|c| !c.done));
             let active: usize = self.groups.iter().map(|g| g.choices.len()).sum();
             self.stats.active.store(active, Ordering::Relaxed);
         }
     }
 
     fn active(&self) -> usize {
-        self.groups.iter().map(|g| g.choices.iter().filter(|c| !c.done).count()).sum()
+        self.groups
+            .iter()
+            .map(|g| g.choices.iter().filter(|c| !c.done).count())
+            .sum()
     }
 
     /// Take new requests while there is room. Blocks when idle; returns false
@@ -210,7 +231,11 @@ impl Worker {
 
     /// Prefill the prompt and sample each choice's first token.
     fn start(&self, request: GenerateRequest) -> Option<Group> {
-        let GenerateRequest { prompt, params, reply } = request;
+        let GenerateRequest {
+            prompt,
+            params,
+            reply,
+        } = request;
         let (cache, logits) = match self.llm.prefill(&prompt) {
             Ok(x) => x,
             Err(e) => {
@@ -318,7 +343,12 @@ impl Group {
         let finish = |c: &mut Choice, reply: &UnboundedSender<Event>, reason, text: String| {
             c.done = true;
             let tokens = std::mem::take(&mut c.unreported);
-            let _ = reply.send(Event::Finished { choice: c.index, reason, text, tokens });
+            let _ = reply.send(Event::Finished {
+                choice: c.index,
+                reason,
+                text,
+                tokens,
+            });
         };
         if llm.eos_ids.contains(&token) {
             let rest = c.stop.flush();
@@ -342,7 +372,11 @@ impl Group {
             }
             StopOutcome::Continue(text) if !text.is_empty() => {
                 let tokens = std::mem::take(&mut c.unreported);
-                let _ = self.reply.send(Event::Text { choice: c.index, text, tokens });
+                let _ = self.reply.send(Event::Text {
+                    choice: c.index,
+                    text,
+                    tokens,
+                });
             }
             StopOutcome::Continue(_) => {}
         }
@@ -356,7 +390,10 @@ impl Group {
     fn finish_if_done(&mut self) {
         if !self.ended && self.choices.iter().all(|c| c.done) {
             let completion_tokens = self.choices.iter().map(|c| c.generated).sum();
-            let _ = self.reply.send(Event::Done { prompt_tokens: self.prompt_tokens, completion_tokens });
+            let _ = self.reply.send(Event::Done {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens,
+            });
             // Mark so `retain` drops it.
             self.ended = true;
         }

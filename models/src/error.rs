@@ -4,11 +4,20 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("model file {path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("weights {path} have SHA-256 {actual}, but the config says {expected}; refusing to serve them")]
-    DigestMismatch { path: PathBuf, expected: String, actual: String },
+    #[error(
+        "weights {path} have SHA-256 {actual}, but the config says {expected}; refusing to serve them"
+    )]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]
@@ -19,6 +28,9 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn format(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
-        ModelError::Format { path: path.to_owned(), message: message.to_string() }
+        ModelError::Format {
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
     }
 }

@@ -22,14 +22,20 @@ use crate::ModelError;
 const TOKEN_TYPE_CONTROL: i32 = 3;
 
 pub fn read_content(path: &Path) -> Result<(Content, std::fs::File), ModelError> {
-    let io = |source| ModelError::Io { path: path.to_owned(), source };
+    let io = |source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let content = Content::read(&mut file).map_err(|e| ModelError::format(path, e))?;
     Ok((content, file))
 }
 
 pub fn md_string(ct: &Content, key: &str) -> Option<String> {
-    ct.metadata.get(key).and_then(|v| v.to_string().ok()).cloned()
+    ct.metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
 }
 
 pub fn md_u32(ct: &Content, key: &str) -> Option<u32> {
@@ -72,7 +78,9 @@ pub fn tokenizer_from_gguf(ct: &Content) -> Result<Tokenizer, ModelError> {
     let merges = merges
         .iter()
         .map(|m| {
-            let m = m.to_string().map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            let m = m
+                .to_string()
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
             m.split_once(' ')
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
                 .ok_or_else(|| ModelError::Tokenizer(format!("merge `{m}` has no space")))
@@ -84,8 +92,10 @@ pub fn tokenizer_from_gguf(ct: &Content) -> Result<Tokenizer, ModelError> {
         .build()
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let mut tokenizer = Tokenizer::new(bpe);
-    let pre: Vec<PreTokenizerWrapper> =
-        vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
+    let pre: Vec<PreTokenizerWrapper> = vec![
+        Digits::new(true).into(),
+        ByteLevel::new(false, true, true).into(),
+    ];
     tokenizer.with_pre_tokenizer(Some(Sequence::new(pre)));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 

@@ -78,15 +78,22 @@ impl TokenIds {
 impl HfConfig {
     /// Read `config.json` and refuse what the model cannot run.
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        let config: HfConfig = serde_json::from_slice(&bytes).map_err(|e| ModelError::format(path, e))?;
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: HfConfig =
+            serde_json::from_slice(&bytes).map_err(|e| ModelError::format(path, e))?;
         config.check().map_err(|m| ModelError::format(path, m))?;
         Ok(config)
     }
 
     fn check(&self) -> Result<(), String> {
         if !matches!(self.model_type.as_str(), "llama" | "qwen2") {
-            return Err(format!("model_type `{}` is not supported yet (llama and qwen2 only)", self.model_type));
+            return Err(format!(
+                "model_type `{}` is not supported yet (llama and qwen2 only)",
+                self.model_type
+            ));
         }
         if let Some(act) = self.hidden_act.as_deref()
             && act != "silu"
@@ -100,7 +107,8 @@ impl HfConfig {
             return Err("sliding-window attention is not supported yet".into());
         }
         if self.num_attention_heads == 0
-            || (self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads))
+            || (self.head_dim.is_none()
+                && !self.hidden_size.is_multiple_of(self.num_attention_heads))
         {
             return Err(format!(
                 "hidden_size {} does not split into {} heads",
@@ -111,7 +119,8 @@ impl HfConfig {
     }
 
     fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     fn n_kv_head(&self) -> usize {
@@ -159,7 +168,10 @@ impl HfConfig {
 
 /// The checkpoint's weight files, `*.safetensors` in the directory, sorted by name.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let io = |source| ModelError::Io { path: dir.to_owned(), source };
+    let io = |source| ModelError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
@@ -185,7 +197,10 @@ pub fn load_llama(
 ) -> Result<Llama, ModelError> {
     let mut weights = Weights::default();
     for path in files {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let st = BufferedSafetensors::new(bytes).map_err(|e| ModelError::format(path, e))?;
         let names: Vec<String> = st.tensors().into_iter().map(|(name, _)| name).collect();
         for name in names {
@@ -195,7 +210,10 @@ pub fn load_llama(
             {
                 return Err(ModelError::format(
                     path,
-                    format!("tensor `{name}` has shape {:?}, config.json implies {dims:?}", tensor.dims()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, config.json implies {dims:?}",
+                        tensor.dims()
+                    ),
                 ));
             }
             if name.ends_with("_proj.weight") || name == "lm_head.weight" {
@@ -205,40 +223,87 @@ pub fn load_llama(
             }
         }
     }
-    let dir = files.first().and_then(|f| f.parent()).unwrap_or(Path::new("."));
-    let missing = |name: &str| ModelError::format(dir, format!("the checkpoint has no tensor `{name}`"));
+    let dir = files
+        .first()
+        .and_then(|f| f.parent())
+        .unwrap_or(Path::new("."));
+    let missing =
+        |name: &str| ModelError::format(dir, format!("the checkpoint has no tensor `{name}`"));
     let eps = config.rms_norm_eps;
-    let embed =
-        weights.vectors.remove("model.embed_tokens.weight").ok_or_else(|| missing("model.embed_tokens.weight"))?;
+    let embed = weights
+        .vectors
+        .remove("model.embed_tokens.weight")
+        .ok_or_else(|| missing("model.embed_tokens.weight"))?;
     let output = match weights.matrices.remove("lm_head.weight") {
         Some(m) => m,
         None if config.tie_word_embeddings => matmul(embed.clone(), quantize)?,
         None => return Err(missing("lm_head.weight")),
     };
-    let norm =
-        RmsNorm::new(weights.vectors.remove("model.norm.weight").ok_or_else(|| missing("model.norm.weight"))?, eps)?;
+    let norm = RmsNorm::new(
+        weights
+            .vectors
+            .remove("model.norm.weight")
+            .ok_or_else(|| missing("model.norm.weight"))?,
+        eps,
+    )?;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}.");
-        let mut mat = |n: &str| weights.matrices.remove(&format!("{p}{n}")).ok_or_else(|| missing(&format!("{p}{n}")));
+        let mut mat = |n: &str| {
+            weights
+                .matrices
+                .remove(&format!("{p}{n}"))
+                .ok_or_else(|| missing(&format!("{p}{n}")))
+        };
         let (wq, wk, wv, wo) = (
             mat("self_attn.q_proj.weight")?,
             mat("self_attn.k_proj.weight")?,
             mat("self_attn.v_proj.weight")?,
             mat("self_attn.o_proj.weight")?,
         );
-        let (gate, up, down) = (mat("mlp.gate_proj.weight")?, mat("mlp.up_proj.weight")?, mat("mlp.down_proj.weight")?);
-        let mut vec = |n: &str| weights.vectors.remove(&format!("{p}{n}")).ok_or_else(|| missing(&format!("{p}{n}")));
+        let (gate, up, down) = (
+            mat("mlp.gate_proj.weight")?,
+            mat("mlp.up_proj.weight")?,
+            mat("mlp.down_proj.weight")?,
+        );
+        let mut vec = |n: &str| {
+            weights
+                .vectors
+                .remove(&format!("{p}{n}"))
+                .ok_or_else(|| missing(&format!("{p}{n}")))
+        };
         let attn_norm = RmsNorm::new(vec("input_layernorm.weight")?, eps)?;
         let ffn_norm = RmsNorm::new(vec("post_attention_layernorm.weight")?, eps)?;
         let qkv_bias = if config.model_type == "qwen2" {
-            Some([vec("self_attn.q_proj.bias")?, vec("self_attn.k_proj.bias")?, vec("self_attn.v_proj.bias")?])
+            Some([
+                vec("self_attn.q_proj.bias")?,
+                vec("self_attn.k_proj.bias")?,
+                vec("self_attn.v_proj.bias")?,
+            ])
         } else {
             None
         };
-        layers.push(Layer { wq, wk, wv, qkv_bias, wo, attn_norm, ffn_norm, gate, down, up });
+        layers.push(Layer {
+            wq,
+            wk,
+            wv,
+            qkv_bias,
+            wo,
+            attn_norm,
+            ffn_norm,
+            gate,
+            down,
+            up,
+        });
     }
-    Ok(Llama::from_parts(&config.shape(), embed, layers, norm, output, device)?)
+    Ok(Llama::from_parts(
+        &config.shape(),
+        embed,
+        layers,
+        norm,
+        output,
+        device,
+    )?)
 }
 
 /// Tensors as read, split by how the model uses them.
@@ -252,7 +317,12 @@ struct Weights {
 
 fn matmul(weight: Tensor, quantize: Option<GgmlDType>) -> Result<QMatMul, ModelError> {
     match quantize {
-        Some(dtype) if weight.dims().last().is_some_and(|&cols| cols.is_multiple_of(dtype.block_size())) => {
+        Some(dtype)
+            if weight
+                .dims()
+                .last()
+                .is_some_and(|&cols| cols.is_multiple_of(dtype.block_size())) =>
+        {
             Ok(QMatMul::from_qtensor(QTensor::quantize(&weight, dtype)?)?)
         }
         _ => Ok(QMatMul::Tensor(weight)),
@@ -285,7 +355,11 @@ impl TokenizerConfig {
                 .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
             _ => None,
         };
-        Some(TokenizerConfig { chat_template, bos_token: token("bos_token"), eos_token: token("eos_token") })
+        Some(TokenizerConfig {
+            chat_template,
+            bos_token: token("bos_token"),
+            eos_token: token("eos_token"),
+        })
     }
 }
 
@@ -326,12 +400,21 @@ mod tests {
     fn config_fields_and_defaults() {
         let c = config(&[]).unwrap();
         let s = c.shape();
-        assert_eq!((s.n_head, s.n_kv_head, s.head_dim, s.rope_theta), (4, 2, 16, 100_000.0));
+        assert_eq!(
+            (s.n_head, s.n_kv_head, s.head_dim, s.rope_theta),
+            (4, 2, 16, 100_000.0)
+        );
         assert_eq!(s.rope, RopeLayout::Halves);
         assert_eq!(c.eos_token_id.as_ref().unwrap().ids(), [2, 3]);
         assert!(!c.tie_word_embeddings);
-        assert_eq!(c.expected_dims("model.layers.1.self_attn.k_proj.weight"), Some(vec![32, 64]));
-        assert_eq!(c.expected_dims("model.layers.0.mlp.down_proj.weight"), Some(vec![64, 128]));
+        assert_eq!(
+            c.expected_dims("model.layers.1.self_attn.k_proj.weight"),
+            Some(vec![32, 64])
+        );
+        assert_eq!(
+            c.expected_dims("model.layers.0.mlp.down_proj.weight"),
+            Some(vec![64, 128])
+        );
         assert_eq!(c.expected_dims("model.rotary_emb.inv_freq"), None);
     }
 
@@ -343,7 +426,10 @@ mod tests {
         };
         check(("model_type", "gemma".into()), "`gemma` is not supported");
         check(("hidden_act", "gelu".into()), "silu only");
-        check(("rope_scaling", serde_json::json!({"rope_type": "llama3"})), "rope_scaling");
+        check(
+            ("rope_scaling", serde_json::json!({"rope_type": "llama3"})),
+            "rope_scaling",
+        );
         check(("use_sliding_window", true.into()), "sliding-window");
         check(("num_attention_heads", 5.into()), "does not split");
         assert!(config(&[("rope_scaling", serde_json::Value::Null)]).is_ok());
@@ -360,7 +446,10 @@ mod tests {
         )
         .unwrap();
         let tc = TokenizerConfig::read(&path).unwrap();
-        assert_eq!((tc.bos_token.as_deref(), tc.eos_token.as_deref()), (Some("<s>"), Some("</s>")));
+        assert_eq!(
+            (tc.bos_token.as_deref(), tc.eos_token.as_deref()),
+            (Some("<s>"), Some("</s>"))
+        );
         assert_eq!(tc.chat_template.as_deref(), Some("t"));
         assert!(TokenizerConfig::read(&dir.join("missing.json")).is_none());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -8,6 +8,12 @@
 pub mod api;
 
 #[cfg(feature = "engine")]
+pub mod detok;
+#[cfg(feature = "download")]
+pub mod digest;
+#[cfg(feature = "download")]
+pub mod download;
+#[cfg(feature = "engine")]
 pub mod embed;
 #[cfg(feature = "engine")]
 pub mod engine;
@@ -27,12 +33,6 @@ pub mod sampler;
 pub mod stop;
 #[cfg(feature = "engine")]
 pub mod template;
-#[cfg(feature = "engine")]
-pub mod detok;
-#[cfg(feature = "download")]
-pub mod digest;
-#[cfg(feature = "download")]
-pub mod download;
 
 #[cfg(feature = "engine")]
 pub use error::ModelError;

@@ -51,7 +51,10 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn new(weight: Tensor, eps: f64) -> Result<Self> {
-        Ok(RmsNorm { weight: weight.to_dtype(DType::F32)?, eps: eps as f32 })
+        Ok(RmsNorm {
+            weight: weight.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -124,7 +127,9 @@ impl LayerCache {
             }
             *slot = Some(LayerCache { k: nk, v: nv, len });
         }
-        let Some(c) = slot.as_mut() else { candle_core::bail!("kv cache slot vanished") };
+        let Some(c) = slot.as_mut() else {
+            candle_core::bail!("kv cache slot vanished")
+        };
         c.k.slice_set(&k.contiguous()?, 1, len)?;
         c.v.slice_set(&v.contiguous()?, 1, len)?;
         c.len = need;
@@ -133,7 +138,11 @@ impl LayerCache {
 
     /// A copy that shares no storage (the buffers are written in place).
     fn deep_copy(&self) -> Result<LayerCache> {
-        Ok(LayerCache { k: self.k.copy()?, v: self.v.copy()?, len: self.len })
+        Ok(LayerCache {
+            k: self.k.copy()?,
+            v: self.v.copy()?,
+            len: self.len,
+        })
     }
 }
 
@@ -147,8 +156,15 @@ pub struct KvCache {
 impl KvCache {
     /// A deep copy (the choices of one prompt share its prefill, then diverge).
     pub fn try_clone(&self) -> Result<KvCache> {
-        let layers = self.layers.iter().map(|l| l.as_ref().map(LayerCache::deep_copy).transpose()).collect::<Result<_>>()?;
-        Ok(KvCache { layers, len: self.len })
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(LayerCache::deep_copy).transpose())
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+        })
     }
 }
 
@@ -164,7 +180,11 @@ impl KvCache {
 }
 
 impl Llama {
-    pub fn from_gguf<R: std::io::Seek + std::io::Read>(ct: &Content, reader: &mut R, device: &Device) -> Result<Self> {
+    pub fn from_gguf<R: std::io::Seek + std::io::Read>(
+        ct: &Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
         let md = |key: &str| {
             ct.metadata
                 .get(key)
@@ -176,8 +196,14 @@ impl Llama {
         let hidden = md("llama.embedding_length")?.to_u32()? as usize;
         let rope_dim = md("llama.rope.dimension_count")?.to_u32()? as usize;
         let eps = f64::from(md("llama.attention.layer_norm_rms_epsilon")?.to_f32()?);
-        let freq_base = md("llama.rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
-        if md("llama.expert_count").and_then(|v| v.to_u32()).unwrap_or(0) > 1 {
+        let freq_base = md("llama.rope.freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(10_000.0);
+        if md("llama.expert_count")
+            .and_then(|v| v.to_u32())
+            .unwrap_or(0)
+            > 1
+        {
             candle_core::bail!("mixture-of-experts llama models are not supported yet");
         }
         let arch = md("general.architecture")?.to_string()?.clone();
@@ -255,7 +281,10 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+        KvCache {
+            layers: (0..self.layers.len()).map(|_| None).collect(),
+            len: 0,
+        }
     }
 
     /// Run `tokens` of one sequence (a prompt, in one pass); returns the logits
@@ -271,7 +300,9 @@ impl Llama {
         }
         let ids = Tensor::new(tokens, &self.device)?;
         let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let mask = (t > 1).then(|| causal_mask(t, start, &self.device)).transpose()?;
+        let mask = (t > 1)
+            .then(|| causal_mask(t, start, &self.device))
+            .transpose()?;
         let mut x = self.embed.forward(&ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
@@ -289,7 +320,10 @@ impl Llama {
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let b = tokens.len();
         if b != caches.len() || b == 0 {
-            candle_core::bail!("decode needs one cache per token ({b} tokens, {} caches)", caches.len());
+            candle_core::bail!(
+                "decode needs one cache per token ({b} tokens, {} caches)",
+                caches.len()
+            );
         }
         if let Some(c) = caches.iter().find(|c| c.len + 1 > MAX_SEQ_LEN) {
             candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", c.len + 1);
@@ -317,13 +351,20 @@ impl Llama {
 
     /// Project `h` (rows = tokens) to rotated queries and keys and values, each
     /// `(heads, rows, head_dim)`; row r sits at `positions[r]`.
-    fn qkv(&self, layer: &Layer, h: &Tensor, positions: &[u32]) -> Result<(Tensor, Tensor, Tensor)> {
+    fn qkv(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        positions: &[u32],
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let rows = positions.len();
         let pos = Tensor::new(positions, &self.device)?;
         let cos = self.cos.index_select(&pos, 0)?;
         let sin = self.sin.index_select(&pos, 0)?;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            t.reshape((rows, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+            t.reshape((rows, n, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()
         };
         let rotate = |t: Tensor| -> Result<Tensor> {
             let t = t.unsqueeze(0)?;
@@ -333,7 +374,11 @@ impl Llama {
             };
             t.squeeze(0)
         };
-        let (mut q, mut k, mut v) = (layer.wq.forward(h)?, layer.wk.forward(h)?, layer.wv.forward(h)?);
+        let (mut q, mut k, mut v) = (
+            layer.wq.forward(h)?,
+            layer.wk.forward(h)?,
+            layer.wv.forward(h)?,
+        );
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -371,8 +416,11 @@ impl Llama {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let probs = probs.reshape((self.n_kv_head, rep * rows, len))?;
-        let out = probs.matmul(&v)?.reshape((self.n_head, rows, self.head_dim))?;
-        out.transpose(0, 1)?.reshape((rows, self.n_head * self.head_dim))
+        let out = probs
+            .matmul(&v)?
+            .reshape((self.n_head, rows, self.head_dim))?;
+        out.transpose(0, 1)?
+            .reshape((rows, self.n_head * self.head_dim))
     }
 
     /// Decode-step attention for several sequences in one set of ops: each
@@ -380,18 +428,31 @@ impl Llama {
     /// values are stacked to `(B, kv_heads, len, head_dim)`, and a mask hides the
     /// positions past each sequence's own length. Per-sequence attention would cost
     /// a dozen small ops per sequence per layer, which dominated batched decode.
-    fn attend_batch(&self, caches: &mut [&mut KvCache], li: usize, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn attend_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
         let b = q.dim(1)?;
         let mut lens = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
-            let (ki, _) = LayerCache::append(&mut cache.layers[li], &k.narrow(1, i, 1)?, &v.narrow(1, i, 1)?)?;
+            let (ki, _) = LayerCache::append(
+                &mut cache.layers[li],
+                &k.narrow(1, i, 1)?,
+                &v.narrow(1, i, 1)?,
+            )?;
             lens.push(ki.dim(1)?);
         }
         let max = lens.iter().copied().max().unwrap_or(0);
         let mut ks = Vec::with_capacity(b);
         let mut vs = Vec::with_capacity(b);
         for (cache, &len) in caches.iter().zip(&lens) {
-            let Some(c) = cache.layers[li].as_ref() else { candle_core::bail!("kv cache slot vanished") };
+            let Some(c) = cache.layers[li].as_ref() else {
+                candle_core::bail!("kv cache slot vanished")
+            };
             // Positions past `len` in the buffer are zeros (never written) and masked.
             if c.capacity() >= max {
                 ks.push(c.k.narrow(1, 0, max)?);
@@ -404,12 +465,18 @@ impl Llama {
         let k = Tensor::stack(&ks, 0)?; // (B, n_kv, max, head_dim)
         let v = Tensor::stack(&vs, 0)?;
         let rep = self.n_head / self.n_kv_head;
-        let q = q.transpose(0, 1)?.contiguous()?.reshape((b, self.n_kv_head, rep, self.head_dim))?;
+        let q =
+            q.transpose(0, 1)?
+                .contiguous()?
+                .reshape((b, self.n_kv_head, rep, self.head_dim))?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?; // (B, n_kv, rep, max)
         let scores = if lens.iter().all(|&l| l == max) {
             scores
         } else {
-            let mask: Vec<f32> = lens.iter().flat_map(|&l| (0..max).map(move |c| if c < l { 0.0 } else { f32::NEG_INFINITY })).collect();
+            let mask: Vec<f32> = lens
+                .iter()
+                .flat_map(|&l| (0..max).map(move |c| if c < l { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
             scores.broadcast_add(&Tensor::from_vec(mask, (b, 1, 1, max), &self.device)?)?
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -427,13 +494,24 @@ impl Llama {
 fn causal_mask(rows: usize, start: usize, device: &Device) -> Result<Tensor> {
     let cols = start + rows;
     let mask: Vec<f32> = (0..rows)
-        .flat_map(|r| (0..cols).map(move |c| if c > start + r { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|r| {
+            (0..cols).map(move |c| {
+                if c > start + r {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (rows, cols), device)
 }
 
 fn rope_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let theta: Vec<f32> = (0..dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / dim as f32)).collect();
+    let theta: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
+        .collect();
     let theta = Tensor::new(theta.as_slice(), device)?;
     let idx = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?
         .to_dtype(DType::F32)?
@@ -441,4 +519,3 @@ fn rope_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor
         .matmul(&theta.reshape((1, ()))?)?;
     Ok((idx.cos()?, idx.sin()?))
 }
-

@@ -63,7 +63,11 @@ impl Llm {
     /// Load a GGUF file or, when `cfg.path` is a directory, a safetensors checkpoint.
     pub fn load(cfg: &LlmConfig, device: &Device) -> Result<Self, ModelError> {
         let started = Instant::now();
-        let llm = if cfg.path.is_dir() { Self::load_hf(cfg, device)? } else { Self::load_gguf(cfg, device)? };
+        let llm = if cfg.path.is_dir() {
+            Self::load_hf(cfg, device)?
+        } else {
+            Self::load_gguf(cfg, device)?
+        };
         tracing::info!(
             path = %cfg.path.display(),
             context_length = llm.context_length,
@@ -88,12 +92,13 @@ impl Llm {
             Some(path) => read_tokenizer(path)?,
             None => tokenizer_from_gguf(&content)?,
         };
-        let token_text = |key: &str| {
-            md_u32(&content, key).and_then(|id| tokenizer.id_to_token(id))
-        };
+        let token_text = |key: &str| md_u32(&content, key).and_then(|id| tokenizer.id_to_token(id));
         let bos_token = token_text("tokenizer.ggml.bos_token_id").unwrap_or_default();
         let eos_token = token_text("tokenizer.ggml.eos_token_id").unwrap_or_default();
-        let eos_ids = with_turn_markers(&tokenizer, md_u32(&content, "tokenizer.ggml.eos_token_id").into_iter());
+        let eos_ids = with_turn_markers(
+            &tokenizer,
+            md_u32(&content, "tokenizer.ggml.eos_token_id").into_iter(),
+        );
         // The template comes from the GGUF, else from a tokenizer_config.json
         // beside the tokenizer.json when one was given.
         let template_source = md_string(&content, "tokenizer.chat_template").or_else(|| {
@@ -112,11 +117,20 @@ impl Llm {
             Requantize::Q8_0 => {
                 let bytes = requantize_q4_1(&content, &mut file)?;
                 let mut cursor = Cursor::new(bytes);
-                let content = Content::read(&mut cursor).map_err(|e| ModelError::format(&cfg.path, e))?;
+                let content =
+                    Content::read(&mut cursor).map_err(|e| ModelError::format(&cfg.path, e))?;
                 Llama::from_gguf(&content, &mut cursor, device)?
             }
         };
-        Ok(Llm { model: weights, tokenizer, template, eos_ids, context_length, sha256, device: device.clone() })
+        Ok(Llm {
+            model: weights,
+            tokenizer,
+            template,
+            eos_ids,
+            context_length,
+            sha256,
+            device: device.clone(),
+        })
     }
 
     fn load_hf(cfg: &LlmConfig, device: &Device) -> Result<Self, ModelError> {
@@ -124,23 +138,46 @@ impl Llm {
         let files = hf::weight_files(dir)?;
         let sha256 = digest::verify_listing(dir, &files, cfg.sha256.as_deref())?;
         let config = HfConfig::read(&dir.join("config.json"))?;
-        let tokenizer_path = cfg.tokenizer_json.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+        let tokenizer_path = cfg
+            .tokenizer_json
+            .clone()
+            .unwrap_or_else(|| dir.join("tokenizer.json"));
         let tokenizer = read_tokenizer(&tokenizer_path)?;
         let tc = TokenizerConfig::read(&dir.join("tokenizer_config.json")).unwrap_or_default();
         let id_text = |ids: &Option<hf::TokenIds>| {
-            ids.as_ref().and_then(|ids| ids.ids().first().and_then(|&id| tokenizer.id_to_token(id)))
+            ids.as_ref()
+                .and_then(|ids| ids.ids().first().and_then(|&id| tokenizer.id_to_token(id)))
         };
-        let bos_token = tc.bos_token.clone().or_else(|| id_text(&config.bos_token_id)).unwrap_or_default();
-        let eos_token = tc.eos_token.clone().or_else(|| id_text(&config.eos_token_id)).unwrap_or_default();
-        let configured = config.eos_token_id.as_ref().map(|ids| ids.ids().to_vec()).unwrap_or_default();
+        let bos_token = tc
+            .bos_token
+            .clone()
+            .or_else(|| id_text(&config.bos_token_id))
+            .unwrap_or_default();
+        let eos_token = tc
+            .eos_token
+            .clone()
+            .or_else(|| id_text(&config.eos_token_id))
+            .unwrap_or_default();
+        let configured = config
+            .eos_token_id
+            .as_ref()
+            .map(|ids| ids.ids().to_vec())
+            .unwrap_or_default();
         let eos_ids = with_turn_markers(
             &tokenizer,
             configured
                 .into_iter()
                 .chain(hf::generation_eos_ids(dir))
-                .chain(tc.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t))),
+                .chain(
+                    tc.eos_token
+                        .as_deref()
+                        .and_then(|t| tokenizer.token_to_id(t)),
+                ),
         );
-        let template = tc.chat_template.map(|src| ChatTemplate::new(src, bos_token, eos_token)).transpose()?;
+        let template = tc
+            .chat_template
+            .map(|src| ChatTemplate::new(src, bos_token, eos_token))
+            .transpose()?;
         let quantize = match cfg.requantize {
             Requantize::None => None,
             Requantize::Q8_0 => Some(GgmlDType::Q8_0),
@@ -162,7 +199,9 @@ impl Llm {
     pub fn render_chat(&self, messages: &[TemplateMessage]) -> Result<String, ModelError> {
         match &self.template {
             Some(t) => t.render(messages, true),
-            None => Err(ModelError::Template("the model has no chat template; use /v1/completions".into())),
+            None => Err(ModelError::Template(
+                "the model has no chat template; use /v1/completions".into(),
+            )),
         }
     }
 
@@ -189,7 +228,11 @@ impl Llm {
 
     /// One decode step for several sequences at once: `tokens[i]` extends
     /// `caches[i]`. Returns each sequence's next-token logits.
-    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn decode(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let logits = self.model.decode(tokens, caches)?;
         Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
@@ -197,7 +240,10 @@ impl Llm {
 
 /// Logits of one position as a flat f32 vector.
 pub fn logits_vec(logits: &Tensor) -> Result<Vec<f32>, ModelError> {
-    Ok(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+    Ok(logits
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?)
 }
 
 /// Write an in-memory GGUF where every Q4_1 tensor became Q8_0 (the bytes of a
@@ -216,8 +262,11 @@ pub fn requantize_q4_1(content: &Content, file: &mut std::fs::File) -> Result<Ve
         };
         tensors.push((name.clone(), qt));
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> =
-        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut out = Cursor::new(Vec::new());
     gguf_file::write(&mut out, &metadata, &tensor_refs)?;
@@ -231,7 +280,8 @@ pub fn template_from_tokenizer_config(path: &Path) -> Option<String> {
 }
 
 fn read_tokenizer(path: &Path) -> Result<Tokenizer, ModelError> {
-    Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
+    Tokenizer::from_file(path)
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 /// The given end-of-sequence ids, deduplicated, plus the chat models' end-of-turn

@@ -40,7 +40,10 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -59,16 +62,26 @@ impl Sampler {
     /// `stream` separates the random streams of the `n` choices of one request.
     pub fn new(params: SamplingParams, stream: u64) -> Self {
         let rng = match params.seed {
-            Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            Some(seed) => {
+                StdRng::seed_from_u64(seed.wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            }
             None => StdRng::from_os_rng(),
         };
-        Sampler { params, rng, counts: HashMap::new() }
+        Sampler {
+            params,
+            rng,
+            counts: HashMap::new(),
+        }
     }
 
     /// Pick the next token and remember it for the penalties.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         self.apply_penalties(logits);
-        let id = if self.params.is_greedy() { argmax(logits) } else { self.sample_soft(logits) };
+        let id = if self.params.is_greedy() {
+            argmax(logits)
+        } else {
+            self.sample_soft(logits)
+        };
         *self.counts.entry(id).or_default() += 1;
         id
     }
@@ -156,9 +169,14 @@ mod tests {
     fn same_seed_same_choices_other_seed_differs() {
         let logits: Vec<f32> = (0..200).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let run = |seed| {
-            let p = SamplingParams { seed: Some(seed), ..Default::default() };
+            let p = SamplingParams {
+                seed: Some(seed),
+                ..Default::default()
+            };
             let mut s = Sampler::new(p, 0);
-            (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -166,7 +184,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplingParams { top_k: Some(1), seed: Some(1), ..Default::default() };
+        let p = SamplingParams {
+            top_k: Some(1),
+            seed: Some(1),
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 0);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [1.0, 2.0, 5.0, 4.9]), 2);
@@ -175,7 +197,11 @@ mod tests {
 
     #[test]
     fn tiny_top_p_keeps_only_the_head() {
-        let p = SamplingParams { top_p: 0.01, seed: Some(3), ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.01,
+            seed: Some(3),
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 0);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [0.0, 9.0, 1.0]), 1);
@@ -184,7 +210,11 @@ mod tests {
 
     #[test]
     fn frequency_penalty_moves_greedy_off_a_repeated_token() {
-        let p = SamplingParams { temperature: 0.0, frequency_penalty: 2.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            frequency_penalty: 2.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 0);
         assert_eq!(s.sample(&mut [5.0, 4.0]), 0);
         // 5 - 2*1 = 3 < 4.
@@ -193,7 +223,11 @@ mod tests {
 
     #[test]
     fn presence_penalty_applies_once_per_token() {
-        let p = SamplingParams { temperature: 0.0, presence_penalty: 0.5, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            presence_penalty: 0.5,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 0);
         assert_eq!(s.sample(&mut [5.0, 4.8]), 0);
         // 5.0 - 0.5 = 4.5 < 4.8.
@@ -205,7 +239,10 @@ mod tests {
 
     #[test]
     fn non_finite_logits_are_never_chosen() {
-        let p = SamplingParams { seed: Some(5), ..Default::default() };
+        let p = SamplingParams {
+            seed: Some(5),
+            ..Default::default()
+        };
         let mut s = Sampler::new(p, 0);
         for _ in 0..50 {
             let id = s.sample(&mut [f32::NAN, 0.0, f32::NEG_INFINITY, 0.0]);

@@ -19,7 +19,10 @@ pub enum StopOutcome {
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        StopMatcher { stops, pending: String::new() }
+        StopMatcher {
+            stops,
+            pending: String::new(),
+        }
     }
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
@@ -82,7 +85,11 @@ mod tests {
     #[test]
     fn check_cases() {
         let check = |stops: &[&str], pieces: &[&str], expect: (&str, bool)| {
-            assert_eq!(run(stops, pieces), (expect.0.to_owned(), expect.1), "{stops:?} {pieces:?}");
+            assert_eq!(
+                run(stops, pieces),
+                (expect.0.to_owned(), expect.1),
+                "{stops:?} {pieces:?}"
+            );
         };
         check(&[], &["a", "b"], ("ab", false));
         check(&["\n"], &["Paris", " is", "\nnext"], ("Paris is", true));

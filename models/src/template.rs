@@ -32,12 +32,20 @@ impl ChatTemplate {
         });
         env.add_template_owned(NAME, source)
             .map_err(|e| ModelError::Template(e.to_string()))?;
-        Ok(ChatTemplate { env, bos_token, eos_token })
+        Ok(ChatTemplate {
+            env,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// Render the conversation, ending with the assistant's turn opened when
     /// `add_generation_prompt` is set.
-    pub fn render(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String, ModelError> {
+    pub fn render(
+        &self,
+        messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let template = self
             .env
             .get_template(NAME)
@@ -61,13 +69,18 @@ mod tests {
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'].strip() + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn msg(role: &str, content: &str) -> TemplateMessage {
-        TemplateMessage { role: role.into(), content: content.into() }
+        TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 
     #[test]
     fn renders_chatml_with_python_methods() {
         let t = ChatTemplate::new(CHATML.into(), "<s>".into(), "</s>".into()).unwrap();
-        let out = t.render(&[msg("system", "Be brief. "), msg("user", "Hi")], true).unwrap();
+        let out = t
+            .render(&[msg("system", "Be brief. "), msg("user", "Hi")], true)
+            .unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

@@ -22,15 +22,27 @@ fn llm() -> Arc<Llm> {
     static LLM: OnceLock<Arc<Llm>> = OnceLock::new();
     LLM.get_or_init(|| {
         let path = default_model_path(&models_dir());
-        assert!(path.exists(), "{} is missing: run scripts/fetch-models", path.display());
-        let cfg = LlmConfig { path, sha256: None, tokenizer_json: None, requantize: Requantize::Q8_0 };
+        assert!(
+            path.exists(),
+            "{} is missing: run scripts/fetch-models",
+            path.display()
+        );
+        let cfg = LlmConfig {
+            path,
+            sha256: None,
+            tokenizer_json: None,
+            requantize: Requantize::Q8_0,
+        };
         Arc::new(Llm::load(&cfg, &Device::Cpu).unwrap())
     })
     .clone()
 }
 
 fn msg(role: &str, content: &str) -> TemplateMessage {
-    TemplateMessage { role: role.into(), content: content.into() }
+    TemplateMessage {
+        role: role.into(),
+        content: content.into(),
+    }
 }
 
 const QUESTION: &str = "What is the capital of France?";
@@ -85,19 +97,36 @@ fn template_is_read_from_a_tokenizer_config_too() {
     let dir = std::env::temp_dir().join(format!("tenzro-tc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let string = dir.join("a.json");
-    std::fs::write(&string, r#"{"chat_template": "{{ messages[0]['content'] }}"}"#).unwrap();
+    std::fs::write(
+        &string,
+        r#"{"chat_template": "{{ messages[0]['content'] }}"}"#,
+    )
+    .unwrap();
     let list = dir.join("b.json");
     std::fs::write(&list, r#"{"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "y"}]}"#).unwrap();
     use tenzro_models::llm::template_from_tokenizer_config as read;
-    assert_eq!(read(&string).as_deref(), Some("{{ messages[0]['content'] }}"));
+    assert_eq!(
+        read(&string).as_deref(),
+        Some("{{ messages[0]['content'] }}")
+    );
     assert_eq!(read(&list).as_deref(), Some("y"));
     assert_eq!(read(&dir.join("missing.json")), None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn generate(engine: &Engine, prompt: Vec<u32>, params: GenerationParams) -> (Vec<String>, Vec<Event>) {
+fn generate(
+    engine: &Engine,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+) -> (Vec<String>, Vec<Event>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    engine.submit(GenerateRequest { prompt, params: params.clone(), reply: tx }).unwrap();
+    engine
+        .submit(GenerateRequest {
+            prompt,
+            params: params.clone(),
+            reply: tx,
+        })
+        .unwrap();
     let mut texts = vec![String::new(); params.n as usize];
     let mut events = Vec::new();
     while let Some(ev) = rx.blocking_recv() {
@@ -116,12 +145,20 @@ fn generate(engine: &Engine, prompt: Vec<u32>, params: GenerationParams) -> (Vec
 }
 
 fn greedy(max_new_tokens: usize) -> GenerationParams {
-    GenerationParams { sampling: SamplingParams::greedy(), max_new_tokens, stop: vec![], n: 1 }
+    GenerationParams {
+        sampling: SamplingParams::greedy(),
+        max_new_tokens,
+        stop: vec![],
+        n: 1,
+    }
 }
 
 fn france_prompt(llm: &Llm) -> Vec<u32> {
     let p = llm
-        .render_chat(&[msg("system", "You are a helpful assistant."), msg("user", QUESTION)])
+        .render_chat(&[
+            msg("system", "You are a helpful assistant."),
+            msg("user", QUESTION),
+        ])
         .unwrap();
     llm.encode(&p).unwrap()
 }
@@ -140,11 +177,21 @@ fn greedy_answer_names_paris_and_token_counts_add_up() {
             _ => 0,
         })
         .sum();
-    let Some(Event::Done { prompt_tokens, completion_tokens }) = events.last() else { panic!("{events:?}") };
+    let Some(Event::Done {
+        prompt_tokens,
+        completion_tokens,
+    }) = events.last()
+    else {
+        panic!("{events:?}")
+    };
     assert_eq!(*prompt_tokens as usize, prompt.len());
     assert_eq!(reported, *completion_tokens);
     // Every text event carries at least one token.
-    assert!(events.iter().all(|e| !matches!(e, Event::Text { tokens: 0, .. })));
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e, Event::Text { tokens: 0, .. }))
+    );
 }
 
 #[test]
@@ -155,8 +202,23 @@ fn max_tokens_and_stop_sequences_end_the_choice() {
     let (full, _) = generate(&engine, prompt.clone(), greedy(40));
 
     let (one, events) = generate(&engine, prompt.clone(), greedy(1));
-    assert!(matches!(events.last(), Some(Event::Done { completion_tokens: 1, .. })), "{events:?}");
-    assert!(events.iter().any(|e| matches!(e, Event::Finished { reason: FinishReason::Length, .. })));
+    assert!(
+        matches!(
+            events.last(),
+            Some(Event::Done {
+                completion_tokens: 1,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Finished {
+            reason: FinishReason::Length,
+            ..
+        }
+    )));
     assert!(full[0].starts_with(&one[0]));
 
     // Stop at "Paris": the answer up to it, without it.
@@ -165,7 +227,13 @@ fn max_tokens_and_stop_sequences_end_the_choice() {
     let (cut, events) = generate(&engine, prompt, params);
     let at = full[0].find("Paris").unwrap();
     assert_eq!(cut[0], full[0][..at]);
-    assert!(events.iter().any(|e| matches!(e, Event::Finished { reason: FinishReason::Stop, .. })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Finished {
+            reason: FinishReason::Stop,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -174,7 +242,11 @@ fn n_choices_with_a_seed_are_reproducible() {
     let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
     let prompt = france_prompt(&llm);
     let params = GenerationParams {
-        sampling: SamplingParams { temperature: 1.0, seed: Some(42), ..Default::default() },
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed: Some(42),
+            ..Default::default()
+        },
         max_new_tokens: 24,
         stop: vec![],
         n: 3,
@@ -191,15 +263,28 @@ fn n_choices_with_a_seed_are_reproducible() {
 fn concurrent_requests_give_the_same_greedy_text_as_alone() {
     let llm = llm();
     let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
-    let questions = ["What is the capital of France?", "Name a primary colour.", "What is 2+2?", "Say hello."];
+    let questions = [
+        "What is the capital of France?",
+        "Name a primary colour.",
+        "What is 2+2?",
+        "Say hello.",
+    ];
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .map(|q| {
-            let p = llm.render_chat(&[msg("system", "You are a helpful assistant."), msg("user", q)]).unwrap();
+            let p = llm
+                .render_chat(&[
+                    msg("system", "You are a helpful assistant."),
+                    msg("user", q),
+                ])
+                .unwrap();
             llm.encode(&p).unwrap()
         })
         .collect();
-    let alone: Vec<String> = prompts.iter().map(|p| generate(&engine, p.clone(), greedy(24)).0.remove(0)).collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| generate(&engine, p.clone(), greedy(24)).0.remove(0))
+        .collect();
     let together: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = prompts
             .iter()
@@ -225,10 +310,23 @@ fn concurrent_requests_give_the_same_greedy_text_as_alone() {
 #[test]
 fn a_dropped_client_frees_its_slot() {
     let llm = llm();
-    let engine = Engine::spawn(llm.clone(), EngineConfig { queue_capacity: 4, max_sequences: 1 }).unwrap();
+    let engine = Engine::spawn(
+        llm.clone(),
+        EngineConfig {
+            queue_capacity: 4,
+            max_sequences: 1,
+        },
+    )
+    .unwrap();
     let prompt = france_prompt(&llm);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    engine.submit(GenerateRequest { prompt: prompt.clone(), params: greedy(3000), reply: tx }).unwrap();
+    engine
+        .submit(GenerateRequest {
+            prompt: prompt.clone(),
+            params: greedy(3000),
+            reply: tx,
+        })
+        .unwrap();
     drop(rx);
     // With one slot, this only completes if the abandoned sequence was dropped.
     let (texts, _) = generate(&engine, prompt, greedy(8));

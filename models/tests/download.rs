@@ -60,12 +60,21 @@ fn serve(data: Arc<Vec<u8>>, behaviour: Behaviour) -> Server {
     Server { endpoint, seen }
 }
 
-fn handle(mut stream: TcpStream, data: &[u8], behaviour: Behaviour, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    data: &[u8],
+    behaviour: Behaviour,
+    log: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
     let mut range = None;
     loop {
         let mut line = String::new();
@@ -84,9 +93,17 @@ fn handle(mut stream: TcpStream, data: &[u8], behaviour: Behaviour, log: &Mutex<
         !log.iter().any(|s| s.path == FILE_PATH)
     };
     if path != FILE_PATH {
-        log.lock().unwrap().push(Seen { path, range, status: 404 });
+        log.lock().unwrap().push(Seen {
+            path,
+            range,
+            status: 404,
+        });
         let body = "Entry not found";
-        write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
         return stream.flush();
     }
     let start = range
@@ -106,9 +123,20 @@ fn handle(mut stream: TcpStream, data: &[u8], behaviour: Behaviour, log: &Mutex<
             ),
             &data[start..],
         ),
-        None => (200, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n", data.len()), data),
+        None => (
+            200,
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
+                data.len()
+            ),
+            data,
+        ),
     };
-    log.lock().unwrap().push(Seen { path, range, status });
+    log.lock().unwrap().push(Seen {
+        path,
+        range,
+        status,
+    });
     stream.write_all(head.as_bytes())?;
     stream.write_all(b"Connection: close\r\n\r\n")?;
     if behaviour.drop_first_half && first_file_request {
@@ -168,7 +196,13 @@ fn partial_of(path: &Path) -> PathBuf {
 fn dropped_connection_resumes_with_range_and_verifies() {
     let data = generated();
     let digest = sha256(&data);
-    let server = serve(Arc::clone(&data), Behaviour { drop_first_half: true, ..Behaviour::default() });
+    let server = serve(
+        Arc::clone(&data),
+        Behaviour {
+            drop_first_half: true,
+            ..Behaviour::default()
+        },
+    );
     let dir = cache_dir("resume");
     let mut opts = options(&server, Some(digest.clone()));
     opts.progress = true;
@@ -181,8 +215,19 @@ fn dropped_connection_resumes_with_range_and_verifies() {
     let seen = server.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0].range, None);
-    let resumed_at: usize = seen[1].range.as_deref().unwrap().strip_prefix("bytes=").unwrap().trim_end_matches('-').parse().unwrap();
-    assert!(resumed_at > 0 && resumed_at <= SIZE / 2, "resumed at {resumed_at}");
+    let resumed_at: usize = seen[1]
+        .range
+        .as_deref()
+        .unwrap()
+        .strip_prefix("bytes=")
+        .unwrap()
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(
+        resumed_at > 0 && resumed_at <= SIZE / 2,
+        "resumed at {resumed_at}"
+    );
     assert_eq!(seen[1].status, 206);
 
     // A cached file with the right digest needs no request.
@@ -207,7 +252,10 @@ fn wrong_digest_is_refused_and_leaves_no_file() {
     let err = fetch(&source(), &dir, &options(&server, Some(wrong.clone()))).unwrap_err();
     assert!(matches!(err, DownloadError::DigestMismatch { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains(&wrong) && message.contains(&sha256(&data)), "{message}");
+    assert!(
+        message.contains(&wrong) && message.contains(&sha256(&data)),
+        "{message}"
+    );
     assert!(message.contains("refusing to serve"), "{message}");
     let dest = dir.join("owner/repo/main/weights.gguf");
     assert!(!dest.exists());
@@ -219,7 +267,13 @@ fn wrong_digest_is_refused_and_leaves_no_file() {
 fn server_ignoring_range_still_yields_the_right_file() {
     let data = generated();
     let digest = sha256(&data);
-    let server = serve(Arc::clone(&data), Behaviour { drop_first_half: true, ignore_range: true });
+    let server = serve(
+        Arc::clone(&data),
+        Behaviour {
+            drop_first_half: true,
+            ignore_range: true,
+        },
+    );
     let dir = cache_dir("ignore-range");
 
     let path = fetch(&source(), &dir, &options(&server, Some(digest.clone()))).unwrap();
@@ -227,7 +281,10 @@ fn server_ignoring_range_still_yields_the_right_file() {
     let seen = server.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[1].range.is_some(), "the client asked to resume");
-    assert_eq!(seen[1].status, 200, "the server sent the whole file instead");
+    assert_eq!(
+        seen[1].status, 200,
+        "the server sent the whole file instead"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -240,7 +297,10 @@ fn missing_file_is_a_clear_404_without_retries() {
     let err = fetch(&missing, &dir, &options(&server, None)).unwrap_err();
     assert!(matches!(err, DownloadError::NotFound { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("404") && message.contains("/owner/repo/resolve/v1/nope.gguf"), "{message}");
+    assert!(
+        message.contains("404") && message.contains("/owner/repo/resolve/v1/nope.gguf"),
+        "{message}"
+    );
     assert_eq!(server.seen().len(), 1);
     assert!(!dir.join("owner/repo/v1/nope.gguf.partial").exists());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -253,12 +313,18 @@ fn local_sources_are_checked_not_copied() {
     std::fs::write(&file, b"abc").unwrap();
     let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     let local = ModelSource::Local(file.clone());
-    let opts = |expected: &str| FetchOptions { expected_sha256: Some(expected.to_owned()), ..FetchOptions::default() };
+    let opts = |expected: &str| FetchOptions {
+        expected_sha256: Some(expected.to_owned()),
+        ..FetchOptions::default()
+    };
 
     assert_eq!(fetch(&local, &dir, &opts(abc)).unwrap(), file);
     let err = fetch(&local, &dir, &opts(&"1".repeat(64))).unwrap_err();
     assert!(matches!(err, DownloadError::DigestMismatch { .. }), "{err}");
     let missing = ModelSource::Local(dir.join("absent.gguf"));
-    assert!(matches!(fetch(&missing, &dir, &FetchOptions::default()), Err(DownloadError::LocalMissing(_))));
+    assert!(matches!(
+        fetch(&missing, &dir, &FetchOptions::default()),
+        Err(DownloadError::LocalMissing(_))
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }

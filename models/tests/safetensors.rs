@@ -72,17 +72,29 @@ fn hf_name(gguf: &str, n_head: usize, n_kv_head: usize) -> (String, Option<usize
 fn unpermute(w: &Tensor, heads: usize) -> Tensor {
     let (rows, cols) = w.dims2().unwrap();
     let half = rows / heads / 2;
-    w.reshape((heads, half, 2, cols)).unwrap().transpose(1, 2).unwrap().reshape((rows, cols)).unwrap()
+    w.reshape((heads, half, 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
 }
 
 /// Write `dir/{model.safetensors, config.json, tokenizer.json, tokenizer_config.json}`.
 fn derive_checkpoint(gguf: &Path, dir: &Path) {
     let (ct, mut file) = read_content(gguf).unwrap();
     let md = |k: &str| md_u32(&ct, k).unwrap() as usize;
-    let (n_head, n_kv_head) = (md("llama.attention.head_count"), md("llama.attention.head_count_kv"));
+    let (n_head, n_kv_head) = (
+        md("llama.attention.head_count"),
+        md("llama.attention.head_count_kv"),
+    );
     let mut tensors = HashMap::new();
     for name in ct.tensor_infos.keys() {
-        let w = ct.tensor(&mut file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+        let w = ct
+            .tensor(&mut file, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
         let (hf, heads) = hf_name(name, n_head, n_kv_head);
         let w = match heads {
             Some(heads) => unpermute(&w, heads),
@@ -113,7 +125,11 @@ fn derive_checkpoint(gguf: &Path, dir: &Path) {
         "eos_token_id": md("tokenizer.ggml.eos_token_id"),
         "torch_dtype": "float32",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
 
     let tokenizer = tokenizer_from_gguf(&ct).unwrap();
     tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
@@ -123,18 +139,33 @@ fn derive_checkpoint(gguf: &Path, dir: &Path) {
         "eos_token": {"content": token("tokenizer.ggml.eos_token_id"), "special": true},
         "chat_template": md_string(&ct, "tokenizer.chat_template").unwrap(),
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_vec(&tc).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_vec(&tc).unwrap(),
+    )
+    .unwrap();
 }
 
 fn load(path: &Path, requantize: Requantize) -> Llm {
-    let cfg = LlmConfig { path: path.to_owned(), sha256: None, tokenizer_json: None, requantize };
+    let cfg = LlmConfig {
+        path: path.to_owned(),
+        sha256: None,
+        tokenizer_json: None,
+        requantize,
+    };
     Llm::load(&cfg, &Device::Cpu).unwrap()
 }
 
 fn prompt(llm: &Llm) -> Vec<u32> {
-    let msg = |role: &str, content: &str| TemplateMessage { role: role.into(), content: content.into() };
+    let msg = |role: &str, content: &str| TemplateMessage {
+        role: role.into(),
+        content: content.into(),
+    };
     let text = llm
-        .render_chat(&[msg("system", "You are a helpful assistant."), msg("user", "What is the capital of France?")])
+        .render_chat(&[
+            msg("system", "You are a helpful assistant."),
+            msg("user", "What is the capital of France?"),
+        ])
         .unwrap();
     llm.encode(&text).unwrap()
 }
@@ -155,7 +186,9 @@ fn greedy(model: &Llama, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
     let first = logits_vec(&model.prefill(prompt, &mut cache).unwrap()).unwrap();
     let mut tokens = vec![argmax(&first)];
     while tokens.len() < n {
-        let logits = model.decode(&tokens[tokens.len() - 1..], &mut [&mut cache]).unwrap();
+        let logits = model
+            .decode(&tokens[tokens.len() - 1..], &mut [&mut cache])
+            .unwrap();
         tokens.push(argmax(&logits_vec(&logits).unwrap()));
     }
     (first, tokens)
@@ -163,7 +196,10 @@ fn greedy(model: &Llama, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The GGUF with every tensor dequantized to f32, as a model: the same weights as
@@ -174,11 +210,16 @@ fn gguf_in_f32(gguf: &Path) -> Llama {
         .tensor_infos
         .keys()
         .map(|name| {
-            let w = ct.tensor(&mut file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+            let w = ct
+                .tensor(&mut file, name, &Device::Cpu)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
             (name.clone(), QTensor::quantize(&w, GgmlDType::F32).unwrap())
         })
         .collect();
-    let metadata: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut bytes = Cursor::new(Vec::new());
     gguf_file::write(&mut bytes, &metadata, &refs).unwrap();
@@ -192,14 +233,22 @@ const TOKENS: usize = 16;
 #[test]
 fn derived_safetensors_checkpoint_answers_like_its_gguf() {
     let gguf = default_model_path(&models_dir());
-    assert!(gguf.exists(), "{} is missing: run scripts/fetch-models", gguf.display());
-    let dir = TempDir(std::env::temp_dir().join(format!("tenzro-safetensors-{}", std::process::id())));
+    assert!(
+        gguf.exists(),
+        "{} is missing: run scripts/fetch-models",
+        gguf.display()
+    );
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("tenzro-safetensors-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     derive_checkpoint(&gguf, &dir.0);
 
     let started = Instant::now();
     let hf = load(&dir.0, Requantize::None);
-    eprintln!("loaded the f32 checkpoint in {} ms", started.elapsed().as_millis());
+    eprintln!(
+        "loaded the f32 checkpoint in {} ms",
+        started.elapsed().as_millis()
+    );
     let reference = load(&gguf, Requantize::None);
     let prompt_ids = prompt(&reference);
     // The tokenizer and template written out from the GGUF give the same prompt.
@@ -226,7 +275,12 @@ fn derived_safetensors_checkpoint_answers_like_its_gguf() {
     let diff = max_abs_diff(&logits, &ref_logits);
     eprintln!("f32 vs Q4_1: max |logit difference| {diff}");
     assert!(diff < 2.5, "{diff}");
-    assert_eq!(tokens, ref_tokens, "{text:?} vs {:?}", reference.tokenizer.decode(&ref_tokens, false));
+    assert_eq!(
+        tokens,
+        ref_tokens,
+        "{text:?} vs {:?}",
+        reference.tokenizer.decode(&ref_tokens, false)
+    );
     drop((hf, reference));
 
     // Both quantised to Q8_0 at load hold identical quantised weights (q/k rows
@@ -236,7 +290,10 @@ fn derived_safetensors_checkpoint_answers_like_its_gguf() {
     // through the layers (0.86 here). The greedy tokens agree.
     let started = Instant::now();
     let hf = load(&dir.0, Requantize::Q8_0);
-    eprintln!("loaded the checkpoint quantising to Q8_0 in {} ms", started.elapsed().as_millis());
+    eprintln!(
+        "loaded the checkpoint quantising to Q8_0 in {} ms",
+        started.elapsed().as_millis()
+    );
     let reference = load(&gguf, Requantize::Q8_0);
     let (ref_logits, ref_tokens) = greedy(&reference.model, &prompt_ids, TOKENS);
     let (logits, tokens) = greedy(&hf.model, &prompt_ids, TOKENS);
@@ -267,7 +324,8 @@ fn derived_safetensors_checkpoint_answers_like_its_gguf() {
 
 fn qwen2_with_zero_biases(dir: &Path) {
     let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config["model_type"] = "qwen2".into();
     config["use_sliding_window"] = false.into();
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
@@ -281,7 +339,10 @@ fn qwen2_with_zero_biases(dir: &Path) {
             ("v", heads("num_key_value_heads")),
         ] {
             let zeros = Tensor::zeros(n * head_dim, DType::F32, &Device::Cpu).unwrap();
-            biases.insert(format!("model.layers.{layer}.self_attn.{proj}_proj.bias"), zeros);
+            biases.insert(
+                format!("model.layers.{layer}.self_attn.{proj}_proj.bias"),
+                zeros,
+            );
         }
     }
     candle_core::safetensors::save(&biases, dir.join("qkv-biases.safetensors")).unwrap();
@@ -289,13 +350,24 @@ fn qwen2_with_zero_biases(dir: &Path) {
 
 #[test]
 fn a_directory_without_weights_or_config_is_refused_with_a_reason() {
-    let dir = TempDir(std::env::temp_dir().join(format!("tenzro-safetensors-empty-{}", std::process::id())));
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("tenzro-safetensors-empty-{}", std::process::id())),
+    );
     std::fs::create_dir_all(&dir.0).unwrap();
     let load = || {
-        let cfg = LlmConfig { path: dir.0.clone(), sha256: None, tokenizer_json: None, requantize: Requantize::None };
+        let cfg = LlmConfig {
+            path: dir.0.clone(),
+            sha256: None,
+            tokenizer_json: None,
+            requantize: Requantize::None,
+        };
         Llm::load(&cfg, &Device::Cpu).err().unwrap().to_string()
     };
-    assert!(load().contains("no *.safetensors weight files"), "{}", load());
+    assert!(
+        load().contains("no *.safetensors weight files"),
+        "{}",
+        load()
+    );
     std::fs::write(dir.0.join("model.safetensors"), b"").unwrap();
     assert!(load().contains("config.json"), "{}", load());
 }
@@ -308,8 +380,15 @@ fn write_tiny_llama(dir: &Path, weights: &HashMap<String, Tensor>, dtype: DType)
         "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vocab_size": 50,
         "max_position_embeddings": 128,
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
-    let cast: HashMap<String, Tensor> = weights.iter().map(|(n, t)| (n.clone(), t.to_dtype(dtype).unwrap())).collect();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let cast: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_dtype(dtype).unwrap()))
+        .collect();
     candle_core::safetensors::save(&cast, dir.join("model.safetensors")).unwrap();
 }
 
@@ -320,7 +399,10 @@ fn f16_and_bf16_weights_load_as_the_f32_values_they_hold() {
     let mut weights = HashMap::new();
     weights.insert("model.embed_tokens.weight".to_owned(), randn(&[50, 64]));
     weights.insert("lm_head.weight".to_owned(), randn(&[50, 64]));
-    weights.insert("model.norm.weight".to_owned(), (randn(&[64]) + 1.0).unwrap());
+    weights.insert(
+        "model.norm.weight".to_owned(),
+        (randn(&[64]) + 1.0).unwrap(),
+    );
     for i in 0..2 {
         let p = format!("model.layers.{i}.");
         for (name, dims) in [
@@ -338,19 +420,34 @@ fn f16_and_bf16_weights_load_as_the_f32_values_they_hold() {
             weights.insert(format!("{p}{name}"), (randn(&[64]) + 1.0).unwrap());
         }
     }
-    let root = TempDir(std::env::temp_dir().join(format!("tenzro-safetensors-tiny-{}", std::process::id())));
+    let root = TempDir(
+        std::env::temp_dir().join(format!("tenzro-safetensors-tiny-{}", std::process::id())),
+    );
     let logits = |dir: &Path| {
         let config = HfConfig::read(&dir.join("config.json")).unwrap();
         let model = hf::load_llama(&config, &hf::weight_files(dir).unwrap(), None, &dev).unwrap();
-        logits_vec(&model.prefill(&[1, 2, 3, 4, 5], &mut model.new_cache()).unwrap()).unwrap()
+        logits_vec(
+            &model
+                .prefill(&[1, 2, 3, 4, 5], &mut model.new_cache())
+                .unwrap(),
+        )
+        .unwrap()
     };
     for dtype in [DType::F16, DType::BF16] {
         // The f32 values a half-precision file can hold.
         let rounded: HashMap<String, Tensor> = weights
             .iter()
-            .map(|(n, t)| (n.clone(), t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap(),
+                )
+            })
             .collect();
-        let (half, full) = (root.0.join(format!("{dtype:?}")), root.0.join(format!("{dtype:?}-as-f32")));
+        let (half, full) = (
+            root.0.join(format!("{dtype:?}")),
+            root.0.join(format!("{dtype:?}-as-f32")),
+        );
         write_tiny_llama(&half, &rounded, dtype);
         write_tiny_llama(&full, &rounded, DType::F32);
         let expected = logits(&full);
@@ -362,6 +459,17 @@ fn f16_and_bf16_weights_load_as_the_f32_values_they_hold() {
     weights.remove("model.layers.1.mlp.up_proj.weight");
     write_tiny_llama(&root.0.join("F16"), &weights, DType::F16);
     let config = HfConfig::read(&root.0.join("F16/config.json")).unwrap();
-    let err = hf::load_llama(&config, &hf::weight_files(&root.0.join("F16")).unwrap(), None, &dev).err().unwrap();
-    assert!(err.to_string().contains("no tensor `model.layers.1.mlp.up_proj.weight`"), "{err}");
+    let err = hf::load_llama(
+        &config,
+        &hf::weight_files(&root.0.join("F16")).unwrap(),
+        None,
+        &dev,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string()
+            .contains("no tensor `model.layers.1.mlp.up_proj.weight`"),
+        "{err}"
+    );
 }

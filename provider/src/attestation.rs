@@ -19,7 +19,9 @@ use tenzro_attest::binding::{REPORT_DATA_DOMAIN, report_data};
 use tenzro_attest::evidence::none::NoTee;
 use tenzro_attest::evidence::tsm::ConfigfsTsm;
 use tenzro_attest::evidence::unix_now;
-use tenzro_attest::{Evidence, EvidenceSource, ProviderKey, PublicKey, Receipt, ReceiptBody, TeeKind};
+use tenzro_attest::{
+    Evidence, EvidenceSource, ProviderKey, PublicKey, Receipt, ReceiptBody, TeeKind,
+};
 
 use crate::config::{AttestationConfig, IdentityConfig};
 
@@ -37,13 +39,18 @@ pub enum IdentityError {
     #[error("attestation kind `{0}` needs a provider built with the `nvidia` feature")]
     NotBuilt(TeeKind),
     #[error("attestation kind `{kind}` is configured but evidence cannot be produced: {source}")]
-    Evidence { kind: TeeKind, source: tenzro_attest::Error },
+    Evidence {
+        kind: TeeKind,
+        source: tenzro_attest::Error,
+    },
 }
 
 /// Why a `nonce` query was refused (answered as 400 naming `nonce`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NonceError {
-    #[error("`nonce` is required: GET /v1/attestation?nonce=HEX ({MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes)")]
+    #[error(
+        "`nonce` is required: GET /v1/attestation?nonce=HEX ({MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes)"
+    )]
     Missing,
     #[error("`nonce` must be hex (0-9, a-f), an even number of digits")]
     NotHex,
@@ -135,7 +142,10 @@ impl Identity {
         let key = ProviderKey::load_or_create(&identity.key_path).map_err(IdentityError::Key)?;
         let me = Identity::new(key, evidence_source(attestation)?, digests)?;
         me.document(&Nonce(vec![0; MIN_NONCE_BYTES]))
-            .map_err(|source| IdentityError::Evidence { kind: attestation.kind, source })?;
+            .map_err(|source| IdentityError::Evidence {
+                kind: attestation.kind,
+                source,
+            })?;
         Ok(me)
     }
 
@@ -153,7 +163,11 @@ impl Identity {
             }
             parsed.insert(model, bytes);
         }
-        Ok(Identity { key, source, digests: parsed })
+        Ok(Identity {
+            key,
+            source,
+            digests: parsed,
+        })
     }
 
     pub fn key(&self) -> &ProviderKey {
@@ -181,7 +195,12 @@ impl Identity {
     /// The report data for `nonce`: binds this key and every served weight digest.
     pub fn report_data(&self, nonce: &Nonce) -> [u8; 64] {
         let digests: Vec<[u8; 32]> = self.digests.values().copied().collect();
-        report_data(REPORT_DATA_DOMAIN, &self.public_key(), &digests, nonce.as_bytes())
+        report_data(
+            REPORT_DATA_DOMAIN,
+            &self.public_key(),
+            &digests,
+            nonce.as_bytes(),
+        )
     }
 
     /// Produces evidence for `nonce` and the document around it. May block (TEE
@@ -194,7 +213,11 @@ impl Identity {
             tee_kind: self.source.kind(),
             public_key: self.public_key(),
             did: self.did(),
-            model_digests: self.digests.iter().map(|(m, d)| (m.clone(), hex::encode(d))).collect(),
+            model_digests: self
+                .digests
+                .iter()
+                .map(|(m, d)| (m.clone(), hex::encode(d)))
+                .collect(),
             nonce: hex::encode(nonce.as_bytes()),
             domain: String::from_utf8_lossy(REPORT_DATA_DOMAIN).into_owned(),
             report_data: hex::encode(data),
@@ -224,8 +247,12 @@ pub fn evidence_source(cfg: &AttestationConfig) -> Result<Box<dyn EvidenceSource
 
 #[cfg(feature = "nvidia")]
 fn nvidia(cfg: &AttestationConfig) -> Result<Box<dyn EvidenceSource>, IdentityError> {
-    let source = tenzro_attest::evidence::nvml::Nvml::new(cfg.gpu_index)
-        .map_err(|source| IdentityError::Evidence { kind: TeeKind::NvidiaCc, source })?;
+    let source = tenzro_attest::evidence::nvml::Nvml::new(cfg.gpu_index).map_err(|source| {
+        IdentityError::Evidence {
+            kind: TeeKind::NvidiaCc,
+            source,
+        }
+    })?;
     Ok(Box::new(source))
 }
 
@@ -245,14 +272,21 @@ mod tests {
     const D2: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 
     fn identity() -> Identity {
-        let digests = [("chat".to_owned(), D1.to_owned()), ("embed".to_owned(), D2.to_owned())];
+        let digests = [
+            ("chat".to_owned(), D1.to_owned()),
+            ("embed".to_owned(), D2.to_owned()),
+        ];
         Identity::new(ProviderKey::from_seed(&[7; 32]), Box::new(NoTee), digests).unwrap()
     }
 
     #[test]
     fn nonces_are_checked() {
         let check = |query: Option<&str>, expect: Result<usize, NonceError>| {
-            assert_eq!(Nonce::from_query(query).map(|n| n.as_bytes().len()), expect, "{query:?}");
+            assert_eq!(
+                Nonce::from_query(query).map(|n| n.as_bytes().len()),
+                expect,
+                "{query:?}"
+            );
         };
         let ok32 = "ab".repeat(32);
         check(Some(&format!("nonce={ok32}")), Ok(32));
@@ -262,11 +296,26 @@ mod tests {
         check(Some(""), Err(NonceError::Missing));
         check(Some("nonce="), Err(NonceError::Missing));
         check(Some("other=abcd"), Err(NonceError::Missing));
-        check(Some(&format!("nonce={}", "ab".repeat(15))), Err(NonceError::Length(30)));
-        check(Some(&format!("nonce={}", "ab".repeat(65))), Err(NonceError::Length(130)));
-        check(Some(&format!("nonce={}g", "a".repeat(33))), Err(NonceError::NotHex));
-        check(Some(&format!("nonce={}", "a".repeat(33))), Err(NonceError::NotHex));
-        check(Some(&format!("nonce=%20{}", "ab".repeat(16))), Err(NonceError::NotHex));
+        check(
+            Some(&format!("nonce={}", "ab".repeat(15))),
+            Err(NonceError::Length(30)),
+        );
+        check(
+            Some(&format!("nonce={}", "ab".repeat(65))),
+            Err(NonceError::Length(130)),
+        );
+        check(
+            Some(&format!("nonce={}g", "a".repeat(33))),
+            Err(NonceError::NotHex),
+        );
+        check(
+            Some(&format!("nonce={}", "a".repeat(33))),
+            Err(NonceError::NotHex),
+        );
+        check(
+            Some(&format!("nonce=%20{}", "ab".repeat(16))),
+            Err(NonceError::NotHex),
+        );
     }
 
     #[test]
@@ -280,28 +329,80 @@ mod tests {
         assert_eq!(doc.nonce, "5a".repeat(32));
         // The none evidence is the report data itself.
         assert_eq!(hex::encode(&doc.evidence.report), doc.report_data);
-        let digests: Vec<[u8; 32]> = [D2, D1].iter().map(|d| hex::decode(d).unwrap().try_into().unwrap()).collect();
-        check_binding(&doc.evidence.report, REPORT_DATA_DOMAIN, &id.public_key(), &digests, nonce.as_bytes()).unwrap();
+        let digests: Vec<[u8; 32]> = [D2, D1]
+            .iter()
+            .map(|d| hex::decode(d).unwrap().try_into().unwrap())
+            .collect();
+        check_binding(
+            &doc.evidence.report,
+            REPORT_DATA_DOMAIN,
+            &id.public_key(),
+            &digests,
+            nonce.as_bytes(),
+        )
+        .unwrap();
         // Another nonce, another key or other weights do not bind.
-        assert!(check_binding(&doc.evidence.report, REPORT_DATA_DOMAIN, &id.public_key(), &digests, &[0; 32]).is_err());
-        assert!(check_binding(&doc.evidence.report, REPORT_DATA_DOMAIN, &id.public_key(), &digests[..1], nonce.as_bytes()).is_err());
+        assert!(
+            check_binding(
+                &doc.evidence.report,
+                REPORT_DATA_DOMAIN,
+                &id.public_key(),
+                &digests,
+                &[0; 32]
+            )
+            .is_err()
+        );
+        assert!(
+            check_binding(
+                &doc.evidence.report,
+                REPORT_DATA_DOMAIN,
+                &id.public_key(),
+                &digests[..1],
+                nonce.as_bytes()
+            )
+            .is_err()
+        );
         let other = ProviderKey::from_seed(&[8; 32]).public_key();
-        assert!(check_binding(&doc.evidence.report, REPORT_DATA_DOMAIN, &other, &digests, nonce.as_bytes()).is_err());
+        assert!(
+            check_binding(
+                &doc.evidence.report,
+                REPORT_DATA_DOMAIN,
+                &other,
+                &digests,
+                nonce.as_bytes()
+            )
+            .is_err()
+        );
         // The attest crate's verifier agrees: binding holds, but `none` is never trusted.
         let policy = Policy::default();
-        let ctx = VerifyContext { now: unix_now(), policy: &policy, report_data: Some(id.report_data(&nonce)), tdx_collateral: None };
+        let ctx = VerifyContext {
+            now: unix_now(),
+            policy: &policy,
+            report_data: Some(id.report_data(&nonce)),
+            tdx_collateral: None,
+        };
         let verdict = evidence::verify(&doc.evidence, &ctx);
         assert!(!verdict.trusted);
-        assert!(verdict.checks.iter().any(|c| c.name == "binding" && c.ok), "{verdict:?}");
+        assert!(
+            verdict.checks.iter().any(|c| c.name == "binding" && c.ok),
+            "{verdict:?}"
+        );
     }
 
     #[test]
     fn document_round_trips_through_json() {
-        let doc = identity().document(&Nonce::from_hex(&"01".repeat(16)).unwrap()).unwrap();
+        let doc = identity()
+            .document(&Nonce::from_hex(&"01".repeat(16)).unwrap())
+            .unwrap();
         let json = serde_json::to_value(&doc).unwrap();
         assert_eq!(json["tee_kind"], "none");
         assert_eq!(json["public_key"].as_str().unwrap().len(), 64);
-        assert!(json["did"].as_str().unwrap().starts_with("did:tenzro:machine:"));
+        assert!(
+            json["did"]
+                .as_str()
+                .unwrap()
+                .starts_with("did:tenzro:machine:")
+        );
         let back: AttestationDocument = serde_json::from_value(json).unwrap();
         assert_eq!(back, doc);
     }
@@ -309,14 +410,24 @@ mod tests {
     #[test]
     fn key_is_made_private_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = IdentityConfig { key_path: dir.path().join("sub/provider.key") };
-        let a = Identity::load(&cfg, &AttestationConfig::default(), [("m".to_owned(), D1.to_owned())]).unwrap();
+        let cfg = IdentityConfig {
+            key_path: dir.path().join("sub/provider.key"),
+        };
+        let a = Identity::load(
+            &cfg,
+            &AttestationConfig::default(),
+            [("m".to_owned(), D1.to_owned())],
+        )
+        .unwrap();
         let b = Identity::load(&cfg, &AttestationConfig::default(), []).unwrap();
         assert_eq!(a.public_key(), b.public_key());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&cfg.key_path).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&cfg.key_path)
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // The secret never shows in Debug.
@@ -327,16 +438,41 @@ mod tests {
     #[test]
     fn unusable_configs_refuse_to_start() {
         let dir = tempfile::tempdir().unwrap();
-        let key = IdentityConfig { key_path: dir.path().join("k") };
-        let tdx = AttestationConfig { kind: TeeKind::Tdx, tsm_dir: dir.path().join("no-tsm"), ..Default::default() };
+        let key = IdentityConfig {
+            key_path: dir.path().join("k"),
+        };
+        let tdx = AttestationConfig {
+            kind: TeeKind::Tdx,
+            tsm_dir: dir.path().join("no-tsm"),
+            ..Default::default()
+        };
         let err = Identity::load(&key, &tdx, []).unwrap_err();
-        assert!(matches!(err, IdentityError::Evidence { kind: TeeKind::Tdx, .. }), "{err}");
-        let bad = Identity::new(ProviderKey::from_seed(&[1; 32]), Box::new(NoTee), [("m".to_owned(), "xyz".to_owned())]);
+        assert!(
+            matches!(
+                err,
+                IdentityError::Evidence {
+                    kind: TeeKind::Tdx,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let bad = Identity::new(
+            ProviderKey::from_seed(&[1; 32]),
+            Box::new(NoTee),
+            [("m".to_owned(), "xyz".to_owned())],
+        );
         assert!(matches!(bad, Err(IdentityError::Digest { .. })));
         #[cfg(not(feature = "nvidia"))]
         {
-            let nv = AttestationConfig { kind: TeeKind::NvidiaCc, ..Default::default() };
-            assert!(matches!(Identity::load(&key, &nv, []), Err(IdentityError::NotBuilt(TeeKind::NvidiaCc))));
+            let nv = AttestationConfig {
+                kind: TeeKind::NvidiaCc,
+                ..Default::default()
+            };
+            assert!(matches!(
+                Identity::load(&key, &nv, []),
+                Err(IdentityError::NotBuilt(TeeKind::NvidiaCc))
+            ));
         }
     }
 }

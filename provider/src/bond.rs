@@ -26,12 +26,22 @@ pub const ASSET: &str = "TNZO";
 
 /// A whole-token amount ("100000", "0.5") in base units.
 pub fn whole_tokens(text: &str) -> Result<u128, String> {
-    let bad = || format!("`{text}` is not an amount of whole TNZO (e.g. \"100000\" or \"0.5\", at most 18 decimals)");
+    let bad = || {
+        format!(
+            "`{text}` is not an amount of whole TNZO (e.g. \"100000\" or \"0.5\", at most 18 decimals)"
+        )
+    };
     let text_trimmed = text.trim();
     let (int, frac) = text_trimmed.split_once('.').unwrap_or((text_trimmed, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     let dangling = text_trimmed.ends_with('.');
-    if int.is_empty() || dangling || int.len() > 21 || frac.len() > 18 || !digits(int) || !digits(frac) {
+    if int.is_empty()
+        || dangling
+        || int.len() > 21
+        || frac.len() > 18
+        || !digits(int)
+        || !digits(frac)
+    {
         return Err(bad());
     }
     let int: u128 = int.parse().map_err(|_| bad())?;
@@ -79,7 +89,8 @@ pub enum BondError {
 impl BondError {
     /// Whether trying again later may succeed without the operator doing anything.
     pub fn retryable(&self) -> bool {
-        matches!(self, BondError::Unreachable(_)) || matches!(self, BondError::Refused { status, .. } if *status >= 500)
+        matches!(self, BondError::Unreachable(_))
+            || matches!(self, BondError::Refused { status, .. } if *status >= 500)
     }
 }
 
@@ -135,7 +146,9 @@ pub async fn ensure(
             .get(url(gateway, path))
             .header(reqwest::header::AUTHORIZATION, bearer.as_str())
     };
-    let (status, body) = send(get("/v1/account")).await.map_err(BondError::Unreachable)?;
+    let (status, body) = send(get("/v1/account"))
+        .await
+        .map_err(BondError::Unreachable)?;
     if status != 200 {
         return Err(BondError::Refused {
             what: "the owner key",
@@ -152,7 +165,9 @@ pub async fn ensure(
         .id;
 
     let me = key.public_key_hex();
-    let (status, body) = send(get("/v1/providers/bonds")).await.map_err(BondError::Unreachable)?;
+    let (status, body) = send(get("/v1/providers/bonds"))
+        .await
+        .map_err(BondError::Unreachable)?;
     if status != 200 {
         return Err(BondError::Refused {
             what: "reading the owner's bonds",
@@ -165,7 +180,10 @@ pub async fn ensure(
         status,
         message: format!("bad answer: {e}"),
     })?;
-    let current = list.data.iter().find(|b| b.provider_key.eq_ignore_ascii_case(&me));
+    let current = list
+        .data
+        .iter()
+        .find(|b| b.provider_key.eq_ignore_ascii_case(&me));
     let bonded = current
         .and_then(|b| b.bonded.as_deref())
         .and_then(|b| b.parse::<u128>().ok())
@@ -180,7 +198,8 @@ pub async fn ensure(
     let add = target.saturating_sub(bonded);
     let amount = as_tokens(add);
     let signature = tenzro_attest::bond::sign_owner(key, &owner).to_hex();
-    let body = json!({"provider_key": me, "amount": amount, "asset": ASSET, "owner_signature": signature});
+    let body =
+        json!({"provider_key": me, "amount": amount, "asset": ASSET, "owner_signature": signature});
     let request = client
         .post(url(gateway, "/v1/providers/bonds"))
         .header(reqwest::header::AUTHORIZATION, bearer.as_str())
@@ -285,7 +304,10 @@ mod tests {
             message: "balance 5".into(),
         };
         assert!(!low.retryable());
-        assert!(low.to_string().contains("balance is too low to bond 100000 TNZO"));
+        assert!(
+            low.to_string()
+                .contains("balance is too low to bond 100000 TNZO")
+        );
     }
 
     /// A small stand-in for the gateway's bonds API (the real one is driven end to end
@@ -299,14 +321,22 @@ mod tests {
         use std::sync::{Arc, Mutex};
         type Book = Arc<Mutex<(u128, Option<(String, u128)>)>>;
         fn owner(h: &HeaderMap) -> Result<(), StatusCode> {
-            let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tz-owner");
-            if ok { Ok(()) } else { Err(StatusCode::UNAUTHORIZED) }
+            let ok =
+                h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tz-owner");
+            if ok {
+                Ok(())
+            } else {
+                Err(StatusCode::UNAUTHORIZED)
+            }
         }
         async fn account(h: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
             owner(&h)?;
             Ok(Json(json!({"id": "acct-1"})))
         }
-        async fn list(State(b): State<Book>, h: HeaderMap) -> Result<Json<serde_json::Value>, StatusCode> {
+        async fn list(
+            State(b): State<Book>,
+            h: HeaderMap,
+        ) -> Result<Json<serde_json::Value>, StatusCode> {
             owner(&h)?;
             let book = b.lock().unwrap();
             let data: Vec<_> = book
@@ -322,10 +352,15 @@ mod tests {
             Json(body): Json<serde_json::Value>,
         ) -> (StatusCode, Json<serde_json::Value>) {
             if owner(&h).is_err() {
-                return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad key"}})));
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": {"message": "bad key"}})),
+                );
             }
-            let key = tenzro_attest::PublicKey::from_hex(body["provider_key"].as_str().unwrap()).unwrap();
-            let sig = tenzro_attest::Signature::from_hex(body["owner_signature"].as_str().unwrap()).unwrap();
+            let key =
+                tenzro_attest::PublicKey::from_hex(body["provider_key"].as_str().unwrap()).unwrap();
+            let sig = tenzro_attest::Signature::from_hex(body["owner_signature"].as_str().unwrap())
+                .unwrap();
             if !tenzro_attest::bond::verify_owner(&key, "acct-1", &sig) {
                 return (
                     StatusCode::FORBIDDEN,
@@ -365,7 +400,9 @@ mod tests {
         let gw = fake_gateway(150 * BASE_UNITS).await;
         let client = crate::register::client().unwrap();
         let key = ProviderKey::from_seed(&[4; 32]);
-        let first = ensure(&client, &gw, "tz-owner", &key, 100 * BASE_UNITS).await.unwrap();
+        let first = ensure(&client, &gw, "tz-owner", &key, 100 * BASE_UNITS)
+            .await
+            .unwrap();
         assert_eq!(
             first,
             Bonded {
@@ -375,7 +412,9 @@ mod tests {
             }
         );
         // A restart with the same target bonds nothing more.
-        let again = ensure(&client, &gw, "tz-owner", &key, 100 * BASE_UNITS).await.unwrap();
+        let again = ensure(&client, &gw, "tz-owner", &key, 100 * BASE_UNITS)
+            .await
+            .unwrap();
         assert_eq!((again.bonded, again.added), (100 * BASE_UNITS, 0));
         // A higher target adds the difference only: 120 of the 50 left is too much.
         let err = ensure(&client, &gw, "tz-owner", &key, 220 * BASE_UNITS)
@@ -385,12 +424,23 @@ mod tests {
             matches!(&err, BondError::InsufficientBalance { amount, .. } if amount == "120"),
             "{err}"
         );
-        assert!(!err.retryable() && err.to_string().contains("balance 50"), "{err}");
-        let more = ensure(&client, &gw, "tz-owner", &key, 130 * BASE_UNITS).await.unwrap();
-        assert_eq!((more.bonded, more.added), (130 * BASE_UNITS, 30 * BASE_UNITS));
+        assert!(
+            !err.retryable() && err.to_string().contains("balance 50"),
+            "{err}"
+        );
+        let more = ensure(&client, &gw, "tz-owner", &key, 130 * BASE_UNITS)
+            .await
+            .unwrap();
+        assert_eq!(
+            (more.bonded, more.added),
+            (130 * BASE_UNITS, 30 * BASE_UNITS)
+        );
         // A refused owner key is not retried.
         let err = ensure(&client, &gw, "tz-other", &key, 0).await.unwrap_err();
-        assert!(matches!(err, BondError::Refused { status: 401, .. }), "{err}");
+        assert!(
+            matches!(err, BondError::Refused { status: 401, .. }),
+            "{err}"
+        );
         // Nothing listens: retried.
         let err = ensure(&client, "http://127.0.0.1:9", "tz-owner", &key, 0)
             .await

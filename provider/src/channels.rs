@@ -89,28 +89,47 @@ pub async fn submit(
         }
     })?;
     let closed = state.payers.closed();
-    let guard = |also| Guard { channel_id: "", also, operator: false };
+    let guard = |also| Guard {
+        channel_id: "",
+        also,
+        operator: false,
+    };
     if closed {
         authorize(&state, &parts, &body, guard(vec![]))?;
     }
     let req: SubmitRequest = parse_json(&body)?;
     if !closed {
-        authorize(&state, &parts, &body, guard(req.vouchers.first().map(|v| v.payer_key).into_iter().collect()))?;
+        authorize(
+            &state,
+            &parts,
+            &body,
+            guard(
+                req.vouchers
+                    .first()
+                    .map(|v| v.payer_key)
+                    .into_iter()
+                    .collect(),
+            ),
+        )?;
     }
     if req.vouchers.len() > MAX_BATCH {
         return Err(ApiError::bad_param(
             "vouchers",
-            format!("A batch holds at most {MAX_BATCH} vouchers, got {}; split it", req.vouchers.len()),
+            format!(
+                "A batch holds at most {MAX_BATCH} vouchers, got {}; split it",
+                req.vouchers.len()
+            ),
         ));
     }
     let (channels, identity) = (state.channels.clone(), state.identity.clone());
-    let outcome = tokio::task::spawn_blocking(move || channels.submit(req.vouchers, identity.key()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            e @ StoreError::Full { .. } => ApiError::StoreFull(e.to_string()),
-            e => ApiError::Internal(e.to_string()),
-        })?;
+    let outcome =
+        tokio::task::spawn_blocking(move || channels.submit(req.vouchers, identity.key()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| match e {
+                e @ StoreError::Full { .. } => ApiError::StoreFull(e.to_string()),
+                e => ApiError::Internal(e.to_string()),
+            })?;
     Ok(Json(submit_response(outcome)))
 }
 
@@ -118,9 +137,16 @@ fn submit_response(outcome: Outcome) -> SubmitResponse {
     let rejected = outcome
         .rejected
         .into_iter()
-        .map(|r| RejectedVoucher { channel_id: r.channel_id, nonce: r.nonce, reason: r.reason.to_string() })
+        .map(|r| RejectedVoucher {
+            channel_id: r.channel_id,
+            nonce: r.nonce,
+            reason: r.reason.to_string(),
+        })
         .collect();
-    SubmitResponse { vouchers: outcome.vouchers, rejected }
+    SubmitResponse {
+        vouchers: outcome.vouchers,
+        rejected,
+    }
 }
 
 /// `GET /v1/channels/{channel_id}/voucher`: for the payer (trusted, or the one the
@@ -130,11 +156,21 @@ pub async fn latest(
     parts: Parts,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Voucher>, ApiError> {
-    let Path(text) = path.map_err(|e| ApiError::bad(format!("Invalid channel id in the path: {e}")))?;
+    let Path(text) =
+        path.map_err(|e| ApiError::bad(format!("Invalid channel id in the path: {e}")))?;
     let channel = ChannelId::parse(&text).map_err(|e| ApiError::bad(e.to_string()))?;
     let latest = state.channels.latest(&channel);
     let also = latest.iter().map(|v| v.payer_key).collect();
-    authorize(&state, &parts, b"", Guard { channel_id: channel.as_str(), also, operator: true })?;
+    authorize(
+        &state,
+        &parts,
+        b"",
+        Guard {
+            channel_id: channel.as_str(),
+            also,
+            operator: true,
+        },
+    )?;
     latest.map(Json).ok_or_else(|| ApiError::NotFound {
         message: format!("No voucher has been accepted on channel `{channel}`"),
         code: "voucher_not_found",
@@ -142,8 +178,20 @@ pub async fn latest(
 }
 
 /// `GET /v1/channels`: for the trusted payer (signing with no channel) or the operator.
-pub async fn list(State(state): State<AppState>, parts: Parts) -> Result<Json<ChannelList>, ApiError> {
-    authorize(&state, &parts, b"", Guard { channel_id: "", also: vec![], operator: true })?;
+pub async fn list(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<Json<ChannelList>, ApiError> {
+    authorize(
+        &state,
+        &parts,
+        b"",
+        Guard {
+            channel_id: "",
+            also: vec![],
+            operator: true,
+        },
+    )?;
     let data = state
         .channels
         .summaries()
@@ -182,7 +230,12 @@ impl FromRequestParts<AppState> for Meter {
         let Some(value) = parts.headers.get(CHANNEL_HEADER) else {
             return Ok(Meter(None));
         };
-        let bad = |e: String| ApiError::bad_param(CHANNEL_HEADER, format!("Invalid `{CHANNEL_HEADER}` header: {e}"));
+        let bad = |e: String| {
+            ApiError::bad_param(
+                CHANNEL_HEADER,
+                format!("Invalid `{CHANNEL_HEADER}` header: {e}"),
+            )
+        };
         let text = value.to_str().map_err(|e| bad(e.to_string()))?;
         let channel = ChannelId::parse(text).map_err(|e| bad(e.to_string()))?;
         state.channels.admit(&channel)?;
@@ -224,7 +277,11 @@ mod tests {
         state_with(dir, limit, Arc::new(PayerTrust::new(false, vec![])))
     }
 
-    pub(crate) fn state_with(dir: &std::path::Path, limit: u64, payers: Arc<PayerTrust>) -> AppState {
+    pub(crate) fn state_with(
+        dir: &std::path::Path,
+        limit: u64,
+        payers: Arc<PayerTrust>,
+    ) -> AppState {
         let config: Config = toml::from_str("listen = \"127.0.0.1:1\"\n").unwrap();
         let settings = BookSettings {
             path: dir.join("v.json"),
@@ -251,14 +308,29 @@ mod tests {
     /// Sends a request on channel ch-1 signed by `payer()` (the signature names the
     /// channel for inference and voucher reads, none for the list and batches).
     async fn call(state: &AppState, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-        let channel = match uri.strip_prefix("/v1/channels/").and_then(|r| r.strip_suffix("/voucher")) {
+        let channel = match uri
+            .strip_prefix("/v1/channels/")
+            .and_then(|r| r.strip_suffix("/voucher"))
+        {
             Some(id) => id,
             None if uri.starts_with("/v1/channels") => "",
             None => "ch-1",
         };
-        let auth = PaidRequest { method, path_and_query: uri, channel_id: channel, body: body.as_bytes() }
-            .sign(&payer(), crate::paid::unix_now());
-        call_with(state, method, uri, body, &[(CHANNEL_HEADER, "ch-1"), (PAYER_AUTH_HEADER, &auth)]).await
+        let auth = PaidRequest {
+            method,
+            path_and_query: uri,
+            channel_id: channel,
+            body: body.as_bytes(),
+        }
+        .sign(&payer(), crate::paid::unix_now());
+        call_with(
+            state,
+            method,
+            uri,
+            body,
+            &[(CHANNEL_HEADER, "ch-1"), (PAYER_AUTH_HEADER, &auth)],
+        )
+        .await
     }
 
     pub(crate) async fn call_with(
@@ -268,19 +340,36 @@ mod tests {
         body: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
         let req = req.body(Body::from(body.to_owned())).unwrap();
-        let res = crate::routes::router(state.clone()).oneshot(req).await.unwrap();
+        let res = crate::routes::router(state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
         let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     fn voucher(nonce: u64, spent: u128) -> Voucher {
-        VoucherBody { channel_id: "ch-1".into(), nonce, cumulative_spent: spent, asset: "TNZO".into() }.sign(&payer())
+        VoucherBody {
+            channel_id: "ch-1".into(),
+            nonce,
+            cumulative_spent: spent,
+            asset: "TNZO".into(),
+        }
+        .sign(&payer())
     }
 
     #[tokio::test]
@@ -292,21 +381,39 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{json}");
         let answer: SubmitResponse = serde_json::from_value(json).unwrap();
         assert_eq!(answer.vouchers.len(), 1);
-        answer.vouchers[0].verify(Some(&payer().public_key()), Some(&provider_key().public_key())).unwrap();
+        answer.vouchers[0]
+            .verify(
+                Some(&payer().public_key()),
+                Some(&provider_key().public_key()),
+            )
+            .unwrap();
         assert_eq!(answer.rejected[0].nonce, 1);
-        assert!(answer.rejected[0].reason.contains("already accepted"), "{}", answer.rejected[0].reason);
+        assert!(
+            answer.rejected[0].reason.contains("already accepted"),
+            "{}",
+            answer.rejected[0].reason
+        );
 
         let (status, json) = call(&state, "GET", "/v1/channels/ch-1/voucher", "").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(json["cumulative_spent"], "10");
-        assert_eq!(serde_json::from_value::<Voucher>(json).unwrap(), answer.vouchers[0]);
+        assert_eq!(
+            serde_json::from_value::<Voucher>(json).unwrap(),
+            answer.vouchers[0]
+        );
 
         let op = [("authorization", "Bearer op-token")];
         let (status, json) = call_with(&state, "GET", "/v1/channels/nope/voucher", "", &op).await;
-        assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("voucher_not_found")));
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("voucher_not_found"))
+        );
 
         // Standalone, the list (every channel's spend) is for the operator only.
-        assert_eq!(call(&state, "GET", "/v1/channels", "").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(&state, "GET", "/v1/channels", "").await.0,
+            StatusCode::UNAUTHORIZED
+        );
         let (status, json) = call_with(&state, "GET", "/v1/channels", "", &op).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -336,7 +443,11 @@ mod tests {
         check(r#"{"vouchers":[{"channel_id":"x"}]}"#.into(), "vouchers[0]").await;
         let mut v = serde_json::to_value(voucher(1, 1)).unwrap();
         v["cumulative_spent"] = json!(1);
-        check(json!({"vouchers": [v]}).to_string(), "vouchers[0].cumulative_spent").await;
+        check(
+            json!({"vouchers": [v]}).to_string(),
+            "vouchers[0].cumulative_spent",
+        )
+        .await;
         let many: Vec<Voucher> = (0..=MAX_BATCH as u64).map(|n| voucher(n + 1, 1)).collect();
         check(json!({"vouchers": many}).to_string(), "at most 1024").await;
         assert!(!dir.path().join("v.json").exists());
@@ -350,17 +461,28 @@ mod tests {
         // Under the limit the request passes the credit check (and fails later: no model).
         let (status, _) = call(&state, "POST", "/v1/chat/completions", chat).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        state.channels.record(&ChannelId::parse("ch-1").unwrap(), 11);
+        state
+            .channels
+            .record(&ChannelId::parse("ch-1").unwrap(), 11);
         for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
             let (status, json) = call(&state, "POST", path, chat).await;
             assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{path}");
             assert_eq!(json["error"]["code"], "channel_unpaid");
             let message = json["error"]["message"].as_str().unwrap();
-            assert!(message.contains("11 unpaid tokens") && message.contains("limit of 10"), "{message}");
+            assert!(
+                message.contains("11 unpaid tokens") && message.contains("limit of 10"),
+                "{message}"
+            );
         }
         let body = json!({"vouchers": [voucher(1, 10)]}).to_string();
-        assert_eq!(call(&state, "POST", "/v1/channels/vouchers", &body).await.0, StatusCode::OK);
-        assert_eq!(call(&state, "POST", "/v1/chat/completions", chat).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&state, "POST", "/v1/channels/vouchers", &body).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&state, "POST", "/v1/chat/completions", chat).await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[tokio::test]
@@ -375,14 +497,21 @@ mod tests {
             .unwrap();
         let res = crate::routes::router(state).oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
         let json: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["error"]["param"], CHANNEL_HEADER);
     }
 
     fn signed(method: &str, uri: &str, channel: &str, body: &str, key: &ProviderKey) -> String {
-        PaidRequest { method, path_and_query: uri, channel_id: channel, body: body.as_bytes() }
-            .sign(key, crate::paid::unix_now())
+        PaidRequest {
+            method,
+            path_and_query: uri,
+            channel_id: channel,
+            body: body.as_bytes(),
+        }
+        .sign(key, crate::paid::unix_now())
     }
 
     fn code(json: &Value) -> &str {
@@ -397,35 +526,92 @@ mod tests {
         let batch = json!({"vouchers": [voucher(1, 10)]}).to_string();
         // A batch needs its payer's signature (standalone: the payer of its vouchers).
         let (status, json) = call_with(&state, "POST", "/v1/channels/vouchers", &batch, &[]).await;
-        assert_eq!((status, code(&json)), (StatusCode::UNAUTHORIZED, "payer_auth_required"), "{json}");
+        assert_eq!(
+            (status, code(&json)),
+            (StatusCode::UNAUTHORIZED, "payer_auth_required"),
+            "{json}"
+        );
         let forged = signed("POST", "/v1/channels/vouchers", "", &batch, &stranger);
-        let (status, json) =
-            call_with(&state, "POST", "/v1/channels/vouchers", &batch, &[(PAYER_AUTH_HEADER, &forged)]).await;
-        assert_eq!((status, code(&json)), (StatusCode::UNAUTHORIZED, "payer_auth_invalid"), "{json}");
+        let (status, json) = call_with(
+            &state,
+            "POST",
+            "/v1/channels/vouchers",
+            &batch,
+            &[(PAYER_AUTH_HEADER, &forged)],
+        )
+        .await;
+        assert_eq!(
+            (status, code(&json)),
+            (StatusCode::UNAUTHORIZED, "payer_auth_invalid"),
+            "{json}"
+        );
         assert!(state.channels.summaries().is_empty());
-        assert_eq!(call(&state, "POST", "/v1/channels/vouchers", &batch).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&state, "POST", "/v1/channels/vouchers", &batch)
+                .await
+                .0,
+            StatusCode::OK
+        );
 
         // Reads: nothing without a signature or the operator token.
-        for uri in ["/v1/channels", "/v1/channels/ch-1/voucher", "/v1/channels/nope/voucher"] {
+        for uri in [
+            "/v1/channels",
+            "/v1/channels/ch-1/voucher",
+            "/v1/channels/nope/voucher",
+        ] {
             let (status, json) = call_with(&state, "GET", uri, "", &[]).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
             assert_eq!(json["error"]["type"], "authentication_error");
-            assert!(json["error"]["message"].as_str().unwrap().contains("x-tenzro-payer-auth"), "{json}");
-            let (status, _) = call_with(&state, "GET", uri, "", &[("authorization", "Bearer wrong")]).await;
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("x-tenzro-payer-auth"),
+                "{json}"
+            );
+            let (status, _) =
+                call_with(&state, "GET", uri, "", &[("authorization", "Bearer wrong")]).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
-            let (status, _) = call_with(&state, "GET", uri, "", &[("authorization", "Bearer op-token")]).await;
+            let (status, _) = call_with(
+                &state,
+                "GET",
+                uri,
+                "",
+                &[("authorization", "Bearer op-token")],
+            )
+            .await;
             assert_ne!(status, StatusCode::UNAUTHORIZED, "{uri}");
         }
         // The channel's own payer reads its voucher, signing with the channel id.
         let uri = "/v1/channels/ch-1/voucher";
         let ok = signed("GET", uri, "ch-1", "", &payer());
-        assert_eq!(call_with(&state, "GET", uri, "", &[(PAYER_AUTH_HEADER, &ok)]).await.0, StatusCode::OK);
-        for bad in [signed("GET", uri, "ch-2", "", &payer()), signed("GET", uri, "ch-1", "", &stranger)] {
-            assert_eq!(call_with(&state, "GET", uri, "", &[(PAYER_AUTH_HEADER, &bad)]).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call_with(&state, "GET", uri, "", &[(PAYER_AUTH_HEADER, &ok)])
+                .await
+                .0,
+            StatusCode::OK
+        );
+        for bad in [
+            signed("GET", uri, "ch-2", "", &payer()),
+            signed("GET", uri, "ch-1", "", &stranger),
+        ] {
+            assert_eq!(
+                call_with(&state, "GET", uri, "", &[(PAYER_AUTH_HEADER, &bad)])
+                    .await
+                    .0,
+                StatusCode::UNAUTHORIZED
+            );
         }
         // A stranger cannot tell a missing channel from a hidden one.
         let nope = signed("GET", "/v1/channels/nope/voucher", "nope", "", &stranger);
-        let (status, _) = call_with(&state, "GET", "/v1/channels/nope/voucher", "", &[(PAYER_AUTH_HEADER, &nope)]).await;
+        let (status, _) = call_with(
+            &state,
+            "GET",
+            "/v1/channels/nope/voucher",
+            "",
+            &[(PAYER_AUTH_HEADER, &nope)],
+        )
+        .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
@@ -437,18 +623,46 @@ mod tests {
         let chat = r#"{"model":"m","messages":[]}"#;
         // Before registration no payer is known: refused, not served for free.
         let (status, json) = call(&state, "POST", "/v1/chat/completions", chat).await;
-        assert_eq!((status, code(&json)), (StatusCode::PAYMENT_REQUIRED, "payer_unknown"), "{json}");
+        assert_eq!(
+            (status, code(&json)),
+            (StatusCode::PAYMENT_REQUIRED, "payer_unknown"),
+            "{json}"
+        );
         trust.learn(payer().public_key());
         // Paid: passes to the handler (which has no model here).
-        assert_eq!(call(&state, "POST", "/v1/chat/completions", chat).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&state, "POST", "/v1/chat/completions", chat).await.0,
+            StatusCode::NOT_FOUND
+        );
         let stranger = ProviderKey::from_seed(&[8; 32]);
         for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
             let (status, json) = call_with(&state, "POST", path, chat, &[]).await;
-            assert_eq!((status, code(&json)), (StatusCode::PAYMENT_REQUIRED, "payment_required"), "{path}");
-            assert!(json["error"]["message"].as_str().unwrap().contains("attached to a gateway"), "{json}");
-            let (status, json) = call_with(&state, "POST", path, chat, &[(CHANNEL_HEADER, "ch-1")]).await;
-            assert_eq!((status, code(&json)), (StatusCode::PAYMENT_REQUIRED, "payer_auth_invalid"), "{path}");
-            assert!(json["error"]["message"].as_str().unwrap().contains("missing x-tenzro-payer-auth"), "{json}");
+            assert_eq!(
+                (status, code(&json)),
+                (StatusCode::PAYMENT_REQUIRED, "payment_required"),
+                "{path}"
+            );
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("attached to a gateway"),
+                "{json}"
+            );
+            let (status, json) =
+                call_with(&state, "POST", path, chat, &[(CHANNEL_HEADER, "ch-1")]).await;
+            assert_eq!(
+                (status, code(&json)),
+                (StatusCode::PAYMENT_REQUIRED, "payer_auth_invalid"),
+                "{path}"
+            );
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("missing x-tenzro-payer-auth"),
+                "{json}"
+            );
             let cases = [
                 signed("POST", path, "ch-1", chat, &stranger),
                 signed("POST", path, "ch-2", chat, &payer()),
@@ -459,21 +673,47 @@ mod tests {
             for auth in cases {
                 let headers = [(CHANNEL_HEADER, "ch-1"), (PAYER_AUTH_HEADER, auth.as_str())];
                 let (status, json) = call_with(&state, "POST", path, chat, &headers).await;
-                assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{path} {auth}: {json}");
+                assert_eq!(
+                    status,
+                    StatusCode::PAYMENT_REQUIRED,
+                    "{path} {auth}: {json}"
+                );
             }
         }
         // Vouchers: only the trusted payer posts, and only its vouchers are taken.
-        let foreign = VoucherBody { channel_id: "f".into(), nonce: 1, cumulative_spent: 1, asset: "TNZO".into() }.sign(&stranger);
+        let foreign = VoucherBody {
+            channel_id: "f".into(),
+            nonce: 1,
+            cumulative_spent: 1,
+            asset: "TNZO".into(),
+        }
+        .sign(&stranger);
         let batch = json!({"vouchers": [foreign]}).to_string();
         let own = signed("POST", "/v1/channels/vouchers", "", &batch, &stranger);
-        let (status, _) = call_with(&state, "POST", "/v1/channels/vouchers", &batch, &[(PAYER_AUTH_HEADER, &own)]).await;
+        let (status, _) = call_with(
+            &state,
+            "POST",
+            "/v1/channels/vouchers",
+            &batch,
+            &[(PAYER_AUTH_HEADER, &own)],
+        )
+        .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let (status, json) = call(&state, "POST", "/v1/channels/vouchers", &batch).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(json["rejected"][0]["reason"].as_str().unwrap().contains("not this provider's trusted payer"), "{json}");
+        assert!(
+            json["rejected"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not this provider's trusted payer"),
+            "{json}"
+        );
         assert!(state.channels.summaries().is_empty());
         // The trusted payer lists the book.
-        assert_eq!(call(&state, "GET", "/v1/channels", "").await.0, StatusCode::OK);
+        assert_eq!(
+            call(&state, "GET", "/v1/channels", "").await.0,
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]
@@ -483,7 +723,10 @@ mod tests {
         let get = |nonce: String| {
             let state = state.clone();
             async move {
-                let req = Request::builder().uri(format!("/v1/attestation?nonce={nonce}")).body(Body::empty()).unwrap();
+                let req = Request::builder()
+                    .uri(format!("/v1/attestation?nonce={nonce}"))
+                    .body(Body::empty())
+                    .unwrap();
                 crate::routes::router(state).oneshot(req).await.unwrap()
             }
         };
@@ -496,7 +739,9 @@ mod tests {
         // A nonce asked before is answered from the cache, limit or not.
         let again = get("aa".repeat(16)).await;
         assert_eq!(again.status(), StatusCode::OK);
-        let bytes = axum::body::to_bytes(again.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(again.into_body(), usize::MAX)
+            .await
+            .unwrap();
         let doc: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(doc["nonce"], "aa".repeat(16));
     }

@@ -11,8 +11,9 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt, stream};
 use tenzro_models::api::{
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice,
-    Completion, CompletionChoice, CompletionRequest, Delta, ErrorBody, FinishReason, Role, TenzroExt, Usage,
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChunkChoice, Completion, CompletionChoice, CompletionRequest, Delta, ErrorBody, FinishReason,
+    Role, TenzroExt, Usage,
 };
 use tenzro_models::engine::Event;
 
@@ -54,10 +55,17 @@ async fn respond(
     meter: Meter,
 ) -> Result<Response, ApiError> {
     let model = state.chat_model(model_id)?;
-    let seal = Seal { identity: state.identity.clone(), request_sha256 };
+    let seal = Seal {
+        identity: state.identity.clone(),
+        request_sha256,
+    };
     let shape = Shape::new(kind, model_id, &valid, seal, meter);
     let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
-    if valid.stream { Ok(sse(shape, events).into_response()) } else { collect(shape, events).await }
+    if valid.stream {
+        Ok(sse(shape, events).into_response())
+    } else {
+        collect(shape, events).await
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -98,7 +106,11 @@ struct Finish {
 
 impl Shape {
     fn new(kind: Kind, model: &str, valid: &ValidGeneration, seal: Seal, meter: Meter) -> Self {
-        let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+        let prefix = if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
         let mut echo = Vec::new();
         for (job, e) in valid.jobs.iter().zip(&valid.echo) {
             echo.extend(std::iter::repeat_n(e.clone(), job.params.n as usize));
@@ -106,7 +118,9 @@ impl Shape {
         Shape {
             kind,
             id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             model: model.to_owned(),
             choices: echo.len() as u32,
             include_usage: valid.include_usage,
@@ -118,7 +132,10 @@ impl Shape {
 
     /// Each choice's text as the client assembles it (the echo included), empty.
     fn texts(&self) -> Vec<String> {
-        self.echo.iter().map(|e| e.clone().unwrap_or_default()).collect()
+        self.echo
+            .iter()
+            .map(|e| e.clone().unwrap_or_default())
+            .collect()
     }
 
     /// The signed receipt for a response whose choices' whole texts are `texts`.
@@ -135,18 +152,33 @@ impl Shape {
 
     fn finish_chunk(&self, f: Finish, receipt: Option<TenzroExt>) -> String {
         let content = (!f.text.is_empty() || self.kind == Kind::Text).then_some(f.text);
-        let tenzro = TenzroExt { tokens: Some(u64::from(f.tokens)), ..receipt.unwrap_or_default() };
+        let tenzro = TenzroExt {
+            tokens: Some(u64::from(f.tokens)),
+            ..receipt.unwrap_or_default()
+        };
         self.chunk(f.choice, content, None, Some(f.reason), Some(tenzro))
     }
 
-    fn chunk(&self, index: u32, content: Option<String>, role: Option<Role>, finish: Option<FinishReason>, tenzro: Option<TenzroExt>) -> String {
+    fn chunk(
+        &self,
+        index: u32,
+        content: Option<String>,
+        role: Option<Role>,
+        finish: Option<FinishReason>,
+        tenzro: Option<TenzroExt>,
+    ) -> String {
         let json = match self.kind {
             Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
                 id: self.id.clone(),
                 object: "chat.completion.chunk".into(),
                 created: self.created,
                 model: self.model.clone(),
-                choices: vec![ChunkChoice { index, delta: Delta { role, content }, finish_reason: finish, logprobs: None }],
+                choices: vec![ChunkChoice {
+                    index,
+                    delta: Delta { role, content },
+                    finish_reason: finish,
+                    logprobs: None,
+                }],
                 usage: None,
                 system_fingerprint: None,
                 tenzro,
@@ -156,7 +188,12 @@ impl Shape {
                 object: "text_completion".into(),
                 created: self.created,
                 model: self.model.clone(),
-                choices: vec![CompletionChoice { index, text: content.unwrap_or_default(), finish_reason: finish, logprobs: None }],
+                choices: vec![CompletionChoice {
+                    index,
+                    text: content.unwrap_or_default(),
+                    finish_reason: finish,
+                    logprobs: None,
+                }],
                 usage: None,
                 system_fingerprint: None,
                 tenzro,
@@ -221,23 +258,49 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
         }
         let mut out = Vec::new();
         match event {
-            Event::Text { choice, text, tokens } => {
+            Event::Text {
+                choice,
+                text,
+                tokens,
+            } => {
                 out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
-                out.push(shape.chunk(choice, Some(text), None, None, Some(TenzroExt::tokens(u64::from(tokens)))));
+                out.push(shape.chunk(
+                    choice,
+                    Some(text),
+                    None,
+                    None,
+                    Some(TenzroExt::tokens(u64::from(tokens))),
+                ));
             }
-            Event::Finished { choice, reason, text, tokens } => {
+            Event::Finished {
+                choice,
+                reason,
+                text,
+                tokens,
+            } => {
                 out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
-                held = Some(Finish { choice, reason, text, tokens });
+                held = Some(Finish {
+                    choice,
+                    reason,
+                    text,
+                    tokens,
+                });
             }
-            Event::Done { prompt_tokens, completion_tokens } => {
-                shape.meter.record(u64::from(prompt_tokens) + u64::from(completion_tokens));
+            Event::Done {
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                shape
+                    .meter
+                    .record(u64::from(prompt_tokens) + u64::from(completion_tokens));
                 let receipt = shape.receipt(&texts, prompt_tokens, completion_tokens);
                 match (shape.include_usage, held.take()) {
                     (false, Some(last)) => out.push(shape.finish_chunk(last, Some(receipt))),
                     (false, None) => out.push(shape.final_chunk(None, Some(receipt))),
                     (true, last) => {
                         out.extend(last.map(|f| shape.finish_chunk(f, None)));
-                        let usage = Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens));
+                        let usage =
+                            Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens));
                         out.push(shape.final_chunk(Some(usage), Some(receipt)));
                     }
                 }
@@ -247,13 +310,18 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
                 out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
                 shape.meter.record(streamed);
                 tracing::error!(error = %e, "generation failed mid-stream");
-                let body = ErrorBody::new("server_error", "The model failed while generating; the stream is incomplete");
+                let body = ErrorBody::new(
+                    "server_error",
+                    "The model failed while generating; the stream is incomplete",
+                );
                 out.push(serde_json::to_string(&body).unwrap_or_default());
             }
         }
         stream::iter(out)
     });
-    let all = stream::iter(opening).chain(body).map(|data| Ok(SseEvent::default().data(data)));
+    let all = stream::iter(opening)
+        .chain(body)
+        .map(|data| Ok(SseEvent::default().data(data)));
     Sse::new(all)
 }
 
@@ -267,12 +335,22 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
     while let Some(event) = events.next().await {
         match event {
             Event::Text { choice, text, .. } => texts[choice as usize].push_str(&text),
-            Event::Finished { choice, reason, text, .. } => {
+            Event::Finished {
+                choice,
+                reason,
+                text,
+                ..
+            } => {
                 texts[choice as usize].push_str(&text);
                 reasons[choice as usize] = Some(reason);
             }
-            Event::Done { prompt_tokens, completion_tokens } => {
-                shape.meter.record(u64::from(prompt_tokens) + u64::from(completion_tokens));
+            Event::Done {
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                shape
+                    .meter
+                    .record(u64::from(prompt_tokens) + u64::from(completion_tokens));
                 usage = Usage::new(u64::from(prompt_tokens), u64::from(completion_tokens));
                 tokens = (prompt_tokens, completion_tokens);
             }
@@ -292,7 +370,10 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 .enumerate()
                 .map(|(i, (text, finish_reason))| ChatChoice {
                     index: i as u32,
-                    message: AssistantMessage { role: Role::Assistant, content: Some(text) },
+                    message: AssistantMessage {
+                        role: Role::Assistant,
+                        content: Some(text),
+                    },
                     finish_reason,
                     logprobs: None,
                 })
@@ -310,7 +391,12 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 .into_iter()
                 .zip(reasons)
                 .enumerate()
-                .map(|(i, (text, finish_reason))| CompletionChoice { index: i as u32, text, finish_reason, logprobs: None })
+                .map(|(i, (text, finish_reason))| CompletionChoice {
+                    index: i as u32,
+                    text,
+                    finish_reason,
+                    logprobs: None,
+                })
                 .collect(),
             usage: Some(usage),
             system_fingerprint: None,

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tenzro_attest::{PublicKey, TeeKind};
 use tenzro_attest::evidence::tsm::TSM_REPORT_DIR;
+use tenzro_attest::{PublicKey, TeeKind};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +60,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_body_bytes: 4 << 20, max_embedding_inputs: 2048, max_n: 16 }
+        ServerConfig {
+            max_body_bytes: 4 << 20,
+            max_embedding_inputs: 2048,
+            max_n: 16,
+        }
     }
 }
 
@@ -75,7 +79,10 @@ pub struct EngineSection {
 
 impl Default for EngineSection {
     fn default() -> Self {
-        EngineSection { queue_capacity: 64, max_sequences: 8 }
+        EngineSection {
+            queue_capacity: 64,
+            max_sequences: 8,
+        }
     }
 }
 
@@ -90,7 +97,9 @@ pub struct IdentityConfig {
 
 impl Default for IdentityConfig {
     fn default() -> Self {
-        IdentityConfig { key_path: PathBuf::from(".tenzro/provider.key") }
+        IdentityConfig {
+            key_path: PathBuf::from(".tenzro/provider.key"),
+        }
     }
 }
 
@@ -157,7 +166,10 @@ impl GatewayConfig {
     /// both are unset or empty.
     pub fn owner_key(&self) -> Option<String> {
         let from_env = || std::env::var(&self.owner_key_env).ok();
-        self.owner_key.clone().or_else(from_env).filter(|k| !k.trim().is_empty())
+        self.owner_key
+            .clone()
+            .or_else(from_env)
+            .filter(|k| !k.trim().is_empty())
     }
 }
 
@@ -172,7 +184,9 @@ pub struct OperatorConfig {
 
 impl Default for OperatorConfig {
     fn default() -> Self {
-        OperatorConfig { token_env: "TENZRO_OPERATOR_TOKEN".to_owned() }
+        OperatorConfig {
+            token_env: "TENZRO_OPERATOR_TOKEN".to_owned(),
+        }
     }
 }
 
@@ -263,19 +277,29 @@ pub struct EmbeddingModelConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -283,14 +307,20 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.chat_models.is_empty() && self.embedding_models.is_empty() {
-            return invalid("no models configured: add [[chat_models]] or [[embedding_models]]".into());
+            return invalid(
+                "no models configured: add [[chat_models]] or [[embedding_models]]".into(),
+            );
         }
         let mut ids = std::collections::HashSet::new();
         let all = self
             .chat_models
             .iter()
             .map(|m| (&m.id, &m.price_per_token, &m.sha256))
-            .chain(self.embedding_models.iter().map(|m| (&m.id, &m.price_per_token, &m.sha256)));
+            .chain(
+                self.embedding_models
+                    .iter()
+                    .map(|m| (&m.id, &m.price_per_token, &m.sha256)),
+            );
         for (id, price, sha) in all {
             if id.is_empty() {
                 return invalid("a model has an empty id".into());
@@ -299,7 +329,9 @@ impl Config {
                 return invalid(format!("model id `{id}` is configured twice"));
             }
             if !price.is_empty() && price.parse::<u128>().is_err() {
-                return invalid(format!("model `{id}`: price_per_token `{price}` is not a whole number of base units"));
+                return invalid(format!(
+                    "model `{id}`: price_per_token `{price}` is not a whole number of base units"
+                ));
             }
             if let Some(sha) = sha
                 && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -314,28 +346,44 @@ impl Config {
             return invalid("channels.path must not be empty".into());
         }
         if self.channels.max_channels == 0 || self.channels.max_store_bytes == 0 {
-            return invalid("channels.max_channels and channels.max_store_bytes must be at least 1".into());
+            return invalid(
+                "channels.max_channels and channels.max_store_bytes must be at least 1".into(),
+            );
         }
-        if self.attestation.cache_entries == 0 || self.attestation.fresh_per_minute == 0 || self.attestation.fresh_burst == 0 {
-            return invalid("attestation.cache_entries, fresh_per_minute and fresh_burst must be at least 1".into());
+        if self.attestation.cache_entries == 0
+            || self.attestation.fresh_per_minute == 0
+            || self.attestation.fresh_burst == 0
+        {
+            return invalid(
+                "attestation.cache_entries, fresh_per_minute and fresh_burst must be at least 1"
+                    .into(),
+            );
         }
         if let Some(url) = &self.gateway.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return invalid(format!("gateway.url `{url}` must start with http:// or https://"));
+            return invalid(format!(
+                "gateway.url `{url}` must start with http:// or https://"
+            ));
         }
         if let Err(e) = crate::bond::whole_tokens(&self.gateway.bond) {
             return invalid(format!("gateway.bond: {e}"));
         }
         if self.engine.max_sequences == 0 || self.engine.queue_capacity == 0 {
-            return invalid("engine.max_sequences and engine.queue_capacity must be at least 1".into());
+            return invalid(
+                "engine.max_sequences and engine.queue_capacity must be at least 1".into(),
+            );
         }
         Ok(())
     }
 
     /// A model path as configured, resolved against `models_dir`.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_owned() } else { self.models_dir.join(path) }
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.models_dir.join(path)
+        }
     }
 }
 
@@ -379,12 +427,30 @@ mod tests {
             "configured twice",
         );
         let model = "[[chat_models]]\nid = \"a\"\npath = \"x\"\n";
-        check(&format!("listen = \"127.0.0.1:1\"\n{model}[attestation]\nkind = \"sgx\"\n"), "unknown variant `sgx`");
-        check(&format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey_path = \"\"\n"), "key_path must not be empty");
-        check(&format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey = \"00\"\n"), "unknown field `key`");
-        check(&format!("listen = \"127.0.0.1:1\"\n{model}[channels]\ntrusted_payers = [\"zz\"]\n"), "public key must be 32 bytes");
-        check(&format!("listen = \"127.0.0.1:1\"\n{model}[channels]\npath = \"\"\n"), "channels.path must not be empty");
-        check(&format!("listen = \"127.0.0.1:1\"\n{model}[channels]\nlimit = 1\n"), "unknown field `limit`");
+        check(
+            &format!("listen = \"127.0.0.1:1\"\n{model}[attestation]\nkind = \"sgx\"\n"),
+            "unknown variant `sgx`",
+        );
+        check(
+            &format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey_path = \"\"\n"),
+            "key_path must not be empty",
+        );
+        check(
+            &format!("listen = \"127.0.0.1:1\"\n{model}[identity]\nkey = \"00\"\n"),
+            "unknown field `key`",
+        );
+        check(
+            &format!("listen = \"127.0.0.1:1\"\n{model}[channels]\ntrusted_payers = [\"zz\"]\n"),
+            "public key must be 32 bytes",
+        );
+        check(
+            &format!("listen = \"127.0.0.1:1\"\n{model}[channels]\npath = \"\"\n"),
+            "channels.path must not be empty",
+        );
+        check(
+            &format!("listen = \"127.0.0.1:1\"\n{model}[channels]\nlimit = 1\n"),
+            "unknown field `limit`",
+        );
     }
 
     #[test]
@@ -398,7 +464,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.identity.key_path, Path::new("/k"));
-        assert_eq!((c.attestation.kind, c.attestation.tsm_dir.as_path()), (TeeKind::SevSnp, Path::new("/t")));
+        assert_eq!(
+            (c.attestation.kind, c.attestation.tsm_dir.as_path()),
+            (TeeKind::SevSnp, Path::new("/t"))
+        );
     }
 
     #[test]
@@ -406,14 +475,23 @@ mod tests {
         let base = "listen = \"127.0.0.1:1\"\n[[chat_models]]\nid = \"a\"\npath = \"x\"\n";
         let c: Config = toml::from_str(base).unwrap();
         assert_eq!(c.channels.path, Path::new(".tenzro/provider-vouchers.json"));
-        assert_eq!((c.channels.credit_limit_tokens, c.channels.trusted_payers.len()), (200_000, 0));
+        assert_eq!(
+            (
+                c.channels.credit_limit_tokens,
+                c.channels.trusted_payers.len()
+            ),
+            (200_000, 0)
+        );
         let key = tenzro_attest::ProviderKey::from_seed(&[1; 32]).public_key();
         let c: Config = toml::from_str(&format!(
             "{base}[channels]\npath = \"/v.json\"\ncredit_limit_tokens = 0\ntrusted_payers = [\"{}\"]\n",
             key.to_hex()
         ))
         .unwrap();
-        assert_eq!((c.channels.path.as_path(), c.channels.credit_limit_tokens), (Path::new("/v.json"), 0));
+        assert_eq!(
+            (c.channels.path.as_path(), c.channels.credit_limit_tokens),
+            (Path::new("/v.json"), 0)
+        );
         assert_eq!(c.channels.trusted_payers, [key]);
     }
 }

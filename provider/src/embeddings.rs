@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use base64::Engine as _;
 use tenzro_models::api::{
-    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, EncodingFormat,
+    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
+    EmbeddingVector, EncodingFormat,
 };
 use tenzro_models::embed::{EmbedError, EmbedInput};
 
@@ -16,7 +17,10 @@ use crate::state::AppState;
 pub async fn embeddings(
     State(state): State<AppState>,
     meter: Meter,
-    HashedJson { value: req, sha256: request_sha256 }: HashedJson<EmbeddingRequest>,
+    HashedJson {
+        value: req,
+        sha256: request_sha256,
+    }: HashedJson<EmbeddingRequest>,
 ) -> Result<Json<EmbeddingResponse>, ApiError> {
     let model = state.embedding_model(&req.model)?;
     let input = validate(&req, state.config.server.max_embedding_inputs)?;
@@ -25,10 +29,18 @@ pub async fn embeddings(
     {
         return Err(ApiError::bad_param(
             "dimensions",
-            format!("This model only produces {} dimensions, got dimensions={d}", model.embedder.dimensions),
+            format!(
+                "This model only produces {} dimensions, got dimensions={d}",
+                model.embedder.dimensions
+            ),
         ));
     }
-    let permit = model.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable)?;
+    let permit = model
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
     let embedder = model.embedder.clone();
     let (vectors, tokens) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -54,13 +66,22 @@ pub async fn embeddings(
     let data = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| Embedding { object: "embedding".into(), index: i as u32, embedding: encode(v, format) })
+        .map(|(i, v)| Embedding {
+            object: "embedding".into(),
+            index: i as u32,
+            embedding: encode(v, format),
+        })
         .collect();
     Ok(Json(EmbeddingResponse {
         object: "list".into(),
         data,
         model: req.model,
-        usage: EmbeddingUsage { prompt_tokens: tokens as u64, total_tokens: tokens as u64, cost: None, asset: None },
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens as u64,
+            total_tokens: tokens as u64,
+            cost: None,
+            asset: None,
+        },
         tenzro: Some(tenzro),
     }))
 }
@@ -76,7 +97,9 @@ fn validate(req: &EmbeddingRequest, max_inputs: usize) -> Result<EmbedInput, Api
         return Err(bad("`input` must not be an empty list".into()));
     }
     if count > max_inputs {
-        return Err(bad(format!("`input` has {count} items; at most {max_inputs} are allowed")));
+        return Err(bad(format!(
+            "`input` has {count} items; at most {max_inputs} are allowed"
+        )));
     }
     let input = match req.input.clone() {
         EmbeddingInput::Text(t) => EmbedInput::Texts(vec![t]),
@@ -89,7 +112,9 @@ fn validate(req: &EmbeddingRequest, max_inputs: usize) -> Result<EmbedInput, Api
         EmbedInput::Tokens(v) => v.iter().position(Vec::is_empty),
     };
     if let Some(i) = empty {
-        return Err(bad(format!("`input[{i}]` is empty; every input must have content")));
+        return Err(bad(format!(
+            "`input[{i}]` is empty; every input must have content"
+        )));
     }
     Ok(input)
 }

@@ -10,7 +10,11 @@ use tenzro_models::api::ErrorBody;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    BadRequest { message: String, param: Option<String>, code: Option<&'static str> },
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
     #[error("The model `{0}` does not exist or is not served here")]
     ModelNotFound(String),
     /// A named thing other than a model is missing (`code` names what).
@@ -26,7 +30,9 @@ pub enum ApiError {
     #[error("{message}")]
     Unauthorized { message: String, code: &'static str },
     /// Too many fresh attestation documents asked for; retry after some seconds.
-    #[error("Too many fresh attestation requests from this address; retry after {retry_after} s (a nonce asked before is answered from the cache)")]
+    #[error(
+        "Too many fresh attestation requests from this address; retry after {retry_after} s (a nonce asked before is answered from the cache)"
+    )]
     RateLimited { retry_after: u32 },
     /// The voucher store reached its configured size.
     #[error("{0}")]
@@ -44,18 +50,28 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad(message: impl Into<String>) -> Self {
-        ApiError::BadRequest { message: message.into(), param: None, code: None }
+        ApiError::BadRequest {
+            message: message.into(),
+            param: None,
+            code: None,
+        }
     }
 
     pub fn bad_param(param: &str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { message: message.into(), param: Some(param.to_owned()), code: None }
+        ApiError::BadRequest {
+            message: message.into(),
+            param: Some(param.to_owned()),
+            code: None,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::ChannelUnpaid(_) | ApiError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::ChannelUnpaid(_) | ApiError::PaymentRequired { .. } => {
+                StatusCode::PAYMENT_REQUIRED
+            }
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -67,21 +83,31 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         let (kind, code, param) = match self {
-            ApiError::BadRequest { param, code, .. } => ("invalid_request_error", *code, param.clone()),
-            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found"), Some("model".into())),
+            ApiError::BadRequest { param, code, .. } => {
+                ("invalid_request_error", *code, param.clone())
+            }
+            ApiError::ModelNotFound(_) => (
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("model".into()),
+            ),
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code), None),
             ApiError::ChannelUnpaid(_) => ("invalid_request_error", Some("channel_unpaid"), None),
             ApiError::PaymentRequired { code, .. } => ("invalid_request_error", Some(*code), None),
             ApiError::Unauthorized { code, .. } => ("authentication_error", Some(*code), None),
             ApiError::RateLimited { .. } => ("requests", Some("rate_limit_exceeded"), None),
             ApiError::StoreFull(_) => ("server_error", Some("voucher_store_full"), None),
-            ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large"), None),
+            ApiError::PayloadTooLarge(_) => {
+                ("invalid_request_error", Some("request_too_large"), None)
+            }
             ApiError::Overloaded { .. } => ("server_error", Some("overloaded"), None),
             ApiError::Unavailable => ("server_error", Some("unavailable"), None),
             ApiError::Internal(_) => ("server_error", None, None),
         };
         let message = match self {
-            ApiError::Internal(_) => "The server had an error while processing your request".to_owned(),
+            ApiError::Internal(_) => {
+                "The server had an error while processing your request".to_owned()
+            }
             other => other.to_string(),
         };
         let mut body = ErrorBody::new(kind, message);
@@ -98,7 +124,9 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         if let ApiError::Overloaded { retry_after } | ApiError::RateLimited { retry_after } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
     }
@@ -138,7 +166,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req, state).await?;
         let value = parse_json(&bytes)?;
-        Ok(HashedJson { value, sha256: tenzro_attest::sha256(&bytes) })
+        Ok(HashedJson {
+            value,
+            sha256: tenzro_attest::sha256(&bytes),
+        })
     }
 }
 
@@ -159,10 +190,14 @@ pub struct BodyLimit(pub usize);
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad("The request body is empty; send a JSON object"));
+        return Err(ApiError::bad(
+            "The request body is empty; send a JSON object",
+        ));
     }
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::bad("The request body must be a JSON object (`{...}`)"));
+        return Err(ApiError::bad(
+            "The request body must be a JSON object (`{...}`)",
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -178,7 +213,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         // Broken JSON names no field (serde_path_to_error says `?` inside an object).
         let param = (path != "." && !syntax).then_some(path);
-        ApiError::BadRequest { message, param, code: None }
+        ApiError::BadRequest {
+            message,
+            param,
+            code: None,
+        }
     })
 }
 
@@ -192,7 +231,12 @@ mod tests {
     fn parse_errors_name_the_field() {
         let check = |body: &str, needle: &str, param: Option<&str>| {
             let err = parse_json::<ChatCompletionRequest>(body.as_bytes()).unwrap_err();
-            let ApiError::BadRequest { message, param: p, .. } = &err else { panic!("{err:?}") };
+            let ApiError::BadRequest {
+                message, param: p, ..
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
             assert!(message.contains(needle), "{body}: {message}");
             assert_eq!(p.as_deref(), param, "{body}");
         };
@@ -201,7 +245,11 @@ mod tests {
         check("[1]", "must be a JSON object", None);
         check("  null", "must be a JSON object", None);
         check(r#"{"model":"m"}"#, "missing field `messages`", None);
-        check(r#"{"model":"m","messages":[],"max_tokens":"ten"}"#, "max_tokens", Some("max_tokens"));
+        check(
+            r#"{"model":"m","messages":[],"max_tokens":"ten"}"#,
+            "max_tokens",
+            Some("max_tokens"),
+        );
         check(
             r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
             "messages[0].role",
@@ -212,7 +260,8 @@ mod tests {
     #[test]
     fn unknown_fields_are_tolerated() {
         let r: ChatCompletionRequest =
-            parse_json(br#"{"model":"m","messages":[],"logit_bias":{},"new_field_2027":true}"#).unwrap();
+            parse_json(br#"{"model":"m","messages":[],"logit_bias":{},"new_field_2027":true}"#)
+                .unwrap();
         assert_eq!(r.model, "m");
     }
 }

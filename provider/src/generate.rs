@@ -23,7 +23,11 @@ pub fn submit(engine: &Engine, jobs: Vec<Job>, metrics: Metrics) -> Result<Event
         let offset = k as u32 * job.params.n;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         engine
-            .submit(GenerateRequest { prompt: job.prompt, params: job.params, reply: tx })
+            .submit(GenerateRequest {
+                prompt: job.prompt,
+                params: job.params,
+                reply: tx,
+            })
             .map_err(|e| match e {
                 SubmitError::QueueFull => ApiError::Overloaded { retry_after: 1 },
                 SubmitError::Stopped => ApiError::Unavailable,
@@ -45,10 +49,26 @@ pub fn submit(engine: &Engine, jobs: Vec<Job>, metrics: Metrics) -> Result<Event
 
 fn shift(event: Event, offset: u32) -> Event {
     match event {
-        Event::Text { choice, text, tokens } => Event::Text { choice: choice + offset, text, tokens },
-        Event::Finished { choice, reason, text, tokens } => {
-            Event::Finished { choice: choice + offset, reason, text, tokens }
-        }
+        Event::Text {
+            choice,
+            text,
+            tokens,
+        } => Event::Text {
+            choice: choice + offset,
+            text,
+            tokens,
+        },
+        Event::Finished {
+            choice,
+            reason,
+            text,
+            tokens,
+        } => Event::Finished {
+            choice: choice + offset,
+            reason,
+            text,
+            tokens,
+        },
         other => other,
     }
 }
@@ -78,7 +98,10 @@ impl<S: Stream<Item = Event> + Unpin> Merge<S> {
                 }
             };
             match event {
-                Event::Done { prompt_tokens, completion_tokens } => {
+                Event::Done {
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
                     self.prompt_tokens += prompt_tokens;
                     self.completion_tokens += completion_tokens;
                     self.left -= 1;
@@ -109,11 +132,15 @@ impl<S: Stream<Item = Event> + Unpin> Merge<S> {
     }
 
     fn record(&self) {
-        self.metrics.tokens(u64::from(self.prompt_tokens), u64::from(self.completion_tokens));
+        self.metrics.tokens(
+            u64::from(self.prompt_tokens),
+            u64::from(self.completion_tokens),
+        );
         if let Some(first) = self.first_token {
             let secs = first.elapsed().as_secs_f64();
             if self.completion_tokens > 1 && secs > 0.0 {
-                self.metrics.tokens_per_second(f64::from(self.completion_tokens - 1) / secs);
+                self.metrics
+                    .tokens_per_second(f64::from(self.completion_tokens - 1) / secs);
             }
         }
     }

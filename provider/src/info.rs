@@ -22,30 +22,41 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let mut data = Vec::new();
     for (id, m) in state.chat.iter() {
         let llm = m.engine.llm();
-        data.push(card(&state, id, json!({
-            "category": "LLM",
-            "modality": "text",
-            "max_context": llm.context_length,
-            "price_per_token": m.price_per_token,
-            "parameters": m.parameters,
-            "format": "gguf",
-            "weight_sha256": llm.sha256,
-        })));
+        data.push(card(
+            &state,
+            id,
+            json!({
+                "category": "LLM",
+                "modality": "text",
+                "max_context": llm.context_length,
+                "price_per_token": m.price_per_token,
+                "parameters": m.parameters,
+                "format": "gguf",
+                "weight_sha256": llm.sha256,
+            }),
+        ));
     }
     for (id, m) in state.embedding.iter() {
-        data.push(card(&state, id, json!({
-            "category": "Embedding",
-            "modality": "text",
-            "max_context": m.embedder.max_tokens,
-            "dimensions": m.embedder.dimensions,
-            "price_per_token": m.price_per_token,
-            "parameters": m.parameters,
-            "format": "safetensors",
-            "weight_sha256": m.embedder.sha256,
-        })));
+        data.push(card(
+            &state,
+            id,
+            json!({
+                "category": "Embedding",
+                "modality": "text",
+                "max_context": m.embedder.max_tokens,
+                "dimensions": m.embedder.dimensions,
+                "price_per_token": m.price_per_token,
+                "parameters": m.parameters,
+                "format": "safetensors",
+                "weight_sha256": m.embedder.sha256,
+            }),
+        ));
     }
     data.sort_by(|a, b| a.id.cmp(&b.id));
-    Json(ModelList { object: "list".into(), data })
+    Json(ModelList {
+        object: "list".into(),
+        data,
+    })
 }
 
 /// `GET /v1/attestation?nonce=HEX`: evidence over this provider's key, weights and
@@ -57,14 +68,18 @@ pub async fn attestation(
     RawQuery(query): RawQuery,
     Extension(peer): Extension<Peer>,
 ) -> Result<Json<AttestationDocument>, ApiError> {
-    let nonce = Nonce::from_query(query.as_deref()).map_err(|e| ApiError::bad_param("nonce", e.to_string()))?;
+    let nonce = Nonce::from_query(query.as_deref())
+        .map_err(|e| ApiError::bad_param("nonce", e.to_string()))?;
     let key = nonce.as_bytes().to_vec();
     if let Some(document) = state.evidence.get(&key) {
         return Ok(Json(AttestationDocument::clone(&document)));
     }
-    state.evidence_limit.take(peer.0, Instant::now()).map_err(|wait| ApiError::RateLimited {
-        retry_after: u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
-    })?;
+    state
+        .evidence_limit
+        .take(peer.0, Instant::now())
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after: u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
+        })?;
     let identity = state.identity.clone();
     let document = tokio::task::spawn_blocking(move || identity.document(&nonce))
         .await
@@ -103,7 +118,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         (q + m.engine.queue_depth(), a + m.engine.active_sequences())
     });
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(queued, active),
     )
 }
@@ -118,7 +136,10 @@ pub struct TokenizeRequest {
     messages: Option<Vec<ChatMessage>>,
 }
 
-pub async fn tokenize(State(state): State<AppState>, ApiJson(req): ApiJson<TokenizeRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn tokenize(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
     let model = state.chat_model(&req.model)?;
     let llm = model.engine.llm();
     let text = match (req.prompt, req.messages) {
@@ -127,14 +148,21 @@ pub async fn tokenize(State(state): State<AppState>, ApiJson(req): ApiJson<Token
             let msgs: Vec<TemplateMessage> = messages
                 .iter()
                 .map(|m| TemplateMessage {
-                    role: if m.role == Role::Developer { "system".into() } else { m.role.as_str().into() },
+                    role: if m.role == Role::Developer {
+                        "system".into()
+                    } else {
+                        m.role.as_str().into()
+                    },
                     content: m.text(),
                 })
                 .collect();
-            llm.render_chat(&msgs).map_err(|e| ApiError::bad_param("messages", e.to_string()))?
+            llm.render_chat(&msgs)
+                .map_err(|e| ApiError::bad_param("messages", e.to_string()))?
         }
         _ => return Err(ApiError::bad("Send exactly one of `prompt` or `messages`")),
     };
-    let ids = llm.encode(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ids = llm
+        .encode(&text)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(json!({ "count": ids.len(), "tokens": ids })))
 }

@@ -15,8 +15,8 @@ use crate::config::{Config, RequantizeSetting};
 use crate::metrics::Metrics;
 use crate::paid::OperatorToken;
 use crate::payer::PayerTrust;
-use crate::throttle::{Cache, RateLimiter};
 use crate::state::{AppState, ChatModel, EmbeddingModel};
+use crate::throttle::{Cache, RateLimiter};
 use crate::vouchers::{BookSettings, Channels, StoreError};
 
 /// Source addresses whose attestation requests are counted separately.
@@ -25,9 +25,15 @@ const MAX_LIMITED_ADDRESSES: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("model `{id}`: {source}")]
-    Model { id: String, source: tenzro_models::ModelError },
+    Model {
+        id: String,
+        source: tenzro_models::ModelError,
+    },
     #[error("model `{id}`: {source}")]
-    Download { id: String, source: tenzro_models::download::DownloadError },
+    Download {
+        id: String,
+        source: tenzro_models::download::DownloadError,
+    },
     #[error("starting the engine for `{id}`: {source}")]
     Engine { id: String, source: std::io::Error },
     #[error(transparent)]
@@ -43,7 +49,10 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
     // The voucher store first: a corrupt one stops the provider before minutes of
     // model loading.
     // With a gateway the provider serves only what its payer signed (see `payer`).
-    let payers = Arc::new(PayerTrust::new(config.gateway.url.is_some(), config.channels.trusted_payers.clone()));
+    let payers = Arc::new(PayerTrust::new(
+        config.gateway.url.is_some(),
+        config.channels.trusted_payers.clone(),
+    ));
     let channels = Channels::open(BookSettings {
         path: config.channels.path.clone(),
         credit_limit_tokens: config.channels.credit_limit_tokens,
@@ -55,8 +64,12 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
     let mut chat = HashMap::new();
     for m in &config.chat_models {
         let cfg = LlmConfig {
-            path: model_file(&config, &m.path, m.sha256.as_ref())
-                .map_err(|source| LoadError::Download { id: m.id.clone(), source })?,
+            path: model_file(&config, &m.path, m.sha256.as_ref()).map_err(|source| {
+                LoadError::Download {
+                    id: m.id.clone(),
+                    source,
+                }
+            })?,
             sha256: m.sha256.clone(),
             tokenizer_json: m.tokenizer.as_ref().map(|p| config.resolve(p)),
             requantize: match m.requantize {
@@ -64,23 +77,38 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
                 RequantizeSetting::Q8_0 => Requantize::Q8_0,
             },
         };
-        let llm = Llm::load(&cfg, &device).map_err(|source| LoadError::Model { id: m.id.clone(), source })?;
+        let llm = Llm::load(&cfg, &device).map_err(|source| LoadError::Model {
+            id: m.id.clone(),
+            source,
+        })?;
         let engine_cfg = EngineConfig {
             queue_capacity: config.engine.queue_capacity,
             max_sequences: config.engine.max_sequences,
         };
-        let engine = Engine::spawn(Arc::new(llm), engine_cfg)
-            .map_err(|source| LoadError::Engine { id: m.id.clone(), source })?;
+        let engine =
+            Engine::spawn(Arc::new(llm), engine_cfg).map_err(|source| LoadError::Engine {
+                id: m.id.clone(),
+                source,
+            })?;
         chat.insert(
             m.id.clone(),
-            ChatModel { engine, price_per_token: m.price_per_token.clone(), parameters: m.parameters },
+            ChatModel {
+                engine,
+                price_per_token: m.price_per_token.clone(),
+                parameters: m.parameters,
+            },
         );
     }
     let mut embedding = HashMap::new();
     for m in &config.embedding_models {
-        let cfg = EmbedderConfig { dir: config.resolve(&m.path), sha256: m.sha256.clone() };
-        let embedder =
-            Embedder::load(&cfg, &device).map_err(|source| LoadError::Model { id: m.id.clone(), source })?;
+        let cfg = EmbedderConfig {
+            dir: config.resolve(&m.path),
+            sha256: m.sha256.clone(),
+        };
+        let embedder = Embedder::load(&cfg, &device).map_err(|source| LoadError::Model {
+            id: m.id.clone(),
+            source,
+        })?;
         tracing::info!(id = %m.id, dimensions = embedder.dimensions, "loaded embedding model");
         embedding.insert(
             m.id.clone(),
@@ -95,11 +123,19 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
     let digests = chat
         .iter()
         .map(|(id, m)| (id.clone(), m.engine.llm().sha256.clone()))
-        .chain(embedding.iter().map(|(id, m)| (id.clone(), m.embedder.sha256.clone())));
+        .chain(
+            embedding
+                .iter()
+                .map(|(id, m)| (id.clone(), m.embedder.sha256.clone())),
+        );
     let identity = Identity::load(&config.identity, &config.attestation, digests)?;
     let a = &config.attestation;
     let evidence = Arc::new(Cache::new(a.cache_entries));
-    let evidence_limit = Arc::new(RateLimiter::new(a.fresh_per_minute, a.fresh_burst, MAX_LIMITED_ADDRESSES));
+    let evidence_limit = Arc::new(RateLimiter::new(
+        a.fresh_per_minute,
+        a.fresh_burst,
+        MAX_LIMITED_ADDRESSES,
+    ));
     Ok(AppState {
         identity: Arc::new(identity),
         channels: Arc::new(channels),
@@ -111,7 +147,9 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
         chat: Arc::new(chat),
         embedding: Arc::new(embedding),
         metrics: Metrics::default(),
-        started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     })
 }
 

@@ -12,14 +12,22 @@ use tenzro_provider::config::{Config, GatewayConfig};
 use tenzro_provider::payer::{Learned, PayerTrust};
 use tenzro_provider::state::AppState;
 use tenzro_provider::{bond, load, register, registration, routes};
-use tokio_util::sync::CancellationToken;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "tenzro-provider", version, about = "Serve open-weight models behind an OpenAI-compatible API")]
+#[command(
+    name = "tenzro-provider",
+    version,
+    about = "Serve open-weight models behind an OpenAI-compatible API"
+)]
 struct Args {
     /// The TOML configuration (see configs/provider.toml).
-    #[arg(long, env = "TENZRO_PROVIDER_CONFIG", default_value = "configs/provider.toml")]
+    #[arg(
+        long,
+        env = "TENZRO_PROVIDER_CONFIG",
+        default_value = "configs/provider.toml"
+    )]
     config: PathBuf,
     /// Address to listen on; overrides `listen` in the config.
     #[arg(long, env = "TENZRO_LISTEN")]
@@ -78,12 +86,16 @@ fn main() -> anyhow::Result<()> {
         tee = %state.identity.tee_kind(),
         "provider identity"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         if let Some(url) = &gateway.url {
             bond(&state, url, &gateway).await?;
         }
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, "tenzro-provider listening");
         let cancel = CancellationToken::new();
@@ -95,7 +107,13 @@ fn main() -> anyhow::Result<()> {
             let sign = move |bytes: &[u8]| identity.key().sign(bytes).to_hex();
             let payers = state.payers.clone();
             let learn = move |answer: &register::Registered| learn_payer(&payers, answer);
-            tasks.spawn(register::run_with(url, registration, sign, learn, cancel.clone()));
+            tasks.spawn(register::run_with(
+                url,
+                registration,
+                sign,
+                learn,
+                cancel.clone(),
+            ));
         }
         tasks.close();
         let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -126,7 +144,9 @@ fn learn_payer(payers: &PayerTrust, answer: &register::Registered) {
         }
     };
     match payers.learn(key) {
-        Learned::New => tracing::info!(payer = %hex, "serving requests paid by the gateway's payer key"),
+        Learned::New => {
+            tracing::info!(payer = %hex, "serving requests paid by the gateway's payer key")
+        }
         Learned::Same => {}
         Learned::Replaced { previous } => {
             tracing::warn!(payer = %hex, previous = %previous.to_hex(), "the gateway's payer key changed; trusting the new one")
@@ -171,7 +191,9 @@ async fn bond(state: &AppState, url: &str, gateway: &GatewayConfig) -> anyhow::R
             }
             Err(e) => {
                 tracing::error!(error = %e, "bonding failed");
-                return Err(anyhow::Error::new(e).context("bonding before registering with the gateway"));
+                return Err(
+                    anyhow::Error::new(e).context("bonding before registering with the gateway")
+                );
             }
         }
     }
@@ -183,7 +205,8 @@ async fn shutdown() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

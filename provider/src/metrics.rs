@@ -41,19 +41,51 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tenzro_provider");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "HTTP requests by endpoint and status", requests.clone());
+        registry.register(
+            "requests",
+            "HTTP requests by endpoint and status",
+            requests.clone(),
+        );
         let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register("tokens", "Tokens processed (prompt) and generated (completion)", tokens.clone());
+        registry.register(
+            "tokens",
+            "Tokens processed (prompt) and generated (completion)",
+            tokens.clone(),
+        );
         let ttft = Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
-        registry.register("time_to_first_token_seconds", "Time from admission to the first token", ttft.clone());
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from admission to the first token",
+            ttft.clone(),
+        );
         let tps = Histogram::new([5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0]);
-        registry.register("tokens_per_second", "Decode speed of finished requests", tps.clone());
+        registry.register(
+            "tokens_per_second",
+            "Decode speed of finished requests",
+            tps.clone(),
+        );
         let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Requests waiting for a sequence slot", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a sequence slot",
+            queue_depth.clone(),
+        );
         let active_sequences = Gauge::default();
-        registry.register("active_sequences", "Sequences being decoded", active_sequences.clone());
+        registry.register(
+            "active_sequences",
+            "Sequences being decoded",
+            active_sequences.clone(),
+        );
         Metrics {
-            inner: Arc::new(Inner { registry, requests, tokens, ttft, tps, queue_depth, active_sequences }),
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                tokens,
+                ttft,
+                tps,
+                queue_depth,
+                active_sequences,
+            }),
         }
     }
 }
@@ -62,13 +94,22 @@ impl Metrics {
     pub fn request(&self, endpoint: &str, status: u16) {
         self.inner
             .requests
-            .get_or_create(&RequestLabels { endpoint: endpoint.to_owned(), status })
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                status,
+            })
             .inc();
     }
 
     pub fn tokens(&self, prompt: u64, completion: u64) {
-        self.inner.tokens.get_or_create(&TokenLabels { kind: "prompt" }).inc_by(prompt);
-        self.inner.tokens.get_or_create(&TokenLabels { kind: "completion" }).inc_by(completion);
+        self.inner
+            .tokens
+            .get_or_create(&TokenLabels { kind: "prompt" })
+            .inc_by(prompt);
+        self.inner
+            .tokens
+            .get_or_create(&TokenLabels { kind: "completion" })
+            .inc_by(completion);
     }
 
     pub fn time_to_first_token(&self, d: Duration) {

@@ -48,7 +48,9 @@ impl OperatorToken {
 
     /// Whether `headers` carry `Authorization: Bearer <the token>`.
     fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(expected) = &self.0 else { return false };
+        let Some(expected) = &self.0 else {
+            return false;
+        };
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -59,7 +61,9 @@ impl OperatorToken {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether `header` is a payer's signature of this request by one of `keys`.
@@ -73,7 +77,9 @@ fn signed_by_one_of(
     for key in keys {
         match request.verify(header, key, now) {
             Ok(()) => return Ok(()),
-            Err(e @ (PayerAuthError::Missing | PayerAuthError::Malformed | PayerAuthError::Stale)) => return Err(e),
+            Err(
+                e @ (PayerAuthError::Missing | PayerAuthError::Malformed | PayerAuthError::Stale),
+            ) => return Err(e),
             Err(e) => last = e,
         }
     }
@@ -95,7 +101,12 @@ pub struct Guard<'a> {
 }
 
 /// Checks the payer's signature (or the operator token) on a channel-book request.
-pub fn authorize(state: &AppState, parts: &Parts, body: &[u8], guard: Guard<'_>) -> Result<(), ApiError> {
+pub fn authorize(
+    state: &AppState,
+    parts: &Parts,
+    body: &[u8],
+    guard: Guard<'_>,
+) -> Result<(), ApiError> {
     if guard.operator && state.operator.admits(&parts.headers) {
         return Ok(());
     }
@@ -118,7 +129,10 @@ pub fn authorize(state: &AppState, parts: &Parts, body: &[u8], guard: Guard<'_>)
         "the payer's signature"
     };
     if header.is_none() {
-        let message = if guard.operator && state.operator.0.is_some() && parts.headers.contains_key("authorization") {
+        let message = if guard.operator
+            && state.operator.0.is_some()
+            && parts.headers.contains_key("authorization")
+        {
             "The operator token is not valid".to_owned()
         } else {
             format!(
@@ -252,7 +266,10 @@ mod tests {
             signed_by_one_of(&req, Some(&req.sign(&c, 1_000)), &keys, 1_000),
             Err(PayerAuthError::BadSignature)
         );
-        assert_eq!(signed_by_one_of(&req, None, &keys, 1_000), Err(PayerAuthError::Missing));
+        assert_eq!(
+            signed_by_one_of(&req, None, &keys, 1_000),
+            Err(PayerAuthError::Missing)
+        );
         assert_eq!(
             signed_by_one_of(&req, Some(&header), &keys, 5_000),
             Err(PayerAuthError::Stale)

@@ -69,7 +69,11 @@ impl PayerTrust {
         if !self.pinned.is_empty() {
             return self.pinned.contains(key);
         }
-        self.learned.read().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(key)
+        self.learned
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            == Some(key)
     }
 
     /// Takes the payer key a gateway answered at registration.

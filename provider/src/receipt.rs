@@ -51,7 +51,10 @@ pub fn texts_digest<S: AsRef<str>>(texts: &[S]) -> [u8; 32] {
 
 /// The response digest of embeddings (each vector as little-endian f32 bytes).
 pub fn embeddings_digest(vectors: &[Vec<f32>]) -> [u8; 32] {
-    let bytes: Vec<Vec<u8>> = vectors.iter().map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = vectors
+        .iter()
+        .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
     items_digest(bytes.iter().map(Vec::as_slice))
 }
 
@@ -77,7 +80,10 @@ pub fn sign(identity: &Identity, served: Served) -> TenzroExt {
         issued_at: tenzro_attest::evidence::unix_now(),
     };
     let receipt = identity.receipt(body);
-    TenzroExt { receipt: serde_json::to_value(receipt).ok(), ..TenzroExt::default() }
+    TenzroExt {
+        receipt: serde_json::to_value(receipt).ok(),
+        ..TenzroExt::default()
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +99,9 @@ mod tests {
 
     #[test]
     fn text_digests_follow_the_documented_encoding() {
-        let check = |texts: &[&str], encoded: &[u8]| assert_eq!(hex::encode(texts_digest(texts)), sha(encoded), "{texts:?}");
+        let check = |texts: &[&str], encoded: &[u8]| {
+            assert_eq!(hex::encode(texts_digest(texts)), sha(encoded), "{texts:?}")
+        };
         check(&[], b"");
         check(&[""], &[0, 0, 0, 0, 0, 0, 0, 0]);
         check(&["Paris"], b"\0\0\0\0\0\0\0\x05Paris");
@@ -118,8 +126,12 @@ mod tests {
     #[test]
     fn signed_receipts_verify_and_tampering_is_refused() {
         let digest = "ab".repeat(32);
-        let identity =
-            Identity::new(ProviderKey::from_seed(&[3; 32]), Box::new(NoTee), [("m".to_owned(), digest.clone())]).unwrap();
+        let identity = Identity::new(
+            ProviderKey::from_seed(&[3; 32]),
+            Box::new(NoTee),
+            [("m".to_owned(), digest.clone())],
+        )
+        .unwrap();
         let served = Served {
             model: "m".to_owned(),
             request_sha256: tenzro_attest::sha256(b"{}"),

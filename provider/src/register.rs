@@ -17,7 +17,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use tenzro_models::api::{HEARTBEAT_DOMAIN, Heartbeat, HeartbeatResponse, REGISTER_DOMAIN, RegisterRequest, Signed};
+use tenzro_models::api::{
+    HEARTBEAT_DOMAIN, Heartbeat, HeartbeatResponse, REGISTER_DOMAIN, RegisterRequest, Signed,
+};
 use tokio_util::sync::CancellationToken;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -122,7 +124,9 @@ pub async fn run_with(
                     tracing::info!(gateway = %gateway, "the gateway does not know us any more; registering again");
                     break;
                 }
-                Err(HeartbeatError::Other(e)) => tracing::warn!(gateway = %gateway, error = %e, "heartbeat failed"),
+                Err(HeartbeatError::Other(e)) => {
+                    tracing::warn!(gateway = %gateway, error = %e, "heartbeat failed")
+                }
             }
         }
     }
@@ -150,7 +154,8 @@ pub async fn register_once(
     let mut r = registration.clone();
     r.timestamp = unix_now();
     let payload = serde_json::to_string(&r).map_err(|e| e.to_string())?;
-    let body = serde_json::to_vec(&envelope(REGISTER_DOMAIN, payload, sign)).map_err(|e| e.to_string())?;
+    let body =
+        serde_json::to_vec(&envelope(REGISTER_DOMAIN, payload, sign)).map_err(|e| e.to_string())?;
     let (status, resp) = post(client, gateway, "/v1/providers/register", body).await?;
     if status != 200 {
         return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&resp)));
@@ -191,7 +196,12 @@ async fn heartbeat_once(
 }
 
 /// POSTs JSON; returns the status and at most [`MAX_ANSWER_BYTES`] of the body.
-async fn post(client: &reqwest::Client, base: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
     let request = client
         .post(url(base, path))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -255,8 +265,10 @@ mod tests {
 
     #[test]
     fn the_answer_may_name_the_payer_key_or_not() {
-        let old: Registered =
-            serde_json::from_str(r#"{"provider_id":"p","status":"Active","heartbeat_interval_s":30}"#).unwrap();
+        let old: Registered = serde_json::from_str(
+            r#"{"provider_id":"p","status":"Active","heartbeat_interval_s":30}"#,
+        )
+        .unwrap();
         assert_eq!(old.payer_key, None);
         let new: Registered = serde_json::from_str(
             r#"{"provider_id":"p","status":"Active","heartbeat_interval_s":30,"payer_key":"ab","extra":1}"#,
@@ -270,8 +282,13 @@ mod tests {
         // No TLS server here: the point is that an https URL is attempted (rustls is
         // built in) rather than refused as an unsupported scheme.
         let client = client().unwrap();
-        let err = send(client.get("https://127.0.0.1:9/v1/account")).await.unwrap_err();
+        let err = send(client.get("https://127.0.0.1:9/v1/account"))
+            .await
+            .unwrap_err();
         assert!(!err.contains("scheme"), "{err}");
-        assert!(err.contains("127.0.0.1:9") || err.contains("connect"), "{err}");
+        assert!(
+            err.contains("127.0.0.1:9") || err.contains("connect"),
+            "{err}"
+        );
     }
 }

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::error::BodyLimit;
-use crate::state::AppState;
 use crate::info::Peer;
+use crate::state::AppState;
 use crate::{channels, chat, embeddings, info, paid};
 
 pub fn router(state: AppState) -> Router {
@@ -20,7 +20,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
-        .route_layer(middleware::from_fn_with_state(state.clone(), paid::require_payment));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            paid::require_payment,
+        ));
     Router::new()
         .merge(paid)
         .route("/v1/models", get(info::models))
@@ -62,4 +65,3 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     state.metrics.request(&endpoint, response.status().as_u16());
     response
 }
-

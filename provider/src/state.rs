@@ -60,7 +60,12 @@ impl AppState {
     }
 
     fn not_found(&self, id: &str) -> ApiError {
-        let mut known: Vec<&str> = self.chat.keys().chain(self.embedding.keys()).map(String::as_str).collect();
+        let mut known: Vec<&str> = self
+            .chat
+            .keys()
+            .chain(self.embedding.keys())
+            .map(String::as_str)
+            .collect();
         known.sort_unstable();
         let shown: String = id.chars().take(200).collect();
         ApiError::ModelNotFound(format!("{shown}` (served here: `{}", known.join("`, `")))

@@ -44,12 +44,18 @@ fn sampling(s: Sampling) -> Result<SamplingParams, ApiError> {
     let in_range = |name: &str, v: Option<f32>, lo: f32, hi: f32, default: f32| match v {
         None => Ok(default),
         Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(x),
-        Some(x) => Err(ApiError::bad_param(name, format!("`{name}` must be between {lo} and {hi}, got {x}"))),
+        Some(x) => Err(ApiError::bad_param(
+            name,
+            format!("`{name}` must be between {lo} and {hi}, got {x}"),
+        )),
     };
     let temperature = in_range("temperature", s.temperature, 0.0, 2.0, 1.0)?;
     let top_p = in_range("top_p", s.top_p, 0.0, 1.0, 1.0)?;
     if top_p <= 0.0 {
-        return Err(ApiError::bad_param("top_p", "`top_p` must be greater than 0"));
+        return Err(ApiError::bad_param(
+            "top_p",
+            "`top_p` must be greater than 0",
+        ));
     }
     let top_k = match s.top_k {
         Some(0) => return Err(ApiError::bad_param("top_k", "`top_k` must be at least 1")),
@@ -68,10 +74,19 @@ fn sampling(s: Sampling) -> Result<SamplingParams, ApiError> {
 fn stops(stop: Option<&Stop>) -> Result<Vec<String>, ApiError> {
     let stops = stop.cloned().map(Stop::into_vec).unwrap_or_default();
     if stops.len() > MAX_STOPS {
-        return Err(ApiError::bad_param("stop", format!("At most {MAX_STOPS} stop sequences are allowed, got {}", stops.len())));
+        return Err(ApiError::bad_param(
+            "stop",
+            format!(
+                "At most {MAX_STOPS} stop sequences are allowed, got {}",
+                stops.len()
+            ),
+        ));
     }
     if stops.iter().any(String::is_empty) {
-        return Err(ApiError::bad_param("stop", "Stop sequences must not be empty strings"));
+        return Err(ApiError::bad_param(
+            "stop",
+            "Stop sequences must not be empty strings",
+        ));
     }
     Ok(stops)
 }
@@ -79,14 +94,25 @@ fn stops(stop: Option<&Stop>) -> Result<Vec<String>, ApiError> {
 fn choices(n: Option<u32>, limits: &ServerConfig) -> Result<u32, ApiError> {
     match n.unwrap_or(1) {
         n if n >= 1 && n <= limits.max_n => Ok(n),
-        n => Err(ApiError::bad_param("n", format!("`n` must be between 1 and {}, got {n}", limits.max_n))),
+        n => Err(ApiError::bad_param(
+            "n",
+            format!("`n` must be between 1 and {}, got {n}", limits.max_n),
+        )),
     }
 }
 
 /// How many tokens to generate: what was asked, else what the context leaves.
-fn budget(param: &str, asked: Option<u32>, prompt_len: usize, context: usize) -> Result<usize, ApiError> {
+fn budget(
+    param: &str,
+    asked: Option<u32>,
+    prompt_len: usize,
+    context: usize,
+) -> Result<usize, ApiError> {
     if asked == Some(0) {
-        return Err(ApiError::bad_param(param, format!("`{param}` must be at least 1")));
+        return Err(ApiError::bad_param(
+            param,
+            format!("`{param}` must be at least 1"),
+        ));
     }
     let room = context.saturating_sub(prompt_len);
     match asked {
@@ -107,12 +133,22 @@ fn budget(param: &str, asked: Option<u32>, prompt_len: usize, context: usize) ->
     }
 }
 
-pub fn chat(req: &ChatCompletionRequest, llm: &Llm, limits: &ServerConfig) -> Result<ValidGeneration, ApiError> {
+pub fn chat(
+    req: &ChatCompletionRequest,
+    llm: &Llm,
+    limits: &ServerConfig,
+) -> Result<ValidGeneration, ApiError> {
     if req.messages.is_empty() {
-        return Err(ApiError::bad_param("messages", "`messages` must contain at least one message"));
+        return Err(ApiError::bad_param(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
     }
     if req.stream_options.is_some() && !req.is_stream() {
-        return Err(ApiError::bad_param("stream_options", "`stream_options` is only allowed when `stream` is true"));
+        return Err(ApiError::bad_param(
+            "stream_options",
+            "`stream_options` is only allowed when `stream` is true",
+        ));
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
@@ -127,11 +163,22 @@ pub fn chat(req: &ChatCompletionRequest, llm: &Llm, limits: &ServerConfig) -> Re
             Role::Developer => Role::System,
             r => r,
         };
-        messages.push(TemplateMessage { role: role.as_str().to_owned(), content: m.text() });
+        messages.push(TemplateMessage {
+            role: role.as_str().to_owned(),
+            content: m.text(),
+        });
     }
-    let text = llm.render_chat(&messages).map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
-    let prompt = llm.encode(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let text = llm
+        .render_chat(&messages)
+        .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
+    let prompt = llm
+        .encode(&text)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let param = if req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     let params = GenerationParams {
         sampling: sampling(Sampling {
             temperature: req.temperature,
@@ -141,7 +188,12 @@ pub fn chat(req: &ChatCompletionRequest, llm: &Llm, limits: &ServerConfig) -> Re
             frequency_penalty: req.frequency_penalty,
             seed: req.seed,
         })?,
-        max_new_tokens: budget(param, req.max_new_tokens(), prompt.len(), llm.context_length)?,
+        max_new_tokens: budget(
+            param,
+            req.max_new_tokens(),
+            prompt.len(),
+            llm.context_length,
+        )?,
         stop: stops(req.stop.as_ref())?,
         n: choices(req.n, limits)?,
     };
@@ -153,26 +205,43 @@ pub fn chat(req: &ChatCompletionRequest, llm: &Llm, limits: &ServerConfig) -> Re
     })
 }
 
-pub fn completion(req: &CompletionRequest, llm: &Llm, limits: &ServerConfig) -> Result<ValidGeneration, ApiError> {
+pub fn completion(
+    req: &CompletionRequest,
+    llm: &Llm,
+    limits: &ServerConfig,
+) -> Result<ValidGeneration, ApiError> {
     if req.stream_options.is_some() && !req.is_stream() {
-        return Err(ApiError::bad_param("stream_options", "`stream_options` is only allowed when `stream` is true"));
+        return Err(ApiError::bad_param(
+            "stream_options",
+            "`stream_options` is only allowed when `stream` is true",
+        ));
     }
     let vocab = llm.vocab_size();
     let check_ids = |ids: &[u32]| match ids.iter().find(|&&id| id as usize >= vocab) {
-        Some(id) => Err(ApiError::bad_param("prompt", format!("Token id {id} is outside the vocabulary of {vocab}"))),
+        Some(id) => Err(ApiError::bad_param(
+            "prompt",
+            format!("Token id {id} is outside the vocabulary of {vocab}"),
+        )),
         None => Ok(ids.to_vec()),
     };
     let encode = |t: &str| llm.encode(t).map_err(|e| ApiError::Internal(e.to_string()));
     let prompts: Vec<(Vec<u32>, String)> = match &req.prompt {
         Prompt::Text(t) => vec![(encode(t)?, t.clone())],
-        Prompt::Texts(ts) => ts.iter().map(|t| Ok((encode(t)?, t.clone()))).collect::<Result<_, ApiError>>()?,
+        Prompt::Texts(ts) => ts
+            .iter()
+            .map(|t| Ok((encode(t)?, t.clone())))
+            .collect::<Result<_, ApiError>>()?,
         Prompt::Tokens(ids) => vec![(check_ids(ids)?, decode(llm, ids))],
-        Prompt::TokenLists(lists) => {
-            lists.iter().map(|ids| Ok((check_ids(ids)?, decode(llm, ids)))).collect::<Result<_, ApiError>>()?
-        }
+        Prompt::TokenLists(lists) => lists
+            .iter()
+            .map(|ids| Ok((check_ids(ids)?, decode(llm, ids))))
+            .collect::<Result<_, ApiError>>()?,
     };
     if prompts.is_empty() {
-        return Err(ApiError::bad_param("prompt", "`prompt` must not be an empty list"));
+        return Err(ApiError::bad_param(
+            "prompt",
+            "`prompt` must not be an empty list",
+        ));
     }
     if prompts.iter().any(|(ids, _)| ids.is_empty()) {
         return Err(ApiError::bad_param("prompt", "`prompt` must not be empty"));
@@ -190,19 +259,39 @@ pub fn completion(req: &CompletionRequest, llm: &Llm, limits: &ServerConfig) -> 
     if prompts.len() as u64 * u64::from(n) > u64::from(limits.max_n) {
         return Err(ApiError::bad_param(
             "n",
-            format!("{} prompts times n={n} is more than {} choices", prompts.len(), limits.max_n),
+            format!(
+                "{} prompts times n={n} is more than {} choices",
+                prompts.len(),
+                limits.max_n
+            ),
         ));
     }
-    let asked = Some(req.max_tokens.unwrap_or(CompletionRequest::DEFAULT_MAX_TOKENS));
+    let asked = Some(
+        req.max_tokens
+            .unwrap_or(CompletionRequest::DEFAULT_MAX_TOKENS),
+    );
     let echo_on = req.echo.unwrap_or(false);
     let mut jobs = Vec::with_capacity(prompts.len());
     let mut echo = Vec::with_capacity(prompts.len());
     for (prompt, text) in prompts {
         let max_new_tokens = budget("max_tokens", asked, prompt.len(), llm.context_length)?;
-        jobs.push(Job { prompt, params: GenerationParams { sampling: sampling.clone(), max_new_tokens, stop: stop.clone(), n } });
+        jobs.push(Job {
+            prompt,
+            params: GenerationParams {
+                sampling: sampling.clone(),
+                max_new_tokens,
+                stop: stop.clone(),
+                n,
+            },
+        });
         echo.push(echo_on.then_some(text));
     }
-    Ok(ValidGeneration { jobs, stream: req.is_stream(), include_usage: req.include_usage(), echo })
+    Ok(ValidGeneration {
+        jobs,
+        stream: req.is_stream(),
+        include_usage: req.include_usage(),
+        echo,
+    })
 }
 
 fn decode(llm: &Llm, ids: &[u32]) -> String {
@@ -218,8 +307,14 @@ mod tests {
         assert_eq!(budget("max_tokens", Some(10), 5, 100).ok(), Some(10));
         assert_eq!(budget("max_tokens", None, 5, 100).ok(), Some(95));
         assert_eq!(budget("max_tokens", Some(95), 5, 100).ok(), Some(95));
-        let err = budget("max_tokens", Some(96), 5, 100).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("100") && err.contains("5 tokens") && err.contains("96"), "{err}");
+        let err = budget("max_tokens", Some(96), 5, 100)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("100") && err.contains("5 tokens") && err.contains("96"),
+            "{err}"
+        );
         assert!(budget("max_tokens", None, 100, 100).is_err());
         assert!(budget("max_tokens", Some(0), 1, 100).is_err());
     }
@@ -227,7 +322,14 @@ mod tests {
     #[test]
     fn sampling_ranges() {
         let s = |t: Option<f32>, p: Option<f32>, k: Option<u32>| {
-            sampling(Sampling { temperature: t, top_p: p, top_k: k, presence_penalty: None, frequency_penalty: None, seed: None })
+            sampling(Sampling {
+                temperature: t,
+                top_p: p,
+                top_k: k,
+                presence_penalty: None,
+                frequency_penalty: None,
+                seed: None,
+            })
         };
         assert!(s(None, None, None).is_ok());
         assert!(s(Some(0.0), Some(1.0), Some(1)).is_ok());
@@ -242,7 +344,10 @@ mod tests {
     #[test]
     fn stop_rules() {
         assert_eq!(stops(None).ok(), Some(vec![]));
-        assert_eq!(stops(Some(&Stop::One("x".into()))).ok(), Some(vec!["x".to_owned()]));
+        assert_eq!(
+            stops(Some(&Stop::One("x".into()))).ok(),
+            Some(vec!["x".to_owned()])
+        );
         assert!(stops(Some(&Stop::Many(vec!["a".into(); 5]))).is_err());
         assert!(stops(Some(&Stop::One(String::new()))).is_err());
     }

@@ -107,13 +107,21 @@ pub enum Refusal {
     BadAsset,
     #[error("the payer signature does not verify")]
     BadSignature,
-    #[error("payer key {0} is not this provider's trusted payer (its gateway's payer key or [channels] trusted_payers)")]
+    #[error(
+        "payer key {0} is not this provider's trusted payer (its gateway's payer key or [channels] trusted_payers)"
+    )]
     UntrustedPayer(String),
-    #[error("this provider trusts no payer yet: it takes vouchers from its gateway's payer key, learned when it registers")]
+    #[error(
+        "this provider trusts no payer yet: it takes vouchers from its gateway's payer key, learned when it registers"
+    )]
     NoTrustedPayer,
-    #[error("the voucher store holds its maximum of {0} channels ([channels] max_channels); no new channel is accepted")]
+    #[error(
+        "the voucher store holds its maximum of {0} channels ([channels] max_channels); no new channel is accepted"
+    )]
     TooManyChannels(usize),
-    #[error("the voucher store would grow past its maximum of {0} bytes ([channels] max_store_bytes); no new channel is accepted")]
+    #[error(
+        "the voucher store would grow past its maximum of {0} bytes ([channels] max_store_bytes); no new channel is accepted"
+    )]
     StoreFull(usize),
     #[error("the channel is pinned to payer key {expected}; this voucher is signed by {got}")]
     WrongPayer { expected: String, got: String },
@@ -145,7 +153,9 @@ pub struct Outcome {
 
 /// A channel whose unpaid tokens passed the credit limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("channel `{channel}` has {unpaid} unpaid tokens, over the credit limit of {limit}; send a voucher first")]
+#[error(
+    "channel `{channel}` has {unpaid} unpaid tokens, over the credit limit of {limit}; send a voucher first"
+)]
 pub struct Unpaid {
     pub channel: ChannelId,
     pub unpaid: u64,
@@ -164,9 +174,16 @@ pub struct ChannelSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("voucher store {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("voucher store {path} would be {size} bytes, over [channels] max_store_bytes = {max}")]
-    Full { path: PathBuf, size: usize, max: usize },
+    Full {
+        path: PathBuf,
+        size: usize,
+        max: usize,
+    },
     #[error(
         "voucher store {path} is corrupt: {detail}. It holds the countersigned vouchers this provider is \
          paid with: repair or restore it (or point [channels] path elsewhere) rather than deleting it"
@@ -213,7 +230,10 @@ impl Channels {
         }
         Ok(Channels {
             settings,
-            book: Mutex::new(Book { latest, unpaid: HashMap::new() }),
+            book: Mutex::new(Book {
+                latest,
+                unpaid: HashMap::new(),
+            }),
             writer: Mutex::new(()),
         })
     }
@@ -235,10 +255,17 @@ impl Channels {
         {
             let book = lock(&self.book);
             for mut voucher in batch {
-                let previous = staged.get(&voucher.channel_id).or_else(|| book.latest.get(&voucher.channel_id));
+                let previous = staged
+                    .get(&voucher.channel_id)
+                    .or_else(|| book.latest.get(&voucher.channel_id));
                 let opens = previous.is_none();
-                if opens && book.latest.len().saturating_add(opened.len()) >= self.settings.max_channels {
-                    outcome.rejected.push(rejected(&voucher, Refusal::TooManyChannels(self.settings.max_channels)));
+                if opens
+                    && book.latest.len().saturating_add(opened.len()) >= self.settings.max_channels
+                {
+                    outcome.rejected.push(rejected(
+                        &voucher,
+                        Refusal::TooManyChannels(self.settings.max_channels),
+                    ));
                     continue;
                 }
                 match self.judge(&voucher, previous) {
@@ -246,7 +273,9 @@ impl Channels {
                     Ok(Verdict::New { pays }) => {
                         // `judge` checked the payer's signature, so this cannot fail.
                         if voucher.countersign(key).is_err() {
-                            outcome.rejected.push(rejected(&voucher, Refusal::BadSignature));
+                            outcome
+                                .rejected
+                                .push(rejected(&voucher, Refusal::BadSignature));
                             continue;
                         }
                         if pays {
@@ -274,21 +303,34 @@ impl Channels {
             let opening: std::collections::HashSet<String> = opened.into_iter().collect();
             for channel in &opening {
                 if let Some(v) = staged.remove(channel) {
-                    outcome.rejected.push(Rejected { channel_id: channel.clone(), nonce: v.nonce, reason: Refusal::StoreFull(max) });
+                    outcome.rejected.push(Rejected {
+                        channel_id: channel.clone(),
+                        nonce: v.nonce,
+                        reason: Refusal::StoreFull(max),
+                    });
                 }
                 all.remove(channel);
             }
             paying.retain(|c| !opening.contains(c));
-            outcome.vouchers.retain(|v| !opening.contains(&v.channel_id));
+            outcome
+                .vouchers
+                .retain(|v| !opening.contains(&v.channel_id));
             bytes = encode(all.values())?;
             if bytes.len() > max {
-                return Err(StoreError::Full { path: self.settings.path.clone(), size: bytes.len(), max });
+                return Err(StoreError::Full {
+                    path: self.settings.path.clone(),
+                    size: bytes.len(),
+                    max,
+                });
             }
             if staged.is_empty() {
                 return Ok(outcome);
             }
         }
-        let io = |source: std::io::Error| StoreError::Io { path: self.settings.path.clone(), source };
+        let io = |source: std::io::Error| StoreError::Io {
+            path: self.settings.path.clone(),
+            source,
+        };
         write_atomically(&self.settings.path, &bytes).map_err(io)?;
         let mut book = lock(&self.book);
         for channel in paying {
@@ -304,7 +346,9 @@ impl Channels {
         if voucher.asset.is_empty() || voucher.asset.len() > MAX_ASSET_BYTES {
             return Err(Refusal::BadAsset);
         }
-        voucher.verify_payer(None).map_err(|_| Refusal::BadSignature)?;
+        voucher
+            .verify_payer(None)
+            .map_err(|_| Refusal::BadSignature)?;
         let trust = &self.settings.trust;
         if trust.closed() && !trust.is_trusted(&voucher.payer_key) {
             if trust.trusted().is_empty() {
@@ -323,18 +367,29 @@ impl Channels {
             return Err(Refusal::WrongPayer { expected, got });
         }
         if voucher.asset != previous.asset {
-            return Err(Refusal::WrongAsset { expected: previous.asset.clone(), got: voucher.asset.clone() });
+            return Err(Refusal::WrongAsset {
+                expected: previous.asset.clone(),
+                got: voucher.asset.clone(),
+            });
         }
         if voucher.nonce == previous.nonce {
             return Err(Refusal::NonceReused(voucher.nonce));
         }
         if voucher.nonce < previous.nonce {
-            return Err(Refusal::StaleNonce { got: voucher.nonce, latest: previous.nonce });
+            return Err(Refusal::StaleNonce {
+                got: voucher.nonce,
+                latest: previous.nonce,
+            });
         }
         if voucher.cumulative_spent < previous.cumulative_spent {
-            return Err(Refusal::SpendDecreased { got: voucher.cumulative_spent, latest: previous.cumulative_spent });
+            return Err(Refusal::SpendDecreased {
+                got: voucher.cumulative_spent,
+                latest: previous.cumulative_spent,
+            });
         }
-        Ok(Verdict::New { pays: voucher.cumulative_spent > previous.cumulative_spent })
+        Ok(Verdict::New {
+            pays: voucher.cumulative_spent > previous.cumulative_spent,
+        })
     }
 
     /// The latest countersigned voucher of a channel.
@@ -362,7 +417,11 @@ impl Channels {
         let limit = self.settings.credit_limit_tokens;
         let unpaid = self.unpaid_tokens(channel);
         if limit != 0 && unpaid > limit {
-            return Err(Unpaid { channel: channel.clone(), unpaid, limit });
+            return Err(Unpaid {
+                channel: channel.clone(),
+                unpaid,
+                limit,
+            });
         }
         Ok(())
     }
@@ -372,7 +431,9 @@ impl Channels {
     /// provider can get there: attached, channels come from the gateway).
     pub fn record(&self, channel: &ChannelId, tokens: u64) {
         let mut book = lock(&self.book);
-        if !book.unpaid.contains_key(channel.as_str()) && book.unpaid.len() >= self.settings.max_channels {
+        if !book.unpaid.contains_key(channel.as_str())
+            && book.unpaid.len() >= self.settings.max_channels
+        {
             tracing::warn!(%channel, "too many channels with unpaid tokens; this one is not counted");
             return;
         }
@@ -381,7 +442,11 @@ impl Channels {
     }
 
     pub fn unpaid_tokens(&self, channel: &ChannelId) -> u64 {
-        lock(&self.book).unpaid.get(channel.as_str()).copied().unwrap_or(0)
+        lock(&self.book)
+            .unpaid
+            .get(channel.as_str())
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -394,7 +459,11 @@ enum Verdict {
 }
 
 fn rejected(voucher: &Voucher, reason: Refusal) -> Rejected {
-    Rejected { channel_id: voucher.channel_id.clone(), nonce: voucher.nonce, reason }
+    Rejected {
+        channel_id: voucher.channel_id.clone(),
+        nonce: voucher.nonce,
+        reason,
+    }
 }
 
 /// A poisoned lock still guards consistent data here: every update is a single
@@ -407,18 +476,32 @@ fn load(path: &Path) -> Result<BTreeMap<String, Voucher>, StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(source) => return Err(StoreError::Io { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
-    let corrupt = |detail: String| StoreError::Corrupt { path: path.to_owned(), detail };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
     let file: StoreFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
     if file.version != STORE_VERSION {
-        return Err(corrupt(format!("version {} is not {STORE_VERSION}", file.version)));
+        return Err(corrupt(format!(
+            "version {} is not {STORE_VERSION}",
+            file.version
+        )));
     }
     let mut latest = BTreeMap::new();
     for voucher in file.vouchers {
-        voucher
-            .verify(None, None)
-            .map_err(|e| corrupt(format!("channel `{}` nonce {}: {e}", voucher.channel_id, voucher.nonce)))?;
+        voucher.verify(None, None).map_err(|e| {
+            corrupt(format!(
+                "channel `{}` nonce {}: {e}",
+                voucher.channel_id, voucher.nonce
+            ))
+        })?;
         let channel = voucher.channel_id.clone();
         if latest.insert(channel.clone(), voucher).is_some() {
             return Err(corrupt(format!("channel `{channel}` appears twice")));
@@ -434,9 +517,14 @@ fn encode<'a>(vouchers: impl Iterator<Item = &'a Voucher>) -> Result<Vec<u8>, St
         version: u32,
         vouchers: Vec<&'a Voucher>,
     }
-    let file = Borrowed { version: STORE_VERSION, vouchers: vouchers.collect() };
-    let mut bytes = serde_json::to_vec_pretty(&file)
-        .map_err(|e| StoreError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?;
+    let file = Borrowed {
+        version: STORE_VERSION,
+        vouchers: vouchers.collect(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Io {
+        path: PathBuf::new(),
+        source: std::io::Error::other(e),
+    })?;
     bytes.push(b'\n');
     Ok(bytes)
 }
@@ -450,7 +538,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir)?;
-    let mut name = path.file_name().ok_or_else(|| std::io::Error::other("the store path names no file"))?.to_owned();
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the store path names no file"))?
+        .to_owned();
     name.push(".tmp");
     let temporary = dir.join(name);
     let mut file = File::create(&temporary)?;
@@ -490,7 +581,13 @@ mod tests {
     }
 
     fn signed_by(key: &ProviderKey, channel: &str, nonce: u64, spent: u128) -> Voucher {
-        VoucherBody { channel_id: channel.into(), nonce, cumulative_spent: spent, asset: "TNZO".into() }.sign(key)
+        VoucherBody {
+            channel_id: channel.into(),
+            nonce,
+            cumulative_spent: spent,
+            asset: "TNZO".into(),
+        }
+        .sign(key)
     }
 
     struct Fixture {
@@ -500,10 +597,20 @@ mod tests {
     }
 
     fn fixture(limit: u64, trusted: Vec<PublicKey>) -> Fixture {
-        fixture_with(limit, Arc::new(PayerTrust::new(false, trusted)), 100, 1 << 20)
+        fixture_with(
+            limit,
+            Arc::new(PayerTrust::new(false, trusted)),
+            100,
+            1 << 20,
+        )
     }
 
-    fn fixture_with(limit: u64, trust: Arc<PayerTrust>, max_channels: usize, max_store_bytes: usize) -> Fixture {
+    fn fixture_with(
+        limit: u64,
+        trust: Arc<PayerTrust>,
+        max_channels: usize,
+        max_store_bytes: usize,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let settings = BookSettings {
             path: dir.path().join("sub/vouchers.json"),
@@ -513,7 +620,11 @@ mod tests {
             max_store_bytes,
         };
         let channels = Channels::open(settings.clone()).unwrap();
-        Fixture { _dir: dir, settings, channels }
+        Fixture {
+            _dir: dir,
+            settings,
+            channels,
+        }
     }
 
     impl Fixture {
@@ -544,7 +655,8 @@ mod tests {
     fn accepted_vouchers_are_countersigned() {
         let f = fixture(0, vec![]);
         let v = f.one(voucher("ch", 1, 10)).unwrap();
-        v.verify(Some(&payer().public_key()), Some(&provider().public_key())).unwrap();
+        v.verify(Some(&payer().public_key()), Some(&provider().public_key()))
+            .unwrap();
         assert_eq!(f.channels.latest(&id("ch")), Some(v));
     }
 
@@ -555,23 +667,48 @@ mod tests {
         let stranger = ProviderKey::from_seed(&[8; 32]);
         let mut forged = voucher("ch", 6, 200);
         forged.cumulative_spent = 10_000;
-        let mut other_asset =
-            VoucherBody { channel_id: "ch".into(), nonce: 6, cumulative_spent: 200, asset: "USDC".into() };
+        let mut other_asset = VoucherBody {
+            channel_id: "ch".into(),
+            nonce: 6,
+            cumulative_spent: 200,
+            asset: "USDC".into(),
+        };
         let check = |v: Voucher, expect: Refusal| assert_eq!(f.one(v), Err(expect));
         check(forged, Refusal::BadSignature);
-        check(voucher("ch", 4, 100), Refusal::StaleNonce { got: 4, latest: 5 });
+        check(
+            voucher("ch", 4, 100),
+            Refusal::StaleNonce { got: 4, latest: 5 },
+        );
         check(voucher("ch", 5, 101), Refusal::NonceReused(5));
-        check(voucher("ch", 6, 99), Refusal::SpendDecreased { got: 99, latest: 100 });
+        check(
+            voucher("ch", 6, 99),
+            Refusal::SpendDecreased {
+                got: 99,
+                latest: 100,
+            },
+        );
         check(
             signed_by(&stranger, "ch", 6, 200),
-            Refusal::WrongPayer { expected: payer().public_key().to_hex(), got: stranger.public_key().to_hex() },
+            Refusal::WrongPayer {
+                expected: payer().public_key().to_hex(),
+                got: stranger.public_key().to_hex(),
+            },
         );
-        check(other_asset.clone().sign(&payer()), Refusal::WrongAsset { expected: "TNZO".into(), got: "USDC".into() });
+        check(
+            other_asset.clone().sign(&payer()),
+            Refusal::WrongAsset {
+                expected: "TNZO".into(),
+                got: "USDC".into(),
+            },
+        );
         other_asset.asset = String::new();
         check(other_asset.sign(&payer()), Refusal::BadAsset);
         check(voucher("a b", 1, 1), Refusal::BadChannelId);
         check(voucher("", 1, 1), Refusal::BadChannelId);
-        check(voucher(&"x".repeat(MAX_CHANNEL_ID_BYTES + 1), 1, 1), Refusal::BadChannelId);
+        check(
+            voucher(&"x".repeat(MAX_CHANNEL_ID_BYTES + 1), 1, 1),
+            Refusal::BadChannelId,
+        );
         // Nothing refused changed the channel; equal spend with a higher nonce is fine.
         assert_eq!(f.channels.latest(&id("ch")).unwrap().nonce, 5);
         assert_eq!(f.one(voucher("ch", 9, 100)).unwrap().nonce, 9);
@@ -581,7 +718,10 @@ mod tests {
     fn trusted_payers_are_the_only_ones_accepted() {
         let trusted = ProviderKey::from_seed(&[1; 32]);
         let f = fixture(0, vec![trusted.public_key()]);
-        assert_eq!(f.one(voucher("ch", 1, 1)), Err(Refusal::UntrustedPayer(payer().public_key().to_hex())));
+        assert_eq!(
+            f.one(voucher("ch", 1, 1)),
+            Err(Refusal::UntrustedPayer(payer().public_key().to_hex()))
+        );
         f.one(signed_by(&trusted, "ch", 1, 1)).unwrap();
     }
 
@@ -589,11 +729,20 @@ mod tests {
     fn a_resend_is_answered_with_the_stored_voucher() {
         let f = fixture(0, vec![]);
         let first = f.one(voucher("ch", 3, 30)).unwrap();
-        let modified = std::fs::metadata(&f.settings.path).unwrap().modified().unwrap();
+        let modified = std::fs::metadata(&f.settings.path)
+            .unwrap()
+            .modified()
+            .unwrap();
         let again = f.one(voucher("ch", 3, 30)).unwrap();
         assert_eq!(again, first);
         // A resend writes nothing.
-        assert_eq!(std::fs::metadata(&f.settings.path).unwrap().modified().unwrap(), modified);
+        assert_eq!(
+            std::fs::metadata(&f.settings.path)
+                .unwrap()
+                .modified()
+                .unwrap(),
+            modified
+        );
         // A countersigned copy resent (provider fields set) is a resend too.
         assert_eq!(f.one(first.clone()).unwrap(), first);
     }
@@ -608,11 +757,27 @@ mod tests {
             voucher("b", 1, 1),
             voucher("a", 1, 9),
         ]);
-        let accepted: Vec<(String, u64)> = out.vouchers.iter().map(|v| (v.channel_id.clone(), v.nonce)).collect();
-        assert_eq!(accepted, [("a".into(), 1), ("a".into(), 2), ("a".into(), 2), ("b".into(), 1)]);
+        let accepted: Vec<(String, u64)> = out
+            .vouchers
+            .iter()
+            .map(|v| (v.channel_id.clone(), v.nonce))
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                ("a".into(), 1),
+                ("a".into(), 2),
+                ("a".into(), 2),
+                ("b".into(), 1)
+            ]
+        );
         assert_eq!(
             out.rejected,
-            [Rejected { channel_id: "a".into(), nonce: 1, reason: Refusal::StaleNonce { got: 1, latest: 2 } }]
+            [Rejected {
+                channel_id: "a".into(),
+                nonce: 1,
+                reason: Refusal::StaleNonce { got: 1, latest: 2 }
+            }]
         );
         let reopened = f.reopen();
         assert_eq!(reopened.latest(&id("a")).unwrap().cumulative_spent, 5);
@@ -626,13 +791,20 @@ mod tests {
         let reopened = f.reopen();
         assert_eq!(reopened.latest(&id("ch")), Some(stored));
         let stranger = ProviderKey::from_seed(&[8; 32]);
-        let out = reopened.submit(vec![signed_by(&stranger, "ch", 3, 30), voucher("ch", 2, 25)], &provider()).unwrap();
+        let out = reopened
+            .submit(
+                vec![signed_by(&stranger, "ch", 3, 30), voucher("ch", 2, 25)],
+                &provider(),
+            )
+            .unwrap();
         assert!(out.vouchers.is_empty());
         assert!(matches!(out.rejected[0].reason, Refusal::WrongPayer { .. }));
         assert_eq!(out.rejected[1].reason, Refusal::NonceReused(2));
         // No temporary file is left behind.
-        let names: Vec<_> =
-            std::fs::read_dir(f.settings.path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(f.settings.path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["vouchers.json"]);
     }
 
@@ -643,7 +815,10 @@ mod tests {
         let check = |text: &str, needle: &str| {
             std::fs::create_dir_all(f.settings.path.parent().unwrap()).unwrap();
             std::fs::write(&f.settings.path, text).unwrap();
-            let err = Channels::open(f.settings.clone()).err().unwrap().to_string();
+            let err = Channels::open(f.settings.clone())
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains("is corrupt") && err.contains(needle), "{err}");
         };
         check("{", "EOF");
@@ -655,7 +830,13 @@ mod tests {
         };
         let mut tampered = good.clone();
         tampered.cumulative_spent = 2;
-        let file = |vs: Vec<Voucher>| serde_json::to_string(&StoreFile { version: 1, vouchers: vs }).unwrap();
+        let file = |vs: Vec<Voucher>| {
+            serde_json::to_string(&StoreFile {
+                version: 1,
+                vouchers: vs,
+            })
+            .unwrap()
+        };
         check(&file(vec![tampered]), "signature does not verify");
         check(&file(vec![voucher("ch", 1, 1)]), "not countersigned");
         check(&file(vec![good.clone(), good]), "appears twice");
@@ -674,7 +855,11 @@ mod tests {
         let channels = Channels::open(settings).unwrap();
         // The store's directory is a file, so the write fails.
         std::fs::write(dir.path().join("blocker"), "").unwrap();
-        assert!(channels.submit(vec![voucher("ch", 1, 1)], &provider()).is_err());
+        assert!(
+            channels
+                .submit(vec![voucher("ch", 1, 1)], &provider())
+                .is_err()
+        );
         assert_eq!(channels.latest(&id("ch")), None);
     }
 
@@ -688,7 +873,14 @@ mod tests {
         // At the limit is still served; past it is not.
         f.channels.admit(&ch).unwrap();
         f.channels.record(&ch, 1);
-        assert_eq!(f.channels.admit(&ch), Err(Unpaid { channel: ch.clone(), unpaid: 101, limit: 100 }));
+        assert_eq!(
+            f.channels.admit(&ch),
+            Err(Unpaid {
+                channel: ch.clone(),
+                unpaid: 101,
+                limit: 100
+            })
+        );
         // Other channels are unaffected.
         f.channels.admit(&id("other")).unwrap();
         // The first voucher pays.
@@ -707,7 +899,13 @@ mod tests {
         f.channels.admit(&ch).unwrap();
         let summaries = f.channels.summaries();
         assert_eq!(summaries.len(), 1);
-        assert_eq!((summaries[0].unpaid_tokens, summaries[0].latest.as_ref().unwrap().nonce), (0, 3));
+        assert_eq!(
+            (
+                summaries[0].unpaid_tokens,
+                summaries[0].latest.as_ref().unwrap().nonce
+            ),
+            (0, 3)
+        );
     }
 
     #[test]
@@ -717,7 +915,14 @@ mod tests {
         f.channels.record(&id("x"), 5);
         f.channels.admit(&id("x")).unwrap();
         let s = f.channels.summaries();
-        assert_eq!((s[0].channel_id.as_str(), s[0].unpaid_tokens, s[0].latest.is_none()), ("x", u64::MAX, true));
+        assert_eq!(
+            (
+                s[0].channel_id.as_str(),
+                s[0].unpaid_tokens,
+                s[0].latest.is_none()
+            ),
+            ("x", u64::MAX, true)
+        );
     }
 
     #[test]
@@ -727,7 +932,10 @@ mod tests {
         assert_eq!(f.one(voucher("ch", 1, 1)), Err(Refusal::NoTrustedPayer));
         let gateway = ProviderKey::from_seed(&[1; 32]);
         trust.learn(gateway.public_key());
-        assert_eq!(f.one(voucher("ch", 1, 1)), Err(Refusal::UntrustedPayer(payer().public_key().to_hex())));
+        assert_eq!(
+            f.one(voucher("ch", 1, 1)),
+            Err(Refusal::UntrustedPayer(payer().public_key().to_hex()))
+        );
         f.one(signed_by(&gateway, "ch", 1, 1)).unwrap();
         // Nothing refused was stored.
         assert_eq!(f.reopen().summaries().len(), 1);
@@ -739,11 +947,18 @@ mod tests {
         let out = f.submit((0..5).map(|i| voucher(&format!("c{i}"), 1, 1)).collect());
         assert_eq!(out.vouchers.len(), 3);
         assert_eq!(out.rejected.len(), 2);
-        assert!(out.rejected.iter().all(|r| r.reason == Refusal::TooManyChannels(3)));
+        assert!(
+            out.rejected
+                .iter()
+                .all(|r| r.reason == Refusal::TooManyChannels(3))
+        );
         assert!(out.rejected[0].reason.to_string().contains("max_channels"));
         // Known channels still move on; new ones are still refused.
         f.one(voucher("c0", 2, 5)).unwrap();
-        assert_eq!(f.one(voucher("new", 1, 1)), Err(Refusal::TooManyChannels(3)));
+        assert_eq!(
+            f.one(voucher("new", 1, 1)),
+            Err(Refusal::TooManyChannels(3))
+        );
         assert_eq!(f.reopen().summaries().len(), 3);
     }
 
@@ -772,6 +987,12 @@ mod tests {
             f.channels.record(&id(c), 1);
         }
         f.channels.record(&id("a"), 1);
-        assert_eq!((f.channels.unpaid_tokens(&id("a")), f.channels.unpaid_tokens(&id("c"))), (2, 0));
+        assert_eq!(
+            (
+                f.channels.unpaid_tokens(&id("a")),
+                f.channels.unpaid_tokens(&id("c"))
+            ),
+            (2, 0)
+        );
     }
 }

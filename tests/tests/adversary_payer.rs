@@ -214,20 +214,41 @@ async fn a_stale_voucher_cannot_claw_back_payments() {
         assert_eq!(r.headers()["x-tenzro-channel"].to_str().unwrap(), channel);
     }
     let (_, c) = get_json(&gw, &format!("/v1/channels/{channel}"), &gw.key).await;
-    let (nonce, spent) = (c["nonce"].as_u64().unwrap(), c["spent"].as_str().unwrap().to_owned());
+    let (nonce, spent) = (
+        c["nonce"].as_u64().unwrap(),
+        c["spent"].as_str().unwrap().to_owned(),
+    );
     let latest = voucher_at_least(&gw, &channel, nonce).await;
-    assert!(latest.cumulative_spent > old.cumulative_spent * 4, "heavy use: {} then {}", old.cumulative_spent, latest.cumulative_spent);
+    assert!(
+        latest.cumulative_spent > old.cumulative_spent * 4,
+        "heavy use: {} then {}",
+        old.cumulative_spent,
+        latest.cumulative_spent
+    );
     audit(&gw);
 
     // Anonymous: 401, whatever the body.
     let (s, e) = dispute(&gw, &channel, &old_body, None, None).await;
     assert_eq!(s, 401, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("API key"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("API key"),
+        "{e}"
+    );
     // A provider signature by a key that is not the channel's provider: 401.
     let stranger = ProviderKey::from_seed(&[22; 32]);
-    assert_eq!(dispute(&gw, &channel, &old_body, None, Some(&stranger)).await.0, 401);
+    assert_eq!(
+        dispute(&gw, &channel, &old_body, None, Some(&stranger))
+            .await
+            .0,
+        401
+    );
     // Another account's key: 404, nothing disclosed.
-    let (other, _, _) = gw.state.accounts.create_account("other", Asset::Tnzo, 5, Default::default(), None).await.unwrap();
+    let (other, _, _) = gw
+        .state
+        .accounts
+        .create_account("other", Asset::Tnzo, 5, Default::default(), None)
+        .await
+        .unwrap();
     let (s, e) = dispute(&gw, &channel, b"", Some(&other), None).await;
     assert_eq!(s, 404, "{e}");
     assert!(!e.to_string().contains(&spent), "{e}");
@@ -236,7 +257,10 @@ async fn a_stale_voucher_cannot_claw_back_payments() {
         let (s, e) = dispute(&gw, &channel, &old_body, k, p).await;
         assert_eq!(s, 409, "{e}");
         let msg = e["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("stale state") && msg.contains(&format!("nonce {}", old.nonce)), "{msg}");
+        assert!(
+            msg.contains("stale state") && msg.contains(&format!("nonce {}", old.nonce)),
+            "{msg}"
+        );
         audit(&gw);
     }
     let (_, c) = get_json(&gw, &format!("/v1/channels/{channel}"), &gw.key).await;
@@ -246,11 +270,27 @@ async fn a_stale_voucher_cannot_claw_back_payments() {
     let body = serde_json::to_vec(&json!({ "voucher": latest })).unwrap();
     let (s, d) = dispute(&gw, &channel, &body, None, Some(&key)).await;
     assert_eq!(s, 202, "{d}");
-    assert_eq!((d["dispute"]["nonce"].as_u64(), d["dispute"]["spent"].as_str()), (Some(nonce), Some(spent.as_str())), "{d}");
+    assert_eq!(
+        (
+            d["dispute"]["nonce"].as_u64(),
+            d["dispute"]["spent"].as_str()
+        ),
+        (Some(nonce), Some(spent.as_str())),
+        "{d}"
+    );
     // The payer's stale voucher during the dispute changes nothing either.
-    assert_eq!(dispute(&gw, &channel, &old_body, Some(&gw.key), None).await.0, 409);
+    assert_eq!(
+        dispute(&gw, &channel, &old_body, Some(&gw.key), None)
+            .await
+            .0,
+        409
+    );
     let c = closed(&gw, &channel, Duration::from_secs(10)).await;
-    assert_eq!(c["spent"].as_str(), Some(spent.as_str()), "settled at the latest state: {c}");
+    assert_eq!(
+        c["spent"].as_str(),
+        Some(spent.as_str()),
+        "settled at the latest state: {c}"
+    );
     let spent: u128 = spent.parse().unwrap();
     assert_eq!(gw.balance(), FUNDS - spent, "nothing clawed back");
     audit(&gw);
@@ -286,12 +326,20 @@ async fn a_disputed_channel_of_an_evicted_account_settles() {
     audit(&gw);
     // Idle for longer than lease_idle_s, the account stays while its dispute runs.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(gw.state.book.has_account(&gw.account), "a disputed account is kept in memory");
+    assert!(
+        gw.state.book.has_account(&gw.account),
+        "a disputed account is kept in memory"
+    );
     // Settled, committed, and the idle account left memory again: the store says
     // closed (read without loading the account).
     let mut settled = None;
     for _ in 0..200 {
-        let stored = gw.state.store.account_state(&gw.account, unix_now()).await.unwrap();
+        let stored = gw
+            .state
+            .store
+            .account_state(&gw.account, unix_now())
+            .await
+            .unwrap();
         if let Some((c, _)) = stored.channels.iter().find(|(c, _)| c.id == channel)
             && c.state.name() == "closed"
         {
@@ -360,7 +408,10 @@ async fn agent_keys_need_the_channels_operation() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let did = r.json::<Value>().await.unwrap()["did"].as_str().unwrap().to_owned();
+    let did = r.json::<Value>().await.unwrap()["did"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = gw
         .post("/admin/accounts", Some("admin-secret"))
         .json(&json!({"name": "ada", "balance": "1000", "identity": did}))
@@ -368,7 +419,10 @@ async fn agent_keys_need_the_channels_operation() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let owner_key = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    let owner_key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let a = ProviderKey::from_seed(&[27; 32]);
     let r = gw
         .post("/v1/identities/agents", Some(&owner_key))
@@ -377,20 +431,50 @@ async fn agent_keys_need_the_channels_operation() {
         .await
         .unwrap();
     let v: Value = r.json().await.unwrap();
-    let agent_key = v["key"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
-    let r = gw.post("/v1/chat/completions", Some(&agent_key)).json(&chat(1)).send().await.unwrap();
+    let agent_key = v["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned();
+    let r = gw
+        .post("/v1/chat/completions", Some(&agent_key))
+        .json(&chat(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let channel = r.headers()["x-tenzro-channel"].to_str().unwrap().to_owned();
-    for path in ["/v1/channels".to_owned(), format!("/v1/channels/{channel}"), format!("/v1/channels/{channel}/voucher")] {
+    for path in [
+        "/v1/channels".to_owned(),
+        format!("/v1/channels/{channel}"),
+        format!("/v1/channels/{channel}/voucher"),
+    ] {
         let (s, e) = get_json(&gw, &path, &agent_key).await;
         assert_eq!(s, 403, "{path}: {e}");
-        assert!(e["error"]["message"].as_str().unwrap().contains("`channels`"), "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`channels`"),
+            "{e}"
+        );
     }
-    let r = gw.post(&format!("/v1/channels/{channel}/close"), Some(&agent_key)).send().await.unwrap();
+    let r = gw
+        .post(&format!("/v1/channels/{channel}/close"), Some(&agent_key))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    assert_eq!(dispute(&gw, &channel, b"", Some(&agent_key), None).await.0, 403);
+    assert_eq!(
+        dispute(&gw, &channel, b"", Some(&agent_key), None).await.0,
+        403
+    );
     // The owner's own key may, and so may an agent whose scope grants `channels`.
-    assert_eq!(get_json(&gw, &format!("/v1/channels/{channel}"), &owner_key).await.0, 200);
+    assert_eq!(
+        get_json(&gw, &format!("/v1/channels/{channel}"), &owner_key)
+            .await
+            .0,
+        200
+    );
     let b = ProviderKey::from_seed(&[28; 32]);
     let r = gw
         .post("/v1/identities/agents", Some(&owner_key))
@@ -399,8 +483,19 @@ async fn agent_keys_need_the_channels_operation() {
         .await
         .unwrap();
     let v: Value = r.json().await.unwrap();
-    let granted = v["key"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
-    assert_eq!(get_json(&gw, &format!("/v1/channels/{channel}"), &granted).await.0, 200);
+    let granted = v["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned();
+    assert_eq!(
+        get_json(&gw, &format!("/v1/channels/{channel}"), &granted)
+            .await
+            .0,
+        200
+    );
     let (_, account) = get_json(&gw, "/v1/account", &owner_key).await;
-    gw.state.book.audit(account["id"].as_str().unwrap(), Asset::Tnzo).unwrap();
+    gw.state
+        .book
+        .audit(account["id"].as_str().unwrap(), Asset::Tnzo)
+        .unwrap();
 }

@@ -317,7 +317,9 @@ async fn a_provider_registers_with_a_signature_and_serves() {
     .await;
     let key = ProviderKey::from_seed(&[9; 32]);
     // The routing stake of a registered provider is its bond.
-    gw.state.registry.set_bond(&key.did(), 100_000u128 * 10u128.pow(18), false);
+    gw.state
+        .registry
+        .set_bond(&key.did(), 100_000u128 * 10u128.pow(18), false);
     let reg = RegisterRequest {
         provider_id: key.did(),
         endpoint: p.url.clone(),

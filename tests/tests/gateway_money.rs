@@ -115,7 +115,11 @@ async fn the_account_shows_balances_spend_and_the_channel() {
     // A new request opens a new channel; the disputed one takes no more.
     let resp = gw.chat(chat(false)).send().await.unwrap();
     assert_ne!(resp.headers()["x-tenzro-provider"], "");
-    assert_ne!(resp.headers()["x-tenzro-channel"].to_str().unwrap(), channel, "a new channel, named on non-streamed answers too");
+    assert_ne!(
+        resp.headers()["x-tenzro-channel"].to_str().unwrap(),
+        channel,
+        "a new channel, named on non-streamed answers too"
+    );
     let (_, a) = get(&gw, "/v1/account", &gw.key).await;
     assert_eq!(a["channels"].as_array().unwrap().len(), 2);
     gw.state.book.audit(&gw.account, Asset::Tnzo).unwrap();
@@ -374,14 +378,19 @@ async fn suspending_the_owner_cascades_to_its_agents_keys() {
 async fn fresh_postgres_database() -> Option<String> {
     use sqlx::Executor;
     let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set TENZRO_TEST_POSTGRES_URL");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set TENZRO_TEST_POSTGRES_URL"
+        );
         eprintln!("TENZRO_TEST_POSTGRES_URL unset: skipped");
         return None;
     };
     sqlx::any::install_default_drivers();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
     pool.close().await;
     Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
 }
@@ -390,7 +399,9 @@ async fn fresh_postgres_database() -> Option<String> {
 /// a streamed request's charge and channel survive a restart on the same database.
 #[tokio::test]
 async fn the_gateway_keeps_its_money_in_postgresql() {
-    let Some(url) = fresh_postgres_database().await else { return };
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
 
     let p = mock_provider("a", Behaviour::Ok { chunks: 4 }).await;
     let purl = p.url.clone();
@@ -405,7 +416,14 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
     )
     .await;
     assert!(!gw.state.store.is_sqlite());
-    let body = gw.chat(chat(true)).send().await.unwrap().text().await.unwrap();
+    let body = gw
+        .chat(chat(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.contains("[DONE]"));
     let (_, before) = get(&gw, "/v1/account", &gw.key).await;
     let spent = before["spent_today"]["TNZO"].clone();
@@ -419,13 +437,34 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
     cfg.store.url = tenzro_gateway::config::Secret::new(url);
     let again = tenzro_gateway::build(cfg).await.unwrap();
     let key = again.accounts.lookup(&gw.key).await.unwrap();
-    again.leases.ensure(&again.store, &again.book, &key.record.account, tenzro_gateway::clock::unix_now()).await.unwrap();
+    again
+        .leases
+        .ensure(
+            &again.store,
+            &again.book,
+            &key.record.account,
+            tenzro_gateway::clock::unix_now(),
+        )
+        .await
+        .unwrap();
     let f = again.book.funds(&key.record.account, Asset::Tnzo).unwrap();
-    assert_eq!(f.available().to_string(), before["balances"]["TNZO"].as_str().unwrap());
-    assert_eq!(again.book.spent_today(&key.record.id, tenzro_gateway::clock::unix_now()).to_string(), spent.as_str().unwrap());
+    assert_eq!(
+        f.available().to_string(),
+        before["balances"]["TNZO"].as_str().unwrap()
+    );
+    assert_eq!(
+        again
+            .book
+            .spent_today(&key.record.id, tenzro_gateway::clock::unix_now())
+            .to_string(),
+        spent.as_str().unwrap()
+    );
     let ch = again.book.channels_of(&key.record.account);
     assert_eq!(ch.len(), 1);
-    assert_eq!(ch[0].channel.spent.to_string(), before["channels"][0]["spent"].as_str().unwrap());
+    assert_eq!(
+        ch[0].channel.spent.to_string(),
+        before["channels"][0]["spent"].as_str().unwrap()
+    );
     again.book.audit(&key.record.account, Asset::Tnzo).unwrap();
 }
 
@@ -434,7 +473,9 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
 /// then takes it over with the balance and channels the first committed.
 #[tokio::test]
 async fn replicas_on_one_database_take_turns_with_an_account() {
-    let Some(url) = fresh_postgres_database().await else { return };
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
     let p = mock_provider("a", Behaviour::Ok { chunks: 4 }).await;
     let cfg = |d: &std::path::Path, url: &str, purl: &str| {
         let mut c = test_config(vec![static_provider("a", purl)], d);
@@ -448,8 +489,16 @@ async fn replicas_on_one_database_take_turns_with_an_account() {
     let b = start_gateway(move |d| cfg(d, &u2, &p2), None).await;
 
     // A serves the key first; B refuses it while A holds the account.
-    assert_eq!(a.chat(chat(false)).send().await.unwrap().status().as_u16(), 200);
-    let r = b.post("/v1/chat/completions", Some(&a.key)).json(&chat(false)).send().await.unwrap();
+    assert_eq!(
+        a.chat(chat(false)).send().await.unwrap().status().as_u16(),
+        200
+    );
+    let r = b
+        .post("/v1/chat/completions", Some(&a.key))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let e: Value = r.json().await.unwrap();
@@ -460,18 +509,44 @@ async fn replicas_on_one_database_take_turns_with_an_account() {
     let mut status = 0;
     for _ in 0..60 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = b.post("/v1/chat/completions", Some(&a.key)).json(&chat(false)).send().await.unwrap().status().as_u16();
+        status = b
+            .post("/v1/chat/completions", Some(&a.key))
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         if status == 200 {
             break;
         }
     }
     assert_eq!(status, 200, "B took the account over");
     let (_, on_b) = get(&b, "/v1/account", &a.key).await;
-    let cost_a: u128 = on_a["spent_today"]["TNZO"].as_str().unwrap().parse().unwrap();
-    let spent_b: u128 = on_b["spent_today"]["TNZO"].as_str().unwrap().parse().unwrap();
-    assert!(spent_b > cost_a, "B sees A's spend and its own: {cost_a} then {spent_b}");
+    let cost_a: u128 = on_a["spent_today"]["TNZO"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let spent_b: u128 = on_b["spent_today"]["TNZO"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        spent_b > cost_a,
+        "B sees A's spend and its own: {cost_a} then {spent_b}"
+    );
     let balance_b: u128 = on_b["balances"]["TNZO"].as_str().unwrap().parse().unwrap();
     assert_eq!(balance_b, FUNDS - spent_b, "one balance across replicas");
-    assert_eq!(on_b["channels"].as_array().unwrap().len(), 1, "the same channel, served by B now: {on_b}");
-    assert_eq!(get(&a, "/v1/account", &a.key).await.0, 503, "and A refuses it now");
+    assert_eq!(
+        on_b["channels"].as_array().unwrap().len(),
+        1,
+        "the same channel, served by B now: {on_b}"
+    );
+    assert_eq!(
+        get(&a, "/v1/account", &a.key).await.0,
+        503,
+        "and A refuses it now"
+    );
 }

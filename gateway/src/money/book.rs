@@ -432,7 +432,10 @@ impl Book {
             return Err(BookError::AccountBusy(account.to_owned()));
         }
         Self::forget(&mut g, account);
-        let mut state = AccountState { touched: now, ..AccountState::default() };
+        let mut state = AccountState {
+            touched: now,
+            ..AccountState::default()
+        };
         for (asset, f) in funds {
             state.funds[slot(*asset)] = Funds { held: 0, ..*f };
         }
@@ -440,15 +443,32 @@ impl Book {
         for (ch, latest) in channels {
             let vouchered = latest.as_ref().map(|v| v.nonce).unwrap_or(0);
             if ch.is_open() {
-                g.routes.insert((ch.payer.clone(), ch.provider.clone(), ch.asset), ch.id.clone());
+                g.routes.insert(
+                    (ch.payer.clone(), ch.provider.clone(), ch.asset),
+                    ch.id.clone(),
+                );
             }
             let durable = (ch.nonce, ch.spent);
-            g.channels.insert(ch.id.clone(), ChannelEntry { ch, dirty: false, holds: 0, durable, voucher_due: false, vouchered, latest });
+            g.channels.insert(
+                ch.id.clone(),
+                ChannelEntry {
+                    ch,
+                    dirty: false,
+                    holds: 0,
+                    durable,
+                    voucher_due: false,
+                    vouchered,
+                    latest,
+                },
+            );
         }
         // Each key's charges count in its delegating ancestors' windows too.
         let ancestors = &g.ancestors;
         let windows = crate::money::scope::rebuild_windows(keys, |k| {
-            ancestors.get(k).map(|up| up.iter().map(|a| a.0.clone()).collect()).unwrap_or_default()
+            ancestors
+                .get(k)
+                .map(|up| up.iter().map(|a| a.0.clone()).collect())
+                .unwrap_or_default()
         });
         g.windows.extend(windows);
         Ok(())
@@ -474,8 +494,10 @@ impl Book {
         for a in accounts {
             g.accounts.remove(*a);
         }
-        g.channels.retain(|_, e| !accounts.contains(e.ch.payer.as_str()));
-        g.routes.retain(|(payer, _, _), _| !accounts.contains(payer.as_str()));
+        g.channels
+            .retain(|_, e| !accounts.contains(e.ch.payer.as_str()));
+        g.routes
+            .retain(|(payer, _, _), _| !accounts.contains(payer.as_str()));
         g.dirty_accounts.retain(|a| !accounts.contains(a.as_str()));
         let channels = &g.channels;
         g.dirty_channels.retain(|c| channels.contains_key(c));
@@ -484,7 +506,9 @@ impl Book {
     /// Drops accounts idle since `before` (no request in flight, nothing waiting to
     /// be committed) from the book, so their leases can be released; returns them.
     pub fn evict_idle(&self, before: u64) -> Vec<String> {
-        let Ok(mut g) = self.lock() else { return Vec::new() };
+        let Ok(mut g) = self.lock() else {
+            return Vec::new();
+        };
         // Accounts with a channel or a request still to be written stay. A voucher
         // still due is sent by whichever replica takes the account next (its
         // checkpoint vouches for every durable state not yet vouched).
@@ -500,7 +524,9 @@ impl Book {
         let idle: Vec<String> = g
             .accounts
             .iter()
-            .filter(|(id, a)| a.holds == 0 && !a.dirty && a.touched < before && !busy.contains(id.as_str()))
+            .filter(|(id, a)| {
+                a.holds == 0 && !a.dirty && a.touched < before && !busy.contains(id.as_str())
+            })
             .map(|(id, _)| id.clone())
             .collect();
         drop(busy);
@@ -515,7 +541,12 @@ impl Book {
         if let Ok(mut g) = self.lock() {
             Self::forget(&mut g, account);
             g.requests.retain(|r| r.account != account);
-            let holds: Vec<u64> = g.holds.iter().filter(|(_, h)| h.account == account).map(|(id, _)| *id).collect();
+            let holds: Vec<u64> = g
+                .holds
+                .iter()
+                .filter(|(_, h)| h.account == account)
+                .map(|(id, _)| *id)
+                .collect();
             for id in holds {
                 g.holds.remove(&id);
             }
@@ -705,7 +736,13 @@ impl Book {
             w.pending -= hold.amount;
             w.record(now, hold.charged);
         }
-        crate::money::scope::settle_shared(&mut g.windows, &hold.shared, hold.amount, hold.charged, now);
+        crate::money::scope::settle_shared(
+            &mut g.windows,
+            &hold.shared,
+            hold.amount,
+            hold.charged,
+            now,
+        );
         if let Some(c) = &hold.channel
             && let Some(e) = g.channels.get_mut(c)
         {

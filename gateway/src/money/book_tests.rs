@@ -366,7 +366,10 @@ fn only_idle_accounts_with_nothing_to_write_are_evicted() {
     let _ = b.take_dirty();
     // "dirty" changed after the last commit.
     b.credit("dirty", Asset::Tnzo, 1).unwrap();
-    assert!(b.evict_idle(10).is_empty(), "nothing is idle before its last use");
+    assert!(
+        b.evict_idle(10).is_empty(),
+        "nothing is idle before its last use"
+    );
     let mut gone = b.evict_idle(100);
     gone.sort();
     assert_eq!(gone, vec!["idle".to_owned()]);
@@ -440,7 +443,8 @@ impl Durable {
             .values()
             .map(|c| (c.clone(), self.vouchers.get(&c.id).cloned()))
             .collect();
-        b.replace_account("a", &self.funds, channels, &[], now).unwrap();
+        b.replace_account("a", &self.funds, channels, &[], now)
+            .unwrap();
     }
 }
 
@@ -587,7 +591,8 @@ fn a_stale_voucher_cannot_claw_back_a_payment() {
     for by in [Party::Payer, Party::Provider] {
         let err = b.dispute(&id, by, Some(old), 2).unwrap_err();
         assert!(
-            err.to_string().contains("below the channel's latest signed nonce"),
+            err.to_string()
+                .contains("below the channel's latest signed nonce"),
             "{err}"
         );
     }
@@ -626,6 +631,9 @@ fn expired_channels_close_at_their_latest_state_and_are_not_reused() {
     assert_eq!(closed[0].1.provider_net + closed[0].1.commission, 45);
     let chs = b.channels_of("a");
     assert_eq!(chs.len(), 2);
-    assert!(chs.iter().any(|c| c.channel.id != first && c.channel.is_open() && c.channel.spent == 7));
+    assert!(
+        chs.iter()
+            .any(|c| c.channel.id != first && c.channel.is_open() && c.channel.spent == 7)
+    );
     b.audit("a", Asset::Tnzo).unwrap();
 }

@@ -50,9 +50,19 @@ pub struct Housekeeping {
 /// this replica's leases (an account whose lease was lost is dropped from the book
 /// with its unwritten changes, and the rest retried), and every `idle_s` releases
 /// accounts nobody used since.
-pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64, housekeeping: Option<Housekeeping>) -> Result<usize, StoreError> {
+pub async fn commit_leased(
+    book: &Book,
+    store: &Store,
+    leases: &Leases,
+    now: u64,
+    housekeeping: Option<Housekeeping>,
+) -> Result<usize, StoreError> {
     let until = leases.renewal(now);
-    let due = if housekeeping.is_some() { leases.due(now) } else { Vec::new() };
+    let due = if housekeeping.is_some() {
+        leases.due(now)
+    } else {
+        Vec::new()
+    };
     for account in due {
         match store.claim(&account, &leases.owner, until, now).await {
             Ok(true) => leases.renewed(std::slice::from_ref(&account), until),
@@ -67,11 +77,23 @@ pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64
     let batch = book.take_dirty();
     let mut rows = 0;
     if !batch.is_empty() {
-        rows = batch.accounts.len() + batch.channels.len() + batch.requests.len() + batch.pools.len() + batch.earnings.len();
-        let mut touched: Vec<String> = batch.accounts.iter().map(|a| a.0.clone()).chain(batch.channels.iter().map(|c| c.payer.clone())).collect();
+        rows = batch.accounts.len()
+            + batch.channels.len()
+            + batch.requests.len()
+            + batch.pools.len()
+            + batch.earnings.len();
+        let mut touched: Vec<String> = batch
+            .accounts
+            .iter()
+            .map(|a| a.0.clone())
+            .chain(batch.channels.iter().map(|c| c.payer.clone()))
+            .collect();
         touched.sort_unstable();
         touched.dedup();
-        match store.commit_fenced(&batch, Some((&leases.owner, until, now))).await {
+        match store
+            .commit_fenced(&batch, Some((&leases.owner, until, now)))
+            .await
+        {
             Ok(()) => {
                 book.committed(&batch);
                 leases.renewed(&touched, until);
@@ -89,7 +111,10 @@ pub async fn commit_leased(book: &Book, store: &Store, leases: &Leases, now: u64
             }
         }
     }
-    if let Some(Housekeeping { release_idle: Some(idle) }) = housekeeping {
+    if let Some(Housekeeping {
+        release_idle: Some(idle),
+    }) = housekeeping
+    {
         let gone = book.evict_idle(now.saturating_sub(idle));
         if !gone.is_empty() {
             leases.forget(&gone);
@@ -136,7 +161,12 @@ pub fn settle_due(book: &Book, now: u64) {
 /// an open channel past its expiry) and that are not in this book, loading them so
 /// that the committer loop settles them. An account another replica holds is left
 /// to it. Returns the accounts taken.
-pub async fn sweep_once(book: &Book, store: &Store, leases: &Leases, now: u64) -> Result<Vec<String>, StoreError> {
+pub async fn sweep_once(
+    book: &Book,
+    store: &Store,
+    leases: &Leases,
+    now: u64,
+) -> Result<Vec<String>, StoreError> {
     let mut taken = Vec::new();
     for account in store.accounts_to_settle(now).await? {
         if book.has_account(&account) {
@@ -144,21 +174,32 @@ pub async fn sweep_once(book: &Book, store: &Store, leases: &Leases, now: u64) -
         }
         match leases.ensure(store, book, &account, now).await {
             Ok(()) => taken.push(account),
-            Err(e) => tracing::debug!(%account, error = %e, "a due channel's account is not settled here"),
+            Err(e) => {
+                tracing::debug!(%account, error = %e, "a due channel's account is not settled here")
+            }
         }
     }
     Ok(taken)
 }
 
 /// Runs [`sweep_once`] every `interval` until `cancel`.
-pub async fn sweep(book: Arc<Book>, store: Store, leases: Arc<Leases>, interval: Duration, cancel: CancellationToken) {
+pub async fn sweep(
+    book: Arc<Book>,
+    store: Store,
+    leases: Arc<Leases>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = cancel.cancelled() => break,
         }
         match sweep_once(&book, &store, &leases, unix_now()).await {
-            Ok(taken) if !taken.is_empty() => tracing::info!(accounts = taken.len(), "took accounts with channels due to settle"),
+            Ok(taken) if !taken.is_empty() => tracing::info!(
+                accounts = taken.len(),
+                "took accounts with channels due to settle"
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "looking for channels due to settle"),
         }
@@ -189,7 +230,9 @@ pub async fn run(
         if let Err(e) = save_slashes(&registry, &store).await {
             tracing::error!(error = %e, "saving slashes failed; retrying next interval");
         }
-        let housekeeping = (ticks.is_multiple_of(every_second) || stop).then_some(Housekeeping { release_idle: (idle_s > 0).then_some(idle_s) });
+        let housekeeping = (ticks.is_multiple_of(every_second) || stop).then_some(Housekeeping {
+            release_idle: (idle_s > 0).then_some(idle_s),
+        });
         if let Err(e) = commit_leased(&book, &store, &leases, unix_now(), housekeeping).await {
             tracing::error!(error = %e, "group commit failed; retrying next interval");
         }

@@ -18,7 +18,9 @@ use crate::money::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("account {0} is being served by another gateway replica; retry shortly or send this key to that replica")]
+    #[error(
+        "account {0} is being served by another gateway replica; retry shortly or send this key to that replica"
+    )]
     HeldElsewhere(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -53,7 +55,10 @@ impl Leases {
         let path = dir.join("replica-id");
         match std::fs::read_to_string(&path) {
             Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-            Ok(_) => Err(std::io::Error::other(format!("{} is empty", path.display()))),
+            Ok(_) => Err(std::io::Error::other(format!(
+                "{} is empty",
+                path.display()
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir)?;
                 let id = format!("replica_{}", uuid::Uuid::new_v4().simple());
@@ -67,12 +72,20 @@ impl Leases {
     }
 
     fn valid(&self, account: &str, now: u64) -> bool {
-        self.held.read().is_ok_and(|h| h.get(account).is_some_and(|until| *until > now + 1))
+        self.held
+            .read()
+            .is_ok_and(|h| h.get(account).is_some_and(|until| *until > now + 1))
     }
 
     /// Makes sure this replica holds `account`'s lease, taking it (and loading the
     /// account's money into the book) if needed. Cheap when already held.
-    pub async fn ensure(&self, store: &Store, book: &Book, account: &str, now: u64) -> Result<(), LeaseError> {
+    pub async fn ensure(
+        &self,
+        store: &Store,
+        book: &Book,
+        account: &str,
+        now: u64,
+    ) -> Result<(), LeaseError> {
         if self.valid(account, now) {
             return Ok(());
         }
@@ -115,7 +128,12 @@ impl Leases {
     pub fn due(&self, now: u64) -> Vec<String> {
         self.held
             .read()
-            .map(|h| h.iter().filter(|(_, u)| **u <= now + self.ttl / 2).map(|(a, _)| a.clone()).collect())
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, u)| **u <= now + self.ttl / 2)
+                    .map(|(a, _)| a.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -129,6 +147,9 @@ impl Leases {
     }
 
     pub fn held(&self) -> Vec<String> {
-        self.held.read().map(|h| h.keys().cloned().collect()).unwrap_or_default()
+        self.held
+            .read()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }

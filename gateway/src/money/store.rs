@@ -48,10 +48,22 @@ fn corrupt(table: &'static str, column: &'static str, message: impl ToString) ->
 /// The schema, embedded so the binary needs no files beside it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "money", include_str!("../../migrations/0001_money.sql")),
-    (2, "leases", include_str!("../../migrations/0002_leases.sql")),
-    (3, "registry", include_str!("../../migrations/0003_registry.sql")),
+    (
+        2,
+        "leases",
+        include_str!("../../migrations/0002_leases.sql"),
+    ),
+    (
+        3,
+        "registry",
+        include_str!("../../migrations/0003_registry.sql"),
+    ),
     (4, "bonds", include_str!("../../migrations/0004_bonds.sql")),
-    (6, "identities", include_str!("../../migrations/0006_identities.sql")),
+    (
+        6,
+        "identities",
+        include_str!("../../migrations/0006_identities.sql"),
+    ),
 ];
 
 /// One account's money as stored: funds, channels with their latest vouchers, and
@@ -152,13 +164,22 @@ impl Store {
     /// Writes one batch in one transaction, first renewing (`owner`, `until`, `now`)
     /// the lease of every account it touches: if one was lost to another replica,
     /// nothing is written and the error names it.
-    pub async fn commit_fenced(&self, b: &Batch, fence: Option<(&str, u64, u64)>) -> Result<(), StoreError> {
+    pub async fn commit_fenced(
+        &self,
+        b: &Batch,
+        fence: Option<(&str, u64, u64)>,
+    ) -> Result<(), StoreError> {
         if b.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         if let Some((owner, until, now)) = fence {
-            let mut accounts: Vec<&str> = b.accounts.iter().map(|a| a.0.as_str()).chain(b.channels.iter().map(|c| c.payer.as_str())).collect();
+            let mut accounts: Vec<&str> = b
+                .accounts
+                .iter()
+                .map(|a| a.0.as_str())
+                .chain(b.channels.iter().map(|c| c.payer.as_str()))
+                .collect();
             accounts.sort_unstable();
             accounts.dedup();
             for account in accounts {
@@ -254,7 +275,13 @@ impl Store {
 
     /// Takes (or renews) the lease of `account` for `owner` until `until`; false
     /// when another replica holds it past `now`.
-    pub async fn claim(&self, account: &str, owner: &str, until: u64, now: u64) -> Result<bool, StoreError> {
+    pub async fn claim(
+        &self,
+        account: &str,
+        owner: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "INSERT INTO leases (account, owner, until) VALUES ($1, $2, $3) \
              ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, until = excluded.until \
@@ -272,21 +299,35 @@ impl Store {
     /// Gives up leases (idle accounts, shutdown).
     pub async fn release(&self, owner: &str, accounts: &[String]) -> Result<(), StoreError> {
         for a in accounts {
-            sqlx::query("DELETE FROM leases WHERE account = $1 AND owner = $2").bind(a.as_str()).bind(owner).execute(&self.pool).await?;
+            sqlx::query("DELETE FROM leases WHERE account = $1 AND owner = $2")
+                .bind(a.as_str())
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
 
     /// The paying account of a channel.
     pub async fn channel_payer(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT payer FROM channels WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(StoreError::from)
+        let row = sqlx::query("SELECT payer FROM channels WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get::<String, _>(0))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     /// Accounts with an open or disputed channel (claimed and reconciled at start).
     pub async fn accounts_with_channels(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT DISTINCT payer FROM channels WHERE state NOT LIKE '%closed%'").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+        let rows =
+            sqlx::query("SELECT DISTINCT payer FROM channels WHERE state NOT LIKE '%closed%'")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
     }
 
     /// One account's money as stored (read after taking its lease).
@@ -307,8 +348,13 @@ impl Store {
             channels.push((c, v));
         }
         let since = i64_of(now.saturating_sub(crate::money::scope::DAY));
-        let mut keys: std::collections::BTreeMap<String, Vec<(u64, u128)>> = std::collections::BTreeMap::new();
-        for row in sqlx::query("SELECT id FROM api_keys WHERE account = $1").bind(account).fetch_all(&self.pool).await? {
+        let mut keys: std::collections::BTreeMap<String, Vec<(u64, u128)>> =
+            std::collections::BTreeMap::new();
+        for row in sqlx::query("SELECT id FROM api_keys WHERE account = $1")
+            .bind(account)
+            .fetch_all(&self.pool)
+            .await?
+        {
             keys.insert(row.try_get(0)?, Vec::new());
         }
         for row in sqlx::query("SELECT key_id, at, charged FROM requests WHERE account = $1 AND key_id IS NOT NULL AND at > $2 ORDER BY at")
@@ -321,7 +367,11 @@ impl Store {
             let amount = amount_of(&row.try_get::<String, _>(2)?, "requests", "charged")?;
             keys.entry(key).or_default().push((u64_of(row.try_get(1)?), amount));
         }
-        Ok(AccountState { funds, channels, keys: keys.into_iter().collect() })
+        Ok(AccountState {
+            funds,
+            channels,
+            keys: keys.into_iter().collect(),
+        })
     }
 
     /// Adds an account with a starting balance (its `funded` too).
@@ -562,7 +612,8 @@ fn channel_row(row: &sqlx::any::AnyRow) -> Result<Channel, StoreError> {
         nonce: u64_of(row.try_get(6)?),
         opened: u64_of(row.try_get(7)?),
         expires: u64_of(row.try_get(8)?),
-        state: serde_json::from_str::<State>(&state).map_err(|e| corrupt("channels", "state", e))?,
+        state: serde_json::from_str::<State>(&state)
+            .map_err(|e| corrupt("channels", "state", e))?,
     })
 }
 

@@ -65,7 +65,11 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: Role, text: impl Into<String>) -> Self {
-        ChatMessage { role, content: Some(MessageContent::Text(text.into())), name: None }
+        ChatMessage {
+            role,
+            content: Some(MessageContent::Text(text.into())),
+            name: None,
+        }
     }
 
     /// The text of the message: a string, or the text parts joined.
@@ -123,7 +127,9 @@ pub enum MessageContent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
-    Text { text: String },
+    Text {
+        text: String,
+    },
     #[serde(other)]
     Other,
 }

@@ -76,7 +76,10 @@ pub struct TenzroExt {
 
 impl TenzroExt {
     pub fn tokens(n: u64) -> Self {
-        TenzroExt { tokens: Some(n), ..Default::default() }
+        TenzroExt {
+            tokens: Some(n),
+            ..Default::default()
+        }
     }
 }
 

@@ -18,7 +18,12 @@ pub struct ErrorDetail {
 impl ErrorBody {
     pub fn new(kind: &str, message: impl Into<String>) -> Self {
         ErrorBody {
-            error: ErrorDetail { message: message.into(), kind: kind.to_owned(), param: None, code: None },
+            error: ErrorDetail {
+                message: message.into(),
+                kind: kind.to_owned(),
+                param: None,
+                code: None,
+            },
         }
     }
 
