@@ -7,13 +7,12 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-mod gateway_common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gateway_common::*;
+use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;
 use tenzro_gateway::config::Config;

@@ -11,8 +11,7 @@ use tenzro_gateway::money::committer::commit_once;
 use tenzro_gateway::money::store::Store;
 use tenzro_gateway::pricing::Asset;
 
-mod common;
-use common::backends;
+use crate::common::backends;
 
 /// A book restored the way the gateway does it: pools, earnings and bonds at
 /// start, accounts' money as their leases are taken.

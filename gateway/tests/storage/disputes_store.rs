@@ -10,8 +10,7 @@ use tenzro_gateway::money::channel::Party;
 use tenzro_gateway::money::committer::commit_once;
 use tenzro_gateway::pricing::Asset;
 
-mod common;
-use common::backends;
+use crate::common::backends;
 
 #[tokio::test]
 async fn due_disputes_and_expired_channels_are_found_until_settled() {

@@ -9,14 +9,13 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-mod gateway_common;
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
-use gateway_common::*;
+use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::EvidenceSource;
 use tenzro_attest::binding::{REPORT_DATA_DOMAIN, report_data};

@@ -6,14 +6,13 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-mod gateway_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use gateway_common::*;
+use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;
 use tenzro_attest::voucher::Voucher;

@@ -15,8 +15,7 @@ use tenzro_gateway::money::slashing::{Reason, slash};
 use tenzro_gateway::money::store::Store;
 use tenzro_gateway::pricing::Asset;
 
-mod common;
-use common::backends;
+use crate::common::backends;
 
 /// Restores a book from a store the way the gateway does: the pools at start,
 /// each account's money when its lease is taken.

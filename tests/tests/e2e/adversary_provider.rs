@@ -7,12 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod gateway_common;
 
 use std::sync::atomic::Ordering;
 
-use gateway_common::hostile::{HostileProvider, Lie, PROMPT_TOKENS, hostile_provider};
-use gateway_common::*;
+use crate::gateway_common::hostile::{HostileProvider, Lie, PROMPT_TOKENS, hostile_provider};
+use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::ProviderKey;
 use tenzro_gateway::config::{Config, StakeSection};

@@ -6,9 +6,8 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-mod gateway_common;
 
-use gateway_common::*;
+use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;
 use tenzro_gateway::config::Config;

@@ -3,11 +3,10 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-mod gateway_common;
 
 use std::time::{Duration, Instant};
 
-use gateway_common::*;
+use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_gateway::clock::ManualClock;
 

@@ -4,11 +4,10 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-mod gateway_common;
 
 use std::time::Duration;
 
-use gateway_common::*;
+use crate::gateway_common::*;
 use tenzro_attest::keys::ProviderKey;
 use tenzro_models::api::{ModelCategory, RegisterRequest};
 use tenzro_provider::register;

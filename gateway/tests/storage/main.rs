@@ -1,0 +1,8 @@
+//! The gateway's storage tests, in one binary: each runs on SQLite and, when
+//! `TENZRO_TEST_POSTGRES_URL` is set, on PostgreSQL in a fresh database.
+
+mod common;
+
+mod bonds_store;
+mod disputes_store;
+mod store;
