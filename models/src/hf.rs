@@ -12,12 +12,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::BufferedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::ModelError;
+use crate::linear::Linear;
 use crate::llama::{Layer, Llama, LlamaShape, RmsNorm, RopeLayout};
 
 /// The fields of `config.json` the loader uses (others are ignored).
@@ -310,12 +311,12 @@ pub fn load_llama(
 #[derive(Default)]
 struct Weights {
     /// Projections and the output head.
-    matrices: HashMap<String, QMatMul>,
+    matrices: HashMap<String, Linear>,
     /// Embeddings, norms and biases, as f32.
     vectors: HashMap<String, Tensor>,
 }
 
-fn matmul(weight: Tensor, quantize: Option<GgmlDType>) -> Result<QMatMul, ModelError> {
+fn matmul(weight: Tensor, quantize: Option<GgmlDType>) -> Result<Linear, ModelError> {
     match quantize {
         Some(dtype)
             if weight
@@ -323,9 +324,9 @@ fn matmul(weight: Tensor, quantize: Option<GgmlDType>) -> Result<QMatMul, ModelE
                 .last()
                 .is_some_and(|&cols| cols.is_multiple_of(dtype.block_size())) =>
         {
-            Ok(QMatMul::from_qtensor(QTensor::quantize(&weight, dtype)?)?)
+            Ok(Linear::from_qtensor(QTensor::quantize(&weight, dtype)?)?)
         }
-        _ => Ok(QMatMul::Tensor(weight)),
+        _ => Ok(Linear::from_tensor(weight)?),
     }
 }
 

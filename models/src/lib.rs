@@ -24,6 +24,10 @@ pub mod gguf;
 #[cfg(feature = "engine")]
 pub mod hf;
 #[cfg(feature = "engine")]
+pub mod kernels;
+#[cfg(feature = "engine")]
+pub mod linear;
+#[cfg(feature = "engine")]
 pub mod llama;
 #[cfg(feature = "engine")]
 pub mod llm;

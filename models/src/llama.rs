@@ -12,9 +12,11 @@
 //! is in the batch, and greedy output is the same alone or beside others.
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::Embedding;
+
+use crate::linear::Linear;
 
 /// Positions the RoPE tables cover.
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -65,16 +67,16 @@ impl RmsNorm {
 /// One transformer block's weights. The q/k/v biases are qwen2's; llama has none.
 #[derive(Debug, Clone)]
 pub(crate) struct Layer {
-    pub(crate) wq: QMatMul,
-    pub(crate) wk: QMatMul,
-    pub(crate) wv: QMatMul,
+    pub(crate) wq: Linear,
+    pub(crate) wk: Linear,
+    pub(crate) wv: Linear,
     pub(crate) qkv_bias: Option<[Tensor; 3]>,
-    pub(crate) wo: QMatMul,
+    pub(crate) wo: Linear,
     pub(crate) attn_norm: RmsNorm,
     pub(crate) ffn_norm: RmsNorm,
-    pub(crate) gate: QMatMul,
-    pub(crate) down: QMatMul,
-    pub(crate) up: QMatMul,
+    pub(crate) gate: Linear,
+    pub(crate) down: Linear,
+    pub(crate) up: Linear,
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ pub struct Llama {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     n_head: usize,
@@ -228,7 +230,7 @@ impl Llama {
             Ok(t) => t,
             Err(_) => embed_q,
         };
-        let mm = |t: QTensor| QMatMul::from_qtensor(t);
+        let mm = |t: QTensor| Linear::from_qtensor(t);
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
             let mut layer = |suffix: &str| get(&format!("blk.{i}.{suffix}"));
@@ -256,7 +258,7 @@ impl Llama {
         embed: Tensor,
         layers: Vec<Layer>,
         norm: RmsNorm,
-        output: QMatMul,
+        output: Linear,
         device: &Device,
     ) -> Result<Self> {
         if shape.n_kv_head == 0 || !shape.n_head.is_multiple_of(shape.n_kv_head) {

@@ -1,0 +1,256 @@
+//! Quantized matmul on the CPU: weights kept in their GGUF blocks (Q4_0, Q4_1,
+//! Q8_0, Q4_K, Q5_K, Q6_K; nothing re-quantised), activations quantized once per
+//! call to 8-bit blocks of 32 ([`q8`]), and int8 dot products over both.
+//!
+//! [`QWeight::matmul`] is a GEMM over `m` activation rows: output rows are split
+//! over rayon's pool (one pool for the process, sized to the cores, shared with
+//! candle), and within a task each weight block is unpacked once and multiplied
+//! with up to four activation rows while it sits in registers, so a batch reads
+//! the weights once. `m == 1` is the GEMV.
+//!
+//! The only module of the workspace allowed `unsafe`: the SIMD intrinsics of
+//! [`avx2`], each block with a `// SAFETY:` note, behind safe functions that check
+//! the CPU's features at run time. [`portable`] is the plain-Rust path for other
+//! CPUs and the reference the SIMD kernels are tested against.
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod portable;
+pub mod q8;
+
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use q8::{BlockQ8, QK};
+
+/// Weight types with kernels here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum WeightType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl WeightType {
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
+        Some(match dtype {
+            GgmlDType::Q4_0 => Self::Q4_0,
+            GgmlDType::Q4_1 => Self::Q4_1,
+            GgmlDType::Q8_0 => Self::Q8_0,
+            GgmlDType::Q4K => Self::Q4K,
+            GgmlDType::Q5K => Self::Q5K,
+            GgmlDType::Q6K => Self::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// Values per block.
+    pub fn block_values(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block (ggml's layout).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
+        }
+    }
+}
+
+/// The little-endian f16 at `at` of a block, as f32.
+#[inline]
+pub(crate) fn f16_at(blk: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([blk[at], blk[at + 1]]);
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// The 6-bit scale and minimum of sub-block `j` of a Q4_K/Q5_K block (ggml's
+/// `get_scale_min_k4`).
+#[inline]
+pub(crate) fn k4_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Which kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2 + FMA where the CPU has them, else portable.
+    Best,
+    /// The portable kernels only (tests compare the two).
+    Portable,
+}
+
+/// A `(rows, cols)` weight matrix in its GGUF blocks, row after row.
+#[derive(Debug, Clone)]
+pub struct QWeight {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Why a weight cannot use these kernels (the caller keeps candle's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl QWeight {
+    /// Take the raw blocks of a `(rows, cols)` matrix of type `dtype`.
+    pub fn new(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, Unsupported> {
+        let ty = WeightType::from_ggml(dtype)
+            .ok_or_else(|| Unsupported(format!("no CPU kernel for {dtype:?}")))?;
+        if cols == 0 || !cols.is_multiple_of(ty.block_values()) {
+            return Err(Unsupported(format!(
+                "{cols} columns are not whole {dtype:?} blocks"
+            )));
+        }
+        let want = rows * cols / ty.block_values() * ty.block_bytes();
+        if data.len() != want {
+            return Err(Unsupported(format!(
+                "{} bytes for a {rows}x{cols} {dtype:?} matrix (want {want})",
+                data.len()
+            )));
+        }
+        Ok(QWeight {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_values() * self.ty.block_bytes()
+    }
+
+    /// `x` is `(m, cols)` row-major; returns `(m, rows)` = `x · Wᵀ`.
+    pub fn matmul(&self, x: &[f32], m: usize, isa: Isa) -> Result<Vec<f32>, Unsupported> {
+        let mut outs = matmul_many(&[self], x, m, isa)?;
+        outs.pop().ok_or_else(|| Unsupported("no output".into()))
+    }
+}
+
+/// Several weights with the same `cols` applied to the same activations (the
+/// q/k/v projections, or gate and up): the activations are quantized once and all
+/// the weights' rows share one parallel region. Returns one `(m, rows)` output per
+/// weight.
+pub fn matmul_many(
+    ws: &[&QWeight],
+    x: &[f32],
+    m: usize,
+    isa: Isa,
+) -> Result<Vec<Vec<f32>>, Unsupported> {
+    let Some(cols) = ws.first().map(|w| w.cols) else {
+        return Ok(Vec::new());
+    };
+    if ws.iter().any(|w| w.cols != cols) || x.len() != m * cols {
+        return Err(Unsupported(format!(
+            "activations of {} values are not {m} rows of {cols} for every weight",
+            x.len()
+        )));
+    }
+    let mut acts = Vec::with_capacity(x.len() / QK);
+    q8::quantize_rows(x, &mut acts);
+    let mut by_row: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * m]).collect();
+    if m == 0 {
+        return Ok(by_row);
+    }
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    let threads = rayon::current_num_threads().max(1);
+    // Enough tasks to balance, few enough that each amortises its dispatch.
+    let chunk = total.div_ceil(threads * 4).max(4);
+    let mut tasks: Vec<(&QWeight, usize, &mut [f32])> = Vec::new();
+    for (w, buf) in ws.iter().zip(by_row.iter_mut()) {
+        for (ci, dst) in buf.chunks_mut(chunk * m).enumerate() {
+            tasks.push((w, ci * chunk, dst));
+        }
+    }
+    let acts = &acts;
+    let work = |(w, first, dst): (&QWeight, usize, &mut [f32])| {
+        let rb = w.row_bytes();
+        let n = dst.len() / m;
+        let wr = &w.data[first * rb..(first + n) * rb];
+        rows_chunk(w.ty, wr, rb, acts, m, dst, isa);
+    };
+    if total * cols * m < 1 << 16 {
+        tasks.into_iter().for_each(work);
+    } else {
+        tasks.into_par_iter().for_each(work);
+    }
+    if m == 1 {
+        return Ok(by_row);
+    }
+    Ok(ws
+        .iter()
+        .zip(by_row)
+        .map(|(w, by_row)| {
+            let n = w.rows;
+            let mut out = vec![0f32; m * n];
+            for (r, vals) in by_row.chunks_exact(m).enumerate() {
+                for (t, v) in vals.iter().enumerate() {
+                    out[t * n + r] = *v;
+                }
+            }
+            out
+        })
+        .collect())
+}
+
+/// `out[i * m + t] = dot(weight row i of w, activation row t)`.
+fn rows_chunk(
+    ty: WeightType,
+    w: &[u8],
+    rb: usize,
+    acts: &[BlockQ8],
+    m: usize,
+    out: &mut [f32],
+    isa: Isa,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Best && avx2::rows(ty, w, rb, acts, m, out).is_some() {
+        return;
+    }
+    let _ = isa;
+    for (wr, o) in w.chunks_exact(rb).zip(out.chunks_mut(m)) {
+        portable::rows(ty, wr, acts, o);
+    }
+}
+
+#[cfg(test)]
+mod tests;

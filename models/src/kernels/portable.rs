@@ -1,0 +1,139 @@
+//! The portable kernels: each weight block unpacked once into signed 8-bit values
+//! with a scale and a minimum per 16 values, then dotted with every activation row
+//! of the tile. Plain Rust the compiler vectorises; the reference the SIMD
+//! kernels are tested against, and the path on CPUs without them.
+
+use super::q8::{BlockQ8, QK};
+use super::{WeightType, f16_at, k4_scale_min};
+
+/// One weight block: `x[i] = scale[i / 16] * q[i] + min[i / 16]`.
+pub struct Unpacked {
+    pub q: [i8; 256],
+    pub scale: [f32; 16],
+    pub min: [f32; 16],
+}
+
+impl Unpacked {
+    fn new() -> Self {
+        Unpacked {
+            q: [0; 256],
+            scale: [0.0; 16],
+            min: [0.0; 16],
+        }
+    }
+}
+
+/// Unpack block `blk` (`ty.block_bytes()` bytes) into `u`.
+pub fn unpack(ty: WeightType, blk: &[u8], u: &mut Unpacked) {
+    match ty {
+        WeightType::Q4_0 | WeightType::Q4_1 => {
+            let d = f16_at(blk, 0);
+            let (m, qs) = match ty {
+                WeightType::Q4_0 => (-8.0 * d, &blk[2..18]),
+                _ => (f16_at(blk, 2), &blk[4..20]),
+            };
+            for (j, &b) in qs.iter().enumerate() {
+                u.q[j] = (b & 0x0F) as i8;
+                u.q[j + 16] = (b >> 4) as i8;
+            }
+            u.scale[..2].fill(d);
+            u.min[..2].fill(m);
+        }
+        WeightType::Q8_0 => {
+            let d = f16_at(blk, 0);
+            for (q, &b) in u.q.iter_mut().zip(&blk[2..34]) {
+                *q = b as i8;
+            }
+            u.scale[..2].fill(d);
+            u.min[..2].fill(0.0);
+        }
+        WeightType::Q4K | WeightType::Q5K => unpack_k45(ty, blk, u),
+        WeightType::Q6K => unpack_q6k(blk, u),
+    }
+}
+
+fn unpack_k45(ty: WeightType, blk: &[u8], u: &mut Unpacked) {
+    let d = f16_at(blk, 0);
+    let dmin = f16_at(blk, 2);
+    let scales = &blk[4..16];
+    let (qh, qs) = match ty {
+        WeightType::Q5K => (Some(&blk[16..48]), &blk[48..176]),
+        _ => (None, &blk[16..144]),
+    };
+    for j in 0..4 {
+        for half in 0..2 {
+            let s = 2 * j + half;
+            let (sc, mn) = k4_scale_min(s, scales);
+            u.scale[2 * s..2 * s + 2].fill(d * f32::from(sc));
+            u.min[2 * s..2 * s + 2].fill(-dmin * f32::from(mn));
+            for l in 0..32 {
+                let byte = qs[32 * j + l];
+                let mut v = if half == 0 { byte & 0x0F } else { byte >> 4 };
+                if let Some(qh) = qh {
+                    v |= ((qh[l] >> s) & 1) << 4;
+                }
+                u.q[64 * j + 32 * half + l] = v as i8;
+            }
+        }
+    }
+}
+
+fn unpack_q6k(blk: &[u8], u: &mut Unpacked) {
+    let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
+    let d = f16_at(blk, 208);
+    for n in 0..2 {
+        let (ql, qh) = (&ql[64 * n..64 * n + 64], &qh[32 * n..32 * n + 32]);
+        for l in 0..32 {
+            let v = [
+                (ql[l] & 0x0F) | ((qh[l] & 3) << 4),
+                (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4),
+                (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+            ];
+            for (g, v) in v.into_iter().enumerate() {
+                u.q[128 * n + 32 * g + l] = v as i8 - 32;
+            }
+        }
+    }
+    for (i, &s) in sc.iter().enumerate() {
+        // Sub-block i covers values 16i..16i+16 in the order the loop above wrote.
+        u.scale[i] = d * f32::from(s as i8);
+    }
+    u.min.fill(0.0);
+}
+
+/// `out[r] = dot(weight row, activation row r)` for the `out.len()` activation
+/// rows in `acts` (each `w.len() / block_bytes * block_values / 32` blocks).
+pub fn rows(ty: WeightType, w: &[u8], acts: &[BlockQ8], out: &mut [f32]) {
+    let bb = ty.block_bytes();
+    let per = ty.block_values() / QK;
+    let kb = w.len() / bb * per;
+    let mut u = Unpacked::new();
+    out.fill(0.0);
+    for (bi, blk) in w.chunks_exact(bb).enumerate() {
+        unpack(ty, blk, &mut u);
+        for (r, o) in out.iter_mut().enumerate() {
+            let a = &acts[r * kb + bi * per..r * kb + (bi + 1) * per];
+            *o += dot_unpacked(&u, a);
+        }
+    }
+}
+
+fn dot_unpacked(u: &Unpacked, acts: &[BlockQ8]) -> f32 {
+    let mut sum = 0f32;
+    for (j, a) in acts.iter().enumerate() {
+        for h in 0..2 {
+            let q = &u.q[32 * j + 16 * h..32 * j + 16 * h + 16];
+            let aq = &a.qs[16 * h..16 * h + 16];
+            let mut dot = 0i32;
+            let mut asum = 0i32;
+            for (&w, &x) in q.iter().zip(aq) {
+                dot += i32::from(w) * i32::from(x);
+                asum += i32::from(x);
+            }
+            let s = 2 * j + h;
+            sum += a.d * (u.scale[s] * dot as f32 + u.min[s] * asum as f32);
+        }
+    }
+    sum
+}

@@ -1,0 +1,180 @@
+//! Every kernel against candle's dequantisation and an f64 matmul, on random
+//! blocks (any bit pattern, sane scales), odd row counts and batches of 1..=17.
+
+use std::borrow::Cow;
+
+use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use proptest::prelude::*;
+
+use super::q8::{BlockQ8, QK};
+use super::{Isa, QWeight, WeightType};
+
+const TYPES: [GgmlDType; 6] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Offsets of the f16 scales in a block of each type.
+fn f16_fields(ty: WeightType) -> &'static [usize] {
+    match ty {
+        WeightType::Q4_0 | WeightType::Q8_0 => &[0],
+        WeightType::Q4_1 | WeightType::Q4K | WeightType::Q5K => &[0, 2],
+        WeightType::Q6K => &[208],
+    }
+}
+
+/// Random blocks: every quant byte random, each f16 scale in +-[2^-10, 2^-2].
+fn random_blocks(ty: WeightType, blocks: usize, seed: &[u8]) -> Vec<u8> {
+    let bb = ty.block_bytes();
+    let mut data: Vec<u8> = (0..blocks * bb)
+        .map(|i| {
+            seed[i % seed.len()]
+                .wrapping_mul(31)
+                .wrapping_add((i * 7 + i / 13) as u8)
+        })
+        .collect();
+    for (b, blk) in data.chunks_exact_mut(bb).enumerate() {
+        for (j, &at) in f16_fields(ty).iter().enumerate() {
+            let s = seed[(b + j) % seed.len()];
+            let v = (1.0 + f32::from(s % 16) / 16.0) * 2f32.powi(-2 - i32::from(s % 9));
+            let v = if s & 0x80 != 0 { -v } else { v };
+            blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+        }
+    }
+    data
+}
+
+/// `x · Wᵀ` in f64 from candle's dequantised weights, and a bound on the error
+/// that quantizing the activations to 8 bits may add.
+fn reference(
+    dtype: GgmlDType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let storage = QStorage::from_data(Cow::Borrowed(data), &Device::Cpu, dtype).unwrap();
+    let qt = QTensor::new(storage, (rows, cols)).unwrap();
+    let w: Vec<f32> = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut out = vec![0f64; m * rows];
+    let mut bound = vec![0f64; m * rows];
+    for t in 0..m {
+        let xr = &x[t * cols..(t + 1) * cols];
+        let steps: Vec<f64> = xr
+            .chunks(QK)
+            .map(|b| f64::from(BlockQ8::quantize(b).d))
+            .collect();
+        for r in 0..rows {
+            let wr = &w[r * cols..(r + 1) * cols];
+            let (mut s, mut e, mut mag) = (0f64, 0f64, 0f64);
+            for (i, (&a, &b)) in wr.iter().zip(xr).enumerate() {
+                s += f64::from(a) * f64::from(b);
+                e += f64::from(a).abs() * steps[i / QK] * 0.5;
+                mag += (f64::from(a) * f64::from(b)).abs();
+            }
+            out[t * rows + r] = s;
+            bound[t * rows + r] = e * 1.001 + mag * 1e-5 + 1e-6;
+        }
+    }
+    (out, bound)
+}
+
+fn check(dtype: GgmlDType, rows: usize, blocks_per_row: usize, m: usize, seed: &[u8], xs: &[f32]) {
+    let ty = WeightType::from_ggml(dtype).unwrap();
+    let cols = blocks_per_row * ty.block_values();
+    let data = random_blocks(ty, rows * blocks_per_row, seed);
+    let x: Vec<f32> = (0..m * cols)
+        .map(|i| xs[i % xs.len()] * (1.0 + (i % 5) as f32))
+        .collect();
+    let (want, bound) = reference(dtype, &data, rows, cols, &x, m);
+    let w = QWeight::new(dtype, rows, cols, data).unwrap();
+    let best = w.matmul(&x, m, Isa::Best).unwrap();
+    let portable = w.matmul(&x, m, Isa::Portable).unwrap();
+    for i in 0..m * rows {
+        for (name, got) in [("best", best[i]), ("portable", portable[i])] {
+            let err = (f64::from(got) - want[i]).abs();
+            assert!(
+                err <= bound[i],
+                "{dtype:?} {name} {rows}x{cols} m={m} [{i}]: {got} vs {} (bound {})",
+                want[i],
+                bound[i]
+            );
+        }
+        let tol = 1e-4 * (f64::from(portable[i]).abs() + bound[i]) + 1e-5;
+        assert!((f64::from(best[i]) - f64::from(portable[i])).abs() <= tol);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn kernels_match_dequantised_reference(
+        ty in 0..TYPES.len(),
+        rows in 1usize..40,
+        blocks in 1usize..5,
+        m in 1usize..18,
+        seed in proptest::collection::vec(any::<u8>(), 1..64),
+        xs in proptest::collection::vec(-4.0f32..4.0, 1..97),
+    ) {
+        let dtype = TYPES[ty];
+        let blocks = if WeightType::from_ggml(dtype).unwrap().block_values() == 32 { blocks * 3 } else { blocks };
+        check(dtype, rows, blocks, m, &seed, &xs);
+    }
+}
+
+#[test]
+fn every_type_at_fixed_shapes() {
+    let seed: Vec<u8> = (0..61).map(|i| (i * 37 + 11) as u8).collect();
+    let xs: Vec<f32> = (0..89)
+        .map(|i| ((i * 29 % 89) as f32 - 44.0) / 11.0)
+        .collect();
+    for dtype in TYPES {
+        for (rows, m) in [(1, 1), (7, 3), (33, 17), (64, 8)] {
+            check(dtype, rows, 2, m, &seed, &xs);
+        }
+    }
+}
+
+#[test]
+fn extreme_q8_weights_do_not_overflow() {
+    // -128 weights against +-127 activations: the largest pair sums vpmaddubsw sees.
+    let mut blk = vec![0u8; 34];
+    blk[..2].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+    for (i, b) in blk[2..].iter_mut().enumerate() {
+        *b = if i % 3 == 0 { 0x80 } else { 0x7F };
+    }
+    let x: Vec<f32> = (0..32)
+        .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let (want, bound) = reference(GgmlDType::Q8_0, &blk, 1, 32, &x, 1);
+    let w = QWeight::new(GgmlDType::Q8_0, 1, 32, blk).unwrap();
+    for isa in [Isa::Best, Isa::Portable] {
+        let got = w.matmul(&x, 1, isa).unwrap();
+        assert!(
+            (f64::from(got[0]) - want[0]).abs() <= bound[0],
+            "{got:?} vs {want:?}"
+        );
+    }
+}
+
+#[test]
+fn refuses_shapes_it_cannot_serve() {
+    assert!(QWeight::new(GgmlDType::Q4K, 1, 32, vec![0; 144]).is_err());
+    assert!(QWeight::new(GgmlDType::Q8_0, 2, 32, vec![0; 34]).is_err());
+    assert!(QWeight::new(GgmlDType::F32, 1, 32, vec![0; 128]).is_err());
+    let w = QWeight::new(GgmlDType::Q8_0, 1, 32, vec![0; 34]).unwrap();
+    assert!(w.matmul(&[0.0; 31], 1, Isa::Best).is_err());
+}
