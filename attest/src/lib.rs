@@ -13,10 +13,12 @@
 //! - [`policy`]: what a verifier accepts (measurements, debug, TCB, freshness).
 //! - [`verdict`]: the outcome of a verification, check by check.
 //! - [`input`]: reading vendor files given as raw bytes, hex text, PEM or DER.
+//! - [`collateral`]: naming, assembling and dating Intel and AMD collateral (no I/O).
 
 pub mod binding;
 pub mod bond;
 mod canon;
+pub mod collateral;
 mod error;
 pub mod evidence;
 pub mod input;

@@ -26,6 +26,10 @@ pub struct Policy {
     pub sev_snp: SnpPolicy,
     /// NVIDIA GPU confidential computing.
     pub nvidia: NvidiaPolicy,
+    /// Oldest evidence accepted, seconds between the time the provider says it made
+    /// its evidence and the verification (0: not checked). Enforced by the gateway,
+    /// which knows the document's `issued_at`.
+    pub max_evidence_age_secs: u64,
 }
 
 impl Default for Policy {
@@ -36,6 +40,7 @@ impl Default for Policy {
             tdx: TdxPolicy::default(),
             sev_snp: SnpPolicy::default(),
             nvidia: NvidiaPolicy::default(),
+            max_evidence_age_secs: 0,
         }
     }
 }
@@ -86,6 +91,9 @@ pub struct SnpPolicy {
     pub max_vmpl: u32,
     /// Accept guests whose policy allows a migration agent.
     pub allow_migration_agent: bool,
+    /// TCB statuses accepted: `UpToDate` when the current, committed and launch TCBs
+    /// all equal the reported one, else `OutOfDate` (dstack's reading). Empty: any.
+    pub accepted_tcb_status: Vec<String>,
 }
 
 /// An SEV-SNP TCB version, component by component.
@@ -113,6 +121,12 @@ pub struct NvidiaPolicy {
     pub driver_versions: Vec<String>,
     /// Allowed VBIOS versions, e.g. `"96.00.9f.00.01"`; empty means any.
     pub vbios_versions: Vec<String>,
+    /// Lowest driver version accepted, compared field by field as numbers (e.g.
+    /// `"550.90.07"`); empty means any.
+    pub min_driver_version: String,
+    /// Lowest VBIOS version accepted, compared field by field as hex numbers (e.g.
+    /// `"96.00.9f.00.01"`); empty means any.
+    pub min_vbios_version: String,
 }
 
 impl Policy {
@@ -147,6 +161,39 @@ impl Policy {
                 check_hex(name, v, 48)?;
             }
         }
+        for (name, v, radix) in [
+            (
+                "nvidia.min_driver_version",
+                &self.nvidia.min_driver_version,
+                10,
+            ),
+            (
+                "nvidia.min_vbios_version",
+                &self.nvidia.min_vbios_version,
+                16,
+            ),
+        ] {
+            if !v.is_empty() && version_fields(v, radix).is_none() {
+                return Err(Error::Policy(format!(
+                    "{name}: {v:?} is not a dotted version"
+                )));
+            }
+        }
+        for s in &self.sev_snp.accepted_tcb_status {
+            if s != "UpToDate" && s != "OutOfDate" {
+                return Err(Error::Policy(format!(
+                    "sev_snp.accepted_tcb_status: {s:?} is not UpToDate or OutOfDate"
+                )));
+            }
+        }
+        for s in &self.tdx.accepted_tcb_status {
+            if !INTEL_TCB_STATUSES.contains(&s.as_str()) {
+                return Err(Error::Policy(format!(
+                    "tdx.accepted_tcb_status: {s:?} is not one of {}",
+                    INTEL_TCB_STATUSES.join(", ")
+                )));
+            }
+        }
         for (index, v) in &self.nvidia.measurements {
             if index.parse::<u8>().is_err() {
                 return Err(Error::Policy(format!(
@@ -157,6 +204,44 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// Intel's TCB statuses.
+pub const INTEL_TCB_STATUSES: [&str; 7] = [
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+];
+
+/// The fields of a dotted version (`550.90.07`, `96.00.9f.00.01`) as numbers in
+/// `radix`; `None` when a field is not a number or there are more than 8.
+pub fn version_fields(v: &str, radix: u32) -> Option<Vec<u64>> {
+    let fields: Vec<&str> = v.trim().split('.').collect();
+    if fields.len() > 8 {
+        return None;
+    }
+    fields
+        .iter()
+        .map(|f| u64::from_str_radix(f, radix).ok())
+        .collect()
+}
+
+/// Whether `found` is at least `min` (dotted versions in `radix`; a missing field
+/// counts as 0). An unreadable `found` is not.
+pub fn version_at_least(found: &str, min: &str, radix: u32) -> bool {
+    let (Some(f), Some(m)) = (version_fields(found, radix), version_fields(min, radix)) else {
+        return false;
+    };
+    let len = f.len().max(m.len());
+    let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+    (0..len)
+        .map(|i| at(&f, i).cmp(&at(&m, i)))
+        .find(|o| o.is_ne())
+        .is_none_or(|o| o.is_gt())
 }
 
 fn check_hex(name: &str, value: &str, len: usize) -> Result<(), Error> {

@@ -268,6 +268,22 @@ fn check_policy(v: &mut Verdict, spdm: &SpdmReport, ctx: &VerifyContext<'_>) {
         let ok = policy.driver_versions.iter().any(|d| d == &driver);
         v.check("driver-version", ok, format!("driver {driver}"));
     }
+    if !policy.min_driver_version.is_empty() {
+        let ok = crate::policy::version_at_least(&driver, &policy.min_driver_version, 10);
+        v.check(
+            "min-driver-version",
+            ok,
+            format!("driver {driver} (minimum {})", policy.min_driver_version),
+        );
+    }
+    if !policy.min_vbios_version.is_empty() {
+        let ok = crate::policy::version_at_least(&vbios, &policy.min_vbios_version, 16);
+        v.check(
+            "min-vbios-version",
+            ok,
+            format!("VBIOS {vbios} (minimum {})", policy.min_vbios_version),
+        );
+    }
     if !policy.vbios_versions.is_empty() {
         let ok = policy
             .vbios_versions

@@ -144,6 +144,45 @@ pub fn verify(
     v.finish()
 }
 
+/// What identifies the VCEK that signed a report: the chip, the reported TCB and
+/// the CPU generations it may be (AMD's KDS names them `Milan`, `Genoa`, `Turin`),
+/// for fetching the VCEK from the KDS (see [`crate::collateral::amd`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcekIdentity {
+    /// The report's chip ID (Turin's hwID is its first 8 bytes).
+    pub chip_id: [u8; 64],
+    /// Reported TCB: bootloader, TEE, SNP, microcode SVNs, and FMC from Turin on.
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+    pub fmc: Option<u8>,
+    /// Candidate KDS product names, most likely first.
+    pub products: Vec<&'static str>,
+}
+
+/// Reads the [`VcekIdentity`] of a raw report. Never panics.
+pub fn vcek_identity(report: &[u8]) -> Result<VcekIdentity, String> {
+    let parsed = Report::parse(report)?;
+    let t = parsed.reported_tcb;
+    let (family, model) = (report.get(0x188).copied(), report.get(0x189).copied());
+    let products = match (parsed.version, family, model, t.fmc) {
+        (_, _, _, Some(_)) => vec!["Turin"],
+        (3.., Some(0x19), Some(0x00..=0x0f), _) => vec!["Milan"],
+        (3.., Some(0x19), Some(_), _) => vec!["Genoa"],
+        _ => vec!["Milan", "Genoa"],
+    };
+    Ok(VcekIdentity {
+        chip_id: parsed.chip_id,
+        bootloader: t.bootloader,
+        tee: t.tee,
+        snp: t.snp,
+        microcode: t.microcode,
+        fmc: t.fmc,
+        products,
+    })
+}
+
 /// Chain VCEK → ASK → ARK, ARK pinned, all valid at `now`.
 fn check_chain(vcek: &Cert, given: &[Vec<u8>], now: u64) -> Result<String, String> {
     let given: Vec<Cert> = given
@@ -271,10 +310,18 @@ fn check_policy(v: &mut Verdict, report: &Report, ctx: &VerifyContext<'_>) {
     let up_to_date = [report.current_tcb, report.committed_tcb, report.launch_tcb]
         .iter()
         .all(|t| *t == report.reported_tcb);
-    v.claim(
-        "tcb_status",
-        if up_to_date { "UpToDate" } else { "OutOfDate" },
-    );
+    let status = if up_to_date { "UpToDate" } else { "OutOfDate" };
+    v.claim("tcb_status", status);
+    if !p.accepted_tcb_status.is_empty() {
+        v.check(
+            "tcb-status",
+            p.accepted_tcb_status.iter().any(|s| s == status),
+            format!(
+                "TCB status {status} (accepted: {})",
+                p.accepted_tcb_status.join(", ")
+            ),
+        );
+    }
     v.check(
         "debug",
         !debug || ctx.policy.allow_debug,
