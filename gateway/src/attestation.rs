@@ -7,8 +7,11 @@
 //!   gateway's nonce (`tenzro_attest::binding::report_data`) and must equal both the
 //!   document's `report_data` and the report data inside the evidence.
 //! - `none` evidence bound correctly is untrusted but not a fault; TDX evidence is
-//!   checked without Intel collateral (the gateway does not fetch it yet), so it is
-//!   refused on `collateral`, also without a slash.
+//!   checked with Intel collateral from [`crate::collateral`] (a PCCS/PCS, or files
+//!   in the collateral directory) and SEV-SNP with the VCEK from AMD's KDS when one
+//!   is configured; collateral that cannot be had refuses the verdict with the
+//!   reason (`collateral: ...`), without a slash. A TDX verdict lasts no longer
+//!   than its collateral's `nextUpdate`.
 //! - A fault the provider is answerable for (wrong key, wrong binding or nonce,
 //!   weight digests differing from the registered ones, evidence whose `binding`,
 //!   `nonce`, `signature` or `parse` check fails) is *slashable*: the registry
@@ -40,6 +43,7 @@ use tenzro_attest::{Evidence, Policy, PublicKey, TeeKind};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::collateral::{CollateralStore, Found};
 use crate::registry::{ModelEntry, Registry};
 
 /// The slash for a failed verification: 10% of the stake, in ppm.
@@ -126,7 +130,7 @@ fn parse_digest(text: &str) -> Option<[u8; 32]> {
 
 /// Checks a document against the registration: `key`, the declared TEE kind, the
 /// registered `models` (their `weight_sha256`) and the gateway's `nonce`; `now` in
-/// unix seconds from the gateway's clock.
+/// unix seconds from the gateway's clock. No collateral: TDX is refused on it.
 pub fn check(
     doc: &AttestationDocument,
     key: &PublicKey,
@@ -135,6 +139,33 @@ pub fn check(
     nonce: &[u8],
     policy: &Policy,
     now: u64,
+) -> AttestationVerdict {
+    check_with(
+        doc,
+        key,
+        declared_tee,
+        models,
+        nonce,
+        policy,
+        now,
+        &Found::Nothing,
+    )
+}
+
+/// [`check`] with the collateral the gateway found for the evidence
+/// ([`crate::collateral`]): Intel's for TDX (the verdict then lasts no longer than
+/// the collateral), AMD's VCEK and chain for SEV-SNP, or why it is missing (a
+/// refusal, not a slash). Also applies `max_evidence_age_secs` to `issued_at`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_with(
+    doc: &AttestationDocument,
+    key: &PublicKey,
+    declared_tee: &str,
+    models: &[ModelEntry],
+    nonce: &[u8],
+    policy: &Policy,
+    now: u64,
+    found: &Found,
 ) -> AttestationVerdict {
     let mut reasons = Vec::new();
     let mut slashable = false;
@@ -191,13 +222,38 @@ pub fn check(
             doc.tee_kind, doc.evidence.kind
         ));
     }
+    let max_age = policy.max_evidence_age_secs;
+    if max_age > 0 && (doc.issued_at > now || now - doc.issued_at > max_age) {
+        reasons.push(format!(
+            "max_evidence_age_secs: the evidence was issued at {} and is verified at {now} (at most {max_age} s old, not from the future)",
+            doc.issued_at
+        ));
+    }
+    let (tdx_collateral, snp_certs, mut expires_at) = match found {
+        Found::Tdx {
+            collateral,
+            next_update,
+        } => (Some(collateral.as_ref()), None, *next_update),
+        Found::Snp { vcek, chain } => (None, Some((vcek, chain)), u64::MAX),
+        Found::Missing(reason) => {
+            reasons.push(format!("collateral: {reason}"));
+            (None, None, u64::MAX)
+        }
+        Found::Nothing => (None, None, u64::MAX),
+    };
+    expires_at = expires_at.min(now.saturating_add(policy.freshness_secs));
     let ctx = VerifyContext {
         now,
         policy,
         report_data: Some(expected),
-        tdx_collateral: None,
+        tdx_collateral,
     };
-    let v = evidence::verify(&doc.evidence, &ctx);
+    let v = match snp_certs {
+        Some((vcek, chain)) if doc.evidence.kind == TeeKind::SevSnp => {
+            evidence::sev_snp::verify(&doc.evidence.report, vcek, Some(chain.as_slice()), &ctx)
+        }
+        _ => evidence::verify(&doc.evidence, &ctx),
+    };
     if v.checks
         .iter()
         .any(|c| !c.ok && SLASHABLE_CHECKS.contains(&c.name.as_str()))
@@ -211,7 +267,7 @@ pub fn check(
         tee_kind: kind,
         reasons,
         verified_at: now,
-        expires_at: now.saturating_add(policy.freshness_secs),
+        expires_at,
         slashable,
     }
 }
@@ -229,6 +285,9 @@ pub fn fresh_nonce() -> Result<[u8; NONCE_BYTES], String> {
 pub struct Verifier {
     client: reqwest::Client,
     permits: Arc<Semaphore>,
+    /// Where TEE collateral comes from; `None`: evidence is verified as it came
+    /// (TDX is then refused on `collateral`).
+    collateral: Option<Arc<CollateralStore>>,
 }
 
 impl Verifier {
@@ -247,7 +306,14 @@ impl Verifier {
         Ok(Verifier {
             client: b.build()?,
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            collateral: None,
         })
+    }
+
+    /// Verifies with collateral from `store` ([`crate::collateral`]).
+    pub fn with_collateral(mut self, store: Arc<CollateralStore>) -> Self {
+        self.collateral = Some(store);
+        self
     }
 }
 
@@ -327,14 +393,20 @@ pub async fn verify_provider(
         Ok(nonce) => match fetch(client, &entry.info.endpoint, &nonce).await {
             Ok(doc) => {
                 registry.mark_reached(&entry);
-                check(
+                let now = registry.unix_now();
+                let found = match &verifier.collateral {
+                    Some(store) => store.for_evidence(&doc.evidence, now).await,
+                    None => Found::Nothing,
+                };
+                check_with(
                     &doc,
                     &key,
                     &entry.info.tee,
                     &entry.info.models,
                     &nonce,
                     &registry.attest_policy,
-                    registry.unix_now(),
+                    now,
+                    &found,
                 )
             }
             Err(reason) => {

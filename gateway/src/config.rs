@@ -74,6 +74,8 @@ pub struct Config {
     pub identities: IdentitiesSection,
     pub receipts: ReceiptsSection,
     pub bonds: BondsSection,
+    /// TEE collateral sources and the attestation policy (`crate::policy`).
+    pub attestation: crate::policy::AttestationSection,
     pub providers: Vec<StaticProvider>,
 }
 
@@ -561,6 +563,7 @@ impl Config {
         {
             return bad("routing.weights must be non-negative numbers".into());
         }
+        self.attestation.validate().map_err(ConfigError::Invalid)?;
         self.rates()?;
         self.stakes()?;
         self.registration_bounds()?;
@@ -571,6 +574,11 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("provider {}: {e}", p.id)))?;
         }
         Ok(())
+    }
+
+    /// `[attestation.policy]` with the gateway's defaults.
+    pub fn attest_policy(&self) -> Result<tenzro_attest::Policy, ConfigError> {
+        self.attestation.policy().map_err(ConfigError::Invalid)
     }
 
     pub fn rates(&self) -> Result<Rates, ConfigError> {

@@ -13,6 +13,7 @@ pub mod attestation;
 pub mod bond_routes;
 pub mod breaker;
 pub mod clock;
+pub mod collateral;
 pub mod config;
 pub mod error;
 pub mod identity_routes;
@@ -21,6 +22,7 @@ pub mod metering;
 pub mod metrics;
 pub mod money;
 pub mod money_routes;
+pub mod policy;
 pub mod pricing;
 pub mod proxy;
 pub mod ratelimit;
@@ -104,7 +106,9 @@ pub async fn build(config: Config) -> Result<AppState, StartError> {
 /// Builds the gateway's state on a given clock (tests drive breakers by hand):
 /// opens the store and restores the book from it.
 pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppState, StartError> {
-    let registry = Arc::new(Registry::new(config.registry()?, clock));
+    let mut registry = Registry::new(config.registry()?, clock);
+    registry.attest_policy = config.attest_policy()?;
+    let registry = Arc::new(registry);
     for p in &config.providers {
         let info = ProviderInfo::from_registration(config.static_registration(p)?, true)
             .map_err(|e| StartError::Provider(p.id.clone(), e))?;
@@ -127,7 +131,10 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
             source,
         })?;
     tracing::info!(providers = restored, "registry restored from the store");
-    let verifier = attestation::Verifier::new(config.registration.allow_private_endpoints)?;
+    let collateral =
+        collateral::CollateralStore::new(&config.attestation, &config.server.data_dir)?;
+    let verifier = attestation::Verifier::new(config.registration.allow_private_endpoints)?
+        .with_collateral(Arc::new(collateral));
     let book = Arc::new(Book::new(config.book()?));
     book.load_pools(&snap.pools, &snap.earnings)?;
     let bonds = store.bonds().await.map_err(|source| StartError::Store {

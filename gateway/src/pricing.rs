@@ -182,6 +182,14 @@ pub fn tee_ppm(tee: bool) -> u64 {
     if tee { PPM + PPM / 5 } else { PPM }
 }
 
+/// Whether the TEE premium is charged: only when the request asks for a TEE (or the
+/// model requires one) *and* the serving provider's verdict is trusted and fresh. A
+/// provider that declares a TEE without such a verdict is priced as non-TEE, and one
+/// with a verdict serving a request that did not ask for a TEE charges no premium.
+pub fn tee_applies(asked: bool, verified_fresh: bool) -> bool {
+    asked && verified_fresh
+}
+
 /// Exchange rates: how many of an asset one TNZO buys, fixed point 10^18.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rates(BTreeMap<Asset, u128>);

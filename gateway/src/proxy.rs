@@ -264,7 +264,9 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     check_scope(key, &req)?;
     let rates = &state.rates;
-    let pool = state.registry.candidates(&req.model, key.asset, rates);
+    let pool = state
+        .registry
+        .candidates_for(&req.model, key.asset, rates, req.ext.tee);
     if !pool.iter().any(|(_, c, _)| c.serves_model) {
         return Err(ApiError::ModelNotFound(req.model.clone()));
     }

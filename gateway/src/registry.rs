@@ -329,19 +329,31 @@ impl ProviderEntry {
         status(cfg, s.banned, ok, failed, age)
     }
 
-    /// The price quote for a request on `model` right now.
+    /// The price quote for a request on `model` right now, without the TEE premium.
     pub fn quote(
         &self,
         model: &ModelEntry,
         asset: Asset,
         rates: &Rates,
     ) -> Result<Quote, pricing::PricingError> {
+        self.quote_tee(model, asset, rates, false)
+    }
+
+    /// The price quote with the TEE premium when `tee` (see
+    /// [`pricing::tee_applies`]: asked for, and the verdict is trusted and fresh).
+    pub fn quote_tee(
+        &self,
+        model: &ModelEntry,
+        asset: Asset,
+        rates: &Rates,
+        tee: bool,
+    ) -> Result<Quote, pricing::PricingError> {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         Ok(Quote::new(
             model.price,
             pricing::complexity_ppm(model.info.parameters),
             pricing::congestion_ppm(in_flight, self.info.max_concurrency),
-            pricing::tee_ppm(self.info.has_tee()),
+            pricing::tee_ppm(tee),
             asset,
             rates.get(asset)?,
         ))
@@ -777,13 +789,36 @@ impl Registry {
             .unwrap_or(Status::Inactive)
     }
 
-    /// Routing candidates for `model`, one per provider (`serves_model` false for
-    /// those that do not serve it), priced in `asset`.
+    /// Routing candidates for `model` for a request that does not ask for a TEE.
     pub fn candidates(
         &self,
         model: &str,
         asset: Asset,
         rates: &Rates,
+    ) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
+        self.candidates_for(model, asset, rates, false)
+    }
+
+    /// Whether `entry`'s stored verdict is trusted and fresh now (what TEE routing
+    /// and the TEE premium follow; a declared TEE kind alone counts for nothing).
+    pub fn tee_verified(&self, entry: &ProviderEntry) -> bool {
+        let unix = self.unix_now();
+        entry
+            .with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)))
+            .unwrap_or(false)
+    }
+
+    /// Routing candidates for `model`, one per provider (`serves_model` false for
+    /// those that do not serve it), priced in `asset`; `tee_requested`: the request
+    /// asks for a TEE. The TEE premium is in a candidate's quote only when the
+    /// request asks for a TEE or the provider registered the model `tee_required`,
+    /// and the provider's verdict is trusted and fresh ([`pricing::tee_applies`]).
+    pub fn candidates_for(
+        &self,
+        model: &str,
+        asset: Asset,
+        rates: &Rates,
+        tee_requested: bool,
     ) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
         let now = self.clock.now();
         let unix = self.unix_now();
@@ -791,7 +826,12 @@ impl Registry {
             .into_iter()
             .map(|e| {
                 let m = e.info.model(model);
-                let quote = m.and_then(|m| e.quote(m, asset, rates).ok());
+                let tee_required = m.is_some_and(|m| m.info.tee_required);
+                let fresh = e
+                    .with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)))
+                    .unwrap_or(false);
+                let premium = pricing::tee_applies(tee_requested || tee_required, fresh);
+                let quote = m.and_then(|m| e.quote_tee(m, asset, rates, premium).ok());
                 let (status, admits, latency, ok, total, verified, reached) = e
                     .with_state(|s| {
                         (
@@ -817,6 +857,7 @@ impl Registry {
                     breaker_admits: admits,
                     // Only evidence verified by the gateway counts, never the declaration.
                     tee: verified,
+                    tee_required,
                     stake: self.stake_of(&e),
                     price: quote
                         .map(|q| {

@@ -434,7 +434,7 @@ async fn models(
     {
         return Err(ApiError::Forbidden("this key may not list models".into()));
     }
-    let mut cards: std::collections::BTreeMap<String, (ModelCard, u128, u64, bool)> =
+    let mut cards: std::collections::BTreeMap<String, (ModelCard, u128, u64, Option<u128>)> =
         Default::default();
     for p in state.registry.all() {
         if !state.registry.routable(&p) {
@@ -460,21 +460,40 @@ async fn models(
                     owned_by: "tenzro".into(),
                     meta,
                 };
-                (card, m.price, 0, false)
+                (card, m.price, 0, None)
             });
             entry.1 = entry.1.min(m.price);
             entry.2 += 1;
-            entry.3 |= p.info.has_tee();
+            // Only a verdict the gateway holds (trusted, fresh) makes a TEE
+            // available; the lowest base price among those providers.
+            if state.registry.tee_verified(&p) {
+                entry.3 = Some(entry.3.map_or(m.price, |t: u128| t.min(m.price)));
+            }
         }
     }
+    let tee = |base: u128| {
+        crate::pricing::mul_div_floor(
+            base,
+            u128::from(crate::pricing::tee_ppm(true)),
+            u128::from(crate::pricing::PPM),
+        )
+        .unwrap_or(u128::MAX)
+    };
     let data = cards
         .into_values()
-        .map(|(mut card, price, n, tee)| {
+        .map(|(mut card, price, n, tee_base)| {
             card.meta
                 .insert("min_price_per_token".into(), price.to_string().into());
+            // Both prices: without a TEE, and with one (base × 1.2, charged only
+            // when the request asks for a TEE and a verified provider serves it).
+            card.meta.insert(
+                "min_tee_price_per_token".into(),
+                tee_base.map(|b| tee(b).to_string()).into(),
+            );
             card.meta.insert("price_asset".into(), "TNZO".into());
             card.meta.insert("providers".into(), n.into());
-            card.meta.insert("tee_available".into(), tee.into());
+            card.meta
+                .insert("tee_available".into(), tee_base.is_some().into());
             card
         })
         .collect();

@@ -30,6 +30,9 @@ pub struct Candidate {
     /// The provider's TEE evidence was verified by the gateway and is still fresh (a
     /// declared TEE kind alone does not set this).
     pub tee: bool,
+    /// The provider registered this model with `tee_required`: it is routed only
+    /// while `tee` holds, whether or not the request asks for a TEE.
+    pub tee_required: bool,
     pub stake: u128,
     /// Effective price per token for comparison: base price × multipliers, in
     /// 10^-12 base units.
@@ -230,7 +233,9 @@ pub fn route(
         (Filter::Status, &|c| c.status.routable()),
         (Filter::Reachable, &|c| c.reachable),
         (Filter::Breaker, &|c| c.breaker_admits),
-        (Filter::Tee, &|c| c.tee || !req.tee_required),
+        (Filter::Tee, &|c| {
+            c.tee || !(req.tee_required || c.tee_required)
+        }),
         (Filter::Unbonding, &|c| !c.unbonding),
         (Filter::Stake, &|c| {
             c.stake >= stakes.for_category(c.category)
