@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod attestation;
+pub mod audit_stat;
 pub mod bond_routes;
 pub mod breaker;
 pub mod clock;
