@@ -24,7 +24,7 @@ use crate::llama::{Layer, Llama, LlamaShape, RmsNorm, RopeLayout};
 /// The fields of `config.json` the loader uses (others are ignored).
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
-    /// `llama` or `qwen2`.
+    /// One of [`crate::arch::HF_MODEL_TYPES`].
     pub model_type: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -53,6 +53,9 @@ pub struct HfConfig {
     pub bos_token_id: Option<TokenIds>,
     #[serde(default)]
     pub eos_token_id: Option<TokenIds>,
+    /// The other families' fields (gemma's soft-caps, windows...).
+    #[serde(flatten)]
+    pub arch: crate::arch::HfArchFields,
 }
 
 fn default_rope_theta() -> f32 {
@@ -90,16 +93,13 @@ impl HfConfig {
     }
 
     fn check(&self) -> Result<(), String> {
-        if !matches!(self.model_type.as_str(), "llama" | "qwen2") {
-            return Err(format!(
-                "model_type `{}` is not supported yet (llama and qwen2 only)",
-                self.model_type
-            ));
+        let family = crate::arch::Family::from_model_type(&self.model_type)?;
+        self.arch_options()?;
+        if self.arch.attention_bias == Some(true) && family != crate::arch::Family::Qwen2 {
+            return Err("attention_bias = true is not supported".into());
         }
-        if let Some(act) = self.hidden_act.as_deref()
-            && act != "silu"
-        {
-            return Err(format!("hidden_act `{act}` is not supported (silu only)"));
+        if self.arch.partial_rotary_factor.is_some_and(|f| f != 1.0) {
+            return Err("partial_rotary_factor other than 1 is not supported yet".into());
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err("rope_scaling is not supported yet".into());
@@ -117,6 +117,22 @@ impl HfConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The family `model_type` names (checked by [`HfConfig::read`]).
+    pub fn family(&self) -> crate::arch::Family {
+        crate::arch::Family::from_model_type(&self.model_type).unwrap_or(crate::arch::Family::Llama)
+    }
+
+    /// The family's forward-pass options from this config.
+    pub fn arch_options(&self) -> Result<crate::arch::Arch, String> {
+        crate::arch::Arch::from_hf(
+            crate::arch::Family::from_model_type(&self.model_type)?,
+            &self.arch,
+            self.hidden_act.as_deref(),
+            self.hidden_size,
+            self.num_hidden_layers,
+        )
     }
 
     fn head_dim(&self) -> usize {
@@ -158,6 +174,14 @@ impl HfConfig {
                     "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
                     "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![f, h],
                     "mlp.down_proj.weight" => vec![h, f],
+                    "self_attn.q_norm.weight" | "self_attn.k_norm.weight" => {
+                        vec![self.head_dim()]
+                    }
+                    "pre_feedforward_layernorm.weight" | "post_feedforward_layernorm.weight" => {
+                        vec![h]
+                    }
+                    "self_attn.qkv_proj.weight" => vec![q + 2 * kv, h],
+                    "mlp.gate_up_proj.weight" => vec![2 * f, h],
                     "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
                     _ => return None,
                 }
@@ -217,10 +241,18 @@ pub fn load_llama(
                     ),
                 ));
             }
-            if name.ends_with("_proj.weight") || name == "lm_head.weight" {
-                weights.matrices.insert(name, matmul(tensor, quantize)?);
-            } else {
-                weights.vectors.insert(name, tensor);
+            let (q_rows, kv_rows) = (
+                config.num_attention_heads * config.head_dim(),
+                config.n_kv_head() * config.head_dim(),
+            );
+            for (name, tensor) in
+                crate::arch::hf_tensors(config.family(), name, tensor, q_rows, kv_rows)?
+            {
+                if name.ends_with("_proj.weight") || name == "lm_head.weight" {
+                    weights.matrices.insert(name, matmul(tensor, quantize)?);
+                } else {
+                    weights.vectors.insert(name, tensor);
+                }
             }
         }
     }
@@ -274,7 +306,7 @@ pub fn load_llama(
                 .ok_or_else(|| missing(&format!("{p}{n}")))
         };
         let attn_norm = RmsNorm::new(vec("input_layernorm.weight")?, eps)?;
-        let ffn_norm = RmsNorm::new(vec("post_attention_layernorm.weight")?, eps)?;
+        let (ffn_norm, extra) = crate::arch::hf_layer_norms(config.family(), eps, &mut vec)?;
         let qkv_bias = if config.model_type == "qwen2" {
             Some([
                 vec("self_attn.q_proj.bias")?,
@@ -295,16 +327,13 @@ pub fn load_llama(
             gate,
             down,
             up,
+            extra,
         });
     }
-    Ok(Llama::from_parts(
-        &config.shape(),
-        embed,
-        layers,
-        norm,
-        output,
-        device,
-    )?)
+    let arch = config
+        .arch_options()
+        .map_err(|m| ModelError::format(dir, m))?;
+    Ok(Llama::from_parts(&config.shape(), embed, layers, norm, output, device)?.with_arch(arch)?)
 }
 
 /// Tensors as read, split by how the model uses them.

@@ -8,6 +8,8 @@
 pub mod api;
 
 #[cfg(feature = "engine")]
+pub mod arch;
+#[cfg(feature = "engine")]
 pub mod detok;
 #[cfg(feature = "download")]
 pub mod digest;

@@ -59,7 +59,7 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
@@ -77,6 +77,8 @@ pub(crate) struct Layer {
     pub(crate) gate: Linear,
     pub(crate) down: Linear,
     pub(crate) up: Linear,
+    /// What other families add to the block (see `arch`).
+    pub(crate) extra: crate::arch::LayerExtra,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,10 @@ pub struct Llama {
     head_dim: usize,
     rope: RopeLayout,
     device: Device,
+    /// The family's options (`arch`); llama's change nothing.
+    arch: crate::arch::Arch,
+    /// RoPE tables of the layers with `extra.local_rope` (gemma3's local layers).
+    local_rope: Option<(Tensor, Tensor)>,
 }
 
 /// One layer's keys and values for one sequence: buffers of `(kv_heads, capacity,
@@ -247,6 +253,7 @@ impl Llama {
                 gate: mm(layer("ffn_gate.weight")?)?,
                 down: mm(layer("ffn_down.weight")?)?,
                 up: mm(layer("ffn_up.weight")?)?,
+                extra: Default::default(),
             });
         }
         Self::from_parts(&shape, embed, layers, norm, mm(output)?, device)
@@ -279,7 +286,41 @@ impl Llama {
             head_dim: shape.head_dim,
             rope: shape.rope,
             device: device.clone(),
+            arch: crate::arch::Arch::llama(),
+            local_rope: None,
         })
+    }
+
+    /// Apply a family's options: scale the embedding table, mark each layer's
+    /// window and RoPE tables, build the local tables.
+    pub(crate) fn with_arch(mut self, arch: crate::arch::Arch) -> Result<Self> {
+        if let Some(scale) = arch.embed_scale {
+            let table = (self.embed.embeddings() * scale)?;
+            self.embed = Embedding::new(table, self.embed.hidden_size());
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.extra.window = arch.layer_window(i);
+            layer.extra.local_rope = arch.layer_local_rope(i);
+        }
+        if let Some(theta) = arch.local_rope_theta {
+            let dim = self.cos.dim(1)? * 2;
+            self.local_rope = Some(rope_tables(dim, theta, &self.device)?);
+        }
+        self.arch = arch;
+        Ok(self)
+    }
+
+    /// The family's options.
+    pub fn arch(&self) -> &crate::arch::Arch {
+        &self.arch
+    }
+
+    /// The prefill mask of windowed layers, when the model has any.
+    fn window_mask(&self, rows: usize, start: usize) -> Result<Option<Tensor>> {
+        match self.arch.window {
+            Some(w) => crate::arch::window_mask(rows, start, w, &self.device),
+            None => Ok(None),
+        }
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -305,17 +346,24 @@ impl Llama {
         let mask = (t > 1)
             .then(|| causal_mask(t, start, &self.device))
             .transpose()?;
+        let window_mask = self.window_mask(t, start)?;
         let mut x = self.embed.forward(&ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
             let (q, k, v) = self.qkv(layer, &h, &positions)?;
-            let att = self.attend(&mut cache.layers[li], &q, &k, &v, mask.as_ref())?;
-            x = (x + layer.wo.forward(&att)?)?;
+            let (m, w) = match layer.extra.window {
+                Some(w) => (window_mask.as_ref(), Some(w)),
+                None => (mask.as_ref(), None),
+            };
+            let att = self.attend(&mut cache.layers[li], &q, &k, &v, m, w)?;
+            x = (x + layer.extra.post_attn(layer.wo.forward(&att)?)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
         cache.len += t;
         let last = x.i(t - 1..t)?;
-        self.output.forward(&self.norm.forward(&last)?)?.squeeze(0)
+        self.arch
+            .logits(self.output.forward(&self.norm.forward(&last)?)?)?
+            .squeeze(0)
     }
 
     /// One token for each sequence, all in one batch; returns `(B, vocab)` logits.
@@ -338,17 +386,19 @@ impl Llama {
             // (n_head, B, head_dim): row i of the batch is sequence i's query.
             let (q, k, v) = self.qkv(layer, &h, &positions)?;
             let att = if b == 1 {
-                self.attend(&mut caches[0].layers[li], &q, &k, &v, None)?
+                let w = layer.extra.window;
+                self.attend(&mut caches[0].layers[li], &q, &k, &v, None, w)?
             } else {
-                self.attend_batch(caches, li, &q, &k, &v)?
+                self.attend_batch(caches, li, &q, &k, &v, layer.extra.window)?
             };
-            x = (x + layer.wo.forward(&att)?)?;
+            x = (x + layer.extra.post_attn(layer.wo.forward(&att)?)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
         for c in caches.iter_mut() {
             c.len += 1;
         }
-        self.output.forward(&self.norm.forward(&x)?)
+        self.arch
+            .logits(self.output.forward(&self.norm.forward(&x)?)?)
     }
 
     /// Project `h` (rows = tokens) to rotated queries and keys and values, each
@@ -361,8 +411,12 @@ impl Llama {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let rows = positions.len();
         let pos = Tensor::new(positions, &self.device)?;
-        let cos = self.cos.index_select(&pos, 0)?;
-        let sin = self.sin.index_select(&pos, 0)?;
+        let (cos, sin) = match (&self.local_rope, layer.extra.local_rope) {
+            (Some((cos, sin)), true) => (cos, sin),
+            _ => (&self.cos, &self.sin),
+        };
+        let cos = cos.index_select(&pos, 0)?;
+        let sin = sin.index_select(&pos, 0)?;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             t.reshape((rows, n, self.head_dim))?
                 .transpose(0, 1)?
@@ -386,8 +440,8 @@ impl Llama {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let q = rotate(heads(q, self.n_head)?)?;
-        let k = rotate(heads(k, self.n_kv_head)?)?;
+        let q = rotate(layer.extra.norm_q(heads(q, self.n_head)?)?)?;
+        let k = rotate(layer.extra.norm_k(heads(k, self.n_kv_head)?)?)?;
         let v = heads(v, self.n_kv_head)?;
         Ok((q, k, v))
     }
@@ -401,18 +455,21 @@ impl Llama {
         k: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
+        window: Option<usize>,
     ) -> Result<Tensor> {
         let rows = q.dim(1)?;
         // (n_kv, len, head_dim) views of the cache, this step's rows included.
         let (k, v) = LayerCache::append(slot, k, v)?;
+        // A windowed layer reads only the keys some row's window reaches.
+        let (k, v, mask) = crate::arch::clip_window(k, v, mask, rows, window)?;
         // Grouped-query attention without copying the cache: the `rep` query heads
         // that share a key/value head become extra rows of one matmul against it.
         let rep = self.n_head / self.n_kv_head;
         let len = k.dim(1)?;
         let q = q.reshape((self.n_kv_head, rep * rows, self.head_dim))?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = self.arch.scores(q.matmul(&k.t()?)?, self.head_dim)?;
         let scores = scores.reshape((self.n_head, rows, len))?;
-        let scores = match mask {
+        let scores = match &mask {
             None => scores,
             Some(m) => scores.broadcast_add(m)?,
         };
@@ -437,6 +494,7 @@ impl Llama {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        window: Option<usize>,
     ) -> Result<Tensor> {
         let b = q.dim(1)?;
         let mut lens = Vec::with_capacity(b);
@@ -448,20 +506,26 @@ impl Llama {
             )?;
             lens.push(ki.dim(1)?);
         }
+        // A windowed layer reads only each sequence's last `window` keys.
+        let firsts: Vec<usize> = lens
+            .iter()
+            .map(|&l| crate::arch::window_span(l, 1, window).0)
+            .collect();
+        let lens: Vec<usize> = lens.iter().zip(&firsts).map(|(l, f)| l - f).collect();
         let max = lens.iter().copied().max().unwrap_or(0);
         let mut ks = Vec::with_capacity(b);
         let mut vs = Vec::with_capacity(b);
-        for (cache, &len) in caches.iter().zip(&lens) {
+        for ((cache, &len), &first) in caches.iter().zip(&lens).zip(&firsts) {
             let Some(c) = cache.layers[li].as_ref() else {
                 candle_core::bail!("kv cache slot vanished")
             };
             // Positions past `len` in the buffer are zeros (never written) and masked.
-            if c.capacity() >= max {
-                ks.push(c.k.narrow(1, 0, max)?);
-                vs.push(c.v.narrow(1, 0, max)?);
+            if c.capacity() >= first + max {
+                ks.push(c.k.narrow(1, first, max)?);
+                vs.push(c.v.narrow(1, first, max)?);
             } else {
-                ks.push(c.k.narrow(1, 0, len)?.pad_with_zeros(1, 0, max - len)?);
-                vs.push(c.v.narrow(1, 0, len)?.pad_with_zeros(1, 0, max - len)?);
+                ks.push(c.k.narrow(1, first, len)?.pad_with_zeros(1, 0, max - len)?);
+                vs.push(c.v.narrow(1, first, len)?.pad_with_zeros(1, 0, max - len)?);
             }
         }
         let k = Tensor::stack(&ks, 0)?; // (B, n_kv, max, head_dim)
@@ -471,7 +535,7 @@ impl Llama {
             q.transpose(0, 1)?
                 .contiguous()?
                 .reshape((b, self.n_kv_head, rep, self.head_dim))?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?; // (B, n_kv, rep, max)
+        let scores = self.arch.scores(q.matmul(&k.t()?)?, self.head_dim)?; // (B, n_kv, rep, max)
         let scores = if lens.iter().all(|&l| l == max) {
             scores
         } else {
@@ -487,8 +551,9 @@ impl Llama {
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = layer.ffn_norm.forward(x)?;
-        let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-        layer.down.forward(&(gate * layer.up.forward(&h)?)?)
+        let gate = self.arch.activation.apply(&layer.gate.forward(&h)?)?;
+        let out = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+        layer.extra.post_ffn(out)
     }
 }
 

@@ -82,10 +82,18 @@ impl Llm {
         let sha256 = digest::verify_file(&cfg.path, cfg.sha256.as_deref())?;
         let (content, mut file) = read_content(&cfg.path)?;
         let arch = md_string(&content, "general.architecture").unwrap_or_default();
-        if arch != "llama" {
+        let family = crate::arch::Family::from_gguf_architecture(&arch)
+            .map_err(|m| ModelError::format(&cfg.path, m))?;
+        // The GGUF tokenizer is built with SmolLM's pre-tokenizer; the other families'
+        // splitting rules differ, so they need their tokenizer.json.
+        let pre = md_string(&content, "tokenizer.ggml.pre").unwrap_or_default();
+        if family != crate::arch::Family::Llama && cfg.tokenizer_json.is_none() && pre != "smollm" {
             return Err(ModelError::format(
                 &cfg.path,
-                format!("architecture `{arch}` is not supported yet (llama family only)"),
+                format!(
+                    "a `{arch}` GGUF's tokenizer (pre-tokenizer `{pre}`) cannot be built from \
+                     its metadata yet; set the model's `tokenizer` to its tokenizer.json"
+                ),
             ));
         }
         let tokenizer = match &cfg.tokenizer_json {
@@ -108,18 +116,18 @@ impl Llm {
         let template = template_source
             .map(|src| ChatTemplate::new(src, bos_token, eos_token))
             .transpose()?;
-        let context_length = md_u32(&content, "llama.context_length")
+        let context_length = md_u32(&content, &format!("{arch}.context_length"))
             .map_or(2048, |c| c as usize)
             .min(MAX_SEQ_LEN);
 
         let weights = match cfg.requantize {
-            Requantize::None => Llama::from_gguf(&content, &mut file, device)?,
+            Requantize::None => crate::arch::gguf::load(&content, &mut file, device)?,
             Requantize::Q8_0 => {
                 let bytes = requantize_q4_1(&content, &mut file)?;
                 let mut cursor = Cursor::new(bytes);
                 let content =
                     Content::read(&mut cursor).map_err(|e| ModelError::format(&cfg.path, e))?;
-                Llama::from_gguf(&content, &mut cursor, device)?
+                crate::arch::gguf::load(&content, &mut cursor, device)?
             }
         };
         Ok(Llm {
