@@ -109,6 +109,37 @@ pub struct ChoicePeek<'a> {
 pub struct DeltaPeek<'a> {
     #[serde(default, borrow)]
     pub content: Option<Cow<'a, str>>,
+    /// A tool call's pieces: the provider sends its name, then its arguments, each
+    /// in a chunk of its own (one call per chunk).
+    #[serde(default, borrow)]
+    pub tool_calls: Option<Vec<ToolCallPeek<'a>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ToolCallPeek<'a> {
+    #[serde(default, borrow)]
+    pub function: Option<FunctionPeek<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FunctionPeek<'a> {
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub arguments: Option<Cow<'a, str>>,
+}
+
+impl DeltaPeek<'_> {
+    /// The text of the chunk's tool-call piece: its name, else its arguments. The
+    /// pieces of a choice, in order, spell each call's name then its arguments,
+    /// which is how the receipt counts them.
+    fn tool_piece(&self) -> Option<&str> {
+        let f = self.tool_calls.as_ref()?.first()?.function.as_ref()?;
+        f.name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or(f.arguments.as_deref())
+    }
 }
 
 impl ChoicePeek<'_> {
@@ -118,6 +149,7 @@ impl ChoicePeek<'_> {
             .as_ref()
             .and_then(|d| d.content.as_deref())
             .or(self.text.as_deref())
+            .or_else(|| self.delta.as_ref().and_then(DeltaPeek::tool_piece))
             .unwrap_or("")
     }
 
@@ -440,6 +472,24 @@ mod tests {
             panic!()
         };
         assert!(p.error.is_some());
+    }
+
+    #[test]
+    fn tool_call_pieces_are_text() {
+        let piece = |s: &str| match classify(Some(s.as_bytes())) {
+            Event::Chunk(p) => p
+                .choices
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(|c| c.piece().to_owned()),
+            _ => None,
+        };
+        let head = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1",
+            "type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#;
+        let args = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,
+            "function":{"arguments":"{\"city\": \"Paris\"}"}}]}}]}"#;
+        assert_eq!(piece(head).as_deref(), Some("get_weather"));
+        assert_eq!(piece(args).as_deref(), Some(r#"{"city": "Paris"}"#));
     }
 
     fn bounds(prompt: u64, choices: u64, max_new: u64) -> Bounds {

@@ -272,6 +272,35 @@ struct ChoicePeek {
 struct MessagePeek {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallPeek>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallPeek {
+    #[serde(default)]
+    function: FunctionPeek,
+}
+
+#[derive(Deserialize, Default)]
+struct FunctionPeek {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+impl MessagePeek {
+    /// The message's text as the receipt signs it: the content, then each tool
+    /// call's name and arguments.
+    fn text(&self) -> String {
+        let mut t = self.content.clone().unwrap_or_default();
+        for c in &self.tool_calls {
+            t.push_str(&c.function.name);
+            t.push_str(&c.function.arguments);
+        }
+        t
+    }
 }
 
 #[derive(Deserialize)]
@@ -312,15 +341,13 @@ pub fn read_whole(body: &[u8]) -> Option<Whole> {
     let receipt = p.tenzro.and_then(|t| t.receipt);
     let (text_bytes, response_sha256) = if p.data.is_empty() {
         p.choices.sort_by_key(|c| c.index);
-        let texts: Vec<&str> = p
+        let texts: Vec<String> = p
             .choices
             .iter()
-            .map(|c| {
-                c.message
-                    .as_ref()
-                    .and_then(|m| m.content.as_deref())
-                    .or(c.text.as_deref())
-                    .unwrap_or("")
+            .map(|c| match (&c.message, &c.text) {
+                (Some(m), _) => m.text(),
+                (None, Some(t)) => t.clone(),
+                (None, None) => String::new(),
             })
             .collect();
         let bytes = texts.iter().map(|t| t.len() as u64).sum();
@@ -554,6 +581,16 @@ mod tests {
             items_digest([[0, 0, 0x80, 0x3f, 0, 0, 0, 0xbf].as_slice()])
         );
         assert!(read_whole(b"not json").is_none());
+    }
+
+    #[test]
+    fn whole_answers_count_tool_calls_as_text() {
+        let body = br#"{"choices":[{"index":0,"message":{"content":null,"tool_calls":[
+            {"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}},
+            {"id":"call_2","type":"function","function":{"name":"g","arguments":"{}"}}]}}]}"#;
+        let w = read_whole(body).unwrap();
+        assert_eq!(w.text_bytes, 12);
+        assert_eq!(w.response_sha256, items_digest([b"f{\"a\": 1}g{}".as_slice()]));
     }
 
     #[test]
