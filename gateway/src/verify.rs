@@ -590,7 +590,10 @@ mod tests {
             {"id":"call_2","type":"function","function":{"name":"g","arguments":"{}"}}]}}]}"#;
         let w = read_whole(body).unwrap();
         assert_eq!(w.text_bytes, 12);
-        assert_eq!(w.response_sha256, items_digest([b"f{\"a\": 1}g{}".as_slice()]));
+        assert_eq!(
+            w.response_sha256,
+            items_digest([b"f{\"a\": 1}g{}".as_slice()])
+        );
     }
 
     #[test]
