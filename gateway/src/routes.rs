@@ -265,6 +265,15 @@ fn ext(body: &[u8]) -> Result<RequestExt, ApiError> {
         })
 }
 
+/// The provider's model-free 400s (unknown fields, logprobs, `logit_bias`...),
+/// answered before routing.
+fn field_error(e: tenzro_models::api::FieldError) -> ApiError {
+    ApiError::BadRequest {
+        message: e.message,
+        param: Some(e.param),
+    }
+}
+
 fn require_model(model: &str) -> Result<(), ApiError> {
     if model.is_empty() {
         return Err(ApiError::BadRequest {
@@ -309,6 +318,7 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut req: ChatCompletionRequest = parse_json(&body)?;
+    req.check_fields().map_err(field_error)?;
     require_model(&req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::BadRequest {
@@ -353,6 +363,7 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let mut req: CompletionRequest = parse_json(&body)?;
+    req.check_fields().map_err(field_error)?;
     require_model(&req.model)?;
     let prompt_estimate = match &req.prompt {
         Prompt::Text(s) => estimate_text(s),
@@ -400,6 +411,7 @@ async fn embeddings(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let req: EmbeddingRequest = parse_json(&body)?;
+    req.check_fields().map_err(field_error)?;
     require_model(&req.model)?;
     let prompt_estimate = match &req.input {
         EmbeddingInput::Text(s) => estimate_text(s) + 2,

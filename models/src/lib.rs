@@ -34,6 +34,8 @@ pub mod llama;
 #[cfg(feature = "engine")]
 pub mod llm;
 #[cfg(feature = "engine")]
+pub mod logprobs;
+#[cfg(feature = "engine")]
 pub mod sampler;
 #[cfg(feature = "engine")]
 pub mod stop;

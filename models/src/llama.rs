@@ -366,6 +366,41 @@ impl Llama {
             .squeeze(0)
     }
 
+    /// Run `tokens` of one sequence like [`Llama::prefill`], but return the
+    /// final-norm hidden state of every position, `(t, hidden)`, so a prompt can
+    /// be scored token by token (project rows with [`Llama::project`] a few at a
+    /// time to bound memory). `prefill` itself is unchanged.
+    pub fn prefill_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 {
+            candle_core::bail!("empty prompt");
+        }
+        let start = cache.len;
+        if start + t > MAX_SEQ_LEN {
+            candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", start + t);
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
+        let mask = (t > 1)
+            .then(|| causal_mask(t, start, &self.device))
+            .transpose()?;
+        let mut x = self.embed.forward(&ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let (q, k, v) = self.qkv(layer, &h, &positions)?;
+            let att = self.attend(&mut cache.layers[li], &q, &k, &v, mask.as_ref())?;
+            x = (x + layer.wo.forward(&att)?)?;
+            x = (&x + self.mlp(layer, &x)?)?;
+        }
+        cache.len += t;
+        self.norm.forward(&x)
+    }
+
+    /// Logits of final-norm hidden rows (`(rows, hidden)` to `(rows, vocab)`).
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.output.forward(hidden)
+    }
+
     /// One token for each sequence, all in one batch; returns `(B, vocab)` logits.
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let b = tokens.len();

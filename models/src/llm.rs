@@ -234,6 +234,38 @@ impl Llm {
         Ok((cache, logits_vec(&logits)?))
     }
 
+    /// Like [`Llm::prefill`], and also score the prompt: for each token after
+    /// the first, its logprob given the ones before it and the `top` most likely
+    /// tokens at that position (the raw model distribution: no penalties or bias
+    /// apply to a prompt). Positions are projected to logits a few rows at a
+    /// time, so memory stays at `SCORE_ROWS × vocab` whatever the prompt length.
+    pub fn prefill_scored(
+        &self,
+        prompt: &[u32],
+        top: usize,
+    ) -> Result<(KvCache, Vec<f32>, Vec<crate::logprobs::Scored>), ModelError> {
+        const SCORE_ROWS: usize = 16;
+        let mut cache = self.model.new_cache();
+        let hidden = self.model.prefill_hidden(prompt, &mut cache)?;
+        let t = prompt.len();
+        let mut scored = Vec::with_capacity(t.saturating_sub(1));
+        let mut last = Vec::new();
+        let mut row = 0;
+        while row < t {
+            let rows = SCORE_ROWS.min(t - row);
+            let logits = self.model.project(&hidden.narrow(0, row, rows)?)?;
+            let logits: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+            for (i, l) in logits.into_iter().enumerate() {
+                match prompt.get(row + i + 1) {
+                    Some(&next) => scored.push(crate::logprobs::score(&l, next, top)),
+                    None => last = l,
+                }
+            }
+            row += rows;
+        }
+        Ok((cache, last, scored))
+    }
+
     /// One decode step for several sequences at once: `tokens[i]` extends
     /// `caches[i]`. Returns each sequence's next-token logits.
     pub fn decode(

@@ -1,12 +1,19 @@
-//! Choosing the next token from the logits: penalties, temperature, top-k, top-p.
+//! Choosing the next token from the logits: penalties, logit bias, temperature,
+//! top-k, top-p.
 //!
 //! Same seed, same logits, same choices: the random source is a seeded `StdRng`
 //! owned by each sequence.
+//!
+//! Logprobs, when asked for, are reported from the distribution after the
+//! penalties and the bias and before temperature, top-k and top-p (as OpenAI's
+//! are): what the model and the request's own adjustments make of each token.
 
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::logprobs::{self, Scored};
 
 /// Validated sampling settings (the provider's validation maps the wire request
 /// onto these; see its error messages for the ranges).
@@ -23,6 +30,15 @@ pub struct SamplingParams {
     /// OpenAI semantics: subtracted per occurrence of a token already generated.
     pub frequency_penalty: f32,
     pub seed: Option<u64>,
+    /// OpenAI's `logit_bias`: added to a token's logit before sampling
+    /// (-100..=100; -100 all but bans a token, +100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Report each chosen token's logprob and this many alternatives (0..=20);
+    /// `None` computes nothing.
+    pub logprobs: Option<usize>,
+    /// Also score the prompt's tokens (legacy `echo` with `logprobs`): each one's
+    /// logprob given the ones before it, the first without one.
+    pub prompt_logprobs: bool,
 }
 
 impl Default for SamplingParams {
@@ -34,6 +50,9 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
+            logprobs: None,
+            prompt_logprobs: false,
         }
     }
 }
@@ -56,6 +75,8 @@ pub struct Sampler {
     rng: StdRng,
     /// Occurrences of each generated token, for the penalties.
     counts: HashMap<u32, u32>,
+    /// The last pick's score, when logprobs are asked for.
+    scored: Option<Scored>,
 }
 
 impl Sampler {
@@ -71,19 +92,44 @@ impl Sampler {
             params,
             rng,
             counts: HashMap::new(),
+            scored: None,
         }
     }
 
-    /// Pick the next token and remember it for the penalties.
+    /// Pick the next token and remember it for the penalties (and, when the
+    /// params ask for logprobs, its score, for [`Sampler::take_scored`]).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        let (id, scored) = self.sample_scored(logits);
+        self.scored = scored;
+        id
+    }
+
+    /// The score of the token [`Sampler::sample`] picked last, once.
+    pub fn take_scored(&mut self) -> Option<Scored> {
+        self.scored.take()
+    }
+
+    /// Pick the next token; when the params ask for logprobs, also its score and
+    /// the top alternatives (from the logits after penalties and bias).
+    pub fn sample_scored(&mut self, logits: &mut [f32]) -> (u32, Option<Scored>) {
         self.apply_penalties(logits);
+        self.apply_bias(logits);
         let id = if self.params.is_greedy() {
             argmax(logits)
         } else {
             self.sample_soft(logits)
         };
         *self.counts.entry(id).or_default() += 1;
-        id
+        let scored = self.params.logprobs.map(|k| logprobs::score(logits, id, k));
+        (id, scored)
+    }
+
+    fn apply_bias(&self, logits: &mut [f32]) {
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -235,6 +281,71 @@ mod tests {
         // Both seen: 4.5 > 4.3, and again, since presence does not grow with count.
         assert_eq!(s.sample(&mut [5.0, 4.8]), 0);
         assert_eq!(s.sample(&mut [5.0, 4.8]), 0);
+    }
+
+    fn biased(bias: Vec<(u32, f32)>, temperature: f32) -> Sampler {
+        let p = SamplingParams {
+            temperature,
+            seed: Some(9),
+            logit_bias: bias,
+            logprobs: Some(2),
+            ..Default::default()
+        };
+        Sampler::new(p, 0)
+    }
+
+    #[test]
+    fn logit_bias_forces_and_forbids() {
+        let logits = [5.0, 4.0, 1.0, 0.0];
+        // +100 on a weak token wins greedy and sampling alike.
+        assert_eq!(biased(vec![(3, 100.0)], 0.0).sample(&mut logits.clone()), 3);
+        let mut s = biased(vec![(3, 100.0)], 1.0);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits.clone()), 3);
+        }
+        // -100 on the greedy token moves greedy to the next one.
+        assert_eq!(
+            biased(vec![(0, -100.0)], 0.0).sample(&mut logits.clone()),
+            1
+        );
+        // Ids outside the logits are ignored.
+        assert_eq!(
+            biased(vec![(99, 100.0)], 0.0).sample(&mut logits.clone()),
+            0
+        );
+    }
+
+    #[test]
+    fn logprobs_come_from_the_biased_logits_before_temperature() {
+        let mut s = biased(vec![(1, 1.0)], 0.0);
+        // After bias: [5, 5, 1, 0]; greedy takes 0, the lower id of the tie.
+        let (id, scored) = s.sample_scored(&mut [5.0, 4.0, 1.0, 0.0]);
+        assert_eq!(id, 0);
+        let scored = scored.unwrap();
+        let lse = logprobs::log_sum_exp(&[5.0, 5.0, 1.0, 0.0]);
+        assert!((scored.logprob - (5.0 - lse)).abs() < 1e-5);
+        assert_eq!(scored.top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1]);
+        // Temperature does not change the reported distribution.
+        let hot = SamplingParams {
+            temperature: 2.0,
+            seed: Some(1),
+            logprobs: Some(0),
+            ..Default::default()
+        };
+        let (id, scored) = Sampler::new(hot, 0).sample_scored(&mut [5.0, 4.0]);
+        let lse = logprobs::log_sum_exp(&[5.0, 4.0]);
+        let want = [5.0, 4.0][id as usize] - lse;
+        assert!((scored.unwrap().logprob - want).abs() < 1e-5);
+        // Not asked: nothing computed.
+        let mut plain = Sampler::new(SamplingParams::greedy(), 0);
+        assert!(plain.sample_scored(&mut [1.0]).1.is_none());
+        plain.sample(&mut [1.0]);
+        assert!(plain.take_scored().is_none());
+        // `sample` keeps the score for the engine, once.
+        let mut s = biased(vec![], 0.0);
+        assert_eq!(s.sample(&mut [1.0, 3.0]), 1);
+        assert_eq!(s.take_scored().map(|x| x.top.len()), Some(2));
+        assert!(s.take_scored().is_none());
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub async fn embeddings(
 }
 
 fn validate(req: &EmbeddingRequest, max_inputs: usize) -> Result<EmbedInput, ApiError> {
+    req.check_fields()
+        .map_err(|e| ApiError::bad_param(&e.param, e.message))?;
     let bad = |m: String| ApiError::bad_param("input", m);
     let count = match &req.input {
         EmbeddingInput::Text(_) | EmbeddingInput::Tokens(_) => 1,

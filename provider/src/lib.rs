@@ -22,6 +22,7 @@ pub mod error;
 pub mod generate;
 pub mod info;
 pub mod load;
+pub mod logprob_wire;
 pub mod metrics;
 pub mod paid;
 pub mod payer;

@@ -2,7 +2,10 @@
 //! every rule a client can break is checked here and answered with a message
 //! that says what to change.
 
-use tenzro_models::api::{ChatCompletionRequest, CompletionRequest, Prompt, Role, Stop, seed_bits};
+use tenzro_models::api::{
+    self as checks, ChatCompletionRequest, CompletionRequest, FieldError, Prompt, Role, Stop,
+    seed_bits,
+};
 use tenzro_models::engine::GenerationParams;
 use tenzro_models::llm::Llm;
 use tenzro_models::sampler::SamplingParams;
@@ -68,6 +71,9 @@ fn sampling(s: Sampling) -> Result<SamplingParams, ApiError> {
         presence_penalty: in_range("presence_penalty", s.presence_penalty, -2.0, 2.0, 0.0)?,
         frequency_penalty: in_range("frequency_penalty", s.frequency_penalty, -2.0, 2.0, 0.0)?,
         seed: s.seed.map(seed_bits),
+        logit_bias: Vec::new(),
+        logprobs: None,
+        prompt_logprobs: false,
     })
 }
 
@@ -144,6 +150,7 @@ pub fn chat(
             "`messages` must contain at least one message",
         ));
     }
+    req.check_fields().map_err(field_error)?;
     if req.stream_options.is_some() && !req.is_stream() {
         return Err(ApiError::bad_param(
             "stream_options",
@@ -179,7 +186,7 @@ pub fn chat(
     } else {
         "max_tokens"
     };
-    let params = GenerationParams {
+    let mut params = GenerationParams {
         sampling: sampling(Sampling {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -197,6 +204,8 @@ pub fn chat(
         stop: stops(req.stop.as_ref())?,
         n: choices(req.n, limits)?,
     };
+    params.sampling.logprobs = req.logprobs_top();
+    params.sampling.logit_bias = logit_bias(req.logit_bias.as_ref(), llm)?;
     Ok(ValidGeneration {
         jobs: vec![Job { prompt, params }],
         stream: req.is_stream(),
@@ -210,6 +219,7 @@ pub fn completion(
     llm: &Llm,
     limits: &ServerConfig,
 ) -> Result<ValidGeneration, ApiError> {
+    req.check_fields().map_err(field_error)?;
     if req.stream_options.is_some() && !req.is_stream() {
         return Err(ApiError::bad_param(
             "stream_options",
@@ -246,7 +256,7 @@ pub fn completion(
     if prompts.iter().any(|(ids, _)| ids.is_empty()) {
         return Err(ApiError::bad_param("prompt", "`prompt` must not be empty"));
     }
-    let sampling = sampling(Sampling {
+    let mut sampling = sampling(Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
         top_k: req.top_k,
@@ -271,10 +281,17 @@ pub fn completion(
             .unwrap_or(CompletionRequest::DEFAULT_MAX_TOKENS),
     );
     let echo_on = req.echo.unwrap_or(false);
+    sampling.logprobs = req.logprobs.map(|k| k as usize);
+    sampling.prompt_logprobs = echo_on && sampling.logprobs.is_some();
+    sampling.logit_bias = logit_bias(req.logit_bias.as_ref(), llm)?;
     let mut jobs = Vec::with_capacity(prompts.len());
     let mut echo = Vec::with_capacity(prompts.len());
     for (prompt, text) in prompts {
-        let max_new_tokens = budget("max_tokens", asked, prompt.len(), llm.context_length)?;
+        let max_new_tokens = match asked {
+            // `echo` with `max_tokens: 0` scores the prompt without generating.
+            Some(0) if echo_on => scoring_budget(prompt.len(), llm.context_length)?,
+            _ => budget("max_tokens", asked, prompt.len(), llm.context_length)?,
+        };
         jobs.push(Job {
             prompt,
             params: GenerationParams {
@@ -292,6 +309,36 @@ pub fn completion(
         include_usage: req.include_usage(),
         echo,
     })
+}
+
+/// A refused field from the model-free checks (`tenzro_models::api::checks`).
+fn field_error(e: FieldError) -> ApiError {
+    ApiError::bad_param(&e.param, e.message)
+}
+
+/// `logit_bias` as the sampler takes it, every id in the model's vocabulary.
+fn logit_bias(
+    map: Option<&std::collections::BTreeMap<String, f32>>,
+    llm: &Llm,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bias = checks::logit_bias(map).map_err(field_error)?;
+    checks::check_vocab(&bias, llm.vocab_size()).map_err(field_error)?;
+    Ok(bias)
+}
+
+/// A prompt scored without generating (0 new tokens) must itself fit the context.
+fn scoring_budget(prompt_len: usize, context: usize) -> Result<usize, ApiError> {
+    if prompt_len > context {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "This model's maximum context length is {context} tokens. However, the prompt \
+                 has {prompt_len} tokens. Shorten the prompt."
+            ),
+            param: Some("prompt".to_owned()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    Ok(0)
 }
 
 fn decode(llm: &Llm, ids: &[u32]) -> String {

@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{FinishReason, Stop, StreamOptions, TenzroExt, Usage};
+use super::{FinishReason, Stop, StreamOptions, TenzroExt, Unknown, Usage};
 
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,27 @@ pub struct ChatCompletionRequest {
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Return each output token's logprob (`choices[].logprobs.content`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0..=20); needs `logprobs: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// Token id (as a string) -> bias in -100..=100 added to its logit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Accepted and ignored (tags for OpenAI's stored completions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Only `false` is accepted: nothing is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<bool>,
+    /// The gateway's request extension: read by the gateway, never forwarded.
+    #[serde(default, skip_serializing)]
+    pub tenzro: Option<serde_json::Value>,
+    /// Every other field, refused by name (`check_fields`).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
 }
 
 impl ChatCompletionRequest {

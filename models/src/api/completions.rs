@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{FinishReason, Stop, StreamOptions, TenzroExt, Usage};
+use super::{FinishReason, Stop, StreamOptions, TenzroExt, Unknown, Usage};
 
 /// `POST /v1/completions` (legacy text completions).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,21 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Report the chosen tokens' logprobs and this many alternatives (0..=20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+    /// Token id (as a string) -> bias in -100..=100 added to its logit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Only 1 or equal to `n` (no server-side best-of selection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<u32>,
+    /// The gateway's request extension: read by the gateway, never forwarded.
+    #[serde(default, skip_serializing)]
+    pub tenzro: Option<serde_json::Value>,
+    /// Every other field, refused by name (`check_fields`).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
 }
 
 impl CompletionRequest {

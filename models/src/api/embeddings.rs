@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::TenzroExt;
+use super::{TenzroExt, Unknown};
 
 /// `POST /v1/embeddings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -13,6 +13,12 @@ pub struct EmbeddingRequest {
     pub dimensions: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The gateway's request extension: read by the gateway, never forwarded.
+    #[serde(default, skip_serializing)]
+    pub tenzro: Option<serde_json::Value>,
+    /// Every other field, refused by name (`check_fields`).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
