@@ -31,7 +31,8 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
                 "max_context": llm.context_length,
                 "price_per_token": m.price_per_token,
                 "parameters": m.parameters,
-                "format": "gguf",
+                "format": m.format,
+                "architecture": m.architecture,
                 "weight_sha256": llm.sha256,
             }),
         ));

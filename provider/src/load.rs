@@ -1,6 +1,7 @@
 //! Loading every configured model into the application state.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,13 +64,15 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
     let device = device();
     let mut chat = HashMap::new();
     for m in &config.chat_models {
+        let path = model_file(&config, &m.path, m.sha256.as_ref()).map_err(|source| {
+            LoadError::Download {
+                id: m.id.clone(),
+                source,
+            }
+        })?;
+        let (architecture, format) = describe(&path);
         let cfg = LlmConfig {
-            path: model_file(&config, &m.path, m.sha256.as_ref()).map_err(|source| {
-                LoadError::Download {
-                    id: m.id.clone(),
-                    source,
-                }
-            })?,
+            path,
             sha256: m.sha256.clone(),
             tokenizer_json: m.tokenizer.as_ref().map(|p| config.resolve(p)),
             requantize: match m.requantize {
@@ -96,6 +99,8 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
                 engine,
                 price_per_token: m.price_per_token.clone(),
                 parameters: m.parameters,
+                architecture,
+                format,
             },
         );
     }
@@ -169,26 +174,70 @@ fn device() -> Device {
     Device::Cpu
 }
 
-/// A configured model path: `hf://owner/repo[@revision]/file` is fetched (resumably,
-/// checked against the configured digest) into `models_dir/hf`; anything else is a
-/// local path resolved against `models_dir`.
+/// A configured model path: `hf://owner/repo[@revision]/file`, `hf://owner/repo[@revision]`
+/// (a safetensors checkpoint) or `hf://owner/repo[@revision]:QUANT` (a GGUF by
+/// quantisation) comes from the Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`),
+/// downloaded into it when missing (`HF_TOKEN`, `HF_ENDPOINT`; `HF_HUB_OFFLINE=1`
+/// never downloads); anything else is a local path resolved against `models_dir`.
 fn model_file(
     config: &Config,
-    path: &std::path::Path,
+    path: &Path,
     sha256: Option<&String>,
-) -> Result<std::path::PathBuf, tenzro_models::download::DownloadError> {
+) -> Result<PathBuf, tenzro_models::download::DownloadError> {
     use std::io::IsTerminal;
     use tenzro_models::download::{self, FetchOptions, ModelSource};
-    match path.to_string_lossy().parse::<ModelSource>()? {
-        ModelSource::Local(_) => Ok(config.resolve(path)),
-        source => download::fetch(
-            &source,
-            &config.models_dir.join("hf"),
-            &FetchOptions {
-                expected_sha256: sha256.cloned(),
-                progress: std::io::stderr().is_terminal(),
-                ..FetchOptions::default()
-            },
-        ),
+    let source = path.to_string_lossy().parse::<ModelSource>()?;
+    if let ModelSource::Local(_) = source {
+        return Ok(config.resolve(path));
+    }
+    // Before the Hugging Face cache, single files were kept in `models_dir/hf`;
+    // one there with the configured digest is still served.
+    if let (ModelSource::Hub(file), Some(expected)) = (&source, sha256) {
+        let legacy = file.legacy_cache_path(&config.models_dir.join("hf"));
+        if legacy.is_file()
+            && download::sha256_file(&legacy).is_ok_and(|d| d.eq_ignore_ascii_case(expected))
+        {
+            return Ok(legacy);
+        }
+    }
+    let fetched = download::resolve(
+        &source,
+        &download::hub_cache_dir(),
+        &FetchOptions {
+            expected_sha256: sha256.cloned(),
+            progress: std::io::stderr().is_terminal(),
+            ..FetchOptions::default()
+        },
+    )?;
+    tracing::info!(
+        source = %path.display(),
+        path = %fetched.path.display(),
+        commit = ?fetched.commit,
+        weights_sha256 = ?fetched.weights_sha256,
+        downloaded_bytes = fetched.downloaded_bytes,
+        "model files ready"
+    );
+    Ok(fetched.path)
+}
+
+/// The weights' architecture (`config.json`'s `model_type`, or the GGUF's
+/// `general.architecture`; `unknown` when unreadable) and format.
+fn describe(path: &Path) -> (String, &'static str) {
+    if path.is_dir() {
+        let model_type = std::fs::read(path.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("model_type")?.as_str().map(str::to_owned));
+        (
+            model_type.unwrap_or_else(|| "unknown".into()),
+            "safetensors",
+        )
+    } else {
+        let arch = tenzro_models::gguf::read_content(path)
+            .ok()
+            .and_then(|(content, _)| {
+                tenzro_models::gguf::md_string(&content, "general.architecture")
+            });
+        (arch.unwrap_or_else(|| "unknown".into()), "gguf")
     }
 }

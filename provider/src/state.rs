@@ -40,6 +40,10 @@ pub struct ChatModel {
     pub engine: Engine,
     pub price_per_token: String,
     pub parameters: u64,
+    /// What `/v1/models` says of the weights: `model_type` or GGUF architecture, and
+    /// `gguf` or `safetensors`.
+    pub architecture: String,
+    pub format: &'static str,
 }
 
 pub struct EmbeddingModel {
