@@ -1,22 +1,58 @@
 //! A weight matrix and its matmul: the one place the transformer code multiplies
 //! activations by weights. Architecture code holds `Linear`s and calls
-//! [`Linear::forward`]; which kernel runs underneath (candle's `QMatMul`, or this
-//! crate's own quantized CPU kernels) is decided here, per weight type and device.
+//! [`Linear::forward`]; which kernel runs underneath is decided here, per weight
+//! type and device: on the CPU, Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights run this
+//! crate's own kernels (`crate::kernels`); everything else (f32/f16 weights, other
+//! types, CUDA) runs candle's `QMatMul`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
+
+use crate::kernels::{self, Isa, QWeight, WeightType};
 
 /// A `(out_features, in_features)` weight, in any GGUF/ggml quantisation or as
 /// f32/f16/bf16. `forward` maps `(..., in_features)` activations to
 /// `(..., out_features)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: QMatMul,
+    kernel: Kernel,
     dtype: GgmlDType,
     out_features: usize,
     in_features: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Kernel {
+    Candle(QMatMul),
+    Cpu(Arc<QWeight>),
+}
+
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether weights loaded from now on run this crate's CPU kernels (`true`) or
+/// candle's matmul (`false`), overriding `TENZRO_CPU_KERNELS` and the default.
+pub fn use_cpu_kernels(on: bool) {
+    CHOICE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Our kernels unless `TENZRO_CPU_KERNELS=candle`. Debug builds default to
+/// candle's (they are compiled optimised as a dependency, while this crate's
+/// kernels are not in a dev build, which would make every debug test of the
+/// engine many times slower); `TENZRO_CPU_KERNELS=ours` or [`use_cpu_kernels`]
+/// turns them on there.
+fn own_kernels() -> bool {
+    match CHOICE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => match std::env::var("TENZRO_CPU_KERNELS").as_deref() {
+            Ok("candle") => false,
+            Ok("ours") => true,
+            _ => !cfg!(debug_assertions),
+        },
+    }
 }
 
 impl Linear {
@@ -28,8 +64,16 @@ impl Linear {
     pub fn from_arc(t: Arc<QTensor>) -> Result<Self> {
         let (out_features, in_features) = t.shape().dims2()?;
         let dtype = t.dtype();
+        let ours = t.device().is_cpu() && own_kernels() && WeightType::from_ggml(dtype).is_some();
+        let kernel = match ours {
+            true => match QWeight::new(dtype, out_features, in_features, t.data()?.into_owned()) {
+                Ok(w) => Kernel::Cpu(Arc::new(w)),
+                Err(_) => Kernel::Candle(QMatMul::from_arc(t)?),
+            },
+            false => Kernel::Candle(QMatMul::from_arc(t)?),
+        };
         Ok(Linear {
-            inner: QMatMul::from_arc(t)?,
+            kernel,
             dtype,
             out_features,
             in_features,
@@ -40,12 +84,12 @@ impl Linear {
     pub fn from_tensor(t: Tensor) -> Result<Self> {
         let (out_features, in_features) = t.dims2()?;
         let dtype = match t.dtype() {
-            candle_core::DType::F16 => GgmlDType::F16,
-            candle_core::DType::BF16 => GgmlDType::BF16,
+            DType::F16 => GgmlDType::F16,
+            DType::BF16 => GgmlDType::BF16,
             _ => GgmlDType::F32,
         };
         Ok(Linear {
-            inner: QMatMul::Tensor(t),
+            kernel: Kernel::Candle(QMatMul::Tensor(t)),
             dtype,
             out_features,
             in_features,
@@ -54,7 +98,88 @@ impl Linear {
 
     /// `x` is `(..., in_features)`; returns `(..., out_features)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        match &self.kernel {
+            Kernel::Candle(mm) => mm.forward(x),
+            Kernel::Cpu(_) => match Self::cpu_many(&[self], x)?.and_then(|mut o| o.pop()) {
+                Some(out) => self.output(out, x),
+                None => candle_core::bail!("matmul returned nothing"),
+            },
+        }
+    }
+
+    /// Several weights applied to the same activations (q/k/v, or gate and up).
+    /// On the CPU kernels the activations are quantized once and one parallel
+    /// region runs every weight's rows; otherwise each runs on its own.
+    pub fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        match Self::cpu_many(ls, x)? {
+            Some(outs) => ls
+                .iter()
+                .zip(outs)
+                .map(|(l, out)| l.output(out, x))
+                .collect(),
+            None => ls.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
+    /// `silu(x · gateᵀ) * (x · upᵀ)`, the input of a SwiGLU MLP's down projection:
+    /// one activation quantisation and one pass for the gating on the CPU kernels.
+    pub fn forward_swiglu(gate: &Linear, up: &Linear, x: &Tensor) -> Result<Tensor> {
+        let fused = match gate.out_features == up.out_features {
+            true => Self::cpu_many(&[gate, up], x)?,
+            false => None,
+        };
+        let Some(mut outs) = fused else {
+            let g = candle_nn::ops::silu(&gate.forward(x)?)?;
+            return g * up.forward(x)?;
+        };
+        // Popped last first: up's output, then gate's.
+        let (Some(mut h), Some(g)) = (outs.pop(), outs.pop()) else {
+            candle_core::bail!("gate/up matmul returned too little");
+        };
+        for (h, &g) in h.iter_mut().zip(&g) {
+            *h *= g / (1.0 + (-g).exp());
+        }
+        gate.output(h, x)
+    }
+
+    /// The raw `(rows, out_features)` outputs of `ls` on `x` when every weight runs
+    /// on the CPU kernels; `None` otherwise.
+    fn cpu_many(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Vec<f32>>>> {
+        let Some(first) = ls.first() else {
+            return Ok(None);
+        };
+        let k = first.in_features;
+        let ws: Vec<&QWeight> = ls
+            .iter()
+            .filter_map(|l| match &l.kernel {
+                Kernel::Cpu(w) if l.in_features == k => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if ws.len() != ls.len() || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        if x.dims().last() != Some(&k) {
+            candle_core::bail!(
+                "matmul of {:?} activations by a {}x{k} weight",
+                x.dims(),
+                first.out_features
+            );
+        }
+        let m = x.elem_count() / k.max(1);
+        let xs: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let outs = kernels::matmul_many(&ws, &xs, m, Isa::Best)
+            .map_err(|e| candle_core::Error::Msg(e.0))?;
+        Ok(Some(outs))
+    }
+
+    /// `out` (rows of `out_features`) shaped like `x` with its last dimension replaced.
+    fn output(&self, out: Vec<f32>, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.out_features;
+        }
+        Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
     }
 
     pub fn out_features(&self) -> usize {
@@ -63,6 +188,11 @@ impl Linear {
 
     pub fn in_features(&self) -> usize {
         self.in_features
+    }
+
+    /// Whether this weight runs this crate's CPU kernels (else candle's matmul).
+    pub fn on_cpu_kernels(&self) -> bool {
+        matches!(self.kernel, Kernel::Cpu(_))
     }
 
     /// How the weight is stored.

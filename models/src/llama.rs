@@ -465,11 +465,12 @@ impl Llama {
             };
             t.squeeze(0)
         };
-        let (mut q, mut k, mut v) = (
-            layer.wq.forward(h)?,
-            layer.wk.forward(h)?,
-            layer.wv.forward(h)?,
-        );
+        // One activation quantisation and one parallel region for all three.
+        let [q, k, v]: [Tensor; 3] =
+            Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], h)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("q/k/v matmul lost an output".into()))?;
+        let (mut q, mut k, mut v) = (q, k, v);
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -586,8 +587,12 @@ impl Llama {
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = layer.ffn_norm.forward(x)?;
-        let gate = self.arch.activation.apply(&layer.gate.forward(&h)?)?;
-        let out = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+        let gated = match self.arch.activation {
+            // gate and up in one pass, SiLU and the product fused into it.
+            crate::arch::Activation::Silu => Linear::forward_swiglu(&layer.gate, &layer.up, &h)?,
+            _ => (self.arch.activation.apply(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
+        };
+        let out = layer.down.forward(&gated)?;
         layer.extra.post_ffn(out)
     }
 }

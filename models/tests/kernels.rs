@@ -1,0 +1,176 @@
+//! The CPU kernels on the default model's real weights: every layer-0 matrix, as
+//! shipped and quantized to each type the kernels serve, against candle's
+//! dequantised f32 weights times the same activations. Needs `scripts/fetch-models`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
+use tenzro_models::kernels::q8::{BlockQ8, QK};
+use tenzro_models::linear::Linear;
+use tenzro_models::llm::default_model_path;
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("TENZRO_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tenzro/models"))
+}
+
+/// `got` against `x · Wᵀ` (f64, from `w`), within the error 8-bit activations allow.
+fn assert_close(name: &str, w: &Tensor, x: &[f32], m: usize, got: &[f32]) {
+    let (rows, cols) = w.dims2().unwrap();
+    let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    for t in 0..m {
+        let xr = &x[t * cols..(t + 1) * cols];
+        let steps: Vec<f64> = xr
+            .chunks(QK)
+            .map(|b| f64::from(BlockQ8::quantize(b).d))
+            .collect();
+        for r in 0..rows {
+            let wr = &w[r * cols..(r + 1) * cols];
+            let (mut want, mut bound) = (0f64, 1e-5);
+            for (i, (&a, &b)) in wr.iter().zip(xr).enumerate() {
+                want += f64::from(a) * f64::from(b);
+                bound += f64::from(a).abs() * steps[i / QK] * 0.5 * 1.001
+                    + (f64::from(a) * f64::from(b)).abs() * 1e-5;
+            }
+            let err = (f64::from(got[t * rows + r]) - want).abs();
+            assert!(
+                err <= bound,
+                "{name} row {r} batch row {t}: {} vs {want} (bound {bound})",
+                got[t * rows + r]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_type_matches_dequantised_weights_on_layer_zero() {
+    let path = default_model_path(&models_dir());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    tenzro_models::linear::use_cpu_kernels(true);
+    let dev = Device::Cpu;
+    let names = [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ];
+    let mut checked = 0;
+    for name in names {
+        let shipped = content
+            .tensor(&mut file, &format!("blk.0.{name}.weight"), &dev)
+            .unwrap();
+        let w = shipped.dequantize(&dev).unwrap();
+        let (_, cols) = w.dims2().unwrap();
+        let m = 3;
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 3) as f32))
+            .collect();
+        let xt = Tensor::from_vec(x.clone(), (m, cols), &dev).unwrap();
+        let mut quantized = vec![(
+            format!("{name} as shipped ({:?})", shipped.dtype()),
+            shipped,
+        )];
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            if cols.is_multiple_of(dtype.block_size()) {
+                quantized.push((
+                    format!("{name} as {dtype:?}"),
+                    QTensor::quantize(&w, dtype).unwrap(),
+                ));
+            }
+        }
+        for (label, q) in quantized {
+            let reference = q.dequantize(&dev).unwrap();
+            let linear = Linear::from_qtensor(q).unwrap();
+            assert!(linear.on_cpu_kernels(), "{label} fell back to candle");
+            let got: Vec<f32> = linear
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_close(&label, &reference, &x, m, &got);
+            checked += 1;
+        }
+    }
+    // 7 matrices as shipped and as Q4_0/Q4_1/Q8_0, and ffn_down (1536 columns) as
+    // the three K-quants: 576-column rows are not whole 256-value blocks.
+    assert_eq!(checked, 7 * 4 + 3);
+}
+
+/// The default model served as shipped (Q4_1, no re-quantisation) on the CPU
+/// kernels answers the capital question greedily, alone and in a batch of three.
+/// Minutes in a debug build (this crate is not optimised there):
+/// `cargo test --release -p tenzro-models --test kernels`.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "slow unoptimised; runs in release test builds"
+)]
+fn shipped_q4_1_answers_greedily_alone_and_batched() {
+    use tenzro_models::llm::{Llm, LlmConfig, Requantize};
+    use tenzro_models::sampler::argmax;
+    use tenzro_models::template::TemplateMessage;
+
+    tenzro_models::linear::use_cpu_kernels(true);
+    let path = default_model_path(&models_dir());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    let cfg = LlmConfig {
+        path,
+        sha256: None,
+        tokenizer_json: None,
+        requantize: Requantize::None,
+    };
+    let llm = Llm::load(&cfg, &Device::Cpu).unwrap();
+    let prompt = llm
+        .render_chat(&[TemplateMessage {
+            role: "user".into(),
+            content: "What is the capital of France?".into(),
+        }])
+        .unwrap();
+    let ids = llm.encode(&prompt).unwrap();
+    let mut caches = Vec::new();
+    let mut next = Vec::new();
+    for _ in 0..3 {
+        let (cache, logits) = llm.prefill(&ids).unwrap();
+        caches.push(cache);
+        next.push(argmax(&logits));
+    }
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    for _ in 0..12 {
+        for (o, &t) in out.iter_mut().zip(&next) {
+            o.push(t);
+        }
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        let logits = llm.decode(&next, &mut refs).unwrap();
+        next = logits.iter().map(|l| argmax(l)).collect();
+    }
+    let text = llm.tokenizer.decode(&out[0], true).unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+    // Batched rows share no state: the three identical sequences agree.
+    assert_eq!(out[0], out[1]);
+    assert_eq!(out[0], out[2]);
+}
