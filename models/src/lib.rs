@@ -24,6 +24,8 @@ pub mod error;
 #[cfg(feature = "engine")]
 pub mod gguf;
 #[cfg(feature = "engine")]
+pub mod grammar;
+#[cfg(feature = "engine")]
 pub mod hf;
 #[cfg(feature = "engine")]
 pub mod kernels;
@@ -41,6 +43,8 @@ pub mod sampler;
 pub mod stop;
 #[cfg(feature = "engine")]
 pub mod template;
+#[cfg(feature = "engine")]
+pub mod tools;
 
 #[cfg(feature = "engine")]
 pub use error::ModelError;

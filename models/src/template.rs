@@ -18,6 +18,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template mentions `tools` (it renders them itself).
+    tools: bool,
 }
 
 const NAME: &str = "chat";
@@ -32,11 +34,40 @@ impl ChatTemplate {
         });
         env.add_template_owned(NAME, source)
             .map_err(|e| ModelError::Template(e.to_string()))?;
+        let tools = source_mentions_tools(&env);
         Ok(ChatTemplate {
+            tools,
             env,
             bos_token,
             eos_token,
         })
+    }
+
+    pub fn supports_tools(&self) -> bool {
+        self.tools
+    }
+
+    /// Render with `tools` in the context and messages as JSON (so assistant turns
+    /// carry `tool_calls` and tool turns `tool_call_id`), as HF templates expect.
+    pub fn render_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: &serde_json::Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
+        let template = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| ModelError::Template(e.to_string()))?;
+        template
+            .render(context! {
+                messages => messages,
+                tools => tools,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| ModelError::Template(e.to_string()))
     }
 
     /// Render the conversation, ending with the assistant's turn opened when
@@ -59,6 +90,13 @@ impl ChatTemplate {
             })
             .map_err(|e| ModelError::Template(e.to_string()))
     }
+}
+
+/// True when the template reads a `tools` variable.
+fn source_mentions_tools(env: &Environment<'static>) -> bool {
+    env.get_template(NAME)
+        .map(|t| t.undeclared_variables(false).contains("tools"))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -95,6 +133,25 @@ mod tests {
         let t = ChatTemplate::new(src.into(), String::new(), String::new()).unwrap();
         let err = t.render(&[msg("system", "x")], true).unwrap_err();
         assert!(err.to_string().contains("first must be user"), "{err}");
+    }
+
+    #[test]
+    fn templates_that_read_tools_render_them() {
+        let plain = ChatTemplate::new(CHATML.into(), String::new(), String::new()).unwrap();
+        assert!(!plain.supports_tools());
+        let src = "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}\
+                   {% for m in messages %}{{ m.role }}:{{ m.content }}{% for c in m.tool_calls or [] %}\
+                   ({{ c.function.name }} {{ c.function.arguments.city }}){% endfor %};{% endfor %}";
+        let t = ChatTemplate::new(src.into(), String::new(), String::new()).unwrap();
+        assert!(t.supports_tools());
+        let messages = [
+            serde_json::json!({"role": "user", "content": "weather?"}),
+            serde_json::json!({"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": {"city": "Paris"}}}]}),
+        ];
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "w"}}]);
+        let out = t.render_with_tools(&messages, &tools, false).unwrap();
+        assert_eq!(out, "[w]user:weather?;assistant:(w Paris);");
     }
 
     #[test]
