@@ -11,6 +11,7 @@ mod adversary_agents;
 mod adversary_payer;
 mod adversary_provider;
 mod adversary_registry;
+mod attest_policy;
 mod gateway_api;
 mod gateway_attest;
 mod gateway_bonds;
