@@ -237,7 +237,9 @@ pub fn check_with(
         Found::Snp { vcek, chain } => (None, Some((vcek, chain)), u64::MAX),
         Found::Missing(reason) => {
             reasons.push(format!("collateral: {reason}"));
-            (None, None, u64::MAX)
+            // Due again five minutes after the sweep's margin, not a day later.
+            let retry = (policy.freshness_secs / 10).saturating_add(300);
+            (None, None, now.saturating_add(retry))
         }
         Found::Nothing => (None, None, u64::MAX),
     };

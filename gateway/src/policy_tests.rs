@@ -1,7 +1,7 @@
 //! `[attestation.policy]`: each rule refuses a real vector that breaks it and
 //! accepts one that meets it (vectors in `gateway/tests/vectors`, times inside
 //! their windows), and a malformed policy names its field.
-#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::BTreeMap;
 
@@ -264,6 +264,65 @@ fn max_evidence_age() {
     assert!(age_refused(10_000 - 601));
     assert!(age_refused(10_001), "from the future");
     assert!(age_refused(0), "no issue time");
+}
+
+#[test]
+fn missing_collateral_refuses_without_a_slash_and_is_retried_soon() {
+    let key = ProviderKey::from_seed(&[4; 32]);
+    let nonce = [6u8; 32];
+    let doc = AttestationDocument {
+        tee_kind: TeeKind::Tdx,
+        public_key: key.public_key_hex(),
+        did: key.did(),
+        model_digests: BTreeMap::new(),
+        nonce: hex::encode(nonce),
+        report_data: hex::encode(tenzro_attest::report_data(
+            tenzro_attest::binding::REPORT_DATA_DOMAIN,
+            &key.public_key(),
+            &[],
+            &nonce,
+        )),
+        evidence: tdx(),
+        issued_at: 0,
+    };
+    let p = policy("");
+    let missing = Found::Missing("PCCS unreachable; no cached collateral".into());
+    let v = check_with(
+        &doc,
+        &key.public_key(),
+        "tdx",
+        &[],
+        &nonce,
+        &p,
+        TDX_NOW,
+        &missing,
+    );
+    assert!(!v.trusted && !v.slashable, "{v:?}");
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r == "collateral: PCCS unreachable; no cached collateral"),
+        "{v:?}"
+    );
+    assert_eq!(v.expires_at, TDX_NOW + p.freshness_secs / 10 + 300);
+    // With the collateral, a TDX verdict lasts no longer than it.
+    let found = Found::Tdx {
+        collateral: Box::new(Collateral::from_json(TDX_COLLATERAL).unwrap()),
+        next_update: TDX_NOW + 1,
+    };
+    let v = check_with(
+        &doc,
+        &key.public_key(),
+        "tdx",
+        &[],
+        &nonce,
+        &p,
+        TDX_NOW,
+        &found,
+    );
+    assert_eq!(v.expires_at, TDX_NOW + 1);
+    // The sample quote is bound to someone else's report data: refused on binding.
+    assert!(v.reasons.iter().any(|r| r.contains("binding")), "{v:?}");
 }
 
 #[test]

@@ -258,8 +258,8 @@ pub fn next_update(file_json: &str) -> Result<Validity, String> {
     Ok(Validity { next_update, item })
 }
 
-/// The PCCS answers that would have produced `file_json` (for mock services in tests
-/// and for re-serving a cache): `(pck_crl DER, tcb body, qe body, root CRL DER)`.
+/// The file and the PCCS answers that would have produced it (for mock services in
+/// tests and for re-serving a cache).
 pub fn disassemble(file_json: &str) -> Result<(CollateralFile, Fetched), String> {
     let f: CollateralFile =
         serde_json::from_str(file_json).map_err(|e| format!("not a collateral file: {e}"))?;
