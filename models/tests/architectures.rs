@@ -760,3 +760,27 @@ fn gguf_unknown_architecture_is_refused_naming_it() {
     );
     assert!(err.contains("qwen3, gemma2, gemma3, phi3"), "{err}");
 }
+
+/// The engine prefills long prompts in chunks: a windowed model must give the
+/// same logits as from one pass.
+#[test]
+fn windowed_models_prefill_in_chunks_alike() {
+    for (name, config) in [("mistral", mistral_config()), ("gemma3", gemma3_config())] {
+        let ck = checkpoint(config, 21);
+        let dir = TempDir::new(&format!("chunks-{name}"));
+        let model = load_ours(&ck, &dir.0, None);
+        let prompt: Vec<u32> = (0..17u32).map(|i| (i * 11 + 5) % VOCAB as u32).collect();
+        let mut whole = model.new_cache();
+        let expected = logits_vec(&model.prefill(&prompt, &mut whole).unwrap()).unwrap();
+        for split in [1, 4, 9, 16] {
+            let mut cache = model.new_cache();
+            model.prefill(&prompt[..split], &mut cache).unwrap();
+            let got = logits_vec(&model.prefill(&prompt[split..], &mut cache).unwrap()).unwrap();
+            let diff = max_abs_diff(&expected, &got);
+            assert!(
+                diff < 1e-4,
+                "{name}: chunks split at {split} differ by {diff}"
+            );
+        }
+    }
+}
