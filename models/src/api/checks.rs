@@ -161,7 +161,7 @@ impl EmbeddingRequest {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     fn chat(json: &str) -> Result<(), FieldError> {
