@@ -63,7 +63,7 @@ impl AttestationSection {
     /// Checks the URLs and the policy.
     pub fn validate(&self) -> Result<(), String> {
         for (name, url) in [("pccs_url", &self.pccs_url), ("kds_url", &self.kds_url)] {
-            if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+            if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(format!("attestation.{name}: `{url}` is not an http(s) URL"));
             }
         }
