@@ -45,7 +45,16 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// MiB of the engine's prefix cache (0: off). It is emptied before each
+    /// measured run, so a run never reuses the warm-up's prompt.
+    #[arg(long, default_value_t = 64)]
+    prefix_cache_mib: usize,
+    /// Also time a second turn of the conversation (`second_turn` in the JSON):
+    /// its TTFT with the first turn in the prefix cache, and cold.
+    #[arg(long)]
+    second_turn: bool,
 }
+
 
 struct Row {
     name: String,
@@ -98,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     };
     let llm = Arc::new(Llm::load(&cfg, &device).context("loading the model")?);
     let rss_after_load = rss_mib("VmRSS:");
-    let prompt_text = llm.render_chat(&[
+    let messages = [
         TemplateMessage {
             role: "system".into(),
             content: "You are a helpful assistant.".into(),
@@ -107,7 +116,8 @@ fn main() -> anyhow::Result<()> {
             role: "user".into(),
             content: "Write a short story about a lighthouse keeper.".into(),
         },
-    ])?;
+    ];
+    let prompt_text = llm.render_chat(&messages)?;
     let prompt = llm.encode(&prompt_text)?;
     let mut rows = Vec::new();
 
@@ -133,12 +143,15 @@ fn main() -> anyhow::Result<()> {
         EngineConfig {
             queue_capacity: 64,
             max_sequences: max_streams,
+            prefix_cache_bytes: args.prefix_cache_mib << 20,
+            ..EngineConfig::default()
         },
     )?;
     // One short request first, so the first measured one does not pay for cold
     // caches and page faults (llama.cpp's side warms up the same way).
     run_streams(&engine, &prompt, 1, 2)?;
     for &streams in &args.streams {
+        engine.clear_prefix_cache();
         let timing = run_streams(&engine, &prompt, streams, args.tokens)?;
         rows.push(Row {
             name: format!("tenzro engine, {streams} stream(s)"),
@@ -149,6 +162,11 @@ fn main() -> anyhow::Result<()> {
         });
     }
 
+    let second = if args.second_turn {
+        Some(second_turn(&engine, &llm, &messages, &prompt, args.tokens)?)
+    } else {
+        None
+    };
     let weights = weights::per_token(&path)?;
     if args.json {
         let out = json!({
@@ -157,6 +175,7 @@ fn main() -> anyhow::Result<()> {
             "prompt_tokens": prompt,
             "max_new_tokens": args.tokens,
             "rss_after_load_mib": rss_after_load,
+            "second_turn": second,
             "weights": weights.iter().map(|w| json!({
                 "format": w.format,
                 "bytes_per_token": w.bytes_per_token,
@@ -257,6 +276,53 @@ fn run_candle(
         wall,
         text: String::new(),
     })
+}
+
+/// A second turn of the conversation, one stream: the first turn with the prefix
+/// cache empty, then the follow-up (the first prompt, the answer's tokens and the
+/// next user turn's), whose prompt starts with what the first turn left in the
+/// prefix cache, then the same follow-up with the cache emptied. `suffix_ids` are
+/// the next turn's tokens, so another engine can build the same follow-up on its
+/// own answer.
+fn second_turn(
+    engine: &Engine,
+    llm: &Llm,
+    messages: &[TemplateMessage],
+    prompt: &[u32],
+    tokens: usize,
+) -> anyhow::Result<serde_json::Value> {
+    engine.clear_prefix_cache();
+    let first = run_streams(engine, prompt, 1, tokens)?;
+    let mut convo = messages.to_vec();
+    convo.push(TemplateMessage {
+        role: "assistant".into(),
+        content: first.text.clone(),
+    });
+    convo.push(TemplateMessage {
+        role: "user".into(),
+        content: "Now tell it again in two sentences.".into(),
+    });
+    let head = format!("{}{}", llm.render_chat(messages)?, first.text);
+    let full = llm.render_chat(&convo)?;
+    let suffix_text = full
+        .strip_prefix(&head)
+        .context("the chat template does not render the first turn as a prefix of the second")?;
+    let suffix = llm.encode(suffix_text)?;
+    let mut second = prompt.to_vec();
+    second.extend(llm.encode(&first.text)?);
+    second.extend(&suffix);
+    let warm = run_streams(engine, &second, 1, tokens)?;
+    engine.clear_prefix_cache();
+    let cold = run_streams(engine, &second, 1, tokens)?;
+    let ms = |t: &Timing| t.ttft_p50().as_secs_f64() * 1e3;
+    Ok(json!({
+        "first_ttft_ms": ms(&first),
+        "second_ttft_ms": ms(&warm),
+        "second_cold_ttft_ms": ms(&cold),
+        "second_prompt_tokens": second.len(),
+        "suffix_ids": suffix,
+        "peak_rss_mib": rss_mib("VmHWM:"),
+    }))
 }
 
 /// `streams` concurrent greedy requests through the engine.

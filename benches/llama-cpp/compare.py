@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Our engine against llama.cpp on the same GGUF file, prompt and thread count.
 
-One run prints, for 1 stream and for 8 concurrent streams: time to first token,
+One run prints, for 1, 4, 8 and 16 concurrent streams: time to first token,
 aggregate decode tok/s and peak RSS of each side, with ratios; then the
 memory-bandwidth analysis: the weight bytes a decode step reads in each format
 against the copy bandwidth measured here, and the tok/s ceiling that follows.
+After that, the same table for a Q4_K_M file made from the model (by llama.cpp's
+own quantiser, SHA-256 checked), the second-turn TTFT (the follow-up of a
+conversation, which both sides serve from the first turn's KV cache: ours through
+its prefix cache, llama.cpp by keeping the sequence's cache as its server's
+cache_prompt does), and the goals table with what limits each missed goal.
 
 Each measurement runs in its own child process (one per side and stream count),
 so a peak RSS is that run's alone:
@@ -22,10 +27,11 @@ written on, so it runs its ordinary AVX-512 kernels.
 Setup:  benches/llama-cpp/setup   (builds llama-cpp-python from its sdist)
         cargo build --release -p tenzro-benches --bin engine-speed
 Run:    python3 benches/llama-cpp/compare.py [--tokens 64] [--threads 2]
-This script installs nothing.
+This script installs nothing; it writes the Q4_K_M file beside the model once.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -39,13 +45,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / ".tenzro/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 MIB = 1024 * 1024
+# SHA-256 of the Q4_K_M file llama.cpp's quantiser (llama-cpp-python 0.3.36) makes
+# from each model, by the source file's name. The default model ships only as
+# Q4_1, so its f32 weights are the dequantised Q4_1 values (allow_requantize).
+Q4_K_M_SHA256 = {
+    "SmolLM2-135M-Instruct.Q4_1.gguf": "dc0f3a02e821146247a0af6895adf9872124f368682cb110cb9ed09ff2a9f9f1",
+}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per stream (fewer if the model ends its answer)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both sides")
-    ap.add_argument("--streams", default="1,8", help="concurrent stream counts, comma-separated")
+    ap.add_argument("--streams", default="1,4,8,16", help="concurrent stream counts, comma-separated")
+    ap.add_argument("--quants", default="as-given,q4_k_m",
+                    help="files to compare: as-given (--model) and/or q4_k_m (made from --model)")
+    ap.add_argument("--no-second-turn", action="store_true", help="skip the second-turn (prefix reuse) TTFT")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--engine-bin", type=Path, default=None, help="default: $CARGO_TARGET_DIR or target, /release/engine-speed")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side and stream count; the median is printed")
@@ -53,13 +68,19 @@ def main():
                     help="wait up to this long for the 1-minute load average to drop below half the cores")
     ap.add_argument("--llama-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-ids", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--suffix-ids", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--make-q4km", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     streams = [int(s) for s in args.streams.split(",") if s]
+    quants = [q for q in args.quants.split(",") if q]
     args.model = args.model.resolve()
 
+    if args.make_q4km:
+        return make_q4_k_m(args.model, args.make_q4km, args.threads)
     if args.llama_child:
         ids = [int(t) for t in args.prompt_ids.split(",")]
-        print(json.dumps(llama_child(args.model, ids, streams[0], args.tokens, args.threads)))
+        suffix = [int(t) for t in args.suffix_ids.split(",") if t] if args.suffix_ids else None
+        print(json.dumps(llama_child(args.model, ids, streams[0], args.tokens, args.threads, suffix)))
         return 0
 
     engine_bin = args.engine_bin or Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release/engine-speed"
@@ -68,8 +89,31 @@ def main():
         print("\n".join(missing), file=sys.stderr)
         return 2
 
+    q4km_file = None
+    if "q4_k_m" in quants:
+        q4km_file = ensure_q4_k_m(args.model, args.threads)
     load_before = wait_for_quiet(args.wait_quiet)
     cpu_before = cpu_snapshot()
+    measured = {}
+    if "as-given" in quants:
+        measured["as-given"] = measure(args, args.model, streams, engine_bin)
+    if q4km_file:
+        measured["q4_k_m"] = measure(args, q4km_file[0], streams, engine_bin)
+    second = None if args.no_second_turn else measure_second_turn(args, engine_bin)
+    others = other_cpu_share(cpu_before, cpu_snapshot())
+    load_after = os.getloadavg()
+    main_key = "as-given" if "as-given" in measured else "q4_k_m"
+    ours, llama, meta = measured[main_key]
+    bw = measure_bandwidth(args.threads, [w["bytes_per_token"] for w in meta["weights"]])
+    report(args, streams, meta, ours, llama, bw, (load_before, load_after, others), engine_bin)
+    report_more(args, streams, measured, q4km_file, second)
+    return 0
+
+
+def measure(args, model, streams, engine_bin):
+    """({streams: our median row}, {streams: llama.cpp's median row}, our first JSON) for one GGUF file.
+    Our prefix cache is off here: each side prefills every stream's prompt (llama.cpp does not share
+    the identical prompts of one batch either); the second turn measures the prefix cache."""
     ours, llama = {}, {}
     prompt_ids = None
     meta = None
@@ -77,19 +121,81 @@ def main():
         ours_runs, llama_runs = [], []
         for _ in range(args.repeat):
             out = run_json([str(engine_bin), "--ours-only", "--json", "--streams", str(n), "--tokens", str(args.tokens),
-                            "--model", str(args.model)], env={"RAYON_NUM_THREADS": str(args.threads)})
+                            "--model", str(model), "--prefix-cache-mib", "0"],
+                           env={"RAYON_NUM_THREADS": str(args.threads)})
             meta = meta or out
             prompt_ids = prompt_ids or out["prompt_tokens"]
             row = dict(out["rows"][0], rss_after_load_mib=out["rss_after_load_mib"])
             ours_runs.append(row)
-            llama_runs.append(run_json([sys.executable, __file__, "--llama-child", "--model", str(args.model),
+            llama_runs.append(run_json([sys.executable, __file__, "--llama-child", "--model", str(model),
                                         "--streams", str(n), "--tokens", str(args.tokens), "--threads", str(args.threads),
                                         "--prompt-ids", ",".join(map(str, prompt_ids))]))
         ours[n], llama[n] = median_row(ours_runs), median_row(llama_runs)
-    others = other_cpu_share(cpu_before, cpu_snapshot())
-    load_after = os.getloadavg()
-    bw = measure_bandwidth(args.threads, [w["bytes_per_token"] for w in meta["weights"]])
-    report(args, streams, meta, ours, llama, bw, (load_before, load_after, others), engine_bin)
+    return ours, llama, meta
+
+
+def measure_second_turn(args, engine_bin):
+    """Median first-turn and second-turn TTFT of each side, one stream, on --model."""
+    ours_runs, llama_runs = [], []
+    for _ in range(args.repeat):
+        out = run_json([str(engine_bin), "--ours-only", "--json", "--streams", "1", "--tokens", str(args.tokens),
+                        "--model", str(args.model), "--second-turn"], env={"RAYON_NUM_THREADS": str(args.threads)})
+        st = out["second_turn"]
+        ours_runs.append(dict(st, suffix_ids=None))
+        llama_runs.append(run_json([sys.executable, __file__, "--llama-child", "--model", str(args.model),
+                                    "--streams", "1", "--tokens", str(args.tokens), "--threads", str(args.threads),
+                                    "--prompt-ids", ",".join(map(str, out["prompt_tokens"])),
+                                    "--suffix-ids", ",".join(map(str, st["suffix_ids"]))]))
+    return median_row(ours_runs), median_row(llama_runs)
+
+
+# -- the Q4_K_M file -------------------------------------------------------------
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_q4_k_m(model, threads):
+    """(path, SHA-256) of the Q4_K_M file made from `model` beside it; made once, by llama.cpp's
+    quantiser in a child process, and checked against Q4_K_M_SHA256 when the source is known."""
+    name = model.name.replace(".Q4_1.gguf", "") if model.name.endswith(".Q4_1.gguf") else model.stem
+    dest = model.with_name(f"{name}.Q4_K_M.gguf")
+    if not dest.is_file():
+        tmp = dest.with_name(dest.name + ".partial")
+        proc = subprocess.run([sys.executable, __file__, "--make-q4km", str(tmp), "--model", str(model),
+                               "--threads", str(threads)], capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"making {dest} with llama.cpp's quantiser failed ({proc.returncode})")
+        tmp.rename(dest)
+    digest = sha256_file(dest)
+    expected = Q4_K_M_SHA256.get(model.name)
+    if expected and digest != expected:
+        raise SystemExit(f"{dest} has SHA-256 {digest}, expected {expected} (made by another llama.cpp version?); "
+                         f"delete it to make it again")
+    return dest, digest
+
+
+def make_q4_k_m(src, dest, threads):
+    """llama.cpp's quantiser: `src` dequantised to f32 and quantised to Q4_K_M (tensors whose rows
+    are not a multiple of 256 get llama.cpp's own fallback types, as its llama-quantize does)."""
+    import ctypes
+
+    import llama_cpp as L
+
+    L.llama_backend_init()
+    params = L.llama_model_quantize_default_params()
+    params.ftype = L.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.allow_requantize = True
+    params.nthread = threads
+    rc = L.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
+    if rc != 0:
+        print(f"llama_model_quantize returned {rc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -214,7 +320,7 @@ def last_level_cache_bytes():
 
 # -- llama.cpp, in its own process ---------------------------------------------
 
-def llama_child(model, prompt, streams, max_tokens, threads):
+def llama_child(model, prompt, streams, max_tokens, threads, suffix=None):
     import ctypes
 
     import numpy as np
@@ -231,7 +337,7 @@ def llama_child(model, prompt, streams, max_tokens, threads):
     m = L.llama_model_load_from_file(str(model).encode(), mp)
     if not m:
         raise SystemExit(f"llama.cpp could not load {model}")
-    per_seq = len(prompt) + max_tokens + 8
+    per_seq = len(prompt) + max_tokens + 8 + (len(suffix) + max_tokens if suffix else 0)
     cp = L.llama_context_default_params()
     cp.n_ctx = per_seq * streams
     cp.n_seq_max = streams
@@ -314,7 +420,57 @@ def llama_child(model, prompt, streams, max_tokens, threads):
         n = L.llama_detokenize(vocab, arr, len(tokens), buf, len(buf), False, False)
         return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
+    def prefill(ids, start):
+        """Sequence 0's tokens `ids` from position `start`, in batches; the greedy next token."""
+        for off in range(0, len(ids), cp.n_batch):
+            chunk = ids[off:off + cp.n_batch]
+            for j, tok in enumerate(chunk):
+                add(j, tok, start + off + j, 0, off + j == len(ids) - 1)
+            batch.n_tokens = len(chunk)
+            if L.llama_decode(ctx, batch) != 0:
+                raise SystemExit("llama_decode failed on a prompt")
+        return argmax(batch.n_tokens - 1)
+
+    def turns(suffix, tokens):
+        """First turn from an empty cache; then the follow-up (prompt + this side's own answer +
+        `suffix`), keeping the cached tokens it starts with, as llama.cpp's server (cache_prompt)
+        does; then the follow-up from an empty cache."""
+        mem = L.llama_get_memory(ctx)
+        L.llama_memory_clear(mem, True)
+        t0 = time.perf_counter()
+        nxt = prefill(prompt, 0)
+        first_ttft = time.perf_counter() - t0
+        kv, gen = list(prompt), []
+        while not L.llama_vocab_is_eog(vocab, nxt) and len(gen) < tokens:
+            gen.append(nxt)
+            if len(gen) == tokens:
+                break
+            add(0, nxt, len(kv), 0, True)
+            batch.n_tokens = 1
+            if L.llama_decode(ctx, batch) != 0:
+                raise SystemExit("llama_decode failed")
+            kv.append(nxt)
+            nxt = argmax(0)
+        second = prompt + gen + suffix
+        keep = min(len(common_prefix_list(kv, second)), len(second) - 1)
+        L.llama_memory_seq_rm(mem, 0, keep, -1)
+        t0 = time.perf_counter()
+        prefill(second[keep:], keep)
+        second_ttft = time.perf_counter() - t0
+        L.llama_memory_clear(mem, True)
+        t0 = time.perf_counter()
+        prefill(second, 0)
+        cold_ttft = time.perf_counter() - t0
+        L.llama_memory_clear(mem, True)
+        return {"first_ttft_ms": first_ttft * 1e3, "second_ttft_ms": second_ttft * 1e3,
+                "second_cold_ttft_ms": cold_ttft * 1e3, "second_prompt_tokens": len(second),
+                "reused_tokens": keep, "peak_rss_mib": status_mib("VmHWM:")}
+
     generate(1, 3)  # Warm-up, as on our side.
+    if suffix is not None:
+        r = turns(suffix, max_tokens)
+        L.llama_batch_free(batch)
+        return dict(r, side="llama.cpp", version=L.__version__)
     r = generate(streams, max_tokens)
     ttft = sorted(r.pop("ttft_ms"))
     L.llama_batch_free(batch)
@@ -363,19 +519,7 @@ def report(args, streams, meta, ours, llama, bw, load, engine_bin):
         print(f"Greedy text of stream 1, {n} stream(s): the two sides agree on the first {same} of {total} characters"
               + ("" if same == total else " (ours runs Q8_0 weights re-quantised from Q4_1, so greedy paths may part)"))
 
-    print("\nGoals (reported, not asserted):")
     one = min(streams)
-    many = max(streams)
-    if one in ours:
-        print(goal(f"single-stream decode >= 1.0x llama.cpp", ours[one]["decode_tok_s"] / llama[one]["decode_tok_s"], 1.0))
-        print(goal(f"single-stream TTFT <= llama.cpp's", llama[one]["ttft_ms_p50"] / ours[one]["ttft_ms_p50"], 1.0,
-                   f"{ours[one]['ttft_ms_p50']:.1f} ms vs {llama[one]['ttft_ms_p50']:.1f} ms"))
-    if many != one:
-        print(goal(f"{many} streams >= 3x our single-stream tok/s",
-                   ours[many]["decode_tok_s"] / ours[one]["decode_tok_s"], 3.0))
-        print(goal(f"{many}-stream TTFT p50 <= llama.cpp's", llama[many]["ttft_ms_p50"] / ours[many]["ttft_ms_p50"], 1.0,
-                   f"{ours[many]['ttft_ms_p50']:.1f} ms vs {llama[many]['ttft_ms_p50']:.1f} ms"))
-
     print(f"\nMemory bandwidth (numpy copy, {args.threads} threads, counted as bytes read + bytes written):")
     print(f"  DRAM ({bw['dram_bytes'] / MIB:.0f} MiB working set, last-level cache {bw['llc_bytes'] / MIB:.0f} MiB): "
           f"{bw['dram'] / 1e9:.1f} GB/s ({bw['dram_1thread'] / 1e9:.1f} GB/s on 1 thread)")
@@ -404,6 +548,86 @@ def report(args, streams, meta, ours, llama, bw, load, engine_bin):
           f"python3 benches/llama-cpp/compare.py --tokens {args.tokens} --threads {args.threads} --streams {args.streams}"
           + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
           + (f" --engine-bin {engine_bin}" if args.engine_bin else ""))
+
+
+def report_more(args, streams, measured, q4km_file, second):
+    """The sections after the main table: Q4_K_M, the second turn, the goals."""
+    if q4km_file and "q4_k_m" in measured:
+        ours, llama, meta = measured["q4_k_m"]
+        path, digest = q4km_file
+        types = meta["weights"][0]["format"]
+        print(f"\nQ4_K_M: {path.name} ({types}), made from {args.model.name} by llama.cpp's quantiser, "
+              f"SHA-256 {digest[:16]}...")
+        print_rows(streams, ours, llama)
+    if second:
+        o, l = second
+        print("\nSecond turn (one stream): the follow-up prompt is the first prompt, the side's own answer and the")
+        print(f"next user turn ({o['second_prompt_tokens']:.0f} tokens for ours); TTFT with the first turn's KV kept, and cold")
+        hdr = f"{'side':<24} {'turn 1 TTFT':>12} {'turn 2 TTFT':>12} {'turn 2 cold':>12} {'turn2/turn1':>12} {'peak RSS':>10}"
+        print(hdr)
+        print("-" * len(hdr))
+        for name, r in (("llama.cpp", l), ("tenzro engine", o)):
+            print(f"{name:<24} {r['first_ttft_ms']:>10.1f}ms {r['second_ttft_ms']:>10.1f}ms {r['second_cold_ttft_ms']:>10.1f}ms "
+                  f"{ratio(r['second_ttft_ms'], r['first_ttft_ms']):>12} {r['peak_rss_mib']:>7.0f}MiB")
+        print(f"{'ours / llama.cpp':<24} {ratio(o['first_ttft_ms'], l['first_ttft_ms']):>12} "
+              f"{ratio(o['second_ttft_ms'], l['second_ttft_ms']):>12} {ratio(o['second_cold_ttft_ms'], l['second_cold_ttft_ms']):>12}")
+        print(f"(llama.cpp kept {l['reused_tokens']:.0f} cached tokens; ours runs its prefix cache, 64 MiB)")
+    print_goals(streams, measured, second)
+
+
+def print_rows(streams, ours, llama):
+    hdr = f"{'side':<24} {'streams':>7} {'tokens':>7} {'TTFT p50':>10} {'TTFT mean':>10} {'decode tok/s':>13} {'peak RSS':>10} {'RSS loaded':>11}"
+    print(hdr)
+    print("-" * len(hdr))
+    for n in streams:
+        for side, r in (("llama.cpp", llama[n]), ("tenzro engine", ours[n])):
+            print(f"{side:<24} {n:>7} {r['completion_tokens']:>7.0f} {r['ttft_ms_p50']:>8.1f}ms {r['ttft_ms_mean']:>8.1f}ms "
+                  f"{r['decode_tok_s']:>13.1f} {r['peak_rss_mib']:>7.0f}MiB {r['rss_after_load_mib']:>8.0f}MiB")
+        o, l = ours[n], llama[n]
+        print(f"{'ours / llama.cpp':<24} {n:>7} {'':>7} {ratio(o['ttft_ms_p50'], l['ttft_ms_p50']):>10} "
+              f"{ratio(o['ttft_ms_mean'], l['ttft_ms_mean']):>10} {ratio(o['decode_tok_s'], l['decode_tok_s']):>13} "
+              f"{ratio(o['peak_rss_mib'], l['peak_rss_mib']):>10} {ratio(o['rss_after_load_mib'], l['rss_after_load_mib']):>11}")
+
+
+def print_goals(streams, measured, second):
+    """Issue 13's goals, each met or missed on each file, with what limits a missed one."""
+    print("\nGoals (reported, not asserted)                         achieved  goal     verdict")
+    one, many = min(streams), (8 if 8 in streams else max(streams))
+    for key, (ours, llama, _) in measured.items():
+        label = "Q4_K_M" if key == "q4_k_m" else "as given"
+        o1, l1 = ours[one], llama[one]
+        step_growth = (ours[many]["decode_tok_s"] / max(o1["decode_tok_s"], 1e-9)) if many in ours else 0
+        rows = [
+            (f"{label}: {one}-stream decode >= 1.2x llama.cpp", o1["decode_tok_s"] / l1["decode_tok_s"], 1.2, True,
+             "per-token work: matmul kernels and per-op overhead (see the bandwidth share above)"),
+            (f"{label}: {one}-stream TTFT <= llama.cpp's", o1["ttft_ms_p50"] / l1["ttft_ms_p50"], 1.0, False,
+             f"prefill GEMM speed ({o1['ttft_ms_p50']:.0f} ms vs {l1['ttft_ms_p50']:.0f} ms)"),
+            (f"{label}: {many}-stream aggregate >= 2x llama.cpp's", 
+             ours[many]["decode_tok_s"] / llama[many]["decode_tok_s"] if many in ours else 0, 2.0, True,
+             f"batched step cost: our {many}-stream aggregate is {step_growth:.2f}x our single stream "
+             f"(kernels that reuse a weight block across the batch keep a step near 1-2x)"),
+            (f"{label}: peak RSS <= llama.cpp's + 50%",
+             max(ours[n]["peak_rss_mib"] / llama[n]["peak_rss_mib"] for n in streams), 1.5, False,
+             "weights re-quantised to Q8_0 at load (1.5x the bytes) and the f32 embedding copy"),
+        ]
+        for text, achieved, target, higher, limit in rows:
+            met = achieved >= target if higher else achieved <= target
+            print(f"  {text:<52} {achieved:>6.2f}x  {('>=' if higher else '<=')}{target:<4.1f}  "
+                  + ("met" if met else f"missed: {limit}"))
+    if second:
+        o, _ = second
+        r = o["second_ttft_ms"] / o["first_ttft_ms"]
+        print(f"  {'second-turn TTFT <= 0.3x the first turn':<52} {r:>6.2f}x  <=0.3   "
+              + ("met" if r <= 0.3 else "missed: the follow-up's new tokens still need a prefill, and the cached KV is copied"))
+
+
+def common_prefix_list(a, b):
+    out = []
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        out.append(x)
+    return out
 
 
 def common_prefix(a, b):

@@ -7,10 +7,16 @@
 //! request does not wait for a long one to finish. A sequence whose client went
 //! away (its reply channel closed) is dropped at the next round.
 //!
+//! While other sequences are decoding, a prompt is prefilled `prefill_chunk`
+//! tokens per round, between their decode steps, so a long prompt does not stall
+//! their streams. A prompt sharing a prefix with a cached KV (`prefix_cache`)
+//! starts from a copy of it and prefills only the rest.
+//!
 //! Batching the decode steps of many sequences into one matmul is the follow-up
 //! engine issue; the queue and the per-sequence state here are shaped for it.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread;
@@ -20,7 +26,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::api::FinishReason;
 use crate::detok::IncrementalDecoder;
 use crate::llama::KvCache;
-use crate::llm::Llm;
+use crate::llm::{Llm, logits_vec};
+use crate::prefix_cache::PrefixCache;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
 
@@ -30,13 +37,22 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Sequences decoded side by side.
     pub max_sequences: usize,
+    /// Prompt tokens prefilled per round while other sequences decode (a prompt
+    /// arriving when nothing decodes is prefilled whole). At least 1.
+    pub prefill_chunk: usize,
+    /// Bytes of KV cache kept for prompts that share a prefix with an earlier
+    /// prompt or conversation; 0 turns the prefix cache off.
+    pub prefix_cache_bytes: usize,
 }
+
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             queue_capacity: 64,
             max_sequences: 8,
+            prefill_chunk: 128,
+            prefix_cache_bytes: 64 << 20,
         }
     }
 }
@@ -97,6 +113,7 @@ pub struct Engine {
     tx: SyncSender<GenerateRequest>,
     stats: Arc<Stats>,
     llm: Arc<Llm>,
+    prefix: Arc<Mutex<PrefixCache>>,
 }
 
 #[derive(Default)]
@@ -109,17 +126,35 @@ impl Engine {
     pub fn spawn(llm: Arc<Llm>, config: EngineConfig) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let stats = Arc::new(Stats::default());
+        let prefix = Arc::new(Mutex::new(PrefixCache::new(config.prefix_cache_bytes)));
         let worker = Worker {
             llm: llm.clone(),
             rx,
             stats: stats.clone(),
             max_sequences: config.max_sequences.max(1),
+            prefill_chunk: config.prefill_chunk.max(1),
+            prefix: prefix.clone(),
             groups: Vec::new(),
         };
         thread::Builder::new()
             .name("tenzro-engine".into())
             .spawn(move || worker.run())?;
-        Ok(Engine { tx, stats, llm })
+        Ok(Engine {
+            tx,
+            stats,
+            llm,
+            prefix,
+        })
+    }
+
+    /// Forget every cached prefix (benchmarks measure a cold first turn with it).
+    pub fn clear_prefix_cache(&self) {
+        lock(&self.prefix).clear();
+    }
+
+    /// Bytes the prefix cache holds.
+    pub fn prefix_cache_bytes(&self) -> usize {
+        lock(&self.prefix).used_bytes()
     }
 
     pub fn llm(&self) -> &Llm {
@@ -153,16 +188,35 @@ struct Worker {
     rx: Receiver<GenerateRequest>,
     stats: Arc<Stats>,
     max_sequences: usize,
+    prefill_chunk: usize,
+    prefix: Arc<Mutex<PrefixCache>>,
     groups: Vec<Group>,
+}
+
+/// The prefix cache is only a cache: a panic elsewhere while it was held leaves
+/// nothing a later user could misread, so a poisoned lock is taken as is.
+fn lock(m: &Mutex<PrefixCache>) -> std::sync::MutexGuard<'_, PrefixCache> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One request: its choices share the prompt and the reply channel.
 struct Group {
     reply: UnboundedSender<Event>,
+    prompt: Vec<u32>,
     prompt_tokens: u32,
     max_new_tokens: usize,
+    /// Set until the whole prompt is in the cache; the choices start after it.
+    pending: Option<Pending>,
     choices: Vec<Choice>,
     ended: bool,
+}
+
+/// A prompt being prefilled chunk by chunk.
+struct Pending {
+    cache: KvCache,
+    /// Prompt tokens already in `cache` (reused from the prefix cache or prefilled).
+    done: usize,
+    params: GenerationParams,
 }
 
 struct Choice {
@@ -173,6 +227,8 @@ struct Choice {
     stop: StopMatcher,
     /// The token to feed next and its position.
     next: u32,
+    /// Tokens fed to the model after the prompt (the cache holds prompt + these).
+    fed: Vec<u32>,
     pos: usize,
     generated: u32,
     unreported: u32,
@@ -187,18 +243,24 @@ impl Worker {
             if !self.admit() {
                 return;
             }
+            self.prefill_round();
             self.step_all();
-            self.groups
-                .retain(|g| !g.ended && g.choices.iter().any(|c| !c.done));
-            let active: usize = self.groups.iter().map(|g| g.choices.len()).sum();
-            self.stats.active.store(active, Ordering::Relaxed);
+            self.keep_finished();
+            self.groups.retain(|g| {
+                !g.ended && (g.pending.is_some() || g.choices.iter().any(|c| !c.done))
+            });
+            self.stats.active.store(self.active(), Ordering::Relaxed);
         }
     }
 
+    /// Sequences admitted: decoding, or waiting for their prompt's prefill.
     fn active(&self) -> usize {
         self.groups
             .iter()
-            .map(|g| g.choices.iter().filter(|c| !c.done).count())
+            .map(|g| match &g.pending {
+                Some(p) => p.params.n.max(1) as usize,
+                None => g.choices.iter().filter(|c| !c.done).count(),
+            })
             .sum()
     }
 
@@ -229,59 +291,82 @@ impl Worker {
         true
     }
 
-    /// Prefill the prompt and sample each choice's first token.
+    /// Admit a request: its prompt starts from the longest cached prefix and is
+    /// prefilled by [`Worker::prefill_round`].
     fn start(&self, request: GenerateRequest) -> Option<Group> {
         let GenerateRequest {
             prompt,
             params,
             reply,
         } = request;
-        let (cache, logits) = match self.llm.prefill(&prompt) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "prefill failed");
-                let _ = reply.send(Event::Error(e.to_string()));
-                return None;
-            }
+        let (cache, done) = match lock(&self.prefix).lookup(&prompt) {
+            Some(r) => (r.cache, r.reused),
+            None => (self.llm.model.new_cache(), 0),
         };
-        let mut group = Group {
+        Some(Group {
             reply,
             prompt_tokens: prompt.len() as u32,
+            prompt,
             max_new_tokens: params.max_new_tokens.max(1),
-            choices: Vec::with_capacity(params.n as usize),
-            ended: false,
-        };
-        for index in 0..params.n.max(1) {
-            let mut sampler = Sampler::new(params.sampling.clone(), u64::from(index));
-            let first = sampler.sample(&mut logits.clone());
-            let cache = match cache.try_clone() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "copying the prompt's cache failed");
-                    let _ = group.reply.send(Event::Error(e.to_string()));
-                    return None;
-                }
-            };
-            group.choices.push(Choice {
-                index,
+            pending: Some(Pending {
                 cache,
-                sampler,
-                detok: IncrementalDecoder::default(),
-                stop: StopMatcher::new(params.stop.clone()),
-                next: first,
-                pos: prompt.len(),
-                generated: 0,
-                unreported: 0,
-                done: false,
-                stepped: false,
-            });
-        }
+                done,
+                params,
+            }),
+            choices: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// Prefill pending prompts, oldest first: everything when nothing decodes,
+    /// else `prefill_chunk` tokens in all, so the decoders step again soon.
+    fn prefill_round(&mut self) {
+        let decoding = self
+            .groups
+            .iter()
+            .any(|g| !g.ended && g.choices.iter().any(|c| !c.done));
+        let mut budget = if decoding { self.prefill_chunk } else { usize::MAX };
         let llm = &self.llm;
-        for i in 0..group.choices.len() {
-            group.accept(llm, i);
+        for group in self.groups.iter_mut().filter(|g| !g.ended) {
+            if budget == 0 {
+                break;
+            }
+            let Some(p) = group.pending.as_mut() else {
+                continue;
+            };
+            let take = (group.prompt.len() - p.done).min(budget);
+            budget -= take;
+            let end = p.done + take;
+            let logits = llm
+                .model
+                .prefill(&group.prompt[p.done..end], &mut p.cache)
+                .map_err(crate::ModelError::from)
+                .and_then(|l| logits_vec(&l));
+            match logits {
+                Ok(_) if end < group.prompt.len() => p.done = end,
+                Ok(logits) => group.begin(llm, logits, &self.prefix),
+                Err(e) => {
+                    tracing::error!(error = %e, "prefill failed");
+                    let _ = group.reply.send(Event::Error(e.to_string()));
+                    group.ended = true;
+                }
+            }
         }
-        group.finish_if_done();
-        Some(group)
+    }
+
+    /// Offer the caches of sequences that finished to the prefix cache (a later
+    /// turn of the same conversation starts with their tokens).
+    fn keep_finished(&mut self) {
+        let mut prefix = lock(&self.prefix);
+        for group in &mut self.groups {
+            for c in group.choices.iter_mut().filter(|c| c.done && !c.cache.is_empty()) {
+                let cache = std::mem::replace(&mut c.cache, self.llm.model.new_cache());
+                let mut tokens = Vec::with_capacity(group.prompt.len() + c.fed.len());
+                tokens.extend_from_slice(&group.prompt);
+                tokens.extend_from_slice(&c.fed);
+                prefix.insert(tokens, cache);
+            }
+        }
     }
 
     /// One decode step for every active sequence, as one batch.
@@ -308,8 +393,9 @@ impl Worker {
         };
         match result {
             Ok(rows) => {
-                for (c, mut logits) in active.iter_mut().zip(rows) {
+                for ((c, mut logits), &token) in active.iter_mut().zip(rows).zip(&tokens) {
                     c.pos += 1;
+                    c.fed.push(token);
                     c.next = c.sampler.sample(&mut logits);
                     c.stepped = true;
                 }
@@ -335,6 +421,47 @@ impl Worker {
 }
 
 impl Group {
+    /// The prompt is in `cache`: sample each choice's first token from `logits`,
+    /// and offer the prompt's cache to the prefix cache.
+    fn begin(&mut self, llm: &Llm, logits: Vec<f32>, prefix: &Mutex<PrefixCache>) {
+        let Some(Pending { cache, params, .. }) = self.pending.take() else {
+            return;
+        };
+        self.choices.reserve(params.n as usize);
+        for index in 0..params.n.max(1) {
+            let mut sampler = Sampler::new(params.sampling.clone(), u64::from(index));
+            let first = sampler.sample(&mut logits.clone());
+            let cache = match cache.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "copying the prompt's cache failed");
+                    let _ = self.reply.send(Event::Error(e.to_string()));
+                    self.ended = true;
+                    return;
+                }
+            };
+            self.choices.push(Choice {
+                index,
+                cache,
+                sampler,
+                detok: IncrementalDecoder::default(),
+                stop: StopMatcher::new(params.stop.clone()),
+                next: first,
+                fed: Vec::new(),
+                pos: self.prompt.len(),
+                generated: 0,
+                unreported: 0,
+                done: false,
+                stepped: false,
+            });
+        }
+        lock(prefix).insert(self.prompt.clone(), cache);
+        for i in 0..self.choices.len() {
+            self.accept(llm, i);
+        }
+        self.finish_if_done();
+    }
+
     /// Account for choice `i`'s newly sampled token (`next`): emit its text or
     /// finish the choice.
     fn accept(&mut self, llm: &Llm, i: usize) {

@@ -38,6 +38,8 @@ pub mod llm;
 #[cfg(feature = "engine")]
 pub mod logprobs;
 #[cfg(feature = "engine")]
+pub mod prefix_cache;
+#[cfg(feature = "engine")]
 pub mod sampler;
 #[cfg(feature = "engine")]
 pub mod stop;

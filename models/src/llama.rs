@@ -187,6 +187,42 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// A copy of the first `len` positions that shares no storage with `self`
+    /// (the prefix cache hands these out; each sequence writes its own buffers).
+    pub fn prefix_copy(&self, len: usize) -> Result<KvCache> {
+        if len > self.len {
+            candle_core::bail!("prefix of {len} tokens from a cache of {}", self.len);
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let copy = match layer {
+                Some(l) if len > 0 => {
+                    let cap = (len + 1).next_power_of_two().clamp(64, MAX_SEQ_LEN.max(len));
+                    let (heads, _, dim) = l.k.dims3()?;
+                    let k = Tensor::zeros((heads, cap, dim), l.k.dtype(), l.k.device())?;
+                    let v = Tensor::zeros((heads, cap, dim), l.v.dtype(), l.v.device())?;
+                    k.slice_set(&l.k.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                    v.slice_set(&l.v.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                    Some(LayerCache { k, v, len })
+                }
+                _ => None,
+            };
+            layers.push(copy);
+        }
+        Ok(KvCache { layers, len })
+    }
+
+    /// Bytes of the key and value buffers (their capacity, not only the filled part).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| (l.k.elem_count() + l.v.elem_count()) * l.k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
 impl Llama {
     pub fn from_gguf<R: std::io::Seek + std::io::Read>(
         ct: &Content,

@@ -315,6 +315,7 @@ fn a_dropped_client_frees_its_slot() {
         EngineConfig {
             queue_capacity: 4,
             max_sequences: 1,
+            ..EngineConfig::default()
         },
     )
     .unwrap();

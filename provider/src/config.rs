@@ -75,13 +75,20 @@ pub struct EngineSection {
     pub queue_capacity: usize,
     /// Sequences decoded side by side.
     pub max_sequences: usize,
+    /// MiB of KV cache kept per chat model for prompts sharing a prefix (a system
+    /// prompt, earlier turns of a conversation); 0 turns the prefix cache off.
+    pub prefix_cache_mib: usize,
 }
+
+/// The largest `engine.prefix_cache_mib` accepted (1 TiB).
+pub const MAX_PREFIX_CACHE_MIB: usize = 1 << 20;
 
 impl Default for EngineSection {
     fn default() -> Self {
         EngineSection {
             queue_capacity: 64,
             max_sequences: 8,
+            prefix_cache_mib: 64,
         }
     }
 }
@@ -373,6 +380,12 @@ impl Config {
             return invalid(
                 "engine.max_sequences and engine.queue_capacity must be at least 1".into(),
             );
+        }
+        if self.engine.prefix_cache_mib > MAX_PREFIX_CACHE_MIB {
+            return invalid(format!(
+                "engine.prefix_cache_mib {} is over the limit of {MAX_PREFIX_CACHE_MIB}",
+                self.engine.prefix_cache_mib
+            ));
         }
         Ok(())
     }

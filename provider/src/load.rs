@@ -87,6 +87,8 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
         let engine_cfg = EngineConfig {
             queue_capacity: config.engine.queue_capacity,
             max_sequences: config.engine.max_sequences,
+            prefix_cache_bytes: config.engine.prefix_cache_mib << 20,
+            ..EngineConfig::default()
         };
         let engine =
             Engine::spawn(Arc::new(llm), engine_cfg).map_err(|source| LoadError::Engine {
