@@ -1,7 +1,7 @@
 //! Quantized matmul speed: this crate's CPU kernels (`tenzro_models::linear`)
 //! against candle's `QMatMul` on the same weights, per weight type and batch size.
 //!
-//! Run: `cargo run --release -p tenzro-benches --bin kernel-speed [-- --iters 200]`.
+//! Run: `cargo run --release -p tenzro-benches --bin kernel-speed [-- --iters 200] [--engine]`.
 //! Prints one row per (type, shape, batch) with both medians and the speed-up.
 //! The shapes are the default model's (hidden 576, FFN 1536) and a 4096x4096
 //! matrix, as in 7B models; K-quant rows need 256-multiples, so they use the
@@ -25,6 +25,63 @@ struct Args {
     /// Also run a 4096x4096 matrix per type (slower).
     #[arg(long)]
     large: bool,
+    /// Also time greedy decode of the default model (prefill, then `--tokens`
+    /// steps for 1 and 8 sequences) with candle's matmul and with ours, each
+    /// loaded in this process.
+    #[arg(long)]
+    engine: bool,
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    #[arg(long, default_value = ".tenzro/models")]
+    models_dir: std::path::PathBuf,
+}
+
+/// Decode tok/s of `streams` greedy sequences on the default model (Q4_1 as
+/// shipped, or re-quantised to Q8_0 at load).
+fn engine_tok_s(
+    args: &Args,
+    ours: bool,
+    q8: bool,
+    streams: usize,
+) -> anyhow::Result<(f64, String)> {
+    use tenzro_models::llm::{Llm, LlmConfig, Requantize, default_model_path};
+    use tenzro_models::sampler::argmax;
+    use tenzro_models::template::TemplateMessage;
+    tenzro_models::linear::use_cpu_kernels(ours);
+    let cfg = LlmConfig {
+        path: default_model_path(&args.models_dir),
+        sha256: None,
+        tokenizer_json: None,
+        requantize: if q8 {
+            Requantize::Q8_0
+        } else {
+            Requantize::None
+        },
+    };
+    let llm = Llm::load(&cfg, &Device::Cpu)?;
+    let prompt = llm.render_chat(&[TemplateMessage {
+        role: "user".into(),
+        content: "Write a short story about a lighthouse keeper.".into(),
+    }])?;
+    let ids = llm.encode(&prompt)?;
+    let mut caches = Vec::new();
+    let mut next = Vec::new();
+    for _ in 0..streams {
+        let (cache, logits) = llm.prefill(&ids)?;
+        caches.push(cache);
+        next.push(argmax(&logits));
+    }
+    let mut first = vec![next[0]];
+    let t = Instant::now();
+    for _ in 0..args.tokens {
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        let logits = llm.decode(&next, &mut refs)?;
+        next = logits.iter().map(|l| argmax(l)).collect();
+        first.push(next[0]);
+    }
+    let tok_s = (args.tokens * streams) as f64 / t.elapsed().as_secs_f64();
+    let text = llm.tokenizer.decode(&first, true).unwrap_or_default();
+    Ok((tok_s, text))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -85,6 +142,28 @@ fn main() -> anyhow::Result<()> {
                     to.as_secs_f64() * 1e6,
                     tc.as_secs_f64() / to.as_secs_f64().max(1e-12)
                 );
+            }
+        }
+    }
+    if args.engine {
+        println!(
+            "\n| default model, greedy decode of {} tokens | streams | tok/s | vs candle Q8_0 |\n|---|---|---|---|",
+            args.tokens
+        );
+        for streams in [1, 8] {
+            let (base, text) = engine_tok_s(&args, false, true, streams)?;
+            println!(
+                "| candle matmul, Q8_0 at load (the old default) | {streams} | {base:.1} | 1.00x |"
+            );
+            for (name, q8) in [
+                ("ours, Q4_1 as shipped", false),
+                ("ours, Q8_0 at load", true),
+            ] {
+                let (tok_s, ours) = engine_tok_s(&args, true, q8, streams)?;
+                println!("| {name} | {streams} | {tok_s:.1} | {:.2}x |", tok_s / base);
+                if ours != text {
+                    println!("|   (text differs: candle {text:?}, ours {ours:?}) | | | |");
+                }
             }
         }
     }
