@@ -55,7 +55,6 @@ struct Args {
     second_turn: bool,
 }
 
-
 struct Row {
     name: String,
     side: &'static str,
@@ -357,6 +356,7 @@ fn run_streams(
                         count = completion_tokens;
                     }
                     Event::Error(e) => return Err(e),
+                    Event::ToolCall { .. } | Event::Logprobs { .. } => {}
                 }
             }
             Ok((first, end.unwrap_or_else(Instant::now), count, out))
@@ -369,6 +369,7 @@ fn run_streams(
             max_new_tokens: tokens,
             stop: vec![],
             n: 1,
+            grammar: None,
         };
         engine
             .submit(GenerateRequest {

@@ -310,6 +310,22 @@ fn estimate_text(s: &str) -> u64 {
     s.len() as u64
 }
 
+/// Prompt tokens the tools add: their JSON (the provider lists them in the prompt),
+/// past calls' names and arguments, and the framing of the tools block.
+fn tools_estimate(req: &ChatCompletionRequest) -> u64 {
+    let tools = req
+        .tools
+        .as_ref()
+        .map_or(0, |t| serde_json::to_vec(t).map_or(0, |v| v.len() as u64 + 256));
+    let calls: u64 = req
+        .messages
+        .iter()
+        .flat_map(|m| m.tool_calls.iter().flatten())
+        .map(|c| (c.function.name.len() + c.function.arguments.len()) as u64 + 32)
+        .sum();
+    tools + calls
+}
+
 async fn chat(
     State(state): State<AppState>,
     Auth(key): Auth,
@@ -326,12 +342,18 @@ async fn chat(
             param: Some("messages".into()),
         });
     }
+    // The same rules the provider applies (`response_format`, `tools`...), before routing.
+    tenzro_models::api::structured(&req).map_err(|e| ApiError::BadRequest {
+        message: e.message,
+        param: Some(e.param),
+    })?;
     let prompt_estimate = req
         .messages
         .iter()
         .map(|m| estimate_text(&m.text()) + 16)
         .sum::<u64>()
-        + 16;
+        + 16
+        + tools_estimate(&req);
     let stream = req.is_stream();
     let include_usage = req.include_usage();
     if stream {

@@ -25,8 +25,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::FinishReason;
 use crate::detok::IncrementalDecoder;
+use crate::grammar::{Compiled, Constraint, GrammarError};
 use crate::llama::KvCache;
 use crate::llm::{Llm, logits_vec};
+use crate::logprobs::{TokenLogprob, TokenText};
 use crate::prefix_cache::PrefixCache;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
@@ -45,7 +47,6 @@ pub struct EngineConfig {
     pub prefix_cache_bytes: usize,
 }
 
-
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -61,11 +62,14 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone)]
 pub struct GenerationParams {
     pub sampling: SamplingParams,
-    /// At least 1; prompt + this fits the context (the caller checks).
+    /// At least 1; prompt + this fits the context (the caller checks). 0 only
+    /// with `sampling.prompt_logprobs`: the prompt is scored, nothing generated.
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
     /// Number of choices, at least 1.
     pub n: u32,
+    /// The grammar each choice's output must match (`response_format`, tool calls).
+    pub grammar: Option<Compiled>,
 }
 
 pub struct GenerateRequest {
@@ -97,6 +101,23 @@ pub enum Event {
         completion_tokens: u32,
     },
     Error(String),
+    /// Logprobs of a choice's tokens, only when the request asked for them: a
+    /// scored prompt's tokens first (`sampling.prompt_logprobs`), then one event
+    /// per completion token, sent before the `Text`/`Finished` that counts it.
+    Logprobs {
+        choice: u32,
+        entries: Vec<TokenLogprob>,
+    },
+    /// One whole tool call of a choice (`index` counts the choice's calls), and the
+    /// completion tokens it carries. The engine never sends it: the provider splits
+    /// a tool-calling choice's text into these (`tools::CallSplitter`).
+    ToolCall {
+        choice: u32,
+        index: u32,
+        name: String,
+        arguments: String,
+        tokens: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -209,6 +230,8 @@ struct Group {
     pending: Option<Pending>,
     choices: Vec<Choice>,
     ended: bool,
+    /// Set when the request asked for logprobs.
+    token_text: Option<TokenText>,
 }
 
 /// A prompt being prefilled chunk by chunk.
@@ -235,6 +258,40 @@ struct Choice {
     done: bool,
     /// Set when the last batch gave this choice a new token to account for.
     stepped: bool,
+    /// Where the choice is in its request's grammar, if any.
+    constraint: Option<Constraint>,
+    /// A grammar failure from the last sampling step, reported by `accept`.
+    grammar_error: Option<GrammarError>,
+}
+
+/// Sample under the choice's grammar, if any: mask the logits, sample, then
+/// advance the grammar past the token (end-of-sequence tokens end it instead).
+/// Unconstrained choices pay nothing here.
+fn pick(
+    sampler: &mut Sampler,
+    constraint: Option<&mut Constraint>,
+    logits: &mut [f32],
+    eos_ids: &[u32],
+) -> Result<u32, GrammarError> {
+    let Some(constraint) = constraint else {
+        return Ok(sampler.sample(logits));
+    };
+    constraint.mask(logits)?;
+    let token = sampler.sample(logits);
+    constraint.commit(token, eos_ids.contains(&token))?;
+    Ok(token)
+}
+
+/// `pick`, keeping a failure for `accept` to report; the choice then feeds an
+/// end-of-sequence token it never uses.
+fn pick_or_fail(c: &mut Choice, logits: &mut [f32], eos_ids: &[u32]) -> u32 {
+    match pick(&mut c.sampler, c.constraint.as_mut(), logits, eos_ids) {
+        Ok(t) => t,
+        Err(e) => {
+            c.grammar_error = Some(e);
+            eos_ids.first().copied().unwrap_or(0)
+        }
+    }
 }
 
 impl Worker {
@@ -299,7 +356,16 @@ impl Worker {
             params,
             reply,
         } = request;
-        let (cache, done) = match lock(&self.prefix).lookup(&prompt) {
+        let token_text = params
+            .sampling
+            .logprobs
+            .map(|_| TokenText::new(&self.llm.tokenizer));
+        // A scored prompt needs every position's logits: no cached prefix.
+        let cached = match params.sampling.prompt_logprobs {
+            true => None,
+            false => lock(&self.prefix).lookup(&prompt),
+        };
+        let (cache, done) = match cached {
             Some(r) => (r.cache, r.reused),
             None => (self.llm.model.new_cache(), 0),
         };
@@ -315,6 +381,7 @@ impl Worker {
             }),
             choices: Vec::new(),
             ended: false,
+            token_text,
         })
     }
 
@@ -334,6 +401,11 @@ impl Worker {
             let Some(p) = group.pending.as_mut() else {
                 continue;
             };
+            if p.params.sampling.prompt_logprobs {
+                budget = budget.saturating_sub(group.prompt.len());
+                group.prefill_scored(llm, &self.prefix);
+                continue;
+            }
             let take = (group.prompt.len() - p.done).min(budget);
             budget -= take;
             let end = p.done + take;
@@ -396,7 +468,7 @@ impl Worker {
                 for ((c, mut logits), &token) in active.iter_mut().zip(rows).zip(&tokens) {
                     c.pos += 1;
                     c.fed.push(token);
-                    c.next = c.sampler.sample(&mut logits);
+                    c.next = pick_or_fail(c, &mut logits, &llm.eos_ids);
                     c.stepped = true;
                 }
             }
@@ -428,9 +500,17 @@ impl Group {
             return;
         };
         self.choices.reserve(params.n as usize);
+        let score_only = params.max_new_tokens == 0;
         for index in 0..params.n.max(1) {
-            let mut sampler = Sampler::new(params.sampling.clone(), u64::from(index));
-            let first = sampler.sample(&mut logits.clone());
+            let sampler = Sampler::new(params.sampling.clone(), u64::from(index));
+            let constraint = match params.grammar.as_ref().map(Compiled::start).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = self.reply.send(Event::Error(e.to_string()));
+                    self.ended = true;
+                    return;
+                }
+            };
             let cache = match cache.try_clone() {
                 Ok(c) => c,
                 Err(e) => {
@@ -446,26 +526,102 @@ impl Group {
                 sampler,
                 detok: IncrementalDecoder::default(),
                 stop: StopMatcher::new(params.stop.clone()),
-                next: first,
+                next: 0,
                 fed: Vec::new(),
                 pos: self.prompt.len(),
                 generated: 0,
                 unreported: 0,
                 done: false,
                 stepped: false,
+                constraint,
+                grammar_error: None,
             });
+            if score_only {
+                continue;
+            }
+            if let Some(c) = self.choices.last_mut() {
+                c.next = pick_or_fail(c, &mut logits.clone(), &llm.eos_ids);
+            }
         }
         lock(prefix).insert(self.prompt.clone(), cache);
         for i in 0..self.choices.len() {
-            self.accept(llm, i);
+            if score_only {
+                self.finish_scored(i);
+            } else {
+                self.accept(llm, i);
+            }
         }
         self.finish_if_done();
+    }
+
+    /// Prefill a prompt whose tokens are to be scored (legacy `echo` with
+    /// `logprobs`) in one pass that keeps every position's logits, send each
+    /// choice the prompt's logprobs, then start the choices.
+    fn prefill_scored(&mut self, llm: &Llm, prefix: &Mutex<PrefixCache>) {
+        let Some((top, n)) = self.pending.as_ref().map(|p| {
+            let s = &p.params.sampling;
+            (s.logprobs.unwrap_or(0), p.params.n.max(1))
+        }) else {
+            return;
+        };
+        let (cache, logits, scored) = match llm.prefill_scored(&self.prompt, top) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "prefill failed");
+                let _ = self.reply.send(Event::Error(e.to_string()));
+                self.ended = true;
+                return;
+            }
+        };
+        if let Some(p) = self.pending.as_mut() {
+            p.cache = cache;
+        }
+        let tt = self
+            .token_text
+            .get_or_insert_with(|| TokenText::new(&llm.tokenizer));
+        let entries: Vec<TokenLogprob> = self
+            .prompt
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let s = i.checked_sub(1).and_then(|j| scored.get(j));
+                tt.entry(&llm.tokenizer, id, s)
+            })
+            .collect();
+        for choice in 0..n {
+            let _ = self.reply.send(Event::Logprobs {
+                choice,
+                entries: entries.clone(),
+            });
+        }
+        self.begin(llm, logits, prefix);
+    }
+
+    /// Finish a choice that generates nothing (`max_new_tokens` 0: the prompt
+    /// was only scored).
+    fn finish_scored(&mut self, i: usize) {
+        let Some(c) = self.choices.get_mut(i) else {
+            return;
+        };
+        c.done = true;
+        let _ = self.reply.send(Event::Finished {
+            choice: c.index,
+            reason: FinishReason::Length,
+            text: String::new(),
+            tokens: 0,
+        });
     }
 
     /// Account for choice `i`'s newly sampled token (`next`): emit its text or
     /// finish the choice.
     fn accept(&mut self, llm: &Llm, i: usize) {
         let c = &mut self.choices[i];
+        if let Some(e) = c.grammar_error.take() {
+            tracing::error!(error = %e, "constrained decoding failed");
+            let _ = self.reply.send(Event::Error(e.to_string()));
+            self.ended = true;
+            return;
+        }
         let token = c.next;
         let finish = |c: &mut Choice, reply: &UnboundedSender<Event>, reason, text: String| {
             c.done = true;
@@ -484,6 +640,12 @@ impl Group {
         }
         c.generated += 1;
         c.unreported += 1;
+        if let (Some(tt), Some(scored)) = (&self.token_text, c.sampler.take_scored()) {
+            let _ = self.reply.send(Event::Logprobs {
+                choice: c.index,
+                entries: vec![tt.entry(&llm.tokenizer, token, Some(&scored))],
+            });
+        }
         let text = match c.detok.push(&llm.tokenizer, token) {
             Ok(t) => t,
             Err(e) => {

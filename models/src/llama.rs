@@ -11,8 +11,8 @@
 //! treats rows independently, so a sequence's logits do not depend on what else
 //! is in the batch, and greedy output is the same alone or beside others.
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::Embedding;
 
@@ -420,12 +420,17 @@ impl Llama {
         let mask = (t > 1)
             .then(|| causal_mask(t, start, &self.device))
             .transpose()?;
+        let window_mask = self.window_mask(t, start)?;
         let mut x = self.embed.forward(&ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
             let (q, k, v) = self.qkv(layer, &h, &positions)?;
-            let att = self.attend(&mut cache.layers[li], &q, &k, &v, mask.as_ref())?;
-            x = (x + layer.wo.forward(&att)?)?;
+            let (m, w) = match layer.extra.window {
+                Some(w) => (window_mask.as_ref(), Some(w)),
+                None => (mask.as_ref(), None),
+            };
+            let att = self.attend(&mut cache.layers[li], &q, &k, &v, m, w)?;
+            x = (x + layer.extra.post_attn(layer.wo.forward(&att)?)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
         cache.len += t;
@@ -434,7 +439,7 @@ impl Llama {
 
     /// Logits of final-norm hidden rows (`(rows, hidden)` to `(rows, vocab)`).
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.output.forward(hidden)
+        self.arch.logits(self.output.forward(hidden)?)
     }
 
     /// One token for each sequence, all in one batch; returns `(B, vocab)` logits.

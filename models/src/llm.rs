@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::gguf::{md_string, md_u32, read_content, tokenizer_from_gguf};
+use crate::grammar::{GrammarError, Grammars};
 use crate::hf::{self, HfConfig, TokenizerConfig};
 use crate::llama::{KvCache, Llama, MAX_SEQ_LEN};
 use crate::template::{ChatTemplate, TemplateMessage};
@@ -57,6 +58,8 @@ pub struct Llm {
     /// SHA-256 of the weights, hex (see `LlmConfig::sha256`).
     pub sha256: String,
     pub device: Device,
+    /// The grammar compiler over this model's vocabulary, built on first use.
+    grammars: std::sync::OnceLock<Result<Grammars, GrammarError>>,
 }
 
 impl Llm {
@@ -138,6 +141,7 @@ impl Llm {
             context_length,
             sha256,
             device: device.clone(),
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -199,6 +203,7 @@ impl Llm {
             context_length: config.max_position_embeddings.min(MAX_SEQ_LEN),
             sha256,
             device: device.clone(),
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -220,6 +225,37 @@ impl Llm {
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// The grammar compiler for constrained decoding (its token trie is built from
+    /// the vocabulary on the first call, tens of milliseconds).
+    pub fn grammars(&self) -> Result<&Grammars, GrammarError> {
+        self.grammars
+            .get_or_init(|| Grammars::new(&self.tokenizer, &self.eos_ids))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// True when the chat template renders `tools` itself.
+    pub fn template_supports_tools(&self) -> bool {
+        self.template
+            .as_ref()
+            .is_some_and(ChatTemplate::supports_tools)
+    }
+
+    /// Render a conversation given as JSON messages (with `tool_calls` and
+    /// `tool_call_id`) and the request's `tools`, for templates that support tools.
+    pub fn render_chat_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: &serde_json::Value,
+    ) -> Result<String, ModelError> {
+        match &self.template {
+            Some(t) => t.render_with_tools(messages, tools, true),
+            None => Err(ModelError::Template(
+                "the model has no chat template; use /v1/completions".into(),
+            )),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {

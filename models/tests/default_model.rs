@@ -138,6 +138,7 @@ fn generate(
                 events.push(ev);
                 break;
             }
+            Event::ToolCall { .. } | Event::Logprobs { .. } => {}
         }
         events.push(ev);
     }
@@ -150,6 +151,7 @@ fn greedy(max_new_tokens: usize) -> GenerationParams {
         max_new_tokens,
         stop: vec![],
         n: 1,
+        grammar: None,
     }
 }
 
@@ -250,6 +252,7 @@ fn n_choices_with_a_seed_are_reproducible() {
         max_new_tokens: 24,
         stop: vec![],
         n: 3,
+        grammar: None,
     };
     let (a, _) = generate(&engine, prompt.clone(), params.clone());
     let (b, _) = generate(&engine, prompt, params);
@@ -332,4 +335,63 @@ fn a_dropped_client_frees_its_slot() {
     // With one slot, this only completes if the abandoned sequence was dropped.
     let (texts, _) = generate(&engine, prompt, greedy(8));
     assert!(!texts[0].is_empty());
+}
+
+#[test]
+fn a_long_prompt_prefills_in_chunks_while_a_running_sequence_keeps_decoding() {
+    let llm = llm();
+    let engine = Engine::spawn(
+        llm.clone(),
+        EngineConfig {
+            prefill_chunk: 32,
+            prefix_cache_bytes: 0,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    // Both requests answer on one channel, so the order of their events is the
+    // order the engine sent them in. A counts on for a long time.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let counting = llm.encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,").unwrap();
+    let counting_len = counting.len() as u32;
+    engine
+        .submit(GenerateRequest {
+            prompt: counting,
+            params: greedy(400),
+            reply: tx.clone(),
+        })
+        .unwrap();
+    assert!(matches!(rx.blocking_recv(), Some(Event::Text { .. })));
+    // B: a prompt of ~1,000 tokens, which takes 30+ chunks of 32.
+    let long = llm
+        .encode(&"The quick brown fox jumps over the lazy dog. ".repeat(100))
+        .unwrap();
+    let long_len = long.len() as u32;
+    assert!(long_len > 900, "{long_len}");
+    engine
+        .submit(GenerateRequest {
+            prompt: long,
+            params: greedy(1),
+            reply: tx,
+        })
+        .unwrap();
+    let mut texts_before_b_done = 0;
+    loop {
+        match rx.blocking_recv().unwrap() {
+            Event::Text { .. } => texts_before_b_done += 1,
+            Event::Done { prompt_tokens, .. } if prompt_tokens == long_len => break,
+            Event::Done { prompt_tokens, .. } => {
+                assert_eq!(prompt_tokens, counting_len);
+                panic!("the counting sequence ended before the long prompt was prefilled");
+            }
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    // Prefilled in one pass, B would let A step at most once or twice (and B's own
+    // first token is one of these events); in chunks, A steps between them.
+    assert!(
+        texts_before_b_done >= 15,
+        "only {texts_before_b_done} tokens of the running sequence while the long prompt prefilled"
+    );
 }

@@ -13,14 +13,16 @@ use futures::{Stream, StreamExt, stream};
 use tenzro_models::api::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChunkChoice, Completion, CompletionChoice, CompletionRequest, Delta, ErrorBody, FinishReason,
-    Role, TenzroExt, Usage,
+    FunctionCall, FunctionCallDelta, Role, TenzroExt, ToolCall, ToolCallDelta, Usage,
 };
 use tenzro_models::engine::Event;
+use tenzro_models::logprobs::TokenLogprob;
 
 use crate::attestation::Identity;
 use crate::channels::Meter;
 use crate::error::{ApiError, HashedJson};
 use crate::generate::{self, EventStream};
+use crate::logprob_wire::{Logprobs, Wire};
 use crate::receipt::{self, Served};
 use crate::state::AppState;
 use crate::validate::{self, ValidGeneration};
@@ -60,7 +62,10 @@ async fn respond(
         request_sha256,
     };
     let shape = Shape::new(kind, model_id, &valid, seal, meter);
-    let events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
+    let mut events = generate::submit(&model.engine, valid.jobs, state.metrics.clone())?;
+    if valid.tool_calls {
+        events = crate::toolcalls::split(events, shape.choices);
+    }
     if valid.stream {
         Ok(sse(shape, events).into_response())
     } else {
@@ -87,6 +92,8 @@ struct Shape {
     seal: Seal,
     /// Counts the tokens served against the request's payment channel, if any.
     meter: Meter,
+    /// The shape of the logprobs, when the request asked for them.
+    logprobs: Option<Wire>,
 }
 
 /// What a receipt needs besides the response: the signer and the request's digest.
@@ -102,6 +109,7 @@ struct Finish {
     reason: FinishReason,
     text: String,
     tokens: u32,
+    logprobs: Option<serde_json::Value>,
 }
 
 impl Shape {
@@ -127,7 +135,21 @@ impl Shape {
             echo,
             seal,
             meter,
+            logprobs: valid
+                .jobs
+                .first()
+                .and_then(|j| j.params.sampling.logprobs)
+                .map(|_| match kind {
+                    Kind::Chat => Wire::Chat,
+                    Kind::Text => Wire::Legacy,
+                }),
         }
+    }
+
+    /// Per-choice logprob state for one response, when asked for.
+    fn logprob_state(&self) -> Option<Logprobs> {
+        self.logprobs
+            .map(|w| Logprobs::new(w, self.choices as usize))
     }
 
     /// Each choice's text as the client assembles it (the echo included), empty.
@@ -156,7 +178,7 @@ impl Shape {
             tokens: Some(u64::from(f.tokens)),
             ..receipt.unwrap_or_default()
         };
-        self.chunk(f.choice, content, None, Some(f.reason), Some(tenzro))
+        self.chunk_with(f.choice, content, None, Some(f.reason), Some(tenzro), f.logprobs)
     }
 
     fn chunk(
@@ -167,6 +189,19 @@ impl Shape {
         finish: Option<FinishReason>,
         tenzro: Option<TenzroExt>,
     ) -> String {
+        self.chunk_with(index, content, role, finish, tenzro, None)
+    }
+
+    /// [`Shape::chunk`] carrying the logprobs of the tokens it reports.
+    fn chunk_with(
+        &self,
+        index: u32,
+        content: Option<String>,
+        role: Option<Role>,
+        finish: Option<FinishReason>,
+        tenzro: Option<TenzroExt>,
+        logprobs: Option<serde_json::Value>,
+    ) -> String {
         let json = match self.kind {
             Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
                 id: self.id.clone(),
@@ -175,9 +210,13 @@ impl Shape {
                 model: self.model.clone(),
                 choices: vec![ChunkChoice {
                     index,
-                    delta: Delta { role, content },
+                    delta: Delta {
+                        role,
+                        content,
+                        tool_calls: None,
+                    },
                     finish_reason: finish,
-                    logprobs: None,
+                    logprobs,
                 }],
                 usage: None,
                 system_fingerprint: None,
@@ -192,7 +231,7 @@ impl Shape {
                     index,
                     text: content.unwrap_or_default(),
                     finish_reason: finish,
-                    logprobs: None,
+                    logprobs,
                 }],
                 usage: None,
                 system_fingerprint: None,
@@ -200,6 +239,61 @@ impl Shape {
             }),
         };
         json.unwrap_or_default()
+    }
+
+    /// A whole tool call as the SDKs assemble it: a first piece with its id, type
+    /// and name, then one with its arguments (carrying the call's tokens).
+    fn tool_chunks(
+        &self,
+        index: u32,
+        call: u32,
+        name: String,
+        arguments: String,
+        tokens: u32,
+    ) -> Vec<String> {
+        let piece = |delta: ToolCallDelta, tenzro: Option<TenzroExt>| {
+            serde_json::to_string(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChunkChoice {
+                    index,
+                    delta: Delta {
+                        tool_calls: Some(vec![delta]),
+                        ..Delta::default()
+                    },
+                    finish_reason: None,
+                    logprobs: None,
+                }],
+                usage: None,
+                system_fingerprint: None,
+                tenzro,
+            })
+            .unwrap_or_default()
+        };
+        let head = ToolCallDelta {
+            index: call,
+            id: Some(call_id()),
+            kind: Some("function".into()),
+            function: Some(FunctionCallDelta {
+                name: Some(name),
+                arguments: Some(String::new()),
+            }),
+        };
+        let args = ToolCallDelta {
+            index: call,
+            id: None,
+            kind: None,
+            function: Some(FunctionCallDelta {
+                name: None,
+                arguments: Some(arguments),
+            }),
+        };
+        vec![
+            piece(head, Some(TenzroExt::tokens(0))),
+            piece(args, Some(TenzroExt::tokens(u64::from(tokens)))),
+        ]
     }
 
     /// A chunk without choices: the usage (when asked for) and/or the receipt.
@@ -245,10 +339,15 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
         .collect();
     let mut texts = shape.texts();
     let mut held: Option<Finish> = None;
+    let mut lp = shape.logprob_state();
+    let mut lp_pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); shape.choices as usize];
     // Completion tokens streamed so far: what is owed if the stream breaks.
     let mut streamed: u64 = 0;
     let body = events.flat_map(move |event| {
-        if let Event::Text { tokens, .. } | Event::Finished { tokens, .. } = &event {
+        if let Event::Text { tokens, .. }
+        | Event::Finished { tokens, .. }
+        | Event::ToolCall { tokens, .. } = &event
+        {
             streamed += u64::from(*tokens);
         }
         if let Event::Text { choice, text, .. } | Event::Finished { choice, text, .. } = &event
@@ -258,19 +357,39 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
         }
         let mut out = Vec::new();
         match event {
+            Event::ToolCall {
+                choice,
+                index,
+                name,
+                arguments,
+                tokens,
+            } => {
+                out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
+                if let Some(whole) = texts.get_mut(choice as usize) {
+                    whole.push_str(&name);
+                    whole.push_str(&arguments);
+                }
+                out.extend(shape.tool_chunks(choice, index, name, arguments, tokens));
+            }
             Event::Text {
                 choice,
                 text,
                 tokens,
             } => {
                 out.extend(held.take().map(|f| shape.finish_chunk(f, None)));
-                out.push(shape.chunk(
+                out.push(shape.chunk_with(
                     choice,
                     Some(text),
                     None,
                     None,
                     Some(TenzroExt::tokens(u64::from(tokens))),
+                    drain_logprobs(&mut lp, &mut lp_pending, choice),
                 ));
+            }
+            Event::Logprobs { choice, entries } => {
+                if let Some(p) = lp_pending.get_mut(choice as usize) {
+                    p.extend(entries);
+                }
             }
             Event::Finished {
                 choice,
@@ -284,6 +403,7 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
                     reason,
                     text,
                     tokens,
+                    logprobs: drain_logprobs(&mut lp, &mut lp_pending, choice),
                 });
             }
             Event::Done {
@@ -325,15 +445,54 @@ fn sse(shape: Shape, events: EventStream) -> Sse<impl Stream<Item = Result<SseEv
     Sse::new(all)
 }
 
+/// A tool call's id, as OpenAI writes them.
+fn call_id() -> String {
+    format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
+}
+
+/// Each choice's text as the receipt signs it: its content, then each tool call's
+/// name and arguments (README "Identity, attestation and receipts").
+fn receipt_texts(texts: &[String], calls: &[Vec<ToolCall>]) -> Vec<String> {
+    texts
+        .iter()
+        .zip(calls)
+        .map(|(t, cs)| {
+            let mut whole = t.clone();
+            for c in cs {
+                whole.push_str(&c.function.name);
+                whole.push_str(&c.function.arguments);
+            }
+            whole
+        })
+        .collect()
+}
+
+/// The logprobs of `choice`'s tokens not yet sent, for its next chunk.
+fn drain_logprobs(
+    lp: &mut Option<Logprobs>,
+    pending: &mut [Vec<TokenLogprob>],
+    choice: u32,
+) -> Option<serde_json::Value> {
+    let entries = std::mem::take(pending.get_mut(choice as usize)?);
+    lp.as_mut()?.convert(choice, &entries)
+}
+
 /// Engine events to one response body.
 async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiError> {
     let n = shape.choices as usize;
     let mut texts = shape.texts();
     let mut reasons: Vec<Option<FinishReason>> = vec![None; n];
+    let mut calls: Vec<Vec<ToolCall>> = vec![Vec::new(); n];
     let mut usage = Usage::default();
     let mut tokens = (0, 0);
+    let mut entries: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
     while let Some(event) = events.next().await {
         match event {
+            Event::Logprobs { choice, entries: e } => {
+                if let Some(all) = entries.get_mut(choice as usize) {
+                    all.extend(e);
+                }
+            }
             Event::Text { choice, text, .. } => texts[choice as usize].push_str(&text),
             Event::Finished {
                 choice,
@@ -355,9 +514,29 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 tokens = (prompt_tokens, completion_tokens);
             }
             Event::Error(e) => return Err(ApiError::Internal(e)),
+            Event::ToolCall {
+                choice,
+                name,
+                arguments,
+                ..
+            } => {
+                if let Some(c) = calls.get_mut(choice as usize) {
+                    c.push(ToolCall {
+                        id: call_id(),
+                        kind: "function".into(),
+                        function: FunctionCall { name, arguments },
+                    });
+                }
+            }
         }
     }
-    let tenzro = Some(shape.receipt(&texts, tokens.0, tokens.1));
+    let tenzro = Some(shape.receipt(&receipt_texts(&texts, &calls), tokens.0, tokens.1));
+    let mut lp = shape.logprob_state();
+    let mut logprobs: Vec<Option<serde_json::Value>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| lp.as_mut().and_then(|lp| lp.whole(i as u32, e)))
+        .collect();
     let body = match shape.kind {
         Kind::Chat => serde_json::to_value(ChatCompletion {
             id: shape.id,
@@ -370,12 +549,19 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                 .enumerate()
                 .map(|(i, (text, finish_reason))| ChatChoice {
                     index: i as u32,
-                    message: AssistantMessage {
-                        role: Role::Assistant,
-                        content: Some(text),
+                    message: {
+                        let tool_calls = calls
+                            .get_mut(i)
+                            .map(std::mem::take)
+                            .filter(|c| !c.is_empty());
+                        AssistantMessage {
+                            role: Role::Assistant,
+                            content: (tool_calls.is_none() || !text.is_empty()).then_some(text),
+                            tool_calls,
+                        }
                     },
                     finish_reason,
-                    logprobs: None,
+                    logprobs: logprobs.get_mut(i).and_then(Option::take),
                 })
                 .collect(),
             usage,
@@ -395,7 +581,7 @@ async fn collect(shape: Shape, mut events: EventStream) -> Result<Response, ApiE
                     index: i as u32,
                     text,
                     finish_reason,
-                    logprobs: None,
+                    logprobs: logprobs.get_mut(i).and_then(Option::take),
                 })
                 .collect(),
             usage: Some(usage),

@@ -69,6 +69,10 @@ fn shift(event: Event, offset: u32) -> Event {
             text,
             tokens,
         },
+        Event::Logprobs { choice, entries } => Event::Logprobs {
+            choice: choice + offset,
+            entries,
+        },
         other => other,
     }
 }

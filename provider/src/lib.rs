@@ -31,6 +31,8 @@ pub mod register;
 pub mod registration;
 pub mod routes;
 pub mod state;
+pub mod structured;
 pub mod throttle;
+pub mod toolcalls;
 pub mod validate;
 pub mod vouchers;

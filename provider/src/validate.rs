@@ -31,6 +31,8 @@ pub struct ValidGeneration {
     pub include_usage: bool,
     /// Text to put before each choice's completion (`echo`), per job.
     pub echo: Vec<Option<String>>,
+    /// The output may hold tool calls: split them out of the text (`toolcalls`).
+    pub tool_calls: bool,
 }
 
 /// The sampling fields shared by both endpoints.
@@ -175,9 +177,8 @@ pub fn chat(
             content: m.text(),
         });
     }
-    let text = llm
-        .render_chat(&messages)
-        .map_err(|e| ApiError::bad_param("messages", e.to_string()))?;
+    let structured = crate::structured::check(req)?;
+    let text = crate::structured::render(req, &structured, llm, messages)?;
     let prompt = llm
         .encode(&text)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -203,6 +204,7 @@ pub fn chat(
         )?,
         stop: stops(req.stop.as_ref())?,
         n: choices(req.n, limits)?,
+        grammar: crate::structured::grammar(&structured, llm)?,
     };
     params.sampling.logprobs = req.logprobs_top();
     params.sampling.logit_bias = logit_bias(req.logit_bias.as_ref(), llm)?;
@@ -211,6 +213,7 @@ pub fn chat(
         stream: req.is_stream(),
         include_usage: req.include_usage(),
         echo: vec![None],
+        tool_calls: structured.tool_use != tenzro_models::api::ToolUse::None,
     })
 }
 
@@ -299,6 +302,7 @@ pub fn completion(
                 max_new_tokens,
                 stop: stop.clone(),
                 n,
+                grammar: None,
             },
         });
         echo.push(echo_on.then_some(text));
@@ -308,6 +312,7 @@ pub fn completion(
         stream: req.is_stream(),
         include_usage: req.include_usage(),
         echo,
+        tool_calls: false,
     })
 }
 

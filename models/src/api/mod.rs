@@ -16,6 +16,7 @@ mod error;
 mod logprobs;
 mod models;
 mod registry;
+mod structured;
 
 pub use chat::*;
 pub use checks::*;
@@ -26,3 +27,4 @@ pub use error::*;
 pub use logprobs::*;
 pub use models::*;
 pub use registry::*;
+pub use structured::*;
