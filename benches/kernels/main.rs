@@ -134,8 +134,14 @@ fn main() -> anyhow::Result<()> {
             let ours = Linear::from_qtensor(q)?;
             for &b in &args.batches {
                 let x = Tensor::randn(0f32, 1.0, (b, cols), &dev)?;
-                let tc = time(args.iters, || Ok(drop(candle.forward(&x)?)))?;
-                let to = time(args.iters, || Ok(drop(ours.forward(&x)?)))?;
+                let tc = time(args.iters, || {
+                    candle.forward(&x)?;
+                    Ok(())
+                })?;
+                let to = time(args.iters, || {
+                    ours.forward(&x)?;
+                    Ok(())
+                })?;
                 println!(
                     "| {dtype:?} | {rows}x{cols} | {b} | {:.1} µs | {:.1} µs | {:.2}x |",
                     tc.as_secs_f64() * 1e6,

@@ -41,9 +41,16 @@ pub struct EngineConfig {
     pub max_sequences: usize,
     /// Prompt tokens prefilled per round while other sequences decode (a prompt
     /// arriving when nothing decodes is prefilled whole). At least 1.
+    ///
+    /// Off by default (`usize::MAX`): a prompt prefilled in pieces does not yet
+    /// give the same logits as one pass (up to ~0.8 apart at some split points),
+    /// so greedy answers would depend on what else the engine was doing.
     pub prefill_chunk: usize,
     /// Bytes of KV cache kept for prompts that share a prefix with an earlier
     /// prompt or conversation; 0 turns the prefix cache off.
+    ///
+    /// Off by default for the same reason as `prefill_chunk`: a reused prefix
+    /// is a prefill in two pieces, and its answers differ from a cold one's.
     pub prefix_cache_bytes: usize,
 }
 
@@ -52,8 +59,8 @@ impl Default for EngineConfig {
         EngineConfig {
             queue_capacity: 64,
             max_sequences: 8,
-            prefill_chunk: 128,
-            prefix_cache_bytes: 64 << 20,
+            prefill_chunk: usize::MAX,
+            prefix_cache_bytes: 0,
         }
     }
 }

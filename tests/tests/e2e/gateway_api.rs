@@ -2,7 +2,7 @@
 //! shape with the right statuses, usage stripping, costs, embeddings, models,
 //! signed registration, the admin API.
 
-#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 
 use crate::gateway_common::*;

@@ -1,7 +1,7 @@
 //! The gateway against failing mock providers: 500s, a hang, a stream cut half
 //! way, a slow provider, failover before the first byte, the circuit breaker.
 
-#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 
 use std::time::{Duration, Instant};

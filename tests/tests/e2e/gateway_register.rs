@@ -2,7 +2,7 @@
 //! in-process gateway: it registers, heartbeats, and registers again after the
 //! gateway forgets it.
 
-#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 
 use std::time::Duration;

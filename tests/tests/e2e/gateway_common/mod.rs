@@ -3,7 +3,10 @@
 
 #![allow(
     dead_code,
-    reason = "each test file uses a different part of this module"
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test scaffolding: each test file uses a different part of this module, and a broken fixture should fail the test loudly"
 )]
 
 pub mod hostile;
