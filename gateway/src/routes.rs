@@ -313,10 +313,9 @@ fn estimate_text(s: &str) -> u64 {
 /// Prompt tokens the tools add: their JSON (the provider lists them in the prompt),
 /// past calls' names and arguments, and the framing of the tools block.
 fn tools_estimate(req: &ChatCompletionRequest) -> u64 {
-    let tools = req
-        .tools
-        .as_ref()
-        .map_or(0, |t| serde_json::to_vec(t).map_or(0, |v| v.len() as u64 + 256));
+    let tools = req.tools.as_ref().map_or(0, |t| {
+        serde_json::to_vec(t).map_or(0, |v| v.len() as u64 + 256)
+    });
     let calls: u64 = req
         .messages
         .iter()

@@ -310,9 +310,8 @@ impl Worker {
             self.prefill_round();
             self.step_all();
             self.keep_finished();
-            self.groups.retain(|g| {
-                !g.ended && (g.pending.is_some() || g.choices.iter().any(|c| !c.done))
-            });
+            self.groups
+                .retain(|g| !g.ended && (g.pending.is_some() || g.choices.iter().any(|c| !c.done)));
             self.stats.active.store(self.active(), Ordering::Relaxed);
         }
     }
@@ -399,7 +398,11 @@ impl Worker {
             .groups
             .iter()
             .any(|g| !g.ended && g.choices.iter().any(|c| !c.done));
-        let mut budget = if decoding { self.prefill_chunk } else { usize::MAX };
+        let mut budget = if decoding {
+            self.prefill_chunk
+        } else {
+            usize::MAX
+        };
         let llm = &self.llm;
         for group in self.groups.iter_mut().filter(|g| !g.ended) {
             if budget == 0 {
@@ -438,7 +441,11 @@ impl Worker {
     fn keep_finished(&mut self) {
         let mut prefix = lock(&self.prefix);
         for group in &mut self.groups {
-            for c in group.choices.iter_mut().filter(|c| c.done && !c.cache.is_empty()) {
+            for c in group
+                .choices
+                .iter_mut()
+                .filter(|c| c.done && !c.cache.is_empty())
+            {
                 let cache = std::mem::replace(&mut c.cache, self.llm.model.new_cache());
                 let mut tokens = Vec::with_capacity(group.prompt.len() + c.fed.len());
                 tokens.extend_from_slice(&group.prompt);

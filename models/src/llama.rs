@@ -198,7 +198,9 @@ impl KvCache {
         for layer in &self.layers {
             let copy = match layer {
                 Some(l) if len > 0 => {
-                    let cap = (len + 1).next_power_of_two().clamp(64, MAX_SEQ_LEN.max(len));
+                    let cap = (len + 1)
+                        .next_power_of_two()
+                        .clamp(64, MAX_SEQ_LEN.max(len));
                     let (heads, _, dim) = l.k.dims3()?;
                     let k = Tensor::zeros((heads, cap, dim), l.k.dtype(), l.k.device())?;
                     let v = Tensor::zeros((heads, cap, dim), l.v.dtype(), l.v.device())?;
@@ -507,10 +509,9 @@ impl Llama {
             t.squeeze(0)
         };
         // One activation quantisation and one parallel region for all three.
-        let [q, k, v]: [Tensor; 3] =
-            Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], h)?
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("q/k/v matmul lost an output".into()))?;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], h)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("q/k/v matmul lost an output".into()))?;
         let (mut q, mut k, mut v) = (q, k, v);
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;

@@ -353,7 +353,9 @@ fn a_long_prompt_prefills_in_chunks_while_a_running_sequence_keeps_decoding() {
     // Both requests answer on one channel, so the order of their events is the
     // order the engine sent them in. A counts on for a long time.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let counting = llm.encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,").unwrap();
+    let counting = llm
+        .encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,")
+        .unwrap();
     let counting_len = counting.len() as u32;
     engine
         .submit(GenerateRequest {

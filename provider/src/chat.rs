@@ -178,7 +178,14 @@ impl Shape {
             tokens: Some(u64::from(f.tokens)),
             ..receipt.unwrap_or_default()
         };
-        self.chunk_with(f.choice, content, None, Some(f.reason), Some(tenzro), f.logprobs)
+        self.chunk_with(
+            f.choice,
+            content,
+            None,
+            Some(f.reason),
+            Some(tenzro),
+            f.logprobs,
+        )
     }
 
     fn chunk(

@@ -6,13 +6,12 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gateway_common::*;
 use axum::Router;
 use axum::routing::{get, post};
-use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;
 use tenzro_attest::voucher::Voucher;

@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use std::sync::atomic::Ordering;
 
 use crate::gateway_common::hostile::{HostileProvider, Lie, PROMPT_TOKENS, hostile_provider};

@@ -7,7 +7,6 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

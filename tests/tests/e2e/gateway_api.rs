@@ -4,7 +4,6 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-
 use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;

@@ -9,13 +9,12 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
-
 use std::time::Duration;
 
+use crate::gateway_common::*;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
-use crate::gateway_common::*;
 use serde_json::{Value, json};
 use tenzro_attest::EvidenceSource;
 use tenzro_attest::binding::{REPORT_DATA_DOMAIN, report_data};

@@ -3,7 +3,6 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-
 use std::time::{Duration, Instant};
 
 use crate::gateway_common::*;

@@ -4,7 +4,6 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-
 use std::time::Duration;
 
 use crate::gateway_common::*;
