@@ -371,34 +371,8 @@ impl Llama {
     /// Run `tokens` of one sequence (a prompt, in one pass); returns the logits
     /// after the last one, `(vocab,)`.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let t = tokens.len();
-        if t == 0 {
-            candle_core::bail!("empty prompt");
-        }
-        let start = cache.len;
-        if start + t > MAX_SEQ_LEN {
-            candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", start + t);
-        }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let mask = (t > 1)
-            .then(|| causal_mask(t, start, &self.device))
-            .transpose()?;
-        let window_mask = self.window_mask(t, start)?;
-        let mut x = self.embed.forward(&ids)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            let (q, k, v) = self.qkv(layer, &h, &positions)?;
-            let (m, w) = match layer.extra.window {
-                Some(w) => (window_mask.as_ref(), Some(w)),
-                None => (mask.as_ref(), None),
-            };
-            let att = self.attend(&mut cache.layers[li], &q, &k, &v, m, w)?;
-            x = (x + layer.extra.post_attn(layer.wo.forward(&att)?)?)?;
-            x = (&x + self.mlp(layer, &x)?)?;
-        }
-        cache.len += t;
-        let last = x.i(t - 1..t)?;
+        let x = self.run_prompt(tokens, cache)?;
+        let last = x.i(tokens.len() - 1..tokens.len())?;
         self.arch
             .logits(self.output.forward(&self.norm.forward(&last)?)?)?
             .squeeze(0)
@@ -407,8 +381,15 @@ impl Llama {
     /// Run `tokens` of one sequence like [`Llama::prefill`], but return the
     /// final-norm hidden state of every position, `(t, hidden)`, so a prompt can
     /// be scored token by token (project rows with [`Llama::project`] a few at a
-    /// time to bound memory). `prefill` itself is unchanged.
+    /// time to bound memory).
     pub fn prefill_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let x = self.run_prompt(tokens, cache)?;
+        self.norm.forward(&x)
+    }
+
+    /// The transformer over one sequence's new tokens, appended to its cache:
+    /// the hidden states before the final norm, `(t, hidden)`. Never empty.
+    fn run_prompt(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let t = tokens.len();
         if t == 0 {
             candle_core::bail!("empty prompt");
@@ -436,7 +417,7 @@ impl Llama {
             x = (&x + self.mlp(layer, &x)?)?;
         }
         cache.len += t;
-        self.norm.forward(&x)
+        Ok(x)
     }
 
     /// Logits of final-norm hidden rows (`(rows, hidden)` to `(rows, vocab)`).
