@@ -1,32 +1,26 @@
 """`hf://` checkpoints through the Hugging Face cache, with `huggingface_hub` itself.
 
-A fake hub (a thread in this process) speaks the Hub's resolve endpoint (HEAD/GET,
-`X-Repo-Commit`, `ETag`/`X-Linked-Etag`, `X-Linked-Size`, Range) and its model API
-(`/api/models/{repo}/revision/{rev}?blobs=true`) and serves tiny random checkpoints
-sharded in two. Checked here:
+A fake hub (fake_hub.py: the Hub's resolve endpoint and model API, in a thread of
+this process) serves tiny random checkpoints sharded in two. Checked here:
 - a cache that `huggingface_hub.hf_hub_download` filled is served by the provider
   without downloading a file;
 - a checkpoint the provider downloaded is read by `huggingface_hub` from the cache
   (`local_files_only`, `scan_cache_dir`), and served through the OpenAI SDK;
 - `HF_HUB_OFFLINE=1` with an empty cache stops the provider, naming what is missing.
 
-Another architecture plugs in by adding its `config.json` fields and tensors to
-`CHECKPOINTS` (test_architectures.py's `tensors()` has every family's names).
+The other architectures are downloaded and served in test_hub_architectures.py.
 """
-import hashlib
 import json
 import random
 import shutil
-import struct
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import ROOT, Server, binary, free_port
+from fake_hub import FakeHub, shard, weights_digest
 
 hf = pytest.importorskip("huggingface_hub")
 
@@ -42,7 +36,6 @@ BASE = {
 }
 # model_type -> whether q, k and v have biases.
 CHECKPOINTS = {"llama": False, "qwen2": True}
-SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
 
 
 def tokenizer_json() -> str:
@@ -53,20 +46,6 @@ def tokenizer_json() -> str:
                        "normalizer": None, "pre_tokenizer": {"type": "Whitespace"},
                        "post_processor": None, "decoder": None,
                        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}})
-
-
-def safetensors(named: dict) -> bytes:
-    """u64 header length, JSON header, raw little-endian f32."""
-    header, blobs, offset = {}, [], 0
-    for name in sorted(named):
-        shape, values = named[name]
-        blob = struct.pack(f"<{len(values)}f", *values)
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs)
 
 
 def checkpoint(model_type: str, seed: int) -> dict:
@@ -92,117 +71,16 @@ def checkpoint(model_type: str, seed: int) -> dict:
             count *= s
         norm = len(shape) == 1 and "bias" not in name
         named[name] = (shape, [1.0 if norm else 0.4 * (2 * rng.random() - 1) for _ in range(count)])
-    names = sorted(named)
-    halves = [names[: len(names) // 2], names[len(names) // 2:]]
     files = {
         "config.json": json.dumps({**BASE, "model_type": model_type}).encode(),
         "generation_config.json": b'{"eos_token_id": [2, 4]}',
         "tokenizer.json": tokenizer_json().encode(),
         "tokenizer_config.json": json.dumps({"bos_token": "<s>", "eos_token": "<|im_end|>",
                                              "chat_template": TEMPLATE}).encode(),
-        "model.safetensors.index.json": json.dumps({"metadata": {}, "weight_map": {
-            n: SHARDS[k] for k, half in enumerate(halves) for n in half}}).encode(),
         "README.md": b"# tiny\n",
+        **shard(named, 2),
     }
-    for shard, half in zip(SHARDS, halves):
-        files[shard] = safetensors({n: named[n] for n in half})
     return files
-
-
-def weights_digest(files: dict) -> str:
-    """The provider's digest: `sha256sum` of the shards piped to sha256sum."""
-    listing = "".join(f"{hashlib.sha256(files[s]).hexdigest()}  {s}\n" for s in SHARDS)
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def git_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def is_lfs(name: str) -> bool:
-    return name.endswith(".safetensors")
-
-
-class FakeHub:
-    """repos: "owner/name" -> (commit, {file: bytes}). `log` holds (method, path)."""
-
-    def __init__(self, repos: dict):
-        self.repos, self.log = repos, []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                hub.answer(self, head=True)
-
-            def do_GET(self):
-                hub.answer(self, head=False)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def file_gets(self) -> list:
-        return [p for m, p in self.log if m == "GET" and "/resolve/" in p]
-
-    def repo(self, repo_id: str, revision: str):
-        entry = self.repos.get(repo_id)
-        return entry if entry and revision in ("main", entry[0]) else None
-
-    def answer(self, req, head: bool):
-        self.log.append((req.command, req.path))
-        path = req.path.split("?")[0]
-        if path.startswith("/api/models/") and "/revision/" in path:
-            repo_id, revision = path[len("/api/models/"):].split("/revision/", 1)
-            entry = self.repo(repo_id, revision)
-            if entry:
-                commit, files = entry
-                siblings = []
-                for name, data in files.items():
-                    s = {"rfilename": name, "blobId": git_sha1(data), "size": len(data)}
-                    if is_lfs(name):
-                        s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                    "pointerSize": 132}
-                    siblings.append(s)
-                return self.send(req, 200, {"Content-Type": "application/json"},
-                                 json.dumps({"id": repo_id, "sha": commit, "siblings": siblings}).encode(), head)
-        elif "/resolve/" in path:
-            repo_id, rest = path.lstrip("/").split("/resolve/", 1)
-            revision, _, name = rest.partition("/")
-            entry = self.repo(repo_id, revision)
-            if entry and name in entry[1]:
-                commit, files = entry
-                data = files[name]
-                etag = hashlib.sha256(data).hexdigest() if is_lfs(name) else git_sha1(data)
-                headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-                if is_lfs(name):
-                    headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
-                status, body = 200, data
-                rng = req.headers.get("Range")
-                if rng and rng.startswith("bytes=") and rng.endswith("-") and not head:
-                    start = int(rng[len("bytes="):-1])
-                    status, body = 206, data[start:]
-                    headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-                return self.send(req, status, headers, body, head)
-        self.send(req, 404, {"X-Error-Code": "EntryNotFound"}, b"Entry not found", head)
-
-    @staticmethod
-    def send(req, status, headers, body, head):
-        req.send_response(status)
-        for k, v in headers.items():
-            req.send_header(k, v)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        if not head:
-            req.wfile.write(body)
 
 
 COMMITS = {"llama": "a" * 40, "qwen2": "b" * 40}
