@@ -18,13 +18,20 @@
 //! p - W + 1 ..= p (W keys, itself included), as Hugging Face's eager attention
 //! and llama.cpp do. The KV cache keeps every position; a windowed layer reads only
 //! its window of it, so prefix caching and chunked prefill see one cache layout.
+//!
+//! Every family may scale RoPE's frequencies for long contexts (`rope_scaling`:
+//! llama3, linear, longrope; see [`rope`]) and turn only part of each head
+//! (`partial_rotary_factor`, GGUF's `rope.dimension_count` below the head
+//! dimension; see [`rotate_partial`]).
 
 use candle_core::{Device, Result, Tensor};
 use serde::Deserialize;
 
 use crate::llama::RmsNorm;
+pub use rope::RopeScaling;
 
 pub mod gguf;
+pub mod rope;
 #[cfg(test)]
 mod tests;
 
@@ -319,6 +326,9 @@ pub struct HfArchFields {
     /// The fraction of each head RoPE rotates (phi3 family).
     #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
+    /// The context pretrained on, before longrope extended it (phi3 family).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
 }
 
 /// What a block adds to llama's: per-head q/k norms, norms on the attention and
@@ -417,6 +427,24 @@ pub(crate) fn window_mask(
         })
         .collect();
     Ok(Some(Tensor::from_vec(mask, (rows, cols), device)?))
+}
+
+/// RoPE (`rope`) on the first `rope_dim` dimensions of each head of a
+/// `(1, heads, rows, head_dim)` tensor, the others passed through unturned
+/// (`partial_rotary_factor`, and GGUF's `rope.dimension_count` below the head
+/// dimension). All of them when `rope_dim` is the head dimension.
+pub(crate) fn rotate_partial(
+    t: Tensor,
+    rope_dim: usize,
+    rope: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let head_dim = t.dim(3)?;
+    if rope_dim >= head_dim {
+        return rope(&t);
+    }
+    let turned = rope(&t.narrow(3, 0, rope_dim)?.contiguous()?)?;
+    let kept = t.narrow(3, rope_dim, head_dim - rope_dim)?;
+    Tensor::cat(&[&turned, &kept], 3)?.contiguous()
 }
 
 /// A checkpoint tensor as the loader files it: phi3's fused `qkv_proj` and

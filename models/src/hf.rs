@@ -43,7 +43,7 @@ pub struct HfConfig {
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub hidden_act: Option<String>,
-    /// Only absent (or `null`) is supported.
+    /// `linear`, `llama3` or `longrope` (see [`crate::arch::rope`]); absent or `null` for none.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
     /// qwen2's sliding-window attention; only `false` is supported.
@@ -98,12 +98,7 @@ impl HfConfig {
         if self.arch.attention_bias == Some(true) && family != crate::arch::Family::Qwen2 {
             return Err("attention_bias = true is not supported".into());
         }
-        if self.arch.partial_rotary_factor.is_some_and(|f| f != 1.0) {
-            return Err("partial_rotary_factor other than 1 is not supported yet".into());
-        }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err("rope_scaling is not supported yet".into());
-        }
+        self.rope_scaling_options()?;
         if self.use_sliding_window {
             return Err("sliding-window attention is not supported yet".into());
         }
@@ -115,6 +110,15 @@ impl HfConfig {
                 "hidden_size {} does not split into {} heads",
                 self.hidden_size, self.num_attention_heads
             ));
+        }
+        if let Some(f) = self.arch.partial_rotary_factor {
+            let dims = self.rope_dim();
+            if !(f > 0.0 && f <= 1.0) || dims == 0 || !dims.is_multiple_of(2) {
+                return Err(format!(
+                    "partial_rotary_factor {f} must turn an even number of dimensions (of {})",
+                    self.head_dim()
+                ));
+            }
         }
         Ok(())
     }
@@ -135,23 +139,41 @@ impl HfConfig {
         )
     }
 
+    /// The RoPE scaling `rope_scaling` names; the error names what is refused.
+    pub fn rope_scaling_options(&self) -> Result<Option<crate::arch::RopeScaling>, String> {
+        let context = crate::arch::rope::Context {
+            max_position_embeddings: self.max_position_embeddings,
+            original_max_position_embeddings: self.arch.original_max_position_embeddings,
+        };
+        crate::arch::RopeScaling::from_hf(self.rope_scaling.as_ref(), context)
+    }
+
     fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The dimensions of each head RoPE turns: `partial_rotary_factor` of them.
+    fn rope_dim(&self) -> usize {
+        let f = self.arch.partial_rotary_factor.unwrap_or(1.0);
+        (self.head_dim() as f64 * f) as usize
     }
 
     fn n_kv_head(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// The network's shape; its `rope_scaling` is left to the loader, which
+    /// reports a refused one ([`HfConfig::rope_scaling_options`]).
     pub fn shape(&self) -> LlamaShape {
         LlamaShape {
             n_head: self.num_attention_heads,
             n_kv_head: self.n_kv_head(),
             head_dim: self.head_dim(),
-            rope_dim: self.head_dim(),
+            rope_dim: self.rope_dim(),
             rope_theta: self.rope_theta,
             rope: RopeLayout::Halves,
+            rope_scaling: None,
         }
     }
 
@@ -333,7 +355,11 @@ pub fn load_llama(
     let arch = config
         .arch_options()
         .map_err(|m| ModelError::format(dir, m))?;
-    Ok(Llama::from_parts(&config.shape(), embed, layers, norm, output, device)?.with_arch(arch)?)
+    let mut shape = config.shape();
+    shape.rope_scaling = config
+        .rope_scaling_options()
+        .map_err(|m| ModelError::format(dir, m))?;
+    Ok(Llama::from_parts(&shape, embed, layers, norm, output, device)?.with_arch(arch)?)
 }
 
 /// Tensors as read, split by how the model uses them.
@@ -457,8 +483,11 @@ mod tests {
         check(("model_type", "gemma".into()), "`gemma` is not supported");
         check(("hidden_act", "gelu".into()), "silu only");
         check(
-            ("rope_scaling", serde_json::json!({"rope_type": "llama3"})),
-            "rope_scaling",
+            (
+                "rope_scaling",
+                serde_json::json!({"type": "yarn", "factor": 4.0}),
+            ),
+            "rope_scaling type `yarn` is not supported",
         );
         check(("use_sliding_window", true.into()), "sliding-window");
         check(("num_attention_heads", 5.into()), "does not split");

@@ -42,6 +42,8 @@ pub struct LlamaShape {
     pub rope_dim: usize,
     pub rope_theta: f32,
     pub rope: RopeLayout,
+    /// Long-context frequency scaling of the (global) RoPE tables (`arch::rope`).
+    pub rope_scaling: Option<crate::arch::RopeScaling>,
 }
 
 /// RMS normalisation with a learned scale.
@@ -264,6 +266,7 @@ impl Llama {
             rope_dim,
             rope_theta: freq_base,
             rope,
+            rope_scaling: crate::arch::gguf::rope_scaling(ct, reader, "llama", device)?,
         };
 
         let mut get = |name: &str| ct.tensor(reader, name, device);
@@ -311,7 +314,20 @@ impl Llama {
             candle_core::bail!("{q} attention heads do not share {kv} key/value heads evenly");
         }
         let hidden = embed.dim(1)?;
-        let (cos, sin) = rope_tables(shape.rope_dim, shape.rope_theta, device)?;
+        let inv_freq = crate::arch::rope::inv_freqs(
+            shape.rope_dim,
+            shape.rope_theta,
+            shape.rope_scaling.as_ref(),
+        )
+        .map_err(candle_core::Error::Msg)?;
+        let (mut cos, mut sin) = rope_tables_from(inv_freq, device)?;
+        if let Some(a) = shape
+            .rope_scaling
+            .as_ref()
+            .and_then(|s| s.attention_factor())
+        {
+            (cos, sin) = ((cos * f64::from(a))?, (sin * f64::from(a))?);
+        }
         Ok(Llama {
             embed: Embedding::new(embed.to_dtype(DType::F32)?, hidden),
             layers,
@@ -481,13 +497,13 @@ impl Llama {
                 .transpose(0, 1)?
                 .contiguous()
         };
+        let turn = |t: &Tensor| match self.rope {
+            RopeLayout::Halves => candle_nn::rotary_emb::rope(t, &cos, &sin),
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(t, &cos, &sin),
+        };
         let rotate = |t: Tensor| -> Result<Tensor> {
-            let t = t.unsqueeze(0)?;
-            let t = match self.rope {
-                RopeLayout::Halves => candle_nn::rotary_emb::rope(&t, &cos, &sin)?,
-                RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?,
-            };
-            t.squeeze(0)
+            // Partial rotary: only the first cos.dim(1) * 2 dimensions turn.
+            crate::arch::rotate_partial(t.unsqueeze(0)?, cos.dim(1)? * 2, turn)?.squeeze(0)
         };
         // One activation quantisation and one parallel region for all three.
         let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], h)?
@@ -638,10 +654,12 @@ fn causal_mask(rows: usize, start: usize, device: &Device) -> Result<Tensor> {
 }
 
 fn rope_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let theta: Vec<f32> = (0..dim)
-        .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
-        .collect();
+    let theta = crate::arch::rope::inv_freqs(dim, base, None).map_err(candle_core::Error::Msg)?;
+    rope_tables_from(theta, device)
+}
+
+/// cos and sin of `position * inv_freq` for every position and frequency.
+fn rope_tables_from(theta: Vec<f32>, device: &Device) -> Result<(Tensor, Tensor)> {
     let theta = Tensor::new(theta.as_slice(), device)?;
     let idx = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?
         .to_dtype(DType::F32)?

@@ -27,7 +27,7 @@ use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{gemma2, gemma3, mistral, phi3, qwen3};
+use candle_transformers::models::{gemma2, gemma3, llama, mistral, phi3, qwen3};
 use serde_json::{Value as Json, json};
 use tenzro_models::hf::{self, HfConfig};
 use tenzro_models::llama::{KvCache, Llama};
@@ -267,8 +267,21 @@ fn phi3_config() -> Json {
     )
 }
 
+/// Llama 3.x: `rope_scaling` of type `llama3`. With head_dim 8 and base 10 000 the
+/// wavelengths are 6.3, 63, 628 and 6283 positions; an original context of 128
+/// keeps the first (under 128 / 4), blends the second and divides the others.
+fn llama3_config() -> Json {
+    patched(
+        base("llama"),
+        json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+               "bos_token_id": 1, "eos_token_id": 2}),
+    )
+}
+
 /// candle-transformers' model of the same architecture.
 enum Reference {
+    Llama(llama::Llama, llama::Config),
     Qwen3(qwen3::ModelForCausalLM),
     Mistral(mistral::Model),
     Gemma2(gemma2::Model),
@@ -285,10 +298,27 @@ impl Reference {
         if let Some(w) = config["sliding_window"].as_u64().filter(|_| !incremental) {
             config["sliding_window"] = json!(w - 1);
         }
+        // candle's phi3 multiplies the frequencies by longrope's factors where
+        // Hugging Face divides them (and has no attention factor).
+        if config["rope_scaling"]["type"] == "longrope" {
+            for key in ["short_factor", "long_factor"] {
+                let inverse: Vec<f64> = config["rope_scaling"][key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| 1.0 / f.as_f64().unwrap())
+                    .collect();
+                config["rope_scaling"][key] = json!(inverse);
+            }
+        }
         fn cfg<T: serde::de::DeserializeOwned>(c: &Json) -> T {
             serde_json::from_value(c.clone()).unwrap()
         }
         match ck.config["model_type"].as_str().unwrap() {
+            "llama" => {
+                let c = cfg::<llama::LlamaConfig>(&config).into_config(false);
+                Reference::Llama(llama::Llama::load(vb, &c).unwrap(), c)
+            }
             "qwen3" => Reference::Qwen3(qwen3::ModelForCausalLM::new(&cfg(&config), vb).unwrap()),
             "mistral" => Reference::Mistral(mistral::Model::new(&cfg(&config), vb).unwrap()),
             "gemma2" => Reference::Gemma2(gemma2::Model::new(false, &cfg(&config), vb).unwrap()),
@@ -307,6 +337,10 @@ impl Reference {
             .unsqueeze(0)
             .unwrap();
         let out = match self {
+            Reference::Llama(m, c) => {
+                let mut cache = llama::Cache::new(false, DType::F32, c, &Device::Cpu).unwrap();
+                m.forward(&ids, 0, &mut cache)
+            }
             Reference::Qwen3(m) => {
                 m.clear_kv_cache();
                 m.forward(&ids, 0)
@@ -467,6 +501,63 @@ fn check_against_reference(name: &str, config: Json) {
 }
 
 #[test]
+fn llama3_rope_scaling_matches_candle() {
+    check_against_reference("llama3", llama3_config());
+}
+
+/// RoPE scaling must change the output (otherwise the test above would pass
+/// with it ignored), and linear scaling divides every frequency.
+#[test]
+fn rope_scaling_matters() {
+    let scaled = checkpoint(llama3_config(), 13);
+    let with = |rope_scaling: Json| Checkpoint {
+        config: patched(llama3_config(), json!({ "rope_scaling": rope_scaling })),
+        tensors: scaled.tensors.clone(),
+    };
+    let tokens: Vec<u32> = (0..20u32).map(|i| (i * 7 + 3) % VOCAB as u32).collect();
+    let logits = |ck: &Checkpoint, name: &str| {
+        let dir = TempDir::new(name);
+        let m = load_ours(ck, &dir.0, None);
+        let mut cache = m.new_cache();
+        logits_vec(&m.prefill(&tokens, &mut cache).unwrap()).unwrap()
+    };
+    let plain = logits(&with(Json::Null), "rope-plain");
+    let llama3 = logits(&scaled, "rope-llama3");
+    let linear = logits(
+        &with(json!({"rope_type": "linear", "factor": 4.0})),
+        "rope-linear",
+    );
+    assert!(
+        max_abs_diff(&plain, &llama3) > 1e-3,
+        "llama3 scaling changed nothing"
+    );
+    assert!(
+        max_abs_diff(&plain, &linear) > 1e-3,
+        "linear scaling changed nothing"
+    );
+    assert!(max_abs_diff(&llama3, &linear) > 1e-3);
+}
+
+#[test]
+fn refused_rope_scaling_is_named() {
+    let dir = TempDir::new("yarn");
+    let path = dir.0.join("config.json");
+    let config = patched(
+        base("qwen2"),
+        json!({"rope_scaling": {"type": "yarn", "factor": 4.0,
+                                "original_max_position_embeddings": 32768}}),
+    );
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let err = HfConfig::read(&path).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "rope_scaling type `yarn` is not supported (supported: default, linear, llama3, longrope)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn qwen3_matches_candle() {
     check_against_reference("qwen3", qwen3_config());
 }
@@ -489,6 +580,56 @@ fn gemma3_matches_candle_with_local_and_global_layers() {
 #[test]
 fn phi3_matches_candle() {
     check_against_reference("phi3", phi3_config());
+}
+
+/// Phi-3.5's longrope within its original context: short factors divide the
+/// frequencies. (candle's phi3 has no attention factor, so the context is not
+/// extended here: the factor is 1.)
+#[test]
+fn phi3_longrope_matches_candle() {
+    let config = patched(
+        phi3_config(),
+        json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 3.0, 7.0],
+                                "long_factor": [1.0, 9.0, 20.0, 40.0]},
+               "max_position_embeddings": 256, "original_max_position_embeddings": null}),
+    );
+    check_against_reference("phi3-longrope", config);
+}
+
+/// A longrope GGUF as llama.cpp writes it (factor tensors, the attention factor
+/// for a context extended 32 times) loads like its checkpoint, and the attention
+/// factor changes the output.
+#[test]
+fn gguf_phi3_longrope_loads_like_its_checkpoint() {
+    let extended = patched(
+        phi3_config(),
+        json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 3.0, 7.0],
+                                "long_factor": [1.0, 9.0, 20.0, 40.0]},
+               "max_position_embeddings": 131072, "original_max_position_embeddings": 4096}),
+    );
+    check_gguf("phi3-longrope", extended.clone(), "phi3");
+    let unextended = patched(extended.clone(), json!({"max_position_embeddings": 4096}));
+    let ck = checkpoint(extended, 3);
+    let other = Checkpoint {
+        config: unextended,
+        tensors: ck.tensors.clone(),
+    };
+    let (a, b) = (TempDir::new("longrope-a"), TempDir::new("longrope-b"));
+    let (first_a, _) = run(&load_ours(&ck, &a.0, None));
+    let (first_b, _) = run(&load_ours(&other, &b.0, None));
+    assert!(
+        max_abs_diff(&first_a[2], &first_b[2]) > 1e-3,
+        "the attention factor changed nothing"
+    );
+}
+
+/// `partial_rotary_factor` (Phi-4-mini's 0.75): RoPE turns the first half of
+/// each head here, the rest passes through.
+#[test]
+fn phi3_partial_rotary_matches_candle() {
+    let config = patched(phi3_config(), json!({"partial_rotary_factor": 0.5}));
+    check_against_reference("phi3-partial", config.clone());
+    check_gguf("phi3-partial", config, "phi3");
 }
 
 /// A window must change the output once a sequence outgrows it (otherwise the
@@ -587,10 +728,24 @@ fn write_gguf(ck: &Checkpoint, arch: &str, quant: GgmlDType) -> Vec<u8> {
         }
         let t = if gemma && name.ends_with("norm.weight") {
             (t + 1.0).unwrap()
+        } else if arch == "llama" && name.ends_with("q_proj.weight") {
+            permute_for_llama_cpp(t, get(c, "num_attention_heads"))
+        } else if arch == "llama" && name.ends_with("k_proj.weight") {
+            permute_for_llama_cpp(t, get(c, "num_key_value_heads"))
         } else {
             t.clone()
         };
         tensors.push((gname, quantize(&t, name, quant)));
+    }
+    let scaling = &c["rope_scaling"];
+    if scaling["rope_type"] == "llama3" {
+        let d = get(c, "hidden_size") / get(c, "num_attention_heads");
+        let freqs = llama3_rope_freqs(scaling, c["rope_theta"].as_f64().unwrap(), d);
+        let freqs = Tensor::from_vec(freqs, d / 2, &Device::Cpu).unwrap();
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&freqs, GgmlDType::F32).unwrap(),
+        ));
     }
     // A tied head is stored as its own (quantized) tensor, as the safetensors
     // loader quantizes its copy of the embedding.
@@ -636,7 +791,10 @@ fn write_gguf(ck: &Checkpoint, arch: &str, quant: GgmlDType) -> Vec<u8> {
             key("rope.freq_base"),
             Value::F32(c["rope_theta"].as_f64().unwrap() as f32),
         ),
-        (key("rope.dimension_count"), Value::U32(d as u32)),
+        (
+            key("rope.dimension_count"),
+            Value::U32((d as f64 * c["partial_rotary_factor"].as_f64().unwrap_or(1.0)) as u32),
+        ),
     ];
     if let Some(w) = c["sliding_window"].as_u64() {
         md.push((key("attention.sliding_window"), Value::U32(w as u32)));
@@ -649,11 +807,93 @@ fn write_gguf(ck: &Checkpoint, arch: &str, quant: GgmlDType) -> Vec<u8> {
             md.push((key(gguf_key), Value::F32(v as f32)));
         }
     }
+    if scaling["type"] == "longrope" {
+        for (key, name) in [
+            ("short_factor", "rope_factors_short.weight"),
+            ("long_factor", "rope_factors_long.weight"),
+        ] {
+            let f: Vec<f32> = scaling[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let n = f.len();
+            let t = Tensor::from_vec(f, n, &Device::Cpu).unwrap();
+            tensors.push((name.into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        }
+    }
+    if scaling["rope_type"] == "linear" {
+        md.push((key("rope.scaling.type"), Value::String("linear".into())));
+        md.push((
+            key("rope.scaling.factor"),
+            Value::F32(scaling["factor"].as_f64().unwrap() as f32),
+        ));
+    }
+    if scaling["type"] == "longrope" {
+        // convert_hf_to_gguf.py's Phi3MiniModel.
+        let (max, original) = (
+            get(c, "max_position_embeddings"),
+            get(c, "original_max_position_embeddings"),
+        );
+        let scale = max as f64 / original as f64;
+        let attn = if scale > 1.0 {
+            (1.0 + scale.ln() / (original as f64).ln()).sqrt()
+        } else {
+            1.0
+        };
+        md.retain(|(k, _)| k != &key("context_length"));
+        md.push((key("context_length"), Value::U32(max as u32)));
+        md.push((
+            key("rope.scaling.original_context_length"),
+            Value::U32(original as u32),
+        ));
+        md.push((key("rope.scaling.attn_factor"), Value::F32(attn as f32)));
+    }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut out = Cursor::new(Vec::new());
     gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
     out.into_inner()
+}
+
+/// llama.cpp's converter permutes the rows of llama's q and k weights so that
+/// RoPE pairs neighbouring dimensions (`permute` in convert_hf_to_gguf.py).
+fn permute_for_llama_cpp(t: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = t.dims2().unwrap();
+    t.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// The `rope_freqs` tensor llama.cpp's converter writes for llama3 scaling
+/// (`LlamaModel.generate_extra_tensors`): per frequency, the divisor.
+fn llama3_rope_freqs(scaling: &Json, base: f64, dim: usize) -> Vec<f32> {
+    let f = |k: &str| scaling[k].as_f64().unwrap();
+    let (factor, low, high) = (f("factor"), f("low_freq_factor"), f("high_freq_factor"));
+    let old = f("original_max_position_embeddings");
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0 / base.powf(i as f64 / dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let divisor = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            divisor as f32
+        })
+        .collect()
 }
 
 /// Matrices in `quant` where their rows are whole blocks (as the safetensors
@@ -724,6 +964,37 @@ fn check_gguf(name: &str, config: Json, arch: &str) {
 #[test]
 fn gguf_qwen3_loads_like_its_checkpoint() {
     check_gguf("qwen3", qwen3_config(), "qwen3");
+}
+
+/// A Llama 3.x GGUF as llama.cpp writes it: `general.architecture` llama, q and k
+/// rows permuted, the llama3 scaling as a `rope_freqs` tensor; and a linear one
+/// as `llama.rope.scaling.*` keys.
+#[test]
+fn gguf_llama3_rope_freqs_and_linear_scaling_load_like_their_checkpoints() {
+    check_gguf("llama3", llama3_config(), "llama");
+    let linear = patched(
+        llama3_config(),
+        json!({"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+    );
+    check_gguf("llama-linear", linear, "llama");
+}
+
+#[test]
+fn gguf_refused_rope_scaling_is_named() {
+    let ck = checkpoint(llama3_config(), 5);
+    let mut cursor = Cursor::new(write_gguf(&ck, "llama", GgmlDType::F32));
+    let mut content = Content::read(&mut cursor).unwrap();
+    // The metadata as read, with the type a Qwen 2.5 long-context GGUF has.
+    content.metadata.insert(
+        "llama.rope.scaling.type".into(),
+        Value::String("yarn".into()),
+    );
+    let err = tenzro_models::arch::gguf::load(&content, &mut cursor, &Device::Cpu).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("RoPE scaling `yarn` is not supported"),
+        "{err}"
+    );
 }
 
 #[test]

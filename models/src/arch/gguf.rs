@@ -12,6 +12,8 @@
 //!   decides, by their layer count); local layers' RoPE base is 10 000 for gemma3.
 //! - phi3: `attn_qkv` (q, k, v rows) and `ffn_up` (gate rows, then up rows) are
 //!   fused; their rows are split here, byte for byte, whatever the quantisation.
+//!
+//! RoPE scaling (every family, llama included): see [`rope_scaling`].
 
 use std::borrow::Cow;
 use std::io::{Read, Seek};
@@ -20,7 +22,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{Device, Result};
 
-use super::{Activation, Arch, Family, LayerExtra};
+use super::{Activation, Arch, Family, LayerExtra, RopeScaling};
 use crate::linear::Linear;
 use crate::llama::{Layer, Llama, LlamaShape, RmsNorm, RopeLayout};
 
@@ -40,18 +42,11 @@ pub fn load<R: Seek + Read>(ct: &Content, reader: &mut R, device: &Device) -> Re
         return Llama::from_gguf(ct, reader, device);
     }
     let md = Metadata { ct, arch: &name };
-    let shape = md.shape()?;
+    let mut shape = md.shape()?;
     if md.u32("expert_count").unwrap_or(0) > 1 {
         candle_core::bail!("mixture-of-experts {name} models are not supported yet");
     }
-    if let Some(kind) = md.string("rope.scaling.type")
-        && kind != "none"
-    {
-        candle_core::bail!("{name}: RoPE scaling `{kind}` is not supported yet");
-    }
-    if ct.tensor_infos.contains_key("rope_factors_long.weight") {
-        candle_core::bail!("{name}: long-context RoPE factors (longrope) are not supported yet");
-    }
+    shape.rope_scaling = rope_scaling(ct, reader, &name, device)?;
     let blocks = md.req_u32("block_count")?;
     let arch = md.arch(family, &shape, blocks)?;
     let eps = f64::from(md.req_f32("attention.layer_norm_rms_epsilon")?);
@@ -74,6 +69,92 @@ pub fn load<R: Seek + Read>(ct: &Content, reader: &mut R, device: &Device) -> Re
         device,
     )?
     .with_arch(arch)
+}
+
+/// The RoPE scaling of a GGUF file, as llama.cpp reads it: `{arch}.rope.scaling.type`
+/// `linear` with `{arch}.rope.scaling.factor` (or the older `{arch}.rope.scale_linear`),
+/// and the `rope_freqs.weight` tensor of per-frequency divisors (how its converter
+/// stores llama3 scaling); both together multiply. Other types (yarn, longrope)
+/// are refused by name.
+pub(crate) fn rope_scaling<R: Seek + Read>(
+    ct: &Content,
+    reader: &mut R,
+    arch: &str,
+    device: &Device,
+) -> Result<Option<RopeScaling>> {
+    let md = Metadata { ct, arch };
+    let linear = match md.string("rope.scaling.type").as_deref() {
+        None | Some("none") => md.f32("rope.scale_linear").filter(|&f| f != 1.0),
+        Some("linear") => Some(
+            md.f32("rope.scaling.factor")
+                .ok_or_else(|| md.missing("rope.scaling.factor"))?,
+        ),
+        Some(other) => candle_core::bail!(
+            "{arch}: RoPE scaling `{other}` is not supported (supported: none, linear, and llama3's rope_freqs)"
+        ),
+    };
+    if let Some(f) = linear
+        && !(f.is_finite() && f > 0.0)
+    {
+        candle_core::bail!("{arch}: RoPE scaling factor {f} must be positive");
+    }
+    if ct.tensor_infos.contains_key("rope_factors_short.weight") {
+        return long_rope(ct, reader, &md, device).map(Some);
+    }
+    if !ct.tensor_infos.contains_key("rope_freqs.weight") {
+        return Ok(linear.map(|factor| RopeScaling::Linear { factor }));
+    }
+    let factors = ct
+        .tensor(reader, "rope_freqs.weight", device)?
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let f = linear.unwrap_or(1.0);
+    Ok(Some(RopeScaling::Divisors(
+        factors.into_iter().map(|d| d * f).collect(),
+    )))
+}
+
+/// Phi-3's longrope as llama.cpp's converter writes it: `rope_factors_short` and
+/// `rope_factors_long` tensors, `{arch}.rope.scaling.attn_factor`, the original
+/// context in `{arch}.rope.scaling.original_context_length`. llama.cpp uses the
+/// long factors when its context exceeds the original one; within
+/// [`crate::llama::MAX_SEQ_LEN`] that is never, else the file is refused.
+fn long_rope<R: Seek + Read>(
+    ct: &Content,
+    reader: &mut R,
+    md: &Metadata<'_>,
+    device: &Device,
+) -> Result<RopeScaling> {
+    let context = md
+        .u32("context_length")
+        .unwrap_or(crate::llama::MAX_SEQ_LEN);
+    let original = md
+        .u32("rope.scaling.original_context_length")
+        .unwrap_or(context);
+    let limit = crate::llama::MAX_SEQ_LEN.min(context);
+    if original < limit {
+        candle_core::bail!(
+            "{}: longrope switches to its long factors past the original context ({original}), within the {limit} positions served: not supported",
+            md.arch
+        );
+    }
+    let short_factor = ct
+        .tensor(reader, "rope_factors_short.weight", device)?
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let attention_factor = md.f32("rope.scaling.attn_factor").unwrap_or(1.0);
+    if !(attention_factor.is_finite() && attention_factor > 0.0) {
+        candle_core::bail!(
+            "{}: rope.scaling.attn_factor {attention_factor} must be positive",
+            md.arch
+        );
+    }
+    Ok(RopeScaling::LongRope {
+        short_factor,
+        attention_factor,
+    })
 }
 
 /// One block's weights, `blk.{i}.…`.
@@ -226,6 +307,7 @@ impl Metadata<'_> {
             rope_dim: self.u32("rope.dimension_count").unwrap_or(head_dim),
             rope_theta: self.f32("rope.freq_base").unwrap_or(10_000.0),
             rope: RopeLayout::Halves,
+            rope_scaling: None,
         })
     }
 
