@@ -64,13 +64,13 @@ fn criterion_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_chunk");
     g.bench_function("meter_only", |b| {
         let mut m = Meter::new(quote(), bounds());
-        b.iter(|| black_box(m.on_chunk(black_box(1), black_box(4))))
+        b.iter(|| black_box(m.on_chunk(black_box(1), black_box(4), 0)))
     });
     g.bench_function("meter_and_channel", |b| {
         let (book, holds) = funded_book(1);
         let mut m = Meter::new(quote(), bounds());
         b.iter(|| {
-            let _ = m.on_chunk(1, 4);
+            let _ = m.on_chunk(1, 4, 0);
             black_box(book.progress(&holds[0], m.cost, "prov", 0))
         })
     });
@@ -140,12 +140,12 @@ fn table() -> anyhow::Result<()> {
     let n = 2_000_000;
     let mut m = Meter::new(quote(), bounds());
     let meter_ns = per_call(n, |_| {
-        let _ = black_box(m.on_chunk(1, 4));
+        let _ = black_box(m.on_chunk(1, 4, 0));
     });
     let (book, holds) = funded_book(1);
     let mut m = Meter::new(quote(), bounds());
     let both_ns = per_call(n, |_| {
-        let _ = m.on_chunk(1, 4);
+        let _ = m.on_chunk(1, 4, 0);
         let _ = black_box(book.progress(&holds[0], m.cost, "prov", 0));
     });
     let one = updates_on_threads(1, n);

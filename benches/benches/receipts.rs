@@ -130,7 +130,9 @@ fn stream_once(f: &Fixture, check: bool) -> u128 {
                             meter.on_usage(u).unwrap();
                         }
                         None => {
-                            meter.on_chunk(p.tokens(), p.text_bytes()).unwrap();
+                            meter
+                                .on_chunk(p.tokens(), p.text_bytes(), p.tool_calls_started())
+                                .unwrap();
                         }
                     }
                 }
@@ -152,7 +154,7 @@ fn whole_once(f: &Fixture, check: bool) -> u128 {
     let w = verify::read_whole(&f.whole).unwrap();
     let b = bounds();
     let (p, c) = w.usage.unwrap();
-    let tokens = b.prompt_bound(p) + c.min(b.completion_bound(None, w.text_bytes));
+    let tokens = b.prompt_bound(p) + c.min(b.completion_bound(None, w.text_bytes, w.tool_calls));
     if check {
         let e = expected(f, w.response_sha256, w.usage);
         verify::check_receipt(w.receipt.as_ref(), &e).unwrap();

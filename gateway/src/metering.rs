@@ -213,6 +213,27 @@ impl ChunkPeek<'_> {
             .map_or(0, |c| c.iter().map(|c| c.piece().len() as u64).sum())
     }
 
+    /// Tool calls this chunk starts: choices whose tool-call piece carries the
+    /// call's name (the provider sends a call's name in its first piece).
+    pub fn tool_calls_started(&self) -> u64 {
+        self.choices.as_ref().map_or(0, |c| {
+            c.iter()
+                .filter_map(|c| {
+                    c.delta
+                        .as_ref()?
+                        .tool_calls
+                        .as_ref()?
+                        .first()?
+                        .function
+                        .as_ref()?
+                        .name
+                        .as_deref()
+                })
+                .filter(|n| !n.is_empty())
+                .count() as u64
+        })
+    }
+
     pub fn has_choices(&self) -> bool {
         self.choices.as_ref().is_some_and(|c| !c.is_empty())
     }
@@ -233,6 +254,8 @@ pub struct Meter {
     pub chunk_tokens: u64,
     /// Bytes of text relayed.
     pub text_bytes: u64,
+    /// Tool calls relayed.
+    pub tool_calls: u64,
     /// Prompt tokens charged.
     pub prompt_tokens: u64,
     /// Completion tokens charged (falls only to the provider's final usage).
@@ -255,6 +278,7 @@ impl Meter {
             bounds,
             chunk_tokens: 0,
             text_bytes: 0,
+            tool_calls: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
             cost: 0,
@@ -272,15 +296,22 @@ impl Meter {
         Ok(delta)
     }
 
-    /// Counts a relayed chunk that claims `tokens` completion tokens and carries
-    /// `text_bytes` bytes of text; returns the added cost.
-    pub fn on_chunk(&mut self, tokens: u64, text_bytes: u64) -> Result<u128, PricingError> {
+    /// Counts a relayed chunk that claims `tokens` completion tokens, carries
+    /// `text_bytes` bytes of text and starts `tool_calls` tool calls; returns the
+    /// added cost.
+    pub fn on_chunk(
+        &mut self,
+        tokens: u64,
+        text_bytes: u64,
+        tool_calls: u64,
+    ) -> Result<u128, PricingError> {
         self.relayed = true;
         self.chunk_tokens = self.chunk_tokens.saturating_add(tokens);
         self.text_bytes = self.text_bytes.saturating_add(text_bytes);
-        let bound = self
-            .bounds
-            .completion_bound(Some(self.chunk_tokens), self.text_bytes);
+        self.tool_calls = self.tool_calls.saturating_add(tool_calls);
+        let bound =
+            self.bounds
+                .completion_bound(Some(self.chunk_tokens), self.text_bytes, self.tool_calls);
         self.completion_tokens = self.completion_tokens.max(bound);
         self.recompute()
     }
@@ -292,9 +323,9 @@ impl Meter {
     pub fn on_usage(&mut self, usage: &Usage) -> Result<u128, PricingError> {
         self.claimed = Some((usage.prompt_tokens, usage.completion_tokens));
         self.prompt_tokens = self.bounds.prompt_bound(usage.prompt_tokens);
-        let bound = self
-            .bounds
-            .completion_bound(Some(self.chunk_tokens), self.text_bytes);
+        let bound =
+            self.bounds
+                .completion_bound(Some(self.chunk_tokens), self.text_bytes, self.tool_calls);
         // The provider's usage (its receipt commits to it) is the most it is paid
         // for, even below what its chunks claimed: a chunk sum above it is a signed
         // contradiction (judged as fraud by `Audit::faults`), never extra pay.
@@ -490,6 +521,18 @@ mod tests {
             "function":{"arguments":"{\"city\": \"Paris\"}"}}]}}]}"#;
         assert_eq!(piece(head).as_deref(), Some("get_weather"));
         assert_eq!(piece(args).as_deref(), Some(r#"{"city": "Paris"}"#));
+        // Only the head starts a call, and an honest short call's wrapper tokens
+        // (stripped by the provider) are paid: `f` + `{}` claimed as 25 tokens.
+        let starts = |s: &str| match classify(Some(s.as_bytes())) {
+            Event::Chunk(p) => p.tool_calls_started(),
+            _ => u64::MAX,
+        };
+        assert_eq!((starts(head), starts(args)), (1, 0));
+        let mut m = Meter::new(quote(), bounds(40, 1, 100));
+        m.on_chunk(1, 1, 1).unwrap();
+        m.on_chunk(24, 2, 0).unwrap();
+        m.on_usage(&Usage::new(5, 25)).unwrap();
+        assert_eq!(m.completion_tokens, 25);
     }
 
     fn bounds(prompt: u64, choices: u64, max_new: u64) -> Bounds {
@@ -505,8 +548,8 @@ mod tests {
     #[test]
     fn meter_charges_prompt_at_the_end_and_usage_caps_the_chunk_claims() {
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
-        assert_eq!(m.on_chunk(2, 5).unwrap(), 2000);
-        assert_eq!(m.on_chunk(1, 3).unwrap(), 1000);
+        assert_eq!(m.on_chunk(2, 5, 0).unwrap(), 2000);
+        assert_eq!(m.on_chunk(1, 3, 0).unwrap(), 1000);
         // The provider's usage says fewer completion tokens than its chunks claimed:
         // the usage (which its receipt signs) is what is paid.
         assert_eq!(m.on_usage(&Usage::new(10, 2)).unwrap(), 9_000);
@@ -518,7 +561,7 @@ mod tests {
         assert_eq!(u.cost.as_deref(), Some("12000"));
         // Inflated chunk claims (4x) with honest usage: the usage is charged.
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
-        m.on_chunk(8, 8).unwrap();
+        m.on_chunk(8, 8, 0).unwrap();
         assert_eq!(m.on_usage(&Usage::new(0, 2)).unwrap(), 0);
         assert_eq!((m.completion_tokens, m.cost), (2, 2000));
         assert_eq!(u.asset.as_deref(), Some("TNZO"));
@@ -528,19 +571,19 @@ mod tests {
     fn meter_believes_no_claim_beyond_what_it_relayed() {
         // "hi" claimed as a billion tokens: bounded by 2 bytes + the allowance.
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
-        m.on_chunk(1_000_000_000, 2).unwrap();
+        m.on_chunk(1_000_000_000, 2, 0).unwrap();
         assert_eq!(m.completion_tokens, 2 + SPECIAL);
         m.on_usage(&Usage::new(1_000_000, 1_000_000_000)).unwrap();
         assert_eq!((m.prompt_tokens, m.completion_tokens), (40, 2 + SPECIAL));
         assert_eq!(m.claimed, Some((1_000_000, 1_000_000_000)));
         // Usage above the chunks' own counts is clipped to them.
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
-        m.on_chunk(3, 30).unwrap();
+        m.on_chunk(3, 30, 0).unwrap();
         m.on_usage(&Usage::new(5, 50)).unwrap();
         assert_eq!(m.completion_tokens, 3);
         // n x max_tokens caps everything.
         let mut m = Meter::new(quote(), bounds(40, 16, 2));
-        m.on_chunk(500, 500).unwrap();
+        m.on_chunk(500, 500, 0).unwrap();
         assert_eq!(m.completion_tokens, 32);
     }
 
@@ -549,12 +592,12 @@ mod tests {
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
         m.on_cut().unwrap();
         assert_eq!(m.cost, 0, "nothing relayed, nothing owed");
-        m.on_chunk(1, 3).unwrap();
+        m.on_chunk(1, 3, 0).unwrap();
         assert_eq!(m.on_cut().unwrap(), 40_000);
         assert_eq!((m.prompt_tokens, m.completion_tokens), (40, 1));
         // With usage, the verified prompt count stands.
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
-        m.on_chunk(1, 3).unwrap();
+        m.on_chunk(1, 3, 0).unwrap();
         m.on_usage(&Usage::new(7, 1)).unwrap();
         assert_eq!(m.on_cut().unwrap(), 0);
         assert_eq!(m.prompt_tokens, 7);
@@ -563,7 +606,7 @@ mod tests {
     #[test]
     fn an_unproven_end_owes_only_the_prompt() {
         let mut m = Meter::new(quote(), bounds(40, 1, 100));
-        m.on_chunk(5, 20).unwrap();
+        m.on_chunk(5, 20, 0).unwrap();
         assert_eq!(m.cost, 5000);
         m.on_unproven_end().unwrap();
         assert_eq!((m.completion_tokens, m.cost), (0, 0));
@@ -627,7 +670,7 @@ mod tests {
             let mut m = Meter::new(q, b);
             let mut sum = 0;
             for (t, bytes) in chunks {
-                sum += m.on_chunk(t, bytes).unwrap();
+                sum += m.on_chunk(t, bytes, 0).unwrap();
             }
             if !cut {
                 sum += m.on_usage(&Usage::new(prompt, report)).unwrap();

@@ -780,7 +780,7 @@ fn finish_whole(
     let (prompt, completion) = match whole.usage {
         Some((p, c)) => (
             bounds.prompt_bound(p),
-            c.min(bounds.completion_bound(None, whole.text_bytes)),
+            c.min(bounds.completion_bound(None, whole.text_bytes, whole.tool_calls)),
         ),
         None => {
             tracing::warn!(provider = %entry.info.id, "answer without usage; charging nothing");

@@ -6,7 +6,9 @@
 //!   ≤ the sum of `tenzro.tokens` over the chunks relayed (streams), and ≤ the
 //!   byte length of the text relayed plus [`SPECIAL_TOKENS_PER_CHOICE`] per choice
 //!   (every token the engine reports decodes to at least one byte, except special
-//!   tokens and the tokens of a matched stop sequence, which the allowance covers);
+//!   tokens and the tokens of a matched stop sequence, which the allowance covers),
+//!   plus [`TOOL_CALL_WRAPPER_TOKENS`] per tool call relayed (the call's name and
+//!   arguments are relayed text; the template tags around them are not);
 //! - prompt tokens ≤ the gateway's own prompt estimate (one token per byte plus the
 //!   chat template's framing).
 //!
@@ -27,6 +29,15 @@ use tenzro_attest::{PublicKey, Receipt};
 
 /// Completion tokens per choice the text-length bound allows beyond one per byte.
 pub const SPECIAL_TOKENS_PER_CHOICE: u64 = 16;
+/// Completion tokens each relayed tool call may take beyond the bytes of its name
+/// and arguments: the wrapper the provider generated and stripped. The default tools
+/// block's wrapper (`<tool_call>\n{"name": "`, `", "arguments": `, `}\n</tool_call>`
+/// and the `\n` between calls) is 53 bytes, so at most 53 tokens at one per byte;
+/// 64 leaves room for a model template's own tags.
+pub const TOOL_CALL_WRAPPER_TOKENS: u64 = 64;
+/// Tool calls per choice that earn the wrapper allowance at most (providers emit a
+/// few; more cannot buy more allowance).
+pub const TOOL_CALLS_PER_CHOICE: u64 = 16;
 /// Longest receipt text kept in a slash record's evidence.
 const EVIDENCE_MAX: usize = 2048;
 
@@ -62,10 +73,19 @@ impl Bounds {
     }
 
     /// The completion tokens the gateway can vouch for after relaying `text_bytes`
-    /// bytes of text and, for a stream, chunks whose `tenzro.tokens` sum to
-    /// `chunk_tokens`.
-    pub fn completion_bound(&self, chunk_tokens: Option<u64>, text_bytes: u64) -> u64 {
-        let allowance = self.choices.saturating_mul(SPECIAL_TOKENS_PER_CHOICE);
+    /// bytes of text and `tool_calls` tool calls and, for a stream, chunks whose
+    /// `tenzro.tokens` sum to `chunk_tokens`.
+    pub fn completion_bound(
+        &self,
+        chunk_tokens: Option<u64>,
+        text_bytes: u64,
+        tool_calls: u64,
+    ) -> u64 {
+        let calls = tool_calls.min(self.choices.saturating_mul(TOOL_CALLS_PER_CHOICE));
+        let allowance = self
+            .choices
+            .saturating_mul(SPECIAL_TOKENS_PER_CHOICE)
+            .saturating_add(calls.saturating_mul(TOOL_CALL_WRAPPER_TOKENS));
         let by_text = text_bytes.saturating_add(allowance);
         let bound = self.completion_cap().min(by_text);
         match chunk_tokens {
@@ -241,6 +261,8 @@ pub struct Whole {
     pub usage: Option<(u64, u64)>,
     /// Byte length of the text the answer carries (all choices).
     pub text_bytes: u64,
+    /// Tool calls the answer carries (all choices).
+    pub tool_calls: u64,
     /// The response digest as the receipt defines it.
     pub response_sha256: [u8; 32],
     pub receipt: Option<serde_json::Value>,
@@ -339,6 +361,7 @@ pub fn read_whole(body: &[u8]) -> Option<Whole> {
     let mut p: WholePeek = serde_json::from_slice(body).ok()?;
     let usage = p.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
     let receipt = p.tenzro.and_then(|t| t.receipt);
+    let mut tool_calls = 0;
     let (text_bytes, response_sha256) = if p.data.is_empty() {
         p.choices.sort_by_key(|c| c.index);
         let texts: Vec<String> = p
@@ -351,6 +374,12 @@ pub fn read_whole(body: &[u8]) -> Option<Whole> {
             })
             .collect();
         let bytes = texts.iter().map(|t| t.len() as u64).sum();
+        tool_calls = p
+            .choices
+            .iter()
+            .filter_map(|c| c.message.as_ref())
+            .map(|m| m.tool_calls.len() as u64)
+            .sum();
         (bytes, items_digest(texts.iter().map(|t| t.as_bytes())))
     } else {
         p.data.sort_by_key(|d| d.index);
@@ -370,6 +399,7 @@ pub fn read_whole(body: &[u8]) -> Option<Whole> {
     Some(Whole {
         usage,
         text_bytes,
+        tool_calls,
         response_sha256,
         receipt,
     })
@@ -395,7 +425,7 @@ mod tests {
     /// `(bounds, chunk tokens, text bytes)` → completion bound.
     fn check(b: Bounds, chunk_tokens: Option<u64>, text_bytes: u64, expect: u64) {
         assert_eq!(
-            b.completion_bound(chunk_tokens, text_bytes),
+            b.completion_bound(chunk_tokens, text_bytes, 0),
             expect,
             "{b:?} chunks {chunk_tokens:?} bytes {text_bytes}"
         );
@@ -427,6 +457,31 @@ mod tests {
             u64::MAX,
         );
         assert_eq!(bounds(u64::MAX, 2, u64::MAX).worst_tokens(), u64::MAX);
+    }
+
+    #[test]
+    fn tool_calls_earn_a_bounded_wrapper_allowance() {
+        // A short call (`f` + `{}`, 3 bytes) whose wrapper took ~20 tokens is paid in
+        // full: 3 + 16 + 64 = 83.
+        assert_eq!(bounds(10, 1, 1000).completion_bound(None, 3, 1), 83);
+        assert_eq!(bounds(10, 1, 1000).completion_bound(Some(25), 3, 1), 25);
+        // Two calls, two allowances.
+        assert_eq!(bounds(10, 1, 1000).completion_bound(None, 3, 2), 147);
+        // A provider cannot buy allowance with a flood of empty calls: 16 per choice.
+        let capped = 16 * (SPECIAL_TOKENS_PER_CHOICE + 16 * TOOL_CALL_WRAPPER_TOKENS);
+        assert_eq!(
+            bounds(10, 16, 1_000_000).completion_bound(None, 0, u64::MAX),
+            capped
+        );
+        // The request's cap still wins.
+        assert_eq!(bounds(10, 1, 8).completion_bound(None, 3, 4), 8);
+        // A whole answer's calls are counted.
+        let body = br#"{"choices":[{"index":0,"message":{"content":null,"tool_calls":[
+            {"id":"a","type":"function","function":{"name":"f","arguments":"{}"}},
+            {"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]}}],
+            "usage":{"prompt_tokens":5,"completion_tokens":30}}"#;
+        let w = read_whole(body).unwrap();
+        assert_eq!((w.text_bytes, w.tool_calls), (6, 2));
     }
 
     #[test]
@@ -613,11 +668,13 @@ mod tests {
         fn bound_never_exceeds_the_caps(
             prompt in any::<u64>(), choices in 1u64..64, max_new in 0u64..100_000,
             chunks in proptest::option::of(any::<u64>()), bytes in any::<u64>(), claim in any::<u64>(),
+            calls in any::<u64>(),
         ) {
             let b = bounds(prompt, choices, max_new);
-            let c = b.completion_bound(chunks, bytes);
+            let c = b.completion_bound(chunks, bytes, calls);
             prop_assert!(c <= b.completion_cap());
-            prop_assert!(c <= bytes.saturating_add(choices * SPECIAL_TOKENS_PER_CHOICE));
+            let per_choice = SPECIAL_TOKENS_PER_CHOICE + TOOL_CALLS_PER_CHOICE * TOOL_CALL_WRAPPER_TOKENS;
+            prop_assert!(c <= bytes.saturating_add(choices * per_choice));
             if let Some(t) = chunks { prop_assert!(c <= t); }
             prop_assert!(b.prompt_bound(claim) <= prompt);
             prop_assert!(b.prompt_bound(claim) <= claim);

@@ -260,7 +260,9 @@ impl Relay {
                         self.receipt = Some(r.clone());
                     }
                     if (p.has_choices() || p.usage.is_none())
-                        && let Err(e) = s.meter.on_chunk(p.tokens(), p.text_bytes())
+                        && let Err(e) =
+                            s.meter
+                                .on_chunk(p.tokens(), p.text_bytes(), p.tool_calls_started())
                     {
                         tracing::error!(error = %e, "metering overflow");
                     }
