@@ -10,11 +10,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use tenzro_models::api::ModelInfo;
 
-use crate::breaker::BreakerConfig;
 use crate::pricing::{self, Asset, Rates};
-use crate::registry::RegistryConfig;
-use crate::routing::{StakeMinimums, Strategy, Weights};
-use crate::status::StatusConfig;
+use crate::providers::breaker::BreakerConfig;
+use crate::providers::registry::RegistryConfig;
+use crate::providers::routing::{StakeMinimums, Strategy, Weights};
+use crate::providers::status::StatusConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,9 +74,28 @@ pub struct Config {
     pub identities: IdentitiesSection,
     pub receipts: ReceiptsSection,
     pub bonds: BondsSection,
-    /// TEE collateral sources and the attestation policy (`crate::policy`).
-    pub attestation: crate::policy::AttestationSection,
+    /// TEE collateral sources and the attestation policy (`crate::providers::policy`).
+    pub attestation: crate::providers::policy::AttestationSection,
+    /// Model audits' auditor and bounds (`crate::audit`; the rate is
+    /// `[attestation] audit_rate`).
+    pub audit: crate::audit::AuditSection,
     pub providers: Vec<StaticProvider>,
+    /// The amounts above in base units, parsed once at load ([`Config::amounts`]).
+    #[serde(skip)]
+    pub amounts: Amounts,
+}
+
+/// The config's token amounts (whole tokens as decimal strings in the file), in
+/// base units: parsed when the config is loaded, so a bad one stops the start
+/// naming its field instead of failing a request later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Amounts {
+    /// `faucet.amount`.
+    pub faucet: u128,
+    /// `channels.initial_deposit`.
+    pub initial_deposit: u128,
+    /// `limits.dev_balance`.
+    pub dev_balance: u128,
 }
 
 /// The identity registry (TDIP).
@@ -534,6 +553,7 @@ impl Config {
             cfg.server.admin_token = Secret::new(t.clone());
         }
         cfg.validate()?;
+        cfg.amounts = cfg.amounts()?;
         Ok(cfg)
     }
 
@@ -564,16 +584,33 @@ impl Config {
             return bad("routing.weights must be non-negative numbers".into());
         }
         self.attestation.validate().map_err(ConfigError::Invalid)?;
+        self.audit
+            .validate(self.attestation.audit_rate)
+            .map_err(ConfigError::Invalid)?;
         self.rates()?;
         self.stakes()?;
         self.registration_bounds()?;
-        pricing::parse_tokens(&self.limits.dev_balance)
-            .map_err(|e| ConfigError::Invalid(format!("limits.dev_balance: {e}")))?;
+        self.amounts()?;
         for p in &self.providers {
-            crate::registry::ProviderInfo::from_registration(self.static_registration(p)?, true)
-                .map_err(|e| ConfigError::Invalid(format!("provider {}: {e}", p.id)))?;
+            crate::providers::registry::ProviderInfo::from_registration(
+                self.static_registration(p)?,
+                true,
+            )
+            .map_err(|e| ConfigError::Invalid(format!("provider {}: {e}", p.id)))?;
         }
         Ok(())
+    }
+
+    /// The token amounts in base units; an error names the field.
+    pub fn amounts(&self) -> Result<Amounts, ConfigError> {
+        let tokens = |field: &str, v: &str| {
+            pricing::parse_tokens(v).map_err(|e| ConfigError::Invalid(format!("{field}: {e}")))
+        };
+        Ok(Amounts {
+            faucet: tokens("faucet.amount", &self.faucet.amount)?,
+            initial_deposit: tokens("channels.initial_deposit", &self.channels.initial_deposit)?,
+            dev_balance: tokens("limits.dev_balance", &self.limits.dev_balance)?,
+        })
     }
 
     /// `[attestation.policy]` with the gateway's defaults.
@@ -626,7 +663,7 @@ impl Config {
     /// What a registration may declare (`[registration]`).
     pub fn registration_bounds(
         &self,
-    ) -> Result<crate::registry_bounds::RegistrationBounds, ConfigError> {
+    ) -> Result<crate::providers::bounds::RegistrationBounds, ConfigError> {
         let r = &self.registration;
         let rates = self.rates()?;
         let mut max_price_per_token = Vec::new();
@@ -639,7 +676,7 @@ impl Config {
                 max_price_per_token.push((*asset, cap, rate));
             }
         }
-        Ok(crate::registry_bounds::RegistrationBounds {
+        Ok(crate::providers::bounds::RegistrationBounds {
             max_price_per_token,
             max_context: r.max_context,
             max_models: r.max_models,
@@ -691,8 +728,7 @@ impl Config {
     }
 
     pub fn book(&self) -> Result<crate::money::book::BookConfig, ConfigError> {
-        let initial_deposit = pricing::parse_tokens(&self.channels.initial_deposit)
-            .map_err(|e| ConfigError::Invalid(format!("channels.initial_deposit: {e}")))?;
+        let initial_deposit = self.amounts()?.initial_deposit;
         Ok(crate::money::book::BookConfig {
             initial_deposit,
             channel_ttl: self.channels.ttl_days.saturating_mul(86_400),
@@ -705,6 +741,21 @@ impl Config {
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_are_parsed_at_load_and_a_bad_one_names_its_field() {
+        let cfg = Config::parse("[faucet]\namount = \"2.5\"\n").unwrap();
+        assert_eq!(cfg.amounts().unwrap().faucet, 2_500_000_000_000_000_000);
+        for (table, field) in [
+            ("faucet", "amount"),
+            ("channels", "initial_deposit"),
+            ("limits", "dev_balance"),
+        ] {
+            let cfg = Config::parse(&format!("[{table}]\n{field} = \"ten\"\n")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("{table}.{field}")), "{e}");
+        }
+    }
 
     #[test]
     fn the_example_config_parses_and_validates() {

@@ -2,39 +2,36 @@
 //! routes to providers, keeps failing ones out with circuit breakers, meters tokens
 //! per streamed chunk and prices them.
 //!
-//! Domain modules are plain Rust with no axum: [`routing`], [`breaker`],
-//! [`status`], [`registry`], [`pricing`], [`metering`], [`money`] (the book,
-//! scopes, channels, settlement and the SQL store), [`accounts`],
-//! [`ratelimit`]. The HTTP layer is [`routes`] (the route table and thin handlers)
-//! over [`proxy`] (admission, failover and the streaming relay).
+//! Domain modules are plain Rust with no axum (checked by `layers_tests`):
+//! [`providers`] (registry, routing, breakers, status, attestation), [`accounts`],
+//! [`money`] (the book, scopes, channels, bonds, settlement), [`store`] (the SQL
+//! store, one file per table family), [`tasks`] (the background loops over them),
+//! [`pricing`], [`metering`], [`verify`], [`ratelimit`], [`clock`]. The HTTP layer
+//! is [`http`] (the route table and thin handlers) over [`proxy`] (admission,
+//! failover and the streaming relay).
 
+pub mod a2a;
 pub mod accounts;
-pub mod attestation;
-pub mod audit_stat;
-pub mod bond_routes;
-pub mod breaker;
+pub mod audit;
 pub mod clock;
-pub mod collateral;
 pub mod config;
-pub mod error;
-pub mod identity_routes;
-pub mod identity_store;
+pub mod console;
+pub mod http;
+pub mod mcp;
 pub mod metering;
 pub mod metrics;
 pub mod money;
-pub mod money_routes;
-pub mod policy;
 pub mod pricing;
+pub mod providers;
 pub mod proxy;
 pub mod ratelimit;
-pub mod registry;
-pub mod registry_bounds;
-pub mod registry_store;
-pub mod routes;
-pub mod routing;
 pub mod state;
-pub mod status;
+pub mod store;
+pub mod tasks;
 pub mod verify;
+
+#[cfg(test)]
+mod layers_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,14 +43,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accounts::{Accounts, DefaultLimits};
-use crate::clock::{SharedClock, SystemClock, unix_now};
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::money::book::Book;
-use crate::money::store::Store;
-use crate::money::vouchers::Courier;
-use crate::registry::{ProviderInfo, Registry};
+use crate::providers::registry::{ProviderInfo, Registry};
 pub use crate::state::AppState;
+use crate::store::Store;
+use crate::tasks::vouchers::Courier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -62,7 +59,7 @@ pub enum StartError {
     #[error("store {url}: {source}")]
     Store {
         url: String,
-        source: money::store::StoreError,
+        source: store::StoreError,
     },
     #[error("restoring the book: {0}")]
     Book(#[from] money::book::BookError),
@@ -73,7 +70,7 @@ pub enum StartError {
     #[error("data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("provider {0}: {1}")]
-    Provider(String, registry::RegistryError),
+    Provider(String, providers::registry::RegistryError),
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -99,14 +96,17 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Builds the gateway's state from a validated config, on the real clock.
-pub async fn build(config: Config) -> Result<AppState, StartError> {
-    build_with_clock(config, SystemClock::shared()).await
+/// A store failure at start, naming the store without its password.
+fn store_error(config: &Config) -> impl Fn(store::StoreError) -> StartError + use<> {
+    let url = redact(&config.store_url());
+    move |source| StartError::Store {
+        url: url.clone(),
+        source,
+    }
 }
 
-/// Builds the gateway's state on a given clock (tests drive breakers by hand):
-/// opens the store and restores the book from it.
-pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppState, StartError> {
+/// The registry on `clock` with the configured policy and `[[providers]]`.
+fn configured_registry(config: &Config, clock: SharedClock) -> Result<Arc<Registry>, StartError> {
     let mut registry = Registry::new(config.registry()?, clock);
     registry.attest_policy = config.attest_policy()?;
     let registry = Arc::new(registry);
@@ -117,45 +117,65 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
             .upsert(info)
             .map_err(|e| StartError::Provider(p.id.clone(), e))?;
     }
+    Ok(registry)
+}
+
+/// The client that calls providers: a registrant must not turn the gateway into a
+/// proxy for internal addresses, so it never follows redirects and, unless private
+/// endpoints are allowed (development), connects only to public addresses.
+fn upstream_client(config: &Config) -> Result<reqwest::Client, StartError> {
+    let mut client = reqwest::Client::builder()
+        .connect_timeout(config.upstream.connect_timeout())
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256);
+    if !config.registration.allow_private_endpoints {
+        client = client.dns_resolver(Arc::new(crate::providers::bounds::PublicOnly));
+    }
+    Ok(client.build()?)
+}
+
+/// Builds the gateway's state from a validated config, on the real clock.
+pub async fn build(config: Config) -> Result<AppState, StartError> {
+    build_with_clock(config, SystemClock::shared()).await
+}
+
+/// Builds the gateway's state on a given clock (tests drive breakers by hand):
+/// opens the store and restores the book from it.
+pub async fn build_with_clock(
+    mut config: Config,
+    clock: SharedClock,
+) -> Result<AppState, StartError> {
+    config.amounts = config.amounts()?;
+    let registry = configured_registry(&config, clock.clone())?;
     let store = open_store(&config).await?;
-    let snap = store.load().await.map_err(|source| StartError::Store {
-        url: redact(&config.store_url()),
-        source,
-    })?;
+    let stored = store_error(&config);
+    let snap = store.load().await.map_err(&stored)?;
     // Accounts' money enters the book when this replica takes their leases
-    // (`money::lease`); the network-wide pools and earnings load now.
+    // (`store::lease`); the network-wide pools and earnings load now.
     // Bans, slashes and the registered providers heard from recently.
-    let restored = registry_store::restore(&registry, &store, snap.slashes)
+    let restored = store::registry::restore(&registry, &store, snap.slashes)
         .await
-        .map_err(|source| StartError::Store {
-            url: redact(&config.store_url()),
-            source,
-        })?;
+        .map_err(&stored)?;
     tracing::info!(providers = restored, "registry restored from the store");
     let collateral =
-        collateral::CollateralStore::new(&config.attestation, &config.server.data_dir)?;
-    let verifier = attestation::Verifier::new(config.registration.allow_private_endpoints)?
-        .with_collateral(Arc::new(collateral));
+        providers::collateral::CollateralStore::new(&config.attestation, &config.server.data_dir)?;
+    let verifier =
+        providers::attestation::Verifier::new(config.registration.allow_private_endpoints)?
+            .with_collateral(Arc::new(collateral));
     let book = Arc::new(Book::new(config.book()?));
     book.load_pools(&snap.pools, &snap.earnings)?;
-    let bonds = store.bonds().await.map_err(|source| StartError::Store {
-        url: redact(&config.store_url()),
-        source,
-    })?;
-    let applied = store
-        .applied_slashes()
-        .await
-        .map_err(|source| StartError::Store {
-            url: redact(&config.store_url()),
-            source,
-        })?;
+    let bonds = store.bonds().await.map_err(&stored)?;
+    let applied = store.applied_slashes().await.map_err(&stored)?;
     book.load_bonds(bonds, applied)?;
     for b in book.bonds() {
-        money::bonds_task::publish(&registry, &b);
+        tasks::bonds::publish(&registry, &b);
     }
-    let replica = money::lease::Leases::replica_id(&config.server.data_dir)
+    let replica = store::lease::Leases::replica_id(&config.server.data_dir)
         .map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
-    let leases = Arc::new(money::lease::Leases::new(replica, config.store.lease_ttl_s));
+    let leases = Arc::new(store::lease::Leases::new(replica, config.store.lease_ttl_s));
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,
         tokens_per_minute: config.limits.tokens_per_minute,
@@ -169,32 +189,16 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
     ));
     let identities = match store.load_identities().await {
         Ok(reg) => reg,
-        Err(e @ money::store::StoreError::Corrupt { .. }) => {
+        Err(e @ store::StoreError::Corrupt { .. }) => {
             return Err(StartError::Identities(e.to_string()));
         }
-        Err(source) => {
-            return Err(StartError::Store {
-                url: redact(&config.store_url()),
-                source,
-            });
-        }
+        Err(source) => return Err(stored(source)),
     };
     let payer_key = Arc::new(ProviderKey::load_or_create(&config.payer_key_path())?);
-    // The client that calls providers: a registrant must not turn the gateway into a
-    // proxy for internal addresses, so it never follows redirects and, unless private
-    // endpoints are allowed (development), connects only to public addresses.
-    let mut client = reqwest::Client::builder()
-        .connect_timeout(config.upstream.connect_timeout())
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_nodelay(true)
-        .no_proxy()
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256);
-    if !config.registration.allow_private_endpoints {
-        client = client.dns_resolver(Arc::new(crate::registry_bounds::PublicOnly));
-    }
-    let client = client.build()?;
+    let client = upstream_client(&config)?;
+    let audits = audit::Audits::new(config.attestation.audit_rate, config.audit.clone());
     Ok(AppState {
+        clock,
         rates: Arc::new(config.rates()?),
         config: Arc::new(config),
         registry,
@@ -204,43 +208,23 @@ pub async fn build_with_clock(config: Config, clock: SharedClock) -> Result<AppS
         leases,
         payer_key,
         faucet: Arc::default(),
-        identities: Arc::new(std::sync::RwLock::new(identities)),
+        identities: Arc::new(parking_lot::RwLock::new(identities)),
         identities_save: Arc::default(),
         metrics: Arc::new(Metrics::new()),
         client,
         verifier,
         tasks: TaskTracker::new(),
+        audits,
         cancel: CancellationToken::new(),
     })
 }
 
-/// Serves on `listener` (TCP_NODELAY on every accepted connection) until
-/// `state.cancel` fires, then drains requests, commits the book one last time and
-/// waits for tracked tasks.
-pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    let app = routes::router(state.clone());
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    let cancel = state.cancel.clone();
-    // The money tasks outlive the HTTP server, so that streams drained during
-    // shutdown are committed too.
-    let money = CancellationToken::new();
-    state.tasks.spawn(attestation::reverify_loop(
-        state.registry.clone(),
-        state.verifier.clone(),
-        cancel.clone(),
-    ));
-    state.tasks.spawn(registry_store::persist_loop(
-        state.registry.clone(),
-        state.store.clone(),
-        Duration::from_secs(1),
-        money.clone(),
-    ));
+/// The tasks that make the book durable and pay out: group commit, the settlement
+/// sweep, bond payouts and the voucher courier (after reconciling open channels).
+/// They stop on `money`, after the HTTP server (the courier on `state.cancel`).
+fn spawn_money_tasks(state: &AppState, money: &CancellationToken) {
     let cfg = &state.config;
-    state.tasks.spawn(money::committer::run(
+    state.tasks.spawn(tasks::committer::run(
         state.book.clone(),
         state.store.clone(),
         state.registry.clone(),
@@ -249,15 +233,16 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         cfg.store.lease_idle_s,
         money.clone(),
     ));
-    state.tasks.spawn(money::committer::sweep(
+    state.tasks.spawn(tasks::committer::sweep(
         state.book.clone(),
         state.store.clone(),
         state.leases.clone(),
+        state.clock.clone(),
         Duration::from_secs(cfg.channels.settle_sweep_s.max(1)),
         money.clone(),
     ));
     state.tasks.spawn(
-        money::bonds_task::BondsTask {
+        tasks::bonds::BondsTask {
             book: state.book.clone(),
             store: state.store.clone(),
             leases: state.leases.clone(),
@@ -277,18 +262,20 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         Duration::from_millis(cfg.channels.voucher_interval_ms.max(1)),
         Duration::from_millis(cfg.channels.checkpoint_interval_ms.max(1)),
     );
-    let (store, book, leases) = (
+    let (store, book, leases, clock) = (
         state.store.clone(),
         state.book.clone(),
         state.leases.clone(),
+        state.clock.clone(),
     );
+    let cancel = state.cancel.clone();
     state.tasks.spawn(async move {
         // Take the accounts with open channels first, so their channels are
         // reconciled with what the providers hold before new vouchers go out.
         match store.accounts_with_channels().await {
             Ok(accounts) => {
                 for a in accounts {
-                    if let Err(e) = leases.ensure(&store, &book, &a, unix_now()).await {
+                    if let Err(e) = leases.ensure(&store, &book, &a, clock.unix()).await {
                         tracing::info!(account = %a, error = %e, "not reconciling this account here");
                     }
                 }
@@ -296,8 +283,41 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             Err(e) => tracing::error!(error = %e, "listing accounts with channels"),
         }
         courier.reconcile().await;
-        courier.run(interval, checkpoint, cancel.clone()).await;
+        courier.run(interval, checkpoint, cancel).await;
     });
+}
+
+/// Serves on `listener` (TCP_NODELAY on every accepted connection) until
+/// `state.cancel` fires, then drains requests, commits the book one last time and
+/// waits for tracked tasks.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let app = http::router(state.clone());
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
+    let cancel = state.cancel.clone();
+    // The money tasks outlive the HTTP server, so that streams drained during
+    // shutdown are committed too.
+    let money = CancellationToken::new();
+    state.tasks.spawn(audit::worker::run(
+        state.audits.clone(),
+        state.registry.clone(),
+        cancel.clone(),
+    ));
+    state.tasks.spawn(providers::attestation::reverify_loop(
+        state.registry.clone(),
+        state.verifier.clone(),
+        cancel.clone(),
+    ));
+    state.tasks.spawn(store::registry::persist_loop(
+        state.registry.clone(),
+        state.store.clone(),
+        Duration::from_secs(1),
+        money.clone(),
+    ));
+    spawn_money_tasks(&state, &money);
     // The source address reaches handlers (registrations are limited per address).
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app)

@@ -39,6 +39,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// MCP over stdio for clients that launch a process: the gateway's tools
+    /// (list_models, chat, get_balance...), calling the gateway at --url with --key.
+    Mcp {
+        /// The gateway's URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "TENZRO_URL")]
+        url: String,
+        /// The API key the tools use (prefer TENZRO_API_KEY: flags show up in `ps`).
+        #[arg(long, env = "TENZRO_API_KEY", hide_env_values = true)]
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +68,9 @@ enum KeysCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Mcp { url, key }) = &cli.command {
+        return mcp_stdio(url, key);
+    }
     let flags = Overrides {
         listen: cli.listen,
         data_dir: cli.data_dir.clone(),
@@ -96,8 +109,25 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Some(Command::Mcp { url, key }) => mcp_stdio(&url, &key),
         None => serve(config),
     }
+}
+
+/// `tenzro-gateway mcp`: stdout is the protocol, so logs go to stderr.
+fn mcp_stdio(url: &str, key: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(tenzro_gateway::mcp::serve_stdio(url, key))
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

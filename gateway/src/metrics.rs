@@ -6,8 +6,8 @@
 //! [`MAX_PROVIDER_LABELS`] upstream series (the rest share `provider="other"`);
 //! breaker gauges are rebuilt from the registry's current providers at each scrape.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::registry::Registry;
+use crate::providers::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -35,6 +35,8 @@ pub struct Metrics {
     tokens: Family<Labels, Counter>,
     /// Provider ids with their own upstream series.
     upstream_ids: Mutex<HashSet<String>>,
+    /// The last hour by minute, for the console's operator page (`GET /admin/stats`).
+    pub recent: crate::console::recent::Recent,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -96,6 +98,7 @@ impl Metrics {
             breaker,
             tokens,
             upstream_ids: Mutex::default(),
+            recent: Default::default(),
         }
     }
 
@@ -121,13 +124,14 @@ impl Metrics {
     }
 
     pub fn upstream(&self, provider: &str, d: Duration) {
-        let label = match self.upstream_ids.lock() {
-            Ok(ids) if ids.contains(provider) => provider.to_owned(),
-            Ok(mut ids) if ids.len() < MAX_PROVIDER_LABELS => {
+        let label = {
+            let mut ids = self.upstream_ids.lock();
+            if ids.contains(provider) || ids.len() < MAX_PROVIDER_LABELS {
                 ids.insert(provider.to_owned());
                 provider.to_owned()
+            } else {
+                "other".to_owned()
             }
-            _ => "other".to_owned(),
         };
         self.upstream
             .get_or_create(&vec![("provider", label)])
@@ -166,7 +170,7 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::registry::RegistryConfig;
+    use crate::providers::registry::RegistryConfig;
 
     /// A registrant choosing new ids cannot grow the label sets without bound.
     #[test]
@@ -187,6 +191,6 @@ mod tests {
             "plus provider=\"other\""
         );
         assert!(out.contains("provider=\"other\""));
-        assert_eq!(m.upstream_ids.lock().unwrap().len(), MAX_PROVIDER_LABELS);
+        assert_eq!(m.upstream_ids.lock().len(), MAX_PROVIDER_LABELS);
     }
 }

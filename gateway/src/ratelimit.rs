@@ -15,7 +15,9 @@
 //! injected [`Clock`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use crate::clock::{SharedClock, SystemClock};
@@ -95,8 +97,7 @@ impl Limiters {
     }
 
     fn lock(&self) -> MutexGuard<'_, (Bucket, Bucket)> {
-        // A bucket's state is two integers, valid whatever a panicking holder did.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Sets the limits (keeping what was taken), when the key's own record says
@@ -197,7 +198,7 @@ impl LimiterRegistry {
     /// ids of the keys above it with the limits to assume for one whose own key
     /// this gateway has not loaded yet.
     pub fn chain(&self, key_id: &str, own: Rates, ancestors: &[(String, Rates)]) -> ChainLimiters {
-        let mut map = self.by_key.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.by_key.write();
         let mine = map
             .entry(key_id.to_owned())
             .or_insert_with(|| Arc::new(Limiters::new(own)))
@@ -222,7 +223,7 @@ impl LimiterRegistry {
 
     /// Forgets the buckets of revoked keys.
     pub fn forget(&self, key_ids: &[String]) {
-        let mut map = self.by_key.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.by_key.write();
         for id in key_ids {
             map.remove(id);
         }

@@ -11,7 +11,7 @@
 //! and vouchers come from the pinned payers, or, when none are pinned, each channel
 //! trusts the key of its first voucher (trust on first use).
 
-use std::sync::{PoisonError, RwLock};
+use parking_lot::RwLock;
 
 use tenzro_attest::PublicKey;
 
@@ -61,7 +61,7 @@ impl PayerTrust {
         if !self.pinned.is_empty() {
             return self.pinned.clone();
         }
-        let learned = *self.learned.read().unwrap_or_else(PoisonError::into_inner);
+        let learned = *self.learned.read();
         learned.into_iter().collect()
     }
 
@@ -69,11 +69,7 @@ impl PayerTrust {
         if !self.pinned.is_empty() {
             return self.pinned.contains(key);
         }
-        self.learned
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            == Some(key)
+        self.learned.read().as_ref() == Some(key)
     }
 
     /// Takes the payer key a gateway answered at registration.
@@ -85,7 +81,7 @@ impl PayerTrust {
                 Learned::Pinned
             };
         }
-        let mut learned = self.learned.write().unwrap_or_else(PoisonError::into_inner);
+        let mut learned = self.learned.write();
         match learned.replace(key) {
             None => Learned::New,
             Some(previous) if previous == key => Learned::Same,

@@ -3,9 +3,9 @@
 //! may ask for only so many fresh documents (a token bucket per address). Plain
 //! data structures on an injected clock (`Instant` arguments); no HTTP.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The last `capacity` values by key; the oldest inserted goes first.
@@ -113,7 +113,7 @@ impl RateLimiter {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.lock()
 }
 
 #[cfg(test)]

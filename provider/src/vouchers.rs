@@ -41,7 +41,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tenzro_attest::{ProviderKey, Voucher};
@@ -466,10 +468,11 @@ fn rejected(voucher: &Voucher, reason: Refusal) -> Rejected {
     }
 }
 
-/// A poisoned lock still guards consistent data here: every update is a single
-/// insert or remove made after the fallible work is done.
+/// Locks are `parking_lot`'s (not poisoned by a panic), as everywhere in both
+/// binaries: every update here is a single insert or remove made after the
+/// fallible work is done.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.lock()
 }
 
 fn load(path: &Path) -> Result<BTreeMap<String, Voucher>, StoreError> {

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::accounts::{Ancestor, Operation};
+use crate::money::scope::*;
+use crate::store::records::Ancestor;
 
 const D: DefaultLimits = DefaultLimits {
     requests_per_minute: 600,

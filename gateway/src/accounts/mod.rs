@@ -1,4 +1,4 @@
-//! Accounts and API keys, kept in the SQL store (see [`crate::money::store`]).
+//! Accounts and API keys, kept in the SQL store (see [`crate::store`]).
 //!
 //! Keys are stored as SHA-256 hashes; the plaintext is shown once, when the key is
 //! made. `tenzro-gateway keys create` writes a funded development account straight
@@ -6,20 +6,24 @@
 //! on first use. Balances live in the book ([`crate::money::book`]) and reach the
 //! store by group commit.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+pub mod delegation;
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+pub use crate::store::records::{
+    AccountRecord, Ancestor, DefaultLimits, KeyRecord, KeyScope, Operation, RoutingPrefs,
+    generate_key, hash_key, new_account, new_key,
+};
 
 use crate::clock::unix_now;
 use crate::money::book::{ASSETS, Book};
-use crate::money::decimal;
-use crate::money::scope::{SpendLimits, TimeBound};
-use crate::money::store::{Store, StoreError};
+use crate::money::scope::SpendLimits;
 use crate::pricing::Asset;
 use crate::ratelimit::{ChainLimiters, LimiterRegistry, Rates};
-use crate::routing::Strategy;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {
@@ -29,48 +33,6 @@ pub enum AccountsError {
     UnknownAccount(String),
     #[error("{0}")]
     Invalid(String),
-}
-
-/// What an API call may do with a key: the names a scope's `allowed_operations`
-/// lists. A scope without `allowed_operations` allows them all.
-///
-/// | name | allows |
-/// |---|---|
-/// | `chat`, `completions`, `embeddings` | the inference endpoints |
-/// | `models` | `GET /v1/models` |
-/// | `account` | `GET /v1/account`: the account's balances, holds and spend |
-/// | `channels` | reading, closing and disputing the account's payment channels |
-/// | `identities` | the identities this key controls: their personal fields and lifecycle |
-/// | `agents:create` | `POST /v1/identities/agents`: delegating to a new agent |
-///
-/// Handlers check the non-inference ones with [`require_operation`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Operation {
-    Chat,
-    Completions,
-    Embeddings,
-    Models,
-    Account,
-    Channels,
-    Identities,
-    #[serde(rename = "agents:create")]
-    AgentsCreate,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::Completions => "completions",
-            Operation::Embeddings => "embeddings",
-            Operation::Models => "models",
-            Operation::Account => "account",
-            Operation::Channels => "channels",
-            Operation::Identities => "identities",
-            Operation::AgentsCreate => "agents:create",
-        }
-    }
 }
 
 /// A key's scope does not allow an operation.
@@ -96,166 +58,6 @@ pub fn require_operation(key: &KeyEntry, op: Operation) -> Result<(), OperationR
         }),
         _ => Ok(()),
     }
-}
-
-/// A delegating key above an agent's key, recorded by the gateway when the agent is
-/// created (never taken from a request): the agent's charges count in its window too.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ancestor {
-    pub key_id: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "decimal::option"
-    )]
-    pub max_daily_spend: Option<u128>,
-}
-
-/// Per-key routing preferences.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoutingPrefs {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<Strategy>,
-    /// `[price, latency, reputation]` weights of the weighted strategy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights: Option<[f64; 3]>,
-}
-
-/// What a key may do; `None` means no restriction beyond the gateway's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyScope {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_models: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_operations: Option<Vec<Operation>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_per_minute: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routing: Option<RoutingPrefs>,
-    /// Delegation scope (whitepaper §10.5): most a single request may cost, in base
-    /// units of the account's asset (decimal string).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "decimal::option"
-    )]
-    pub max_transaction_value: Option<u128>,
-    /// Most this key may spend in any rolling 24 hours (decimal string).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "decimal::option"
-    )]
-    pub max_daily_spend: Option<u128>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_payment_protocols: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_chains: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_bound: Option<TimeBound>,
-    /// The keys that delegated to this one, nearest first (set by the gateway when
-    /// an agent is created; a request naming it is refused).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ancestors: Vec<Ancestor>,
-}
-
-impl KeyScope {
-    /// The ancestors whose daily limit this key's spending counts against.
-    pub fn shared_windows(&self) -> Vec<(String, u128)> {
-        self.ancestors
-            .iter()
-            .filter_map(|a| a.max_daily_spend.map(|l| (a.key_id.clone(), l)))
-            .collect()
-    }
-
-    /// The spending part of the scope, checked at admission.
-    pub fn spend_limits(&self) -> SpendLimits {
-        SpendLimits {
-            max_transaction_value: self.max_transaction_value,
-            max_daily_spend: self.max_daily_spend,
-            allowed_payment_protocols: self.allowed_payment_protocols.clone(),
-            allowed_chains: self.allowed_chains.clone(),
-            time_bound: self.time_bound,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AccountRecord {
-    pub id: String,
-    #[serde(default)]
-    pub name: String,
-    /// The asset this account pays in.
-    pub asset: Asset,
-    /// The identity (DID) the account belongs to, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// Balances in base units, decimal strings.
-    #[serde(default)]
-    pub balances: BTreeMap<Asset, String>,
-    pub created: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    /// A short public id (`key_…`) for listing and revoking.
-    pub id: String,
-    /// SHA-256 of the key, hex.
-    pub hash: String,
-    pub account: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub scope: KeyScope,
-    pub created: u64,
-    /// The agent identity (DID) this key acts for; `None`: the account's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-}
-
-/// A new API key: `tz-` and 64 hex characters (244 random bits from two UUIDv4s).
-pub fn generate_key() -> String {
-    format!(
-        "tz-{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-/// A new account record (not stored yet).
-pub fn new_account(name: &str, asset: Asset, identity: Option<String>) -> AccountRecord {
-    AccountRecord {
-        id: format!("acct_{}", uuid::Uuid::new_v4().simple()),
-        name: name.to_owned(),
-        asset,
-        identity,
-        balances: BTreeMap::new(),
-        created: unix_now(),
-    }
-}
-
-/// A new key for `account`: the plaintext (shown once) and its stored record.
-pub fn new_key(account: &str, name: &str, scope: KeyScope) -> (String, KeyRecord) {
-    let key = generate_key();
-    let record = KeyRecord {
-        id: format!("key_{}", &hash_key(&key)[..16]),
-        hash: hash_key(&key),
-        account: account.to_owned(),
-        name: name.to_owned(),
-        scope,
-        created: unix_now(),
-        identity: None,
-    };
-    (key, record)
 }
 
 /// Makes a funded account with one key in the store (the `keys create` command and
@@ -289,13 +91,6 @@ pub struct KeyEntry {
     pub limiters: ChainLimiters,
 }
 
-/// Default per-key limits when a key's scope names none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DefaultLimits {
-    pub requests_per_minute: u32,
-    pub tokens_per_minute: u32,
-}
-
 /// The accounts and keys a running gateway serves.
 #[derive(Debug)]
 pub struct Accounts {
@@ -306,10 +101,6 @@ pub struct Accounts {
     limiters: LimiterRegistry,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
     accounts: RwLock<BTreeMap<String, AccountRecord>>,
-}
-
-fn poisoned<T>(_: T) -> AccountsError {
-    AccountsError::Invalid("accounts lock poisoned".into())
 }
 
 impl Accounts {
@@ -329,11 +120,9 @@ impl Accounts {
             keys: RwLock::new(HashMap::new()),
             accounts: RwLock::new(BTreeMap::new()),
         };
-        if let Ok(mut map) = a.accounts.write() {
-            for acct in accounts {
-                map.insert(acct.id.clone(), acct);
-            }
-        }
+        a.accounts
+            .write()
+            .extend(accounts.into_iter().map(|acct| (acct.id.clone(), acct)));
         for k in keys {
             if let Err(e) = a.insert_key(k) {
                 tracing::warn!(error = %e, "skipping a stored key");
@@ -346,7 +135,6 @@ impl Accounts {
         let (asset, account_identity) = self
             .accounts
             .read()
-            .map_err(poisoned)?
             .get(&record.account)
             .map(|a| (a.asset, a.identity.clone()))
             .ok_or_else(|| AccountsError::UnknownAccount(record.account.clone()))?;
@@ -385,33 +173,27 @@ impl Accounts {
         });
         self.keys
             .write()
-            .map_err(poisoned)?
             .insert(entry.record.hash.clone(), entry.clone());
         Ok(entry)
     }
 
     /// The entry for a plaintext key; a key this gateway has not seen is looked up
     /// in the store (another process may have made it).
-    pub async fn lookup(&self, key: &str) -> Option<Arc<KeyEntry>> {
+    pub async fn lookup(&self, key: &str) -> Result<Option<Arc<KeyEntry>>, AccountsError> {
         let hash = hash_key(key);
-        if let Some(e) = self.keys.read().ok()?.get(&hash) {
-            return Some(e.clone());
+        if let Some(e) = self.keys.read().get(&hash) {
+            return Ok(Some(e.clone()));
         }
-        let found = match self.store.key_by_hash(&hash).await {
-            Ok(f) => f?,
-            Err(e) => {
-                tracing::error!(error = %e, "looking up a key in the store");
-                return None;
-            }
+        // A store error is the gateway's failure (a 500), not an unknown key.
+        let Some((record, account, _funds)) = self.store.key_by_hash(&hash).await? else {
+            return Ok(None);
         };
         // The account's money enters the book when its lease is taken.
-        let (record, account, _funds) = found;
         self.accounts
             .write()
-            .ok()?
             .entry(account.id.clone())
             .or_insert(account);
-        self.insert_key(record).ok()
+        self.insert_key(record).map(Some)
     }
 
     /// Creates a funded account and its first key (admin API).
@@ -438,10 +220,7 @@ impl Accounts {
                 )],
             )
             .map_err(|e| AccountsError::Invalid(e.to_string()))?;
-        self.accounts
-            .write()
-            .map_err(poisoned)?
-            .insert(acct.id.clone(), acct.clone());
+        self.accounts.write().insert(acct.id.clone(), acct.clone());
         self.insert_key(rec.clone())?;
         Ok((key, self.with_balances(acct), rec))
     }
@@ -455,12 +234,7 @@ impl Accounts {
         scope: KeyScope,
         identity: Option<String>,
     ) -> Result<(String, KeyRecord), AccountsError> {
-        if !self
-            .accounts
-            .read()
-            .map_err(poisoned)?
-            .contains_key(account)
-        {
+        if !self.accounts.read().contains_key(account) {
             return Err(AccountsError::UnknownAccount(account.to_owned()));
         }
         let (key, mut rec) = new_key(account, name, scope);
@@ -474,7 +248,7 @@ impl Accounts {
     /// through other agents); true when one was revoked.
     pub async fn revoke(&self, key_id: &str) -> Result<bool, AccountsError> {
         let removed = {
-            let mut keys = self.keys.write().map_err(poisoned)?;
+            let mut keys = self.keys.write();
             let mut gone = Vec::new();
             keys.retain(|_, e| {
                 let keep = e.record.id != key_id
@@ -494,12 +268,7 @@ impl Accounts {
     }
 
     pub fn credit(&self, account: &str, asset: Asset, amount: u128) -> Result<u128, AccountsError> {
-        if !self
-            .accounts
-            .read()
-            .map_err(poisoned)?
-            .contains_key(account)
-        {
+        if !self.accounts.read().contains_key(account) {
             return Err(AccountsError::UnknownAccount(account.to_owned()));
         }
         self.book
@@ -510,44 +279,33 @@ impl Accounts {
     pub fn account(&self, id: &str) -> Option<AccountRecord> {
         self.accounts
             .read()
-            .ok()?
             .get(id)
             .cloned()
             .map(|a| self.with_balances(a))
     }
 
     pub fn list(&self) -> Vec<AccountRecord> {
-        let accts: Vec<AccountRecord> = self
-            .accounts
-            .read()
-            .map(|a| a.values().cloned().collect())
-            .unwrap_or_default();
+        let accts: Vec<AccountRecord> = self.accounts.read().values().cloned().collect::<Vec<_>>();
         accts.into_iter().map(|a| self.with_balances(a)).collect()
     }
 
     pub fn keys_of(&self, account: &str) -> Vec<KeyRecord> {
         self.keys
             .read()
-            .map(|k| {
-                k.values()
-                    .filter(|e| e.record.account == account)
-                    .map(|e| e.record.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .values()
+            .filter(|e| e.record.account == account)
+            .map(|e| e.record.clone())
+            .collect()
     }
 
     /// Keys of accounts that belong to `identity`.
     pub fn keys_of_identity(&self, identity: &str) -> Vec<KeyRecord> {
         self.keys
             .read()
-            .map(|k| {
-                k.values()
-                    .filter(|e| e.identity.as_deref() == Some(identity))
-                    .map(|e| e.record.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .values()
+            .filter(|e| e.identity.as_deref() == Some(identity))
+            .map(|e| e.record.clone())
+            .collect()
     }
 
     /// Available balances (balance less what is held for requests in flight).
@@ -560,5 +318,43 @@ impl Accounts {
             }
         }
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+    use super::*;
+    use crate::money::book::BookConfig;
+
+    async fn accounts(dir: &std::path::Path) -> (Store, Accounts) {
+        let url = format!("sqlite://{}", dir.join("gateway.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let book = Arc::new(Book::new(BookConfig::default()));
+        let limits = DefaultLimits {
+            requests_per_minute: 60,
+            tokens_per_minute: 1000,
+        };
+        let a = Accounts::new(store.clone(), book, limits, Vec::new(), Vec::new());
+        (store, a)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_is_none_and_a_store_failure_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = accounts(dir.path()).await;
+        assert!(a.lookup("tz-nobody").await.unwrap().is_none());
+        let (key, _, _) = create_in_store(&store, "n", Asset::Tnzo, 5, KeyScope::default(), None)
+            .await
+            .unwrap();
+        assert!(
+            a.lookup(&key).await.unwrap().is_some(),
+            "found in the store"
+        );
+        store.close().await;
+        match a.lookup("tz-other").await {
+            Err(AccountsError::Store(_)) => {}
+            other => panic!("a closed store must be an error, not an unknown key: {other:?}"),
+        }
     }
 }

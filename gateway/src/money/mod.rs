@@ -1,33 +1,28 @@
-//! Money: accounts, delegation scopes, payment channels and settlement.
+//! Money: balances, delegation-scope spend limits, payment channels, bonds and
+//! settlement, in memory. No I/O here: the SQL store is [`crate::store`], the
+//! background tasks that make the book durable and pay it out are [`crate::tasks`].
 //!
 //! - [`settlement`]: the closing split (0.5% commission, 40/30/30), exact to the unit;
-//! - [`scope`]: delegation-scope limits and the rolling 24 h spend window;
+//! - [`scope`]: delegation-scope spend limits and the rolling 24 h spend window
+//!   (what a scope may be delegated is [`crate::accounts::delegation`]);
 //! - [`channel`]: one payment channel's state machine (charge, dispute, close);
 //! - [`book`]: all balances, holds and channels in memory behind one lock, with the
-//!   admission check (balance and scope together) and the dirty set that the
-//!   [`store`] writes by group commit;
-//! - [`store`]: the SQL store (SQLite by default, PostgreSQL for replicas);
-//! - [`committer`] and [`vouchers`]: the background tasks that make the book durable
-//!   and send signed vouchers to providers.
+//!   admission check (balance and scope together) and the dirty set that
+//!   [`crate::store`] writes by group commit;
+//! - [`bonds`], [`slashing`], [`dispute_auth`]: provider bonds, slash records and
+//!   the payer's signed dispute.
 //!
-//! The four invariants of `DESIGN.md` ("Money") are tested here and in
-//! `tests/tests/gateway_money.rs`, `gateway/tests/store.rs` and
+//! The four money invariants (docs/DESIGN.md, "Money") are tested here and in
+//! `tests/tests/e2e/gateway_money.rs`, `gateway/tests/storage/store.rs` and
 //! `tests/python/test_gateway_crash.py`.
 
 pub mod bonds;
-pub mod bonds_store;
-pub mod bonds_task;
 pub mod book;
 pub mod channel;
-pub mod committer;
 pub mod dispute_auth;
-pub mod disputes_store;
-pub mod lease;
 pub mod scope;
 pub mod settlement;
 pub mod slashing;
-pub mod store;
-pub mod vouchers;
 
 /// Serde helpers: `u128` amounts as decimal strings (JSON numbers lose them).
 pub mod decimal {

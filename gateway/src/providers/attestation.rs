@@ -7,7 +7,7 @@
 //!   gateway's nonce (`tenzro_attest::binding::report_data`) and must equal both the
 //!   document's `report_data` and the report data inside the evidence.
 //! - `none` evidence bound correctly is untrusted but not a fault; TDX evidence is
-//!   checked with Intel collateral from [`crate::collateral`] (a PCCS/PCS, or files
+//!   checked with Intel collateral from [`crate::providers::collateral`] (a PCCS/PCS, or files
 //!   in the collateral directory) and SEV-SNP with the VCEK from AMD's KDS when one
 //!   is configured; collateral that cannot be had refuses the verdict with the
 //!   reason (`collateral: ...`), without a slash. A TDX verdict lasts no longer
@@ -36,15 +36,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tenzro_attest::binding::{REPORT_DATA_DOMAIN, report_data};
 use tenzro_attest::evidence::{self, VerifyContext};
 use tenzro_attest::{Evidence, Policy, PublicKey, TeeKind};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::collateral::{CollateralStore, Found};
-use crate::registry::{ModelEntry, Registry};
+use crate::providers::collateral::{CollateralStore, Found};
+use crate::providers::registry::{ModelEntry, Registry};
+pub use crate::providers::verdict::AttestationVerdict;
+use crate::providers::verdict::{Check, Failure};
 
 /// The slash for a failed verification: 10% of the stake, in ppm.
 pub const SLASH_PPM: u128 = 100_000;
@@ -79,43 +81,6 @@ pub struct AttestationDocument {
     pub evidence: Evidence,
     #[serde(default)]
     pub issued_at: u64,
-}
-
-/// The gateway's verdict on a provider's evidence, as stored and shown to admins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttestationVerdict {
-    /// True only when every check passed and the evidence is a real TEE's.
-    pub trusted: bool,
-    /// The evidence's kind, when a document was read.
-    pub tee_kind: Option<String>,
-    /// Why it is not trusted (empty when trusted).
-    pub reasons: Vec<String>,
-    /// Unix seconds, from the gateway's clock.
-    pub verified_at: u64,
-    /// Unix seconds after which the verdict no longer counts.
-    pub expires_at: u64,
-    /// Whether the failure is the provider's fault (a slash was recorded).
-    pub slashable: bool,
-}
-
-impl AttestationVerdict {
-    /// A verdict for a provider whose document could not be had: untrusted, due again
-    /// at once, not slashed.
-    pub fn unverified(reason: String, now: u64) -> Self {
-        AttestationVerdict {
-            trusted: false,
-            tee_kind: None,
-            reasons: vec![reason],
-            verified_at: now,
-            expires_at: now,
-            slashable: false,
-        }
-    }
-
-    /// Trusted and within its freshness window at `now` (unix seconds).
-    pub fn is_fresh(&self, now: u64) -> bool {
-        self.trusted && now >= self.verified_at && now < self.expires_at
-    }
 }
 
 /// 10% of `stake` (rounded down).
@@ -153,7 +118,7 @@ pub fn check(
 }
 
 /// [`check`] with the collateral the gateway found for the evidence
-/// ([`crate::collateral`]): Intel's for TDX (the verdict then lasts no longer than
+/// ([`crate::providers::collateral`]): Intel's for TDX (the verdict then lasts no longer than
 /// the collateral), AMD's VCEK and chain for SEV-SNP, or why it is missing (a
 /// refusal, not a slash). Also applies `max_evidence_age_secs` to `issued_at`.
 #[allow(clippy::too_many_arguments)]
@@ -171,10 +136,13 @@ pub fn check_with(
     let mut slashable = false;
     let kind = Some(doc.evidence.kind.as_str().to_owned());
     if PublicKey::from_hex(&doc.public_key).ok().as_ref() != Some(key) {
-        reasons.push(format!(
-            "public_key: the document's key `{}` is not the registered key {}",
-            doc.public_key,
-            key.to_hex()
+        reasons.push(Failure::new(
+            Check::PublicKey,
+            format!(
+                "the document's key `{}` is not the registered key {}",
+                doc.public_key,
+                key.to_hex()
+            ),
         ));
         slashable = true;
     }
@@ -182,9 +150,9 @@ pub fn check_with(
     for m in models {
         let id = &m.info.id;
         let Some(d) = m.info.weight_sha256.as_deref().and_then(parse_digest) else {
-            reasons.push(format!(
-                "weights: model {id} was registered without a valid weight_sha256; the binding cannot be checked"
-            ));
+            reasons.push(Failure::new(Check::Weights, format!(
+                "model {id} was registered without a valid weight_sha256; the binding cannot be checked"
+            )));
             return AttestationVerdict {
                 trusted: false,
                 tee_kind: kind,
@@ -198,36 +166,46 @@ pub fn check_with(
         if let Some(attested) = doc.model_digests.get(id)
             && parse_digest(attested) != Some(d)
         {
-            reasons.push(format!(
-                "weights: model {id} is attested with digest {attested}, registered with {}",
-                hex::encode(d)
+            reasons.push(Failure::new(
+                Check::Weights,
+                format!(
+                    "model {id} is attested with digest {attested}, registered with {}",
+                    hex::encode(d)
+                ),
             ));
             slashable = true;
         }
     }
     if !doc.nonce.eq_ignore_ascii_case(&hex::encode(nonce)) {
-        reasons.push("nonce: the document does not echo the gateway's nonce".to_owned());
+        reasons.push(Failure::new(
+            Check::Nonce,
+            "the document does not echo the gateway's nonce",
+        ));
         slashable = true;
     }
     let expected = report_data(REPORT_DATA_DOMAIN, key, &digests, nonce);
     if !doc.report_data.eq_ignore_ascii_case(&hex::encode(expected)) {
-        reasons.push(
-            "binding: report_data is not report_data(domain, registered key, registered weight digests, nonce)".to_owned(),
-        );
+        reasons.push(Failure::new(
+            Check::Binding,
+            "report_data is not report_data(domain, registered key, registered weight digests, nonce)",
+        ));
         slashable = true;
     }
     if doc.tee_kind != doc.evidence.kind || declared_tee != doc.evidence.kind.as_str() {
-        reasons.push(format!(
-            "tee_kind: declared `{declared_tee}`, document says `{}`, evidence is `{}`",
-            doc.tee_kind, doc.evidence.kind
+        reasons.push(Failure::new(
+            Check::TeeKind,
+            format!(
+                "declared `{declared_tee}`, document says `{}`, evidence is `{}`",
+                doc.tee_kind, doc.evidence.kind
+            ),
         ));
     }
     let max_age = policy.max_evidence_age_secs;
     if max_age > 0 && (doc.issued_at > now || now - doc.issued_at > max_age) {
-        reasons.push(format!(
-            "max_evidence_age_secs: the evidence was issued at {} and is verified at {now} (at most {max_age} s old, not from the future)",
+        reasons.push(Failure::new(Check::MaxEvidenceAge, format!(
+            "the evidence was issued at {} and is verified at {now} (at most {max_age} s old, not from the future)",
             doc.issued_at
-        ));
+        )));
     }
     let (tdx_collateral, snp_certs, mut expires_at) = match found {
         Found::Tdx {
@@ -236,7 +214,7 @@ pub fn check_with(
         } => (Some(collateral.as_ref()), None, *next_update),
         Found::Snp { vcek, chain } => (None, Some((vcek, chain)), u64::MAX),
         Found::Missing(reason) => {
-            reasons.push(format!("collateral: {reason}"));
+            reasons.push(Failure::new(Check::Collateral, reason.clone()));
             // Due again five minutes after the sweep's margin, not a day later.
             let retry = (policy.freshness_secs / 10).saturating_add(300);
             (None, None, now.saturating_add(retry))
@@ -262,7 +240,11 @@ pub fn check_with(
     {
         slashable = true;
     }
-    reasons.extend(v.reasons.iter().map(|r| format!("evidence: {r}")));
+    reasons.extend(
+        v.reasons
+            .iter()
+            .map(|r| Failure::new(Check::Evidence, r.clone())),
+    );
     let trusted = reasons.is_empty() && v.trusted;
     AttestationVerdict {
         trusted,
@@ -303,7 +285,7 @@ impl Verifier {
             .no_proxy()
             .pool_max_idle_per_host(1);
         if !allow_private {
-            b = b.dns_resolver(Arc::new(crate::registry_bounds::PublicOnly));
+            b = b.dns_resolver(Arc::new(crate::providers::bounds::PublicOnly));
         }
         Ok(Verifier {
             client: b.build()?,
@@ -312,27 +294,11 @@ impl Verifier {
         })
     }
 
-    /// Verifies with collateral from `store` ([`crate::collateral`]).
+    /// Verifies with collateral from `store` ([`crate::providers::collateral`]).
     pub fn with_collateral(mut self, store: Arc<CollateralStore>) -> Self {
         self.collateral = Some(store);
         self
     }
-}
-
-/// Reads at most `limit` bytes of `resp`'s body, as a stream (a longer body is an
-/// error, read no further than `limit` + one chunk).
-pub async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(format!("the answer is over {limit} bytes"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("the answer is over {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// `GET {endpoint}/v1/attestation?nonce=HEX`, parsed (bounded: see [`Verifier`]).
@@ -352,15 +318,18 @@ pub async fn fetch(
     if !status.is_success() {
         return Err(format!("fetch: GET {url} answered {status}"));
     }
-    let body = tokio::time::timeout(FETCH_TIMEOUT, read_bounded(resp, MAX_DOCUMENT_BYTES))
-        .await
-        .map_err(|_| {
-            format!(
-                "fetch: GET {url}: the body took over {} s",
-                FETCH_TIMEOUT.as_secs()
-            )
-        })?
-        .map_err(|e| format!("fetch: GET {url}: {e}"))?;
+    let body = tokio::time::timeout(
+        FETCH_TIMEOUT,
+        crate::providers::bounds::read_bounded(resp, MAX_DOCUMENT_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "fetch: GET {url}: the body took over {} s",
+            FETCH_TIMEOUT.as_secs()
+        )
+    })?
+    .map_err(|e| format!("fetch: GET {url}: {e}"))?;
     serde_json::from_slice(&body)
         .map_err(|e| format!("fetch: the attestation document is not valid: {e}"))
 }
@@ -403,7 +372,7 @@ pub async fn verify_provider(
                 check_with(
                     &doc,
                     &key,
-                    &entry.info.tee,
+                    entry.info.tee.as_str(),
                     &entry.info.models,
                     &nonce,
                     &registry.attest_policy,

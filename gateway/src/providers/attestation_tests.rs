@@ -1,5 +1,6 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
+use crate::providers::verdict::Check;
 use std::time::Duration;
 
 use tenzro_attest::evidence::none::NoTee;
@@ -9,7 +10,7 @@ use tenzro_models::api::{ModelCategory, ModelInfo, RegisterRequest};
 use super::*;
 use crate::clock::ManualClock;
 use crate::pricing::{Asset, Rates};
-use crate::registry::{ProviderInfo, RegistryConfig};
+use crate::providers::registry::{ProviderInfo, RegistryConfig};
 
 const W: [u8; 32] = [7; 32];
 const NONCE: [u8; 32] = [9; 32];
@@ -69,10 +70,10 @@ fn none_evidence_bound_correctly_is_untrusted_but_not_slashed() {
     let v = run(&doc(&key, &NONCE, W), &key, &models(Some(W)));
     assert!(!v.trusted && !v.slashable, "{v:?}");
     assert!(
-        v.reasons.iter().any(|r| r.contains("never trusted")),
+        v.reasons.iter().any(|r| r.detail.contains("never trusted")),
         "{v:?}"
     );
-    assert!(!v.reasons.iter().any(|r| r.starts_with("binding")), "{v:?}");
+    assert!(!v.failed(Check::Binding), "{v:?}");
     assert_eq!(
         (v.verified_at, v.expires_at),
         (1_000, 1_000 + Policy::default().freshness_secs)
@@ -86,10 +87,7 @@ fn a_wrong_key_is_slashable() {
     let other = ProviderKey::from_seed(&[2; 32]);
     let v = run(&doc(&other, &NONCE, W), &key, &models(Some(W)));
     assert!(v.slashable && !v.trusted);
-    assert!(
-        v.reasons.iter().any(|r| r.starts_with("public_key")),
-        "{v:?}"
-    );
+    assert!(v.failed(Check::PublicKey), "{v:?}");
 }
 
 #[test]
@@ -100,9 +98,11 @@ fn a_wrong_binding_is_slashable() {
     d.nonce = hex::encode(NONCE);
     let v = run(&d, &key, &models(Some(W)));
     assert!(v.slashable && !v.trusted);
-    assert!(v.reasons.iter().any(|r| r.starts_with("binding")), "{v:?}");
+    assert!(v.failed(Check::Binding), "{v:?}");
     assert!(
-        v.reasons.iter().any(|r| r.starts_with("evidence: binding")),
+        v.reasons
+            .iter()
+            .any(|r| r.check == Check::Evidence && r.detail.starts_with("binding")),
         "{v:?}"
     );
 }
@@ -112,7 +112,7 @@ fn other_weights_are_slashable() {
     let key = ProviderKey::from_seed(&[1; 32]);
     let v = run(&doc(&key, &NONCE, [6; 32]), &key, &models(Some(W)));
     assert!(v.slashable);
-    assert!(v.reasons.iter().any(|r| r.starts_with("weights")), "{v:?}");
+    assert!(v.failed(Check::Weights), "{v:?}");
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn declared_kind_must_match_the_evidence() {
         &Policy::default(),
         5,
     );
-    assert!(v.reasons.iter().any(|r| r.starts_with("tee_kind")), "{v:?}");
+    assert!(v.failed(Check::TeeKind), "{v:?}");
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn registry_with(
 ) -> (
     Registry,
     Arc<ManualClock>,
-    Arc<crate::registry::ProviderEntry>,
+    Arc<crate::providers::registry::ProviderEntry>,
 ) {
     let clock = ManualClock::new();
     let reg = Registry::new(RegistryConfig::default(), clock.clone());

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::pricing::{self, Asset, ONE};
-use crate::registry::ProviderInfo;
+use crate::providers::info::ProviderInfo;
 
 /// Longest endpoint URL accepted.
 pub const MAX_ENDPOINT_LEN: usize = 2048;
@@ -318,6 +318,22 @@ impl SourceLimiter {
         w.1 += 1;
         Ok(())
     }
+}
+
+/// Reads at most `limit` bytes of `resp`'s body, as a stream (a longer body is an
+/// error, read no further than `limit` + one chunk).
+pub async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is over {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is over {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -20,15 +20,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tenzro_attest::collateral::{amd, intel};
 use tenzro_attest::evidence::Collateral;
 use tenzro_attest::{Evidence, TeeKind};
 
-use crate::attestation::read_bounded;
-use crate::policy::AttestationSection;
+use crate::providers::bounds::read_bounded;
+use crate::providers::policy::AttestationSection;
 
 /// The whole exchange of one collateral request.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +74,7 @@ impl CollateralStore {
             .connect_timeout(Duration::from_secs(3))
             .no_proxy();
         if !cfg.allow_private_collateral {
-            b = b.dns_resolver(Arc::new(crate::registry_bounds::PublicOnly));
+            b = b.dns_resolver(Arc::new(crate::providers::bounds::PublicOnly));
         }
         let url = |u: &str| (!u.is_empty()).then(|| u.trim_end_matches('/').to_owned());
         Ok(CollateralStore {
@@ -162,7 +164,7 @@ impl CollateralStore {
 
     /// From memory, else from the file (an unreadable file counts as none).
     fn cached_tdx(&self, fmspc: &str) -> Option<(String, intel::Validity)> {
-        if let Some(hit) = self.tdx.lock().ok()?.get(fmspc) {
+        if let Some(hit) = self.tdx.lock().get(fmspc) {
             return Some(hit.clone());
         }
         let json = read_small(&self.tdx_path(fmspc), 4 * intel::MAX_ITEM_BYTES).ok()?;
@@ -173,7 +175,8 @@ impl CollateralStore {
     }
 
     fn remember(&self, fmspc: &str, json: &str, v: &intel::Validity) {
-        if let Ok(mut m) = self.tdx.lock() {
+        {
+            let mut m = self.tdx.lock();
             if m.len() >= MAX_CACHED && !m.contains_key(fmspc) {
                 m.pop_first();
             }
@@ -263,9 +266,9 @@ impl CollateralStore {
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), String> {
         if !self.allow_private {
             // Names resolve through `PublicOnly`; an address literal is checked here.
-            let (_, host, _) = crate::registry_bounds::parse_endpoint(url)?;
+            let (_, host, _) = crate::providers::bounds::parse_endpoint(url)?;
             if let Ok(ip) = host.parse::<std::net::IpAddr>()
-                && !crate::registry_bounds::is_public(ip)
+                && !crate::providers::bounds::is_public(ip)
             {
                 return Err(format!(
                     "GET {url}: {ip} is not a public address (attestation.allow_private_collateral is off)"

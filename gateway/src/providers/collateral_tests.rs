@@ -13,11 +13,11 @@ use tenzro_attest::evidence::{VerifyContext, sev_snp, tdx};
 
 use super::*;
 
-const TDX_QUOTE: &[u8] = include_bytes!("../tests/vectors/tdx_quote");
-const TDX_COLLATERAL: &str = include_str!("../tests/vectors/tdx_quote_collateral.json");
-const MILAN_HEX: &[u8] = include_bytes!("../tests/vectors/report_milan.hex");
-const MILAN_VCEK: &[u8] = include_bytes!("../tests/vectors/vcek_milan.der");
-const MILAN_CHAIN: &[u8] = include_bytes!("../tests/vectors/cert_chain_milan");
+const TDX_QUOTE: &[u8] = include_bytes!("../../tests/vectors/tdx_quote");
+const TDX_COLLATERAL: &str = include_str!("../../tests/vectors/tdx_quote_collateral.json");
+const MILAN_HEX: &[u8] = include_bytes!("../../tests/vectors/report_milan.hex");
+const MILAN_VCEK: &[u8] = include_bytes!("../../tests/vectors/vcek_milan.der");
+const MILAN_CHAIN: &[u8] = include_bytes!("../../tests/vectors/cert_chain_milan");
 /// The PCK CRL's nextUpdate (2025-07-19T10:00:35Z): the collateral's end.
 const CRL_END: u64 = 1_752_919_235;
 /// Inside the window, more than a day before its end.

@@ -32,6 +32,9 @@ pub struct AttestationSection {
     pub allow_private_collateral: bool,
     /// `[attestation.policy]`: see `attest/policy.example.toml` and the README.
     pub policy: toml::Table,
+    /// Share of served answers the gateway audits (0 to 1; `[audit]` names the
+    /// auditor, see `crate::audit`). 0: no audits.
+    pub audit_rate: f64,
 }
 
 impl Default for AttestationSection {
@@ -43,6 +46,7 @@ impl Default for AttestationSection {
             refresh_before_s: 24 * 3600,
             allow_private_collateral: false,
             policy: toml::Table::new(),
+            audit_rate: 0.0,
         }
     }
 }

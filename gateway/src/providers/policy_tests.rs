@@ -9,23 +9,23 @@ use tenzro_attest::evidence::{self, Collateral, VerifyContext};
 use tenzro_attest::{Evidence, ProviderKey, TeeKind, Verdict};
 
 use super::*;
-use crate::attestation::{AttestationDocument, check_with};
-use crate::collateral::Found;
+use crate::providers::attestation::{AttestationDocument, check_with};
+use crate::providers::collateral::Found;
 
-const TDX_QUOTE: &[u8] = include_bytes!("../tests/vectors/tdx_quote");
-const TDX_COLLATERAL: &str = include_str!("../tests/vectors/tdx_quote_collateral.json");
+const TDX_QUOTE: &[u8] = include_bytes!("../../tests/vectors/tdx_quote");
+const TDX_COLLATERAL: &str = include_str!("../../tests/vectors/tdx_quote_collateral.json");
 const TDX_NOW: u64 = 1_752_919_234;
 const TDX_MRTD: &str = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7";
 const ZERO48: &str = "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
-const MILAN_HEX: &[u8] = include_bytes!("../tests/vectors/report_milan.hex");
-const MILAN_VCEK: &[u8] = include_bytes!("../tests/vectors/vcek_milan.der");
+const MILAN_HEX: &[u8] = include_bytes!("../../tests/vectors/report_milan.hex");
+const MILAN_VCEK: &[u8] = include_bytes!("../../tests/vectors/vcek_milan.der");
 const MILAN_MEASUREMENT: &str = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
-const DSTACK_BIN: &[u8] = include_bytes!("../tests/vectors/sev_snp_attestation.bin");
-const DSTACK_VCEK: &[u8] = include_bytes!("../tests/vectors/sev_snp_vcek.pem");
+const DSTACK_BIN: &[u8] = include_bytes!("../../tests/vectors/sev_snp_attestation.bin");
+const DSTACK_VCEK: &[u8] = include_bytes!("../../tests/vectors/sev_snp_vcek.pem");
 /// 2026-09-21: inside both SEV-SNP VCEKs' validity.
 const SNP_NOW: u64 = 1_790_000_000;
-const HOPPER_REPORT: &[u8] = include_bytes!("../tests/vectors/hopperAttestationReport.txt");
-const HOPPER_CERTS: &[u8] = include_bytes!("../tests/vectors/hopperCertChain.txt");
+const HOPPER_REPORT: &[u8] = include_bytes!("../../tests/vectors/hopperAttestationReport.txt");
+const HOPPER_CERTS: &[u8] = include_bytes!("../../tests/vectors/hopperCertChain.txt");
 
 fn policy(text: &str) -> Policy {
     parse_policy(&toml::from_str(text).unwrap()).unwrap()
@@ -228,7 +228,7 @@ fn max_evidence_age() {
         },
         issued_at,
     };
-    let models = vec![crate::registry::ModelEntry {
+    let models = vec![crate::providers::registry::ModelEntry {
         info: tenzro_models::api::ModelInfo {
             id: "m".into(),
             name: None,
@@ -258,7 +258,7 @@ fn max_evidence_age() {
         )
         .reasons
         .iter()
-        .any(|r| r.starts_with("max_evidence_age_secs:"))
+        .any(|r| r.check == crate::providers::verdict::Check::MaxEvidenceAge)
     };
     assert!(!age_refused(10_000 - 600));
     assert!(age_refused(10_000 - 601));
@@ -301,7 +301,7 @@ fn missing_collateral_refuses_without_a_slash_and_is_retried_soon() {
     assert!(
         v.reasons
             .iter()
-            .any(|r| r == "collateral: PCCS unreachable; no cached collateral"),
+            .any(|r| r.to_string() == "collateral: PCCS unreachable; no cached collateral"),
         "{v:?}"
     );
     assert_eq!(v.expires_at, TDX_NOW + p.freshness_secs / 10 + 300);
@@ -322,7 +322,10 @@ fn missing_collateral_refuses_without_a_slash_and_is_retried_soon() {
     );
     assert_eq!(v.expires_at, TDX_NOW + 1);
     // The sample quote is bound to someone else's report data: refused on binding.
-    assert!(v.reasons.iter().any(|r| r.contains("binding")), "{v:?}");
+    assert!(
+        v.reasons.iter().any(|r| r.to_string().contains("binding")),
+        "{v:?}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! [`RegisterRequest`]; they stay alive with signed heartbeats. Per provider the
 //! registry keeps the metrics of §8.2 (total, successful, failed, EMA latency, last
 //! heartbeat), the outcome window its [`Status`] is computed from, and its circuit
-//! [`Breaker`].
+//! [`Breaker`](crate::providers::breaker::Breaker).
 //!
 //! Identity (issue 10): a registered provider's id *is* the DID of its signing key
 //! (`PublicKey::did()`), so an id cannot be squatted by another key, before or after
@@ -14,351 +14,33 @@
 //! and slashes 100%; un-banning restores nothing. A new registration enters routing
 //! only once the gateway has reached its endpoint ([`Registry::mark_reached`]), and
 //! registered providers silent for `stale_after` leave memory ([`Registry::evict_stale`];
-//! their rows, bans and slashes stay in the store, see `registry_store`).
+//! their rows, bans and slashes stay in the store, see `store::registry`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
 use tenzro_attest::Policy;
 use tenzro_attest::keys::{PublicKey, Signature};
 use tenzro_models::api::{
-    HEARTBEAT_DOMAIN, Heartbeat, HeartbeatResponse, ModelInfo, REGISTER_DOMAIN, RegisterRequest,
+    HEARTBEAT_DOMAIN, Heartbeat, HeartbeatResponse, REGISTER_DOMAIN, RegisterRequest,
     RegisterResponse, Signed,
 };
 
-use crate::attestation::AttestationVerdict;
-use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::clock::SharedClock;
 use crate::money::slashing::{self, Reason, Slash};
 use crate::pricing::{self, Asset, Quote, Rates};
-use crate::routing::{Candidate, StakeMinimums};
-use crate::status::{OutcomeWindow, Status, StatusConfig, status};
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    #[error("malformed registration: {0}")]
-    Malformed(String),
-    #[error("bad signature")]
-    BadSignature,
-    #[error("timestamp is {0} s away from the gateway's clock")]
-    Stale(u64),
-    #[error("provider {0} is registered with a different public key")]
-    KeyMismatch(String),
-    #[error("unknown provider {0}; register first")]
-    UnknownProvider(String),
-    #[error("provider {0} is banned")]
-    Banned(String),
-    #[error(
-        "provider_id `{claimed}` is not the DID of the signing key ({did}); a provider's id is its key's DID"
-    )]
-    IdNotKey { claimed: String, did: String },
-    #[error(
-        "provider {0} is configured by the gateway's operator; registrations cannot replace it"
-    )]
-    ConfigProvider(String),
-    #[error("registration refused: {0}")]
-    OutOfBounds(String),
-    #[error("too many registrations from this address; retry in {0} s")]
-    RateLimited(u64),
-    #[error("the registry is full ({0} registered providers); retry later")]
-    Full(usize),
-    #[error("{0} registrations are waiting for the gateway to reach their endpoints; retry later")]
-    PendingFull(usize),
-}
-
-#[derive(Debug, Clone)]
-pub struct RegistryConfig {
-    pub breaker: BreakerConfig,
-    pub status: StatusConfig,
-    pub stakes: StakeMinimums,
-    /// How far a signed timestamp may be from the gateway's clock.
-    pub max_skew_s: u64,
-    /// Seconds between heartbeats the gateway asks for.
-    pub heartbeat_interval_s: u64,
-    /// What a registration may declare.
-    pub bounds: crate::registry_bounds::RegistrationBounds,
-    /// Registered providers without a heartbeat this long leave memory and routing.
-    pub stale_after: Duration,
-    /// Registered providers the gateway has reached, held in memory at most (new
-    /// registrations wait, 503, while it is full).
-    pub max_registered: usize,
-    /// Registrations not reached yet, held in memory at most (their own cap: they
-    /// never count toward `max_registered`).
-    pub max_unreached: usize,
-    /// A registration the gateway has not reached within this long leaves memory
-    /// (its stored row stays; the provider registers again).
-    pub unreached_ttl: Duration,
-    /// Registrations per source address per minute (0: unlimited).
-    pub registrations_per_minute: u32,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            breaker: BreakerConfig::default(),
-            status: StatusConfig::default(),
-            stakes: StakeMinimums::default(),
-            max_skew_s: 300,
-            heartbeat_interval_s: 30,
-            bounds: crate::registry_bounds::RegistrationBounds::default(),
-            stale_after: Duration::from_secs(7 * 24 * 3600),
-            max_registered: 10_000,
-            max_unreached: 1_000,
-            unreached_ttl: Duration::from_secs(600),
-            registrations_per_minute: 60,
-        }
-    }
-}
-
-/// A validated model entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelEntry {
-    #[serde(flatten)]
-    pub info: ModelInfo,
-    #[serde(skip)]
-    pub price: u128,
-}
-
-/// What a provider declared; fixed until it registers again.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderInfo {
-    pub id: String,
-    /// Base URL without a trailing slash.
-    pub endpoint: String,
-    pub public_key: Option<PublicKey>,
-    pub models: Vec<ModelEntry>,
-    pub stake: u128,
-    pub tee: String,
-    pub max_concurrency: u32,
-    /// From the config file: no heartbeats expected.
-    pub from_config: bool,
-}
-
-impl ProviderInfo {
-    pub fn has_tee(&self) -> bool {
-        self.tee != "none"
-    }
-
-    /// Validates a registration into provider info.
-    pub fn from_registration(r: RegisterRequest, from_config: bool) -> Result<Self, RegistryError> {
-        let bad = |m: String| RegistryError::Malformed(m);
-        if r.provider_id.is_empty() || r.provider_id.len() > 256 {
-            return Err(bad("provider_id must be 1 to 256 characters".into()));
-        }
-        let endpoint = r.endpoint.trim_end_matches('/').to_owned();
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(bad(format!("endpoint `{endpoint}` must be an http(s) URL")));
-        }
-        let public_key = if r.public_key.is_empty() && from_config {
-            None
-        } else {
-            Some(PublicKey::from_hex(&r.public_key).map_err(|e| bad(format!("public_key: {e}")))?)
-        };
-        let stake = pricing::parse_units(&r.stake).map_err(|e| bad(format!("stake: {e}")))?;
-        let tee = r.tee.to_ascii_lowercase();
-        if !matches!(tee.as_str(), "none" | "tdx" | "sev-snp" | "nvidia-cc") {
-            return Err(bad(format!(
-                "tee `{tee}` is not one of none, tdx, sev-snp, nvidia-cc"
-            )));
-        }
-        if r.models.is_empty() {
-            return Err(bad("models must not be empty".into()));
-        }
-        let mut models = Vec::with_capacity(r.models.len());
-        for m in r.models {
-            if m.id.is_empty() {
-                return Err(bad("a model has an empty id".into()));
-            }
-            if m.tee_required && tee == "none" {
-                return Err(bad(format!(
-                    "model {} requires a TEE but the provider has none",
-                    m.id
-                )));
-            }
-            let price = pricing::parse_units(&m.price_per_token)
-                .map_err(|e| bad(format!("price_per_token of {}: {e}", m.id)))?;
-            models.push(ModelEntry { info: m, price });
-        }
-        Ok(ProviderInfo {
-            id: r.provider_id,
-            endpoint,
-            public_key,
-            models,
-            stake,
-            tee,
-            max_concurrency: r.max_concurrency.unwrap_or(1).max(1),
-            from_config,
-        })
-    }
-
-    pub fn model(&self, id: &str) -> Option<&ModelEntry> {
-        self.models.iter().find(|m| m.info.id == id)
-    }
-
-    /// Back to a registration (as stored; `stake` is what routing counts for it).
-    pub fn to_registration(&self) -> RegisterRequest {
-        RegisterRequest {
-            provider_id: self.id.clone(),
-            endpoint: self.endpoint.clone(),
-            public_key: self.public_key.map(|k| k.to_hex()).unwrap_or_default(),
-            models: self.models.iter().map(|m| m.info.clone()).collect(),
-            stake: self.stake.to_string(),
-            tee: self.tee.clone(),
-            max_concurrency: Some(self.max_concurrency),
-            heartbeat_interval_s: None,
-            timestamp: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct State {
-    breaker: Breaker,
-    window: OutcomeWindow,
-    total: u64,
-    successful: u64,
-    failed: u64,
-    ema_latency_us: Option<u64>,
-    last_heartbeat: Duration,
-    /// The current outage (no heartbeat for over 24 h) was already slashed.
-    downtime_slashed: bool,
-    banned: bool,
-    /// The latest verdict on the provider's TEE evidence (reset on re-registration).
-    attestation: Option<AttestationVerdict>,
-    /// The gateway has reached the endpoint (attestation document or `/health`);
-    /// until then the provider gets no requests.
-    reached: bool,
-    /// Since when it has been unreached (registration, restore or a new endpoint);
-    /// past `unreached_ttl` it leaves memory.
-    unreached_since: Duration,
-    /// When the last heartbeat was marked for the store.
-    seen_saved: Duration,
-}
-
-/// How often a heartbeat's time reaches the store (it only decides, after a
-/// restart, whether a provider is stale).
-pub const SEEN_SAVE_EVERY: Duration = Duration::from_secs(600);
-
-/// One provider: its declaration, its live state, and its in-flight count.
-#[derive(Debug)]
-pub struct ProviderEntry {
-    pub info: ProviderInfo,
-    pub in_flight: AtomicU32,
-    state: Mutex<State>,
-}
-
-/// A point-in-time view of a provider for the admin API and `/metrics`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProviderView {
-    pub id: String,
-    pub endpoint: String,
-    pub status: Status,
-    pub breaker: &'static str,
-    pub total: u64,
-    pub successful: u64,
-    pub failed: u64,
-    pub ema_latency_ms: Option<f64>,
-    pub last_heartbeat_s_ago: Option<u64>,
-    pub stake: String,
-    pub tee: String,
-    pub in_flight: u32,
-    pub models: Vec<String>,
-    /// Whether the stored attestation verdict is trusted and fresh (TEE routing).
-    pub tee_verified: bool,
-    pub attestation: Option<AttestationVerdict>,
-    /// The gateway has reached the endpoint (routable only then).
-    pub reached: bool,
-    /// Unbonding: no new requests.
-    pub unbonding: bool,
-    pub from_config: bool,
-}
-
-/// The outcome of one upstream attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success { latency: Duration },
-    Failure,
-}
-
-impl ProviderEntry {
-    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> Option<T> {
-        self.state.lock().ok().map(|mut s| f(&mut s))
-    }
-
-    /// Takes the breaker's permission for one request (the Half-Open trial included).
-    pub fn try_acquire(&self, now: Duration) -> bool {
-        self.with_state(|s| s.breaker.try_acquire(now))
-            .unwrap_or(false)
-    }
-
-    pub fn record(&self, now: Duration, outcome: Outcome) {
-        self.with_state(|s| {
-            s.total += 1;
-            match outcome {
-                Outcome::Success { latency } => {
-                    s.successful += 1;
-                    s.breaker.on_success();
-                    s.window.record(now, true);
-                    let x = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                    // EMA with alpha = 1/5, in integers.
-                    s.ema_latency_us = Some(match s.ema_latency_us {
-                        None => x,
-                        Some(e) => (e.saturating_mul(4).saturating_add(x)) / 5,
-                    });
-                }
-                Outcome::Failure => {
-                    s.failed += 1;
-                    s.breaker.on_failure(now);
-                    s.window.record(now, false);
-                }
-            }
-        });
-    }
-
-    pub fn breaker_state(&self, now: Duration) -> BreakerState {
-        self.with_state(|s| s.breaker.state(now))
-            .unwrap_or(BreakerState::Open)
-    }
-
-    fn status_at(&self, s: &State, cfg: &StatusConfig, now: Duration) -> Status {
-        let (ok, failed) = s.window.counts(now);
-        let age = (!self.info.from_config).then(|| now.saturating_sub(s.last_heartbeat));
-        status(cfg, s.banned, ok, failed, age)
-    }
-
-    /// The price quote for a request on `model` right now, without the TEE premium.
-    pub fn quote(
-        &self,
-        model: &ModelEntry,
-        asset: Asset,
-        rates: &Rates,
-    ) -> Result<Quote, pricing::PricingError> {
-        self.quote_tee(model, asset, rates, false)
-    }
-
-    /// The price quote with the TEE premium when `tee` (see
-    /// [`pricing::tee_applies`]: asked for, and the verdict is trusted and fresh).
-    pub fn quote_tee(
-        &self,
-        model: &ModelEntry,
-        asset: Asset,
-        rates: &Rates,
-        tee: bool,
-    ) -> Result<Quote, pricing::PricingError> {
-        let in_flight = self.in_flight.load(Ordering::Relaxed);
-        Ok(Quote::new(
-            model.price,
-            pricing::complexity_ppm(model.info.parameters),
-            pricing::congestion_ppm(in_flight, self.info.max_concurrency),
-            pricing::tee_ppm(tee),
-            asset,
-            rates.get(asset)?,
-        ))
-    }
-}
+use crate::providers::breaker::Breaker;
+use crate::providers::entry::State;
+pub use crate::providers::entry::{Outcome, ProviderEntry, ProviderView, SEEN_SAVE_EVERY};
+pub use crate::providers::info::{ModelEntry, ProviderInfo, RegistryError};
+use crate::providers::routing::Candidate;
+pub use crate::providers::settings::RegistryConfig;
+use crate::providers::status::{OutcomeWindow, Status};
+use crate::providers::verdict::AttestationVerdict;
 
 /// Silence that counts as downtime (whitepaper §3.2).
 pub const DOWNTIME: Duration = Duration::from_secs(24 * 3600);
@@ -389,16 +71,16 @@ pub struct Registry {
     bonds: Mutex<BTreeMap<String, (u128, bool)>>,
     /// Banned ids (with the key, for registered ones: id = DID of the key).
     banned: RwLock<BTreeSet<String>>,
-    /// Providers whose stored row is out of date (see `registry_store`).
+    /// Providers whose stored row is out of date (see `store::registry`).
     dirty: Mutex<BTreeSet<String>>,
-    limiter: Mutex<crate::registry_bounds::SourceLimiter>,
+    limiter: Mutex<crate::providers::bounds::SourceLimiter>,
 }
 
 impl Registry {
     pub fn new(config: RegistryConfig, clock: SharedClock) -> Self {
-        let unix_base = crate::clock::unix_now().saturating_sub(clock.now().as_secs());
+        let unix_base = clock.unix().saturating_sub(clock.now().as_secs());
         let limiter =
-            crate::registry_bounds::SourceLimiter::new(config.registrations_per_minute, 65_536);
+            crate::providers::bounds::SourceLimiter::new(config.registrations_per_minute, 65_536);
         Registry {
             config_ids: RwLock::default(),
             bonds: Mutex::default(),
@@ -439,20 +121,20 @@ impl Registry {
         let stake = match self.get(id) {
             Some(entry) => self.stake_of(&entry),
             None => {
-                let bonded = self.bonds.lock().ok()?.get(id).copied()?;
+                let bonded = self.bonds.lock().get(id).copied()?;
                 bonded.0
             }
         };
         let s = slashing::slash(id, stake, reason, detail, self.unix_now());
         if !self.is_config(id)
-            && let Ok(mut b) = self.bonds.lock()
-            && let Some(bond) = b.get_mut(id)
+            && let Some(bond) = self.bonds.lock().get_mut(id)
         {
             bond.0 = bond.0.saturating_sub(s.amount);
         }
         tracing::warn!(provider = %id, amount = %s.amount, reason = reason.as_str(), detail = %s.detail, "slashed");
         self.keep_slash(&s);
-        if let Ok(mut v) = self.unsaved.lock() {
+        {
+            let mut v = self.unsaved.lock();
             v.push(s.clone());
         }
         Some(s)
@@ -460,15 +142,13 @@ impl Registry {
 
     /// Slashes made since the last call, for the store.
     pub fn take_unsaved_slashes(&self) -> Vec<Slash> {
-        self.unsaved
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
+        std::mem::take(&mut *self.unsaved.lock())
     }
 
     /// Puts slashes that failed to save back in the queue.
     pub fn requeue_slashes(&self, mut failed: Vec<Slash>) {
-        if let Ok(mut v) = self.unsaved.lock() {
+        {
+            let mut v = self.unsaved.lock();
             failed.append(&mut v);
             *v = failed;
         }
@@ -491,14 +171,12 @@ impl Registry {
         if verdict.slashable {
             // Served weights that differ from the registered digests are their own
             // fault (5%); any other failed check is an invalid attestation (10%).
-            let reason = if verdict.reasons.iter().any(|r| r.starts_with("weights:"))
-                && verdict.reasons.len() == 1
-            {
+            let reason = if verdict.only_weights_differ() {
                 Reason::ModelHashMismatch
             } else {
                 Reason::InvalidAttestation
             };
-            self.slash(&entry.info.id, reason, &verdict.reasons.join("; "));
+            self.slash(&entry.info.id, reason, &verdict.reasons_text());
         } else if verdict.trusted {
             tracing::info!(provider = %entry.info.id, expires_at = verdict.expires_at, "attestation verified");
         } else {
@@ -510,9 +188,7 @@ impl Registry {
 
     /// The stored verdict of provider `id`.
     pub fn attestation(&self, id: &str) -> Option<AttestationVerdict> {
-        self.get(id)?
-            .with_state(|s| s.attestation.clone())
-            .flatten()
+        self.get(id)?.with_state(|s| s.attestation.clone())
     }
 
     /// Slashes (1%) each registered provider silent for more than 24 hours, once per
@@ -524,16 +200,13 @@ impl Registry {
             if e.info.from_config {
                 continue;
             }
-            let silent = e
-                .with_state(|s| {
-                    let over =
-                        now.saturating_sub(s.last_heartbeat) > DOWNTIME && !s.downtime_slashed;
-                    if over {
-                        s.downtime_slashed = true;
-                    }
-                    over.then_some(now.saturating_sub(s.last_heartbeat))
-                })
-                .flatten();
+            let silent = e.with_state(|s| {
+                let over = now.saturating_sub(s.last_heartbeat) > DOWNTIME && !s.downtime_slashed;
+                if over {
+                    s.downtime_slashed = true;
+                }
+                over.then_some(now.saturating_sub(s.last_heartbeat))
+            });
             if let Some(for_how_long) = silent {
                 let detail = format!("no heartbeat for {} h", for_how_long.as_secs() / 3600);
                 out.extend(self.slash(&e.info.id, Reason::Downtime, &detail));
@@ -545,7 +218,7 @@ impl Registry {
     /// The newest slashes (at most [`MAX_SLASHES_PER_PROVIDER`] per provider and
     /// [`MAX_SLASHES_KEPT`] in all), oldest first.
     pub fn slashes(&self) -> Vec<Slash> {
-        self.slashes.lock().map(|v| v.clone()).unwrap_or_default()
+        self.slashes.lock().clone()
     }
 
     /// Registered providers (with a key, not banned) whose verdict is missing, or
@@ -562,7 +235,6 @@ impl Registry {
                     None => true,
                     Some(v) => now.saturating_add(margin) >= v.expires_at,
                 })
-                .unwrap_or(false)
             })
             .map(|e| e.info.id.clone())
             .collect()
@@ -580,10 +252,7 @@ impl Registry {
         if self.is_banned(&info.id) {
             return Err(RegistryError::Banned(info.id));
         }
-        let mut map = self
-            .providers
-            .write()
-            .map_err(|_| RegistryError::Malformed("registry lock".into()))?;
+        let mut map = self.providers.write();
         if !info.from_config && self.is_config(&info.id) {
             return Err(RegistryError::ConfigProvider(info.id));
         }
@@ -594,9 +263,7 @@ impl Registry {
                 {
                     return Err(RegistryError::KeyMismatch(info.id));
                 }
-                let mut s = old
-                    .with_state(|s| s.clone())
-                    .ok_or(RegistryError::Banned(info.id.clone()))?;
+                let mut s = old.with_state(|s| s.clone());
                 if s.banned {
                     return Err(RegistryError::Banned(info.id));
                 }
@@ -620,7 +287,7 @@ impl Registry {
                     // providers that answer.
                     let (mut reached, mut unreached) = (0usize, 0usize);
                     for e in map.values().filter(|e| !e.info.from_config) {
-                        if e.with_state(|s| s.reached).unwrap_or(false) {
+                        if e.with_state(|s| s.reached) {
                             reached += 1;
                         } else {
                             unreached += 1;
@@ -651,10 +318,8 @@ impl Registry {
                 }
             }
         };
-        if info.from_config
-            && let Ok(mut c) = self.config_ids.write()
-        {
-            c.insert(info.id.clone());
+        if info.from_config {
+            self.config_ids.write().insert(info.id.clone());
         }
         let entry = Arc::new(ProviderEntry {
             info,
@@ -752,17 +417,15 @@ impl Registry {
         verify(&key, HEARTBEAT_DOMAIN, signed)?;
         self.check_fresh(hb.timestamp, now_unix)?;
         let now = self.clock.now();
-        let save = entry
-            .with_state(|s| {
-                s.last_heartbeat = now;
-                s.downtime_slashed = false;
-                let due = now.saturating_sub(s.seen_saved) >= SEEN_SAVE_EVERY;
-                if due {
-                    s.seen_saved = now;
-                }
-                due
-            })
-            .unwrap_or(false);
+        let save = entry.with_state(|s| {
+            s.last_heartbeat = now;
+            s.downtime_slashed = false;
+            let due = now.saturating_sub(s.seen_saved) >= SEEN_SAVE_EVERY;
+            if due {
+                s.seen_saved = now;
+            }
+            due
+        });
         if save {
             self.mark_dirty(&entry.info.id);
         }
@@ -772,21 +435,16 @@ impl Registry {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<ProviderEntry>> {
-        self.providers.read().ok()?.get(id).cloned()
+        self.providers.read().get(id).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<ProviderEntry>> {
-        self.providers
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.providers.read().values().cloned().collect()
     }
 
     pub fn status_of(&self, entry: &ProviderEntry) -> Status {
         let now = self.clock.now();
-        entry
-            .with_state(|s| entry.status_at(s, &self.config.status, now))
-            .unwrap_or(Status::Inactive)
+        entry.with_state(|s| entry.status_at(s, &self.config.status, now))
     }
 
     /// Routing candidates for `model` for a request that does not ask for a TEE.
@@ -803,9 +461,7 @@ impl Registry {
     /// and the TEE premium follow; a declared TEE kind alone counts for nothing).
     pub fn tee_verified(&self, entry: &ProviderEntry) -> bool {
         let unix = self.unix_now();
-        entry
-            .with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)))
-            .unwrap_or(false)
+        entry.with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)))
     }
 
     /// Routing candidates for `model`, one per provider (`serves_model` false for
@@ -827,24 +483,21 @@ impl Registry {
             .map(|e| {
                 let m = e.info.model(model);
                 let tee_required = m.is_some_and(|m| m.info.tee_required);
-                let fresh = e
-                    .with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)))
-                    .unwrap_or(false);
+                let fresh =
+                    e.with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)));
                 let premium = pricing::tee_applies(tee_requested || tee_required, fresh);
                 let quote = m.and_then(|m| e.quote_tee(m, asset, rates, premium).ok());
-                let (status, admits, latency, ok, total, verified, reached) = e
-                    .with_state(|s| {
-                        (
-                            e.status_at(s, &self.config.status, now),
-                            s.breaker.admits(now),
-                            s.ema_latency_us,
-                            s.successful,
-                            s.total,
-                            s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),
-                            s.reached,
-                        )
-                    })
-                    .unwrap_or((Status::Inactive, false, None, 0, 0, false, false));
+                let (status, admits, latency, ok, total, verified, reached) = e.with_state(|s| {
+                    (
+                        e.status_at(s, &self.config.status, now),
+                        s.breaker.admits(now),
+                        s.ema_latency_us,
+                        s.successful,
+                        s.total,
+                        s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),
+                        s.reached,
+                    )
+                });
                 let cand = Candidate {
                     provider: e.info.id.clone(),
                     serves_model: m.is_some() && quote.is_some(),
@@ -879,7 +532,7 @@ impl Registry {
         let unix = self.unix_now();
         self.all()
             .iter()
-            .filter_map(|e| {
+            .map(|e| {
                 e.with_state(|s| ProviderView {
                     id: e.info.id.clone(),
                     endpoint: e.info.endpoint.clone(),
@@ -892,7 +545,7 @@ impl Registry {
                     last_heartbeat_s_ago: (!e.info.from_config)
                         .then(|| now.saturating_sub(s.last_heartbeat).as_secs()),
                     stake: self.stake_of(e).to_string(),
-                    tee: e.info.tee.clone(),
+                    tee: e.info.tee.as_str().to_owned(),
                     in_flight: e.in_flight.load(Ordering::Relaxed),
                     models: e.info.models.iter().map(|m| m.info.id.clone()).collect(),
                     tee_verified: s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)),

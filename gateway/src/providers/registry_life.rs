@@ -2,25 +2,23 @@
 //! (the routing stake), being reached, bans, the rows the store keeps, and leaving
 //! memory when stale. A child module of `registry`, so it sees the private state.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use tenzro_models::api::RegisterRequest;
 
 use super::{ProviderEntry, ProviderInfo, Registry, RegistryError, State};
-use crate::attestation::AttestationVerdict;
-use crate::breaker::Breaker;
 use crate::money::slashing::{Reason, Slash};
-use crate::status::OutcomeWindow;
+use crate::providers::breaker::Breaker;
+use crate::providers::status::OutcomeWindow;
+use crate::providers::verdict::AttestationVerdict;
 
 impl Registry {
     /// The bond of registered provider `id`: (bonded, unbonding).
     pub fn bond(&self, id: &str) -> (u128, bool) {
-        self.bonds
-            .lock()
-            .ok()
-            .and_then(|b| b.get(id).copied())
-            .unwrap_or((0, false))
+        self.bonds.lock().get(id).copied().unwrap_or((0, false))
     }
 
     /// Sets the bond of registered provider `id` (the bonds module calls this at
@@ -28,7 +26,8 @@ impl Registry {
     /// unbonding provider gets no new requests (it stays registered and keeps
     /// serving its open channels). Applies to ids not (or no longer) in memory too.
     pub fn set_bond(&self, id: &str, bonded: u128, unbonding: bool) {
-        if let Ok(mut b) = self.bonds.lock() {
+        {
+            let mut b = self.bonds.lock();
             if bonded == 0 && !unbonding {
                 b.remove(id);
             } else {
@@ -39,9 +38,7 @@ impl Registry {
 
     /// Records that the gateway reached `entry`'s endpoint: it may now be routed to.
     pub fn mark_reached(&self, entry: &Arc<ProviderEntry>) {
-        let newly = entry
-            .with_state(|s| !std::mem::replace(&mut s.reached, true))
-            .unwrap_or(false);
+        let newly = entry.with_state(|s| !std::mem::replace(&mut s.reached, true));
         if newly {
             tracing::info!(provider = %entry.info.id, endpoint = %entry.info.endpoint, "provider reached; it enters routing");
         }
@@ -49,15 +46,13 @@ impl Registry {
 
     /// Whether provider `id` is in memory and the gateway has reached it.
     pub fn is_reached(&self, id: &str) -> bool {
-        self.get(id)
-            .and_then(|e| e.with_state(|s| s.reached))
-            .unwrap_or(false)
+        self.get(id).is_some_and(|e| e.with_state(|s| s.reached))
     }
 
     /// Whether `entry` may get new requests now: routable status, reached, not
     /// unbonding (routing's other filters aside).
     pub fn routable(&self, entry: &ProviderEntry) -> bool {
-        let reached = entry.with_state(|s| s.reached).unwrap_or(false);
+        let reached = entry.with_state(|s| s.reached);
         reached
             && self.status_of(entry).routable()
             && (entry.info.from_config || !self.bond(&entry.info.id).1)
@@ -68,17 +63,17 @@ impl Registry {
     /// has reached it, and it is not banned. A bond on a key that serves nobody
     /// earns nothing.
     pub fn earns_staking(&self, id: &str) -> bool {
-        self.get(id).is_some_and(|e| {
-            !e.info.from_config && e.with_state(|s| s.reached && !s.banned).unwrap_or(false)
-        }) && !self.is_banned(id)
+        self.get(id)
+            .is_some_and(|e| !e.info.from_config && e.with_state(|s| s.reached && !s.banned))
+            && !self.is_banned(id)
     }
 
     pub fn is_config(&self, id: &str) -> bool {
-        self.config_ids.read().is_ok_and(|c| c.contains(id))
+        self.config_ids.read().contains(id)
     }
 
     pub fn is_banned(&self, id: &str) -> bool {
-        self.banned.read().is_ok_and(|b| b.contains(id))
+        self.banned.read().contains(id)
     }
 
     /// [`Registry::prepare`]s a registration from source address `ip`, then counts
@@ -101,31 +96,29 @@ impl Registry {
     /// Counts one registration from source address `ip` (429 past the limit).
     pub fn check_source(&self, ip: std::net::IpAddr) -> Result<(), RegistryError> {
         let now = self.clock.now();
-        match self.limiter.lock() {
-            Ok(mut l) => l.check(ip, now).map_err(RegistryError::RateLimited),
-            Err(_) => Err(RegistryError::RateLimited(60)),
-        }
+        self.limiter
+            .lock()
+            .check(ip, now)
+            .map_err(RegistryError::RateLimited)
     }
 
     pub(super) fn mark_dirty(&self, id: &str) {
-        if !self.is_config(id)
-            && let Ok(mut d) = self.dirty.lock()
-        {
-            d.insert(id.to_owned());
+        if !self.is_config(id) {
+            self.dirty.lock().insert(id.to_owned());
         }
     }
 
     /// Ids whose stored row is out of date, for the store.
     pub fn take_dirty(&self) -> Vec<String> {
-        self.dirty
-            .lock()
-            .map(|mut d| std::mem::take(&mut *d).into_iter().collect())
-            .unwrap_or_default()
+        std::mem::take(&mut *self.dirty.lock())
+            .into_iter()
+            .collect()
     }
 
     /// Puts ids that failed to save back.
     pub fn requeue_dirty(&self, ids: Vec<String>) {
-        if let Ok(mut d) = self.dirty.lock() {
+        {
+            let mut d = self.dirty.lock();
             d.extend(ids);
         }
     }
@@ -135,20 +128,10 @@ impl Registry {
     /// when it was banned already.
     pub fn ban(&self, id: &str, detail: &str) -> Result<Option<Slash>, RegistryError> {
         let entry = self.get(id);
-        if entry.is_none()
-            && self
-                .bonds
-                .lock()
-                .map(|b| !b.contains_key(id))
-                .unwrap_or(true)
-        {
+        if entry.is_none() && !self.bonds.lock().contains_key(id) {
             return Err(RegistryError::UnknownProvider(id.to_owned()));
         }
-        let newly = self
-            .banned
-            .write()
-            .map(|mut b| b.insert(id.to_owned()))
-            .unwrap_or(false);
+        let newly = self.banned.write().insert(id.to_owned());
         if let Some(e) = &entry {
             e.with_state(|s| s.banned = true);
         }
@@ -162,11 +145,7 @@ impl Registry {
 
     /// Lifts a ban; the slashed stake stays slashed.
     pub fn unban(&self, id: &str) -> Result<(), RegistryError> {
-        let was = self
-            .banned
-            .write()
-            .map(|mut b| b.remove(id))
-            .unwrap_or(false);
+        let was = self.banned.write().remove(id);
         if let Some(e) = self.get(id) {
             e.with_state(|s| s.banned = false);
         } else if !was {
@@ -178,7 +157,8 @@ impl Registry {
 
     /// Restores the stored bans (at start).
     pub fn restore_bans(&self, ids: impl IntoIterator<Item = String>) {
-        if let Ok(mut b) = self.banned.write() {
+        {
+            let mut b = self.banned.write();
             b.extend(ids);
         }
     }
@@ -187,7 +167,7 @@ impl Registry {
     /// when it was last heard from (Unix seconds) and whether it is banned.
     pub fn stored(&self, id: &str) -> Option<(RegisterRequest, Option<AttestationVerdict>, u64)> {
         let e = self.get(id).filter(|e| !e.info.from_config)?;
-        let (verdict, seen) = e.with_state(|s| (s.attestation.clone(), s.last_heartbeat))?;
+        let (verdict, seen) = e.with_state(|s| (s.attestation.clone(), s.last_heartbeat));
         Some((
             e.info.to_registration(),
             verdict,
@@ -218,10 +198,7 @@ impl Registry {
             .map_err(RegistryError::OutOfBounds)?;
         let banned = self.is_banned(&info.id);
         let now = self.clock.now();
-        let mut map = self
-            .providers
-            .write()
-            .map_err(|_| RegistryError::Malformed("registry lock".into()))?;
+        let mut map = self.providers.write();
         if self.is_config(&info.id) {
             return Err(RegistryError::ConfigProvider(info.id));
         }
@@ -254,7 +231,7 @@ impl Registry {
         self.all()
             .into_iter()
             .filter(|e| !e.info.from_config && !self.is_banned(&e.info.id))
-            .filter(|e| !e.with_state(|s| s.reached).unwrap_or(true))
+            .filter(|e| !e.with_state(|s| s.reached))
             .map(|e| e.info.id.clone())
             .collect()
     }
@@ -265,9 +242,7 @@ impl Registry {
     pub fn evict_stale(&self) -> Vec<String> {
         let now = self.clock.now();
         let (stale, ttl) = (self.config.stale_after, self.config.unreached_ttl);
-        let Ok(mut map) = self.providers.write() else {
-            return Vec::new();
-        };
+        let mut map = self.providers.write();
         let gone: Vec<String> = map
             .values()
             .filter(|e| !e.info.from_config)
@@ -276,7 +251,6 @@ impl Registry {
                     now.saturating_sub(s.last_heartbeat) > stale
                         || (!s.reached && now.saturating_sub(s.unreached_since) > ttl)
                 })
-                .unwrap_or(true)
             })
             .map(|e| e.info.id.clone())
             .collect();

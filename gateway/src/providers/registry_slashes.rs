@@ -35,33 +35,39 @@ impl Registry {
     /// keeps the newest, and all go to the bonds module (which applies each record
     /// id once, so already applied ones cost a lookup).
     pub fn restore_slashes(&self, slashes: Vec<Slash>) {
-        if let Ok(mut t) = self.slashed_total.lock() {
+        {
+            let mut t = self.slashed_total.lock();
             t.clear();
             for s in &slashes {
                 let e = t.entry(s.provider.clone()).or_default();
                 *e = e.saturating_add(s.amount);
             }
         }
-        if let Ok(mut q) = self.unapplied.lock() {
+        {
+            let mut q = self.unapplied.lock();
             q.extend(slashes.iter().cloned());
         }
         let mut slashes = slashes;
         bound(&mut slashes);
-        if let Ok(mut v) = self.slashes.lock() {
+        {
+            let mut v = self.slashes.lock();
             *v = slashes;
         }
     }
 
     /// Records a new slash in memory (the caller queues it for the store).
     pub(super) fn keep_slash(&self, s: &Slash) {
-        if let Ok(mut t) = self.slashed_total.lock() {
+        {
+            let mut t = self.slashed_total.lock();
             let e = t.entry(s.provider.clone()).or_default();
             *e = e.saturating_add(s.amount);
         }
-        if let Ok(mut q) = self.unapplied.lock() {
+        {
+            let mut q = self.unapplied.lock();
             q.push(s.clone());
         }
-        if let Ok(mut v) = self.slashes.lock() {
+        {
+            let mut v = self.slashes.lock();
             v.push(s.clone());
             let of_provider = v.iter().filter(|x| x.provider == s.provider).count();
             if of_provider > MAX_SLASHES_PER_PROVIDER
@@ -77,23 +83,18 @@ impl Registry {
 
     /// Total slashed from provider `id`'s stake (every record, not only those kept).
     pub fn slashed(&self, id: &str) -> u128 {
-        self.slashed_total
-            .lock()
-            .map(|t| t.get(id).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.slashed_total.lock().get(id).copied().unwrap_or(0)
     }
 
     /// Slash records not yet applied to bonds, oldest first (the bonds module).
     pub fn take_unapplied_slashes(&self) -> Vec<Slash> {
-        self.unapplied
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+        std::mem::take(&mut *self.unapplied.lock())
     }
 
     /// Puts records that failed to apply back at the front of the queue.
     pub fn requeue_unapplied_slashes(&self, mut failed: Vec<Slash>) {
-        if let Ok(mut q) = self.unapplied.lock() {
+        {
+            let mut q = self.unapplied.lock();
             failed.append(&mut q);
             *q = failed;
         }

@@ -3,8 +3,10 @@
 use super::*;
 use crate::clock::ManualClock;
 use crate::money::slashing::Reason;
+use crate::providers::breaker::BreakerState;
 use tenzro_attest::keys::ProviderKey;
 use tenzro_models::api::ModelCategory;
+use tenzro_models::api::ModelInfo;
 
 const NOW: u64 = 1_700_000_000;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tenzro_models::api::ModelCategory;
 
 use crate::pricing::ONE;
-use crate::status::Status;
+use crate::providers::status::Status;
 
 /// One (provider, model) pair as routing sees it: a snapshot, no locks.
 #[derive(Debug, Clone, PartialEq, Eq)]

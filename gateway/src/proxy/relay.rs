@@ -10,11 +10,10 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::{Audit, InFlight, error_chain};
-use crate::clock::unix_now;
 use crate::metering::{self, Event, Meter, SseSplitter};
 use crate::metrics::Metrics;
 use crate::money::book::{Book, Charge, Reservation};
-use crate::registry::{Outcome, ProviderEntry, Registry};
+use crate::providers::registry::{Outcome, ProviderEntry, Registry};
 use crate::verify::Texts;
 
 /// Charges what a stream metered when it ends, however it ends (finished, cut by
@@ -47,7 +46,7 @@ impl Drop for Settlement {
                 provider: &self.entry.info.id,
                 request_id: &self.request_id,
             };
-            match self.book.settle(r, charge, unix_now()) {
+            match self.book.settle(r, charge, self.registry.unix_now()) {
                 Ok(s) if s.capped => {
                     tracing::warn!(provider = %self.entry.info.id, cost = m.cost, "stream cost above the reservation; capped")
                 }
@@ -55,6 +54,11 @@ impl Drop for Settlement {
                 Err(e) => tracing::error!(error = %e, "settling a stream failed"),
             }
             self.metrics.tokens(m.prompt_tokens, m.completion_tokens);
+            let tokens = m.prompt_tokens.saturating_add(m.completion_tokens);
+            let now = self.registry.unix_now();
+            self.metrics
+                .recent
+                .charged(now, m.quote.asset, m.cost, tokens);
         }
         let now = self.registry.now();
         match self.outcome {
@@ -280,9 +284,12 @@ impl Relay {
                         tracing::error!(error = %e, "metering overflow");
                     }
                     if let Some(r) = &s.reservation
-                        && let Err(e) =
-                            s.book
-                                .progress(r, s.meter.cost, &s.entry.info.id, unix_now())
+                        && let Err(e) = s.book.progress(
+                            r,
+                            s.meter.cost,
+                            &s.entry.info.id,
+                            s.registry.unix_now(),
+                        )
                     {
                         tracing::error!(error = %e, "metering into the channel failed");
                     }

@@ -10,8 +10,8 @@ use sqlx::Row;
 use crate::money::bonds::{Bond, EarnedAmount};
 use crate::money::book::Batch;
 use crate::money::decimal;
-use crate::money::store::{Store, StoreError};
 use crate::pricing::Asset;
+use crate::store::{Store, StoreError};
 
 fn corrupt(column: &'static str, message: impl ToString) -> StoreError {
     StoreError::Corrupt {

@@ -1,14 +1,14 @@
 //! What the store knows about channels that must settle without their payer: the
 //! parties of a channel (to check a provider's dispute signature before loading the
 //! account), and the accounts with a dispute whose window has ended or an open
-//! channel past its expiry. The sweep ([`crate::money::committer::sweep`]) takes
+//! channel past its expiry. The sweep ([`crate::tasks::committer::sweep`]) takes
 //! those accounts' leases, so they settle on the replica that holds them, even
 //! after the replica that held them died.
 
 use sqlx::Row;
 
 use crate::money::channel::State;
-use crate::money::store::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -7,7 +7,7 @@ use tenzro_attest::PublicKey;
 use tenzro_identity::{Did, Identities, Identity};
 
 use crate::clock::unix_now;
-use crate::money::store::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The kind and id of the whole-registry document older gateways wrote.
 pub const LEGACY_DOCUMENT: (&str, &str) = ("identities", "registry");
@@ -144,6 +144,29 @@ impl Store {
             "moved the identity registry document into rows"
         );
         Ok(reg)
+    }
+}
+
+/// Documents: JSON bodies by kind and id (the identities' legacy rows).
+impl Store {
+    pub async fn put_document(&self, kind: &str, id: &str, body: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO documents (kind, id, body) VALUES ($1, $2, $3) ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body")
+            .bind(kind)
+            .bind(id)
+            .bind(body)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn documents(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT id, body FROM documents WHERE kind = $1")
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect()
     }
 }
 

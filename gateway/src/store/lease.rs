@@ -10,11 +10,11 @@
 //! answered 503 with Retry-After: route keys to replicas with affinity.
 //! A single gateway on SQLite runs the same code and always gets its leases.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::RwLock;
 
 use crate::money::book::{Book, BookError};
-use crate::money::store::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -74,7 +74,8 @@ impl Leases {
     fn valid(&self, account: &str, now: u64) -> bool {
         self.held
             .read()
-            .is_ok_and(|h| h.get(account).is_some_and(|until| *until > now + 1))
+            .get(account)
+            .is_some_and(|until| *until > now + 1)
     }
 
     /// Makes sure this replica holds `account`'s lease, taking it (and loading the
@@ -97,12 +98,13 @@ impl Leases {
         if !store.claim(account, &self.owner, until, now).await? {
             return Err(LeaseError::HeldElsewhere(account.to_owned()));
         }
-        let known = self.held.read().is_ok_and(|h| h.contains_key(account));
+        let known = self.held.read().contains_key(account);
         if !known || !book.has_account(account) {
             let s = store.account_state(account, now).await?;
             book.replace_account(account, &s.funds, s.channels, &s.keys, now)?;
         }
-        if let Ok(mut h) = self.held.write() {
+        {
+            let mut h = self.held.write();
             h.insert(account.to_owned(), until);
         }
         Ok(())
@@ -115,7 +117,8 @@ impl Leases {
 
     /// Records renewed leases (after a fenced commit).
     pub fn renewed(&self, accounts: &[String], until: u64) {
-        if let Ok(mut h) = self.held.write() {
+        {
+            let mut h = self.held.write();
             for a in accounts {
                 if let Some(u) = h.get_mut(a) {
                     *u = until;
@@ -128,18 +131,16 @@ impl Leases {
     pub fn due(&self, now: u64) -> Vec<String> {
         self.held
             .read()
-            .map(|h| {
-                h.iter()
-                    .filter(|(_, u)| **u <= now + self.ttl / 2)
-                    .map(|(a, _)| a.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .iter()
+            .filter(|(_, u)| **u <= now + self.ttl / 2)
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Forgets accounts (released or lost).
     pub fn forget(&self, accounts: &[String]) {
-        if let Ok(mut h) = self.held.write() {
+        {
+            let mut h = self.held.write();
             for a in accounts {
                 h.remove(a);
             }
@@ -147,9 +148,6 @@ impl Leases {
     }
 
     pub fn held(&self) -> Vec<String> {
-        self.held
-            .read()
-            .map(|h| h.keys().cloned().collect())
-            .unwrap_or_default()
+        self.held.read().keys().cloned().collect()
     }
 }

@@ -14,9 +14,9 @@ use sqlx::Row;
 use tenzro_models::api::RegisterRequest;
 use tokio_util::sync::CancellationToken;
 
-use crate::attestation::AttestationVerdict;
-use crate::money::store::{Store, StoreError};
-use crate::registry::Registry;
+use crate::providers::registry::Registry;
+use crate::providers::verdict::AttestationVerdict;
+use crate::store::{Store, StoreError};
 
 /// One stored registered provider.
 #[derive(Debug, Clone)]
@@ -221,7 +221,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::money::slashing::Reason;
-    use crate::registry::RegistryConfig;
+    use crate::providers::registry::RegistryConfig;
     use tenzro_attest::ProviderKey;
     use tenzro_models::api::{ModelCategory, ModelInfo, REGISTER_DOMAIN, Signed};
 
@@ -313,7 +313,7 @@ mod tests {
                 .register(&signed(&banned, "http://b:2"), crate::clock::unix_now())
                 .unwrap_err();
             assert!(
-                matches!(err, crate::registry::RegistryError::Banned(_)),
+                matches!(err, crate::providers::registry::RegistryError::Banned(_)),
                 "{err}"
             );
             // Un-banning restores nothing slashed.

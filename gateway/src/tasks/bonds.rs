@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::money::bonds::Bond;
 use crate::money::book::Book;
-use crate::money::lease::Leases;
-use crate::money::store::Store;
-use crate::registry::Registry;
+use crate::providers::registry::Registry;
+use crate::store::Store;
+use crate::store::lease::Leases;
 
 /// Tells routing a bond's stake and whether it is unbonding.
 pub fn publish(registry: &Registry, b: &Bond) {

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::unix_now;
+use crate::clock::SharedClock;
 use crate::money::book::Book;
-use crate::money::lease::Leases;
-use crate::money::store::{Store, StoreError};
-use crate::registry::Registry;
+use crate::providers::registry::Registry;
+use crate::store::lease::Leases;
+use crate::store::{Fence, Store, StoreError};
 
 /// Commits whatever changed; returns the number of rows written.
 pub async fn commit_once(book: &Book, store: &Store) -> Result<usize, StoreError> {
@@ -91,7 +91,14 @@ pub async fn commit_leased(
         touched.sort_unstable();
         touched.dedup();
         match store
-            .commit_fenced(&batch, Some((&leases.owner, until, now)))
+            .commit_fenced(
+                &batch,
+                Some(Fence {
+                    owner: &leases.owner,
+                    until,
+                    now,
+                }),
+            )
             .await
         {
             Ok(()) => {
@@ -187,6 +194,7 @@ pub async fn sweep(
     book: Arc<Book>,
     store: Store,
     leases: Arc<Leases>,
+    clock: SharedClock,
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -195,7 +203,7 @@ pub async fn sweep(
             () = tokio::time::sleep(interval) => {}
             () = cancel.cancelled() => break,
         }
-        match sweep_once(&book, &store, &leases, unix_now()).await {
+        match sweep_once(&book, &store, &leases, clock.unix()).await {
             Ok(taken) if !taken.is_empty() => tracing::info!(
                 accounts = taken.len(),
                 "took accounts with channels due to settle"
@@ -225,7 +233,7 @@ pub async fn run(
         };
         ticks += 1;
         if ticks.is_multiple_of(every_second) || stop {
-            settle_due(&book, unix_now());
+            settle_due(&book, registry.unix_now());
         }
         if let Err(e) = save_slashes(&registry, &store).await {
             tracing::error!(error = %e, "saving slashes failed; retrying next interval");
@@ -233,7 +241,9 @@ pub async fn run(
         let housekeeping = (ticks.is_multiple_of(every_second) || stop).then_some(Housekeeping {
             release_idle: (idle_s > 0).then_some(idle_s),
         });
-        if let Err(e) = commit_leased(&book, &store, &leases, unix_now(), housekeeping).await {
+        if let Err(e) =
+            commit_leased(&book, &store, &leases, registry.unix_now(), housekeeping).await
+        {
             tracing::error!(error = %e, "group commit failed; retrying next interval");
         }
         if stop {

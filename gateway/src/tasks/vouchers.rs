@@ -22,8 +22,8 @@ use tenzro_attest::voucher::{Voucher, VoucherBody};
 use tokio_util::sync::CancellationToken;
 
 use crate::money::book::{Book, DueVoucher};
-use crate::money::store::Store;
-use crate::registry::Registry;
+use crate::providers::registry::Registry;
+use crate::store::Store;
 
 /// Where a provider takes voucher batches.
 const VOUCHERS_PATH: &str = "/v1/channels/vouchers";

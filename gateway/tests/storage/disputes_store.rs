@@ -7,8 +7,8 @@
 use tenzro_gateway::accounts::{KeyScope, create_in_store};
 use tenzro_gateway::money::book::{Book, BookConfig, Charge};
 use tenzro_gateway::money::channel::Party;
-use tenzro_gateway::money::committer::commit_once;
 use tenzro_gateway::pricing::Asset;
+use tenzro_gateway::tasks::committer::commit_once;
 
 use crate::common::backends;
 

@@ -10,10 +10,10 @@ use tenzro_attest::voucher::VoucherBody;
 use tenzro_gateway::accounts::{KeyScope, create_in_store, new_key};
 use tenzro_gateway::money::book::{Book, BookConfig, Charge};
 use tenzro_gateway::money::channel::State;
-use tenzro_gateway::money::committer::commit_once;
 use tenzro_gateway::money::slashing::{Reason, slash};
-use tenzro_gateway::money::store::Store;
 use tenzro_gateway::pricing::Asset;
+use tenzro_gateway::store::{Fence, Store};
+use tenzro_gateway::tasks::committer::commit_once;
 
 use crate::common::backends;
 
@@ -254,7 +254,7 @@ async fn keys_vouchers_and_slashes() {
 /// the account any more, on either backend.
 #[tokio::test]
 async fn a_lost_lease_fences_the_commit() {
-    use tenzro_gateway::money::store::StoreError;
+    use tenzro_gateway::store::StoreError;
     for (url, store, _dir) in backends().await {
         let (_, acct, _) =
             create_in_store(&store, "dev", Asset::Tnzo, 100, KeyScope::default(), None)
@@ -273,14 +273,31 @@ async fn a_lost_lease_fences_the_commit() {
         book.credit(&acct.id, Asset::Tnzo, 5).unwrap();
         let batch = book.take_dirty();
         store
-            .commit_fenced(&batch, Some(("A", 150, 120)))
+            .commit_fenced(
+                &batch,
+                Some(Fence {
+                    owner: "A",
+                    until: 150,
+                    now: 120,
+                }),
+            )
             .await
             .unwrap();
         // A stalls past its lease; B takes the account over.
         assert!(store.claim(&acct.id, "B", 300, 200).await.unwrap(), "{url}");
         book.credit(&acct.id, Asset::Tnzo, 7).unwrap();
         let batch = book.take_dirty();
-        match store.commit_fenced(&batch, Some(("A", 320, 210))).await {
+        match store
+            .commit_fenced(
+                &batch,
+                Some(Fence {
+                    owner: "A",
+                    until: 320,
+                    now: 210,
+                }),
+            )
+            .await
+        {
             Err(StoreError::LeaseLost(a)) => assert_eq!(a, acct.id),
             other => panic!("{url}: {other:?}"),
         }

@@ -102,6 +102,17 @@ fn chat(max_tokens: u64) -> Value {
 }
 
 async fn start(window_s: u64, idle_s: u64, sweep_s: u64) -> Gateway {
+    start_on(window_s, idle_s, sweep_s, None).await
+}
+
+/// [`start`] on a given clock (idle times and dispute windows then pass when the
+/// test moves it).
+async fn start_on(
+    window_s: u64,
+    idle_s: u64,
+    sweep_s: u64,
+    clock: Option<tenzro_gateway::clock::SharedClock>,
+) -> Gateway {
     start_gateway(
         move |d| {
             let mut c = test_config(vec![], d);
@@ -113,7 +124,7 @@ async fn start(window_s: u64, idle_s: u64, sweep_s: u64) -> Gateway {
             c.store.lease_idle_s = idle_s;
             c
         },
-        None,
+        clock,
     )
     .await
 }
@@ -299,7 +310,8 @@ async fn a_stale_voucher_cannot_claw_back_payments() {
 /// settles when the window ends, though the payer never comes back.
 #[tokio::test]
 async fn a_disputed_channel_of_an_evicted_account_settles() {
-    let gw = start(3, 1, 3600).await;
+    let clock = tenzro_gateway::clock::ManualClock::new();
+    let gw = start_on(3, 1, 3600, Some(clock.clone())).await;
     let key = Arc::new(ProviderKey::from_seed(&[23; 32]));
     let url = countersigning_provider(key.clone()).await;
     let channel = register(&gw, &key, &url).await;
@@ -308,6 +320,9 @@ async fn a_disputed_channel_of_an_evicted_account_settles() {
     let (_, c) = get_json(&gw, &format!("/v1/channels/{channel}"), &gw.key).await;
     let spent = c["spent"].as_str().unwrap().to_owned();
     voucher_at_least(&gw, &channel, c["nonce"].as_u64().unwrap()).await;
+    // Idle past lease_idle_s on the gateway's clock: the committer's next rounds
+    // evict the account.
+    clock.advance(Duration::from_secs(2));
     let mut evicted = false;
     for _ in 0..100 {
         if !gw.state.book.has_account(&gw.account) {
@@ -322,12 +337,17 @@ async fn a_disputed_channel_of_an_evicted_account_settles() {
     assert_eq!(s, 202, "{d}");
     assert_eq!(d["dispute"]["spent"].as_str(), Some(spent.as_str()));
     audit(&gw);
-    // Idle for longer than lease_idle_s, the account stays while its dispute runs.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Idle for longer than lease_idle_s on the clock, through one round of the
+    // committer's housekeeping (once a second in real time), the account stays
+    // while its dispute runs.
+    clock.advance(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
         gw.state.book.has_account(&gw.account),
         "a disputed account is kept in memory"
     );
+    // The window (3 s) ends.
+    clock.advance(Duration::from_secs(2));
     // Settled, committed, and the idle account left memory again: the store says
     // closed (read without loading the account).
     let mut settled = None;

@@ -16,7 +16,7 @@ use tenzro_attest::ProviderKey;
 use tenzro_gateway::config::{Config, StakeSection};
 use tenzro_gateway::money::slashing::Reason;
 use tenzro_gateway::pricing::Asset;
-use tenzro_gateway::registry::ProviderInfo;
+use tenzro_gateway::providers::registry::ProviderInfo;
 use tenzro_models::api::{ModelCategory, RegisterRequest};
 
 /// The gateway's prompt estimate of `messages: [{"role": "user", "content": "hi"}]`:

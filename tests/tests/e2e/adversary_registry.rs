@@ -350,7 +350,9 @@ async fn a_gigabyte_attestation_answer_leaves_the_gateway_bounded() {
     let v = gw.state.registry.attestation(&id).unwrap();
     assert!(!v.trusted && !v.slashable, "{v:?}");
     assert!(
-        v.reasons.iter().any(|r| r.contains("over 1048576 bytes")),
+        v.reasons
+            .iter()
+            .any(|r| r.to_string().contains("over 1048576 bytes")),
         "{v:?}"
     );
     assert!(
@@ -380,7 +382,10 @@ async fn a_redirect_to_a_private_address_is_not_followed() {
     let id = key.did();
     until("a verdict", || gw.state.registry.attestation(&id).is_some()).await;
     let v = gw.state.registry.attestation(&id).unwrap();
-    assert!(v.reasons.iter().any(|r| r.contains("302")), "{v:?}");
+    assert!(
+        v.reasons.iter().any(|r| r.to_string().contains("302")),
+        "{v:?}"
+    );
     assert!(hits.load(Ordering::SeqCst) >= 1);
     assert_eq!(
         inside_hits.load(Ordering::SeqCst),

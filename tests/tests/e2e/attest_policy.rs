@@ -13,7 +13,7 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use serde_json::{Value, json};
-use tenzro_gateway::attestation::AttestationVerdict;
+use tenzro_gateway::providers::verdict::AttestationVerdict;
 
 use crate::gateway_common::*;
 

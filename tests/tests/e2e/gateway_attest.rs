@@ -199,11 +199,13 @@ async fn none_evidence_is_verified_untrusted_and_kept_out_of_tee_routing() {
     assert!(!v.trusted && !v.slashable, "{v:?}");
     assert_eq!(v.tee_kind.as_deref(), Some("none"));
     assert!(
-        v.reasons.iter().any(|r| r.contains("never trusted")),
+        v.reasons
+            .iter()
+            .any(|r| r.to_string().contains("never trusted")),
         "{v:?}"
     );
     assert!(
-        !v.reasons.iter().any(|r| r.contains("binding")),
+        !v.reasons.iter().any(|r| r.to_string().contains("binding")),
         "bound correctly: {v:?}"
     );
     assert!(v.expires_at > v.verified_at);

@@ -434,7 +434,7 @@ async fn the_gateway_keeps_its_money_in_postgresql() {
     let mut cfg = test_config(vec![static_provider("a", &p.url)], dir.path());
     cfg.store.url = tenzro_gateway::config::Secret::new(url);
     let again = tenzro_gateway::build(cfg).await.unwrap();
-    let key = again.accounts.lookup(&gw.key).await.unwrap();
+    let key = again.accounts.lookup(&gw.key).await.unwrap().unwrap();
     again
         .leases
         .ensure(

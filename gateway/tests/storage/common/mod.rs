@@ -7,7 +7,7 @@
 )]
 
 use sqlx::Executor;
-use tenzro_gateway::money::store::Store;
+use tenzro_gateway::store::Store;
 
 /// Fresh stores to run a test against: SQLite always, PostgreSQL when
 /// `TENZRO_TEST_POSTGRES_URL` names a server (`scripts/postgres` starts one; required

@@ -230,7 +230,7 @@ pub fn test_config(providers: Vec<StaticProvider>, data_dir: &std::path::Path) -
     cfg.upstream.first_byte_timeout_ms = 400;
     cfg.upstream.idle_timeout_ms = 400;
     cfg.upstream.max_attempts = 3;
-    cfg.routing.strategy = tenzro_gateway::routing::Strategy::LowestPrice;
+    cfg.routing.strategy = tenzro_gateway::providers::routing::Strategy::LowestPrice;
     cfg.providers = providers;
     // Development: mock providers listen on 127.0.0.1, registered ones route
     // without a bond (a registered provider's stake is its bond).

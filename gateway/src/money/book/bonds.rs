@@ -86,7 +86,7 @@ fn bond_error(e: BookError) -> BondError {
 impl Book {
     /// Restores the stored bonds and the ids of slashes already applied to them.
     pub fn load_bonds(&self, stored: Vec<Bond>, applied: Vec<String>) -> Result<(), BookError> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         for b in stored {
             g.bonds.by_key.insert(b.provider_key.clone(), b);
         }
@@ -96,39 +96,34 @@ impl Book {
 
     /// The owner account of a provider key, if it has one.
     pub fn bond_owner(&self, provider_key: &str) -> Option<String> {
-        let g = self.lock().ok()?;
+        let g = self.lock();
         g.bonds.by_key.get(provider_key).map(|b| b.owner.clone())
     }
 
     pub fn bond_of(&self, provider_key: &str) -> Option<Bond> {
-        let g = self.lock().ok()?;
+        let g = self.lock();
         g.bonds.by_key.get(provider_key).cloned()
     }
 
     /// The bond of a registered provider id (its key's DID).
     pub fn bond_of_provider(&self, provider_id: &str) -> Option<Bond> {
-        let g = self.lock().ok()?;
+        let g = self.lock();
         g.bonds.by_provider(provider_id).cloned()
     }
 
     /// Every bond, by provider key.
     pub fn bonds(&self) -> Vec<Bond> {
-        self.lock()
-            .map(|g| g.bonds.by_key.values().cloned().collect())
-            .unwrap_or_default()
+        self.lock().bonds.by_key.values().cloned().collect()
     }
 
     pub fn bonds_of(&self, owner: &str) -> Vec<Bond> {
         self.lock()
-            .map(|g| {
-                g.bonds
-                    .by_key
-                    .values()
-                    .filter(|b| b.owner == owner)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+            .bonds
+            .by_key
+            .values()
+            .filter(|b| b.owner == owner)
+            .cloned()
+            .collect()
     }
 
     /// Moves `amount` from `owner`'s available balance into the bond of
@@ -143,7 +138,7 @@ impl Book {
         amount: u128,
         consent: bool,
     ) -> Result<Bond, BondError> {
-        let mut g = self.lock().map_err(bond_error)?;
+        let mut g = self.lock();
         let g = &mut *g;
         match g.bonds.by_key.get(provider_key) {
             Some(b) if b.owner != owner => {
@@ -189,7 +184,7 @@ impl Book {
         now: u64,
         period: u64,
     ) -> Result<Bond, BondError> {
-        let mut g = self.lock().map_err(bond_error)?;
+        let mut g = self.lock();
         let b = g
             .bonds
             .by_key
@@ -216,7 +211,7 @@ impl Book {
         ppm: u128,
         at: u64,
     ) -> Result<Option<(Option<Bond>, u128)>, BookError> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let g = &mut *g;
         if !g.bonds.applied.insert(slash_id.to_owned()) {
             return Ok(None);
@@ -253,7 +248,7 @@ impl Book {
     /// Returns matured unbonding amounts and providers' earnings to their owners'
     /// balances, for owners whose accounts are in this book.
     pub fn bond_tick(&self, now: u64) -> Result<Tick, BookError> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let g = &mut *g;
         let mut tick = Tick::default();
         // One pass over the bonds and one over the earnings: the keys with money
@@ -335,7 +330,7 @@ impl Book {
         &self,
         eligible: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Asset, u128)>, BookError> {
-        let mut g = self.lock()?;
+        let mut g = self.lock();
         let g = &mut *g;
         let stakers: Vec<(String, u128)> = g
             .bonds

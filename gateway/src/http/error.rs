@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tenzro_models::api::ErrorBody;
 
-use crate::routing::NoProvider;
+use crate::providers::registry::RegistryError;
+use crate::providers::routing::NoProvider;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -136,10 +137,10 @@ impl ApiError {
     }
 }
 
-impl From<crate::money::lease::LeaseError> for ApiError {
-    fn from(e: crate::money::lease::LeaseError) -> Self {
+impl From<crate::store::lease::LeaseError> for ApiError {
+    fn from(e: crate::store::lease::LeaseError) -> Self {
         match e {
-            crate::money::lease::LeaseError::HeldElsewhere(_) => ApiError::Unavailable {
+            crate::store::lease::LeaseError::HeldElsewhere(_) => ApiError::Unavailable {
                 message: e.to_string(),
                 retry_after: Duration::from_secs(1),
             },
@@ -224,5 +225,40 @@ mod tests {
         .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}
+
+impl ApiError {
+    /// An internal failure: a 500 whose cause is logged, never shown.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Malformed(m) => ApiError::bad_request(m),
+            RegistryError::Stale(_) => {
+                ApiError::bad_request(format!("{e}; check the provider's clock"))
+            }
+            RegistryError::BadSignature => {
+                ApiError::Unauthorized("registration signature does not verify".into())
+            }
+            RegistryError::KeyMismatch(_)
+            | RegistryError::Banned(_)
+            | RegistryError::IdNotKey { .. }
+            | RegistryError::ConfigProvider(_) => ApiError::Forbidden(e.to_string()),
+            RegistryError::UnknownProvider(_) => ApiError::NotFound(e.to_string()),
+            RegistryError::OutOfBounds(_) => ApiError::bad_request(e.to_string()),
+            RegistryError::RateLimited(s) => ApiError::RateLimited {
+                message: e.to_string(),
+                retry_after: std::time::Duration::from_secs(s),
+            },
+            RegistryError::Full(_) | RegistryError::PendingFull(_) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: std::time::Duration::from_secs(60),
+            },
+        }
     }
 }

@@ -2,11 +2,11 @@
 //! (their owner, with a scoped key), resolve DIDs and DID documents, add
 //! credentials, and move identities through their lifecycle. The registry itself is
 //! `tenzro-identity`; every change writes the rows it changed
-//! ([`crate::identity_store`]) before it is answered, outside the lock the request
+//! ([`crate::store::identity`]) before it is answered, outside the lock the request
 //! path reads, so a write never holds up an identity check.
 //!
 //! - Agents: the creating key's scope must allow `agents:create`; the agent's scope
-//!   is within the creator's ([`crate::money::scope::delegate`]); an owner has at
+//!   is within the creator's ([`crate::accounts::delegation::delegate`]); an owner has at
 //!   most `identities.max_agents_per_owner` agents that are not terminated.
 //! - Lifecycle: an admin, or a key whose identity controls the target (its scope
 //!   must allow `identities`). Only an admin lifts an admin's suspension.
@@ -31,14 +31,14 @@ use crate::accounts::{
     Ancestor, DefaultLimits, KeyEntry, KeyScope, Operation, OperationRefused, require_operation,
 };
 use crate::clock::unix_now;
-use crate::error::ApiError;
-use crate::identity_store::row_of;
-use crate::routes::{Admin, ApiJson, Auth};
+use crate::http::error::ApiError;
+use crate::http::extract::{Admin, ApiJson, Auth};
 use crate::state::AppState;
+use crate::store::identity::row_of;
 
 /// The kind and id of the whole-registry document older gateways wrote (moved into
 /// rows on start).
-pub const DOCUMENT: (&str, &str) = crate::identity_store::LEGACY_DOCUMENT;
+pub const DOCUMENT: (&str, &str) = crate::store::identity::LEGACY_DOCUMENT;
 
 impl From<OperationRefused> for ApiError {
     fn from(e: OperationRefused) -> Self {
@@ -81,10 +81,7 @@ async fn change<T>(
 ) -> Result<T, ApiError> {
     let _one_writer = state.identities_save.lock().await;
     let (out, rows) = {
-        let mut reg = state
-            .identities
-            .write()
-            .map_err(|_| ApiError::Internal("identities lock".into()))?;
+        let mut reg = state.identities.write();
         let (out, changed) = f(&mut reg, unix_now())?;
         let rows = changed
             .iter()
@@ -128,31 +125,6 @@ fn identity_json(reg: &Identities, i: &Identity, now: u64) -> Value {
         v["reputation"] = json!(a.reputation().get());
     }
     v
-}
-
-/// Refuses keys whose identity (the agent's, else the account's), or any identity
-/// controlling it up the chain, is not active.
-pub fn check_active(state: &AppState, key: &KeyEntry) -> Result<(), ApiError> {
-    let Some(did) = &key.did else {
-        return Ok(());
-    };
-    let reg = state
-        .identities
-        .read()
-        .map_err(|_| ApiError::Internal("identities lock".into()))?;
-    if reg.resolve(did).is_none() {
-        // An account naming a DID this registry does not hold.
-        return Ok(());
-    }
-    match reg.inactive_in_chain(did) {
-        Some((who, status)) if &who == did => Err(ApiError::Forbidden(format!(
-            "identity {did} is {status}; its keys may not be used"
-        ))),
-        Some((who, status)) => Err(ApiError::Forbidden(format!(
-            "identity {who}, which controls {did}, is {status}; the keys under it may not be used"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// Whether `me` is `did` itself or controls it (directly or through other agents).
@@ -223,7 +195,7 @@ pub fn agent_scope(
         });
     }
     let parent = &key.record.scope;
-    let mut scope = crate::money::scope::delegate(parent, asked, defaults)
+    let mut scope = crate::accounts::delegation::delegate(parent, asked, defaults)
         .map_err(|e| ApiError::Forbidden(e.to_string()))?;
     scope.ancestors = std::iter::once(Ancestor {
         key_id: key.record.id.clone(),
@@ -283,10 +255,7 @@ pub async fn create_agent(
         .create_key(&key.record.account, &name, scope, Some(did.to_string()))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let reg = state
-        .identities
-        .read()
-        .map_err(|_| ApiError::Internal("identities lock".into()))?;
+    let reg = state.identities.read();
     let doc = reg.did_document(&did);
     let identity = reg
         .resolve(&did)
@@ -300,10 +269,7 @@ fn resolve_response(
     status: StatusCode,
     personal: bool,
 ) -> Result<Response, ApiError> {
-    let reg = state
-        .identities
-        .read()
-        .map_err(|_| ApiError::Internal("identities lock".into()))?;
+    let reg = state.identities.read();
     let i = reg
         .resolve(did)
         .ok_or_else(|| ApiError::NotFound(format!("no identity {did}")))?;
@@ -368,10 +334,7 @@ pub async fn document(
     Path(did): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let did = parse_did(&did)?;
-    let reg = state
-        .identities
-        .read()
-        .map_err(|_| ApiError::Internal("identities lock".into()))?;
+    let reg = state.identities.read();
     reg.did_document(&did)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no identity {did}")))
@@ -415,11 +378,7 @@ pub async fn trust_issuer(
 ) -> Result<StatusCode, ApiError> {
     let (did, key) = (parse_did(&t.did)?, parse_key(&t.public_key)?);
     let _one_writer = state.identities_save.lock().await;
-    state
-        .identities
-        .write()
-        .map_err(|_| ApiError::Internal("identities lock".into()))?
-        .trust_issuer(did.clone(), key);
+    state.identities.write().trust_issuer(did.clone(), key);
     state
         .store
         .put_issuer(&did, &key)

@@ -15,14 +15,13 @@ use serde_json::{Value, json};
 use tenzro_attest::voucher::Voucher;
 
 use crate::accounts::{KeyEntry, Operation, require_operation};
-use crate::clock::unix_now;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::money::book::{ASSETS, BookError, ChannelView};
 use crate::money::channel::{Channel, ChannelError, Party, State as ChannelState};
 use crate::money::dispute_auth;
 use crate::money::slashing::Reason;
-use crate::pricing;
-use crate::routes::{Admin, Auth, parse_json};
+
+use crate::http::extract::{Admin, Auth, parse_json};
 use crate::state::AppState;
 
 fn book_error(e: BookError) -> ApiError {
@@ -101,7 +100,7 @@ pub async fn account(
         key.asset.as_str(),
         state
             .book
-            .spent_today(&key.record.id, unix_now())
+            .spent_today(&key.record.id, state.clock.unix())
             .to_string(),
     )]);
     let channels: Vec<Value> = state
@@ -110,7 +109,7 @@ pub async fn account(
         .iter()
         .map(channel_json)
         .collect();
-    let (bonds, earnings) = crate::bond_routes::account_view(&state, account);
+    let (bonds, earnings) = crate::http::bonds::account_view(&state, account);
     Ok(Json(json!({
         "object": "account",
         "id": account,
@@ -194,7 +193,7 @@ pub async fn close(
     require_channels(&key)?;
     state.lease(&key.record.account).await?;
     let c = own_channel(&state, &key, &id)?;
-    let now = unix_now();
+    let now = state.clock.unix();
     let agreed = c.latest_voucher.as_ref().is_some_and(|v| {
         v.nonce == c.channel.nonce
             && v.cumulative_spent == c.channel.spent
@@ -284,7 +283,7 @@ pub async fn dispute(
     } else {
         Some(parse_json::<DisputeBody>(&body)?.voucher)
     };
-    let now = unix_now();
+    let now = state.clock.unix();
     let (by, c) = if parts
         .headers
         .contains_key(axum::http::header::AUTHORIZATION)
@@ -385,15 +384,11 @@ pub async fn faucet(
             "the faucet is disabled on this gateway (faucet.enabled = false)".into(),
         ));
     }
-    let amount = pricing::parse_tokens(&cfg.amount)
-        .map_err(|e| ApiError::Internal(format!("faucet.amount: {e}")))?;
-    let now = unix_now();
+    let amount = state.config.amounts.faucet;
+    let now = state.clock.unix();
     state.lease(&key.record.account).await?;
     {
-        let mut grants = state
-            .faucet
-            .lock()
-            .map_err(|_| ApiError::Internal("faucet lock".into()))?;
+        let mut grants = state.faucet.lock();
         let g = grants.entry(key.record.account.clone()).or_default();
         g.retain(|t| t + 3600 > now);
         if g.len() >= cfg.per_hour as usize {
@@ -451,7 +446,7 @@ pub async fn slash(
     State(state): State<AppState>,
     _: Admin,
     Path(id): Path<String>,
-    crate::routes::ApiJson(r): crate::routes::ApiJson<SlashRequest>,
+    crate::http::extract::ApiJson(r): crate::http::extract::ApiJson<SlashRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let s = state
         .registry

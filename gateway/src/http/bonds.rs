@@ -16,10 +16,10 @@ use tenzro_attest::{PublicKey, Signature};
 use tenzro_models::api::ErrorBody;
 
 use crate::accounts::KeyEntry;
-use crate::error::{ApiError, ErrorKind};
+use crate::http::error::{ApiError, ErrorKind};
+use crate::http::extract::{Auth, parse_json};
 use crate::money::bonds::{Bond, BondError};
 use crate::pricing::{self, Asset};
-use crate::routes::{Auth, parse_json};
 use crate::state::AppState;
 
 /// The bond API's refusals: the gateway's usual ones, plus 402
@@ -35,8 +35,8 @@ impl From<ApiError> for BondApiError {
     }
 }
 
-impl From<crate::money::lease::LeaseError> for BondApiError {
-    fn from(e: crate::money::lease::LeaseError) -> Self {
+impl From<crate::store::lease::LeaseError> for BondApiError {
+    fn from(e: crate::store::lease::LeaseError) -> Self {
         BondApiError::Api(e.into())
     }
 }
@@ -178,7 +178,7 @@ pub fn bond_json(b: &Bond) -> Value {
 }
 
 fn publish(state: &AppState, b: &Bond) {
-    crate::money::bonds_task::publish(&state.registry, b);
+    crate::tasks::bonds::publish(&state.registry, b);
 }
 
 /// `POST /v1/providers/bonds`: moves `amount` from the caller's balance into the

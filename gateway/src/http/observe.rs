@@ -1,0 +1,68 @@
+//! The request id, request logging (once, with the internal cause of errors) and
+//! per-endpoint metrics: the middleware around every route.
+
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use crate::http::error::{ErrorCause, ErrorKind};
+use crate::state::AppState;
+
+/// The request id: the caller's `x-request-id` when it is sane, else a new UUID.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Request id, logging (once, with the internal cause of errors) and metrics.
+pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let start = Instant::now();
+    let span = tracing::info_span!("request", request_id = %id, %method, path = %endpoint);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    state.metrics.request(&endpoint, status);
+    let now = state.clock.unix();
+    state.metrics.recent.request(now, &endpoint, status);
+    if let Some(kind) = resp.extensions().get::<ErrorKind>() {
+        state.metrics.error(kind.0);
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let _g = span.enter();
+    match resp.extensions().get::<ErrorCause>() {
+        Some(ErrorCause(cause)) => tracing::warn!(status, ms, cause = %cause, "request failed"),
+        None if status >= 400 => tracing::info!(status, ms, "request refused"),
+        None => tracing::debug!(status, ms, "request served"),
+    }
+    resp
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
+    }
+}

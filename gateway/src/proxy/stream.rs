@@ -1,0 +1,107 @@
+//! A streamed answer: wait for the first body bytes (a provider that fails now can
+//! still be replaced), then hand the reservation to the [`Relay`] and answer with
+//! its event stream.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::attempt::{Answer, Attempt, Call};
+use super::relay::{Limits, Relay, Settlement};
+use super::{Held, error_chain};
+use crate::http::error::ApiError;
+use crate::metering::{Meter, SseSplitter};
+use crate::providers::registry::Outcome;
+use crate::verify::Texts;
+
+pub(super) async fn answer(
+    call: &Call<'_>,
+    a: Answer,
+    held: &mut Held,
+) -> Result<Attempt, ApiError> {
+    let (state, entry) = (call.state, a.priced.entry.clone());
+    let cfg = &state.config;
+    let mut upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> =
+        Box::pin(a.resp.bytes_stream());
+    let deadline = cfg.upstream.first_byte_timeout();
+    let left = deadline.saturating_sub(a.sent.elapsed());
+    let first = match tokio::time::timeout(left, upstream.next()).await {
+        Ok(Some(Ok(b))) => b,
+        failed => {
+            let e = match failed {
+                Ok(Some(Err(e))) => error_chain(&e),
+                Ok(None) => "empty stream".to_owned(),
+                _ => format!("no first chunk within {} ms", deadline.as_millis()),
+            };
+            entry.record(state.registry.now(), Outcome::Failure);
+            return Ok(Attempt::Failed(format!("{}: {e}", entry.info.id)));
+        }
+    };
+    let ttfb = a.sent.elapsed();
+    state.metrics.upstream(&entry.info.id, ttfb);
+    let Some(r) = held.take() else {
+        return Ok(Attempt::Stop);
+    };
+    let (quote, bounds) = (a.priced.quote, a.priced.bounds);
+    let settlement = Settlement {
+        book: state.book.clone(),
+        request_id: call.request_id.to_owned(),
+        registry: state.registry.clone(),
+        metrics: state.metrics.clone(),
+        reservation: Some(r),
+        meter: Meter::new(quote, bounds),
+        entry: entry.clone(),
+        outcome: None,
+        ttfb,
+        _in_flight: a.in_flight,
+    };
+    let texts = a.audit.check.is_some().then(|| Texts::new(bounds.choices));
+    let relay = Relay {
+        upstream,
+        first: Some(first),
+        splitter: SseSplitter::default(),
+        limits: Limits {
+            idle: cfg.upstream.idle_timeout(),
+            max_bytes: cfg.upstream.max_response_bytes,
+            max_event: cfg.upstream.max_event_bytes,
+        },
+        include_usage: call.req.include_usage,
+        settlement,
+        finished: false,
+        read: 0,
+        audit: a.audit,
+        texts,
+        receipt: None,
+    };
+    let body = Body::from_stream(futures::stream::unfold(relay, |mut r| async move {
+        r.next_bytes()
+            .await
+            .map(|b| (Ok::<Bytes, Infallible>(b), r))
+    }));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        "x-tenzro-asset",
+        HeaderValue::from_static(call.key.asset.as_str()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&entry.info.id) {
+        h.insert("x-tenzro-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&a.channel) {
+        h.insert("x-tenzro-channel", v);
+    }
+    state
+        .metrics
+        .overhead(call.req.path, a.sent.duration_since(call.started));
+    Ok(Attempt::Answered(resp))
+}

@@ -1,0 +1,199 @@
+//! The money family's writes: one [`Batch`] per transaction (group commit),
+//! fenced by the replica's leases, and the lease rows themselves.
+
+use super::{Store, StoreError, corrupt, i64_of};
+use crate::money::book::Batch;
+
+impl Store {
+    /// Writes one batch in one transaction.
+    pub async fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+        self.commit_fenced(b, None).await
+    }
+
+    /// Writes one batch in one transaction, first renewing the lease of every
+    /// account it touches ([`Fence`]): if one was lost to another replica, nothing
+    /// is written and the error names it.
+    pub async fn commit_fenced(
+        &self,
+        b: &Batch,
+        fence: Option<Fence<'_>>,
+    ) -> Result<(), StoreError> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            fence.renew(&mut tx, b).await?;
+        }
+        write_balances(&mut tx, b).await?;
+        write_channels(&mut tx, b).await?;
+        write_requests(&mut tx, b).await?;
+        write_pools(&mut tx, b).await?;
+        super::bonds::write(&mut tx, b).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes (or renews) the lease of `account` for `owner` until `until`; false
+    /// when another replica holds it past `now`.
+    pub async fn claim(
+        &self,
+        account: &str,
+        owner: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO leases (account, owner, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+             WHERE leases.owner = excluded.owner OR leases.until < $4",
+        )
+        .bind(account)
+        .bind(owner)
+        .bind(i64_of(until))
+        .bind(i64_of(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Gives up leases (idle accounts, shutdown).
+    pub async fn release(&self, owner: &str, accounts: &[String]) -> Result<(), StoreError> {
+        for a in accounts {
+            sqlx::query("DELETE FROM leases WHERE account = $1 AND owner = $2")
+                .bind(a.as_str())
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+/// The lease renewal a fenced commit makes first: `owner` keeps every account the
+/// batch touches until `until`, provided it still held it at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    pub until: u64,
+    pub now: u64,
+}
+
+impl Fence<'_> {
+    async fn renew(&self, tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
+        let mut accounts: Vec<&str> = b
+            .accounts
+            .iter()
+            .map(|a| a.0.as_str())
+            .chain(b.channels.iter().map(|c| c.payer.as_str()))
+            .collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        for account in accounts {
+            let r = sqlx::query(
+                "UPDATE leases SET until = $1 WHERE account = $2 AND owner = $3 AND until >= $4",
+            )
+            .bind(i64_of(self.until))
+            .bind(account)
+            .bind(self.owner)
+            .bind(i64_of(self.now))
+            .execute(&mut **tx)
+            .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::LeaseLost(account.to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn write_balances(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
+    for (account, asset, f) in &b.accounts {
+        sqlx::query(
+            "INSERT INTO balances (account, asset, balance, funded) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account, asset) DO UPDATE SET balance = excluded.balance, funded = excluded.funded",
+        )
+        .bind(account.as_str())
+        .bind(asset.as_str())
+        .bind(f.balance.to_string())
+        .bind(f.funded.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_channels(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
+    for c in &b.channels {
+        let state = serde_json::to_string(&c.state).map_err(|e| corrupt("channels", "state", e))?;
+        sqlx::query(
+            "INSERT INTO channels (id, payer, provider, asset, deposit, spent, nonce, opened, expires, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET deposit = excluded.deposit, spent = excluded.spent, \
+             nonce = excluded.nonce, state = excluded.state",
+        )
+        .bind(c.id.as_str())
+        .bind(c.payer.as_str())
+        .bind(c.provider.as_str())
+        .bind(c.asset.as_str())
+        .bind(c.deposit.to_string())
+        .bind(c.spent.to_string())
+        .bind(i64_of(c.nonce))
+        .bind(i64_of(c.opened))
+        .bind(i64_of(c.expires))
+        .bind(state)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_requests(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
+    for r in &b.requests {
+        sqlx::query(
+            "INSERT INTO requests (id, request_id, key_id, account, asset, channel, charged, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(format!("rq_{}", uuid::Uuid::new_v4().simple()))
+        .bind(r.id.as_str())
+        .bind(r.key.clone())
+        .bind(r.account.as_str())
+        .bind(r.asset.as_str())
+        .bind(r.channel.clone())
+        .bind(r.charged.to_string())
+        .bind(i64_of(r.at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The network-wide pools and the providers' earnings.
+async fn write_pools(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
+    for (asset, p) in &b.pools {
+        sqlx::query(
+            "INSERT INTO pools (asset, treasury, burned, stakers) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (asset) DO UPDATE SET treasury = excluded.treasury, burned = excluded.burned, stakers = excluded.stakers",
+        )
+        .bind(asset.as_str())
+        .bind(p.treasury.to_string())
+        .bind(p.burned.to_string())
+        .bind(p.stakers.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (provider, asset, amount) in &b.earnings {
+        sqlx::query(
+            "INSERT INTO earnings (provider, asset, amount) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider, asset) DO UPDATE SET amount = excluded.amount",
+        )
+        .bind(provider.as_str())
+        .bind(asset.as_str())
+        .bind(amount.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
