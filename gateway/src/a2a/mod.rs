@@ -1,0 +1,252 @@
+//! A2A (issue 15, whitepaper §11.1): the gateway as an agent other agents call.
+//!
+//! - `GET /.well-known/agent-card.json` (and `/.well-known/agent.json`): [`card`];
+//! - `POST /a2a`: JSON-RPC 2.0, bearer key required; `message/send`,
+//!   `message/stream` (SSE), `tasks/get`, `tasks/cancel` (A2A 0.3) and their 1.0
+//!   names `SendMessage`, `SendStreamingMessage`, `GetTask`, `CancelTask`, each
+//!   answered in its version's shapes ([`wire`]).
+//!
+//! A task is one chat completion with the caller's key ([`run`]), so its scope,
+//! rate limits and balance apply as for any request, and its cost, provider and
+//! receipt are on the task (`metadata.tenzro`). Tasks are kept in memory with a
+//! retention limit ([`task`]).
+
+pub mod card;
+pub mod run;
+pub mod task;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::accounts::KeyEntry;
+use crate::clock::unix_now;
+use crate::http::error::ApiError;
+use crate::http::extract::Auth;
+use crate::mcp::api::InProcess;
+use crate::state::AppState;
+use run::Ctx;
+use task::{TaskError, Tasks};
+use wire::Version;
+
+/// The agent card and the JSON-RPC endpoint, for the route table.
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let ctx = Arc::new(Ctx {
+        api: InProcess::new(state.clone()),
+        tasks: Arc::new(Tasks::default()),
+    });
+    Router::new()
+        .route("/.well-known/agent-card.json", get(card::card))
+        .route("/.well-known/agent.json", get(card::card))
+        .route(
+            "/a2a",
+            post(
+                move |State(state): State<AppState>,
+                      Auth(key): Auth,
+                      headers: HeaderMap,
+                      body: Bytes| {
+                    let ctx = ctx.clone();
+                    async move { rpc(&ctx, &state, &key, &headers, &body).await }
+                },
+            ),
+        )
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Send,
+    Stream,
+    Get,
+    Cancel,
+}
+
+fn json(v: Value) -> Response {
+    axum::Json(v).into_response()
+}
+
+async fn rpc(
+    ctx: &Ctx,
+    state: &AppState,
+    key: &KeyEntry,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json(wire::err(
+                &Value::Null,
+                -32700,
+                format!("parse error: {e}"),
+                None,
+            ));
+        }
+    };
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    if !req.is_object() || req.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return json(wire::err(
+            &id,
+            -32600,
+            "invalid request: send one JSON-RPC 2.0 object (batches are not supported)",
+            None,
+        ));
+    }
+    let method = req
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let (version, op) = match method {
+        "message/send" => (Version::V03, Op::Send),
+        "message/stream" => (Version::V03, Op::Stream),
+        "tasks/get" => (Version::V03, Op::Get),
+        "tasks/cancel" => (Version::V03, Op::Cancel),
+        "SendMessage" => (Version::V1, Op::Send),
+        "SendStreamingMessage" => (Version::V1, Op::Stream),
+        "GetTask" => (Version::V1, Op::Get),
+        "CancelTask" => (Version::V1, Op::Cancel),
+        other => {
+            return json(wire::err(
+                &id,
+                -32601,
+                format!(
+                    "method not found: `{other}` (supported: message/send, message/stream, tasks/get, tasks/cancel, and their A2A 1.0 names)"
+                ),
+                None,
+            ));
+        }
+    };
+    let params = req.get("params").cloned().unwrap_or(Value::Null);
+    let owner = key.record.id.as_str();
+    match op {
+        Op::Get | Op::Cancel => {
+            // Inference is limited by the chat route; these by the key's request rate.
+            if let Err(l) = key.limiters.check(0) {
+                return ApiError::RateLimited {
+                    message: "requests-per-minute limit of this key reached; retry after the Retry-After delay".into(),
+                    retry_after: match l {
+                        crate::ratelimit::Limited::Requests { retry_after }
+                        | crate::ratelimit::Limited::Tokens { retry_after } => retry_after,
+                        crate::ratelimit::Limited::TooLarge { .. } => std::time::Duration::from_secs(60),
+                    },
+                }
+                .into_response();
+            }
+            let task_id = match wire::task_id(&params) {
+                Ok(t) => t,
+                Err(m) => return json(wire::err(&id, -32602, m, None)),
+            };
+            let r = match op {
+                Op::Get => ctx.tasks.get(owner, &task_id),
+                _ => ctx.tasks.cancel(owner, &task_id, unix_now()),
+            };
+            match r {
+                Ok(t) => json(wire::ok(
+                    &id,
+                    wire::task(&t, version, wire::history_length(&params)),
+                )),
+                Err(TaskError::NotFound(t)) => {
+                    json(wire::err(&id, -32001, format!("task {t} not found"), None))
+                }
+                Err(TaskError::NotCancelable(t)) => json(wire::err(
+                    &id,
+                    -32002,
+                    format!("task {t} has ended and cannot be canceled"),
+                    None,
+                )),
+                Err(TaskError::Busy) => json(wire::err(&id, -32000, "busy", None)),
+            }
+        }
+        Op::Send | Op::Stream => {
+            let Some(bearer) = crate::mcp::bearer(headers) else {
+                return ApiError::Unauthorized("missing API key".into()).into_response();
+            };
+            let inc = match wire::incoming(&params) {
+                Ok(i) => i,
+                Err(m) => return json(wire::err(&id, -32602, m, None)),
+            };
+            let history = wire::history_length(&params);
+            if matches!(op, Op::Stream) {
+                return stream(ctx, state, bearer, owner, inc, version, id).await;
+            }
+            let blocking = inc.blocking;
+            match run::start(ctx, state, bearer, owner, inc, None).await {
+                Err(r) => json(wire::err(&id, r.code, r.message, None)),
+                Ok((t, handle)) => {
+                    let t = if blocking {
+                        let _ = handle.await;
+                        ctx.tasks.get(owner, &t.id).unwrap_or(t)
+                    } else {
+                        t
+                    };
+                    json(wire::ok(&id, wire::send_result(&t, version, history)))
+                }
+            }
+        }
+    }
+}
+
+/// `message/stream`: SSE of JSON-RPC responses: the task, its status updates, the
+/// answer as an artifact, and a final status.
+async fn stream(
+    ctx: &Ctx,
+    state: &AppState,
+    bearer: &str,
+    owner: &str,
+    inc: wire::Incoming,
+    version: Version,
+    id: Value,
+) -> Response {
+    let (tx, mut rx) = mpsc::channel(8);
+    let (first, _handle) = match run::start(ctx, state, bearer, owner, inc, Some(tx)).await {
+        Ok(x) => x,
+        Err(r) => return json(wire::err(&id, r.code, r.message, None)),
+    };
+    let tasks = ctx.tasks.clone();
+    let owner = owner.to_owned();
+    let (out_tx, out_rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(8);
+    let frame = move |v: Value| Ok(Bytes::from(format!("data: {}\n\n", wire::ok(&id, v))));
+    state.tasks.spawn(async move {
+        let _ = out_tx.send(frame(wire::event_task(&first, version))).await;
+        let mut last = first;
+        while let Some(t) = rx.recv().await {
+            if t.state == task::State::Completed
+                && let Some(a) = wire::event_artifact(&t, version)
+            {
+                let _ = out_tx.send(frame(a)).await;
+            }
+            if out_tx
+                .send(frame(wire::event_status(&t, version)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            last = t;
+        }
+        // Ended without a final state (canceled): say how it ended.
+        if !last.state.terminal()
+            && let Ok(t) = tasks.get(&owner, &last.id)
+        {
+            let _ = out_tx.send(frame(wire::event_status(&t, version))).await;
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}

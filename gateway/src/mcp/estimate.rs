@@ -1,0 +1,144 @@
+//! The two tools that compute rather than call: `estimate_cost` (from the prices
+//! `/v1/models` lists, by the gateway's own pricing rules) and `verify_receipt`
+//! (an offline signature check, as any agent can do it).
+
+use axum::http::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tenzro_attest::{PublicKey, Receipt};
+
+use super::api::Api;
+use super::args;
+use super::tools::{Failure, request};
+use crate::pricing::{self, Asset, Quote};
+
+/// The prompt bound the gateway reserves for (`routes::chat`): one token per byte,
+/// plus framing per message and per request.
+pub fn prompt_bound(a: &args::Estimate) -> u64 {
+    let messages: u64 = a
+        .messages
+        .iter()
+        .flatten()
+        .map(|m| m.content.len() as u64 + 16)
+        .sum();
+    let prompt = a.prompt.as_ref().map_or(0, |p| p.len() as u64);
+    messages + prompt + 16
+}
+
+/// The most `tokens` may cost on a model at `price` (TNZO base units per token),
+/// idle and at full congestion.
+pub fn bounds(
+    price: u128,
+    parameters: Option<u64>,
+    tee: bool,
+    tokens: u64,
+) -> Option<(u128, u128)> {
+    let at = |congestion: u64| {
+        Quote::new(
+            price,
+            pricing::complexity_ppm(parameters),
+            congestion,
+            pricing::tee_ppm(tee),
+            Asset::Tnzo,
+            pricing::ONE,
+        )
+        .cost(tokens)
+        .ok()
+    };
+    Some((
+        at(pricing::congestion_ppm(0, 1))?,
+        at(pricing::congestion_ppm(u32::MAX, 1))?,
+    ))
+}
+
+pub async fn estimate<A: Api>(
+    api: &A,
+    key: &str,
+    a: args::Estimate,
+) -> Result<(String, Value), Failure> {
+    let r = request(api, key, Method::GET, "/v1/models", None).await?;
+    let card = r
+        .body
+        .get("data")
+        .and_then(Value::as_array)
+        .and_then(|d| {
+            d.iter()
+                .find(|c| c.get("id").and_then(Value::as_str) == Some(a.model.as_str()))
+        })
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "the model `{}` is not served by any provider this key may use now",
+                a.model
+            ))
+        })?;
+    let tee = a.tee.unwrap_or(false);
+    if tee && card.get("tee_available").and_then(Value::as_bool) != Some(true) {
+        return Err(Failure::new(format!(
+            "no verified TEE provider serves `{}` now",
+            a.model
+        )));
+    }
+    let price = card
+        .get("min_price_per_token")
+        .and_then(Value::as_str)
+        .and_then(|p| p.parse::<u128>().ok())
+        .ok_or_else(|| Failure::new("the model's price is missing from /v1/models"))?;
+    let parameters = card.get("parameters").and_then(Value::as_u64);
+    let prompt = prompt_bound(&a);
+    let completion = u64::from(a.max_tokens.unwrap_or(0));
+    let tokens = prompt.saturating_add(completion);
+    let (low, high) = bounds(price, parameters, tee, tokens)
+        .ok_or_else(|| Failure::new("the estimate overflows; ask for fewer tokens"))?;
+    let text = format!(
+        "at most {low} TNZO base units on an idle provider, {high} on a congested one ({tokens} tokens: prompt bound {prompt} + max_tokens {completion})"
+    );
+    Ok((
+        text,
+        json!({
+            "model": a.model,
+            "asset": "TNZO",
+            "price_per_token": price.to_string(),
+            "prompt_tokens_bound": prompt,
+            "max_tokens": completion,
+            "tee": tee,
+            "max_cost_idle": low.to_string(),
+            "max_cost_congested": high.to_string(),
+        }),
+    ))
+}
+
+/// Checks a receipt's signature and, when asked, its signer.
+pub fn verify_receipt(a: args::VerifyReceipt) -> Result<(String, Value), Failure> {
+    let receipt = Receipt::deserialize(&a.receipt)
+        .map_err(|e| Failure::new(format!("`receipt` is not a provider receipt: {e}")))?;
+    let signer = receipt.provider_key.did();
+    let expected: Option<PublicKey> = match &a.provider {
+        Some(p) if *p == signer => Some(receipt.provider_key),
+        Some(p) => {
+            return Err(Failure::new(format!(
+                "the receipt is signed by {signer}, not by {p}"
+            )));
+        }
+        None => None,
+    };
+    receipt
+        .verify(expected.as_ref())
+        .map_err(|e| Failure::new(format!("the receipt does not verify: {e}")))?;
+    Ok((
+        format!(
+            "valid: signed by {signer} for {} ({} prompt + {} completion tokens)",
+            receipt.model, receipt.prompt_tokens, receipt.completion_tokens
+        ),
+        json!({
+            "valid": true,
+            "signer": signer,
+            "model": receipt.model,
+            "prompt_tokens": receipt.prompt_tokens,
+            "completion_tokens": receipt.completion_tokens,
+            "issued_at": receipt.issued_at,
+            "request_sha256": hex::encode(receipt.request_sha256),
+            "response_sha256": hex::encode(receipt.response_sha256),
+            "weight_sha256": hex::encode(receipt.weight_sha256),
+        }),
+    ))
+}

@@ -1,0 +1,177 @@
+"""A2A (issue 15): the gateway as an agent, driven by the official `a2a-sdk` client
+(A2A 1.0, over the agent card it resolves) and by raw JSON-RPC in the 0.3 shapes
+of the spec's examples (`message/send`, `message/stream`, `tasks/get`,
+`tasks/cancel`), against the real provider and gateway.
+"""
+import asyncio
+import json
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+import conftest
+from conftest import CHAT_MODEL, EMBED_MODEL, Server, binary, free_port, start_provider
+
+a2a = pytest.importorskip("a2a")
+from a2a.client import ClientConfig, create_client  # noqa: E402
+from a2a.types import (  # noqa: E402
+    GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState,
+)
+
+ADMIN = "a2a-admin-token"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    provider = start_provider()
+    tmp = Path(tempfile.mkdtemp(prefix="tenzro-a2a-"))
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(conftest.gateway_config(tmp / "data", provider.url, admin_token=ADMIN, first_byte_timeout_ms=120000))
+    key = subprocess.run(
+        [str(binary("tenzro-gateway")), "keys", "create", "--config", str(cfg), "--balance", "1000"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.strip()
+    port = free_port()
+    gateway = Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], port)
+    try:
+        yield {"url": gateway.url, "key": key}
+    finally:
+        gateway.stop()
+        provider.stop()
+
+
+def rpc(stack, method, params, key=None, id=1):
+    r = httpx.post(f"{stack['url']}/a2a", json={"jsonrpc": "2.0", "id": id, "method": method, "params": params},
+                   headers={"Authorization": f"Bearer {key or stack['key']}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["jsonrpc"] == "2.0" and body["id"] == id
+    return body
+
+
+def message(text, **metadata):
+    return {"message": {"kind": "message", "messageId": str(uuid.uuid4()), "role": "user",
+                        "parts": [{"kind": "text", "text": text}], "metadata": metadata}}
+
+
+def test_agent_card(stack):
+    for path in ["/.well-known/agent-card.json", "/.well-known/agent.json"]:
+        r = httpx.get(f"{stack['url']}{path}", timeout=10)
+        assert r.status_code == 200
+        card = r.json()
+        assert card["url"] == f"{stack['url']}/a2a"
+        assert card["capabilities"]["streaming"] is True
+        assert {"inference", "wallet", "identity", "settlement", "verification"} <= {s["id"] for s in card["skills"]}
+        assert "faucet" not in {s["id"] for s in card["skills"]}, "the faucet is off here"
+        assert card["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert card["defaultInputModes"] and card["defaultOutputModes"] and card["version"]
+
+
+def test_a2a_needs_a_key(stack):
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"id": "x"}}
+    assert httpx.post(f"{stack['url']}/a2a", json=body, timeout=10).status_code == 401
+    r = httpx.post(f"{stack['url']}/a2a", json=body, headers={"Authorization": "Bearer tz-wrong"}, timeout=10)
+    assert r.status_code == 401
+
+
+def test_official_client_sends_a_message_and_gets_the_task(stack):
+    async def go():
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {stack['key']}"}, timeout=120) as h:
+            results = {}
+            for streaming in (False, True):
+                client = await create_client(stack["url"], ClientConfig(httpx_client=h, streaming=streaming))
+                msg = Message(role=Role.ROLE_USER, message_id=str(uuid.uuid4()),
+                              parts=[Part(text="What is the capital of France?")])
+                msg.metadata.update({"model": CHAT_MODEL, "max_tokens": 12})
+                events = [e async for e in client.send_message(SendMessageRequest(message=msg))]
+                results[streaming] = events
+                kinds = [e.WhichOneof("payload") for e in events]
+                if streaming:
+                    assert kinds[0] == "task" and "artifact_update" in kinds and kinds[-1] == "status_update", kinds
+                    last = events[-1].status_update
+                    assert last.status.state == TaskState.TASK_STATE_COMPLETED
+                    task_id = last.task_id
+                    art = next(e.artifact_update for e in events if e.WhichOneof("payload") == "artifact_update")
+                    assert art.artifact.parts[0].text
+                else:
+                    assert kinds == ["task"], kinds
+                    task = events[0].task
+                    assert task.status.state == TaskState.TASK_STATE_COMPLETED, task
+                    assert task.artifacts[0].parts[0].text
+                    meta = dict(task.metadata["tenzro"])
+                    assert int(meta["cost"]) > 0 and meta["asset"] == "TNZO" and meta["provider"] == "local"
+                    assert dict(meta["receipt"])["signature"]
+                    task_id = task.id
+                got = await client.get_task(GetTaskRequest(id=task_id))
+                assert got.id == task_id and got.status.state == TaskState.TASK_STATE_COMPLETED
+                assert [m.role for m in got.history] == [Role.ROLE_USER, Role.ROLE_AGENT]
+    asyncio.run(go())
+
+
+def test_raw_jsonrpc_0_3(stack):
+    r = rpc(stack, "message/send", message("Say hello.", model=CHAT_MODEL, max_tokens=8))
+    t = r["result"]
+    assert t["kind"] == "task" and t["status"]["state"] == "completed", r
+    assert t["artifacts"][0]["parts"][0]["kind"] == "text" and t["artifacts"][0]["parts"][0]["text"]
+    assert int(t["metadata"]["tenzro"]["cost"]) > 0
+    got = rpc(stack, "tasks/get", {"id": t["id"], "historyLength": 1})["result"]
+    assert got["id"] == t["id"] and len(got["history"]) == 1 and got["history"][0]["role"] == "agent"
+    e = rpc(stack, "tasks/cancel", {"id": t["id"]})["error"]
+    assert e["code"] == -32002
+    assert rpc(stack, "tasks/get", {"id": "no-such-task"})["error"]["code"] == -32001
+
+    # The default model is the cheapest LLM; the same context continues the conversation.
+    r2 = rpc(stack, "message/send", {**message("And again."), "message": {
+        **message("And again.")["message"], "contextId": t["contextId"]}})["result"]
+    assert r2["status"]["state"] == "completed" and r2["contextId"] == t["contextId"]
+    assert r2["metadata"]["tenzro"]["model"] == CHAT_MODEL
+
+
+def test_raw_stream_0_3(stack):
+    body = {"jsonrpc": "2.0", "id": 7, "method": "message/stream",
+            "params": message("Count to three.", model=CHAT_MODEL, max_tokens=12)}
+    events = []
+    with httpx.stream("POST", f"{stack['url']}/a2a", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {stack['key']}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    kinds = [e["result"]["kind"] for e in events]
+    assert kinds[0] == "task" and "artifact-update" in kinds and kinds[-1] == "status-update", kinds
+    assert all(e["id"] == 7 for e in events)
+    last = events[-1]["result"]
+    assert last["final"] is True and last["status"]["state"] == "completed"
+
+
+def test_errors_are_jsonrpc_errors(stack):
+    assert rpc(stack, "message/explode", {})["error"]["code"] == -32601
+    e = rpc(stack, "message/send", {"message": {"messageId": "m", "role": "user", "parts": []}})["error"]
+    assert e["code"] == -32602 and "no text" in e["message"]
+    r = httpx.post(f"{stack['url']}/a2a", content=b"{not json", timeout=10,
+                   headers={"Authorization": f"Bearer {stack['key']}", "content-type": "application/json"})
+    assert r.json()["error"]["code"] == -32700
+
+
+def test_a_task_stays_in_the_keys_scope_and_can_be_canceled(stack):
+    r = httpx.post(f"{stack['url']}/admin/accounts", headers={"Authorization": f"Bearer {ADMIN}"},
+                   json={"name": "agent", "balance": "10", "scope": {"allowed_models": [EMBED_MODEL]}}, timeout=10)
+    agent = r.json()["key"]
+    t = rpc(stack, "message/send", message("Hi", model=CHAT_MODEL), key=agent)["result"]
+    assert t["status"]["state"] == "rejected", t
+    assert CHAT_MODEL in t["status"]["message"]["parts"][0]["text"]
+    assert t["metadata"]["tenzro"]["status"] == 403
+    # Another key does not see this key's task.
+    assert rpc(stack, "tasks/get", {"id": t["id"]})["error"]["code"] == -32001
+
+    params = message("Write a very long story about a lighthouse keeper.", model=CHAT_MODEL, max_tokens=512)
+    params["configuration"] = {"blocking": False}
+    t = rpc(stack, "message/send", params)["result"]
+    assert t["status"]["state"] in ("submitted", "working")
+    c = rpc(stack, "tasks/cancel", {"id": t["id"]})["result"]
+    assert c["status"]["state"] == "canceled"
+    assert rpc(stack, "tasks/get", {"id": t["id"]})["result"]["status"]["state"] == "canceled"
