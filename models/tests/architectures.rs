@@ -538,6 +538,35 @@ fn rope_scaling_matters() {
     assert!(max_abs_diff(&llama3, &linear) > 1e-3);
 }
 
+/// Gemma 3's linear scaling (its 4B and larger models) applies to the global
+/// layers only: with every layer local it changes nothing, with global layers
+/// it does.
+#[test]
+fn gemma3_linear_scaling_leaves_local_layers_alone() {
+    let tokens: Vec<u32> = (0..12u32).map(|i| (i * 5 + 1) % VOCAB as u32).collect();
+    let diff = |pattern: u64, name: &str| {
+        let config = patched(gemma3_config(), json!({"sliding_window_pattern": pattern}));
+        let plain = checkpoint(config.clone(), 17);
+        let scaled = Checkpoint {
+            config: patched(
+                config,
+                json!({"rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+            ),
+            tensors: plain.tensors.clone(),
+        };
+        let logits = |ck: &Checkpoint, tag: &str| {
+            let dir = TempDir::new(&format!("{name}-{tag}"));
+            let m = load_ours(ck, &dir.0, None);
+            let mut cache = m.new_cache();
+            logits_vec(&m.prefill(&tokens, &mut cache).unwrap()).unwrap()
+        };
+        max_abs_diff(&logits(&plain, "plain"), &logits(&scaled, "scaled"))
+    };
+    // 4 layers: a pattern of 5 makes them all local, 2 makes two global.
+    assert!(diff(5, "g3-local") < 1e-6, "local layers were scaled");
+    assert!(diff(2, "g3-mixed") > 1e-3, "global layers were not scaled");
+}
+
 #[test]
 fn refused_rope_scaling_is_named() {
     let dir = TempDir::new("yarn");

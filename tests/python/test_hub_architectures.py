@@ -1,8 +1,9 @@
 """Every new architecture downloaded from a hub and served through the OpenAI SDK.
 
-For each of qwen3, mistral, gemma2, gemma3 and phi3, the tiny random checkpoint
-of test_architectures.py (tiny_checkpoints.py), sharded in two with its index, is
-served by a fake hub (fake_hub.py). One provider per architecture, started one
+For each of qwen3, mistral, gemma2, gemma3 and phi3, and a Llama 3.x-style llama
+(llama3 RoPE scaling), the tiny random checkpoint of test_architectures.py
+(tiny_checkpoints.py), sharded in two with its index, is served by a fake hub
+(fake_hub.py). One provider per architecture, started one
 after another, names it `hf://owner/tiny-TYPE` with `HF_ENDPOINT` at the fake hub
 and `HF_HOME` in a temp dir, and also serves the same files from a local
 directory. Checked:

@@ -36,8 +36,12 @@ BASE = {
     "eos_token_id": 102,
 }
 
-# model_type -> its config.json fields beyond BASE.
+# model_type -> its config.json fields beyond BASE. `llama` is Llama 3.2-style:
+# RoPE base 500 000 with the llama3 frequency scaling every Llama 3.x config has.
 CONFIGS = {
+    "llama": {"rope_theta": 500000.0,
+              "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
     "qwen3": {"head_dim": 16, "attention_bias": False, "use_sliding_window": False},
     "mistral": {"sliding_window": 8},
     "gemma2": {"head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh",
