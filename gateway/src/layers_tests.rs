@@ -3,7 +3,7 @@
 //! it; test code is left out), and none of the arrows that must never exist (a domain
 //! module importing axum, or the HTTP layer). Run with `--nocapture` to see the graph:
 //! `cargo test -p tenzro-gateway --lib layers -- --nocapture`.
-#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

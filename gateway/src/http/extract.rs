@@ -171,7 +171,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SourceAddr {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+    #![expect(clippy::panic, reason = "tests")]
     use super::*;
     use tenzro_models::api::ChatCompletionRequest;
 
