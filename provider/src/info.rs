@@ -165,5 +165,7 @@ pub async fn tokenize(
     let ids = llm
         .encode(&text)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(json!({ "count": ids.len(), "tokens": ids })))
+    // `text`: what was tokenized (for `messages`, the chat template's rendering,
+    // which a gateway's model audit scores an answer after).
+    Ok(Json(json!({ "count": ids.len(), "tokens": ids, "text": text })))
 }
