@@ -77,7 +77,7 @@ function table(headers, rows) {
 }
 
 function kv(pairs) {
-  return el('dl', { class: 'kv' }, pairs.map(([k, v]) => [el('dt', { text: k }), el('dd', {}, v)]));
+  return el('dl', { class: 'kv' }, pairs.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', {}, v)]));
 }
 
 function keyField(storage, label, id, onUse) {
@@ -351,7 +351,7 @@ async function operatorView(token) {
 
 // Tokens per minute as bars, spend per minute (all assets' base units) as a line.
 function chart(minutes) {
-  const W = 600, H = 180, L = 40, B = 20, T = 10;
+  const W = 1000, H = 180, L = 40, B = 20, T = 10;
   const tokens = minutes.map((m) => m.tokens || 0);
   const spend = minutes.map((m) => Object.values(m.spend || {}).reduce((t, v) => t + Number(BigInt(v)) / 1e18, 0));
   const maxT = Math.max(1, ...tokens);
