@@ -53,6 +53,10 @@ struct Args {
     /// its TTFT with the first turn in the prefix cache, and cold.
     #[arg(long)]
     second_turn: bool,
+    /// `q8_0` re-quantises Q4_1 tensors at load (the shipped provider config's
+    /// choice); `none` runs the file's own blocks.
+    #[arg(long, default_value = "q8_0")]
+    requantize: String,
 }
 
 struct Row {
@@ -102,7 +106,11 @@ fn main() -> anyhow::Result<()> {
         path: path.clone(),
         sha256: None,
         tokenizer_json: None,
-        requantize: Requantize::Q8_0,
+        requantize: match args.requantize.as_str() {
+            "none" => Requantize::None,
+            "q8_0" => Requantize::Q8_0,
+            other => anyhow::bail!("--requantize {other}: want none or q8_0"),
+        },
     };
     let llm = Arc::new(Llm::load(&cfg, &device).context("loading the model")?);
     let rss_after_load = rss_mib("VmRSS:");

@@ -42,15 +42,13 @@ pub struct EngineConfig {
     /// Prompt tokens prefilled per round while other sequences decode (a prompt
     /// arriving when nothing decodes is prefilled whole). At least 1.
     ///
-    /// Off by default (`usize::MAX`): a prompt prefilled in pieces does not yet
-    /// give the same logits as one pass (up to ~0.8 apart at some split points),
-    /// so greedy answers would depend on what else the engine was doing.
+    /// A prompt prefilled in pieces gives bit for bit the logits of one pass
+    /// (every row of a step is computed on its own, attention included), so
+    /// answers do not depend on what else the engine was doing.
     pub prefill_chunk: usize,
     /// Bytes of KV cache kept for prompts that share a prefix with an earlier
-    /// prompt or conversation; 0 turns the prefix cache off.
-    ///
-    /// Off by default for the same reason as `prefill_chunk`: a reused prefix
-    /// is a prefill in two pieces, and its answers differ from a cold one's.
+    /// prompt or conversation; 0 turns the prefix cache off. A reused prefix
+    /// gives the same logits as a cold prefill (see `prefill_chunk`).
     pub prefix_cache_bytes: usize,
 }
 
@@ -59,8 +57,8 @@ impl Default for EngineConfig {
         EngineConfig {
             queue_capacity: 64,
             max_sequences: 8,
-            prefill_chunk: usize::MAX,
-            prefix_cache_bytes: 0,
+            prefill_chunk: 128,
+            prefix_cache_bytes: 64 << 20,
         }
     }
 }

@@ -142,6 +142,44 @@ impl Linear {
         gate.output(h, x)
     }
 
+    /// `ls` applied to `rows` rows of `x` (plain f32 on the CPU), one `(rows,
+    /// out_features)` output per weight: our kernels when every weight runs on
+    /// them (one activation quantisation, one parallel region), else candle's
+    /// matmul weight by weight.
+    pub fn forward_host(ls: &[&Linear], x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = ls.first() else {
+            return Ok(Vec::new());
+        };
+        let k = first.in_features;
+        if x.len() != rows * k || ls.iter().any(|l| l.in_features != k) {
+            candle_core::bail!(
+                "matmul of {} values as {rows} rows by a {}x{k} weight",
+                x.len(),
+                first.out_features
+            );
+        }
+        let ws: Vec<&QWeight> = ls
+            .iter()
+            .filter_map(|l| match &l.kernel {
+                Kernel::Cpu(w) => Some(w.as_ref()),
+                Kernel::Candle(_) => None,
+            })
+            .collect();
+        if ws.len() == ls.len() {
+            return kernels::matmul_many(&ws, x, rows, Isa::Best)
+                .map_err(|e| candle_core::Error::Msg(e.0));
+        }
+        let xt = Tensor::from_slice(x, (rows, k), &candle_core::Device::Cpu)?;
+        ls.iter()
+            .map(|l| {
+                l.forward(&xt)?
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1()
+            })
+            .collect()
+    }
+
     /// The raw `(rows, out_features)` outputs of `ls` on `x` when every weight runs
     /// on the CPU kernels; `None` otherwise.
     fn cpu_many(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Vec<f32>>>> {

@@ -18,6 +18,10 @@ use candle_nn::Embedding;
 
 use crate::linear::Linear;
 
+#[path = "llama_host.rs"]
+mod host;
+use host::{HostKv, HostPlan};
+
 /// Positions the RoPE tables cover.
 pub const MAX_SEQ_LEN: usize = 4096;
 
@@ -100,6 +104,9 @@ pub struct Llama {
     arch: crate::arch::Arch,
     /// RoPE tables of the layers with `extra.local_rope` (gemma3's local layers).
     local_rope: Option<(Tensor, Tensor)>,
+    /// The CPU path's plan (`host`), built on first use; `None` inside when the
+    /// model needs candle's ops.
+    host_plan: host::SharedPlan,
 }
 
 /// One layer's keys and values for one sequence: buffers of `(kv_heads, capacity,
@@ -159,7 +166,10 @@ impl LayerCache {
 /// One sequence's attention state: keys and values per layer.
 #[derive(Debug)]
 pub struct KvCache {
+    /// candle tensors (a GPU's); empty slots on the CPU.
     layers: Vec<Option<LayerCache>>,
+    /// Plain buffers, one per layer, on the CPU (empty elsewhere).
+    host: Vec<HostKv>,
     len: usize,
 }
 
@@ -173,6 +183,7 @@ impl KvCache {
             .collect::<Result<_>>()?;
         Ok(KvCache {
             layers,
+            host: self.host.clone(),
             len: self.len,
         })
     }
@@ -214,7 +225,8 @@ impl KvCache {
             };
             layers.push(copy);
         }
-        Ok(KvCache { layers, len })
+        let host = self.host.iter().map(|h| h.prefix(len)).collect();
+        Ok(KvCache { layers, host, len })
     }
 
     /// Bytes of the key and value buffers (their capacity, not only the filled part).
@@ -223,7 +235,8 @@ impl KvCache {
             .iter()
             .flatten()
             .map(|l| (l.k.elem_count() + l.v.elem_count()) * l.k.dtype().size_in_bytes())
-            .sum()
+            .sum::<usize>()
+            + self.host.iter().map(HostKv::bytes).sum::<usize>()
     }
 }
 
@@ -342,6 +355,7 @@ impl Llama {
             device: device.clone(),
             arch: crate::arch::Arch::llama(),
             local_rope: None,
+            host_plan: Default::default(),
         })
     }
 
@@ -361,6 +375,7 @@ impl Llama {
             self.local_rope = Some(rope_tables(dim, theta, &self.device)?);
         }
         self.arch = arch;
+        self.host_plan = Default::default();
         Ok(self)
     }
 
@@ -378,9 +393,43 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
+        let host = match self.device.is_cpu() {
+            true => vec![HostKv::default(); self.layers.len()],
+            false => Vec::new(),
+        };
         KvCache {
             layers: (0..self.layers.len()).map(|_| None).collect(),
+            host,
             len: 0,
+        }
+    }
+
+    /// The CPU path's plan when this model runs on it.
+    fn host_plan(&self) -> Option<std::sync::Arc<HostPlan>> {
+        self.host_plan
+            .get_or_init(|| match HostPlan::build(self) {
+                Ok(p) => p.map(std::sync::Arc::new),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CPU path is off for this model");
+                    None
+                }
+            })
+            .clone()
+    }
+
+    /// The attention shape of a layer with `window`.
+    fn attn_shape(&self, window: Option<usize>) -> crate::kernels::attention::AttnShape {
+        let scalar = self
+            .arch
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64);
+        crate::kernels::attention::AttnShape {
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+            head_dim: self.head_dim,
+            scale: (1.0 / scalar.sqrt()) as f32,
+            softcap: self.arch.attn_softcap.map(|c| c as f32),
+            window,
         }
     }
 
@@ -414,6 +463,12 @@ impl Llama {
         if start + t > MAX_SEQ_LEN {
             candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", start + t);
         }
+        if let Some(plan) = self.host_plan() {
+            let at: Vec<(usize, usize)> = (start..start + t).map(|p| (0, p)).collect();
+            let x = host::forward(self, &plan, tokens, &mut [cache], &at)?;
+            cache.len += t;
+            return Tensor::from_vec(x, (t, self.embed.hidden_size()), &self.device);
+        }
         let ids = Tensor::new(tokens, &self.device)?;
         let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
         let mask = (t > 1)
@@ -428,7 +483,7 @@ impl Llama {
                 Some(w) => (window_mask.as_ref(), Some(w)),
                 None => (mask.as_ref(), None),
             };
-            let att = self.attend(&mut cache.layers[li], &q, &k, &v, m, w)?;
+            let att = self.attend(cache, li, &q, &k, &v, m, w)?;
             x = (x + layer.extra.post_attn(layer.wo.forward(&att)?)?)?;
             x = (&x + self.mlp(layer, &x)?)?;
         }
@@ -453,6 +508,18 @@ impl Llama {
         if let Some(c) = caches.iter().find(|c| c.len + 1 > MAX_SEQ_LEN) {
             candle_core::bail!("sequence of {} tokens exceeds {MAX_SEQ_LEN}", c.len + 1);
         }
+        if let Some(plan) = self.host_plan() {
+            let at: Vec<(usize, usize)> =
+                caches.iter().enumerate().map(|(i, c)| (i, c.len)).collect();
+            let x = host::forward(self, &plan, tokens, caches, &at)?;
+            for c in caches.iter_mut() {
+                c.len += 1;
+            }
+            let x = Tensor::from_vec(x, (b, self.embed.hidden_size()), &self.device)?;
+            return self
+                .arch
+                .logits(self.output.forward(&self.norm.forward(&x)?)?);
+        }
         let ids = Tensor::new(tokens, &self.device)?;
         let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
         let mut x = self.embed.forward(&ids)?;
@@ -462,7 +529,7 @@ impl Llama {
             let (q, k, v) = self.qkv(layer, &h, &positions)?;
             let att = if b == 1 {
                 let w = layer.extra.window;
-                self.attend(&mut caches[0].layers[li], &q, &k, &v, None, w)?
+                self.attend(caches[0], li, &q, &k, &v, None, w)?
             } else {
                 self.attend_batch(caches, li, &q, &k, &v, layer.extra.window)?
             };
@@ -523,9 +590,11 @@ impl Llama {
 
     /// Attention of one sequence's new rows against its cache (which it extends);
     /// returns `(rows, n_head * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
-        slot: &mut Option<LayerCache>,
+        cache: &mut KvCache,
+        li: usize,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -533,8 +602,12 @@ impl Llama {
         window: Option<usize>,
     ) -> Result<Tensor> {
         let rows = q.dim(1)?;
+        if host_attention(q) && !cache.host.is_empty() {
+            let at: Vec<(usize, usize)> = (cache.len..cache.len + rows).map(|p| (0, p)).collect();
+            return self.attend_host(&mut [cache], li, q, k, v, &at, window);
+        }
         // (n_kv, len, head_dim) views of the cache, this step's rows included.
-        let (k, v) = LayerCache::append(slot, k, v)?;
+        let (k, v) = LayerCache::append(&mut cache.layers[li], k, v)?;
         // A windowed layer reads only the keys some row's window reaches.
         let (k, v, mask) = crate::arch::clip_window(k, v, mask, rows, window)?;
         // Grouped-query attention without copying the cache: the `rep` query heads
@@ -572,6 +645,11 @@ impl Llama {
         window: Option<usize>,
     ) -> Result<Tensor> {
         let b = q.dim(1)?;
+        if host_attention(q) && caches.iter().all(|c| !c.host.is_empty()) {
+            let at: Vec<(usize, usize)> =
+                caches.iter().enumerate().map(|(i, c)| (i, c.len)).collect();
+            return self.attend_host(caches, li, q, k, v, &at, window);
+        }
         let mut lens = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let (ki, _) = LayerCache::append(
@@ -624,6 +702,44 @@ impl Llama {
         probs.matmul(&v)?.reshape((b, self.n_head * self.head_dim))
     }
 
+    /// Attention on the CPU (`kernels::attention`) for candle's path: `q`, `k`
+    /// and `v` are `(heads, R, head_dim)`; row j belongs to `caches[at[j].0]` at
+    /// position `at[j].1`. Appends the keys and values to the host buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_host(
+        &self,
+        caches: &mut [&mut KvCache],
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        at: &[(usize, usize)],
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        use crate::kernels::attention::{self, Kv, QLayout};
+        let host = |t: &Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1() };
+        let (qv, kv, vv) = (host(q)?, host(k)?, host(v)?);
+        let (rows, hd) = (at.len(), self.head_dim);
+        for (j, &(s, pos)) in at.iter().enumerate() {
+            let Some(slot) = caches.get_mut(s).and_then(|c| c.host.get_mut(li)) else {
+                candle_core::bail!("no host kv cache for layer {li} of sequence {s}");
+            };
+            let from = j * hd..;
+            slot.write(
+                pos,
+                (self.n_kv_head, hd, rows * hd),
+                &kv[from.clone()],
+                &vv[from],
+            )?;
+        }
+        let kvs: Vec<Kv<'_>> = caches.iter().map(|c| c.host[li].view()).collect();
+        let mut out = vec![0f32; qv.len()];
+        let shape = self.attn_shape(window);
+        attention::attend(&shape, &qv, QLayout::HeadsFirst, at, &kvs, &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.0))?;
+        Tensor::from_vec(out, (rows, self.n_head * hd), &self.device)
+    }
+
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = layer.ffn_norm.forward(x)?;
         let gated = match self.arch.activation {
@@ -633,6 +749,21 @@ impl Llama {
         };
         let out = layer.down.forward(&gated)?;
         layer.extra.post_ffn(out)
+    }
+}
+
+/// Whether attention runs on `kernels::attention` (f32 on the CPU; else candle's ops).
+fn host_attention(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32
+}
+
+/// The f32 values of a whole contiguous CPU buffer (a KV cache's).
+fn host_f32<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) if l.is_contiguous() && l.start_offset() == 0 => {
+            c.as_slice::<f32>()
+        }
+        _ => candle_core::bail!("the kv cache is not a contiguous f32 CPU buffer"),
     }
 }
 

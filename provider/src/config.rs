@@ -88,7 +88,7 @@ impl Default for EngineSection {
         EngineSection {
             queue_capacity: 64,
             max_sequences: 8,
-            prefix_cache_mib: 0,
+            prefix_cache_mib: 64,
         }
     }
 }

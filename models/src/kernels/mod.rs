@@ -16,6 +16,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod attention;
 pub mod portable;
 pub mod q8;
 
