@@ -221,10 +221,10 @@ impl HostPlan {
                     }
                     RopeLayout::Halves => {
                         let (lo, hi) = head.split_at_mut(half);
-                        for i in 0..half {
-                            let (a, b) = (lo[i], hi[i]);
-                            lo[i] = a * cos[i] - b * sin[i];
-                            hi[i] = a * sin[i] + b * cos[i];
+                        for (((l, h), &c), &s) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+                            let (a, b) = (*l, *h);
+                            *l = a * c - b * s;
+                            *h = a * s + b * c;
                         }
                     }
                 }
@@ -252,12 +252,11 @@ pub(crate) fn forward(
     for (li, layer) in m.layers.iter().enumerate() {
         let [attn_norm, ffn_norm] = &plan.norms[li];
         rms_norm(&x, attn_norm, plan.eps, &mut h);
-        let [mut q, mut k, v] = three(Linear::forward_host(
+        let [mut q, mut k, mut v] = three(Linear::forward_host(
             &[&layer.wq, &layer.wk, &layer.wv],
             &h,
             rows,
         )?)?;
-        let mut v = v;
         if let Some([bq, bk, bv]) = &plan.biases[li] {
             for (t, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
                 for row in t.chunks_exact_mut(b.len()) {
