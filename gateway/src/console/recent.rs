@@ -148,7 +148,8 @@ pub fn rates(hour: &[Minute], now: u64) -> (f64, f64) {
 mod tests {
     use super::*;
 
-    const T0: u64 = 1_800_000_000 - 1_800_000_000 % 60;
+    /// A minute's start (a multiple of 60).
+    const T0: u64 = 1_800_000_000;
 
     #[test]
     fn the_ring_keeps_one_hour_by_minute() {
