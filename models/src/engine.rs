@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// prompt or conversation; 0 turns the prefix cache off. A reused prefix
     /// gives the same logits as a cold prefill (see `prefill_chunk`).
     pub prefix_cache_bytes: usize,
+    /// Compute the next step's grammar masks on another thread while the batch's
+    /// forward pass runs (on by default; benches/structured compares both).
+    pub overlap_masks: bool,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +62,7 @@ impl Default for EngineConfig {
             max_sequences: 8,
             prefill_chunk: 128,
             prefix_cache_bytes: 64 << 20,
+            overlap_masks: true,
         }
     }
 }
@@ -159,6 +163,7 @@ impl Engine {
             stats: stats.clone(),
             max_sequences: config.max_sequences.max(1),
             prefill_chunk: config.prefill_chunk.max(1),
+            overlap_masks: config.overlap_masks,
             prefix: prefix.clone(),
             groups: Vec::new(),
         };
@@ -215,6 +220,7 @@ struct Worker {
     stats: Arc<Stats>,
     max_sequences: usize,
     prefill_chunk: usize,
+    overlap_masks: bool,
     prefix: Arc<Mutex<PrefixCache>>,
     groups: Vec<Group>,
 }
@@ -471,9 +477,24 @@ impl Worker {
             return;
         }
         let tokens: Vec<u32> = active.iter().map(|c| c.next).collect();
+        let overlap = self.overlap_masks;
         let result = {
-            let mut caches: Vec<&mut KvCache> = active.iter_mut().map(|c| &mut c.cache).collect();
-            llm.decode(&tokens, &mut caches)
+            let mut caches: Vec<&mut KvCache> = Vec::with_capacity(active.len());
+            let mut constraints: Vec<&mut Constraint> = Vec::new();
+            for c in active.iter_mut() {
+                caches.push(&mut c.cache);
+                constraints.extend(c.constraint.as_mut());
+            }
+            if overlap && !constraints.is_empty() {
+                // The masks depend on the grammars alone: computed while the
+                // forward pass runs, they only need applying after it.
+                thread::scope(|s| {
+                    s.spawn(|| constraints.into_iter().for_each(Constraint::prepare));
+                    llm.decode(&tokens, &mut caches)
+                })
+            } else {
+                llm.decode(&tokens, &mut caches)
+            }
         };
         match result {
             Ok(rows) => {

@@ -12,7 +12,7 @@ mod vocab;
 use std::sync::{Arc, Mutex};
 
 use llguidance::api::{ParserLimits, TopLevelGrammar};
-use llguidance::toktrie::TokEnv;
+use llguidance::toktrie::{SimpleVob, TokEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -179,6 +179,7 @@ impl Compiled {
             .map_err(|_| GrammarError::Internal("a grammar's lock was poisoned".into()))?;
         Ok(Constraint {
             matcher: proto.deep_clone(),
+            prepared: None,
         })
     }
 }
@@ -186,17 +187,36 @@ impl Compiled {
 /// One sequence's position in its grammar.
 pub struct Constraint {
     matcher: Matcher,
+    /// The next step's mask, computed ahead by [`Constraint::prepare`].
+    prepared: Option<Result<SimpleVob, GrammarError>>,
 }
 
 impl Constraint {
+    /// Compute the next step's allowed tokens now, so that [`Constraint::mask`]
+    /// only applies them. The mask depends on the grammar's state alone, not on the
+    /// logits, so the engine calls this on another thread while the batch's
+    /// forward pass runs (the mask's cost then leaves the critical path).
+    pub fn prepare(&mut self) {
+        if self.prepared.is_none() {
+            self.prepared = Some(self.compute());
+        }
+    }
+
+    fn compute(&mut self) -> Result<SimpleVob, GrammarError> {
+        self.matcher
+            .compute_mask_or_eos()
+            .map_err(|e| GrammarError::Internal(e.to_string()))
+    }
+
     /// Set the logit of every token the grammar forbids next to −∞ (tokens past the
     /// trie's vocabulary too). End-of-sequence tokens survive only where the grammar
-    /// accepts, or once it has finished.
+    /// accepts, or once it has finished. Uses the mask [`Constraint::prepare`]
+    /// computed, else computes it here.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), GrammarError> {
-        let mask = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| GrammarError::Internal(e.to_string()))?;
+        let mask = match self.prepared.take() {
+            Some(m) => m?,
+            None => self.compute()?,
+        };
         if mask.is_zero() {
             return Err(GrammarError::Internal("the grammar allows no token".into()));
         }
@@ -218,6 +238,7 @@ impl Constraint {
     /// Advance past the token sampled under [`Constraint::mask`]. An end-of-sequence
     /// token ends the sequence; it is not fed to the grammar.
     pub fn commit(&mut self, token: u32, is_eos: bool) -> Result<(), GrammarError> {
+        self.prepared = None;
         if is_eos || self.matcher.is_stopped() {
             return Ok(());
         }

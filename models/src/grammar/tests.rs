@@ -196,6 +196,39 @@ fn each_sequence_has_its_own_position() {
 }
 
 #[test]
+fn a_prepared_mask_is_the_same_mask_and_never_outlives_its_step() {
+    let compiled = grammars()
+        .compile(&GrammarSpec::Lark(r#"start: "ab""#.into()))
+        .unwrap();
+    let mut c = compiled.start().unwrap();
+    // Prepared on another thread (as the engine does during the forward pass).
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            c.prepare();
+            c.prepare();
+        });
+    });
+    let mut logits = vec![0.0f32; EOS + 1];
+    c.mask(&mut logits).unwrap();
+    assert!(logits[b'a' as usize].is_finite() && !logits[b'b' as usize].is_finite());
+    // A mask prepared for one step is not applied after the grammar moved on.
+    c.prepare();
+    c.commit(u32::from(b'a'), false).unwrap();
+    let mut logits = vec![0.0f32; EOS + 1];
+    c.mask(&mut logits).unwrap();
+    assert!(logits[b'b' as usize].is_finite() && !logits[b'a' as usize].is_finite());
+    // Unprepared, `mask` computes the same thing itself.
+    let mut fresh = compiled.start().unwrap();
+    fresh.commit(u32::from(b'a'), false).unwrap();
+    let mut again = vec![0.0f32; EOS + 1];
+    fresh.mask(&mut again).unwrap();
+    assert_eq!(
+        logits.iter().map(|l| l.is_finite()).collect::<Vec<_>>(),
+        again.iter().map(|l| l.is_finite()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn tool_call_grammars_through_the_mask() {
     use crate::tools::{ToolDef, ToolMode, grammar};
     let tools = vec![
