@@ -104,6 +104,8 @@ audit_rate = 1.0
 reference = "{servers['reference'].url}"
 max_concurrent = 2
 queue = 64
+# Debug binaries on a busy machine score slowly; an auditor timeout is no verdict.
+timeout_ms = 300000
 """
         cfg = tmp / "gateway.toml"
         cfg.write_text(
