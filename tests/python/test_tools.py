@@ -165,6 +165,50 @@ def test_the_tool_result_round_trip(target):
     assert r.usage.prompt_tokens > 0
 
 
+# A call whose name and arguments are 3 bytes (`f`, `{}`) but whose wrapper
+# (`<tool_call>\n{"name": "`…`"}\n</tool_call>`, stripped by the provider) takes
+# many more tokens: the gateway's text bound alone would underpay it.
+SHORT_CALL = [{"type": "function", "function": {
+    "name": "f", "description": "Says hello", "strict": True,
+    "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_honest_short_tool_call_is_paid_in_full(stack, stream):  # noqa: F811
+    """Through the gateway, the completion tokens billed equal what the provider
+    signed (its receipt) and counted in its chunks, wrapper tokens included."""
+    body = {"model": CHAT_MODEL, "messages": QUESTION, "tools": SHORT_CALL, "tool_choice": "required",
+            "parallel_tool_calls": False, "temperature": 0, "max_tokens": 120, "stream": stream}
+    headers = {"Authorization": f"Bearer {stack['key']}"}
+    if not stream:
+        r = httpx.post(f"{stack['url']}/v1/chat/completions", json=body, headers=headers, timeout=600)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        call = out["choices"][0]["message"]["tool_calls"][0]["function"]
+        assert (call["name"], call["arguments"]) == ("f", "{}")
+        signed = out["tenzro"]["receipt"]["completion_tokens"]
+        assert signed > len("f{}") + 16, "the wrapper should cost more than the text bound allows"
+        assert out["usage"]["completion_tokens"] == signed
+        return
+    body["stream_options"] = {"include_usage": True}
+    claimed, usage, receipt = 0, None, None
+    with httpx.stream("POST", f"{stack['url']}/v1/chat/completions", json=body, headers=headers,
+                      timeout=600) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            ext = chunk.get("tenzro") or {}
+            claimed += ext.get("tokens") or 0
+            receipt = ext.get("receipt") or receipt
+            usage = chunk.get("usage") or usage
+    assert claimed > len("f{}") + 16
+    assert usage["completion_tokens"] == claimed
+    if receipt is not None:
+        assert receipt["completion_tokens"] == claimed
+
+
 def bad(target, body):
     _, url, headers = target
     body = {"model": CHAT_MODEL, "messages": QUESTION, "max_tokens": 4, **body}
