@@ -166,7 +166,6 @@ impl Metrics {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;

@@ -187,6 +187,41 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorKind(pub &'static str);
 
+impl ApiError {
+    /// An internal failure: a 500 whose cause is logged, never shown.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Malformed(m) => ApiError::bad_request(m),
+            RegistryError::Stale(_) => {
+                ApiError::bad_request(format!("{e}; check the provider's clock"))
+            }
+            RegistryError::BadSignature => {
+                ApiError::Unauthorized("registration signature does not verify".into())
+            }
+            RegistryError::KeyMismatch(_)
+            | RegistryError::Banned(_)
+            | RegistryError::IdNotKey { .. }
+            | RegistryError::ConfigProvider(_) => ApiError::Forbidden(e.to_string()),
+            RegistryError::UnknownProvider(_) => ApiError::NotFound(e.to_string()),
+            RegistryError::OutOfBounds(_) => ApiError::bad_request(e.to_string()),
+            RegistryError::RateLimited(s) => ApiError::RateLimited {
+                message: e.to_string(),
+                retry_after: std::time::Duration::from_secs(s),
+            },
+            RegistryError::Full(_) | RegistryError::PendingFull(_) => ApiError::Unavailable {
+                message: e.to_string(),
+                retry_after: std::time::Duration::from_secs(60),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
@@ -225,40 +260,5 @@ mod tests {
         .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
-    }
-}
-
-impl ApiError {
-    /// An internal failure: a 500 whose cause is logged, never shown.
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-}
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Malformed(m) => ApiError::bad_request(m),
-            RegistryError::Stale(_) => {
-                ApiError::bad_request(format!("{e}; check the provider's clock"))
-            }
-            RegistryError::BadSignature => {
-                ApiError::Unauthorized("registration signature does not verify".into())
-            }
-            RegistryError::KeyMismatch(_)
-            | RegistryError::Banned(_)
-            | RegistryError::IdNotKey { .. }
-            | RegistryError::ConfigProvider(_) => ApiError::Forbidden(e.to_string()),
-            RegistryError::UnknownProvider(_) => ApiError::NotFound(e.to_string()),
-            RegistryError::OutOfBounds(_) => ApiError::bad_request(e.to_string()),
-            RegistryError::RateLimited(s) => ApiError::RateLimited {
-                message: e.to_string(),
-                retry_after: std::time::Duration::from_secs(s),
-            },
-            RegistryError::Full(_) | RegistryError::PendingFull(_) => ApiError::Unavailable {
-                message: e.to_string(),
-                retry_after: std::time::Duration::from_secs(60),
-            },
-        }
     }
 }
