@@ -142,3 +142,40 @@ pub fn verify_receipt(a: args::VerifyReceipt) -> Result<(String, Value), Failure
         }),
     ))
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_follow_the_pricing_rules() {
+        let a = args::Estimate {
+            model: "m".into(),
+            messages: Some(vec![args::Message {
+                role: "user".into(),
+                content: "hello".into(),
+                name: None,
+            }]),
+            prompt: None,
+            max_tokens: Some(10),
+            tee: None,
+        };
+        // 5 bytes + 16 per message + 16 per request.
+        assert_eq!(prompt_bound(&a), 37);
+        let (idle, busy) = bounds(1_000, None, false, 47).unwrap();
+        assert_eq!((idle, busy), (23_500, 94_000));
+        let (tee_idle, _) = bounds(1_000, None, true, 47).unwrap();
+        assert_eq!(tee_idle, 28_200);
+        assert!(bounds(u128::MAX, None, false, 2).is_none());
+    }
+
+    #[test]
+    fn a_receipt_that_is_not_one_is_refused_by_name() {
+        let r = verify_receipt(args::VerifyReceipt {
+            receipt: json!({"model": "m"}),
+            provider: None,
+        });
+        assert!(r.is_err_and(|f| f.message.contains("`receipt`")));
+    }
+}
