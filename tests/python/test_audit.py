@@ -90,9 +90,15 @@ def audited():
         with cf.ThreadPoolExecutor(3) as ex:
             futs = {name: ex.submit(start_provider, tmp, name, w)
                     for name, w in [("reference", None), ("honest", None), ("substituted", weights)]}
+            failed = None
             for name, f in futs.items():
-                servers[name] = f.result()
-                started.append(servers[name])
+                try:
+                    servers[name] = f.result()
+                    started.append(servers[name])
+                except Exception as e:  # stop the others too (finally below)
+                    failed = failed or e
+            if failed:
+                raise failed
         extra = f"""
 [routing]
 strategy = "random"
