@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use tenzro_gateway::metering::Meter;
 use tenzro_gateway::money::book::{Book, BookConfig, Reservation};
-use tenzro_gateway::tasks::committer::commit_once;
-use tenzro_gateway::store::Store;
 use tenzro_gateway::pricing::{Asset, ONE, PPM, Quote};
+use tenzro_gateway::store::Store;
+use tenzro_gateway::tasks::committer::commit_once;
 
 const BIG: u128 = 1_000_000 * ONE;
 

@@ -212,7 +212,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("Invalid value for `{path}`: {inner}")
         };
         // Broken JSON names no field (serde_path_to_error says `?` inside an object).
-        let param = (path != "." && !syntax).then_some(path);
+        // A missing field is named in serde's message, at the path of the object
+        // that lacks it.
+        let text = inner.to_string();
+        let missing = text
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(|f| match path.as_str() {
+                "." => f.to_owned(),
+                p => format!("{p}.{f}"),
+            });
+        let param = if syntax {
+            None
+        } else {
+            missing.or((path != ".").then_some(path))
+        };
         ApiError::BadRequest {
             message,
             param,
@@ -244,7 +258,16 @@ mod tests {
         check("{", "not valid JSON", None);
         check("[1]", "must be a JSON object", None);
         check("  null", "must be a JSON object", None);
-        check(r#"{"model":"m"}"#, "missing field `messages`", None);
+        check(
+            r#"{"model":"m"}"#,
+            "missing field `messages`",
+            Some("messages"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"content":"x"}]}"#,
+            "missing field `role`",
+            Some("messages[0].role"),
+        );
         check(
             r#"{"model":"m","messages":[],"max_tokens":"ten"}"#,
             "max_tokens",

@@ -167,5 +167,7 @@ pub async fn tokenize(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     // `text`: what was tokenized (for `messages`, the chat template's rendering,
     // which a gateway's model audit scores an answer after).
-    Ok(Json(json!({ "count": ids.len(), "tokens": ids, "text": text })))
+    Ok(Json(
+        json!({ "count": ids.len(), "tokens": ids, "text": text }),
+    ))
 }

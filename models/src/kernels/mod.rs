@@ -14,9 +14,9 @@
 //! CPUs and the reference the SIMD kernels are tested against.
 #![allow(unsafe_code)]
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-pub mod attention;
 pub mod portable;
 pub mod q8;
 
