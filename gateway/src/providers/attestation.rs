@@ -200,8 +200,15 @@ pub fn check_with(
             ),
         ));
     }
+    // Two clocks read in whole seconds (the provider's when it issued, ours now)
+    // can disagree by a second even on one machine; evidence dated a few seconds
+    // ahead is skew, not from the future.
+    const CLOCK_SKEW_SECS: u64 = 5;
     let max_age = policy.max_evidence_age_secs;
-    if max_age > 0 && (doc.issued_at > now || now - doc.issued_at > max_age) {
+    if max_age > 0
+        && (doc.issued_at > now.saturating_add(CLOCK_SKEW_SECS)
+            || now.saturating_sub(doc.issued_at) > max_age)
+    {
         reasons.push(Failure::new(Check::MaxEvidenceAge, format!(
             "the evidence was issued at {} and is verified at {now} (at most {max_age} s old, not from the future)",
             doc.issued_at
