@@ -112,7 +112,14 @@ fn safetensors_bytes(tensors: &[(String, Tensor)], dir: &std::path::Path, name: 
 /// `special_tokens_map.json`: optional), an index and two shards, and a README the
 /// downloader must not fetch.
 pub fn tiny_repo(commit: &str) -> Repo {
-    let scratch = std::env::temp_dir().join(format!("tenzro-tiny-{}-{commit}", std::process::id()));
+    // One scratch directory per call: the tests run in parallel threads of one process
+    // and each removes its own directory when done.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = std::env::temp_dir().join(format!(
+        "tenzro-tiny-{}-{call}-{commit}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&scratch).unwrap();
     let tensors = tensors();
     let (first, second) = tensors.split_at(tensors.len() / 2);
