@@ -127,6 +127,12 @@ pub struct NvidiaPolicy {
     /// Lowest VBIOS version accepted, compared field by field as hex numbers (e.g.
     /// `"96.00.9f.00.01"`); empty means any.
     pub min_vbios_version: String,
+    /// Require the GPU to be in confidential-computing mode (rule `cc-mode`): the
+    /// signed report's opaque FEATURE_FLAG (type 36) must be absent (single-GPU CC,
+    /// firmware before the flag) or SPT/MPT, and its PROTECTED_PCIE_STATUS (type 21)
+    /// not `0xAA`. A Hopper GPU in protected-PCIe mode (FEATURE_FLAG PPCIE) runs with
+    /// CC mode off. Off in the library's default; the gateway turns it on.
+    pub require_cc_mode: bool,
 }
 
 impl Policy {

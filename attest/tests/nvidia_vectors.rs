@@ -184,3 +184,118 @@ fn unsigned_tool_output_is_not_evidence() {
     let v = nvidia::verify(&result, &[], None, &ctx(NOW, &Policy::default(), None));
     assert!(v.failed("parse"));
 }
+
+fn ppcie_first() -> (Vec<u8>, Vec<u8>) {
+    let json: serde_json::Value =
+        serde_json::from_slice(&read("nvidia/ppcie-verifier-sdk-cpp/gpu_evidence.json")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (
+        b64.decode(json[0]["evidence"].as_str().unwrap()).unwrap(),
+        b64.decode(json[0]["certificate"].as_str().unwrap())
+            .unwrap(),
+    )
+}
+
+/// `report` with its opaque data replaced by `edit(opaque TLVs)` (the signature
+/// no longer matches: for the parser and the mode reading only).
+fn with_opaque(report: &[u8], edit: impl FnOnce(&mut Vec<(u16, Vec<u8>)>)) -> Vec<u8> {
+    let spdm = SpdmReport::parse(report).unwrap();
+    let mut tlvs = spdm.opaque.clone();
+    edit(&mut tlvs);
+    let old_len: usize = spdm.opaque.iter().map(|(_, v)| 4 + v.len()).sum();
+    let start = report.len() - 96 - old_len - 2;
+    let mut out = report[..start].to_vec();
+    let body: Vec<u8> = tlvs
+        .iter()
+        .flat_map(|(k, v)| {
+            let mut b = k.to_le_bytes().to_vec();
+            b.extend((v.len() as u16).to_le_bytes());
+            b.extend(v);
+            b
+        })
+        .collect();
+    out.extend((body.len() as u16).to_le_bytes());
+    out.extend(body);
+    out.extend(&report[report.len() - 96..]);
+    out
+}
+
+#[test]
+fn cc_mode_rule_refuses_a_protected_pcie_gpu_and_accepts_cc_on() {
+    let mut policy = Policy::default();
+    policy.nvidia.require_cc_mode = true;
+    // The Hopper sample: no feature flag, protected PCIe status 0x55 (off).
+    let (report, certs) = hopper();
+    let v = nvidia::verify(
+        &report,
+        &certs,
+        Some(&nonce(HOPPER_NONCE)),
+        &ctx(NOW, &policy, None),
+    );
+    assert!(v.trusted, "{:?}", v.reasons);
+    assert_eq!(v.claims["cc_mode"], "on (no feature flag)");
+    // The PPCIe HGX sample: FEATURE_FLAG 2 (PPCIE), status 0xAA: CC mode off.
+    let (report, certs) = ppcie_first();
+    let n = nonce(PPCIE_NONCE);
+    let v = nvidia::verify(&report, &certs, Some(&n), &ctx(NOW, &policy, None));
+    assert!(!v.trusted);
+    assert!(v.failed("cc-mode"), "{:?}", v.reasons);
+    assert!(
+        v.reasons.iter().all(|r| r.starts_with("cc-mode:")),
+        "only cc-mode fails: {:?}",
+        v.reasons
+    );
+    assert!(v.reasons[0].contains("off (PPCIE)"), "{:?}", v.reasons);
+    // Without the rule the same evidence is trusted (the library's default).
+    let v = nvidia::verify(
+        &report,
+        &certs,
+        Some(&n),
+        &ctx(NOW, &Policy::default(), None),
+    );
+    assert!(v.trusted, "{:?}", v.reasons);
+    assert_eq!(v.claims["cc_mode"], "off (PPCIE)");
+}
+
+#[test]
+fn cc_mode_is_read_from_the_feature_flag_and_the_protected_pcie_status() {
+    use tenzro_attest::evidence::nvidia::CcMode;
+    let (report, _) = hopper();
+    let mode = |r: &[u8]| SpdmReport::parse(r).unwrap().cc_mode();
+    assert_eq!(mode(&report), CcMode::Legacy);
+    let flag = |v: u16| with_opaque(&report, |t| t.push((36, v.to_le_bytes().to_vec())));
+    assert_eq!(mode(&flag(0)), CcMode::Spt);
+    assert_eq!(mode(&flag(1)), CcMode::Mpt);
+    assert_eq!(mode(&flag(2)), CcMode::Ppcie);
+    assert_eq!(mode(&flag(7)), CcMode::Unknown(7));
+    assert!(CcMode::Spt.is_on() && CcMode::Mpt.is_on() && CcMode::Legacy.is_on());
+    assert!(!CcMode::Ppcie.is_on() && !CcMode::Unknown(7).is_on());
+    // SPT by its flag, but the protected-PCIe status byte says on: not CC mode.
+    let status_on = with_opaque(&report, |t| {
+        t.push((36, vec![0, 0]));
+        for (k, v) in t.iter_mut() {
+            if *k == 21 {
+                *v = vec![0xaa];
+            }
+        }
+    });
+    assert_eq!(mode(&status_on), CcMode::Ppcie);
+    // The PPCIe sample's own bytes.
+    assert_eq!(mode(&ppcie_first().0), CcMode::Ppcie);
+    // Constructed evidence through the whole verifier: refused on cc-mode (and on
+    // the signature, which no longer covers the edited bytes).
+    let mut policy = Policy::default();
+    policy.nvidia.require_cc_mode = true;
+    let (_, certs) = hopper();
+    let v = nvidia::verify(
+        &flag(2),
+        &certs,
+        Some(&nonce(HOPPER_NONCE)),
+        &ctx(NOW, &policy, None),
+    );
+    assert!(
+        v.failed("cc-mode") && v.failed("signature"),
+        "{:?}",
+        v.reasons
+    );
+}

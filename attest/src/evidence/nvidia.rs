@@ -25,6 +25,46 @@ const FWID_OID: &str = "2.23.133.5.4.1";
 const OPAQUE_DRIVER_VERSION: u16 = 3;
 const OPAQUE_VBIOS_VERSION: u16 = 6;
 const OPAQUE_FWID: u16 = 20;
+const OPAQUE_PROTECTED_PCIE_STATUS: u16 = 21;
+const OPAQUE_FEATURE_FLAG: u16 = 36;
+/// PROTECTED_PCIE_STATUS when protected-PCIe mode is on (`0x55`: off).
+const PROTECTED_PCIE_ON: u8 = 0xaa;
+
+/// The GPU's confidential-computing mode as its signed report states it: the
+/// opaque FEATURE_FLAG (type 36: 0 SPT single-GPU passthrough, 1 MPT multi-GPU
+/// passthrough, 2 PPCIE protected PCIe; absent before firmware carried it) and the
+/// PROTECTED_PCIE_STATUS byte (type 21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CcMode {
+    /// CC mode on; no feature flag in the report (single GPU, older firmware).
+    Legacy,
+    /// CC mode on, single-GPU passthrough.
+    Spt,
+    /// CC mode on, multi-GPU passthrough.
+    Mpt,
+    /// Protected PCIe: the GPU's own CC mode is off (NVLink in plaintext, the
+    /// switches trusted), or the protected-PCIe status byte says it is on.
+    Ppcie,
+    /// A flag value this verifier does not know.
+    Unknown(u16),
+}
+
+impl CcMode {
+    /// Whether this mode is the GPU's CC mode on.
+    pub fn is_on(self) -> bool {
+        matches!(self, CcMode::Legacy | CcMode::Spt | CcMode::Mpt)
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            CcMode::Legacy => "on (no feature flag)".into(),
+            CcMode::Spt => "on (SPT)".into(),
+            CcMode::Mpt => "on (MPT)".into(),
+            CcMode::Ppcie => "off (PPCIE)".into(),
+            CcMode::Unknown(v) => format!("unknown feature flag {v}"),
+        }
+    }
+}
 
 /// One measurement block of the response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +199,26 @@ impl SpdmReport {
         Some(String::from_utf8_lossy(&v[..end]).into_owned())
     }
 
+    /// The CC mode the report states (see [`CcMode`]).
+    pub fn cc_mode(&self) -> CcMode {
+        let flag = self.opaque(OPAQUE_FEATURE_FLAG).map(|v| match v {
+            [] => 0,
+            [b] => u16::from(*b),
+            [b0, b1, ..] => u16::from_le_bytes([*b0, *b1]),
+        });
+        let ppcie_status = self
+            .opaque(OPAQUE_PROTECTED_PCIE_STATUS)
+            .is_some_and(|v| v.first() == Some(&PROTECTED_PCIE_ON));
+        match flag {
+            _ if ppcie_status => CcMode::Ppcie,
+            None => CcMode::Legacy,
+            Some(0) => CcMode::Spt,
+            Some(1) => CcMode::Mpt,
+            Some(2) => CcMode::Ppcie,
+            Some(v) => CcMode::Unknown(v),
+        }
+    }
+
     /// The VBIOS version from the opaque data, e.g. `96.00.9f.00.01`.
     pub fn vbios_version(&self) -> Option<String> {
         match self.opaque(OPAQUE_VBIOS_VERSION)? {
@@ -264,6 +324,11 @@ fn check_policy(v: &mut Verdict, spdm: &SpdmReport, ctx: &VerifyContext<'_>) {
     v.claim("driver_version", driver.clone());
     v.claim("vbios_version", vbios.clone());
     v.claim("nonce", hex::encode(spdm.nonce));
+    let mode = spdm.cc_mode();
+    v.claim("cc_mode", mode.name());
+    if policy.require_cc_mode {
+        v.check("cc-mode", mode.is_on(), format!("CC mode {}", mode.name()));
+    }
     if !policy.driver_versions.is_empty() {
         let ok = policy.driver_versions.iter().any(|d| d == &driver);
         v.check("driver-version", ok, format!("driver {driver}"));
