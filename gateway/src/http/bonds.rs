@@ -181,6 +181,20 @@ fn publish(state: &AppState, b: &Bond) {
     crate::tasks::bonds::publish(&state.registry, b);
 }
 
+/// A bond or unbond request: the owner account (not an agent key), the request
+/// and its checked values; the account is leased to this replica.
+async fn owner_request<'k>(
+    state: &AppState,
+    key: &'k KeyEntry,
+    body: &[u8],
+) -> Result<(&'k str, BondRequest, Valid), BondApiError> {
+    let account = owner_key(key)?;
+    let req: BondRequest = parse_json(body)?;
+    let v = validate(&req)?;
+    state.lease(account).await?;
+    Ok((account, req, v))
+}
+
 /// `POST /v1/providers/bonds`: moves `amount` from the caller's balance into the
 /// bond of `provider_key` (claiming the key on its first bond).
 pub async fn bond(
@@ -188,10 +202,7 @@ pub async fn bond(
     Auth(key): Auth,
     body: Bytes,
 ) -> Result<Json<Value>, BondApiError> {
-    let account = owner_key(&key)?;
-    let req: BondRequest = parse_json(&body)?;
-    let v = validate(&req)?;
-    state.lease(account).await?;
+    let (account, req, v) = owner_request(&state, &key, &body).await?;
     let consent = match state.book.bond_owner(&v.key_hex) {
         Some(_) => false,
         None => {
@@ -228,10 +239,7 @@ pub async fn unbond(
     Auth(key): Auth,
     body: Bytes,
 ) -> Result<Json<Value>, BondApiError> {
-    let account = owner_key(&key)?;
-    let req: BondRequest = parse_json(&body)?;
-    let v = validate(&req)?;
-    state.lease(account).await?;
+    let (account, _, v) = owner_request(&state, &key, &body).await?;
     let b = state
         .book
         .unbond(

@@ -30,7 +30,6 @@ use tenzro_identity::Authority;
 use crate::accounts::{
     Ancestor, DefaultLimits, KeyEntry, KeyScope, Operation, OperationRefused, require_operation,
 };
-use crate::clock::unix_now;
 use crate::http::error::ApiError;
 use crate::http::extract::{Admin, ApiJson, Auth};
 use crate::state::AppState;
@@ -80,9 +79,10 @@ async fn change<T>(
     f: impl FnOnce(&mut Identities, u64) -> Result<(T, Vec<Did>), ApiError>,
 ) -> Result<T, ApiError> {
     let _one_writer = state.identities_save.lock().await;
+    let now = state.clock.unix();
     let (out, rows) = {
         let mut reg = state.identities.write();
-        let (out, changed) = f(&mut reg, unix_now())?;
+        let (out, changed) = f(&mut reg, now)?;
         let rows = changed
             .iter()
             .filter_map(|d| reg.resolve(d))
@@ -91,7 +91,7 @@ async fn change<T>(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         (out, rows)
     };
-    state.store.put_identities(&rows).await.map_err(|e| {
+    state.store.put_identities(&rows, now).await.map_err(|e| {
         tracing::error!(error = %e, "writing identities");
         ApiError::Internal(e.to_string())
     })?;
@@ -259,7 +259,7 @@ pub async fn create_agent(
     let doc = reg.did_document(&did);
     let identity = reg
         .resolve(&did)
-        .map(|i| identity_json(&reg, i, unix_now()));
+        .map(|i| identity_json(&reg, i, state.clock.unix()));
     Ok((StatusCode::CREATED, Json(json!({ "identity": identity, "document": doc, "key": api_key, "key_id": record.id, "scope": record.scope }))).into_response())
 }
 
@@ -274,7 +274,7 @@ fn resolve_response(
         .resolve(did)
         .ok_or_else(|| ApiError::NotFound(format!("no identity {did}")))?;
     let body = if personal {
-        identity_json(&reg, i, unix_now())
+        identity_json(&reg, i, state.clock.unix())
     } else {
         public_json(i, &reg)
     };

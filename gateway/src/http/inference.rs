@@ -120,11 +120,7 @@ impl Forward for ChatCompletionRequest {
 
     fn force_usage(&mut self) -> (bool, bool) {
         let (stream, include_usage) = (self.is_stream(), self.include_usage());
-        if stream {
-            self.stream_options = Some(StreamOptions {
-                include_usage: Some(true),
-            });
-        }
+        ask_usage(&mut self.stream_options, stream);
         (stream, include_usage)
     }
 }
@@ -170,11 +166,7 @@ impl Forward for CompletionRequest {
 
     fn force_usage(&mut self) -> (bool, bool) {
         let (stream, include_usage) = (self.is_stream(), self.include_usage());
-        if stream {
-            self.stream_options = Some(StreamOptions {
-                include_usage: Some(true),
-            });
-        }
+        ask_usage(&mut self.stream_options, stream);
         (stream, include_usage)
     }
 }
@@ -245,6 +237,16 @@ fn field_error(e: tenzro_models::api::FieldError) -> ApiError {
     ApiError::BadRequest {
         message: e.message,
         param: Some(e.param),
+    }
+}
+
+/// A streamed request asks its provider for the usage chunk whatever the client
+/// asked: metering needs it (the client's own choice is kept apart).
+fn ask_usage(stream_options: &mut Option<StreamOptions>, stream: bool) {
+    if stream {
+        *stream_options = Some(StreamOptions {
+            include_usage: Some(true),
+        });
     }
 }
 

@@ -284,77 +284,97 @@ pub async fn dispute(
         Some(parse_json::<DisputeBody>(&body)?.voucher)
     };
     let now = state.clock.unix();
-    let (by, c) = if parts
+    if parts
         .headers
         .contains_key(axum::http::header::AUTHORIZATION)
     {
-        let mut parts = parts;
-        let Auth(key) = <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(
-            &mut parts, &state,
-        )
-        .await?;
-        require_channels(&key)?;
-        state.lease(&key.record.account).await?;
-        (Party::Payer, own_channel(&state, &key, &id)?)
+        payer_dispute(&state, parts, &id, voucher.as_ref(), now).await
     } else if let Some(header) = parts.headers.get(dispute_auth::HEADER) {
         let header = header.to_str().map_err(|_| {
             ApiError::Unauthorized(dispute_auth::DisputeAuthError::Malformed.to_string())
         })?;
-        let parties = state
-            .store
-            .channel_parties(&id)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let (payer, provider) =
-            parties.ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
-        let provider_key = state
-            .registry
-            .get(&provider)
-            .and_then(|e| e.info.public_key)
-            .ok_or_else(|| {
-                ApiError::Unauthorized(format!(
-                    "provider {provider} has no registered key to sign a dispute with; dispute with the payer's API key"
-                ))
-            })?;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or(parts.uri.path(), |p| p.as_str());
-        dispute_auth::SignedDispute {
+        let request = dispute_auth::SignedDispute {
             method: parts.method.as_str(),
-            path_and_query: path,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or(parts.uri.path(), |p| p.as_str()),
             channel_id: &id,
             body: &body,
-        }
-        .verify(header, &provider_key, now)
-        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        state.lease(&payer).await?;
-        let c = state
-            .book
-            .channel(&id)
-            .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
-        let claim = match &voucher {
-            Some(v) => Some(check_voucher(&state, &c, v, Some(&provider_key))?),
-            None => None,
         };
-        let ch = state
-            .book
-            .dispute(&id, Party::Provider, claim, now)
-            .map_err(book_error)?;
-        return Ok(dispute_answer(ch, c.latest_voucher));
+        provider_dispute(&state, header, request, voucher.as_ref(), now).await
     } else {
-        return Err(ApiError::Unauthorized(format!(
+        Err(ApiError::Unauthorized(format!(
             "a dispute needs the payer's API key (`Authorization: Bearer KEY`) or the channel provider's signature ({})",
             dispute_auth::HEADER
-        )));
-    };
-    let claim = match &voucher {
-        Some(v) => Some(check_voucher(&state, &c, v, None)?),
-        None => None,
-    };
+        )))
+    }
+}
+
+/// A dispute by the channel's payer, authenticated by its API key.
+async fn payer_dispute(
+    state: &AppState,
+    mut parts: Parts,
+    id: &str,
+    voucher: Option<&Voucher>,
+    now: u64,
+) -> Result<Response, ApiError> {
+    let Auth(key) =
+        <Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, state)
+            .await?;
+    require_channels(&key)?;
+    state.lease(&key.record.account).await?;
+    let c = own_channel(state, &key, id)?;
+    let claim = voucher
+        .map(|v| check_voucher(state, &c, v, None))
+        .transpose()?;
     let ch = state
         .book
-        .dispute(&id, by, claim, now)
+        .dispute(id, Party::Payer, claim, now)
+        .map_err(book_error)?;
+    Ok(dispute_answer(ch, c.latest_voucher))
+}
+
+/// A dispute by the channel's provider: `header` is its signature over `request`
+/// by its registered key.
+async fn provider_dispute(
+    state: &AppState,
+    header: &str,
+    request: dispute_auth::SignedDispute<'_>,
+    voucher: Option<&Voucher>,
+    now: u64,
+) -> Result<Response, ApiError> {
+    let id = request.channel_id;
+    let parties = state
+        .store
+        .channel_parties(id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (payer, provider) =
+        parties.ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
+    let provider_key = state
+        .registry
+        .get(&provider)
+        .and_then(|e| e.info.public_key)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "provider {provider} has no registered key to sign a dispute with; dispute with the payer's API key"
+            ))
+        })?;
+    request
+        .verify(header, &provider_key, now)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    state.lease(&payer).await?;
+    let c = state
+        .book
+        .channel(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no channel {id}")))?;
+    let claim = voucher
+        .map(|v| check_voucher(state, &c, v, Some(&provider_key)))
+        .transpose()?;
+    let ch = state
+        .book
+        .dispute(id, Party::Provider, claim, now)
         .map_err(book_error)?;
     Ok(dispute_answer(ch, c.latest_voucher))
 }

@@ -31,12 +31,14 @@ pub fn row_of(identity: &Identity) -> Result<(String, Option<String>, String), S
 }
 
 impl Store {
-    /// Writes identity rows (inserted or replaced) in one transaction.
+    /// Writes identity rows (inserted or replaced) in one transaction, `updated` at
+    /// `now` (Unix seconds, from the caller's clock).
     pub async fn put_identities(
         &self,
         rows: &[(String, Option<String>, String)],
+        now: u64,
     ) -> Result<(), StoreError> {
-        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
         for (did, controller, body) in rows {
             sqlx::query(
@@ -135,7 +137,8 @@ impl Store {
         };
         let reg: Identities = serde_json::from_str(&body).map_err(|e| corrupt("body", e))?;
         let rows: Vec<_> = reg.iter().map(row_of).collect::<Result<_, _>>()?;
-        self.put_identities(&rows).await?;
+        // A one-off at start, before any clock is shared: the system's time.
+        self.put_identities(&rows, unix_now()).await?;
         for (did, key) in reg.trusted_issuers() {
             self.put_issuer(did, key).await?;
         }
@@ -202,7 +205,7 @@ mod tests {
             .unwrap();
         reg.trust_issuer(issuer.clone(), key(9));
         let rows: Vec<_> = reg.iter().map(row_of).collect::<Result<_, _>>().unwrap();
-        store.put_identities(&rows).await.unwrap();
+        store.put_identities(&rows, unix_now()).await.unwrap();
         store.put_issuer(&issuer, &key(9)).await.unwrap();
         assert_eq!(store.load_identities().await.unwrap(), reg);
 
@@ -213,7 +216,7 @@ mod tests {
             .map(|d| row_of(reg.resolve(d).unwrap()).unwrap())
             .collect();
         assert_eq!(rows.len(), 2, "a and b (by cascade)");
-        store.put_identities(&rows).await.unwrap();
+        store.put_identities(&rows, unix_now()).await.unwrap();
         let back = store.load_identities().await.unwrap();
         assert_eq!(back, reg);
         assert!(back.resolve(&a).unwrap().status().suspended_by_admin());
