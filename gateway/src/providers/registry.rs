@@ -33,13 +33,12 @@ use tenzro_models::api::{
 use crate::clock::SharedClock;
 use crate::money::slashing::{self, Reason, Slash};
 use crate::pricing::{self, Asset, Quote, Rates};
-use crate::providers::breaker::Breaker;
 use crate::providers::entry::State;
 pub use crate::providers::entry::{Outcome, ProviderEntry, ProviderView, SEEN_SAVE_EVERY};
 pub use crate::providers::info::{ModelEntry, ProviderInfo, RegistryError};
 use crate::providers::routing::Candidate;
 pub use crate::providers::settings::RegistryConfig;
-use crate::providers::status::{OutcomeWindow, Status};
+use crate::providers::status::Status;
 use crate::providers::verdict::AttestationVerdict;
 
 /// Silence that counts as downtime (whitepaper §3.2).
@@ -257,65 +256,13 @@ impl Registry {
             return Err(RegistryError::ConfigProvider(info.id));
         }
         let state = match map.get(&info.id) {
-            Some(old) => {
-                if old.info.public_key != info.public_key
-                    || old.info.from_config != info.from_config
-                {
-                    return Err(RegistryError::KeyMismatch(info.id));
-                }
-                let mut s = old.with_state(|s| s.clone());
-                if s.banned {
-                    return Err(RegistryError::Banned(info.id));
-                }
-                s.last_heartbeat = now;
-                s.downtime_slashed = false;
-                s.attestation = None;
-                // A new endpoint must be reached again before it gets requests. An
-                // entry still unreached keeps its deadline (registering again does
-                // not extend it).
-                let still = s.reached && old.info.endpoint == info.endpoint;
-                if s.reached && !still {
-                    s.unreached_since = now;
-                }
-                s.reached = still;
-                s
-            }
+            Some(old) => life::renewed(old, &info, now)?,
             None => {
                 if !info.from_config {
-                    // Reached and unreached registrations have caps of their own, so
-                    // registrations at endpoints nobody serves cannot lock out
-                    // providers that answer.
-                    let (mut reached, mut unreached) = (0usize, 0usize);
-                    for e in map.values().filter(|e| !e.info.from_config) {
-                        if e.with_state(|s| s.reached) {
-                            reached += 1;
-                        } else {
-                            unreached += 1;
-                        }
-                    }
-                    if reached >= self.config.max_registered {
-                        return Err(RegistryError::Full(reached));
-                    }
-                    if unreached >= self.config.max_unreached {
-                        return Err(RegistryError::PendingFull(unreached));
-                    }
+                    self.check_room(map.values())?;
                 }
-                State {
-                    breaker: Breaker::new(self.config.breaker),
-                    window: OutcomeWindow::default(),
-                    total: 0,
-                    successful: 0,
-                    failed: 0,
-                    ema_latency_us: None,
-                    last_heartbeat: now,
-                    downtime_slashed: false,
-                    banned: false,
-                    attestation: None,
-                    // The operator vouches for configured endpoints.
-                    reached: info.from_config,
-                    unreached_since: now,
-                    seen_saved: now,
-                }
+                // The operator vouches for configured endpoints.
+                self.fresh_state(info.from_config, now)
             }
         };
         if info.from_config {

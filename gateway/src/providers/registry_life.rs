@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -203,6 +204,23 @@ impl Registry {
             return Err(RegistryError::ConfigProvider(info.id));
         }
         let state = State {
+            banned,
+            attestation,
+            ..self.fresh_state(false, now)
+        };
+        let entry = Arc::new(ProviderEntry {
+            info,
+            in_flight: AtomicU32::new(0),
+            state: Mutex::new(state),
+        });
+        map.insert(entry.info.id.clone(), entry);
+        Ok(())
+    }
+
+    /// A provider's state when it enters memory: no outcomes yet, heard from at
+    /// `now`, not banned, no attestation verdict; `reached`: routable at once.
+    pub(super) fn fresh_state(&self, reached: bool, now: Duration) -> State {
+        State {
             breaker: Breaker::new(self.config.breaker),
             window: OutcomeWindow::default(),
             total: 0,
@@ -211,18 +229,35 @@ impl Registry {
             ema_latency_us: None,
             last_heartbeat: now,
             downtime_slashed: false,
-            banned,
-            attestation,
-            reached: false,
+            banned: false,
+            attestation: None,
+            reached,
             unreached_since: now,
             seen_saved: now,
-        };
-        let entry = Arc::new(ProviderEntry {
-            info,
-            in_flight: AtomicU32::new(0),
-            state: Mutex::new(state),
-        });
-        map.insert(entry.info.id.clone(), entry);
+        }
+    }
+
+    /// Whether a new registration fits: reached and unreached registrations have
+    /// caps of their own, so registrations at endpoints nobody serves cannot lock
+    /// out providers that answer. `registered`: every provider in memory.
+    pub(super) fn check_room<'a>(
+        &self,
+        registered: impl Iterator<Item = &'a Arc<ProviderEntry>>,
+    ) -> Result<(), RegistryError> {
+        let (mut reached, mut unreached) = (0usize, 0usize);
+        for e in registered.filter(|e| !e.info.from_config) {
+            if e.with_state(|s| s.reached) {
+                reached += 1;
+            } else {
+                unreached += 1;
+            }
+        }
+        if reached >= self.config.max_registered {
+            return Err(RegistryError::Full(reached));
+        }
+        if unreached >= self.config.max_unreached {
+            return Err(RegistryError::PendingFull(unreached));
+        }
         Ok(())
     }
 
@@ -260,4 +295,31 @@ impl Registry {
         }
         gone
     }
+}
+
+/// `old`'s state as a registration renews it: same key and namespace, heard from
+/// at `now`, attestation to be checked again, and a new endpoint to be reached
+/// again before it gets requests (an entry still unreached keeps its deadline:
+/// registering again does not extend it).
+pub(super) fn renewed(
+    old: &ProviderEntry,
+    info: &ProviderInfo,
+    now: Duration,
+) -> Result<State, RegistryError> {
+    if old.info.public_key != info.public_key || old.info.from_config != info.from_config {
+        return Err(RegistryError::KeyMismatch(info.id.clone()));
+    }
+    let mut s = old.with_state(|s| s.clone());
+    if s.banned {
+        return Err(RegistryError::Banned(info.id.clone()));
+    }
+    s.last_heartbeat = now;
+    s.downtime_slashed = false;
+    s.attestation = None;
+    let still = s.reached && old.info.endpoint == info.endpoint;
+    if s.reached && !still {
+        s.unreached_since = now;
+    }
+    s.reached = still;
+    Ok(s)
 }
