@@ -9,11 +9,13 @@
 //! One file per table family: this one (connection, migrations, the money batch),
 //! [`records`] (what is stored of accounts and keys, and a key's scope),
 //! [`bonds`], [`disputes`], [`identity`] (identity documents), [`registry`]
-//! (providers, bans, slashes) and [`lease`] (which replica serves an account).
+//! (providers, bans, slashes), [`lease`] (which replica serves an account) and
+//! [`cluster`] (replicas' addresses, change hints, what the reconcile re-reads).
 
 mod accounts;
 pub mod bonds;
 mod channels;
+pub mod cluster;
 mod commit;
 pub mod disputes;
 pub mod identity;
@@ -83,6 +85,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "identities",
         include_str!("../../migrations/0006_identities.sql"),
+    ),
+    (
+        10,
+        "replicas",
+        include_str!("../../migrations/0010_replicas.sql"),
     ),
 ];
 
