@@ -14,7 +14,6 @@ const DOMAIN: &[&str] = &[
     "accounts",
     "audit",
     "clock",
-    "cluster",
     "config",
     "metering",
     "metrics",

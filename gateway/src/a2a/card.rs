@@ -1,7 +1,8 @@
 //! `GET /.well-known/agent-card.json` (and the older `/.well-known/agent.json`):
 //! the gateway as an A2A agent. The card carries both the 0.3 fields (`url`,
 //! `protocolVersion`, `preferredTransport`) and 1.0's `supportedInterfaces`; the
-//! one endpoint `/a2a` speaks both (see [`super::wire`]).
+//! one endpoint `/a2a` speaks both (see [`super::wire`]). Its URL is `[a2a]
+//! public_url` when the operator set one, else built from the request's `Host`.
 
 use axum::Json;
 use axum::extract::State;
@@ -30,6 +31,15 @@ fn endpoint(headers: &HeaderMap) -> String {
         _ => "http",
     };
     format!("{scheme}://{host}/a2a")
+}
+
+/// The scheme and host of `url` (`https://host:port`).
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
 }
 
 fn skill(id: &str, name: &str, description: &str, tags: &[&str], examples: &[&str]) -> Value {
@@ -103,7 +113,7 @@ pub fn build(url: &str, faucet: bool) -> Value {
             { "url": url, "protocolBinding": "JSONRPC", "protocolVersion": "0.3" },
         ],
         "version": env!("CARGO_PKG_VERSION"),
-        "provider": { "organization": "Tenzro", "url": url.trim_end_matches("/a2a") },
+        "provider": { "organization": "Tenzro", "url": origin(url) },
         "capabilities": { "streaming": true, "pushNotifications": false, "stateTransitionHistory": false },
         "securitySchemes": {
             "bearer": { "type": "http", "scheme": "bearer", "description": "A Tenzro API key (tz-...), as for the OpenAI-compatible API." }
@@ -115,6 +125,11 @@ pub fn build(url: &str, faucet: bool) -> Value {
     })
 }
 
+/// The card: its `url` is `[a2a] public_url` when set, else built from the request.
 pub async fn card(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    Json(build(&endpoint(&headers), state.config.faucet.enabled))
+    let url = match state.config.a2a.public_url.as_str() {
+        "" => endpoint(&headers),
+        configured => configured.to_owned(),
+    };
+    Json(build(&url, state.config.faucet.enabled))
 }

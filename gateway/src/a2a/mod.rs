@@ -8,10 +8,13 @@
 //!
 //! A task is one chat completion with the caller's key ([`run`]), so its scope,
 //! rate limits and balance apply as for any request, and its cost, provider and
-//! receipt are on the task (`metadata.tenzro`). Tasks are kept in memory with a
-//! retention limit ([`task`]).
+//! receipt are on the task (`metadata.tenzro`). Tasks are kept in the SQL store
+//! ([`task`]) with a retention limit ([`retention`]); a streamed task sends its
+//! answer piece by piece as artifact updates ([`answer`]).
 
+pub mod answer;
 pub mod card;
+pub mod retention;
 pub mod run;
 pub mod task;
 pub mod wire;
@@ -28,20 +31,29 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::accounts::KeyEntry;
-use crate::clock::unix_now;
 use crate::http::error::ApiError;
 use crate::http::extract::Auth;
 use crate::mcp::api::InProcess;
 use crate::state::AppState;
-use run::Ctx;
-use task::{TaskError, Tasks};
+use run::{Ctx, Event};
+use task::{Limits, TaskError, Tasks};
 use wire::Version;
 
 /// The agent card and the JSON-RPC endpoint, for the route table.
 pub fn routes(state: &AppState) -> Router<AppState> {
+    let cfg = &state.config.a2a;
+    let tasks = Tasks::new(
+        state.store.clone(),
+        state.clock.clone(),
+        state.leases.owner.clone(),
+        Limits {
+            max_running_per_key: cfg.max_running_per_key,
+        },
+    );
     let ctx = Arc::new(Ctx {
         api: InProcess::new(state.clone()),
-        tasks: Arc::new(Tasks::default()),
+        tasks: Arc::new(tasks),
+        default_model: cfg.default_model.clone(),
     });
     Router::new()
         .route("/.well-known/agent-card.json", get(card::card))
@@ -58,6 +70,18 @@ pub fn routes(state: &AppState) -> Router<AppState> {
                 },
             ),
         )
+}
+
+/// Before serving: marks the tasks this replica left running failed, then sweeps
+/// the stored tasks by age and count until `cancel`.
+pub async fn start_retention(state: &AppState, cancel: tokio_util::sync::CancellationToken) {
+    retention::recover(&state.store, &state.leases.owner, state.clock.unix()).await;
+    state.tasks.spawn(retention::sweep(
+        state.store.clone(),
+        state.clock.clone(),
+        state.config.a2a.clone(),
+        cancel,
+    ));
 }
 
 #[derive(Clone, Copy)]
@@ -144,8 +168,8 @@ async fn rpc(
                 Err(m) => return json(wire::err(&id, -32602, m, None)),
             };
             let r = match op {
-                Op::Get => ctx.tasks.get(owner, &task_id),
-                _ => ctx.tasks.cancel(owner, &task_id, unix_now()),
+                Op::Get => ctx.tasks.get(owner, &task_id).await,
+                _ => ctx.tasks.cancel(owner, &task_id).await,
             };
             match r {
                 Ok(t) => json(wire::ok(
@@ -161,7 +185,10 @@ async fn rpc(
                     format!("task {t} has ended and cannot be canceled"),
                     None,
                 )),
-                Err(TaskError::Busy) => json(wire::err(&id, -32000, "busy", None)),
+                Err(e) => {
+                    let r = run::Refused::from(e);
+                    json(wire::err(&id, r.code, r.message, None))
+                }
             }
         }
         Op::Send | Op::Stream => {
@@ -182,7 +209,7 @@ async fn rpc(
                 Ok((t, handle)) => {
                     let t = if blocking {
                         let _ = handle.await;
-                        ctx.tasks.get(owner, &t.id).unwrap_or(t)
+                        ctx.tasks.get(owner, &t.id).await.unwrap_or(t)
                     } else {
                         t
                     };
@@ -194,7 +221,9 @@ async fn rpc(
 }
 
 /// `message/stream`: SSE of JSON-RPC responses: the task, its status updates, the
-/// answer as an artifact, and a final status.
+/// answer as artifact updates while it streams (the first piece makes the
+/// artifact, the next ones `append`, the final one is `lastChunk`), and a final
+/// status.
 async fn stream(
     ctx: &Ctx,
     state: &AppState,
@@ -204,7 +233,7 @@ async fn stream(
     version: Version,
     id: Value,
 ) -> Response {
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, rx) = mpsc::channel(8);
     let (first, _handle) = match run::start(ctx, state, bearer, owner, inc, Some(tx)).await {
         Ok(x) => x,
         Err(r) => return json(wire::err(&id, r.code, r.message, None)),
@@ -215,25 +244,16 @@ async fn stream(
     let frame = move |v: Value| Ok(Bytes::from(format!("data: {}\n\n", wire::ok(&id, v))));
     state.tasks.spawn(async move {
         let _ = out_tx.send(frame(wire::event_task(&first, version))).await;
-        let mut last = first;
-        while let Some(t) = rx.recv().await {
-            if t.state == task::State::Completed
-                && let Some(a) = wire::event_artifact(&t, version)
-            {
-                let _ = out_tx.send(frame(a)).await;
-            }
-            if out_tx
-                .send(frame(wire::event_status(&t, version)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            last = t;
-        }
+        let last = relay(rx, &first, version, |v| {
+            let out_tx = out_tx.clone();
+            let f = frame.clone();
+            async move { out_tx.send(f(v)).await.is_ok() }
+        })
+        .await;
         // Ended without a final state (canceled): say how it ended.
-        if !last.state.terminal()
-            && let Ok(t) = tasks.get(&owner, &last.id)
+        if let Some(last) = last
+            && !last.state.terminal()
+            && let Ok(t) = tasks.get(&owner, &last.id).await
         {
             let _ = out_tx.send(frame(wire::event_status(&t, version))).await;
         }
@@ -249,4 +269,53 @@ async fn stream(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// Turns a task's events into stream events for `send` (false: the reader went
+/// away). A piece of text is held until the next one arrives, so the last piece
+/// can be marked `lastChunk`. Returns the latest task seen, `None` when the
+/// reader went away.
+async fn relay<F, Fut>(
+    mut rx: mpsc::Receiver<Event>,
+    first: &task::Task,
+    version: Version,
+    send: F,
+) -> Option<task::Task>
+where
+    F: Fn(Value) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut last = first.clone();
+    let mut held: Option<String> = None;
+    let mut sent_any = false;
+    while let Some(e) = rx.recv().await {
+        let t = match e {
+            Event::Text(piece) => {
+                if let Some(p) = held.replace(piece) {
+                    if !send(wire::event_chunk(&last, &p, sent_any, false, version)).await {
+                        return None;
+                    }
+                    sent_any = true;
+                }
+                continue;
+            }
+            Event::Task(t) => *t,
+        };
+        if t.state == task::State::Completed {
+            // The final piece (or the whole answer when nothing streamed).
+            let text = match (held.take(), sent_any) {
+                (Some(p), _) => p,
+                (None, false) => t.answer.clone().unwrap_or_default(),
+                (None, true) => String::new(),
+            };
+            if !send(wire::event_chunk(&t, &text, sent_any, true, version)).await {
+                return None;
+            }
+        }
+        if !send(wire::event_status(&t, version)).await {
+            return None;
+        }
+        last = t;
+    }
+    Some(last)
 }

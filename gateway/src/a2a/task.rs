@@ -1,25 +1,33 @@
 //! A2A tasks as the gateway keeps them: one inference each, owned by the key that
-//! asked, kept in memory for `RETENTION_S` and at most `MAX_TASKS` at once (the
-//! oldest go first). The store is being reorganised (issue 14), so tasks are not
-//! in the SQL store yet: a restart forgets them, not their cost (the cost is
-//! charged and recorded by the chat route like any request).
+//! asked, in the SQL store (`store::a2a`: one row per task, written when it is made
+//! and at each change of state), so a restart keeps them and every replica sees
+//! them. Kept for `[a2a] retention_s` and at most `[a2a] max_tasks` rows, enforced
+//! by [`super::retention`]'s sweep. The tasks running on this replica are also kept
+//! in memory, for their abort handles and the per-key limit of running tasks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::AbortHandle;
 
-/// How long a task is kept after it was created.
-pub const RETENTION_S: u64 = 3600;
-/// Most tasks kept at once (all keys).
-pub const MAX_TASKS: usize = 10_000;
-/// Most tasks of one key running at once.
-pub const MAX_RUNNING_PER_KEY: usize = 16;
+use crate::clock::SharedClock;
+use crate::store::Store;
+use crate::store::a2a::TaskRow;
+
 /// Most earlier turns of a context given to a new task.
 pub const MAX_CONTEXT_TURNS: usize = 16;
+/// Most bytes of an answer kept on a task (longer ones are cut, and
+/// `metadata.tenzro.answer_truncated` says so); with the 64 KiB question this
+/// bounds a stored task to a few hundred KiB.
+pub const MAX_ANSWER_BYTES: usize = 96 * 1024;
+/// The status message of a task whose replica stopped while it ran.
+pub const INTERRUPTED: &str =
+    "interrupted: the gateway restarted while this task ran; send the message again";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     Submitted,
     Working,
@@ -36,29 +44,46 @@ impl State {
             State::Completed | State::Canceled | State::Failed | State::Rejected
         )
     }
+
+    /// The stored name (A2A 0.3's).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Submitted => "submitted",
+            State::Working => "working",
+            State::Completed => "completed",
+            State::Canceled => "canceled",
+            State::Failed => "failed",
+            State::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> Option<State> {
+        serde_json::from_value(Value::String(s.to_owned())).ok()
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Agent,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Msg {
     pub id: String,
     pub role: Role,
     pub text: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Task {
     pub id: String,
     pub context_id: String,
     pub state: State,
     /// The agent's status message (an error's text when it failed).
     pub status_message: Option<Msg>,
-    /// Unix seconds of the latest state change.
+    /// Unix seconds of the latest state change (the gateway's clock).
     pub updated: u64,
     pub history: Vec<Msg>,
     /// The answer's text, once completed.
@@ -67,22 +92,40 @@ pub struct Task {
     pub metadata: Value,
 }
 
-struct Entry {
+/// `text` cut to at most [`MAX_ANSWER_BYTES`] on a character boundary, and
+/// whether it was cut.
+pub fn bounded(text: &str) -> (&str, bool) {
+    if text.len() <= MAX_ANSWER_BYTES {
+        return (text, false);
+    }
+    let mut end = MAX_ANSWER_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
+}
+
+/// Limits of the tasks (`[a2a]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most tasks of one key running at once on this replica.
+    pub max_running_per_key: usize,
+}
+
+/// A task running on this replica.
+struct Live {
     owner: String,
-    created: u64,
     task: Task,
     abort: Option<AbortHandle>,
 }
 
-#[derive(Default)]
 pub struct Tasks {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    map: HashMap<String, Entry>,
-    order: VecDeque<String>,
+    store: Store,
+    clock: SharedClock,
+    /// This replica's id, written on the rows of the tasks it runs.
+    runner: String,
+    limits: Limits,
+    running: Mutex<HashMap<String, Live>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,136 +133,228 @@ pub enum TaskError {
     NotFound(String),
     NotCancelable(String),
     Busy,
+    /// The store failed (the message is for the log and the caller).
+    Store(String),
 }
 
-impl Inner {
-    fn expire(&mut self, now: u64) {
-        while let Some(id) = self.order.front() {
-            let old = self
-                .map
-                .get(id)
-                .is_none_or(|e| e.created + RETENTION_S <= now);
-            if !old && self.map.len() < MAX_TASKS {
-                break;
-            }
-            if let Some(id) = self.order.pop_front()
-                && let Some(e) = self.map.remove(&id)
-                && let Some(a) = e.abort
-            {
-                a.abort();
-            }
-        }
+fn stored(e: impl std::fmt::Display) -> TaskError {
+    TaskError::Store(format!("the task store failed: {e}"))
+}
+
+/// The row of `owner`'s task.
+fn row_of(owner: &str, t: &Task, runner: &str, created: u64) -> Result<TaskRow, TaskError> {
+    Ok(TaskRow {
+        id: t.id.clone(),
+        owner: owner.to_owned(),
+        context_id: t.context_id.clone(),
+        state: t.state.name().to_owned(),
+        runner: runner.to_owned(),
+        body: serde_json::to_string(t).map_err(stored)?,
+        created,
+        updated: t.updated,
+    })
+}
+
+/// The task of a row: its body, with the row's state and time (a replica that
+/// restarted changes those).
+pub fn task_of(row: &TaskRow) -> Result<Task, TaskError> {
+    let mut t: Task = serde_json::from_str(&row.body)
+        .map_err(|e| stored(format!("task {}: unreadable body: {e}", row.id)))?;
+    t.state = State::parse(&row.state)
+        .ok_or_else(|| stored(format!("task {}: unknown state {:?}", row.id, row.state)))?;
+    t.updated = row.updated;
+    if t.state == State::Failed && t.status_message.is_none() {
+        t.status_message = Some(Msg {
+            id: format!("{}-interrupted", t.id),
+            role: Role::Agent,
+            text: INTERRUPTED.into(),
+        });
     }
+    Ok(t)
 }
 
 impl Tasks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(store: Store, clock: SharedClock, runner: String, limits: Limits) -> Self {
+        Tasks {
+            store,
+            clock,
+            runner,
+            limits,
+            running: Mutex::default(),
+        }
     }
 
-    /// Keeps a new task of `owner`; refused when the key runs too many.
-    pub fn insert(&self, owner: &str, task: Task, now: u64) -> Result<(), TaskError> {
-        let mut g = self.lock();
-        g.expire(now);
-        let running = g
-            .map
-            .values()
-            .filter(|e| e.owner == owner && !e.task.state.terminal())
-            .count();
-        if running >= MAX_RUNNING_PER_KEY {
-            return Err(TaskError::Busy);
+    pub fn now(&self) -> u64 {
+        self.clock.unix()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a new task of `owner`; refused when the key runs too many here.
+    pub async fn insert(&self, owner: &str, task: Task) -> Result<(), TaskError> {
+        let now = self.now();
+        let row = row_of(owner, &task, &self.runner, now)?;
+        {
+            let mut g = self.lock();
+            let running = g.values().filter(|l| l.owner == owner).count();
+            if running >= self.limits.max_running_per_key {
+                return Err(TaskError::Busy);
+            }
+            g.insert(
+                task.id.clone(),
+                Live {
+                    owner: owner.to_owned(),
+                    task,
+                    abort: None,
+                },
+            );
         }
-        g.order.push_back(task.id.clone());
-        g.map.insert(
-            task.id.clone(),
-            Entry {
-                owner: owner.to_owned(),
-                created: now,
-                task,
-                abort: None,
-            },
-        );
+        if let Err(e) = self.store.insert_a2a_task(&row).await {
+            self.lock().remove(&row.id);
+            return Err(stored(e));
+        }
         Ok(())
     }
 
     pub fn set_abort(&self, id: &str, abort: AbortHandle) {
-        if let Some(e) = self.lock().map.get_mut(id) {
-            e.abort = Some(abort);
+        if let Some(l) = self.lock().get_mut(id) {
+            l.abort = Some(abort);
         }
     }
 
     /// `owner`'s task (another key's is not found).
-    pub fn get(&self, owner: &str, id: &str) -> Result<Task, TaskError> {
-        self.lock()
-            .map
+    pub async fn get(&self, owner: &str, id: &str) -> Result<Task, TaskError> {
+        let live = self
+            .lock()
             .get(id)
-            .filter(|e| e.owner == owner)
-            .map(|e| e.task.clone())
-            .ok_or_else(|| TaskError::NotFound(id.to_owned()))
+            .filter(|l| l.owner == owner)
+            .map(|l| l.task.clone());
+        if let Some(t) = live {
+            return Ok(t);
+        }
+        match self.store.a2a_task(owner, id).await.map_err(stored)? {
+            Some(row) => task_of(&row),
+            None => Err(TaskError::NotFound(id.to_owned())),
+        }
     }
 
-    /// Changes a task unless it already ended (a canceled task stays canceled).
-    pub fn update(&self, id: &str, now: u64, f: impl FnOnce(&mut Task)) -> Option<Task> {
-        let mut g = self.lock();
-        let e = g.map.get_mut(id)?;
-        if e.task.state.terminal() {
-            return Some(e.task.clone());
+    /// Changes a task running here unless it already ended; `None` when it is not
+    /// running here. A task that ended in the store meanwhile (canceled through
+    /// another replica) stays as it ended, and its run here is aborted.
+    pub async fn update(&self, id: &str, f: impl FnOnce(&mut Task)) -> Option<Task> {
+        let now = self.now();
+        let (owner, t) = {
+            let mut g = self.lock();
+            let l = g.get_mut(id)?;
+            f(&mut l.task);
+            l.task.updated = now;
+            let out = (l.owner.clone(), l.task.clone());
+            if l.task.state.terminal() {
+                g.remove(id);
+            }
+            out
+        };
+        let body = match serde_json::to_string(&t) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(task = id, error = %e, "serialising an A2A task");
+                return Some(t);
+            }
+        };
+        match self
+            .store
+            .update_a2a_task(id, None, t.state.name(), &body, now)
+            .await
+        {
+            Ok(true) => Some(t),
+            Ok(false) => {
+                let ended = self.lock().remove(id);
+                let stored = self.store.a2a_task(&owner, id).await.ok().flatten();
+                if let Some(a) = ended.and_then(|l| l.abort) {
+                    a.abort();
+                }
+                stored.and_then(|r| task_of(&r).ok()).or(Some(t))
+            }
+            Err(e) => {
+                tracing::error!(task = id, error = %e, "writing an A2A task");
+                Some(t)
+            }
         }
-        f(&mut e.task);
-        e.task.updated = now;
-        if e.task.state.terminal() {
-            e.abort = None;
-        }
-        Some(e.task.clone())
     }
 
-    /// Cancels `owner`'s running task: its inference is dropped (the caller pays
-    /// for what was generated until then, as for any client that goes away).
-    pub fn cancel(&self, owner: &str, id: &str, now: u64) -> Result<Task, TaskError> {
-        let mut g = self.lock();
-        let e = g
-            .map
-            .get_mut(id)
-            .filter(|e| e.owner == owner)
-            .ok_or_else(|| TaskError::NotFound(id.to_owned()))?;
-        if e.task.state.terminal() {
+    /// Cancels `owner`'s running task: its inference is dropped when it runs here
+    /// (the caller pays for what was generated until then, as for any client that
+    /// goes away); one running on another replica ends there at its next change.
+    pub async fn cancel(&self, owner: &str, id: &str) -> Result<Task, TaskError> {
+        let live = {
+            let mut g = self.lock();
+            match g.get(id) {
+                Some(l) if l.owner == owner => g.remove(id),
+                _ => None,
+            }
+        };
+        let mut t = match live {
+            Some(l) => {
+                if let Some(a) = l.abort {
+                    a.abort();
+                }
+                l.task
+            }
+            None => self.get(owner, id).await?,
+        };
+        if t.state.terminal() {
             return Err(TaskError::NotCancelable(id.to_owned()));
         }
-        if let Some(a) = e.abort.take() {
-            a.abort();
+        t.state = State::Canceled;
+        t.updated = self.now();
+        let body = serde_json::to_string(&t).map_err(stored)?;
+        match self
+            .store
+            .update_a2a_task(id, Some(owner), t.state.name(), &body, t.updated)
+            .await
+            .map_err(stored)?
+        {
+            true => Ok(t),
+            false => Err(TaskError::NotCancelable(id.to_owned())),
         }
-        e.task.state = State::Canceled;
-        e.task.updated = now;
-        Ok(e.task.clone())
     }
 
     /// The earlier completed turns of `owner`'s context, oldest first.
-    pub fn context(&self, owner: &str, context_id: &str) -> Vec<(String, String)> {
-        let g = self.lock();
-        let mut turns: Vec<(u64, String, String)> = g
-            .map
-            .values()
-            .filter(|e| e.owner == owner && e.task.context_id == context_id)
-            .filter(|e| e.task.state == State::Completed)
-            .filter_map(|e| {
-                let question = e.task.history.iter().find(|m| m.role == Role::User)?;
-                Some((e.created, question.text.clone(), e.task.answer.clone()?))
-            })
-            .collect();
-        turns.sort_by_key(|t| t.0);
-        let skip = turns.len().saturating_sub(MAX_CONTEXT_TURNS);
-        turns
-            .into_iter()
-            .skip(skip)
-            .map(|(_, q, a)| (q, a))
-            .collect()
+    pub async fn context(
+        &self,
+        owner: &str,
+        context_id: &str,
+    ) -> Result<Vec<(String, String)>, TaskError> {
+        let rows = self
+            .store
+            .a2a_context(owner, context_id, MAX_CONTEXT_TURNS)
+            .await
+            .map_err(stored)?;
+        let mut turns = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            let t = task_of(row)?;
+            if let (Some(q), Some(a)) = (t.history.iter().find(|m| m.role == Role::User), t.answer)
+            {
+                turns.push((q.text.clone(), a));
+            }
+        }
+        Ok(turns)
     }
 }
 
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::clock::{Clock, ManualClock};
 
     fn task(id: &str) -> Task {
         Task {
@@ -228,50 +363,109 @@ mod tests {
             state: State::Working,
             status_message: None,
             updated: 0,
-            history: vec![],
+            history: vec![Msg {
+                id: format!("{id}-q"),
+                role: Role::User,
+                text: format!("question {id}"),
+            }],
             answer: None,
             metadata: Value::Null,
         }
     }
 
-    #[test]
-    fn tasks_are_their_owners_and_expire() {
-        let t = Tasks::default();
-        t.insert("k1", task("a"), 100).unwrap();
-        assert!(t.get("k1", "a").is_ok());
-        assert_eq!(
-            t.get("k2", "a").unwrap_err(),
-            TaskError::NotFound("a".into())
-        );
-        assert_eq!(
-            t.cancel("k2", "a", 101).unwrap_err(),
-            TaskError::NotFound("a".into())
-        );
-        t.insert("k1", task("b"), 100 + RETENTION_S).unwrap();
-        assert!(t.get("k1", "a").is_err(), "expired");
-        assert!(t.get("k1", "b").is_ok());
+    async fn tasks(max: usize) -> (Tasks, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
+        let limits = Limits {
+            max_running_per_key: max,
+        };
+        (Tasks::new(store, clock, "r1".into(), limits), dir)
     }
 
-    #[test]
-    fn a_canceled_task_stays_canceled() {
-        let t = Tasks::default();
-        t.insert("k", task("a"), 1).unwrap();
-        assert_eq!(t.cancel("k", "a", 2).unwrap().state, State::Canceled);
-        let after = t.update("a", 3, |x| x.state = State::Completed).unwrap();
-        assert_eq!(after.state, State::Canceled);
+    #[tokio::test]
+    async fn tasks_are_their_owners_and_outlive_the_process() {
+        let (t, _dir) = tasks(16).await;
+        t.insert("k1", task("a")).await.unwrap();
+        assert!(t.get("k1", "a").await.is_ok());
         assert_eq!(
-            t.cancel("k", "a", 4).unwrap_err(),
+            t.get("k2", "a").await.unwrap_err(),
+            TaskError::NotFound("a".into())
+        );
+        assert_eq!(
+            t.cancel("k2", "a").await.unwrap_err(),
+            TaskError::NotFound("a".into())
+        );
+        let done = t
+            .update("a", |x| {
+                x.state = State::Completed;
+                x.answer = Some("answer a".into());
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.state, State::Completed);
+        // Another Tasks over the same store (a restarted gateway) reads it.
+        let again = Tasks::new(t.store.clone(), t.clock.clone(), "r1".into(), t.limits());
+        let got = again.get("k1", "a").await.unwrap();
+        assert_eq!(
+            (got.state, got.answer.as_deref()),
+            (State::Completed, Some("answer a"))
+        );
+        assert!(again.get("k2", "a").await.is_err());
+        assert_eq!(
+            again.context("k1", "c").await.unwrap(),
+            vec![("question a".to_owned(), "answer a".to_owned())]
+        );
+        assert!(again.context("k2", "c").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_canceled_task_stays_canceled() {
+        let (t, _dir) = tasks(16).await;
+        t.insert("k", task("a")).await.unwrap();
+        assert_eq!(t.cancel("k", "a").await.unwrap().state, State::Canceled);
+        // Its run is gone from this replica: a late answer changes nothing.
+        assert!(
+            t.update("a", |x| x.state = State::Completed)
+                .await
+                .is_none()
+        );
+        assert_eq!(t.get("k", "a").await.unwrap().state, State::Canceled);
+        assert_eq!(
+            t.cancel("k", "a").await.unwrap_err(),
             TaskError::NotCancelable("a".into())
         );
     }
 
-    #[test]
-    fn running_tasks_per_key_are_bounded() {
-        let t = Tasks::default();
-        for i in 0..MAX_RUNNING_PER_KEY {
-            t.insert("k", task(&i.to_string()), 1).unwrap();
+    #[tokio::test]
+    async fn a_cancel_through_another_replica_wins_over_the_answer() {
+        let (t, _dir) = tasks(16).await;
+        t.insert("k", task("a")).await.unwrap();
+        let other = Tasks::new(t.store.clone(), t.clock.clone(), "r2".into(), t.limits());
+        assert_eq!(other.cancel("k", "a").await.unwrap().state, State::Canceled);
+        let after = t.update("a", |x| x.state = State::Completed).await.unwrap();
+        assert_eq!(after.state, State::Canceled);
+        assert_eq!(t.get("k", "a").await.unwrap().state, State::Canceled);
+    }
+
+    #[tokio::test]
+    async fn running_tasks_per_key_are_bounded() {
+        let (t, _dir) = tasks(3).await;
+        for i in 0..3 {
+            t.insert("k", task(&i.to_string())).await.unwrap();
         }
-        assert_eq!(t.insert("k", task("x"), 1).unwrap_err(), TaskError::Busy);
-        assert!(t.insert("other", task("y"), 1).is_ok());
+        assert_eq!(t.insert("k", task("x")).await.unwrap_err(), TaskError::Busy);
+        assert!(t.insert("other", task("y")).await.is_ok());
+        t.update("0", |x| x.state = State::Failed).await.unwrap();
+        assert!(t.insert("k", task("z")).await.is_ok(), "one ended");
+    }
+
+    #[test]
+    fn long_answers_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(MAX_ANSWER_BYTES);
+        let (cut, was) = bounded(&s);
+        assert!(was && cut.len() <= MAX_ANSWER_BYTES && cut.len() >= MAX_ANSWER_BYTES - 1);
+        assert_eq!(bounded("hi"), ("hi", false));
     }
 }

@@ -272,25 +272,29 @@ pub fn event_status(t: &Task, v: Version) -> Value {
     }
 }
 
-pub fn event_artifact(t: &Task, v: Version) -> Option<Value> {
-    let a = artifact(t, v)?;
-    Some(match v {
-        Version::V03 => json!({
-            "kind": "artifact-update",
-            "taskId": t.id,
-            "contextId": t.context_id,
-            "artifact": a,
-            "append": false,
-            "lastChunk": true,
-        }),
-        Version::V1 => json!({ "artifactUpdate": {
-            "taskId": t.id,
-            "contextId": t.context_id,
-            "artifact": a,
-            "append": false,
-            "lastChunk": true,
-        }}),
-    })
+/// One piece of a streamed answer: the answer artifact's text so far grows by
+/// `text` (`append` after the first piece); `last_chunk` on the final piece.
+pub fn event_chunk(t: &Task, text: &str, append: bool, last_chunk: bool, v: Version) -> Value {
+    let a = json!({
+        "artifactId": format!("{}-answer", t.id),
+        "name": "answer",
+        "parts": [text_part(text, v)],
+    });
+    let body = json!({
+        "taskId": t.id,
+        "contextId": t.context_id,
+        "artifact": a,
+        "append": append,
+        "lastChunk": last_chunk,
+    });
+    match v {
+        Version::V03 => {
+            let mut o = body;
+            o["kind"] = "artifact-update".into();
+            o
+        }
+        Version::V1 => json!({ "artifactUpdate": body }),
+    }
 }
 
 /// A JSON-RPC 2.0 success.

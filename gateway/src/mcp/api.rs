@@ -150,6 +150,67 @@ impl Api for InProcess {
     }
 }
 
+/// An answer whose body is still coming: a 2xx's body to read as it streams, or
+/// the whole answer of an error.
+pub enum Streamed {
+    Body {
+        /// The `x-tenzro-*` headers.
+        tenzro: Vec<(String, String)>,
+        body: Body,
+    },
+    Done(Reply),
+}
+
+impl Streamed {
+    /// A `x-tenzro-NAME` header of a streaming answer.
+    pub fn header<'a>(tenzro: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        tenzro
+            .iter()
+            .find(|(k, _)| k.strip_prefix("x-tenzro-") == Some(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl InProcess {
+    /// Like [`Api::call`], but a successful answer's body is handed over as it
+    /// comes (a streamed chat completion's SSE); dropping it cancels the request.
+    pub async fn call_streamed(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Value,
+    ) -> Result<Streamed, String> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::to_vec(&body).map_err(|e| e.to_string())?,
+            ))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .router()
+            .oneshot(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        if (200..300).contains(&status) {
+            let tenzro = Reply::from_parts(status, &headers, &[]).tenzro;
+            return Ok(Streamed::Body {
+                tenzro,
+                body: resp.into_body(),
+            });
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), MAX_REPLY_BYTES)
+            .await
+            .map_err(|e| format!("reading the gateway's answer: {e}"))?;
+        Ok(Streamed::Done(Reply::from_parts(status, &headers, &bytes)))
+    }
+}
+
 /// A gateway over HTTP(S).
 #[derive(Clone)]
 pub struct Remote {

@@ -1,11 +1,8 @@
-//! The two tools that compute rather than call: `estimate_cost` (from the prices
-//! `/v1/models` lists, by the gateway's own pricing rules) and `verify_receipt`
-//! (an offline signature check, as any agent can do it).
+//! `estimate_cost`: computed rather than called, from the prices `/v1/models`
+//! lists, by the gateway's own pricing rules.
 
 use axum::http::Method;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tenzro_attest::{PublicKey, Receipt};
 
 use super::api::Api;
 use super::args;
@@ -107,42 +104,6 @@ pub async fn estimate<A: Api>(
     ))
 }
 
-/// Checks a receipt's signature and, when asked, its signer.
-pub fn verify_receipt(a: args::VerifyReceipt) -> Result<(String, Value), Failure> {
-    let receipt = Receipt::deserialize(&a.receipt)
-        .map_err(|e| Failure::new(format!("`receipt` is not a provider receipt: {e}")))?;
-    let signer = receipt.provider_key.did();
-    let expected: Option<PublicKey> = match &a.provider {
-        Some(p) if *p == signer => Some(receipt.provider_key),
-        Some(p) => {
-            return Err(Failure::new(format!(
-                "the receipt is signed by {signer}, not by {p}"
-            )));
-        }
-        None => None,
-    };
-    receipt
-        .verify(expected.as_ref())
-        .map_err(|e| Failure::new(format!("the receipt does not verify: {e}")))?;
-    Ok((
-        format!(
-            "valid: signed by {signer} for {} ({} prompt + {} completion tokens)",
-            receipt.model, receipt.prompt_tokens, receipt.completion_tokens
-        ),
-        json!({
-            "valid": true,
-            "signer": signer,
-            "model": receipt.model,
-            "prompt_tokens": receipt.prompt_tokens,
-            "completion_tokens": receipt.completion_tokens,
-            "issued_at": receipt.issued_at,
-            "request_sha256": hex::encode(receipt.request_sha256),
-            "response_sha256": hex::encode(receipt.response_sha256),
-            "weight_sha256": hex::encode(receipt.weight_sha256),
-        }),
-    ))
-}
-
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
@@ -168,14 +129,5 @@ mod tests {
         let (tee_idle, _) = bounds(1_000, None, true, 47).unwrap();
         assert_eq!(tee_idle, 28_200);
         assert!(bounds(u128::MAX, None, false, 2).is_none());
-    }
-
-    #[test]
-    fn a_receipt_that_is_not_one_is_refused_by_name() {
-        let r = verify_receipt(args::VerifyReceipt {
-            receipt: json!({"model": "m"}),
-            provider: None,
-        });
-        assert!(r.is_err_and(|f| f.message.contains("`receipt`")));
     }
 }

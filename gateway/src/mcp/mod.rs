@@ -9,7 +9,8 @@
 //! - [`api`]: the HTTP API in process (the gateway's own router) or remote (reqwest);
 //! - [`args`]: the tools' inputs (their JSON Schemas);
 //! - [`tools`]: the tool list and one adapter per tool;
-//! - [`estimate`]: `estimate_cost` and `verify_receipt`, computed, not called;
+//! - [`estimate`]: `estimate_cost`, computed from `/v1/models`' prices;
+//! - [`receipt`]: `verify_receipt`, over `POST /v1/receipts/verify`;
 //! - [`server`]: the rmcp `ServerHandler`;
 //! - [`public`]: `GET /v1/providers/status`, the providers' public status.
 
@@ -17,6 +18,7 @@ pub mod api;
 pub mod args;
 pub mod estimate;
 pub mod public;
+pub mod receipt;
 pub mod server;
 pub mod tools;
 

@@ -191,7 +191,10 @@ pub async fn call<A: Api>(api: &A, key: &str, name: &str, args: JsonObject) -> C
             Ok(a) => provider_status(api, key, a).await,
             Err(f) => Err(f),
         },
-        "verify_receipt" => parse(args).and_then(super::estimate::verify_receipt),
+        "verify_receipt" => match parse(args) {
+            Ok(a) => super::receipt::verify(api, key, a).await,
+            Err(f) => Err(f),
+        },
         "request_faucet" => no_args(args, send(api, key, Method::POST, "/v1/faucet", None)).await,
         other => Err(Failure::new(format!(
             "unknown tool `{other}`; the tools are: {}",

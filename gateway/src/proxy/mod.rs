@@ -24,7 +24,6 @@
 
 mod admit;
 mod attempt;
-pub mod forward;
 mod relay;
 mod stream;
 mod whole;

@@ -9,13 +9,12 @@
 //! One file per table family: this one (connection, migrations, the money batch),
 //! [`records`] (what is stored of accounts and keys, and a key's scope),
 //! [`bonds`], [`disputes`], [`identity`] (identity documents), [`registry`]
-//! (providers, bans, slashes), [`lease`] (which replica serves an account) and
-//! [`cluster`] (replicas' addresses, change hints, what the reconcile re-reads).
+//! (providers, bans, slashes) and [`lease`] (which replica serves an account).
 
+pub mod a2a;
 mod accounts;
 pub mod bonds;
 mod channels;
-pub mod cluster;
 mod commit;
 pub mod disputes;
 pub mod identity;
@@ -87,9 +86,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0006_identities.sql"),
     ),
     (
-        10,
-        "replicas",
-        include_str!("../../migrations/0010_replicas.sql"),
+        9,
+        "a2a_tasks",
+        include_str!("../../migrations/0009_a2a_tasks.sql"),
     ),
 ];
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod a2a_store;
 mod bonds_store;
 mod disputes_store;
 mod store;
