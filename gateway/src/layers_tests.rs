@@ -14,6 +14,7 @@ const DOMAIN: &[&str] = &[
     "accounts",
     "audit",
     "clock",
+    "cluster",
     "config",
     "metering",
     "metrics",

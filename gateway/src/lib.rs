@@ -14,6 +14,7 @@ pub mod a2a;
 pub mod accounts;
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod http;
@@ -73,6 +74,8 @@ pub enum StartError {
     Provider(String, providers::registry::RegistryError),
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Opens the configured store (creating the data directory for SQLite).
@@ -150,6 +153,12 @@ pub async fn build_with_clock(
 ) -> Result<AppState, StartError> {
     config.amounts = config.amounts()?;
     let registry = configured_registry(&config, clock.clone())?;
+    // SQLite serves one process; [cluster] needs PostgreSQL (`cluster::lock`).
+    cluster::lock::lock_sqlite(&config.store_url()).map_err(StartError::Cluster)?;
+    config
+        .cluster
+        .validate(config.store_url().starts_with("sqlite:"))
+        .map_err(StartError::Cluster)?;
     let store = open_store(&config).await?;
     let stored = store_error(&config);
     let snap = store.load().await.map_err(&stored)?;
@@ -175,6 +184,7 @@ pub async fn build_with_clock(
     }
     let replica = store::lease::Leases::replica_id(&config.server.data_dir)
         .map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
+    let cluster = Arc::new(cluster::Cluster::new(config.cluster.clone(), replica.clone())?);
     let leases = Arc::new(store::lease::Leases::new(replica, config.store.lease_ttl_s));
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,
@@ -197,6 +207,14 @@ pub async fn build_with_clock(
     let payer_key = Arc::new(ProviderKey::load_or_create(&config.payer_key_path())?);
     let client = upstream_client(&config)?;
     let audits = audit::Audits::new(config.attestation.audit_rate, config.audit.clone());
+    let shared = cluster::sync::Shared {
+        cluster: cluster.clone(),
+        registry: registry.clone(),
+        accounts: accounts.clone(),
+        store: store.clone(),
+        client: client.clone(),
+        heard: Arc::default(),
+    };
     Ok(AppState {
         clock,
         rates: Arc::new(config.rates()?),
@@ -206,6 +224,8 @@ pub async fn build_with_clock(
         book,
         store,
         leases,
+        cluster,
+        shared,
         payer_key,
         faucet: Arc::default(),
         identities: Arc::new(parking_lot::RwLock::new(identities)),
@@ -318,6 +338,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         money.clone(),
     ));
     spawn_money_tasks(&state, &money);
+    // Shared state between replicas: hints, reconcile, this replica's address.
+    state.tasks.spawn(
+        state
+            .shared
+            .clone()
+            .run(state.config.store_url(), cancel.clone()),
+    );
     a2a::start_retention(&state, cancel.clone()).await;
     // The source address reaches handlers (registrations are limited per address).
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();

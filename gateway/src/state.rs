@@ -25,6 +25,10 @@ pub struct AppState {
     pub store: Store,
     /// The accounts this replica serves (see [`crate::store::lease`]).
     pub leases: Arc<crate::store::lease::Leases>,
+    /// This replica among the others: forwarding, the shared secret (`crate::cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
+    /// Keeps this replica's memory in step with what the others store.
+    pub shared: crate::cluster::sync::Shared,
     /// Signs channel vouchers on the payers' behalf.
     pub payer_key: Arc<tenzro_attest::ProviderKey>,
     /// The identity registry (TDIP). A change is made in place under this lock and

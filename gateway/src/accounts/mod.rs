@@ -264,7 +264,26 @@ impl Accounts {
         let now = unix_now();
         let stored = self.store.revoke_key(key_id, now).await?;
         self.store.revoke_delegated_keys(key_id, now).await?;
+        // Other replicas drop it from their caches (`crate::cluster`).
+        self.store.notify("key", key_id).await;
         Ok(removed || stored)
+    }
+
+    /// Drops a key another replica revoked (and the keys it delegated to) from
+    /// this replica's cache; true when one was cached. The store stays as it is.
+    pub fn drop_cached(&self, key_id: &str) -> bool {
+        let mut keys = self.keys.write();
+        let mut gone = Vec::new();
+        keys.retain(|_, e| {
+            let keep = e.record.id != key_id
+                && !e.record.scope.ancestors.iter().any(|a| a.key_id == key_id);
+            if !keep {
+                gone.push(e.record.id.clone());
+            }
+            keep
+        });
+        self.limiters.forget(&gone);
+        !gone.is_empty()
     }
 
     pub fn credit(&self, account: &str, asset: Asset, amount: u128) -> Result<u128, AccountsError> {

@@ -42,7 +42,7 @@ impl Config {
             cfg.cluster.advertise = v;
         }
         if let Some(v) = env("TENZRO_CLUSTER_SECRET") {
-            cfg.cluster.secret = Secret::new(v);
+            cfg.cluster.secret = v;
         }
         if let Some(v) = env("TENZRO_ROUTING_STRATEGY") {
             cfg.routing.strategy = serde_json::from_value(serde_json::Value::String(v.clone()))

@@ -41,6 +41,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        // Requests for an account another replica holds go there (`proxy::forward`).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::forward::route,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

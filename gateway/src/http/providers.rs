@@ -60,10 +60,28 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     ApiJson(signed): ApiJson<Signed>,
 ) -> Result<Response, ApiError> {
-    let r = state
-        .registry
-        .heartbeat(&signed, state.registry.unix_now())
-        .map_err(ApiError::from)?;
+    let now = state.registry.unix_now();
+    let r = match state.registry.heartbeat(&signed, now) {
+        // Registered with another replica and not applied here yet: read its row.
+        Err(RegistryError::UnknownProvider(id)) => {
+            state
+                .shared
+                .apply_hint(&format!("provider:{id}"))
+                .await
+                .map_err(ApiError::internal)?;
+            state.registry.heartbeat(&signed, now)
+        }
+        other => other,
+    }
+    .map_err(ApiError::from)?;
+    // Liveness reaches the other replicas in one batched write (`crate::cluster`).
+    if let Some(id) = serde_json::from_str::<serde_json::Value>(&signed.payload)
+        .ok()
+        .as_ref()
+        .and_then(|v| v["provider_id"].as_str())
+    {
+        state.shared.heard(id, now);
+    }
     Ok(Json(r).into_response())
 }
 

@@ -520,6 +520,10 @@ mod life;
 
 #[path = "registry_slashes.rs"]
 mod slashes;
+
+#[path = "registry_shared.rs"]
+mod shared;
+pub use shared::Applied;
 pub use slashes::{MAX_SLASHES_KEPT, MAX_SLASHES_PER_PROVIDER};
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 
 mod admit;
 mod attempt;
+pub mod forward;
 mod relay;
 mod stream;
 mod whole;

@@ -31,6 +31,10 @@ impl Store {
         write_pools(&mut tx, b).await?;
         super::bonds::write(&mut tx, b).await?;
         tx.commit().await?;
+        if !b.bonds.is_empty() {
+            // Other replicas re-read the bonds' stakes (`crate::cluster`).
+            self.notify("bond", "*").await;
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! `store.lease_idle_s` are committed, dropped from the book and released, so
 //! another replica can take them. A replica that dies loses its leases when they
 //! expire (`store.lease_ttl_s`). A request for an account another replica holds is
+//! forwarded to it when `[cluster] advertise` is set (`proxy::forward`), else
 //! answered 503 with Retry-After: route keys to replicas with affinity.
 //! A single gateway on SQLite runs the same code and always gets its leases.
 
@@ -69,6 +70,11 @@ impl Leases {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether this replica holds `account`'s lease at `now` (no store access).
+    pub fn holds(&self, account: &str, now: u64) -> bool {
+        self.valid(account, now)
     }
 
     fn valid(&self, account: &str, now: u64) -> bool {

@@ -9,12 +9,14 @@
 //! One file per table family: this one (connection, migrations, the money batch),
 //! [`records`] (what is stored of accounts and keys, and a key's scope),
 //! [`bonds`], [`disputes`], [`identity`] (identity documents), [`registry`]
-//! (providers, bans, slashes) and [`lease`] (which replica serves an account).
+//! (providers, bans, slashes), [`lease`] (which replica serves an account) and
+//! [`cluster`] (replicas' addresses, change hints, what the reconcile re-reads).
 
 pub mod a2a;
 mod accounts;
 pub mod bonds;
 mod channels;
+pub mod cluster;
 mod commit;
 pub mod disputes;
 pub mod identity;
@@ -89,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "a2a_tasks",
         include_str!("../../migrations/0009_a2a_tasks.sql"),
+    ),
+    (
+        10,
+        "replicas",
+        include_str!("../../migrations/0010_replicas.sql"),
     ),
 ];
 

@@ -74,22 +74,7 @@ impl Store {
         .bind(i64_of(since))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let registration = serde_json::from_str(&r.try_get::<String, _>(0)?)
-                    .map_err(|e| corrupt("registry_providers", "registration", e))?;
-                let attestation = r
-                    .try_get::<Option<String>, _>(1)?
-                    .map(|a| serde_json::from_str(&a))
-                    .transpose()
-                    .map_err(|e| corrupt("registry_providers", "attestation", e))?;
-                Ok(StoredProvider {
-                    registration,
-                    attestation,
-                    last_seen: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
-                })
-            })
-            .collect()
+        rows.iter().map(stored_provider).collect()
     }
 
     /// The public key bound to provider `id`, if it ever registered.
@@ -132,6 +117,22 @@ impl Store {
     }
 }
 
+/// One row of `SELECT registration, attestation, last_seen FROM registry_providers`.
+pub(super) fn stored_provider(r: &sqlx::any::AnyRow) -> Result<StoredProvider, StoreError> {
+    let registration = serde_json::from_str(&r.try_get::<String, _>(0)?)
+        .map_err(|e| corrupt("registry_providers", "registration", e))?;
+    let attestation = r
+        .try_get::<Option<String>, _>(1)?
+        .map(|a| serde_json::from_str(&a))
+        .transpose()
+        .map_err(|e| corrupt("registry_providers", "attestation", e))?;
+    Ok(StoredProvider {
+        registration,
+        attestation,
+        last_seen: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
+    })
+}
+
 /// Writes the rows the registry marked out of date (providers and their ban
 /// state); returns how many. On an error the rest stay marked.
 pub async fn save(registry: &Registry, store: &Store) -> Result<usize, StoreError> {
@@ -168,6 +169,8 @@ async fn save_one(registry: &Registry, store: &Store, id: &str) -> Result<(), St
     } else {
         store.delete_ban(id).await?;
     }
+    // Other replicas re-read the row (`crate::cluster`).
+    store.notify("provider", id).await;
     Ok(())
 }
 

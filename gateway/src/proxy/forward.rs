@@ -1,0 +1,222 @@
+//! Forwarding to the lease holder (issue 17): a request for an account that another
+//! live replica holds is sent there instead of being answered 503 `replica_busy`,
+//! so a client behind a plain round-robin balancer is served wherever it lands.
+//!
+//! The forward carries the caller's own headers (its API key too: the holder
+//! authenticates and admits it as any request) plus the replicas' shared secret in
+//! `x-tenzro-forward`. A request bearing that header is served where it lands and
+//! never forwarded again; one whose header is not the secret (an outside caller) is
+//! refused 403 before anything else. Streams pass through chunk by chunk; a holder
+//! that dies mid-stream ends the client's stream with an `error` event.
+//!
+//! Only the routes that take the account's lease are forwarded: inference, the
+//! account and its channels, the faucet, bonds. A holder that does not answer
+//! (dead, its lease not expired yet) is answered 503 with Retry-After until the
+//! lease expires and a surviving replica takes the account over.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use crate::cluster::{FORWARD_HEADER, FORWARDED_BY_HEADER};
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::store::cluster::Holder;
+
+/// Path prefixes whose handlers take the caller's account lease.
+const LEASED: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/account",
+    "/v1/channels",
+    "/v1/faucet",
+    "/v1/providers/bonds",
+];
+
+/// The middleware: forwards to the lease holder, or lets the route answer.
+pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // The body is not `Sync`: only the head is looked at before it moves on.
+    let (parts, body) = req.into_parts();
+    let found = target(&state, &parts.headers, parts.uri.path()).await;
+    let req = Request::from_parts(parts, body);
+    match found {
+        Ok(None) => next.run(req).await,
+        Ok(Some((account, holder))) => forward(&state, &account, holder, req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The account and its holder when this request goes elsewhere.
+async fn target(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Option<(String, Holder)>, ApiError> {
+    if let Some(v) = headers.get(FORWARD_HEADER) {
+        let ok = v.to_str().is_ok_and(|s| state.cluster.secret_matches(s));
+        return if ok {
+            Ok(None)
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {FORWARD_HEADER} header is reserved for the gateway's own replicas; send the request without it"
+            )))
+        };
+    }
+    if !state.cluster.forwarding() || !LEASED.iter().any(|p| path.starts_with(p)) {
+        return Ok(None);
+    }
+    let Some(key) = bearer(headers) else {
+        return Ok(None);
+    };
+    // An unknown key is the route's to refuse (401), here as anywhere.
+    let Some(entry) = state
+        .accounts
+        .lookup(key)
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(None);
+    };
+    let account = &entry.record.account;
+    let now = state.clock.unix();
+    if state.leases.holds(account, now) {
+        return Ok(None);
+    }
+    let holder = state
+        .cluster
+        .holder_elsewhere(&state.store, account, now)
+        .await
+        .map_err(ApiError::internal)?;
+    match holder {
+        // Silent for three heartbeats: dead (its lease expires soon), not worth a
+        // connection attempt.
+        Some(h) if !state.cluster.alive(&h, now) => Err(holder_gone(&h, now)),
+        h => Ok(h.map(|h| (account.clone(), h))),
+    }
+}
+
+/// 503 with Retry-After until the dead holder's lease expires.
+fn holder_gone(holder: &Holder, now: u64) -> ApiError {
+    let wait = holder.until.saturating_sub(now).clamp(1, 60);
+    ApiError::Unavailable {
+        message: format!(
+            "the gateway replica serving this account does not answer; another replica takes the account over within {wait} s: retry then"
+        ),
+        retry_after: Duration::from_secs(wait),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Headers that belong to one connection, not to the request.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    ) || name.as_str() == FORWARD_HEADER
+        || name.as_str() == FORWARDED_BY_HEADER
+}
+
+async fn forward(state: &AppState, account: &str, holder: Holder, req: Request) -> Response {
+    let limit = state.config.server.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    };
+    let base = holder.address.as_deref().unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut rb = state.cluster.forwarder.request(
+        parts.method.clone(),
+        format!("{}{path}", base.trim_end_matches('/')),
+    );
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            rb = rb.header(name, value);
+        }
+    }
+    rb = rb
+        .header(FORWARD_HEADER, state.cluster.secret())
+        .header(FORWARDED_BY_HEADER, state.cluster.replica.as_str())
+        .body(bytes);
+    match rb.send().await {
+        Ok(resp) => relay(resp),
+        Err(e) => {
+            state.cluster.forget_holder(account);
+            tracing::warn!(account, holder = %holder.owner, error = %e, "the lease holder did not answer a forward");
+            holder_gone(&holder, state.clock.unix()).into_response()
+        }
+    }
+}
+
+/// The holder's answer as it comes: status, headers and body chunk by chunk.
+fn relay(resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut headers = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if !hop_by_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let stream = resp.bytes_stream();
+    let body = futures::stream::unfold(Some(stream), move |s| async move {
+        let mut s = s?;
+        match s.next().await {
+            Some(Ok(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), Some(s))),
+            None => None,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the lease holder's answer was cut");
+                if sse {
+                    Some((Ok(Bytes::from(cut_event())), None))
+                } else {
+                    Some((Err(std::io::Error::other(e)), None))
+                }
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out.headers_mut()
+        .insert("x-tenzro-forwarded", HeaderValue::from_static("1"));
+    out
+}
+
+/// The `error` event that ends a forwarded stream whose holder went away.
+fn cut_event() -> Vec<u8> {
+    let body = tenzro_models::api::ErrorBody::new(
+        "server_error",
+        "the gateway replica serving this stream stopped before the end; retry the request",
+    )
+    .with_code("replica_lost");
+    crate::metering::sse(&serde_json::to_vec(&body).unwrap_or_default())
+}
