@@ -5,7 +5,8 @@
 //!
 //! The gateway's defaults are stricter than the library's: Intel TCB status
 //! `UpToDate` only, SEV-SNP TCB status `UpToDate` only; any other status is an
-//! opt-in. A malformed policy is a configuration error naming the field, so the
+//! opt-in; NVIDIA GPUs must be in CC mode (`nvidia.require_cc_mode`, rule
+//! `cc-mode`). A malformed policy is a configuration error naming the field, so the
 //! gateway does not start with it.
 
 use std::path::{Path, PathBuf};
@@ -80,6 +81,12 @@ pub fn parse_policy(table: &toml::Table) -> Result<Policy, String> {
     let mut t = table.clone();
     default_list(&mut t, "tdx", "accepted_tcb_status", "UpToDate");
     default_list(&mut t, "sev_snp", "accepted_tcb_status", "UpToDate");
+    default_value(
+        &mut t,
+        "nvidia",
+        "require_cc_mode",
+        toml::Value::Boolean(true),
+    );
     // Through TOML text, so a type error shows the offending line (with its key).
     let text = toml::to_string(&t).map_err(|e| format!("attestation.policy: {e}"))?;
     let policy: Policy = toml::from_str(&text).map_err(|e| {
@@ -107,6 +114,18 @@ fn default_list(t: &mut toml::Table, section: &str, key: &str, value: &str) {
             key.to_owned(),
             toml::Value::Array(vec![toml::Value::String(value.to_owned())]),
         );
+    }
+}
+
+/// Sets `t[section][key] = value` when the key is absent (as [`default_list`]).
+fn default_value(t: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = t
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(s) = entry
+        && !s.contains_key(key)
+    {
+        s.insert(key.to_owned(), value);
     }
 }
 

@@ -203,6 +203,36 @@ fn nvidia_minimum_versions() {
     );
 }
 
+/// The first GPU of NVIDIA's protected-PCIe HGX sample (FEATURE_FLAG PPCIE).
+fn ppcie() -> Evidence {
+    use base64::Engine as _;
+    let json: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/vectors/gpu_evidence.json")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Evidence {
+        kind: TeeKind::NvidiaCc,
+        report: b64.decode(json[0]["evidence"].as_str().unwrap()).unwrap(),
+        certs: b64
+            .decode(json[0]["certificate"].as_str().unwrap())
+            .unwrap(),
+    }
+}
+
+#[test]
+fn nvidia_cc_mode_required_by_default() {
+    let p = policy("");
+    assert!(p.nvidia.require_cc_mode);
+    // CC mode on (no feature flag, protected PCIe off): accepted.
+    accepts(&verify(&p, &hopper(), 1_750_000_000));
+    // Protected PCIe (CC mode off): refused on exactly that rule.
+    let v = verify(&p, &ppcie(), 1_782_864_000);
+    refuses(&v, "cc-mode");
+    assert!(v.reasons[0].contains("PPCIE"), "{:?}", v.reasons);
+    // An operator may opt out.
+    let off = policy("[nvidia]\nrequire_cc_mode = false");
+    accepts(&verify(&off, &ppcie(), 1_782_864_000));
+}
+
 #[test]
 fn max_evidence_age() {
     let key = ProviderKey::from_seed(&[3; 32]);
