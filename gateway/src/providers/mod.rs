@@ -9,6 +9,7 @@ pub mod bounds;
 pub mod breaker;
 pub mod collateral;
 pub mod entry;
+pub mod index;
 pub mod info;
 pub mod policy;
 pub mod registry;

@@ -46,7 +46,8 @@ pub const DOWNTIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug)]
 pub struct Registry {
-    providers: RwLock<BTreeMap<String, Arc<ProviderEntry>>>,
+    /// Providers by id, indexed by model (routing reads only a model's own).
+    providers: RwLock<crate::providers::index::ProviderMap>,
     clock: SharedClock,
     pub config: RegistryConfig,
     /// What TEE evidence must satisfy (default policy: 24 h freshness).
@@ -86,7 +87,7 @@ impl Registry {
             banned: RwLock::default(),
             dirty: Mutex::default(),
             limiter: Mutex::new(limiter),
-            providers: RwLock::new(BTreeMap::new()),
+            providers: RwLock::default(),
             clock,
             config,
             attest_policy: Policy::default(),
@@ -389,6 +390,11 @@ impl Registry {
         self.providers.read().values().cloned().collect()
     }
 
+    /// How many providers in memory declared `model` (the model index's entry).
+    pub fn serving_count(&self, model: &str) -> usize {
+        self.providers.read().serving_count(model)
+    }
+
     pub fn status_of(&self, entry: &ProviderEntry) -> Status {
         let now = self.clock.now();
         entry.with_state(|s| entry.status_at(s, &self.config.status, now))
@@ -411,8 +417,9 @@ impl Registry {
         entry.with_state(|s| s.attestation.as_ref().is_some_and(|a| a.is_fresh(unix)))
     }
 
-    /// Routing candidates for `model`, one per provider (`serves_model` false for
-    /// those that do not serve it), priced in `asset`; `tee_requested`: the request
+    /// Routing candidates for `model`, one per provider that declared it (read
+    /// from the model index; `serves_model` false for one that cannot be priced in
+    /// `asset`), priced in `asset`; `tee_requested`: the request
     /// asks for a TEE. The TEE premium is in a candidate's quote only when the
     /// request asks for a TEE or the provider registered the model `tee_required`,
     /// and the provider's verdict is trusted and fresh ([`pricing::tee_applies`]).
@@ -425,7 +432,9 @@ impl Registry {
     ) -> Vec<(Arc<ProviderEntry>, Candidate, Option<Quote>)> {
         let now = self.clock.now();
         let unix = self.unix_now();
-        self.all()
+        // Only the providers that declared the model: O(candidates), not O(registry).
+        let serving = self.providers.read().serving(model);
+        serving
             .into_iter()
             .map(|e| {
                 let m = e.info.model(model);

@@ -240,8 +240,11 @@ fn metrics_and_candidates() {
     // comparison.
     assert_eq!(c[0].1.price, 500 * 1_000_000_000_000);
     assert_eq!(c[0].2.unwrap().cost(10).unwrap(), 5000);
-    let c = reg.candidates("other", Asset::Tnzo, &Rates::default());
-    assert!(!c[0].1.serves_model);
+    // A provider that did not declare the model is not a candidate at all.
+    assert!(
+        reg.candidates("other", Asset::Tnzo, &Rates::default())
+            .is_empty()
+    );
 }
 
 #[test]
