@@ -18,3 +18,4 @@ mod gateway_bonds;
 mod gateway_failures;
 mod gateway_money;
 mod gateway_register;
+mod replicas;

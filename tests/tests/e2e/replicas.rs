@@ -1,0 +1,360 @@
+//! Several gateway replicas on one PostgreSQL (issue 17), in process on real TCP:
+//! requests for an account land on any replica and are forwarded to the one
+//! holding its lease (never `replica_busy` in normal operation), the forward header
+//! is refused from outside, and providers, bans and key revocations written by one
+//! replica reach the others. `TENZRO_TEST_POSTGRES_URL` is required under CI (as
+//! for the other PostgreSQL tests); the kill -9 test with real processes is
+//! `tests/python/test_replicas.py`.
+
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tenzro_attest::keys::ProviderKey;
+use tenzro_gateway::AppState;
+use tenzro_gateway::accounts::KeyScope;
+use tenzro_gateway::config::{Config, Secret};
+use tenzro_gateway::pricing::Asset;
+use tenzro_models::api::{ModelCategory, RegisterRequest};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway_common::*;
+
+const SECRET: &str = "replicas-share-this-secret";
+
+struct Replica {
+    url: String,
+    state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Executor;
+    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set TENZRO_TEST_POSTGRES_URL"
+        );
+        eprintln!("TENZRO_TEST_POSTGRES_URL unset: skipped");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    pool.close().await;
+    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
+}
+
+/// A replica on `db` serving on its own port, which it advertises to the others.
+async fn replica(db: &str, providers: &[&str], tune: impl FnOnce(&mut Config)) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let statics = providers
+        .iter()
+        .enumerate()
+        .map(|(i, u)| static_provider(&format!("p{i}"), u))
+        .collect();
+    let mut cfg = test_config(statics, dir.path());
+    cfg.store.url = Secret::new(db.to_owned());
+    cfg.cluster.advertise = format!("http://{addr}");
+    cfg.cluster.secret = SECRET.into();
+    cfg.cluster.reconcile_s = 1;
+    tune(&mut cfg);
+    let state = tenzro_gateway::build(cfg).await.unwrap();
+    let s = state.clone();
+    tokio::spawn(async move {
+        let _ = tenzro_gateway::serve(listener, s).await;
+    });
+    Replica {
+        url: format!("http://{addr}"),
+        state,
+        _dir: dir,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": stream})
+}
+
+/// One chat through replica `r`: status, the cost it was told, whether it was
+/// forwarded, and the error code if any.
+async fn chat_on(r: &Replica, key: &str, stream: bool) -> (u16, u128, bool, String) {
+    let resp = http()
+        .post(format!("{}/v1/chat/completions", r.url))
+        .bearer_auth(key)
+        .json(&chat_body(stream))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let forwarded = resp.headers().contains_key("x-tenzro-forwarded");
+    let header_cost = resp
+        .headers()
+        .get("x-tenzro-cost")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u128>().ok());
+    let body = resp.text().await.unwrap();
+    if status != 200 {
+        let e: Value = serde_json::from_str(&body).unwrap_or_default();
+        let code = e["error"]["code"].as_str().unwrap_or_default().to_owned();
+        return (status, 0, forwarded, code);
+    }
+    let cost = if stream {
+        let (data, comments) = sse_parts(&body);
+        assert_eq!(
+            data.last().map(String::as_str),
+            Some("[DONE]"),
+            "a forwarded stream arrives whole: {body}"
+        );
+        comments
+            .iter()
+            .find_map(|c| c.strip_prefix("x-tenzro-cost="))
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no cost comment in {body}"))
+    } else {
+        header_cost.unwrap_or_else(|| panic!("no x-tenzro-cost header: {body}"))
+    };
+    (status, cost, forwarded, String::new())
+}
+
+async fn account(r: &Replica, key: &str) -> Value {
+    let resp = http()
+        .get(format!("{}/v1/account", r.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.unwrap()
+}
+
+fn amount(v: &Value) -> u128 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// Three replicas behind a round-robin client over four accounts, streamed and
+/// not: every request is served (forwarded to each account's lease holder), none
+/// is answered `replica_busy`, and each account has one balance: what its client
+/// was told it spent, whichever replica it asks.
+#[tokio::test]
+async fn a_round_robin_client_over_three_replicas_never_sees_replica_busy() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("rr", Behaviour::Ok { chunks: 4 }).await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&db, &[&p.url], |_| {}).await);
+    }
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        let (key, _, _) = replicas[0]
+            .state
+            .accounts
+            .create_account(&format!("a{i}"), Asset::Tnzo, FUNDS, KeyScope::default(), None)
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let mut told = [0u128; 4];
+    let mut forwarded = 0;
+    for i in 0..36 {
+        let (r, a) = (&replicas[i % 3], i % 4);
+        let (status, cost, fwd, code) = chat_on(r, &keys[a], i % 2 == 0).await;
+        assert_eq!((status, code.as_str()), (200, ""), "request {i} on replica {}", i % 3);
+        told[a] += cost;
+        forwarded += usize::from(fwd);
+    }
+    assert!(forwarded >= 12, "most requests landed off their holder: {forwarded} forwarded");
+    for (a, key) in keys.iter().enumerate() {
+        for r in &replicas {
+            let acct = account(r, key).await;
+            let spent = amount(&acct["spent_today"]["TNZO"]);
+            assert_eq!(spent, told[a], "account {a} as replica {} sees it: {acct}", r.url);
+            assert_eq!(amount(&acct["balances"]["TNZO"]), FUNDS - spent);
+        }
+    }
+    // Each account is held by exactly one replica.
+    let now = tenzro_gateway::clock::unix_now();
+    for key in &keys {
+        let id = replicas[0].state.accounts.lookup(key).await.unwrap().unwrap();
+        let holders = replicas
+            .iter()
+            .filter(|r| r.state.leases.holds(&id.record.account, now))
+            .count();
+        assert_eq!(holders, 1);
+    }
+}
+
+/// The forward header is the replicas' own: from outside, with a wrong secret or
+/// on a gateway not in a cluster, it is refused 403 and nothing is served.
+#[tokio::test]
+async fn the_forward_header_is_refused_from_outside() {
+    let p = mock_provider("fwd", Behaviour::Ok { chunks: 2 }).await;
+    let single = start_gateway(|d| test_config(vec![static_provider("a", &p.url)], d), None).await;
+    for secret in ["", "guess", SECRET] {
+        let r = single
+            .chat(chat_body(false))
+            .header("x-tenzro-forward", secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "no cluster: {secret:?} refused");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "permission_denied", "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("x-tenzro-forward"));
+    }
+    assert_eq!(p.calls(), 0, "nothing reached the provider");
+
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let a = replica(&db, &[&p.url], |_| {}).await;
+    let b = replica(&db, &[&p.url], |_| {}).await;
+    let (key, _, _) = a
+        .state
+        .accounts
+        .create_account("x", Asset::Tnzo, FUNDS, KeyScope::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(chat_on(&a, &key, false).await.0, 200);
+    let calls = p.calls();
+    // B would forward to A; a caller claiming to be a replica is refused instead
+    // of being served on B (which does not hold the lease) or forwarded.
+    for wrong in ["", "replicas-share-this-secreT", "x"] {
+        let r = http()
+            .post(format!("{}/v1/chat/completions", b.url))
+            .bearer_auth(&key)
+            .header("x-tenzro-forward", wrong)
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{wrong:?}");
+    }
+    assert_eq!(p.calls(), calls);
+    // With the secret (as a replica), B serves it itself: it does not hold the
+    // account, so it answers 503 rather than forwarding in a loop.
+    let r = http()
+        .post(format!("{}/v1/chat/completions", b.url))
+        .bearer_auth(&key)
+        .header("x-tenzro-forward", SECRET)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    // And the forward never skips the key check.
+    let r = http()
+        .post(format!("{}/v1/chat/completions", b.url))
+        .bearer_auth("tz-not-a-key")
+        .header("x-tenzro-forward", SECRET)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {within:?}");
+}
+
+/// A provider registered with replica A is served by replica B too; A's ban and
+/// A's key revocation reach B through the hint, well before the reconcile (set to
+/// a minute here).
+#[tokio::test]
+async fn providers_bans_and_revocations_reach_every_replica() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("shared", Behaviour::Ok { chunks: 2 }).await;
+    let slow = |c: &mut Config| {
+        c.cluster.reconcile_s = 60;
+        c.registration.heartbeat_interval_s = 1;
+    };
+    let a = replica(&db, &[], slow).await;
+    let b = replica(&db, &[], slow).await;
+
+    let key = ProviderKey::from_seed(&[17; 32]);
+    let id = key.did();
+    let registration = RegisterRequest {
+        provider_id: id.clone(),
+        endpoint: p.url.clone(),
+        public_key: key.public_key_hex(),
+        models: vec![model(MODEL, ModelCategory::Llm)],
+        stake: "0".into(),
+        tee: "none".into(),
+        max_concurrency: Some(4),
+        heartbeat_interval_s: None,
+        timestamp: 0,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(tenzro_provider::register::run(
+        a.url.clone(),
+        registration,
+        move |bytes| key.sign(bytes).to_hex(),
+        cancel.clone(),
+    ));
+    let took = eventually("B reaches A's provider", Duration::from_secs(10), async || {
+        b.state.registry.is_reached(&id)
+    })
+    .await;
+    eprintln!("provider registered on A was routable on B after {took:?}");
+
+    // An account used on B first: B holds its lease and serves it from its cache.
+    let (user, _, rec) = a
+        .state
+        .accounts
+        .create_account("u", Asset::Tnzo, FUNDS, KeyScope::default(), None)
+        .await
+        .unwrap();
+    let (status, _, fwd, code) = chat_on(&b, &user, false).await;
+    assert_eq!((status, fwd, code.as_str()), (200, false, ""));
+
+    let admin = |r: &Replica, method: reqwest::Method, path: &str| {
+        http()
+            .request(method, format!("{}{path}", r.url))
+            .bearer_auth("admin-secret")
+    };
+    let r = admin(&a, reqwest::Method::DELETE, &format!("/admin/keys/{}", rec.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let took = eventually("B refuses the key A revoked", Duration::from_secs(5), async || {
+        chat_on(&b, &user, false).await.0 == 401
+    })
+    .await;
+    eprintln!("revocation on A refused on B after {took:?}");
+
+    let r = admin(&a, reqwest::Method::POST, &format!("/admin/providers/{id}/ban"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let took = eventually("B takes A's ban", Duration::from_secs(5), async || {
+        b.state.registry.is_banned(&id)
+    })
+    .await;
+    eprintln!("ban on A applied on B after {took:?}");
+    assert_eq!(b.state.registry.slashed(&id), 0, "A recorded the ban's slash, B did not repeat it");
+    cancel.cancel();
+}
