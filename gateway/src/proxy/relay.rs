@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use tenzro_models::api::Usage;
 
 use super::{Audit, InFlight, error_chain};
-use crate::metering::{self, Event, Meter, SseSplitter};
+use crate::metering::{self, ChunkPeek, Event, Meter, SseSplitter};
 use crate::metrics::Metrics;
 use crate::money::book::{Book, Charge, Reservation};
 use crate::providers::registry::{Outcome, ProviderEntry, Registry};
@@ -233,80 +234,97 @@ impl Relay {
             }
             let data = metering::event_data(&ev);
             match metering::classify(data.as_deref()) {
-                Event::Empty | Event::Opaque => {
-                    out.extend_from_slice(&ev);
-                    out.extend_from_slice(b"\n\n");
-                }
-                Event::Done => {
-                    self.judge();
-                    let m = &mut self.settlement.meter;
-                    if let Err(e) = m.on_cut() {
-                        tracing::error!(error = %e, "metering overflow");
-                    }
-                    out.extend_from_slice(&metering::cost_comment(m.cost, m.quote.asset));
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    self.finished = true;
-                }
+                Event::Empty | Event::Opaque => pass(&mut out, &ev),
+                Event::Done => self.done(&mut out),
                 Event::Chunk(p) if p.error.is_some() => {
-                    out.extend_from_slice(&ev);
-                    out.extend_from_slice(b"\n\n");
+                    pass(&mut out, &ev);
                     self.finished = true;
                     self.judge_end();
                 }
                 Event::Chunk(p) => {
-                    let s = &mut self.settlement;
-                    if let (Some(texts), Some(choices)) = (&mut self.texts, &p.choices) {
-                        for c in choices {
-                            texts.push(c.index, c.piece(), s.meter.bounds.choices);
-                        }
-                    }
-                    if let Some(r) = p.receipt() {
-                        self.receipt = Some(r.clone());
-                    }
-                    if (p.has_choices() || p.usage.is_none())
-                        && let Err(e) =
-                            s.meter
-                                .on_chunk(p.tokens(), p.text_bytes(), p.tool_calls_started())
-                    {
-                        tracing::error!(error = %e, "metering overflow");
-                    }
+                    self.observe(&p);
                     let has_choices = p.has_choices();
                     // Chunks are not committed to the channel as they pass: their
                     // claims may exceed the final usage, which caps the charge, and a
                     // channel charge cannot be taken back. The usage is committed
                     // below; a cut stream settles what it metered when it ends.
-                    let Some(usage) = p.usage else {
-                        out.extend_from_slice(&ev);
-                        out.extend_from_slice(b"\n\n");
-                        continue;
-                    };
-                    if let Err(e) = s.meter.on_usage(&usage) {
-                        tracing::error!(error = %e, "metering overflow");
-                    }
-                    if let Some(r) = &s.reservation
-                        && let Err(e) = s.book.progress(
-                            r,
-                            s.meter.cost,
-                            &s.entry.info.id,
-                            s.registry.unix_now(),
-                        )
-                    {
-                        tracing::error!(error = %e, "metering into the channel failed");
-                    }
-                    let data = data.unwrap_or_default();
-                    let rewritten = if self.include_usage {
-                        metering::rewrite_usage(&data, Some(&s.meter.usage())).ok()
-                    } else if has_choices {
-                        metering::rewrite_usage(&data, None).ok()
-                    } else {
-                        None
-                    };
-                    if let Some(d) = rewritten {
-                        out.extend_from_slice(&metering::sse(&d));
+                    match p.usage {
+                        None => pass(&mut out, &ev),
+                        Some(usage) => {
+                            let data = data.as_deref().unwrap_or_default();
+                            self.final_usage(&mut out, &usage, has_choices, data);
+                        }
                     }
                 }
             }
         }
         out
     }
+
+    /// `[DONE]`: the receipt is judged, the prompt owed, and the stream ends with
+    /// its cost comment.
+    fn done(&mut self, out: &mut Vec<u8>) {
+        self.judge();
+        let m = &mut self.settlement.meter;
+        if let Err(e) = m.on_cut() {
+            tracing::error!(error = %e, "metering overflow");
+        }
+        out.extend_from_slice(&metering::cost_comment(m.cost, m.quote.asset));
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.finished = true;
+    }
+
+    /// What a relayed chunk tells: each choice's text (for the response digest),
+    /// the last receipt, and the completion tokens it claims.
+    fn observe(&mut self, p: &ChunkPeek<'_>) {
+        let s = &mut self.settlement;
+        if let (Some(texts), Some(choices)) = (&mut self.texts, &p.choices) {
+            for c in choices {
+                texts.push(c.index, c.piece(), s.meter.bounds.choices);
+            }
+        }
+        if let Some(r) = p.receipt() {
+            self.receipt = Some(r.clone());
+        }
+        if (p.has_choices() || p.usage.is_none())
+            && let Err(e) = s
+                .meter
+                .on_chunk(p.tokens(), p.text_bytes(), p.tool_calls_started())
+        {
+            tracing::error!(error = %e, "metering overflow");
+        }
+    }
+
+    /// The provider's usage chunk: it caps the charge, which is committed to the
+    /// channel now, and reaches the client rewritten with the gateway's usage (or
+    /// without it, when the client did not ask for usage).
+    fn final_usage(&mut self, out: &mut Vec<u8>, usage: &Usage, has_choices: bool, data: &[u8]) {
+        let s = &mut self.settlement;
+        if let Err(e) = s.meter.on_usage(usage) {
+            tracing::error!(error = %e, "metering overflow");
+        }
+        if let Some(r) = &s.reservation
+            && let Err(e) =
+                s.book
+                    .progress(r, s.meter.cost, &s.entry.info.id, s.registry.unix_now())
+        {
+            tracing::error!(error = %e, "metering into the channel failed");
+        }
+        let rewritten = if self.include_usage {
+            metering::rewrite_usage(data, Some(&s.meter.usage())).ok()
+        } else if has_choices {
+            metering::rewrite_usage(data, None).ok()
+        } else {
+            None
+        };
+        if let Some(d) = rewritten {
+            out.extend_from_slice(&metering::sse(&d));
+        }
+    }
+}
+
+/// Relays an event as it came.
+fn pass(out: &mut Vec<u8>, event: &[u8]) {
+    out.extend_from_slice(event);
+    out.extend_from_slice(b"\n\n");
 }

@@ -4,6 +4,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
@@ -13,11 +15,15 @@ use futures::{Stream, StreamExt};
 
 use super::attempt::{Answer, Attempt, Call};
 use super::relay::{Limits, Relay, Settlement};
-use super::{Held, error_chain};
+use super::{Held, InFlight, error_chain};
 use crate::http::error::ApiError;
 use crate::metering::{Meter, SseSplitter};
-use crate::providers::registry::Outcome;
+use crate::money::book::Reservation;
+use crate::providers::registry::{Outcome, ProviderEntry};
 use crate::verify::Texts;
+
+/// The provider's body as a stream of byte chunks.
+type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 pub(super) async fn answer(
     call: &Call<'_>,
@@ -26,18 +32,10 @@ pub(super) async fn answer(
 ) -> Result<Attempt, ApiError> {
     let (state, entry) = (call.state, a.priced.entry.clone());
     let cfg = &state.config;
-    let mut upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>> =
-        Box::pin(a.resp.bytes_stream());
-    let deadline = cfg.upstream.first_byte_timeout();
-    let left = deadline.saturating_sub(a.sent.elapsed());
-    let first = match tokio::time::timeout(left, upstream.next()).await {
-        Ok(Some(Ok(b))) => b,
-        failed => {
-            let e = match failed {
-                Ok(Some(Err(e))) => error_chain(&e),
-                Ok(None) => "empty stream".to_owned(),
-                _ => format!("no first chunk within {} ms", deadline.as_millis()),
-            };
+    let mut upstream: Upstream = Box::pin(a.resp.bytes_stream());
+    let first = match first_chunk(&mut upstream, a.sent, cfg.upstream.first_byte_timeout()).await {
+        Ok(b) => b,
+        Err(e) => {
             entry.record(state.registry.now(), Outcome::Failure);
             return Ok(Attempt::Failed(format!("{}: {e}", entry.info.id)));
         }
@@ -48,18 +46,14 @@ pub(super) async fn answer(
         return Ok(Attempt::Stop);
     };
     let (quote, bounds) = (a.priced.quote, a.priced.bounds);
-    let settlement = Settlement {
-        book: state.book.clone(),
-        request_id: call.request_id.to_owned(),
-        registry: state.registry.clone(),
-        metrics: state.metrics.clone(),
-        reservation: Some(r),
-        meter: Meter::new(quote, bounds),
-        entry: entry.clone(),
-        outcome: None,
+    let settlement = settlement(
+        call,
+        &entry,
+        r,
+        Meter::new(quote, bounds),
         ttfb,
-        _in_flight: a.in_flight,
-    };
+        a.in_flight,
+    );
     let texts = a.audit.check.is_some().then(|| Texts::new(bounds.choices));
     let relay = Relay {
         upstream,
@@ -78,6 +72,55 @@ pub(super) async fn answer(
         texts,
         receipt: None,
     };
+    let resp = sse_response(relay, call, &entry.info.id, &a.channel);
+    state
+        .metrics
+        .overhead(call.req.path, a.sent.duration_since(call.started));
+    Ok(Attempt::Answered(resp))
+}
+
+/// What settles the reservation `r` when the stream ends, however it ends.
+fn settlement(
+    call: &Call<'_>,
+    entry: &Arc<ProviderEntry>,
+    r: Reservation,
+    meter: Meter,
+    ttfb: Duration,
+    in_flight: InFlight,
+) -> Settlement {
+    let state = call.state;
+    Settlement {
+        book: state.book.clone(),
+        request_id: call.request_id.to_owned(),
+        registry: state.registry.clone(),
+        metrics: state.metrics.clone(),
+        reservation: Some(r),
+        meter,
+        entry: entry.clone(),
+        outcome: None,
+        ttfb,
+        _in_flight: in_flight,
+    }
+}
+
+/// The stream's first bytes, within `deadline` of `sent`; the error says why not.
+async fn first_chunk(
+    upstream: &mut Upstream,
+    sent: Instant,
+    deadline: Duration,
+) -> Result<Bytes, String> {
+    let left = deadline.saturating_sub(sent.elapsed());
+    match tokio::time::timeout(left, upstream.next()).await {
+        Ok(Some(Ok(b))) => Ok(b),
+        Ok(Some(Err(e))) => Err(error_chain(&e)),
+        Ok(None) => Err("empty stream".to_owned()),
+        Err(_) => Err(format!("no first chunk within {} ms", deadline.as_millis())),
+    }
+}
+
+/// The event stream's response: the relay's events, their content type and the
+/// gateway's headers.
+fn sse_response(relay: Relay, call: &Call<'_>, provider: &str, channel: &str) -> Response {
     let body = Body::from_stream(futures::stream::unfold(relay, |mut r| async move {
         r.next_bytes()
             .await
@@ -94,14 +137,11 @@ pub(super) async fn answer(
         "x-tenzro-asset",
         HeaderValue::from_static(call.key.asset.as_str()),
     );
-    if let Ok(v) = HeaderValue::from_str(&entry.info.id) {
+    if let Ok(v) = HeaderValue::from_str(provider) {
         h.insert("x-tenzro-provider", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&a.channel) {
+    if let Ok(v) = HeaderValue::from_str(channel) {
         h.insert("x-tenzro-channel", v);
     }
-    state
-        .metrics
-        .overhead(call.req.path, a.sent.duration_since(call.started));
-    Ok(Attempt::Answered(resp))
+    resp
 }
