@@ -321,9 +321,21 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     // The money tasks outlive the HTTP server, so that streams drained during
     // shutdown are committed too.
     let money = CancellationToken::new();
+    // Peer auditors are paid from the operator's `[audit] account` (none: only the
+    // reference audits; see `audit::peer`).
+    let funding = (!state.audits.config.account.is_empty()).then(|| audit::peer::Funding {
+        account: state.audits.config.account.clone(),
+        book: state.book.clone(),
+        store: state.store.clone(),
+        leases: state.leases.clone(),
+        payer_key: state.payer_key.clone(),
+        rates: state.rates.clone(),
+        clock: state.clock.clone(),
+    });
     state.tasks.spawn(audit::worker::run(
         state.audits.clone(),
         state.registry.clone(),
+        funding,
         cancel.clone(),
     ));
     state.tasks.spawn(providers::attestation::reverify_loop(

@@ -72,8 +72,9 @@ impl Flags {
                 && x.detail.starts_with(&prefix)
         });
         let detail = format!(
-            "{prefix} request {}: {} tokens scored, {} outside the auditor's top k, μ {:.2}, σ {:.2}, threshold {:.2}, mean logprob {:.3}",
+            "{prefix} request {}{}: {} tokens scored, {} outside the auditor's top k, μ {:.2}, σ {:.2}, threshold {:.2}, mean logprob {:.3}",
             s.request_id,
+            if s.streamed { " (streamed)" } else { "" },
             finding.tokens,
             finding.out_of_top_k,
             finding.expected,

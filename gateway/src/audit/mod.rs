@@ -13,18 +13,21 @@
 //! request id, counts, μ, the threshold) and flagged ([`flags`], shown in
 //! `/admin/providers` under `audits`).
 //!
-//! What is audited ([`sample`]): non-streamed `/v1/completions` answers to a text
-//! prompt as they are, and non-streamed `/v1/chat/completions` answers without tools
-//! or `response_format`, whose prompt the auditor renders with its own chat template
+//! What is audited ([`sample`]): `/v1/completions` answers to a text prompt as they
+//! are, and `/v1/chat/completions` answers without tools or `response_format`,
+//! streamed or not (a stream is drawn when it starts and its text kept, bounded,
+//! until `[DONE]`: [`tap`]; never on the stream's path), whose prompt the auditor renders with its own chat template
 //! (`/tokenize` with `messages` answers the rendered `text`): the reference serves the
 //! registered model, so its template is the one the provider should have used.
 //! Requests whose sampling the statistic's honest bound does not cover are skipped:
 //! temperature above 1, `logit_bias`, penalties, grammars, `echo`.
 
 pub mod flags;
+pub mod peer;
 pub mod sample;
 pub mod score;
 pub mod stat;
+pub mod tap;
 pub mod worker;
 
 use std::sync::Arc;
@@ -44,6 +47,10 @@ pub struct AuditSection {
     /// Base URL of the operator's reference provider serving the registered models
     /// (e.g. `http://10.0.0.5:8000`); empty: no auditor, so no audits.
     pub reference: String,
+    /// The operator's account that pays TEE-verified peer auditors (see
+    /// `audit::peer`: a peer serves only paid requests); empty: peers are never
+    /// asked, only `reference`.
+    pub account: String,
     /// Alternatives the auditor reports per position (1 to 20).
     pub top_logprobs: u32,
     /// One auditor call (connect, answer and body), in milliseconds.
@@ -75,6 +82,7 @@ impl Default for AuditSection {
         let rule = AuditRule::default();
         AuditSection {
             reference: String::new(),
+            account: String::new(),
             top_logprobs: 5,
             timeout_ms: 30_000,
             max_concurrent: 2,
@@ -101,6 +109,10 @@ impl AuditSection {
         let r = self.reference.as_str();
         if !(r.is_empty() || r.starts_with("http://") || r.starts_with("https://")) {
             return Err(format!("audit.reference: `{r}` is not an http(s) URL"));
+        }
+        let acct = self.account.as_str();
+        if acct.len() > 256 || acct.chars().any(char::is_whitespace) {
+            return Err(format!("audit.account: `{acct}` is not an account id"));
         }
         if !(1..=20).contains(&self.top_logprobs) {
             return Err("audit.top_logprobs must be 1 to 20".into());
@@ -140,6 +152,7 @@ pub struct Counters {
     pub errors: AtomicU64,
     pub passed: AtomicU64,
     pub failed: AtomicU64,
+    pub by_peer: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -149,13 +162,15 @@ pub struct CountersView {
     pub sampled: u64,
     /// Offered while the queue was full (not audited).
     pub dropped: u64,
-    /// Not auditable (streamed, tools, temperature > 1, too short...).
+    /// Not auditable (tools, temperature > 1, too short...).
     pub skipped: u64,
     /// The auditor failed (unreachable, timeout, malformed answer).
     pub errors: u64,
     pub passed: u64,
     /// Judged implausible under the registered model.
     pub failed: u64,
+    /// Scored by a TEE-verified peer (the rest by the reference).
+    pub by_peer: u64,
 }
 
 impl Counters {
@@ -168,6 +183,7 @@ impl Counters {
             errors: g(&self.errors),
             passed: g(&self.passed),
             failed: g(&self.failed),
+            by_peer: g(&self.by_peer),
         }
     }
 }
@@ -185,9 +201,10 @@ pub struct Audits {
 }
 
 impl Audits {
-    /// Audits at `rate` (0 to 1) with `config`; none without a reference auditor.
+    /// Audits at `rate` (0 to 1) with `config`; none without an auditor (a
+    /// reference, or an account paying peers).
     pub fn new(rate: f64, config: AuditSection) -> Self {
-        let on = rate > 0.0 && !config.reference.is_empty();
+        let on = rate > 0.0 && !(config.reference.is_empty() && config.account.is_empty());
         let (tx, rx) = if on {
             let (tx, rx) = mpsc::channel(config.queue.max(1));
             (Some(tx), Some(rx))
@@ -207,12 +224,22 @@ impl Audits {
     /// Offers a served answer: at the configured rate, `make` builds the sample and
     /// it is queued for the auditor; a full queue drops it. Never waits.
     pub fn offer(&self, make: impl FnOnce() -> Sample) {
-        let Some(tx) = &self.tx else { return };
-        if !crate::verify::sampled(self.rate_ppm, rand_seed()) {
-            return;
+        if self.pick() {
+            self.queue(make());
         }
+    }
+
+    /// Draws at the configured rate whether an answer is audited (never with
+    /// audits off).
+    fn pick(&self) -> bool {
+        self.tx.is_some() && crate::verify::sampled(self.rate_ppm, rand_seed())
+    }
+
+    /// Queues a picked sample for the auditor; a full queue drops it.
+    fn queue(&self, sample: Sample) {
+        let Some(tx) = &self.tx else { return };
         self.counters.sampled.fetch_add(1, Ordering::Relaxed);
-        if tx.try_send(make()).is_err() {
+        if tx.try_send(sample).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -227,6 +254,7 @@ impl Audits {
         serde_json::json!({
             "rate_ppm": self.rate_ppm,
             "reference": self.config.reference,
+            "account": self.config.account,
             "counters": self.counters.view(),
             "flags": self.flags.all(),
         })

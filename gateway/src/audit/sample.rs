@@ -7,7 +7,8 @@ use serde_json::Value;
 use crate::providers::entry::ProviderEntry;
 
 /// A served, completed answer, as the request path hands it over (the bodies are
-/// reference-counted, so building one copies nothing).
+/// reference-counted, so building one copies nothing; a streamed answer's text is
+/// the one copy, see [`super::tap`]).
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub request_id: String,
@@ -19,6 +20,9 @@ pub struct Sample {
     pub weight_sha256: Option<String>,
     /// `/v1/chat/completions` (else `/v1/completions`).
     pub chat: bool,
+    /// The client streamed the answer (`response` is then its text in the
+    /// non-streamed shape, rebuilt by [`super::tap`]).
+    pub streamed: bool,
     /// The request body sent upstream.
     pub request: Bytes,
     /// The provider's whole answer.
@@ -44,6 +48,7 @@ impl Sample {
                 .model(model)
                 .and_then(|m| m.info.weight_sha256.clone()),
             chat: path.ends_with("/chat/completions"),
+            streamed: false,
             request,
             response,
         }
@@ -143,9 +148,6 @@ pub fn case(s: &Sample, max_request_bytes: usize, max_answer_bytes: usize) -> Re
 /// Whether the request's sampling is one the statistic's honest bound covers
 /// (temperature at most 1, truncation only); `Err` names what is not.
 fn sampling_covered(req: &Value) -> Result<(), String> {
-    if req.get("stream").and_then(Value::as_bool) == Some(true) {
-        return Err("streamed".into());
-    }
     if let Some(t) = req.get("temperature").and_then(Value::as_f64)
         && t > 1.0
     {

@@ -83,13 +83,19 @@ pub async fn post_json(
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<Value, String> {
+    send_json(client.post(url).json(body), url, timeout, max_bytes).await
+}
+
+/// Sends `req` (to `url`, named in errors) and reads a JSON answer of at most
+/// `max_bytes`, all within `timeout`; `Err` describes the failure.
+pub async fn send_json(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<Value, String> {
     let call = async {
-        let resp = client
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status();
         let mut stream = resp.bytes_stream();
         let mut buf = Vec::new();

@@ -20,6 +20,7 @@ fn sample(chat: bool, req: Value, resp: Value) -> Sample {
         model: "m".into(),
         weight_sha256: Some("ab".repeat(32)),
         chat,
+        streamed: false,
         request: Bytes::from(serde_json::to_vec(&req).unwrap()),
         response: Bytes::from(serde_json::to_vec(&resp).unwrap()),
     }
@@ -104,7 +105,6 @@ fn sampling_the_bound_does_not_cover_is_skipped() {
         ),
         (false, json!({"prompt": "a", "echo": true}), "echo"),
         (false, json!({"prompt": [1, 2, 3]}), "single text prompt"),
-        (false, json!({"prompt": "a", "stream": true}), "streamed"),
         (true, json!({"messages": msgs, "tools": []}), "tools"),
         (
             true,
@@ -285,4 +285,229 @@ fn a_failed_audit_slashes_once_per_offence_and_flags_the_provider() {
     assert!(fresh.record(&reg, &s, &finding).is_none());
     assert!(fresh.is_flagged("p"));
     assert_eq!(reg.slashes().len(), 1);
+}
+
+/// An auditor-on audits handle at rate 1 and its queue.
+fn tapped(max_answer_bytes: usize) -> (Audits, tokio::sync::mpsc::Receiver<Sample>) {
+    let cfg = AuditSection {
+        reference: "http://127.0.0.1:1".into(),
+        max_answer_bytes,
+        ..AuditSection::default()
+    };
+    let a = Audits::new(1.0, cfg);
+    let rx = a.take_receiver().unwrap();
+    (a, rx)
+}
+
+#[test]
+fn a_finished_stream_is_judged_as_its_whole_answer() {
+    let reg = registry_with_provider();
+    let entry = reg.get("p").unwrap();
+    let (a, mut rx) = tapped(4096);
+    let req = Bytes::from(
+        serde_json::to_vec(&json!({"model": "m", "stream": true, "temperature": 0,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .unwrap(),
+    );
+    let mut tap = a
+        .tap("r1", &entry, "m", "/v1/chat/completions", &req)
+        .unwrap();
+    tap.push(0, Some("Hello"), false);
+    tap.push(1, Some("another choice"), false);
+    tap.push(0, None, false);
+    tap.push(0, Some(", world"), false);
+    tap.finish();
+    let s = rx.try_recv().unwrap();
+    assert!(s.streamed && s.chat && s.provider == "p");
+    assert_eq!(s.weight_sha256, Some("ab".repeat(32)));
+    let c = case(&s, 1 << 16, 4096).unwrap();
+    assert_eq!(c.answer, "Hello, world");
+    assert_eq!(c.temperature, 0.0);
+    assert!(matches!(c.prompt, Prompt::Chat(_)));
+    assert_eq!(a.counters.view().sampled, 1);
+}
+
+#[test]
+fn a_streamed_answer_keeps_at_most_the_configured_bytes() {
+    let reg = registry_with_provider();
+    let entry = reg.get("p").unwrap();
+    let (a, mut rx) = tapped(5);
+    let req = Bytes::from_static(br#"{"model":"m","stream":true,"prompt":"Once"}"#);
+    let mut tap = a.tap("r2", &entry, "m", "/v1/completions", &req).unwrap();
+    for _ in 0..1000 {
+        tap.push(0, Some("\u{e9}\u{e9}\u{e9}"), false);
+    }
+    tap.finish();
+    let s = rx.try_recv().unwrap();
+    assert!(s.response.len() < 100, "{} bytes kept", s.response.len());
+    let c = case(&s, 1 << 16, 4096).unwrap();
+    assert_eq!(c.answer, "\u{e9}\u{e9}");
+    assert_eq!(c.prompt, Prompt::Text("Once".into()));
+}
+
+#[test]
+fn streamed_tool_calls_are_skipped_and_off_audits_tap_nothing() {
+    let reg = registry_with_provider();
+    let entry = reg.get("p").unwrap();
+    let (a, mut rx) = tapped(4096);
+    let req = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+    let mut tap = a
+        .tap("r3", &entry, "m", "/v1/chat/completions", &req)
+        .unwrap();
+    tap.push(0, Some("x"), true);
+    tap.finish();
+    let s = rx.try_recv().unwrap();
+    check(s, Err("tool calls"));
+    // Too large to audit: never picked, so no text is kept.
+    let (small, _rx) = {
+        let cfg = AuditSection {
+            reference: "http://127.0.0.1:1".into(),
+            max_request_bytes: 8,
+            ..AuditSection::default()
+        };
+        let a = Audits::new(1.0, cfg);
+        let rx = a.take_receiver();
+        (a, rx)
+    };
+    assert!(
+        small
+            .tap("r4", &entry, "m", "/v1/completions", &req)
+            .is_none()
+    );
+    for off in [
+        Audits::new(0.0, AuditSection::default()),
+        Audits::new(1.0, AuditSection::default()),
+    ] {
+        assert!(
+            off.tap("r5", &entry, "m", "/v1/completions", &req)
+                .is_none()
+        );
+        assert_eq!(off.counters.view().sampled, 0);
+    }
+}
+
+/// A registry with configured providers `(id, weight digest)` serving `m`, each
+/// reached, at its own endpoint.
+fn registry_of(providers: &[(&str, &str)]) -> Registry {
+    let reg = Registry::new(RegistryConfig::default(), ManualClock::new());
+    for (i, (id, digest)) in providers.iter().enumerate() {
+        let info = ProviderInfo::from_registration(
+            RegisterRequest {
+                provider_id: (*id).into(),
+                endpoint: format!("http://127.0.0.1:{}", 9000 + i),
+                public_key: String::new(),
+                models: vec![ModelInfo {
+                    id: "m".into(),
+                    name: None,
+                    version: None,
+                    category: ModelCategory::Llm,
+                    modality: None,
+                    price_per_token: "1000".into(),
+                    max_context: None,
+                    parameters: None,
+                    formats: vec![],
+                    tee_required: false,
+                    weight_sha256: Some((*digest).into()),
+                }],
+                stake: "1000000".into(),
+                tee: "tdx".into(),
+                max_concurrency: None,
+                heartbeat_interval_s: None,
+                timestamp: 0,
+            },
+            true,
+        )
+        .unwrap();
+        let entry = reg.upsert(info).unwrap();
+        reg.mark_reached(&entry);
+    }
+    reg
+}
+
+/// Stores a trusted verdict on `id`, fresh for `fresh_for` seconds (negative:
+/// expired), as the verifier does.
+fn verified(reg: &Registry, id: &str, fresh_for: i64) {
+    let now = reg.unix_now();
+    let entry = reg.get(id).unwrap();
+    reg.record_attestation(
+        &entry,
+        crate::providers::verdict::AttestationVerdict {
+            trusted: true,
+            tee_kind: Some("tdx".into()),
+            reasons: vec![],
+            verified_at: now.saturating_sub(10),
+            expires_at: now.saturating_add_signed(fresh_for),
+            slashable: false,
+        },
+    );
+}
+
+#[test]
+fn a_peer_auditor_is_tee_verified_for_the_same_digest_and_not_the_audited_one() {
+    use crate::money::book::{Book, BookConfig};
+    use crate::pricing::Asset;
+    let d = "ab".repeat(32);
+    let other = "cd".repeat(32);
+    let reg = registry_of(&[("p", &d), ("q", &d), ("r", &other), ("u", &d)]);
+    let book = Book::new(BookConfig::default());
+    let flags = Flags::default();
+    let s = {
+        let mut s = sample(false, json!({"prompt": "a"}), completion("b"));
+        s.endpoint = reg.get("p").unwrap().info.endpoint.clone();
+        s
+    };
+    let pick = |flags: &Flags, book: &Book, seed| {
+        peer::pick(&reg, book, flags, &s, seed).map(|e| e.info.id.clone())
+    };
+    // No verdicts: no peer (the reference audits).
+    assert_eq!(pick(&flags, &book, 0), None);
+    // The audited provider's own verdict never makes it its own auditor; another
+    // digest does not qualify; a verified peer with the same digest does.
+    verified(&reg, "p", 3600);
+    verified(&reg, "r", 3600);
+    assert_eq!(pick(&flags, &book, 0), None);
+    verified(&reg, "q", 3600);
+    for seed in 0..8 {
+        assert_eq!(pick(&flags, &book, seed).as_deref(), Some("q"));
+    }
+    // A stale verdict does not count.
+    verified(&reg, "q", -1);
+    assert_eq!(pick(&flags, &book, 0), None);
+    verified(&reg, "q", 3600);
+    // Both eligible peers are drawn.
+    verified(&reg, "u", 3600);
+    let drawn: std::collections::BTreeSet<_> = (0..16)
+        .filter_map(|seed| pick(&flags, &book, seed))
+        .collect();
+    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), ["q", "u"]);
+    // A peer bonded by the audited provider's owner is not independent.
+    book.credit("owner", Asset::Tnzo, 1_000).unwrap();
+    book.credit("other", Asset::Tnzo, 1_000).unwrap();
+    book.bond("owner", "kp", "p", 10, true).unwrap();
+    book.bond("owner", "kq", "q", 10, true).unwrap();
+    book.bond("other", "ku", "u", 10, true).unwrap();
+    for seed in 0..8 {
+        assert_eq!(pick(&flags, &book, seed).as_deref(), Some("u"));
+    }
+    // A flagged provider audits no one.
+    let u = Sample {
+        provider: "u".into(),
+        ..s.clone()
+    };
+    let bad: Vec<_> = (0..32)
+        .map(|_| ScoredToken {
+            logprob: -9.0,
+            in_top_k: false,
+            top_logprobs: vec![-0.01],
+        })
+        .collect();
+    flags.record(&reg, &u, &judge(&bad, 1.0, &AuditRule::default()));
+    assert_eq!(pick(&flags, &book, 0), None);
+    // No declared digest: nothing to match a peer on.
+    let undeclared = Sample {
+        weight_sha256: None,
+        ..s.clone()
+    };
+    assert!(peer::pick(&reg, &book, &Flags::default(), &undeclared, 0).is_none());
 }

@@ -6,16 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Audits;
+use super::peer::{self, Funding};
 use super::sample::{self, Prompt, Sample};
 use super::score;
 use super::stat::{AuditFinding, judge};
 use crate::money::slashing::Slash;
+use crate::providers::entry::ProviderEntry;
 use crate::providers::registry::Registry;
 
 /// What one audit came to.
@@ -30,8 +32,14 @@ pub enum Verdict {
     Failed(AuditFinding, Option<Slash>),
 }
 
-/// Runs until `cancel` fires or the queue closes.
-pub async fn run(audits: Audits, registry: Arc<Registry>, cancel: CancellationToken) {
+/// Runs until `cancel` fires or the queue closes; `funding` pays TEE-verified peer
+/// auditors (none: only the reference audits).
+pub async fn run(
+    audits: Audits,
+    registry: Arc<Registry>,
+    funding: Option<Funding>,
+    cancel: CancellationToken,
+) {
     let Some(mut rx) = audits.take_receiver() else {
         return;
     };
@@ -67,9 +75,10 @@ pub async fn run(audits: Audits, registry: Arc<Registry>, cancel: CancellationTo
         };
         while running.try_join_next().is_some() {}
         let (a, r, c) = (audits.clone(), registry.clone(), client.clone());
+        let f = funding.clone();
         running.spawn(async move {
             let _slot = permit;
-            let verdict = audit(&a, &r, &c, &sample).await;
+            let verdict = audit(&a, &r, &c, &sample, f.as_ref()).await;
             count(&a, &sample, &verdict);
         });
     }
@@ -99,19 +108,26 @@ fn count(a: &Audits, s: &Sample, v: &Verdict) {
     }
 }
 
-/// Audits one sample on the reference auditor.
+/// Audits one sample: on a TEE-verified peer when one is eligible and can be paid
+/// ([`peer`]), else on the operator's reference.
 pub async fn audit(
     a: &Audits,
     registry: &Registry,
     client: &reqwest::Client,
     s: &Sample,
+    funding: Option<&Funding>,
 ) -> Verdict {
     let cfg = &a.config;
+    let peer = funding.and_then(|f| peer::pick(registry, &f.book, &a.flags, s, super::rand_seed()));
     let reference = cfg.reference.trim_end_matches('/');
-    if reference.is_empty() {
+    let base = match &peer {
+        Some(p) => p.info.endpoint.trim_end_matches('/'),
+        None => reference,
+    };
+    if base.is_empty() {
         return Verdict::Skipped("no auditor configured".into());
     }
-    if reference == s.endpoint.trim_end_matches('/') {
+    if base == s.endpoint.trim_end_matches('/') {
         return Verdict::Skipped("the auditor is the audited provider".into());
     }
     let case = match sample::case(s, cfg.max_request_bytes, cfg.max_answer_bytes) {
@@ -122,8 +138,9 @@ pub async fn audit(
     let prompt = match case.prompt {
         Prompt::Text(p) => p,
         Prompt::Chat(messages) => {
+            // `/tokenize` is free on a provider: rendering needs no payment.
             let body = json!({"model": s.model, "messages": messages});
-            let url = format!("{reference}/tokenize");
+            let url = format!("{base}/tokenize");
             match score::post_json(client, &url, &body, timeout, cfg.max_auditor_bytes).await {
                 Ok(v) => match v.get("text").and_then(|t| t.as_str()) {
                     Some(t) => t.to_owned(),
@@ -135,8 +152,14 @@ pub async fn audit(
     };
     let text = format!("{prompt}{}", case.answer);
     let body = score::scoring_body(&s.model, &text, cfg.top_logprobs);
-    let url = format!("{reference}/v1/completions");
-    let resp = match score::post_json(client, &url, &body, timeout, cfg.max_auditor_bytes).await {
+    let resp = match (&peer, funding) {
+        (Some(p), Some(f)) => scored_by_peer(a, client, f, p, s, &body).await,
+        _ => {
+            let url = format!("{reference}/v1/completions");
+            score::post_json(client, &url, &body, timeout, cfg.max_auditor_bytes).await
+        }
+    };
+    let resp = match resp {
         Ok(v) => v,
         Err(e) => return Verdict::Error(e),
     };
@@ -144,7 +167,14 @@ pub async fn audit(
         Ok(t) => t,
         Err(e) => return Verdict::Error(e),
     };
-    let finding = judge(&tokens, case.temperature, &cfg.rule());
+    let mut finding = judge(&tokens, case.temperature, &cfg.rule());
+    if let Some(p) = &peer {
+        a.counters.by_peer.fetch_add(1, Ordering::Relaxed);
+        finding.detail = format!(
+            "{} (auditor: TEE-verified peer {})",
+            finding.detail, p.info.id
+        );
+    }
     if finding.tokens < cfg.min_tokens {
         return Verdict::Skipped(finding.detail);
     }
@@ -154,4 +184,33 @@ pub async fn audit(
     } else {
         Verdict::Passed(finding)
     }
+}
+
+/// The scoring on a peer, paid from the operator's account.
+async fn scored_by_peer(
+    a: &Audits,
+    client: &reqwest::Client,
+    f: &Funding,
+    p: &ProviderEntry,
+    s: &Sample,
+    body: &Value,
+) -> Result<Value, String> {
+    let cfg = &a.config;
+    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let paid = f.hold(p, &s.model, &bytes, registry_now(f)).await?;
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let resp = peer::post_paid(client, p, &paid, bytes, timeout, cfg.max_auditor_bytes).await;
+    let audit_id = format!("audit-{}", s.request_id);
+    f.settle(
+        paid,
+        &p.info.id,
+        &audit_id,
+        resp.as_ref().ok(),
+        registry_now(f),
+    );
+    resp
+}
+
+fn registry_now(f: &Funding) -> u64 {
+    f.clock.unix()
 }

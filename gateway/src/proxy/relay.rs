@@ -98,6 +98,8 @@ pub(super) struct Relay {
     pub texts: Option<Texts>,
     /// The last receipt a chunk carried.
     pub receipt: Option<serde_json::Value>,
+    /// Picked for a model audit: choice 0's text, offered at `[DONE]`.
+    pub tap: Option<crate::audit::tap::Tap>,
 }
 
 impl Relay {
@@ -265,6 +267,11 @@ impl Relay {
     /// its cost comment.
     fn done(&mut self, out: &mut Vec<u8>) {
         self.judge();
+        if self.settlement.outcome == Some(true)
+            && let Some(tap) = self.tap.take()
+        {
+            tap.finish();
+        }
         let m = &mut self.settlement.meter;
         if let Err(e) = m.on_cut() {
             tracing::error!(error = %e, "metering overflow");
@@ -281,6 +288,14 @@ impl Relay {
         if let (Some(texts), Some(choices)) = (&mut self.texts, &p.choices) {
             for c in choices {
                 texts.push(c.index, c.piece(), s.meter.bounds.choices);
+            }
+        }
+        if let (Some(tap), Some(choices)) = (&mut self.tap, &p.choices) {
+            for c in choices {
+                let delta = c.delta.as_ref();
+                let text = delta.and_then(|d| d.content.as_deref());
+                let tool = delta.is_some_and(|d| d.tool_calls.is_some());
+                tap.push(c.index, text.or(c.text.as_deref()), tool);
             }
         }
         if let Some(r) = p.receipt() {

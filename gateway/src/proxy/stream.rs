@@ -71,6 +71,14 @@ pub(super) async fn answer(
         audit: a.audit,
         texts,
         receipt: None,
+        // Model audits (`crate::audit::tap`): drawn now, offered at `[DONE]`.
+        tap: state.audits.tap(
+            call.request_id,
+            &entry,
+            &call.req.model,
+            call.req.path,
+            &call.req.body,
+        ),
     };
     let resp = sse_response(relay, call, &entry.info.id, &a.channel);
     state

@@ -12,6 +12,7 @@ mod adversary_payer;
 mod adversary_provider;
 mod adversary_registry;
 mod attest_policy;
+mod audit_peer;
 mod gateway_api;
 mod gateway_attest;
 mod gateway_bonds;
