@@ -34,6 +34,9 @@ pub fn lock_sqlite(url: &str) -> Result<(), String> {
     if held.contains_key(&path) {
         return Ok(());
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -87,7 +90,8 @@ mod tests {
     #[test]
     fn a_second_opener_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("gateway.db");
+        // The data directory is made here if needed (the store opens after).
+        let db = dir.path().join("data").join("gateway.db");
         let url = format!("sqlite://{}", db.display());
         lock_sqlite(&url).unwrap();
         lock_sqlite(&url).unwrap();
