@@ -119,9 +119,8 @@ impl Forward for ChatCompletionRequest {
     }
 
     fn force_usage(&mut self) -> (bool, bool) {
-        let (stream, include_usage) = (self.is_stream(), self.include_usage());
-        ask_usage(&mut self.stream_options, stream);
-        (stream, include_usage)
+        let (stream, asked) = (self.is_stream(), self.include_usage());
+        ask_usage(&mut self.stream_options, stream, asked)
     }
 }
 
@@ -165,9 +164,8 @@ impl Forward for CompletionRequest {
     }
 
     fn force_usage(&mut self) -> (bool, bool) {
-        let (stream, include_usage) = (self.is_stream(), self.include_usage());
-        ask_usage(&mut self.stream_options, stream);
-        (stream, include_usage)
+        let (stream, asked) = (self.is_stream(), self.include_usage());
+        ask_usage(&mut self.stream_options, stream, asked)
     }
 }
 
@@ -241,13 +239,19 @@ fn field_error(e: tenzro_models::api::FieldError) -> ApiError {
 }
 
 /// A streamed request asks its provider for the usage chunk whatever the client
-/// asked: metering needs it (the client's own choice is kept apart).
-fn ask_usage(stream_options: &mut Option<StreamOptions>, stream: bool) {
+/// asked (`asked`): metering needs it. Returns (streamed, asked), the client's own
+/// choice kept apart.
+fn ask_usage(
+    stream_options: &mut Option<StreamOptions>,
+    stream: bool,
+    asked: bool,
+) -> (bool, bool) {
     if stream {
         *stream_options = Some(StreamOptions {
             include_usage: Some(true),
         });
     }
+    (stream, asked)
 }
 
 fn require_model(model: &str) -> Result<(), ApiError> {

@@ -222,3 +222,26 @@ pub struct DefaultLimits {
     pub requests_per_minute: u32,
     pub tokens_per_minute: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_amounts_read_and_write_as_decimal_strings() {
+        let s: KeyScope = serde_json::from_str(
+            r#"{"max_daily_spend":"340282366920938463463374607431768211455","max_transaction_value":"7"}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(s.max_daily_spend, Some(u128::MAX));
+        assert_eq!(s.spend_limits().max_daily_spend, Some(u128::MAX));
+        assert_eq!(s.spend_limits().max_transaction_value, Some(7));
+        let text = serde_json::to_string(&s).unwrap_or_default();
+        assert!(
+            text.contains(r#""340282366920938463463374607431768211455""#),
+            "{text}"
+        );
+        assert!(serde_json::from_str::<KeyScope>(r#"{"max_daily_spend":"-1"}"#).is_err());
+        assert!(serde_json::from_str::<KeyScope>(r#"{"max_daily_spnd":"1"}"#).is_err());
+    }
+}
