@@ -7,6 +7,7 @@ TENZRO_BIN_DIR to use another build). Models come from `scripts/fetch-models`
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,3 +156,51 @@ max_context = 512
 parameters = 22713216
 """
     return text
+
+
+# The agent surfaces' tests (test_a2a, test_mcp, test_cli_chat, test_console) share
+# one gateway over the session's provider (one model load for all four); each test
+# file takes its own funded key with `new_key`, so balances and channels stay apart.
+AGENT_ADMIN = "agent-surfaces-admin-token"
+FAUCET = '[faucet]\nenabled = true\namount = "5"\nper_hour = 3\n'
+
+
+def start_gateway(config_text: str, tmp: Path) -> Server:
+    """A gateway on a free port with `config_text` written to `tmp/gateway.toml`."""
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(config_text)
+    port = free_port()
+    return Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], port)
+
+
+def new_key(url: str, admin: str = AGENT_ADMIN, balance: str = "1000", name: str = "test", scope=None) -> str:
+    """A new account with `balance` whole tokens and its key, made through the admin API."""
+    r = httpx.post(f"{url}/admin/accounts", headers={"Authorization": f"Bearer {admin}"},
+                   json={"name": name, "balance": balance, "scope": scope or {}}, timeout=10)
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
+def wait_listed(url: str, key: str, model: str = CHAT_MODEL, timeout: float = 60.0) -> None:
+    """Waits until the gateway lists `model` to `key` (its provider was reached)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        if r.status_code == 200 and any(m["id"] == model for m in r.json()["data"]):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the gateway never listed {model}: {r.text}")
+
+
+@pytest.fixture(scope="session")
+def agent_gateway(provider):
+    """The agent surfaces' gateway: {"url", "admin", "provider"}; admin token
+    AGENT_ADMIN, the faucet on, the session's provider as static provider `local`."""
+    tmp = Path(tempfile.mkdtemp(prefix="tenzro-agents-"))
+    gw = start_gateway(gateway_config(tmp / "data", provider.url, admin_token=AGENT_ADMIN,
+                                      first_byte_timeout_ms=120000, extra=FAUCET), tmp)
+    try:
+        wait_listed(gw.url, new_key(gw.url, balance="0", name="probe"))
+        yield {"url": gw.url, "admin": AGENT_ADMIN, "provider": provider}
+    finally:
+        gw.stop()

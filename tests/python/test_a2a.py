@@ -6,15 +6,14 @@ of the spec's examples (`message/send`, `message/stream`, `tasks/get`,
 import asyncio
 import json
 import subprocess
-import tempfile
+import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 import conftest
-from conftest import CHAT_MODEL, EMBED_MODEL, Server, binary, free_port, start_provider
+from conftest import CHAT_MODEL, EMBED_MODEL, binary
 
 a2a = pytest.importorskip("a2a")
 from a2a.client import ClientConfig, create_client  # noqa: E402
@@ -22,26 +21,14 @@ from a2a.types import (  # noqa: E402
     GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState,
 )
 
-ADMIN = "a2a-admin-token"
+ADMIN = conftest.AGENT_ADMIN
 
 
 @pytest.fixture(scope="module")
-def stack():
-    provider = start_provider()
-    tmp = Path(tempfile.mkdtemp(prefix="tenzro-a2a-"))
-    cfg = tmp / "gateway.toml"
-    cfg.write_text(conftest.gateway_config(tmp / "data", provider.url, admin_token=ADMIN, first_byte_timeout_ms=120000))
-    key = subprocess.run(
-        [str(binary("tenzro-gateway")), "keys", "create", "--config", str(cfg), "--balance", "1000"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout.strip()
-    port = free_port()
-    gateway = Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], port)
-    try:
-        yield {"url": gateway.url, "key": key}
-    finally:
-        gateway.stop()
-        provider.stop()
+def stack(agent_gateway):
+    """The shared agent gateway (conftest) with this file's own funded key."""
+    url = agent_gateway["url"]
+    return {"url": url, "key": conftest.new_key(url, name="a2a"), "provider": agent_gateway["provider"]}
 
 
 def rpc(stack, method, params, key=None, id=1):
@@ -66,7 +53,7 @@ def test_agent_card(stack):
         assert card["url"] == f"{stack['url']}/a2a"
         assert card["capabilities"]["streaming"] is True
         assert {"inference", "wallet", "identity", "settlement", "verification"} <= {s["id"] for s in card["skills"]}
-        assert "faucet" not in {s["id"] for s in card["skills"]}, "the faucet is off here"
+        assert "faucet" in {s["id"] for s in card["skills"]}, "the faucet is on here"
         assert card["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert card["defaultInputModes"] and card["defaultOutputModes"] and card["version"]
 
@@ -175,3 +162,103 @@ def test_a_task_stays_in_the_keys_scope_and_can_be_canceled(stack):
     c = rpc(stack, "tasks/cancel", {"id": t["id"]})["result"]
     assert c["status"]["state"] == "canceled"
     assert rpc(stack, "tasks/get", {"id": t["id"]})["result"]["status"]["state"] == "canceled"
+
+
+def test_official_client_gets_the_answer_in_pieces_as_it_streams(stack):
+    """`SendStreamingMessage`: the answer comes as artifact updates while it is
+    generated (the first makes the artifact, the next ones append, the last is
+    lastChunk), each before the final status, and together they are the stored answer."""
+    async def go():
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {stack['key']}"}, timeout=120) as h:
+            client = await create_client(stack["url"], ClientConfig(httpx_client=h, streaming=True))
+            msg = Message(role=Role.ROLE_USER, message_id=str(uuid.uuid4()),
+                          parts=[Part(text="Write two sentences about the sea.")])
+            msg.metadata.update({"model": CHAT_MODEL, "max_tokens": 24})
+            seen = []
+            async for e in client.send_message(SendMessageRequest(message=msg)):
+                seen.append((time.monotonic(), e))
+            return client, seen
+
+    async def get(task_id):
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {stack['key']}"}, timeout=120) as h:
+            client = await create_client(stack["url"], ClientConfig(httpx_client=h))
+            return await client.get_task(GetTaskRequest(id=task_id))
+
+    _, seen = asyncio.run(go())
+    kinds = [e.WhichOneof("payload") for _, e in seen]
+    pieces = [(t, e.artifact_update) for t, e in seen if e.WhichOneof("payload") == "artifact_update"]
+    assert len(pieces) >= 2, f"the answer came in one piece: {kinds}"
+    assert [a.append for _, a in pieces] == [False] + [True] * (len(pieces) - 1)
+    assert [a.last_chunk for _, a in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert len({a.artifact.artifact_id for _, a in pieces}) == 1
+    final_at, final = seen[-1]
+    assert final.WhichOneof("payload") == "status_update"
+    assert final.status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    first_piece_at = pieces[0][0]
+    assert first_piece_at < final_at, "the first piece came before the end"
+    assert kinds.index("artifact_update") < len(kinds) - 1
+    streamed = "".join(p.text for _, a in pieces for p in a.artifact.parts)
+    task = asyncio.run(get(final.status_update.task_id))
+    assert task.artifacts[0].parts[0].text == streamed and streamed.strip()
+    print(f"{len(pieces)} pieces; the first {final_at - first_piece_at:.2f} s before the final status")
+
+
+def test_tasks_are_kept_across_a_restart_and_the_a2a_section_applies(stack, tmp_path):
+    """A gateway with `[a2a] public_url` and `default_model`: the card names the
+    public URL, a message without a model runs on the default; after a restart on
+    the same SQLite file the task is still its owner's (and not another key's), and
+    its context continues; a default model nobody serves is refused naming the field;
+    a bad public_url stops the start naming it."""
+    provider = stack["provider"]
+    admin = "a2a-restart-admin"
+    public = "https://agents.example.com/a2a"
+
+    def config(default_model):
+        return conftest.gateway_config(
+            tmp_path / "data", provider.url, admin_token=admin, first_byte_timeout_ms=120000,
+            extra=f'[a2a]\npublic_url = "{public}"\ndefault_model = "{default_model}"\n')
+
+    gw = conftest.start_gateway(config(CHAT_MODEL), tmp_path)
+    try:
+        owner = conftest.new_key(gw.url, admin=admin, name="owner")
+        other = conftest.new_key(gw.url, admin=admin, name="other")
+        conftest.wait_listed(gw.url, owner)
+        card = httpx.get(f"{gw.url}/.well-known/agent-card.json", timeout=10).json()
+        assert card["url"] == public and card["provider"]["url"] == "https://agents.example.com"
+        assert {i["url"] for i in card["supportedInterfaces"]} == {public}
+        s = {"url": gw.url, "key": owner}
+        first = rpc(s, "message/send", message("Say hello.", max_tokens=8))["result"]
+        assert first["status"]["state"] == "completed", first
+        assert first["metadata"]["tenzro"]["model"] == CHAT_MODEL
+    finally:
+        gw.stop()
+
+    gw = conftest.start_gateway(config("no-such-model"), tmp_path)
+    try:
+        conftest.wait_listed(gw.url, owner)
+        s = {"url": gw.url, "key": owner}
+        got = rpc(s, "tasks/get", {"id": first["id"]})["result"]
+        assert got["status"]["state"] == "completed"
+        assert got["artifacts"] == first["artifacts"] and got["history"] == first["history"]
+        assert got["metadata"]["tenzro"]["receipt"] == first["metadata"]["tenzro"]["receipt"]
+        assert rpc(s, "tasks/get", {"id": first["id"]}, key=other)["error"]["code"] == -32001
+        v1 = rpc(s, "GetTask", {"id": first["id"]})["result"]
+        assert v1["id"] == first["id"] and v1["status"]["state"] == "TASK_STATE_COMPLETED"
+
+        e = rpc(s, "message/send", message("Say hello."))["error"]
+        assert e["code"] == -32602 and "[a2a] default_model" in e["message"] and "no-such-model" in e["message"], e
+        # The context continues from the stored task: its turn is in the prompt.
+        again = message("Say hello.", model=CHAT_MODEL, max_tokens=8)
+        again["message"]["contextId"] = first["contextId"]
+        second = rpc(s, "message/send", again)["result"]
+        assert second["status"]["state"] == "completed" and second["contextId"] == first["contextId"]
+        grown = second["metadata"]["tenzro"]["usage"]["prompt_tokens"]
+        assert grown > first["metadata"]["tenzro"]["usage"]["prompt_tokens"], (grown, first["metadata"])
+    finally:
+        gw.stop()
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(conftest.gateway_config(tmp_path / "bad-data", None, extra='[a2a]\npublic_url = "ftp://x/a2a"\n'))
+    r = subprocess.run([str(binary("tenzro-gateway")), "--config", str(bad), "--listen", "127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "a2a.public_url" in r.stdout + r.stderr, r

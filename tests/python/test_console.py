@@ -10,18 +10,15 @@ verifies; the Account page lists the channel that answer opened; the Operator pa
 Screenshots of each page go to target/screenshots/.
 """
 import os
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 import conftest
-from conftest import CHAT_MODEL, ROOT, Server, binary, free_port
+from conftest import CHAT_MODEL, ROOT
 
-ADMIN = "console-admin-token"
+ADMIN = conftest.AGENT_ADMIN
 CHROMIUM = os.environ.get("TENZRO_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / "target" / "screenshots"
 
@@ -32,30 +29,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def stack():
-    tmp = Path(tempfile.mkdtemp(prefix="tenzro-console-"))
-    prov = conftest.start_provider()
-    cfg = tmp / "gateway.toml"
-    cfg.write_text(conftest.gateway_config(tmp / "data", prov.url, admin_token=ADMIN, first_byte_timeout_ms=120000))
-    key = subprocess.run(
-        [str(binary("tenzro-gateway")), "keys", "create", "--config", str(cfg), "--balance", "1000"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout.strip()
-    port = free_port()
-    gw = Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], port)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            r = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-            if r.status_code == 200 and any(m["id"] == CHAT_MODEL for m in r.json()["data"]):
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"the gateway never listed {CHAT_MODEL}: {r.text}")
-        yield {"url": gw.url, "key": key}
-    finally:
-        gw.stop()
-        prov.stop()
+def stack(agent_gateway):
+    """The shared agent gateway (conftest) with this file's own funded key."""
+    url = agent_gateway["url"]
+    return {"url": url, "key": conftest.new_key(url, name="console")}
 
 
 def test_page_and_assets_have_their_types_and_a_strict_csp(stack):

@@ -1,28 +1,26 @@
 """MCP (issue 15): the gateway's tools driven by the official `mcp` Python SDK.
 
-Starts the real provider and gateway (the faucet on), then, over Streamable HTTP
+Against the real provider and gateway (conftest's shared agent gateway, the
+faucet on), with this file's own key: over Streamable HTTP
 at `/mcp` and over stdio (`tenzro-gateway mcp --url URL --key KEY`): lists the
 tools and calls each, a chat against the real default model included; an agent
 key whose scope forbids the account is refused with the HTTP API's message; and
 `/mcp` answers 401 without a key.
 """
 import asyncio
-import subprocess
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
 import conftest
-from conftest import CHAT_MODEL, EMBED_MODEL, Server, binary, free_port, start_provider
+from conftest import CHAT_MODEL, EMBED_MODEL, binary
 
 mcp = pytest.importorskip("mcp")
 from mcp import Client, StdioServerParameters  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
 
-ADMIN = "mcp-admin-token"
+ADMIN = conftest.AGENT_ADMIN
 TOOLS = {
     "list_models", "chat", "embed", "estimate_cost", "get_balance", "list_channels",
     "get_channel", "close_channel", "resolve_did", "get_provider_status", "verify_receipt",
@@ -31,25 +29,10 @@ TOOLS = {
 
 
 @pytest.fixture(scope="module")
-def stack():
-    provider = start_provider()
-    tmp = Path(tempfile.mkdtemp(prefix="tenzro-mcp-"))
-    cfg = tmp / "gateway.toml"
-    cfg.write_text(conftest.gateway_config(
-        tmp / "data", provider.url, admin_token=ADMIN, first_byte_timeout_ms=120000,
-        extra="[faucet]\nenabled = true\namount = \"5\"\nper_hour = 3\n",
-    ))
-    key = subprocess.run(
-        [str(binary("tenzro-gateway")), "keys", "create", "--config", str(cfg), "--balance", "1000"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout.strip()
-    port = free_port()
-    gateway = Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], port)
-    try:
-        yield {"url": gateway.url, "key": key}
-    finally:
-        gateway.stop()
-        provider.stop()
+def stack(agent_gateway):
+    """The shared agent gateway (conftest) with this file's own funded key."""
+    url = agent_gateway["url"]
+    return {"url": url, "key": conftest.new_key(url, name="mcp")}
 
 
 def http_client(stack, key=None):
