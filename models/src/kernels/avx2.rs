@@ -1,20 +1,24 @@
-//! AVX2 + FMA (+ F16C for the scales) kernels. Each weight block is loaded and unpacked into registers
-//! once and multiplied with the same block of every activation row of the tile
-//! (`N` rows, 1..=4): the int8 products go through `vpmaddubsw`/`vpmaddwd` as in
-//! llama.cpp, and the block's scales are applied in f32.
+//! AVX2 + FMA (+ F16C for the scales) kernels over tiles of `R` weight rows by
+//! `N` activation rows: each weight block is loaded and unpacked into registers
+//! once and multiplied with the same block of the tile's `N` activation rows,
+//! and each activation block is loaded once for the tile's `R` weight rows. The
+//! int8 products go through `vpmaddubsw`/`vpmaddwd` as in llama.cpp, and the
+//! block's scales are applied in f32.
+//!
+//! Every (weight row, activation row) pair has one accumulator that sums its
+//! blocks in the same order whatever the tile, so an output's bits do not depend
+//! on `m` or on which tile computed it (a prompt prefilled in chunks and a batch
+//! decoded together give the bits of one pass). The accumulators are fixed-size
+//! arrays indexed only by the unrolled tile loops, so they live in registers.
+
+// The tile loops index the accumulators, the minimum sums and the row offsets
+// by the same constant-bounded counters, which LLVM unrolls into registers.
+#![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
+use super::WeightType;
 use super::q8::BlockQ8;
-use super::{WeightType, k4_scale_min};
-
-/// The little-endian f16 at `at` of a block, as f32 (F16C).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn f16_at_x86(blk: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([blk[at], blk[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-}
 
 /// Whether this CPU runs these kernels (checked once).
 pub fn available() -> bool {
@@ -28,7 +32,7 @@ pub fn available() -> bool {
 
 /// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`
 /// (`rb` bytes each) and the `m` activation rows of `acts`; `None` when the CPU
-/// lacks AVX2, FMA or F16C.
+/// lacks AVX2, FMA or F16C or the shapes do not fit together.
 pub fn rows(
     ty: WeightType,
     w: &[u8],
@@ -37,74 +41,119 @@ pub fn rows(
     m: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    if !available() {
+    if !available() || m == 0 || rb == 0 {
         return None;
     }
-    // SAFETY: AVX2, FMA and F16C were detected on this CPU just above.
-    unsafe { chunk(ty, w, rb, acts, m, out) };
+    let (bb, per) = (ty.block_bytes(), ty.block_values() / 32);
+    let n_rows = w.len() / rb;
+    let kb = acts.len() / m;
+    let fits = rb.is_multiple_of(bb)
+        && w.len() == n_rows * rb
+        && rb / bb * per == kb
+        && acts.len() == kb * m
+        && out.len() == n_rows * m;
+    if !fits {
+        return None;
+    }
+    let s = Shape {
+        rb,
+        nb: rb / bb,
+        kb,
+        m,
+    };
+    // SAFETY: AVX2, FMA and F16C were detected on this CPU just above, and `fits`
+    // checked every length `chunk` reads or writes against `s`.
+    unsafe { chunk(ty, w, acts, out, s) };
     Some(())
 }
 
+/// The sizes a tile works in: `rb` bytes and `nb` blocks per weight row, `kb`
+/// activation blocks per activation row, `m` activation rows (the output's
+/// stride).
+#[derive(Clone, Copy)]
+struct Shape {
+    rb: usize,
+    nb: usize,
+    kb: usize,
+    m: usize,
+}
+
+/// A tile's inputs: `R` weight rows from `w` (`rb` bytes apart), `N` activation
+/// rows from `a` (`kb` blocks apart).
+#[derive(Clone, Copy)]
+struct Tile {
+    w: *const u8,
+    a: *const BlockQ8,
+}
+
+/// Per (weight row, activation row): the vector accumulator and the scalar sum of
+/// the blocks' minimum terms.
+type Acc<const R: usize, const N: usize> = ([[__m256; N]; R], [[f32; N]; R]);
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` is `out.len() / s.m` rows of `s.rb` bytes
+/// and `acts` is `s.m` rows of `s.kb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn chunk(ty: WeightType, w: &[u8], rb: usize, acts: &[BlockQ8], m: usize, out: &mut [f32]) {
-    let kb = acts.len() / m.max(1);
-    for (wr, o) in w.chunks_exact(rb).zip(out.chunks_mut(m)) {
-        let mut t0 = 0;
-        while t0 < m {
-            let n = (m - t0).min(4);
-            let (a, o) = (&acts[t0 * kb..(t0 + n) * kb], &mut o[t0..t0 + n]);
-            match n {
-                1 => tile::<1>(ty, wr, a, o),
-                2 => tile::<2>(ty, wr, a, o),
-                3 => tile::<3>(ty, wr, a, o),
-                _ => tile::<4>(ty, wr, a, o),
+unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8], out: &mut [f32], s: Shape) {
+    let n_rows = w.len() / s.rb;
+    // One activation row: four weight rows per tile. A batch: two weight rows by
+    // up to four activation rows (eight accumulators, the registers' limit).
+    let r_step = if s.m == 1 { 4 } else { 2 };
+    let mut i = 0;
+    while i < n_rows {
+        let r = if n_rows - i >= r_step { r_step } else { 1 };
+        let mut t = 0;
+        while t < s.m {
+            let n = (s.m - t).min(if r == 4 { 1 } else { 4 });
+            // SAFETY: rows i..i + r < n_rows of `w` and activation rows t..t + n
+            // <= m of `acts` exist (the caller's contract); the tile reads only
+            // those and writes out[(i + r') * m + t + n'] for r' < r, n' < n.
+            unsafe {
+                let tile = Tile {
+                    w: w.as_ptr().add(i * s.rb),
+                    a: acts.as_ptr().add(t * s.kb),
+                };
+                let o = out.as_mut_ptr().add(i * s.m + t);
+                match (r, n) {
+                    (4, _) => tile_ty::<4, 1>(ty, tile, s, o),
+                    (2, 1) => tile_ty::<2, 1>(ty, tile, s, o),
+                    (2, 2) => tile_ty::<2, 2>(ty, tile, s, o),
+                    (2, 3) => tile_ty::<2, 3>(ty, tile, s, o),
+                    (2, _) => tile_ty::<2, 4>(ty, tile, s, o),
+                    (_, 1) => tile_ty::<1, 1>(ty, tile, s, o),
+                    (_, 2) => tile_ty::<1, 2>(ty, tile, s, o),
+                    (_, 3) => tile_ty::<1, 3>(ty, tile, s, o),
+                    _ => tile_ty::<1, 4>(ty, tile, s, o),
+                }
             }
-            t0 += n;
+            t += n;
+        }
+        i += r;
+    }
+}
+
+/// # Safety
+/// As [`chunk`], for the `R x N` tile at `t`, writing `o[r * m + n]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_ty<const R: usize, const N: usize>(ty: WeightType, t: Tile, s: Shape, o: *mut f32) {
+    // SAFETY: forwarded from the caller's contract.
+    let (acc, mins) = unsafe {
+        match ty {
+            WeightType::Q8_0 => q8_0::<R, N>(t, s),
+            WeightType::Q4_0 => q4::<R, N, true>(t, s),
+            WeightType::Q4_1 => q4::<R, N, false>(t, s),
+            WeightType::Q4K => k45::<R, N, false>(t, s),
+            WeightType::Q5K => k45::<R, N, true>(t, s),
+            WeightType::Q6K => q6k::<R, N>(t, s),
+        }
+    };
+    for r in 0..R {
+        for n in 0..N {
+            // SAFETY: o[r * m + n] is inside the tile's outputs (caller's contract).
+            unsafe { *o.add(r * s.m + n) = hsum(acc[r][n]) + mins[r][n] };
         }
     }
-}
-
-/// One weight row against `N` activation rows. Two accumulators per row
-/// (even and odd blocks) keep the FMA chains short when `N` is small.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile<const N: usize>(ty: WeightType, w: &[u8], acts: &[BlockQ8], out: &mut [f32]) {
-    let kb = w.len() / ty.block_bytes() * (ty.block_values() / 32);
-    let rows: [&[BlockQ8]; N] = std::array::from_fn(|r| &acts[r * kb..(r + 1) * kb]);
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    let mut mins = [[0f32; 2]; N];
-    match ty {
-        WeightType::Q8_0 => q8_0(w, &rows, &mut acc),
-        WeightType::Q4_0 | WeightType::Q4_1 => q4(ty, w, &rows, &mut acc, &mut mins),
-        WeightType::Q4K | WeightType::Q5K => k45(ty, w, &rows, &mut acc, &mut mins),
-        WeightType::Q6K => q6k(w, &rows, &mut acc),
-    }
-    for r in 0..N.min(out.len()) {
-        out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + mins[r][0] + mins[r][1];
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load32(b: &[u8]) -> __m256i {
-    let b: &[u8; 32] = b.first_chunk().unwrap_or(&[0; 32]);
-    // SAFETY: `b` is 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load16(b: &[u8]) -> __m128i {
-    let b: &[u8; 16] = b.first_chunk().unwrap_or(&[0; 16]);
-    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_act(a: &BlockQ8) -> __m256i {
-    // SAFETY: `qs` is 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) }
 }
 
 #[inline]
@@ -116,19 +165,45 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// The f16 at `p` as f32.
+///
+/// # Safety
+/// `p` points at 2 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: 2 readable bytes at `p` (caller's contract), read unaligned.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// The two f16s at `p` as f32 (a block's scale and minimum).
+///
+/// # Safety
+/// `p` points at 4 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+    // SAFETY: 4 readable bytes at `p` (caller's contract), read unaligned.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// # Safety
+/// `p` points at 32 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load32(p: *const u8) -> __m256i {
+    // SAFETY: 32 readable bytes (caller's contract); `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
 /// `sum(u[i] * a[i])` in eight i32 lanes, with `u` unsigned (0..=255) bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_u8(u: __m256i, a: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1))
-}
-
-/// `sum(w[i] * a[i])` with both signed, through `|w|` and `a` carrying `w`'s sign.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_i8(w: __m256i, a: __m256i, weights16: __m256i) -> __m256i {
-    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-    _mm256_madd_epi16(p, weights16)
 }
 
 #[inline]
@@ -137,135 +212,215 @@ fn fma(acc: __m256, dot: __m256i, scale: f32) -> __m256 {
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc)
 }
 
+fn zero<const R: usize, const N: usize>() -> Acc<R, N> {
+    // SAFETY: `_mm256_setzero_ps` only needs AVX, which every caller has.
+    let z = unsafe { _mm256_setzero_ps() };
+    ([[z; N]; R], [[0f32; N]; R])
+}
+
+/// # Safety
+/// As [`chunk`]: `R` rows of `nb` Q8_0 blocks at `t.w`, `N` rows of `kb` blocks at `t.a`.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0<const N: usize>(w: &[u8], rows: &[&[BlockQ8]; N], acc: &mut [[__m256; 2]; N]) {
+unsafe fn q8_0<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
+    let (mut acc, mins) = zero::<R, N>();
     let ones = _mm256_set1_epi16(1);
-    for (b, blk) in w.chunks_exact(34).enumerate() {
-        let d = f16_at_x86(blk, 0);
-        let q = load32(&blk[2..]);
-        for r in 0..N {
-            let a = &rows[r][b];
-            acc[r][b & 1] = fma(acc[r][b & 1], dot_i8(q, load_act(a), ones), d * a.d);
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4<const N: usize>(
-    ty: WeightType,
-    w: &[u8],
-    rows: &[&[BlockQ8]; N],
-    acc: &mut [[__m256; 2]; N],
-    mins: &mut [[f32; 2]; N],
-) {
-    let low = _mm_set1_epi8(0x0F);
-    let bb = ty.block_bytes();
-    for (b, blk) in w.chunks_exact(bb).enumerate() {
-        let d = f16_at_x86(blk, 0);
-        let (m, qs) = match ty {
-            WeightType::Q4_0 => (-8.0 * d, &blk[2..]),
-            _ => (f16_at_x86(blk, 2), &blk[4..]),
-        };
-        let raw = load16(qs);
-        let lo = _mm_and_si128(raw, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-        let q = _mm256_set_m128i(hi, lo);
-        for r in 0..N {
-            let a = &rows[r][b];
-            acc[r][b & 1] = fma(acc[r][b & 1], dot_u8(q, load_act(a)), d * a.d);
-            mins[r][b & 1] += m * a.s;
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn k45<const N: usize>(
-    ty: WeightType,
-    w: &[u8],
-    rows: &[&[BlockQ8]; N],
-    acc: &mut [[__m256; 2]; N],
-    mins: &mut [[f32; 2]; N],
-) {
-    let low = _mm256_set1_epi8(0x0F);
-    let sixteen = _mm256_set1_epi8(16);
-    for (b, blk) in w.chunks_exact(ty.block_bytes()).enumerate() {
-        let d = f16_at_x86(blk, 0);
-        let dmin = f16_at_x86(blk, 2);
-        let scales = &blk[4..16];
-        let (qh, qs) = match ty {
-            WeightType::Q5K => (Some(load32(&blk[16..])), &blk[48..]),
-            _ => (None, &blk[16..]),
-        };
-        for j in 0..4 {
-            let raw = load32(&qs[32 * j..]);
-            let halves = [
-                _mm256_and_si256(raw, low),
-                _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
-            ];
-            for (h, mut q) in halves.into_iter().enumerate() {
-                let s = 2 * j + h;
-                if let Some(qh) = qh {
-                    let bit = _mm256_set1_epi8(1 << s);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-                    q = _mm256_or_si256(q, _mm256_and_si256(set, sixteen));
-                }
-                let (sc, mn) = k4_scale_min(s, scales);
-                let (sc, mn) = (d * f32::from(sc), dmin * f32::from(mn));
-                for r in 0..N {
-                    let a = &rows[r][8 * b + s];
-                    acc[r][h] = fma(acc[r][h], dot_u8(q, load_act(a)), sc * a.d);
-                    mins[r][h] -= mn * a.s;
+    for b in 0..s.nb {
+        for r in 0..R {
+            // SAFETY: block b of weight row r and of activation rows n < N are in
+            // bounds (caller's contract).
+            unsafe {
+                let blk = t.w.add(r * s.rb + b * 34);
+                let d = f16(blk);
+                let q = load32(blk.add(2));
+                let aq = _mm256_sign_epi8(q, q);
+                for n in 0..N {
+                    let a = &*t.a.add(n * s.kb + b);
+                    let x = _mm256_sign_epi8(load32(a.qs.as_ptr().cast()), q);
+                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), ones);
+                    acc[r][n] = fma(acc[r][n], dot, d * a.d);
                 }
             }
         }
     }
+    (acc, mins)
 }
 
+/// Q4_0 (`ZERO`: values are `d * (q - 8)`) and Q4_1 (`d * q + m`).
+///
+/// # Safety
+/// As [`q8_0`], for Q4_0/Q4_1 blocks.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6k<const N: usize>(w: &[u8], rows: &[&[BlockQ8]; N], acc: &mut [[__m256; 2]; N]) {
+unsafe fn q4<const R: usize, const N: usize, const ZERO: bool>(t: Tile, s: Shape) -> Acc<R, N> {
+    let (mut acc, mut mins) = zero::<R, N>();
+    let low = _mm_set1_epi8(0x0F);
+    let bb = if ZERO { 18 } else { 20 };
+    for b in 0..s.nb {
+        for r in 0..R {
+            // SAFETY: block b of weight row r and of activation rows n < N are in
+            // bounds (caller's contract).
+            unsafe {
+                let blk = t.w.add(r * s.rb + b * bb);
+                let (d, m, qs) = if ZERO {
+                    let d = f16(blk);
+                    (d, -8.0 * d, blk.add(2))
+                } else {
+                    let (d, m) = f16x2(blk);
+                    (d, m, blk.add(4))
+                };
+                let raw = _mm_loadu_si128(qs.cast());
+                let lo = _mm_and_si128(raw, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+                let q = _mm256_set_m128i(hi, lo);
+                for n in 0..N {
+                    let a = &*t.a.add(n * s.kb + b);
+                    let x = load32(a.qs.as_ptr().cast());
+                    acc[r][n] = fma(acc[r][n], dot_u8(q, x), d * a.d);
+                    mins[r][n] += m * a.s;
+                }
+            }
+        }
+    }
+    (acc, mins)
+}
+
+/// The 8 sub-block scales and minimums of a Q4_K/Q5_K block's 12 scale bytes,
+/// times `d` and `dmin` (ggml's `get_scale_min_k4` for all eight at once).
+///
+/// # Safety
+/// `p` points at 12 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_scales(p: *const u8, d: f32, dmin: f32) -> ([f32; 8], [f32; 8]) {
+    // SAFETY: 12 readable bytes at `p` (caller's contract), read unaligned.
+    let u: [u32; 3] = unsafe { std::ptr::read_unaligned(p.cast()) };
+    let (m1, m2, m3) = (0x3f3f_3f3f_u32, 0x0f0f_0f0f_u32, 0x0303_0303_u32);
+    let sc = [u[0] & m1, (u[2] & m2) | (((u[0] >> 6) & m3) << 4)];
+    let mn = [u[1] & m1, ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4)];
+    (widen(sc, d), widen(mn, dmin))
+}
+
+/// The 8 bytes of `v` as f32, times `k`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen(v: [u32; 2], k: f32) -> [f32; 8] {
+    let b = _mm_set_epi32(0, 0, v[1] as i32, v[0] as i32);
+    let f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), _mm256_set1_ps(k));
+    let mut out = [0f32; 8];
+    // SAFETY: `out` is 8 writable f32s; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), f) };
+    out
+}
+
+/// Q4_K and Q5_K (`HIGH`: the fifth bit from `qh`).
+///
+/// # Safety
+/// As [`q8_0`], for Q4_K/Q5_K blocks (8 activation blocks per weight block).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k45<const R: usize, const N: usize, const HIGH: bool>(t: Tile, s: Shape) -> Acc<R, N> {
+    let (mut acc, mut mins) = zero::<R, N>();
+    let low = _mm256_set1_epi8(0x0F);
+    let sixteen = _mm256_set1_epi8(16);
+    let bb = if HIGH { 176 } else { 144 };
+    for b in 0..s.nb {
+        for r in 0..R {
+            // SAFETY: block b of weight row r and activation blocks 8b..8b + 8 of
+            // rows n < N are in bounds (caller's contract).
+            unsafe {
+                let blk = t.w.add(r * s.rb + b * bb);
+                let (d, dmin) = f16x2(blk);
+                let (sc, mn) = k4_scales(blk.add(4), d, dmin);
+                let qh = load32(blk.add(16));
+                let qs = blk.add(if HIGH { 48 } else { 16 });
+                for j in 0..4 {
+                    let raw = load32(qs.add(32 * j));
+                    let halves = [
+                        _mm256_and_si256(raw, low),
+                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
+                    ];
+                    for (h, mut q) in halves.into_iter().enumerate() {
+                        let sb = 2 * j + h;
+                        if HIGH {
+                            let bit = _mm256_set1_epi8(1 << sb);
+                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                            q = _mm256_or_si256(q, _mm256_and_si256(set, sixteen));
+                        }
+                        for n in 0..N {
+                            let a = &*t.a.add(n * s.kb + 8 * b + sb);
+                            let x = load32(a.qs.as_ptr().cast());
+                            acc[r][n] = fma(acc[r][n], dot_u8(q, x), sc[sb] * a.d);
+                            mins[r][n] -= mn[sb] * a.s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (acc, mins)
+}
+
+/// # Safety
+/// As [`q8_0`], for Q6_K blocks (8 activation blocks per weight block).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
+    let (mut acc, mins) = zero::<R, N>();
     let low = _mm256_set1_epi8(0x0F);
     let three = _mm256_set1_epi8(3);
     let off = _mm256_set1_epi8(32);
-    for (b, blk) in w.chunks_exact(210).enumerate() {
-        let d = f16_at_x86(blk, 208);
-        let sc = &blk[192..208];
-        for n in 0..2 {
-            let ql0 = load32(&blk[64 * n..]);
-            let ql1 = load32(&blk[64 * n + 32..]);
-            let qh = load32(&blk[128 + 32 * n..]);
-            let groups = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low), q6_high(qh, 0, three)),
-                _mm256_or_si256(_mm256_and_si256(ql1, low), q6_high(qh, 2, three)),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                    q6_high(qh, 4, three),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                    q6_high(qh, 6, three),
-                ),
-            ];
-            for (g, q) in groups.into_iter().enumerate() {
-                let q = _mm256_sub_epi8(q, off);
-                let i = 8 * n + 2 * g;
-                let weights16 = _mm256_set_m128i(
-                    _mm_set1_epi16(i16::from(sc[i + 1] as i8)),
-                    _mm_set1_epi16(i16::from(sc[i] as i8)),
-                );
-                for r in 0..N {
-                    let a = &rows[r][8 * b + 4 * n + g];
-                    acc[r][g & 1] = fma(acc[r][g & 1], dot_i8(q, load_act(a), weights16), d * a.d);
+    for b in 0..s.nb {
+        for r in 0..R {
+            // SAFETY: block b of weight row r and activation blocks 8b..8b + 8 of
+            // rows n < N are in bounds (caller's contract).
+            unsafe {
+                let blk = t.w.add(r * s.rb + b * 210);
+                let d = f16(blk.add(208));
+                let sc: [i8; 16] = std::ptr::read_unaligned(blk.add(192).cast());
+                for half in 0..2 {
+                    let ql0 = load32(blk.add(64 * half));
+                    let ql1 = load32(blk.add(64 * half + 32));
+                    let qh = load32(blk.add(128 + 32 * half));
+                    let groups = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, low), q6_high::<0>(qh, three)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, low), q6_high::<2>(qh, three)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                            q6_high::<4>(qh, three),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                            q6_high::<6>(qh, three),
+                        ),
+                    ];
+                    for (g, q) in groups.into_iter().enumerate() {
+                        let q = _mm256_sub_epi8(q, off);
+                        let i = 8 * half + 2 * g;
+                        let weights16 = _mm256_set_m128i(
+                            _mm_set1_epi16(i16::from(sc[i + 1])),
+                            _mm_set1_epi16(i16::from(sc[i])),
+                        );
+                        let aq = _mm256_sign_epi8(q, q);
+                        for n in 0..N {
+                            let a = &*t.a.add(n * s.kb + 8 * b + 4 * half + g);
+                            let x = _mm256_sign_epi8(load32(a.qs.as_ptr().cast()), q);
+                            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), weights16);
+                            acc[r][n] = fma(acc[r][n], dot, d * a.d);
+                        }
+                    }
                 }
             }
         }
     }
+    (acc, mins)
 }
 
-/// Bits `shift..shift + 2` of each byte of `qh`, moved to bits 4 and 5.
+/// Bits `SHIFT..SHIFT + 2` of each byte of `qh`, moved to bits 4 and 5.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_high(qh: __m256i, shift: u8, three: __m256i) -> __m256i {
-    let bits = match shift {
+fn q6_high<const SHIFT: i32>(qh: __m256i, three: __m256i) -> __m256i {
+    let bits = match SHIFT {
         0 => qh,
         2 => _mm256_srli_epi16(qh, 2),
         4 => _mm256_srli_epi16(qh, 4),

@@ -160,6 +160,18 @@ impl QWeight {
         self.cols / self.ty.block_values() * self.ty.block_bytes()
     }
 
+    /// Append row `row` dequantised to f32 to `out`, with the same arithmetic as
+    /// candle's `dequantize` (so a looked-up embedding row has the same bits as
+    /// the dense table had).
+    pub fn dequantize_row(&self, row: usize, out: &mut Vec<f32>) -> Result<(), Unsupported> {
+        if row >= self.rows {
+            return Err(Unsupported(format!("row {row} of {}", self.rows)));
+        }
+        let rb = self.row_bytes();
+        portable::dequantize(self.ty, &self.data[row * rb..(row + 1) * rb], out);
+        Ok(())
+    }
+
     /// `x` is `(m, cols)` row-major; returns `(m, rows)` = `x · Wᵀ`.
     pub fn matmul(&self, x: &[f32], m: usize, isa: Isa) -> Result<Vec<f32>, Unsupported> {
         let mut outs = matmul_many(&[self], x, m, isa)?;
@@ -195,7 +207,8 @@ pub fn matmul_many(
     let total: usize = ws.iter().map(|w| w.rows).sum();
     let threads = rayon::current_num_threads().max(1);
     // Enough tasks to balance, few enough that each amortises its dispatch.
-    let chunk = total.div_ceil(threads * 4).max(4);
+    // Whole tiles of 4 weight rows (the AVX2 kernel's single-row tile).
+    let chunk = total.div_ceil(threads * 4).max(4).next_multiple_of(4);
     let mut tasks: Vec<(&QWeight, usize, &mut [f32])> = Vec::new();
     for (w, buf) in ws.iter().zip(by_row.iter_mut()) {
         for (ci, dst) in buf.chunks_mut(chunk * m).enumerate() {

@@ -102,6 +102,40 @@ fn unpack_q6k(blk: &[u8], u: &mut Unpacked) {
     u.min.fill(0.0);
 }
 
+/// Append the blocks of `w` (whole blocks of `ty`) dequantised to `out`, in
+/// candle's arithmetic: `d * q` (Q8_0), `(q - 8) * d` (Q4_0), `q * d + m`
+/// (Q4_1), `(d * sc) * q - dmin * m` (Q4_K, Q5_K) and `(d * sc) * q` (Q6_K).
+pub fn dequantize(ty: WeightType, w: &[u8], out: &mut Vec<f32>) {
+    let mut u = Unpacked::new();
+    for blk in w.chunks_exact(ty.block_bytes()) {
+        match ty {
+            WeightType::Q8_0 => {
+                let d = f16_at(blk, 0);
+                out.extend(blk[2..34].iter().map(|&q| d * f32::from(q as i8)));
+            }
+            WeightType::Q4_0 => {
+                let d = f16_at(blk, 0);
+                let q = |v: u8| f32::from(v as i8 - 8) * d;
+                out.extend(blk[2..18].iter().map(|&b| q(b & 0x0F)));
+                out.extend(blk[2..18].iter().map(|&b| q(b >> 4)));
+            }
+            WeightType::Q4_1 => {
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                out.extend(blk[4..20].iter().map(|&b| f32::from(b & 0x0F) * d + m));
+                out.extend(blk[4..20].iter().map(|&b| f32::from(b >> 4) * d + m));
+            }
+            _ => {
+                unpack(ty, blk, &mut u);
+                let vals = u.q.iter().take(ty.block_values()).enumerate();
+                out.extend(vals.map(|(i, &q)| {
+                    let (s, m) = (u.scale[i / 16], u.min[i / 16]);
+                    if m == 0.0 { s * f32::from(q) } else { s * f32::from(q) + m }
+                }));
+            }
+        }
+    }
+}
+
 /// `out[r] = dot(weight row, activation row r)` for the `out.len()` activation
 /// rows in `acts` (each `w.len() / block_bytes * block_values / 32` blocks).
 pub fn rows(ty: WeightType, w: &[u8], acts: &[BlockQ8], out: &mut [f32]) {

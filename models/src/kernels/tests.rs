@@ -179,3 +179,56 @@ fn refuses_shapes_it_cannot_serve() {
     let w = QWeight::new(GgmlDType::Q8_0, 1, 32, vec![0; 34]).unwrap();
     assert!(w.matmul(&[0.0; 31], 1, Isa::Best).is_err());
 }
+
+/// Bit for bit: a row's output does not depend on the batch it is in or on the
+/// tile that computed it (chunked prefill and batched decode rely on this).
+#[test]
+fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
+    let seed: Vec<u8> = (0..53).map(|i| (i * 41 + 7) as u8).collect();
+    for dtype in TYPES {
+        let ty = WeightType::from_ggml(dtype).unwrap();
+        let (rows, cols) = (13, 2 * ty.block_values().max(96));
+        let data = random_blocks(ty, rows * cols / ty.block_values(), &seed);
+        let w = QWeight::new(dtype, rows, cols, data).unwrap();
+        for m in [2, 3, 5, 8, 9] {
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 29 % 89) as f32 - 44.0) / 9.0)
+                .collect();
+            let all = w.matmul(&x, m, Isa::Best).unwrap();
+            for t in 0..m {
+                let one = w.matmul(&x[t * cols..(t + 1) * cols], 1, Isa::Best).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&all[t * rows..(t + 1) * rows]),
+                    bits(&one),
+                    "{dtype:?} m={m} row {t}"
+                );
+            }
+        }
+    }
+}
+
+/// The SIMD kernels (not the portable fallback) serve every type where the CPU
+/// has them, so the reference tests above do test them.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_kernels_take_every_type_and_shape() {
+    if !super::avx2::available() {
+        return;
+    }
+    for dtype in TYPES {
+        let ty = WeightType::from_ggml(dtype).unwrap();
+        for (rows, m) in [(1, 1), (5, 1), (7, 3), (9, 8)] {
+            let cols = 2 * ty.block_values();
+            let rb = cols / ty.block_values() * ty.block_bytes();
+            let w = vec![0u8; rows * rb];
+            let mut acts = Vec::new();
+            super::q8::quantize_rows(&vec![0.5f32; m * cols], &mut acts);
+            let mut out = vec![0f32; rows * m];
+            assert!(
+                super::avx2::rows(ty, &w, rb, &acts, m, &mut out).is_some(),
+                "{dtype:?} {rows}x{cols} m={m}"
+            );
+        }
+    }
+}
