@@ -53,9 +53,10 @@ struct Args {
     /// its TTFT with the first turn in the prefix cache, and cold.
     #[arg(long)]
     second_turn: bool,
-    /// `q8_0` re-quantises Q4_1 tensors at load (the shipped provider config's
-    /// choice); `none` runs the file's own blocks.
-    #[arg(long, default_value = "q8_0")]
+    /// `q8_0` re-quantises Q4_1 tensors at load; `none` runs the file's own
+    /// blocks; `auto` (the shipped provider config's choice) runs them where our
+    /// CPU kernels serve them (release builds) and re-quantises otherwise.
+    #[arg(long, default_value = "auto")]
     requantize: String,
 }
 
@@ -109,7 +110,8 @@ fn main() -> anyhow::Result<()> {
         requantize: match args.requantize.as_str() {
             "none" => Requantize::None,
             "q8_0" => Requantize::Q8_0,
-            other => anyhow::bail!("--requantize {other}: want none or q8_0"),
+            "auto" => Requantize::Auto,
+            other => anyhow::bail!("--requantize {other}: want none, q8_0 or auto"),
         },
     };
     let llm = Arc::new(Llm::load(&cfg, &device).context("loading the model")?);

@@ -38,6 +38,11 @@ pub fn use_cpu_kernels(on: bool) {
     CHOICE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
+/// Whether weights loaded now run this crate's CPU kernels (on a CPU device).
+pub fn cpu_kernels_on() -> bool {
+    own_kernels()
+}
+
 /// Our kernels unless `TENZRO_CPU_KERNELS=candle`. Debug builds default to
 /// candle's (they are compiled optimised as a dependency, while this crate's
 /// kernels are not in a dev build, which would make every debug test of the
@@ -226,6 +231,15 @@ impl Linear {
 
     pub fn in_features(&self) -> usize {
         self.in_features
+    }
+
+    /// The blocks our CPU kernels read, when this weight runs on them (a tied
+    /// embedding table shares them).
+    pub(crate) fn cpu_weight(&self) -> Option<Arc<QWeight>> {
+        match &self.kernel {
+            Kernel::Cpu(w) => Some(w.clone()),
+            Kernel::Candle(_) => None,
+        }
     }
 
     /// Whether this weight runs this crate's CPU kernels (else candle's matmul).

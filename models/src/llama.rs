@@ -13,14 +13,16 @@
 
 use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::Embedding;
+use candle_core::{DType, Device, IndexOp, Result, Tensor};
 
 use crate::linear::Linear;
 
 #[path = "llama_host.rs"]
 mod host;
 use host::{HostKv, HostPlan};
+#[path = "llama_embed.rs"]
+mod embed;
+pub(crate) use embed::TokenEmbedding;
 
 /// Positions the RoPE tables cover.
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -89,7 +91,7 @@ pub(crate) struct Layer {
 
 #[derive(Debug, Clone)]
 pub struct Llama {
-    embed: Embedding,
+    embed: TokenEmbedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: Linear,
@@ -283,13 +285,19 @@ impl Llama {
         };
 
         let mut get = |name: &str| ct.tensor(reader, name, device);
-        let embed_q = get("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
+        let embed_q = std::sync::Arc::new(get("token_embd.weight")?);
         let norm = RmsNorm::new(get("output_norm.weight")?.dequantize(device)?, eps)?;
-        let output = match get("output.weight") {
-            Ok(t) => t,
-            Err(_) => embed_q,
+        // A tied output projection and the table share one copy of the blocks.
+        let (output, shared) = match get("output.weight") {
+            Ok(t) => (Linear::from_qtensor(t)?, None),
+            Err(_) => {
+                let out = Linear::from_arc(embed_q.clone())?;
+                let shared = out.cpu_weight();
+                (out, shared)
+            }
         };
+        let embed = TokenEmbedding::from_qtensor(&embed_q, shared, device)?;
+        drop(embed_q);
         let mm = |t: QTensor| Linear::from_qtensor(t);
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
@@ -310,13 +318,14 @@ impl Llama {
                 extra: Default::default(),
             });
         }
-        Self::from_parts(&shape, embed, layers, norm, mm(output)?, device)
+        Self::from_parts(&shape, embed, layers, norm, output, device)
     }
 
-    /// Assemble a model from loaded weights: `embed` is `(vocab, hidden)`.
+    /// Assemble a model from loaded weights: `embed` is `(vocab, hidden)` (a
+    /// dense tensor, or a [`TokenEmbedding`]).
     pub(crate) fn from_parts(
         shape: &LlamaShape,
-        embed: Tensor,
+        embed: impl EmbedTable,
         layers: Vec<Layer>,
         norm: RmsNorm,
         output: Linear,
@@ -326,7 +335,7 @@ impl Llama {
             let (q, kv) = (shape.n_head, shape.n_kv_head);
             candle_core::bail!("{q} attention heads do not share {kv} key/value heads evenly");
         }
-        let hidden = embed.dim(1)?;
+        let embed = embed.into_table()?;
         let inv_freq = crate::arch::rope::inv_freqs(
             shape.rope_dim,
             shape.rope_theta,
@@ -342,7 +351,7 @@ impl Llama {
             (cos, sin) = ((cos * f64::from(a))?, (sin * f64::from(a))?);
         }
         Ok(Llama {
-            embed: Embedding::new(embed.to_dtype(DType::F32)?, hidden),
+            embed,
             layers,
             norm,
             output,
@@ -363,8 +372,7 @@ impl Llama {
     /// window and RoPE tables, build the local tables.
     pub(crate) fn with_arch(mut self, arch: crate::arch::Arch) -> Result<Self> {
         if let Some(scale) = arch.embed_scale {
-            let table = (self.embed.embeddings() * scale)?;
-            self.embed = Embedding::new(table, self.embed.hidden_size());
+            self.embed = self.embed.scaled(scale)?;
         }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.extra.window = arch.layer_window(i);
@@ -469,13 +477,12 @@ impl Llama {
             cache.len += t;
             return Tensor::from_vec(x, (t, self.embed.hidden_size()), &self.device);
         }
-        let ids = Tensor::new(tokens, &self.device)?;
         let positions: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
         let mask = (t > 1)
             .then(|| causal_mask(t, start, &self.device))
             .transpose()?;
         let window_mask = self.window_mask(t, start)?;
-        let mut x = self.embed.forward(&ids)?;
+        let mut x = self.embed.forward(tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
             let (q, k, v) = self.qkv(layer, &h, &positions)?;
@@ -520,9 +527,8 @@ impl Llama {
                 .arch
                 .logits(self.output.forward(&self.norm.forward(&x)?)?);
         }
-        let ids = Tensor::new(tokens, &self.device)?;
         let positions: Vec<u32> = caches.iter().map(|c| c.len as u32).collect();
-        let mut x = self.embed.forward(&ids)?;
+        let mut x = self.embed.forward(tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
             // (n_head, B, head_dim): row i of the batch is sequence i's query.
@@ -797,4 +803,21 @@ fn rope_tables_from(theta: Vec<f32>, device: &Device) -> Result<(Tensor, Tensor)
         .reshape((MAX_SEQ_LEN, 1))?
         .matmul(&theta.reshape((1, ()))?)?;
     Ok((idx.cos()?, idx.sin()?))
+}
+
+/// What [`Llama::from_parts`] takes as the embedding table.
+pub(crate) trait EmbedTable {
+    fn into_table(self) -> Result<TokenEmbedding>;
+}
+
+impl EmbedTable for Tensor {
+    fn into_table(self) -> Result<TokenEmbedding> {
+        TokenEmbedding::dense(&self)
+    }
+}
+
+impl EmbedTable for TokenEmbedding {
+    fn into_table(self) -> Result<TokenEmbedding> {
+        Ok(self)
+    }
 }

@@ -145,7 +145,6 @@ impl HostPlan {
         let plain = m.device.is_cpu()
             && m.local_rope.is_none()
             && half * 2 == m.head_dim
-            && m.embed.embeddings().dtype() == DType::F32
             && m.arch.activation == crate::arch::Activation::Silu
             && m.layers.iter().all(|l| {
                 let e = &l.extra;
@@ -247,7 +246,7 @@ pub(crate) fn forward(
     let rows = tokens.len();
     let hidden = m.embed.hidden_size();
     let (nh, nkv, hd) = (m.n_head, m.n_kv_head, m.head_dim);
-    let mut x = embed_rows(m, tokens)?;
+    let mut x = m.embed.rows(tokens)?;
     let mut h = Vec::with_capacity(x.len());
     for (li, layer) in m.layers.iter().enumerate() {
         let [attn_norm, ffn_norm] = &plan.norms[li];
@@ -291,24 +290,6 @@ pub(crate) fn forward(
         x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
     }
     debug_assert_eq!(x.len(), rows * hidden);
-    Ok(x)
-}
-
-/// The embedding rows of `tokens`, read from the table in place.
-fn embed_rows(m: &Llama, tokens: &[u32]) -> Result<Vec<f32>> {
-    let table = m.embed.embeddings();
-    let hidden = m.embed.hidden_size();
-    let vocab = table.dim(0)?;
-    let (storage, layout) = table.storage_and_layout();
-    let all = super::host_f32(&storage, layout)?;
-    let mut x = Vec::with_capacity(tokens.len() * hidden);
-    for &t in tokens {
-        let t = t as usize;
-        if t >= vocab {
-            candle_core::bail!("token {t} is outside the vocabulary of {vocab}");
-        }
-        x.extend_from_slice(&all[t * hidden..(t + 1) * hidden]);
-    }
     Ok(x)
 }
 

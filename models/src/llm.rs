@@ -38,11 +38,31 @@ pub struct LlmConfig {
 /// several times the speed, with greedy output unchanged on the default model.
 /// For a safetensors checkpoint, `Q8_0` quantises the float matmul weights
 /// (a quarter of their f32 size, and faster on the CPU).
+///
+/// `Auto` keeps a GGUF's own blocks where this crate's CPU kernels serve them
+/// (their Q4_1 matmul is at least as fast as Q8_0's and reads 1/1.48 of the
+/// bytes: benches/llama-cpp/README.md) and re-quantises Q4_1 where candle's
+/// matmul runs (debug builds, `TENZRO_CPU_KERNELS=candle`, CUDA); for a
+/// safetensors checkpoint it is `Q8_0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Requantize {
     #[default]
     None,
     Q8_0,
+    Auto,
+}
+
+impl Requantize {
+    /// What `Auto` means for a GGUF on `device`.
+    fn for_gguf(self, device: &Device) -> Requantize {
+        match self {
+            Requantize::Auto if device.is_cpu() && crate::linear::cpu_kernels_on() => {
+                Requantize::None
+            }
+            Requantize::Auto => Requantize::Q8_0,
+            other => other,
+        }
+    }
 }
 
 /// A loaded causal language model. The weights are shared; each sequence keeps
@@ -123,8 +143,10 @@ impl Llm {
             .map_or(2048, |c| c as usize)
             .min(MAX_SEQ_LEN);
 
-        let weights = match cfg.requantize {
-            Requantize::None => crate::arch::gguf::load(&content, &mut file, device)?,
+        let weights = match cfg.requantize.for_gguf(device) {
+            Requantize::None | Requantize::Auto => {
+                crate::arch::gguf::load(&content, &mut file, device)?
+            }
             Requantize::Q8_0 => {
                 let bytes = requantize_q4_1(&content, &mut file)?;
                 let mut cursor = Cursor::new(bytes);
@@ -192,7 +214,7 @@ impl Llm {
             .transpose()?;
         let quantize = match cfg.requantize {
             Requantize::None => None,
-            Requantize::Q8_0 => Some(GgmlDType::Q8_0),
+            Requantize::Q8_0 | Requantize::Auto => Some(GgmlDType::Q8_0),
         };
         let model = hf::load_llama(&config, &files, quantize, device)?;
         Ok(Llm {

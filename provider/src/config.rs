@@ -248,7 +248,9 @@ pub struct ChatModelConfig {
     /// (or the one in the checkpoint directory).
     pub tokenizer: Option<PathBuf>,
     /// `"q8_0"` re-quantises Q4_1 tensors at load for speed (for a safetensors
-    /// checkpoint: quantises its float matmul weights); `"none"` keeps them.
+    /// checkpoint: quantises its float matmul weights); `"none"` keeps them;
+    /// `"auto"` keeps a GGUF's blocks where the engine's own CPU kernels run them
+    /// (release builds) and re-quantises where candle's matmul does.
     #[serde(default)]
     pub requantize: RequantizeSetting,
     /// Price per token in base units (10^-18 TNZO), as a decimal string.
@@ -265,6 +267,7 @@ pub enum RequantizeSetting {
     #[default]
     None,
     Q8_0,
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize)]

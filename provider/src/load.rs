@@ -78,6 +78,7 @@ pub fn load(config: Config) -> Result<AppState, LoadError> {
             requantize: match m.requantize {
                 RequantizeSetting::None => Requantize::None,
                 RequantizeSetting::Q8_0 => Requantize::Q8_0,
+                RequantizeSetting::Auto => Requantize::Auto,
             },
         };
         let llm = Llm::load(&cfg, &device).map_err(|source| LoadError::Model {

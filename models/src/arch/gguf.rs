@@ -52,10 +52,16 @@ pub fn load<R: Seek + Read>(ct: &Content, reader: &mut R, device: &Device) -> Re
     let eps = f64::from(md.req_f32("attention.layer_norm_rms_epsilon")?);
 
     let mut get = |n: &str| ct.tensor(reader, n, device);
-    let embed_q = get("token_embd.weight")?;
-    let embed = embed_q.dequantize(device)?;
+    let embed_q = std::sync::Arc::new(get("token_embd.weight")?);
     let norm = RmsNorm::new(get("output_norm.weight")?.dequantize(device)?, eps)?;
-    let output = get("output.weight").unwrap_or(embed_q);
+    // A tied output projection and the table share one copy of the blocks.
+    let output = match get("output.weight") {
+        Ok(t) => Linear::from_qtensor(t)?,
+        Err(_) => Linear::from_arc(embed_q.clone())?,
+    };
+    let shared = output.cpu_weight().filter(|_| !ct.tensor_infos.contains_key("output.weight"));
+    let embed = crate::llama::TokenEmbedding::from_qtensor(&embed_q, shared, device)?;
+    drop(embed_q);
     let mut layers = Vec::with_capacity(blocks);
     for i in 0..blocks {
         layers.push(layer(ct, reader, device, family, &shape, eps, i)?);
@@ -65,7 +71,7 @@ pub fn load<R: Seek + Read>(ct: &Content, reader: &mut R, device: &Device) -> Re
         embed,
         layers,
         norm,
-        Linear::from_qtensor(output)?,
+        output,
         device,
     )?
     .with_arch(arch)
