@@ -16,6 +16,7 @@ mod audit_peer;
 mod gateway_api;
 mod gateway_attest;
 mod gateway_bonds;
+mod gateway_clock;
 mod gateway_failures;
 mod gateway_money;
 mod gateway_register;
