@@ -161,7 +161,13 @@ async fn a_round_robin_client_over_three_replicas_never_sees_replica_busy() {
         let (key, _, _) = replicas[0]
             .state
             .accounts
-            .create_account(&format!("a{i}"), Asset::Tnzo, FUNDS, KeyScope::default(), None)
+            .create_account(
+                &format!("a{i}"),
+                Asset::Tnzo,
+                FUNDS,
+                KeyScope::default(),
+                None,
+            )
             .await
             .unwrap();
         keys.push(key);
@@ -171,23 +177,41 @@ async fn a_round_robin_client_over_three_replicas_never_sees_replica_busy() {
     for i in 0..36 {
         let (r, a) = (&replicas[i % 3], i % 4);
         let (status, cost, fwd, code) = chat_on(r, &keys[a], i % 2 == 0).await;
-        assert_eq!((status, code.as_str()), (200, ""), "request {i} on replica {}", i % 3);
+        assert_eq!(
+            (status, code.as_str()),
+            (200, ""),
+            "request {i} on replica {}",
+            i % 3
+        );
         told[a] += cost;
         forwarded += usize::from(fwd);
     }
-    assert!(forwarded >= 12, "most requests landed off their holder: {forwarded} forwarded");
+    assert!(
+        forwarded >= 12,
+        "most requests landed off their holder: {forwarded} forwarded"
+    );
     for (a, key) in keys.iter().enumerate() {
         for r in &replicas {
             let acct = account(r, key).await;
             let spent = amount(&acct["spent_today"]["TNZO"]);
-            assert_eq!(spent, told[a], "account {a} as replica {} sees it: {acct}", r.url);
+            assert_eq!(
+                spent, told[a],
+                "account {a} as replica {} sees it: {acct}",
+                r.url
+            );
             assert_eq!(amount(&acct["balances"]["TNZO"]), FUNDS - spent);
         }
     }
     // Each account is held by exactly one replica.
     let now = tenzro_gateway::clock::unix_now();
     for key in &keys {
-        let id = replicas[0].state.accounts.lookup(key).await.unwrap().unwrap();
+        let id = replicas[0]
+            .state
+            .accounts
+            .lookup(key)
+            .await
+            .unwrap()
+            .unwrap();
         let holders = replicas
             .iter()
             .filter(|r| r.state.leases.holds(&id.record.account, now))
@@ -212,7 +236,12 @@ async fn the_forward_header_is_refused_from_outside() {
         assert_eq!(r.status().as_u16(), 403, "no cluster: {secret:?} refused");
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"]["code"], "permission_denied", "{e}");
-        assert!(e["error"]["message"].as_str().unwrap().contains("x-tenzro-forward"));
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("x-tenzro-forward")
+        );
     }
     assert_eq!(p.calls(), 0, "nothing reached the provider");
 
@@ -266,7 +295,11 @@ async fn the_forward_header_is_refused_from_outside() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
-async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+async fn eventually(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while start.elapsed() < within {
         if check().await {
@@ -313,9 +346,11 @@ async fn providers_bans_and_revocations_reach_every_replica() {
         move |bytes| key.sign(bytes).to_hex(),
         cancel.clone(),
     ));
-    let took = eventually("B reaches A's provider", Duration::from_secs(10), async || {
-        b.state.registry.is_reached(&id)
-    })
+    let took = eventually(
+        "B reaches A's provider",
+        Duration::from_secs(10),
+        async || b.state.registry.is_reached(&id),
+    )
     .await;
     eprintln!("provider registered on A was routable on B after {took:?}");
 
@@ -334,27 +369,137 @@ async fn providers_bans_and_revocations_reach_every_replica() {
             .request(method, format!("{}{path}", r.url))
             .bearer_auth("admin-secret")
     };
-    let r = admin(&a, reqwest::Method::DELETE, &format!("/admin/keys/{}", rec.id))
-        .send()
-        .await
-        .unwrap();
+    let r = admin(
+        &a,
+        reqwest::Method::DELETE,
+        &format!("/admin/keys/{}", rec.id),
+    )
+    .send()
+    .await
+    .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    let took = eventually("B refuses the key A revoked", Duration::from_secs(5), async || {
-        chat_on(&b, &user, false).await.0 == 401
-    })
+    let took = eventually(
+        "B refuses the key A revoked",
+        Duration::from_secs(5),
+        async || chat_on(&b, &user, false).await.0 == 401,
+    )
     .await;
     eprintln!("revocation on A refused on B after {took:?}");
 
-    let r = admin(&a, reqwest::Method::POST, &format!("/admin/providers/{id}/ban"))
-        .send()
-        .await
-        .unwrap();
+    let r = admin(
+        &a,
+        reqwest::Method::POST,
+        &format!("/admin/providers/{id}/ban"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 204);
     let took = eventually("B takes A's ban", Duration::from_secs(5), async || {
         b.state.registry.is_banned(&id)
     })
     .await;
     eprintln!("ban on A applied on B after {took:?}");
-    assert_eq!(b.state.registry.slashed(&id), 0, "A recorded the ban's slash, B did not repeat it");
+    assert_eq!(
+        b.state.registry.slashed(&id),
+        0,
+        "A recorded the ban's slash, B did not repeat it"
+    );
     cancel.cancel();
+}
+
+/// A forwarded stream passes through chunk by chunk, and one whose holder dies
+/// mid-stream ends with an `error` event (`replica_lost`). The holder here is a
+/// bare TCP server standing for a replica that holds the account's lease: it
+/// checks that the forward carries the shared secret and the caller's key, sends
+/// one chunk, waits until the client has it, and drops the connection.
+#[tokio::test]
+async fn a_forwarded_stream_passes_chunk_by_chunk_and_ends_with_an_error_event_when_its_holder_dies()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("lost", Behaviour::Ok { chunks: 2 }).await;
+    let b = replica(&db, &[&p.url], |_| {}).await;
+    let (key, acct, _) = b
+        .state
+        .accounts
+        .create_account("held", Asset::Tnzo, FUNDS, KeyScope::default(), None)
+        .await
+        .unwrap();
+
+    let holder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", holder.local_addr().unwrap());
+    let now = tenzro_gateway::clock::unix_now();
+    b.state
+        .store
+        .put_replica("replica_dying", &address, now + 60)
+        .await
+        .unwrap();
+    assert!(
+        b.state
+            .store
+            .claim(&acct.id, "replica_dying", now + 60, now)
+            .await
+            .unwrap()
+    );
+
+    let (got_first, first_seen) = tokio::sync::oneshot::channel::<()>();
+    let dying = tokio::spawn(async move {
+        let (mut s, _) = holder.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the forward ended before its headers");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(
+            head.contains(&format!("x-tenzro-forward: {SECRET}")),
+            "{head}"
+        );
+        assert!(
+            head.contains("authorization: bearer tz-"),
+            "the caller's key travels: {head}"
+        );
+        let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one\"}}]}\n\n";
+        let out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+            chunk.len()
+        );
+        s.write_all(out.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        // The client has the first chunk while the holder is still streaming.
+        first_seen.await.unwrap();
+        drop(s);
+    });
+
+    let resp = http()
+        .post(format!("{}/v1/chat/completions", b.url))
+        .bearer_auth(&key)
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["x-tenzro-forwarded"], "1");
+    let mut stream = futures::StreamExt::fuse(resp.bytes_stream());
+    let mut body = String::new();
+    let mut got_first = Some(got_first);
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        body.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        if body.contains("\"one\"")
+            && let Some(tx) = got_first.take()
+        {
+            tx.send(()).unwrap();
+        }
+    }
+    dying.await.unwrap();
+    let (data, _) = sse_parts(&body);
+    assert_eq!(data.len(), 2, "{body}");
+    let e: Value = serde_json::from_str(&data[1]).unwrap();
+    assert_eq!(e["error"]["code"], "replica_lost", "{e}");
+    assert_eq!(p.calls(), 0, "B served nothing itself");
 }
