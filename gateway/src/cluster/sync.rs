@@ -61,10 +61,8 @@ impl Shared {
                     self.apply_provider(p);
                 }
             }
-            "key" => {
-                if self.store.key_revoked(id).await? {
-                    self.accounts.drop_cached(id);
-                }
+            "key" if self.store.key_revoked(id).await? => {
+                self.accounts.drop_cached(id);
             }
             "bond" => self.sync_bonds().await?,
             _ => {}

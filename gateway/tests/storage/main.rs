@@ -5,5 +5,6 @@ mod common;
 
 mod a2a_store;
 mod bonds_store;
+mod cluster_store;
 mod disputes_store;
 mod store;
