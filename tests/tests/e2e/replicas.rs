@@ -503,3 +503,60 @@ async fn a_forwarded_stream_passes_chunk_by_chunk_and_ends_with_an_error_event_w
     assert_eq!(e["error"]["code"], "replica_lost", "{e}");
     assert_eq!(p.calls(), 0, "B served nothing itself");
 }
+
+/// A provider that heartbeats to replica A only stays alive on replica B: A
+/// writes the heartbeats it got once per reconcile, in one batch, and B reads them
+/// (without it, B's view would age from the registration on).
+#[tokio::test]
+async fn heartbeats_to_one_replica_keep_the_provider_alive_on_the_others() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("alive", Behaviour::Ok { chunks: 2 }).await;
+    let beat = |c: &mut Config| c.registration.heartbeat_interval_s = 1;
+    let a = replica(&db, &[], beat).await;
+    let b = replica(&db, &[], beat).await;
+    let key = ProviderKey::from_seed(&[23; 32]);
+    let id = key.did();
+    let registration = RegisterRequest {
+        provider_id: id.clone(),
+        endpoint: p.url.clone(),
+        public_key: key.public_key_hex(),
+        models: vec![model(MODEL, ModelCategory::Llm)],
+        stake: "0".into(),
+        tee: "none".into(),
+        max_concurrency: Some(4),
+        heartbeat_interval_s: None,
+        timestamp: 0,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(tenzro_provider::register::run(
+        a.url.clone(),
+        registration,
+        move |bytes| key.sign(bytes).to_hex(),
+        cancel.clone(),
+    ));
+    eventually(
+        "B knows A's provider",
+        Duration::from_secs(10),
+        async || b.state.registry.get(&id).is_some(),
+    )
+    .await;
+    let age = |r: &Replica| {
+        r.state
+            .registry
+            .views()
+            .into_iter()
+            .find(|v| v.id == id)
+            .and_then(|v| v.last_heartbeat_s_ago)
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(age(&a) <= 2, "A gets the heartbeats: {} s", age(&a));
+    assert!(
+        age(&b) <= 3,
+        "B hears of them through the store: last heartbeat {} s ago",
+        age(&b)
+    );
+    cancel.cancel();
+}
