@@ -4,7 +4,9 @@ a substituted model (the default GGUF with noise added to every weight matrix, m
 by benches/audit/make-substitute.py: the lie a provider tells when it registers the
 digest of the model it is paid for and loads another file). With every answer
 audited against a third, reference provider, the substituted one is caught and
-slashed exactly once for model_hash_mismatch, and the honest one never.
+slashed exactly once for model_hash_mismatch, and the honest one never; and the
+same when the clients only stream (a provider honest only when not streamed is
+caught), on a second gateway in front of the same three providers.
 """
 import concurrent.futures as cf
 import re
@@ -80,8 +82,42 @@ weight_sha256 = "{HONEST}"
 """
 
 
+def start_gateway(tmp: Path, servers: dict, name: str) -> Server:
+    """A gateway (own data directory) auditing every answer of `honest` and
+    `substituted` against `reference`."""
+    extra = f"""
+[routing]
+strategy = "random"
+
+[attestation]
+audit_rate = 1.0
+
+[audit]
+reference = "{servers['reference'].url}"
+max_concurrent = 2
+queue = 64
+# Debug binaries on a busy machine score slowly; an auditor timeout is no verdict.
+timeout_ms = 300000
+"""
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(
+        conftest.gateway_config(tmp / f"{name}-data", None, admin_token=ADMIN, first_byte_timeout_ms=120000,
+                                extra=extra)
+        + static_provider("honest", servers["honest"].url)
+        + static_provider("substituted", servers["substituted"].url))
+    key = subprocess.run(
+        [str(binary("tenzro-gateway")), "keys", "create", "--config", str(cfg), "--balance", "1000"],
+        capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    port = free_port()
+    gateway = Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], port)
+    gateway.key = key
+    return gateway
+
+
 @pytest.fixture(scope="module")
-def audited():
+def providers():
+    """The reference, honest and substituted providers (shared by the tests: they
+    keep no state about the gateway in front of them)."""
     weights = substitute()
     tmp = Path(tempfile.mkdtemp(prefix="tenzro-audit-"))
     started = []
@@ -99,36 +135,21 @@ def audited():
                     failed = failed or e
             if failed:
                 raise failed
-        extra = f"""
-[routing]
-strategy = "random"
-
-[attestation]
-audit_rate = 1.0
-
-[audit]
-reference = "{servers['reference'].url}"
-max_concurrent = 2
-queue = 64
-# Debug binaries on a busy machine score slowly; an auditor timeout is no verdict.
-timeout_ms = 300000
-"""
-        cfg = tmp / "gateway.toml"
-        cfg.write_text(
-            conftest.gateway_config(tmp / "data", None, admin_token=ADMIN, first_byte_timeout_ms=120000, extra=extra)
-            + static_provider("honest", servers["honest"].url)
-            + static_provider("substituted", servers["substituted"].url))
-        key = subprocess.run(
-            [str(binary("tenzro-gateway")), "keys", "create", "--config", str(cfg), "--balance", "1000"],
-            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-        gw_port = free_port()
-        gateway = Server([str(binary("tenzro-gateway")), "--config", str(cfg), "--listen", f"127.0.0.1:{gw_port}"],
-                         gw_port)
-        started.append(gateway)
-        yield {"url": gateway.url, "key": key}
+        yield tmp, servers
     finally:
         for s in started:
             s.stop()
+
+
+@pytest.fixture
+def audited(providers, request):
+    """A fresh gateway (no slash yet) in front of the shared providers."""
+    tmp, servers = providers
+    gateway = start_gateway(tmp, servers, request.node.name[:40])
+    try:
+        yield {"url": gateway.url, "key": gateway.key}
+    finally:
+        gateway.stop()
 
 
 def admin(url: str) -> dict:
@@ -137,11 +158,13 @@ def admin(url: str) -> dict:
     return r.json()
 
 
+TOPICS = ["volcanoes", "honey bees", "the Roman empire", "black holes", "jazz", "glaciers"]
+
+
 def ask(client: openai.OpenAI, i: int) -> str:
     """Request `i`: a completion or a chat, greedy or at temperature 0.8; returns
     the provider that served it."""
-    topics = ["volcanoes", "honey bees", "the Roman empire", "black holes", "jazz", "glaciers"]
-    topic = topics[i % len(topics)]
+    topic = TOPICS[i % len(TOPICS)]
     temperature = 0.0 if i % 4 < 2 else 0.8
     if i % 2 == 0:
         raw = client.completions.with_raw_response.create(
@@ -197,3 +220,44 @@ def test_the_substituted_provider_is_caught_and_slashed_once_the_honest_one_neve
     assert len(view["slashes"]) == 1, view["slashes"]
     assert [f["provider"] for f in view["audits"]["flags"]] == ["substituted"]
     assert view["audits"]["counters"]["passed"] >= 1, "the honest provider's answers were audited and passed"
+
+
+def ask_streamed(client: openai.OpenAI, i: int) -> str:
+    """Request `i` as `ask`, streamed: the answer read to its end; returns the
+    provider that served it."""
+    topic = TOPICS[i % len(TOPICS)]
+    temperature = 0.0 if i % 4 < 2 else 0.8
+    if i % 2 == 0:
+        raw = client.completions.with_raw_response.create(
+            model=CHAT_MODEL, prompt=f"Here is a short essay about {topic}.\n\n", max_tokens=24,
+            temperature=temperature, seed=i, stream=True)
+        text = "".join(c.choices[0].text for c in raw.parse() if c.choices)
+    else:
+        raw = client.chat.completions.with_raw_response.create(
+            model=CHAT_MODEL, messages=[{"role": "user", "content": f"Write a short paragraph about {topic}."}],
+            max_tokens=24, temperature=temperature, seed=i, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text, f"request {i} streamed no text"
+    return raw.headers["x-tenzro-provider"]
+
+
+def test_a_provider_is_caught_when_its_clients_only_stream(audited):
+    url = audited["url"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=audited["key"], max_retries=0, timeout=300)
+    # Fewer requests than above: streams are audited like whole answers, and the
+    # substituted provider failed 98.5% of its audits in calibration.
+    n = 8
+    with cf.ThreadPoolExecutor(4) as ex:
+        served = list(ex.map(lambda i: ask_streamed(client, i), range(n)))
+    view = wait_audited(url)
+    c = view["audits"]["counters"]
+    assert c["sampled"] == n and c["dropped"] == 0 and c["errors"] == 0, c
+    if "substituted" not in served:
+        pytest.skip(f"routing sent all {n} streams to the honest provider (1 in 256)")
+    flags = view["audits"]["flags"]
+    assert [f["provider"] for f in flags] == ["substituted"], flags
+    slashes = view["slashes"]
+    assert [(s["provider"], s["reason"]) for s in slashes] == [("substituted", "model_hash_mismatch")], slashes
+    assert f"request {flags[0]['request_id']} (streamed)" in slashes[0]["detail"], slashes[0]["detail"]
+    if "honest" in served:
+        assert c["passed"] >= 1, "the honest provider's streamed answers were audited and passed"
