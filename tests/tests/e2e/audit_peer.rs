@@ -12,7 +12,7 @@
 //! (as in `attest_policy`); the verification itself is tested with the recorded
 //! vectors in the gateway's `policy` and `collateral` tests.
 
-#![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
