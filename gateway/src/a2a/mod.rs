@@ -319,3 +319,93 @@ where
     }
     Some(last)
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use task::{State, Task};
+
+    fn task(state: State, answer: Option<&str>) -> Task {
+        Task {
+            id: "t".into(),
+            context_id: "c".into(),
+            state,
+            status_message: None,
+            updated: 0,
+            history: vec![],
+            answer: answer.map(str::to_owned),
+            metadata: Value::Null,
+        }
+    }
+
+    /// The (append, lastChunk, text) of each artifact update and the states of the
+    /// status updates that `events` become.
+    async fn relayed(events: Vec<Event>) -> Vec<Value> {
+        let (tx, rx) = mpsc::channel(16);
+        for e in events {
+            tx.send(e).await.unwrap();
+        }
+        drop(tx);
+        let out = Mutex::new(Vec::new());
+        let first = task(State::Submitted, None);
+        relay(rx, &first, Version::V03, |v| {
+            out.lock().unwrap().push(v);
+            async { true }
+        })
+        .await
+        .unwrap();
+        out.into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|v| match v["kind"].as_str() {
+                Some("artifact-update") => serde_json::json!([
+                    v["append"],
+                    v["lastChunk"],
+                    v["artifact"]["parts"][0]["text"]
+                ]),
+                _ => v["status"]["state"].clone(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pieces_append_and_the_last_is_marked_before_the_final_status() {
+        let got = relayed(vec![
+            Event::Task(Box::new(task(State::Working, None))),
+            Event::Text("Hel".into()),
+            Event::Text("lo".into()),
+            Event::Text("!".into()),
+            Event::Task(Box::new(task(State::Completed, Some("Hello!")))),
+        ])
+        .await;
+        let want = serde_json::json!([
+            "working",
+            [false, false, "Hel"],
+            [true, false, "lo"],
+            [true, true, "!"],
+            "completed"
+        ]);
+        assert_eq!(Value::Array(got), want);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_did_not_stream_is_one_last_chunk() {
+        let got = relayed(vec![Event::Task(Box::new(task(
+            State::Completed,
+            Some("whole"),
+        )))])
+        .await;
+        let want = serde_json::json!([[false, true, "whole"], "completed"]);
+        assert_eq!(Value::Array(got), want);
+        // A failed task sends no artifact.
+        let got = relayed(vec![
+            Event::Text("par".into()),
+            Event::Task(Box::new(task(State::Failed, None))),
+        ])
+        .await;
+        assert_eq!(Value::Array(got), serde_json::json!(["failed"]));
+    }
+}
