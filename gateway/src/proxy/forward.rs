@@ -10,7 +10,8 @@
 //! that dies mid-stream ends the client's stream with an `error` event.
 //!
 //! Only the routes that take the account's lease are forwarded: inference, the
-//! account and its channels, the faucet, bonds. A holder that does not answer
+//! account and its channels, the faucet, bonds (by the caller's key), and an
+//! admin's `/admin/accounts/{id}/…` (by the id in the path). A holder that does not answer
 //! (dead, its lease not expired yet) is answered 503 with Retry-After until the
 //! lease expires and a surviving replica takes the account over.
 
@@ -38,6 +39,10 @@ const LEASED: &[&str] = &[
     "/v1/faucet",
     "/v1/providers/bonds",
 ];
+
+/// An admin's routes about one account (its view, credit, keys): served where
+/// the account's money is.
+const ADMIN_ACCOUNTS: &str = "/admin/accounts/";
 
 /// The middleware: forwards to the lease holder, or lets the route answer.
 pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -68,22 +73,13 @@ async fn target(
             )))
         };
     }
-    if !state.cluster.forwarding() || !LEASED.iter().any(|p| path.starts_with(p)) {
+    if !state.cluster.forwarding() {
         return Ok(None);
     }
-    let Some(key) = bearer(headers) else {
+    let Some(account) = account_of(state, headers, path).await? else {
         return Ok(None);
     };
-    // An unknown key is the route's to refuse (401), here as anywhere.
-    let Some(entry) = state
-        .accounts
-        .lookup(key)
-        .await
-        .map_err(ApiError::internal)?
-    else {
-        return Ok(None);
-    };
-    let account = &entry.record.account;
+    let account = &account;
     let now = state.clock.unix();
     if state.leases.holds(account, now) {
         return Ok(None);
@@ -110,6 +106,32 @@ fn holder_gone(holder: &Holder, now: u64) -> ApiError {
         ),
         retry_after: Duration::from_secs(wait),
     }
+}
+
+/// The account whose lease the route takes: an admin's account route names it
+/// (the holder checks the admin token), the others serve the caller's key.
+async fn account_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Option<String>, ApiError> {
+    if let Some(rest) = path.strip_prefix(ADMIN_ACCOUNTS) {
+        let id = rest.split('/').next().unwrap_or_default();
+        return Ok((!id.is_empty()).then(|| id.to_owned()));
+    }
+    if !LEASED.iter().any(|p| path.starts_with(p)) {
+        return Ok(None);
+    }
+    let Some(key) = bearer(headers) else {
+        return Ok(None);
+    };
+    // An unknown key is the route's to refuse (401), here as anywhere.
+    let entry = state
+        .accounts
+        .lookup(key)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(entry.map(|e| e.record.account.clone()))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -218,6 +218,40 @@ async fn a_round_robin_client_over_three_replicas_never_sees_replica_busy() {
             .count();
         assert_eq!(holders, 1);
     }
+
+    // An admin's credit sent to a replica that does not hold the account is
+    // forwarded to the one that does; every replica then shows the new balance.
+    let id = replicas[0]
+        .state
+        .accounts
+        .lookup(&keys[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .account
+        .clone();
+    let other = replicas
+        .iter()
+        .find(|r| !r.state.leases.holds(&id, now))
+        .unwrap();
+    let r = http()
+        .post(format!("{}/admin/accounts/{id}/credit", other.url))
+        .bearer_auth("admin-secret")
+        .json(&json!({"asset": "TNZO", "amount": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    for r in &replicas {
+        let acct = account(r, &keys[0]).await;
+        assert_eq!(
+            amount(&acct["balances"]["TNZO"]),
+            FUNDS - told[0] + 10u128.pow(18),
+            "credited once, seen from {}",
+            r.url
+        );
+    }
 }
 
 /// The forward header is the replicas' own: from outside, with a wrong secret or
