@@ -709,8 +709,12 @@ impl Group {
         }
     }
 
+    /// Send `Done` once every choice has finished. A group whose prompt is still
+    /// being prefilled has no choices yet, which is not finished: without the
+    /// `pending` check, a prompt prefilled in chunks while others decode got
+    /// `Done` (and no answer) after its first chunk.
     fn finish_if_done(&mut self) {
-        if !self.ended && self.choices.iter().all(|c| c.done) {
+        if !self.ended && self.pending.is_none() && self.choices.iter().all(|c| c.done) {
             let completion_tokens = self.choices.iter().map(|c| c.generated).sum();
             let _ = self.reply.send(Event::Done {
                 prompt_tokens: self.prompt_tokens,
