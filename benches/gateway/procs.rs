@@ -1,6 +1,10 @@
 //! The proxies under test, each in its own child process: `tenzro-gateway` and
 //! LiteLLM's proxy. A [`Proc`] kills its whole process tree when dropped, and
 //! reads the tree's CPU time from `/proc`.
+#![allow(
+    dead_code,
+    reason = "shared by gateway-load, gateway-streams and gateway-replicas; each uses a part"
+)]
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,6 +25,24 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process id of the child (its `/proc/PID/status` has its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`); 0 when unreadable.
+    pub fn status_kb(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.split(':').next() == Some(field))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// utime + stime of the process and all its descendants, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         tree(self.child.id())
@@ -110,7 +132,8 @@ pub fn find_on_path(name: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -210,6 +233,70 @@ max_context = 2048
         .arg(&cfg)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut p = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        key,
+        log,
+    };
+    wait_ready(&mut p, "/health", Duration::from_secs(30)).await?;
+    Ok(p)
+}
+
+/// Runs `tenzro-gateway keys create --config CFG ARGS...` and returns the key it
+/// prints (its last non-empty line).
+pub fn create_key(
+    bin: &Path,
+    cfg: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .args(["keys", "create", "--config"])
+        .arg(cfg)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8(out.stdout)?;
+    Ok(stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .context("keys create printed no key")?
+        .to_owned())
+}
+
+/// Starts `tenzro-gateway --config CFG` on 127.0.0.1:`port` with `env`, logging
+/// to `dir/NAME.log`, and waits (30 s at most) for `/health`. `key` is what
+/// callers use to call it.
+pub async fn spawn_gateway(
+    bin: &Path,
+    cfg: &Path,
+    (dir, name): (&Path, &str),
+    port: u16,
+    key: String,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    let log_file = File::create(&log)?;
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(cfg)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
