@@ -112,8 +112,9 @@ def test_raw_jsonrpc_0_3(stack):
     assert rpc(stack, "tasks/get", {"id": "no-such-task"})["error"]["code"] == -32001
 
     # The default model is the cheapest LLM; the same context continues the conversation.
-    r2 = rpc(stack, "message/send", {**message("And again."), "message": {
-        **message("And again.")["message"], "contextId": t["contextId"]}})["result"]
+    again = message("And again.", max_tokens=8)
+    again["message"]["contextId"] = t["contextId"]
+    r2 = rpc(stack, "message/send", again)["result"]
     assert r2["status"]["state"] == "completed" and r2["contextId"] == t["contextId"]
     assert r2["metadata"]["tenzro"]["model"] == CHAT_MODEL
 
