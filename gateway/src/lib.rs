@@ -184,7 +184,10 @@ pub async fn build_with_clock(
     }
     let replica = store::lease::Leases::replica_id(&config.server.data_dir)
         .map_err(|e| StartError::DataDir(config.server.data_dir.clone(), e))?;
-    let cluster = Arc::new(cluster::Cluster::new(config.cluster.clone(), replica.clone())?);
+    let cluster = Arc::new(cluster::Cluster::new(
+        config.cluster.clone(),
+        replica.clone(),
+    )?);
     let leases = Arc::new(store::lease::Leases::new(replica, config.store.lease_ttl_s));
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,

@@ -59,22 +59,16 @@ pub fn load<R: Seek + Read>(ct: &Content, reader: &mut R, device: &Device) -> Re
         Ok(t) => Linear::from_qtensor(t)?,
         Err(_) => Linear::from_arc(embed_q.clone())?,
     };
-    let shared = output.cpu_weight().filter(|_| !ct.tensor_infos.contains_key("output.weight"));
+    let shared = output
+        .cpu_weight()
+        .filter(|_| !ct.tensor_infos.contains_key("output.weight"));
     let embed = crate::llama::TokenEmbedding::from_qtensor(&embed_q, shared, device)?;
     drop(embed_q);
     let mut layers = Vec::with_capacity(blocks);
     for i in 0..blocks {
         layers.push(layer(ct, reader, device, family, &shape, eps, i)?);
     }
-    Llama::from_parts(
-        &shape,
-        embed,
-        layers,
-        norm,
-        output,
-        device,
-    )?
-    .with_arch(arch)
+    Llama::from_parts(&shape, embed, layers, norm, output, device)?.with_arch(arch)
 }
 
 /// The RoPE scaling of a GGUF file, as llama.cpp reads it: `{arch}.rope.scaling.type`

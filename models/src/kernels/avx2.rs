@@ -306,7 +306,10 @@ unsafe fn k4_scales(p: *const u8, d: f32, dmin: f32) -> ([f32; 8], [f32; 8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn widen(v: [u32; 2], k: f32) -> [f32; 8] {
     let b = _mm_set_epi32(0, 0, v[1] as i32, v[0] as i32);
-    let f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), _mm256_set1_ps(k));
+    let f = _mm256_mul_ps(
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)),
+        _mm256_set1_ps(k),
+    );
     let mut out = [0f32; 8];
     // SAFETY: `out` is 8 writable f32s; `storeu` has no alignment requirement.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), f) };

@@ -129,7 +129,11 @@ pub fn dequantize(ty: WeightType, w: &[u8], out: &mut Vec<f32>) {
                 let vals = u.q.iter().take(ty.block_values()).enumerate();
                 out.extend(vals.map(|(i, &q)| {
                     let (s, m) = (u.scale[i / 16], u.min[i / 16]);
-                    if m == 0.0 { s * f32::from(q) } else { s * f32::from(q) + m }
+                    if m == 0.0 {
+                        s * f32::from(q)
+                    } else {
+                        s * f32::from(q) + m
+                    }
                 }));
             }
         }

@@ -196,7 +196,9 @@ fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
                 .collect();
             let all = w.matmul(&x, m, Isa::Best).unwrap();
             for t in 0..m {
-                let one = w.matmul(&x[t * cols..(t + 1) * cols], 1, Isa::Best).unwrap();
+                let one = w
+                    .matmul(&x[t * cols..(t + 1) * cols], 1, Isa::Best)
+                    .unwrap();
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&all[t * rows..(t + 1) * rows]),
