@@ -116,6 +116,34 @@ impl Leases {
         Ok(())
     }
 
+    /// Drops the accounts idle since before `before` from the book and gives up
+    /// their leases, as one step against claims: a request that comes back for one
+    /// of them meanwhile waits and then claims it afresh. (Released outside the
+    /// claim lock, a claim could renew the still-stored row just before its DELETE
+    /// ran: the replica would then serve an account with no lease row, and its next
+    /// commit would fail the fence and drop that account's changes.)
+    pub async fn release_idle(
+        &self,
+        store: &Store,
+        book: &Book,
+        before: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let _one = self.claiming.lock().await;
+        let gone = {
+            // No lease check in between: `valid` waits on this lock.
+            let mut held = self.held.write();
+            let gone = book.evict_idle(before);
+            for a in &gone {
+                held.remove(a);
+            }
+            gone
+        };
+        if !gone.is_empty() {
+            store.release(&self.owner, &gone).await?;
+        }
+        Ok(gone)
+    }
+
     /// The lease end a commit now should renew to.
     pub fn renewal(&self, now: u64) -> u64 {
         now + self.ttl

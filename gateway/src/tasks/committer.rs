@@ -122,11 +122,9 @@ pub async fn commit_leased(
         release_idle: Some(idle),
     }) = housekeeping
     {
-        let gone = book.evict_idle(now.saturating_sub(idle));
-        if !gone.is_empty() {
-            leases.forget(&gone);
-            store.release(&leases.owner, &gone).await?;
-        }
+        leases
+            .release_idle(store, book, now.saturating_sub(idle))
+            .await?;
     }
     Ok(rows)
 }
