@@ -26,8 +26,10 @@ use futures::StreamExt;
 
 use crate::cluster::{FORWARD_HEADER, FORWARDED_BY_HEADER};
 use crate::http::error::ApiError;
+use crate::http::extract::admin_token_matches;
 use crate::state::AppState;
 use crate::store::cluster::Holder;
+use crate::store::lease::LeaseError;
 
 /// Path prefixes whose handlers take the caller's account lease.
 const LEASED: &[&str] = &[
@@ -76,7 +78,7 @@ async fn target(
     if !state.cluster.forwarding() {
         return Ok(None);
     }
-    let Some(account) = account_of(state, headers, path).await? else {
+    let Some((account, by_key)) = account_of(state, headers, path).await? else {
         return Ok(None);
     };
     let account = &account;
@@ -89,12 +91,36 @@ async fn target(
         .holder_elsewhere(&state.store, account, now)
         .await
         .map_err(ApiError::internal)?;
-    match holder {
-        // Silent for three heartbeats: dead (its lease expires soon), not worth a
-        // connection attempt.
-        Some(h) if !state.cluster.alive(&h, now) => Err(holder_gone(&h, now)),
-        h => Ok(h.map(|h| (account.clone(), h))),
+    let holder = match holder {
+        Some(h) => h,
+        // An admin's route takes no lease here: it claims (or 404s) as it would.
+        None if !by_key => return Ok(None),
+        // Nobody (live) holds it: take it here before the route runs. Another
+        // replica may take it at the same moment; then it is forwarded there
+        // rather than answered `replica_busy` by this replica's admission.
+        None => match state.lease(account).await {
+            Ok(()) => return Ok(None),
+            Err(LeaseError::HeldElsewhere(_)) => {
+                state.cluster.forget_holder(account);
+                let found = state
+                    .cluster
+                    .holder_elsewhere(&state.store, account, now)
+                    .await
+                    .map_err(ApiError::internal)?;
+                // Held by a replica that published no address: the route answers.
+                let Some(h) = found else { return Ok(None) };
+                h
+            }
+            // The route meets the same error and answers it as it does.
+            Err(_) => return Ok(None),
+        },
+    };
+    // Silent for three heartbeats: dead (its lease expires soon), not worth a
+    // connection attempt.
+    if !state.cluster.alive(&holder, now) {
+        return Err(holder_gone(&holder, now));
     }
+    Ok(Some((account.clone(), holder)))
 }
 
 /// 503 with Retry-After until the dead holder's lease expires.
@@ -108,16 +134,19 @@ fn holder_gone(holder: &Holder, now: u64) -> ApiError {
     }
 }
 
-/// The account whose lease the route takes: an admin's account route names it
-/// (the holder checks the admin token), the others serve the caller's key.
+/// The account whose lease the route takes, and whether it is the caller key's:
+/// an admin's account route names it (only with the admin token: anyone else's
+/// request is the route's to refuse, and costs no store read here), the others
+/// serve the caller's key.
 async fn account_of(
     state: &AppState,
     headers: &HeaderMap,
     path: &str,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<(String, bool)>, ApiError> {
     if let Some(rest) = path.strip_prefix(ADMIN_ACCOUNTS) {
         let id = rest.split('/').next().unwrap_or_default();
-        return Ok((!id.is_empty()).then(|| id.to_owned()));
+        let admin = bearer(headers).is_some_and(|t| admin_token_matches(state, t));
+        return Ok((admin && !id.is_empty()).then(|| (id.to_owned(), false)));
     }
     if !LEASED.iter().any(|p| path.starts_with(p)) {
         return Ok(None);
@@ -131,7 +160,7 @@ async fn account_of(
         .lookup(key)
         .await
         .map_err(ApiError::internal)?;
-    Ok(entry.map(|e| e.record.account.clone()))
+    Ok(entry.map(|e| (e.record.account.clone(), true)))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -187,10 +216,22 @@ async fn forward(state: &AppState, account: &str, holder: Holder, req: Request) 
         .body(bytes);
     match rb.send().await {
         Ok(resp) => relay(resp),
-        Err(e) => {
+        // Not connected: nothing reached the holder, a retry is safe.
+        Err(e) if e.is_connect() => {
             state.cluster.forget_holder(account);
             tracing::warn!(account, holder = %holder.owner, error = %e, "the lease holder did not answer a forward");
             holder_gone(&holder, state.clock.unix()).into_response()
+        }
+        // Sent, no answer: the holder may have applied it (a credit, a bond), so
+        // the caller is not told to retry.
+        Err(e) => {
+            state.cluster.forget_holder(account);
+            tracing::warn!(account, holder = %holder.owner, error = %e, "a forward was sent and got no answer");
+            ApiError::Upstream {
+                message: "the gateway replica serving this account stopped answering after the request was sent: its outcome is unknown; check the account before retrying".into(),
+                cause: e.to_string(),
+            }
+            .into_response()
         }
     }
 }
