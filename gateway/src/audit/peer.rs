@@ -68,6 +68,7 @@ pub fn pick(
                 .is_some_and(|d| d.eq_ignore_ascii_case(digest))
         })
         .filter(|e| registry.tee_verified(e) && registry.routable(e))
+        .filter(|e| code_pinned(&registry.attest_policy, e.info.tee))
         .filter(|e| !flags.is_flagged(&e.info.id))
         .filter(|e| audited_owner.is_none() || owner(&e.info.id) != audited_owner)
         .collect();
@@ -76,6 +77,19 @@ pub fn pick(
     }
     let i = usize::try_from(seed % eligible.len() as u64).unwrap_or(0);
     eligible.get(i).cloned()
+}
+
+/// Whether the policy pins the code a verified `tee` runs (TDX `mrtd`, SEV-SNP
+/// `measurements`): a verdict without that proves genuine hardware, not honest
+/// software, and a peer running anything could score honest providers into a
+/// slash. GPU evidence alone pins no guest code.
+pub fn code_pinned(policy: &tenzro_attest::Policy, tee: tenzro_attest::TeeKind) -> bool {
+    use tenzro_attest::TeeKind;
+    match tee {
+        TeeKind::Tdx => !policy.tdx.mrtd.is_empty(),
+        TeeKind::SevSnp => !policy.sev_snp.measurements.is_empty(),
+        TeeKind::NvidiaCc | TeeKind::None => false,
+    }
 }
 
 /// What paying a peer auditor needs (built by the gateway at start).

@@ -390,7 +390,9 @@ fn streamed_tool_calls_are_skipped_and_off_audits_tap_nothing() {
 /// A registry with configured providers `(id, weight digest)` serving `m`, each
 /// reached, at its own endpoint.
 fn registry_of(providers: &[(&str, &str)]) -> Registry {
-    let reg = Registry::new(RegistryConfig::default(), ManualClock::new());
+    let mut reg = Registry::new(RegistryConfig::default(), ManualClock::new());
+    // Peers audit only where the policy pins the code their TEE runs.
+    reg.attest_policy.tdx.mrtd = vec!["00".repeat(48)];
     for (i, (id, digest)) in providers.iter().enumerate() {
         let info = ProviderInfo::from_registration(
             RegisterRequest {
@@ -510,4 +512,19 @@ fn a_peer_auditor_is_tee_verified_for_the_same_digest_and_not_the_audited_one() 
         ..s.clone()
     };
     assert!(peer::pick(&reg, &book, &Flags::default(), &undeclared, 0).is_none());
+}
+
+#[test]
+fn a_peer_audits_only_where_the_policy_pins_its_code() {
+    use tenzro_attest::{Policy, TeeKind};
+    let mut p = Policy::default();
+    // Genuine hardware running unknown code is no auditor.
+    assert!(!peer::code_pinned(&p, TeeKind::Tdx));
+    p.tdx.mrtd = vec!["00".repeat(48)];
+    assert!(peer::code_pinned(&p, TeeKind::Tdx));
+    assert!(!peer::code_pinned(&p, TeeKind::SevSnp));
+    assert!(!peer::code_pinned(&p, TeeKind::NvidiaCc));
+    assert!(!peer::code_pinned(&p, TeeKind::None));
+    p.sev_snp.measurements = vec!["00".repeat(48)];
+    assert!(peer::code_pinned(&p, TeeKind::SevSnp));
 }

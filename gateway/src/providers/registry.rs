@@ -73,6 +73,10 @@ pub struct Registry {
     banned: RwLock<BTreeSet<String>>,
     /// Providers whose stored row is out of date (see `store::registry`).
     dirty: Mutex<BTreeSet<String>>,
+    /// Providers banned or unbanned here and not yet saved: only these carry their
+    /// ban state to the store (a row saved for another reason must not undo a ban
+    /// another replica made).
+    ban_changes: Mutex<BTreeSet<String>>,
     limiter: Mutex<crate::providers::bounds::SourceLimiter>,
 }
 
@@ -86,6 +90,7 @@ impl Registry {
             bonds: Mutex::default(),
             banned: RwLock::default(),
             dirty: Mutex::default(),
+            ban_changes: Mutex::default(),
             limiter: Mutex::new(limiter),
             providers: RwLock::default(),
             clock,

@@ -136,6 +136,7 @@ impl Registry {
         if let Some(e) = &entry {
             e.with_state(|s| s.banned = true);
         }
+        self.ban_changes.lock().insert(id.to_owned());
         self.mark_dirty(id);
         Ok(if newly {
             self.slash(id, Reason::Ban, detail)
@@ -152,8 +153,25 @@ impl Registry {
         } else if !was {
             return Err(RegistryError::UnknownProvider(id.to_owned()));
         }
+        self.ban_changes.lock().insert(id.to_owned());
         self.mark_dirty(id);
         Ok(())
+    }
+
+    /// Takes whether `id`'s ban state changed here since its last save (the save
+    /// then writes it; [`Registry::requeue_ban_change`] when the save failed).
+    pub fn take_ban_change(&self, id: &str) -> bool {
+        self.ban_changes.lock().remove(id)
+    }
+
+    /// Marks `id`'s ban state as still to be saved.
+    pub fn requeue_ban_change(&self, id: &str) {
+        self.ban_changes.lock().insert(id.to_owned());
+    }
+
+    /// Whether `id`'s ban state changed here and is not saved yet.
+    pub fn ban_change_pending(&self, id: &str) -> bool {
+        self.ban_changes.lock().contains(id)
     }
 
     /// Restores the stored bans (at start).

@@ -95,7 +95,7 @@ impl Registry {
     /// ones dropped, except ids whose own change is not saved yet. Returns the ids
     /// whose ban state changed.
     pub fn sync_bans(&self, stored: &BTreeSet<String>) -> Vec<String> {
-        let pending: BTreeSet<String> = self.dirty.lock().iter().cloned().collect();
+        let pending: BTreeSet<String> = self.ban_changes.lock().iter().cloned().collect();
         let mut changed = Vec::new();
         {
             let mut banned = self.banned.write();
@@ -126,7 +126,7 @@ impl Registry {
 
     /// Applies one provider's stored ban state (a hint's re-read).
     pub fn sync_ban(&self, id: &str, banned_in_store: bool) -> bool {
-        if self.dirty.lock().contains(id) || self.is_banned(id) == banned_in_store {
+        if self.ban_change_pending(id) || self.is_banned(id) == banned_in_store {
             return false;
         }
         {
@@ -281,5 +281,28 @@ mod tests {
         );
         assert!(b.is_banned(&id));
         assert!(!b.sync_ban(&id, false));
+    }
+
+    /// A row waiting to be saved here for another reason (a heartbeat, a verdict)
+    /// still takes another replica's ban, and its save does not write a ban state
+    /// it did not change (it would lift the other replica's ban everywhere).
+    #[test]
+    fn a_pending_row_does_not_undo_another_replicas_ban() {
+        let (b, _) = replica();
+        let key = ProviderKey::generate().unwrap();
+        let id = key.did();
+        b.register(&signed(&key, "http://p:1", b.unix_now()), b.unix_now())
+            .unwrap();
+        assert!(b.take_dirty().contains(&id), "registered: to be saved");
+        assert!(!b.take_ban_change(&id), "registering changes no ban");
+        b.mark_dirty(&id);
+        assert!(b.sync_ban(&id, true), "the stored ban is taken");
+        assert!(b.is_banned(&id));
+        assert!(
+            !b.take_ban_change(&id),
+            "the save writes the row, not a ban state"
+        );
+        b.unban(&id).unwrap();
+        assert!(b.take_ban_change(&id), "an unban made here is written");
     }
 }

@@ -162,12 +162,20 @@ async fn save_one(registry: &Registry, store: &Store, id: &str) -> Result<(), St
             })
             .await?;
     }
-    if registry.is_banned(id) {
-        store
-            .put_ban(id, key.as_deref().unwrap_or(""), registry.unix_now())
-            .await?;
-    } else {
-        store.delete_ban(id).await?;
+    // Only a ban or unban made here is written: a row saved for another reason
+    // (a heartbeat, a verdict) must not undo another replica's ban.
+    if registry.take_ban_change(id) {
+        let written = if registry.is_banned(id) {
+            store
+                .put_ban(id, key.as_deref().unwrap_or(""), registry.unix_now())
+                .await
+        } else {
+            store.delete_ban(id).await
+        };
+        if let Err(e) = written {
+            registry.requeue_ban_change(id);
+            return Err(e);
+        }
     }
     // Other replicas re-read the row (`crate::cluster`).
     store.notify("provider", id).await;

@@ -152,6 +152,9 @@ async fn audited_gateway(a_url: &str, b_url: &str) -> Audited {
     cfg.upstream.first_byte_timeout_ms = 5_000;
     cfg.upstream.idle_timeout_ms = 5_000;
     cfg.attestation.audit_rate = 1.0;
+    // Peers audit only where the policy pins the code their TEE runs.
+    cfg.attestation.policy =
+        serde_json::from_value(json!({"tdx": {"mrtd": ["00".repeat(48)]}})).unwrap();
     // Nothing listens here: an audit that fell back to the reference errs.
     cfg.audit.reference = "http://127.0.0.1:9".into();
     cfg.audit.min_tokens = 4;
