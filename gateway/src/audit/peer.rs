@@ -68,7 +68,13 @@ pub fn pick(
                 .is_some_and(|d| d.eq_ignore_ascii_case(digest))
         })
         .filter(|e| registry.tee_verified(e) && registry.routable(e))
-        .filter(|e| code_pinned(&registry.attest_policy, e.info.tee))
+        .filter(|e| {
+            // The kind its trusted verdict was verified as.
+            let verified = registry
+                .attestation(&e.info.id)
+                .and_then(|a| a.tee_kind.as_deref()?.parse().ok());
+            verified.is_some_and(|k| code_pinned(&registry.attest_policy, k))
+        })
         .filter(|e| !flags.is_flagged(&e.info.id))
         .filter(|e| audited_owner.is_none() || owner(&e.info.id) != audited_owner)
         .collect();
