@@ -373,7 +373,7 @@ async fn suspending_the_owner_cascades_to_its_agents_keys() {
 /// The URL of a new, empty database on the server named by
 /// `TENZRO_TEST_POSTGRES_URL` (`scripts/postgres`); `None` when it is unset, which
 /// CI does not allow.
-async fn fresh_postgres_database() -> Option<String> {
+pub(crate) async fn fresh_postgres_database() -> Option<String> {
     use sqlx::Executor;
     let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
         assert!(

@@ -20,6 +20,7 @@ use tenzro_models::api::{ModelCategory, RegisterRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway_common::*;
+use crate::gateway_money::fresh_postgres_database;
 
 const SECRET: &str = "replicas-share-this-secret";
 
@@ -27,26 +28,6 @@ struct Replica {
     url: String,
     state: AppState,
     _dir: tempfile::TempDir,
-}
-
-async fn fresh_postgres_database() -> Option<String> {
-    use sqlx::Executor;
-    let Ok(admin) = std::env::var("TENZRO_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set TENZRO_TEST_POSTGRES_URL"
-        );
-        eprintln!("TENZRO_TEST_POSTGRES_URL unset: skipped");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    pool.close().await;
-    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
 }
 
 /// A replica on `db` serving on its own port, which it advertises to the others.
