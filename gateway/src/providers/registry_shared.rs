@@ -151,38 +151,8 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::providers::registry::RegistryConfig;
     use tenzro_attest::ProviderKey;
-    use tenzro_models::api::{ModelCategory, ModelInfo, REGISTER_DOMAIN, Signed};
 
-    fn signed(key: &ProviderKey, endpoint: &str, now: u64) -> Signed {
-        let req = RegisterRequest {
-            provider_id: key.did(),
-            endpoint: endpoint.into(),
-            public_key: key.public_key_hex(),
-            models: vec![ModelInfo {
-                id: "m".into(),
-                name: None,
-                version: None,
-                category: ModelCategory::Llm,
-                modality: None,
-                price_per_token: "1000".into(),
-                max_context: Some(1024),
-                parameters: None,
-                formats: vec![],
-                tee_required: false,
-                weight_sha256: None,
-            }],
-            stake: "0".into(),
-            tee: "none".into(),
-            max_concurrency: Some(2),
-            heartbeat_interval_s: None,
-            timestamp: now,
-        };
-        let payload = serde_json::to_string(&req).unwrap();
-        let signature = key
-            .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
-            .to_hex();
-        Signed { payload, signature }
-    }
+    use crate::store::registry::tests::signed_at as signed;
 
     fn replica() -> (Registry, std::sync::Arc<ManualClock>) {
         let clock = ManualClock::new();

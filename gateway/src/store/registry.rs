@@ -228,7 +228,7 @@ pub async fn persist_loop(
 
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::money::slashing::Reason;
@@ -236,7 +236,9 @@ mod tests {
     use tenzro_attest::ProviderKey;
     use tenzro_models::api::{ModelCategory, ModelInfo, REGISTER_DOMAIN, Signed};
 
-    fn signed(key: &ProviderKey, endpoint: &str) -> Signed {
+    /// A signed registration of `key` at `endpoint` serving model `m`, dated `now`
+    /// (also the registry's shared-state tests' registration).
+    pub(crate) fn signed_at(key: &ProviderKey, endpoint: &str, now: u64) -> Signed {
         let req = RegisterRequest {
             provider_id: key.did(),
             endpoint: endpoint.into(),
@@ -258,13 +260,17 @@ mod tests {
             tee: "none".into(),
             max_concurrency: Some(2),
             heartbeat_interval_s: None,
-            timestamp: crate::clock::unix_now(),
+            timestamp: now,
         };
         let payload = serde_json::to_string(&req).unwrap();
         let signature = key
             .sign(&Signed::signed_bytes(REGISTER_DOMAIN, &payload))
             .to_hex();
         Signed { payload, signature }
+    }
+
+    fn signed(key: &ProviderKey, endpoint: &str) -> Signed {
+        signed_at(key, endpoint, crate::clock::unix_now())
     }
 
     async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
