@@ -124,6 +124,17 @@ impl ChainLimiters {
     /// and taken from every one, or refused taking nothing. Requests are checked
     /// before tokens; the wait is the longest of the refusing buckets.
     pub fn check(&self, tokens: u64) -> Result<(), Limited> {
+        self.admit(tokens, true)
+    }
+
+    /// Whether one request would be admitted now, taking nothing: for work that
+    /// must not start (and store anything) when the request that follows it
+    /// would be refused.
+    pub fn peek(&self) -> Result<(), Limited> {
+        self.admit(1, false)
+    }
+
+    fn admit(&self, tokens: u64, take: bool) -> Result<(), Limited> {
         let now = self.clock.now().as_nanos();
         let tokens = tokens.max(1);
         // `chain` is in address order: every request locks buckets in one global
@@ -158,6 +169,9 @@ impl ChainLimiters {
         }
         if let Some(retry_after) = wait {
             return Err(Limited::Tokens { retry_after });
+        }
+        if !take {
+            return Ok(());
         }
         for ((g, r), t) in guards.iter_mut().zip(requests).zip(token_tats) {
             if let Some(r) = r {
@@ -264,6 +278,19 @@ mod tests {
         clock.advance(Duration::from_secs(20));
         assert_eq!(l.check(10), Ok(()));
         assert!(l.check(10).is_err());
+    }
+
+    #[test]
+    fn a_peek_takes_nothing_and_says_what_check_would() {
+        let (_, reg) = registry();
+        let l = reg.chain("k", rates(2, 0), &[]);
+        for _ in 0..5 {
+            assert_eq!(l.peek(), Ok(()));
+        }
+        assert_eq!(l.check(1), Ok(()));
+        assert_eq!(l.check(1), Ok(()));
+        assert!(matches!(l.peek(), Err(Limited::Requests { .. })));
+        assert!(l.check(1).is_err());
     }
 
     #[test]

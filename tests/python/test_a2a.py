@@ -145,6 +145,21 @@ def test_errors_are_jsonrpc_errors(stack):
     assert r.json()["error"]["code"] == -32700
 
 
+def test_a_key_over_its_rate_is_refused_before_a_task_is_made(stack):
+    # The churn attack: a key past its requests per minute must not be able to
+    # store task after task (each refused by the chat route) in the shared table.
+    key = conftest.new_key(stack["url"], name="a2a-rate", scope={"requests_per_minute": 1})
+    first = rpc(stack, "message/send", message("Say hi.", model=CHAT_MODEL, max_tokens=4), key=key)
+    assert first["result"]["status"]["state"] == "completed", first
+    for i in range(5):
+        r = httpx.post(f"{stack['url']}/a2a", timeout=30, headers={"Authorization": f"Bearer {key}"},
+                       json={"jsonrpc": "2.0", "id": i, "method": "message/send",
+                             "params": message("Again.", model=CHAT_MODEL, max_tokens=4)})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["type"] and "requests-per-minute" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) > 0
+
+
 def test_a_task_stays_in_the_keys_scope_and_can_be_canceled(stack):
     r = httpx.post(f"{stack['url']}/admin/accounts", headers={"Authorization": f"Bearer {ADMIN}"},
                    json={"name": "agent", "balance": "10", "scope": {"allowed_models": [EMBED_MODEL]}}, timeout=10)

@@ -48,6 +48,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         state.leases.owner.clone(),
         Limits {
             max_running_per_key: cfg.max_running_per_key,
+            max_tasks_per_key: cfg.max_tasks_per_key,
         },
     );
     let ctx = Arc::new(Ctx {
@@ -90,6 +91,19 @@ enum Op {
     Stream,
     Get,
     Cancel,
+}
+
+fn rate_limited(l: crate::ratelimit::Limited) -> Response {
+    use crate::ratelimit::Limited;
+    ApiError::RateLimited {
+        message: "requests-per-minute limit of this key reached; retry after the Retry-After delay"
+            .into(),
+        retry_after: match l {
+            Limited::Requests { retry_after } | Limited::Tokens { retry_after } => retry_after,
+            Limited::TooLarge { .. } => std::time::Duration::from_secs(60),
+        },
+    }
+    .into_response()
 }
 
 fn json(v: Value) -> Response {
@@ -153,15 +167,7 @@ async fn rpc(
         Op::Get | Op::Cancel => {
             // Inference is limited by the chat route; these by the key's request rate.
             if let Err(l) = key.limiters.check(0) {
-                return ApiError::RateLimited {
-                    message: "requests-per-minute limit of this key reached; retry after the Retry-After delay".into(),
-                    retry_after: match l {
-                        crate::ratelimit::Limited::Requests { retry_after }
-                        | crate::ratelimit::Limited::Tokens { retry_after } => retry_after,
-                        crate::ratelimit::Limited::TooLarge { .. } => std::time::Duration::from_secs(60),
-                    },
-                }
-                .into_response();
+                return rate_limited(l);
             }
             let task_id = match wire::task_id(&params) {
                 Ok(t) => t,
@@ -199,6 +205,12 @@ async fn rpc(
                 Ok(i) => i,
                 Err(m) => return json(wire::err(&id, -32602, m, None)),
             };
+            // The chat route takes the request from the key's limits; a message it
+            // would refuse is refused here, before a task row is stored, so a key
+            // over its rate cannot churn the task table.
+            if let Err(l) = key.limiters.peek() {
+                return rate_limited(l);
+            }
             let history = wire::history_length(&params);
             if matches!(op, Op::Stream) {
                 return stream(ctx, state, bearer, owner, inc, version, id).await;

@@ -110,6 +110,9 @@ pub fn bounded(text: &str) -> (&str, bool) {
 pub struct Limits {
     /// Most tasks of one key running at once on this replica.
     pub max_running_per_key: usize,
+    /// Most ended tasks of one key kept in the store; its oldest beyond go when
+    /// it makes a new one.
+    pub max_tasks_per_key: u64,
 }
 
 /// A task running on this replica.
@@ -218,6 +221,13 @@ impl Tasks {
         if let Err(e) = self.store.insert_a2a_task(&row).await {
             self.lock().remove(&row.id);
             return Err(stored(e));
+        }
+        if let Err(e) = self
+            .store
+            .trim_a2a_tasks_of(owner, self.limits.max_tasks_per_key)
+            .await
+        {
+            tracing::warn!(error = %e, "could not trim a key's stored A2A tasks; the sweep will");
         }
         Ok(())
     }
@@ -380,6 +390,7 @@ mod tests {
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
         let limits = Limits {
             max_running_per_key: max,
+            max_tasks_per_key: 3,
         };
         (Tasks::new(store, clock, "r1".into(), limits), dir)
     }
@@ -459,6 +470,30 @@ mod tests {
         assert!(t.insert("other", task("y")).await.is_ok());
         t.update("0", |x| x.state = State::Failed).await.unwrap();
         assert!(t.insert("k", task("z")).await.is_ok(), "one ended");
+    }
+
+    /// The churn attack: a key making and ending task after task keeps only its
+    /// newest ended ones and never removes another key's.
+    #[tokio::test]
+    async fn one_keys_churn_trims_only_its_own_ended_tasks() {
+        let (t, _dir) = tasks(16).await;
+        t.insert("other", task("o")).await.unwrap();
+        t.update("o", |x| x.state = State::Completed).await.unwrap();
+        for i in 0..8 {
+            let id = format!("c{i}");
+            t.insert("k", task(&id)).await.unwrap();
+            t.update(&id, |x| x.state = State::Rejected).await.unwrap();
+        }
+        t.insert("k", task("live")).await.unwrap();
+        let mut kept = Vec::new();
+        for i in 0..8 {
+            if t.get("k", &format!("c{i}")).await.is_ok() {
+                kept.push(i);
+            }
+        }
+        assert_eq!(kept, [5, 6, 7], "its three newest ended tasks");
+        assert_eq!(t.get("k", "live").await.unwrap().state, State::Working);
+        assert_eq!(t.get("other", "o").await.unwrap().state, State::Completed);
     }
 
     #[test]

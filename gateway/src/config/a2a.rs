@@ -18,12 +18,15 @@ pub struct A2aSection {
     pub default_model: String,
     /// Tasks are deleted this many seconds after they were made.
     pub retention_s: u64,
-    /// Most tasks kept (all keys); the oldest beyond go first.
+    /// Most ended tasks kept (all keys); the oldest beyond go first.
     pub max_tasks: u64,
     /// How often the sweep enforces the two limits above, in seconds.
     pub sweep_interval_s: u64,
     /// Most tasks of one key running at once on one replica.
     pub max_running_per_key: usize,
+    /// Most ended tasks of one key kept; a key's oldest go when it makes a new
+    /// one, so one key cannot push other keys' tasks out of `max_tasks`.
+    pub max_tasks_per_key: u64,
 }
 
 impl Default for A2aSection {
@@ -35,6 +38,7 @@ impl Default for A2aSection {
             max_tasks: 10_000,
             sweep_interval_s: 60,
             max_running_per_key: 16,
+            max_tasks_per_key: 1_000,
         }
     }
 }
@@ -76,6 +80,12 @@ impl A2aSection {
         }
         if self.max_running_per_key == 0 {
             return Err("a2a.max_running_per_key must be at least 1".into());
+        }
+        if self.max_tasks_per_key == 0 || self.max_tasks_per_key > self.max_tasks {
+            return Err(format!(
+                "a2a.max_tasks_per_key must be between 1 and a2a.max_tasks ({}), got {}",
+                self.max_tasks, self.max_tasks_per_key
+            ));
         }
         Ok(())
     }

@@ -156,8 +156,24 @@ impl Store {
         Ok(n)
     }
 
-    /// Deletes tasks made before `now - retention_s`, then the oldest beyond
-    /// `max_tasks`.
+    /// Deletes `owner`'s ended tasks beyond its newest `keep` ended ones, so one
+    /// key's churn removes only its own history; how many went.
+    pub async fn trim_a2a_tasks_of(&self, owner: &str, keep: u64) -> Result<u64, StoreError> {
+        let gone = sqlx::query(
+            "DELETE FROM a2a_tasks WHERE id IN (SELECT id FROM a2a_tasks WHERE owner = $1 AND state IN ('completed', 'canceled', 'failed', 'rejected') ORDER BY created DESC, id DESC LIMIT $2 OFFSET $3)",
+        )
+        .bind(owner)
+        .bind(i64::MAX)
+        .bind(i64_of(keep))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(gone)
+    }
+
+    /// Deletes tasks made before `now - retention_s`, then the oldest ended ones
+    /// beyond `max_tasks` ended tasks (running tasks are bounded per key by the
+    /// gateway, and a sweep never removes one under its run).
     pub async fn sweep_a2a_tasks(
         &self,
         now: u64,
@@ -172,7 +188,7 @@ impl Store {
         // The newest row that goes: everything at or before it (in (created, id)
         // order) is over the limit.
         let edge = sqlx::query(
-            "SELECT created, id FROM a2a_tasks ORDER BY created DESC, id DESC LIMIT 1 OFFSET $1",
+            "SELECT created, id FROM a2a_tasks WHERE state IN ('completed', 'canceled', 'failed', 'rejected') ORDER BY created DESC, id DESC LIMIT 1 OFFSET $1",
         )
         .bind(i64_of(max_tasks))
         .fetch_optional(&self.pool)
@@ -183,7 +199,7 @@ impl Store {
                 let created: i64 = r.try_get(0)?;
                 let id: String = r.try_get(1)?;
                 sqlx::query(
-                    "DELETE FROM a2a_tasks WHERE created < $1 OR (created = $1 AND id <= $2)",
+                    "DELETE FROM a2a_tasks WHERE state IN ('completed', 'canceled', 'failed', 'rejected') AND (created < $1 OR (created = $1 AND id <= $2))",
                 )
                 .bind(created)
                 .bind(id)

@@ -177,3 +177,35 @@ async fn the_sweep_keeps_tasks_by_age_then_count() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_keys_trim_and_the_sweep_remove_only_ended_tasks() {
+    for (url, store, _dir) in backends().await {
+        // Key a: four ended tasks and one running, the running one the oldest.
+        store
+            .insert_a2a_task(&row("a-run", "a", "working", "r", 50))
+            .await
+            .unwrap();
+        for (id, at) in [("a1", 100), ("a2", 200), ("a3", 300), ("a4", 400)] {
+            store
+                .insert_a2a_task(&row(id, "a", "rejected", "r", at))
+                .await
+                .unwrap();
+        }
+        store
+            .insert_a2a_task(&row("b1", "b", "completed", "r", 10))
+            .await
+            .unwrap();
+        // a keeps its two newest ended tasks and its running one; b is untouched.
+        assert_eq!(store.trim_a2a_tasks_of("a", 2).await.unwrap(), 2, "{url}");
+        let a = ["a-run", "a1", "a2", "a3", "a4"];
+        assert_eq!(ids(&store, "a", &a).await, ["a-run", "a3", "a4"], "{url}");
+        assert_eq!(ids(&store, "b", &["b1"]).await, ["b1"], "{url}");
+        assert_eq!(store.trim_a2a_tasks_of("a", 2).await.unwrap(), 0, "{url}");
+        // The count limit counts ended tasks only and never takes a running one.
+        let s = store.sweep_a2a_tasks(500, 1000, 1).await.unwrap();
+        assert_eq!(s.over_limit, 2, "{url}");
+        assert_eq!(ids(&store, "a", &a).await, ["a-run", "a4"], "{url}");
+        assert!(ids(&store, "b", &["b1"]).await.is_empty(), "{url}");
+    }
+}
