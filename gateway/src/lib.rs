@@ -197,8 +197,8 @@ pub async fn build_with_clock(
         store.clone(),
         book.clone(),
         limits,
-        snap.accounts,
-        snap.keys,
+        (snap.accounts, snap.keys),
+        clock.clone(),
     ));
     let identities = match store.load_identities().await {
         Ok(reg) => reg,

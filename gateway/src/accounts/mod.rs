@@ -18,7 +18,7 @@ pub use crate::store::records::{
     generate_key, hash_key, new_account, new_key,
 };
 
-use crate::clock::unix_now;
+use crate::clock::{SharedClock, unix_now};
 use crate::money::book::{ASSETS, Book};
 use crate::money::scope::SpendLimits;
 use crate::pricing::Asset;
@@ -60,8 +60,9 @@ pub fn require_operation(key: &KeyEntry, op: Operation) -> Result<(), OperationR
     }
 }
 
-/// Makes a funded account with one key in the store (the `keys create` command and
-/// the admin API); returns the key's plaintext.
+/// Makes a funded account with one key in the store, stamped with the system's
+/// time (the `keys create` command, before any gateway runs); returns the key's
+/// plaintext.
 pub async fn create_in_store(
     store: &Store,
     name: &str,
@@ -70,8 +71,34 @@ pub async fn create_in_store(
     scope: KeyScope,
     identity: Option<String>,
 ) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
-    let account = new_account(name, asset, identity);
-    let (key, record) = new_key(&account.id, name, scope);
+    let new = NewAccount {
+        name,
+        asset,
+        balance,
+        scope,
+        identity,
+    };
+    create_in_store_at(store, new, unix_now()).await
+}
+
+/// What a new account is made of.
+struct NewAccount<'a> {
+    name: &'a str,
+    asset: Asset,
+    balance: u128,
+    scope: KeyScope,
+    identity: Option<String>,
+}
+
+/// [`create_in_store`] stamped `now` (Unix seconds of the gateway's clock).
+async fn create_in_store_at(
+    store: &Store,
+    n: NewAccount<'_>,
+    now: u64,
+) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
+    let (name, asset, balance) = (n.name, n.asset, n.balance);
+    let account = new_account(name, asset, n.identity, now);
+    let (key, record) = new_key(&account.id, name, n.scope, now);
     store.put_account(&account, Some((asset, balance))).await?;
     store.put_key(&record).await?;
     Ok((key, account, record))
@@ -97,6 +124,8 @@ pub struct Accounts {
     store: Store,
     book: Arc<Book>,
     defaults: DefaultLimits,
+    /// The gateway's clock: creation and revocation stamps, and the rate limits.
+    clock: SharedClock,
     /// The rate-limit buckets of every key, by key id, shared down each chain.
     limiters: LimiterRegistry,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
@@ -109,14 +138,16 @@ impl Accounts {
         store: Store,
         book: Arc<Book>,
         defaults: DefaultLimits,
-        accounts: Vec<AccountRecord>,
-        keys: Vec<KeyRecord>,
+        loaded: (Vec<AccountRecord>, Vec<KeyRecord>),
+        clock: SharedClock,
     ) -> Self {
+        let (accounts, keys) = loaded;
         let a = Accounts {
             store,
             book,
             defaults,
-            limiters: LimiterRegistry::default(),
+            limiters: LimiterRegistry::new(clock.clone()),
+            clock,
             keys: RwLock::new(HashMap::new()),
             accounts: RwLock::new(BTreeMap::new()),
         };
@@ -205,8 +236,14 @@ impl Accounts {
         scope: KeyScope,
         identity: Option<String>,
     ) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
-        let (key, acct, rec) =
-            create_in_store(&self.store, name, asset, balance, scope, identity).await?;
+        let new = NewAccount {
+            name,
+            asset,
+            balance,
+            scope,
+            identity,
+        };
+        let (key, acct, rec) = create_in_store_at(&self.store, new, self.clock.unix()).await?;
         self.book
             .load_account(
                 &acct.id,
@@ -237,7 +274,7 @@ impl Accounts {
         if !self.accounts.read().contains_key(account) {
             return Err(AccountsError::UnknownAccount(account.to_owned()));
         }
-        let (key, mut rec) = new_key(account, name, scope);
+        let (key, mut rec) = new_key(account, name, scope, self.clock.unix());
         rec.identity = identity;
         self.store.put_key(&rec).await?;
         self.insert_key(rec.clone())?;
@@ -261,7 +298,7 @@ impl Accounts {
             self.limiters.forget(&gone);
             !gone.is_empty()
         };
-        let now = unix_now();
+        let now = self.clock.unix();
         let stored = self.store.revoke_key(key_id, now).await?;
         self.store.revoke_delegated_keys(key_id, now).await?;
         // Other replicas drop it from their caches (`crate::cluster`).
@@ -354,7 +391,8 @@ mod tests {
             requests_per_minute: 60,
             tokens_per_minute: 1000,
         };
-        let a = Accounts::new(store.clone(), book, limits, Vec::new(), Vec::new());
+        let clock = crate::clock::SystemClock::shared();
+        let a = Accounts::new(store.clone(), book, limits, (Vec::new(), Vec::new()), clock);
         (store, a)
     }
 

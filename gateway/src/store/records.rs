@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clock::unix_now;
 use crate::money::decimal;
 use crate::money::scope::{SpendLimits, TimeBound};
 use crate::pricing::Asset;
@@ -189,20 +188,26 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// A new account record (not stored yet).
-pub fn new_account(name: &str, asset: Asset, identity: Option<String>) -> AccountRecord {
+/// A new account record (not stored yet), made at `created` (Unix seconds).
+pub fn new_account(
+    name: &str,
+    asset: Asset,
+    identity: Option<String>,
+    created: u64,
+) -> AccountRecord {
     AccountRecord {
         id: format!("acct_{}", uuid::Uuid::new_v4().simple()),
         name: name.to_owned(),
         asset,
         identity,
         balances: BTreeMap::new(),
-        created: unix_now(),
+        created,
     }
 }
 
-/// A new key for `account`: the plaintext (shown once) and its stored record.
-pub fn new_key(account: &str, name: &str, scope: KeyScope) -> (String, KeyRecord) {
+/// A new key for `account` made at `created` (Unix seconds): the plaintext (shown
+/// once) and its stored record.
+pub fn new_key(account: &str, name: &str, scope: KeyScope, created: u64) -> (String, KeyRecord) {
     let key = generate_key();
     let record = KeyRecord {
         id: format!("key_{}", &hash_key(&key)[..16]),
@@ -210,7 +215,7 @@ pub fn new_key(account: &str, name: &str, scope: KeyScope) -> (String, KeyRecord
         account: account.to_owned(),
         name: name.to_owned(),
         scope,
-        created: unix_now(),
+        created,
         identity: None,
     };
     (key, record)

@@ -159,6 +159,7 @@ async fn keys_vouchers_and_slashes() {
                 max_transaction_value: Some(5),
                 ..KeyScope::default()
             },
+            1_700_000_000,
         );
         store.put_key(&second).await.unwrap();
         let (k, a, funds) = store
