@@ -171,6 +171,9 @@ pub async fn build_with_clock(
     tracing::info!(providers = restored, "registry restored from the store");
     let collateral =
         providers::collateral::CollateralStore::new(&config.attestation, &config.server.data_dir)?;
+    if !store.is_sqlite() {
+        claim_replica(&config, &store, &cluster, &leases, &clock).await?;
+    }
     let verifier =
         providers::attestation::Verifier::new(config.registration.allow_private_endpoints)?
             .with_collateral(Arc::new(collateral));
@@ -200,6 +203,7 @@ pub async fn build_with_clock(
         (snap.accounts, snap.keys),
         clock.clone(),
     ));
+        leases: leases.clone(),
     let identities = match store.load_identities().await {
         Ok(reg) => reg,
         Err(e @ store::StoreError::Corrupt { .. }) => {
@@ -229,6 +233,33 @@ pub async fn build_with_clock(
         leases,
         cluster,
         shared,
+/// Claims this process's replica id in the store (`cluster::identity`: a second
+/// live process with the same data directory is refused) and measures its clock
+/// against the store's before any lease is taken.
+async fn claim_replica(
+    config: &Config,
+    store: &store::Store,
+    cluster: &cluster::Cluster,
+    leases: &store::lease::Leases,
+    clock: &SharedClock,
+) -> Result<(), StartError> {
+    let claimant = cluster::identity::Claimant {
+        id: &cluster.replica,
+        token: cluster.token(),
+        address: &config.cluster.advertise,
+        window_s: cluster.liveness_window_s(),
+        data_dir: &config.server.data_dir,
+    };
+    cluster::identity::claim(store, claimant)
+        .await
+        .map_err(|e| StartError::Cluster(e.to_string()))?;
+    let skew = cluster::sync::measure_skew(store, || clock.unix())
+        .await
+        .map_err(store_error(config))?;
+    leases.set_skew(skew);
+    Ok(())
+}
+
         payer_key,
         faucet: Arc::default(),
         identities: Arc::new(parking_lot::RwLock::new(identities)),

@@ -14,7 +14,10 @@
 //!   per replica and written as one batched statement per reconcile.
 //! - SQLite serves one gateway process: [`lock`] refuses a second one at start.
 
+pub mod auth;
+pub mod identity;
 pub mod lock;
+pub mod misses;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -22,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::store::cluster::Holder;
 use crate::store::{Store, StoreError};
 
-/// The header a replica puts on a request it forwards: the shared secret.
+/// The header a replica puts on a request it forwards: an HMAC under the shared
+/// secret (`auth`), never the secret itself.
 pub const FORWARD_HEADER: &str = "x-tenzro-forward";
 /// The forwarding replica's id (for logs on the holder).
 pub const FORWARDED_BY_HEADER: &str = "x-tenzro-forwarded-by";
@@ -132,12 +135,17 @@ pub struct Cluster {
     /// The client that forwards to other replicas (internal addresses allowed, no
     /// redirects, no overall timeout: streams last).
     pub forwarder: reqwest::Client,
-    secret_digest: [u8; 32],
+    /// This process's claim on `replica` in the store (`identity`): made at
+    /// start, never shown.
+    token: String,
+    /// MACs of forwards accepted within the window (`auth`).
+    replays: Mutex<auth::Replays>,
     holders: Mutex<HashMap<String, (Holder, Instant)>>,
-}
-
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
+    /// Unknown provider ids' store lookups (heartbeats), bounded.
+    pub misses: Mutex<misses::Misses>,
+    /// The store's count of slash records at the last reconcile (`u64::MAX`:
+    /// not read yet).
+    pub slash_rows: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -154,9 +162,12 @@ impl Cluster {
         Ok(Cluster {
             replica,
             forwarder,
-            secret_digest: digest(&section.secret),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            replays: Mutex::default(),
             section,
             holders: Mutex::default(),
+            misses: Mutex::default(),
+            slash_rows: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -165,26 +176,55 @@ impl Cluster {
         !self.section.advertise.is_empty()
     }
 
-    /// The shared secret, for the forward header.
-    pub fn secret(&self) -> &str {
-        &self.section.secret
+    /// The forward header for `f`, sent at `now` (the store's clock).
+    pub fn sign_forward(&self, f: &auth::Forwarded<'_>, now: u64) -> String {
+        auth::sign(&self.section.secret, f, now)
     }
 
-    /// Whether `presented` is the shared secret (compared as digests, in constant
-    /// time). Always false when forwarding is off.
-    pub fn secret_matches(&self, presented: &str) -> bool {
+    /// The first look at a forward header, before the body is read: well formed
+    /// and within the window of `now` (the store's clock). Always refused when
+    /// forwarding is off.
+    pub fn precheck_forward(
+        &self,
+        header: &str,
+        now: u64,
+    ) -> Result<(u64, [u8; 32]), auth::ForwardAuthError> {
         if !self.forwarding() {
-            return false;
+            return Err(auth::ForwardAuthError::Mismatch);
         }
-        let d = digest(presented);
-        d.iter()
-            .zip(self.secret_digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        let (at, tag) = auth::parse(header)?;
+        auth::fresh(at, now)?;
+        Ok((at, tag))
+    }
+
+    /// Accepts a prechecked forward header for `f`: its MAC matches and was not
+    /// accepted before.
+    pub fn accept_forward(
+        &self,
+        (at, tag): (u64, [u8; 32]),
+        f: &auth::Forwarded<'_>,
+        now: u64,
+    ) -> Result<(), auth::ForwardAuthError> {
+        auth::check(&self.section.secret, at, &tag, f)?;
+        if !self.replays.lock().first_time(tag, at, now) {
+            return Err(auth::ForwardAuthError::Replayed);
+        }
+        Ok(())
+    }
+
+    /// This process's token on its replica id.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// How long a replica may be silent before it counts as dead: three
+    /// heartbeats.
+    pub fn liveness_window_s(&self) -> u64 {
+        3 * self.section.heartbeat_s.max(1)
     }
 
     /// The live replica other than this one that holds `account`'s lease at
-    /// `now` and published an address, if any (looked up at most once a second
+    /// `now` (the store's clock, `Leases::store_now`) and published an address, if any (looked up at most once a second
     /// per account).
     pub async fn holder_elsewhere(
         &self,
@@ -215,9 +255,10 @@ impl Cluster {
         Ok(holder.filter(|h| h.owner != self.replica && h.until > now && h.address.is_some()))
     }
 
-    /// Whether `holder` said it was alive within three heartbeats of `now`.
-    pub fn alive(&self, holder: &Holder, now: u64) -> bool {
-        holder.seen + 3 * self.section.heartbeat_s.max(1) >= now
+    /// Whether `holder` said it was alive within three heartbeats (measured by
+    /// the store's clock, as it stamped them).
+    pub fn alive(&self, holder: &Holder) -> bool {
+        holder.seen_age <= self.liveness_window_s()
     }
 
     /// Forgets the cached holder of `account` (a forward to it failed).
@@ -255,15 +296,40 @@ mod tests {
     }
 
     #[test]
-    fn only_the_shared_secret_matches_and_never_when_forwarding_is_off() {
+    fn only_a_replicas_forward_is_accepted_once_and_never_when_forwarding_is_off() {
         let c = Cluster::new(section("http://h:1", "0123456789abcdef"), "r1".into()).unwrap();
-        assert!(c.secret_matches("0123456789abcdef"));
-        assert!(!c.secret_matches("0123456789abcdeF"));
-        assert!(!c.secret_matches(""));
+        let f = auth::Forwarded {
+            method: "POST",
+            path_and_query: "/v1/account",
+            body: b"",
+            authorization: Some(b"Bearer tz-x"),
+        };
+        let h = c.sign_forward(&f, 1_000);
+        let pre = c.precheck_forward(&h, 1_010).unwrap();
+        assert_eq!(c.accept_forward(pre, &f, 1_010), Ok(()));
+        assert_eq!(
+            c.accept_forward(pre, &f, 1_011),
+            Err(auth::ForwardAuthError::Replayed)
+        );
+        assert_eq!(
+            c.precheck_forward(&h, 1_000 + auth::WINDOW_S + 1),
+            Err(auth::ForwardAuthError::Stale)
+        );
+        for bad in ["0123456789abcdef", "", "guess"] {
+            assert!(c.precheck_forward(bad, 1_000).is_err(), "{bad}");
+        }
+        let other = Cluster::new(section("http://h:1", "0123456789abcdeF"), "r2".into()).unwrap();
+        let forged = other.sign_forward(&f, 1_000);
+        let pre = c.precheck_forward(&forged, 1_000).unwrap();
+        assert_eq!(
+            c.accept_forward(pre, &f, 1_000),
+            Err(auth::ForwardAuthError::Mismatch)
+        );
         let off = Cluster::new(section("", ""), "r1".into()).unwrap();
+        let h = off.sign_forward(&f, 1_000);
         assert!(
-            !off.secret_matches(""),
-            "no secret configured: nothing matches"
+            off.precheck_forward(&h, 1_000).is_err(),
+            "no secret configured: nothing is accepted"
         );
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::Accounts;
 use crate::cluster::Cluster;
 use crate::providers::registry::{Applied, Registry};
+use crate::store::cluster::ReplicaClaim;
+use crate::store::lease::Leases;
 use crate::store::{Store, StoreError};
 
 /// Margin subtracted from "since the last pass" (clock steps, slow commits).
@@ -29,6 +31,9 @@ pub struct Shared {
     pub cluster: Arc<Cluster>,
     pub registry: Arc<Registry>,
     pub accounts: Arc<Accounts>,
+    /// This replica's leases: their clock skew against the store is measured at
+    /// each heartbeat.
+    pub leases: Arc<Leases>,
     pub store: Store,
     /// Probes a provider another replica registered (it is routed to only once
     /// this replica reached it too).
@@ -68,6 +73,22 @@ impl Shared {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A heartbeat came from provider `id`, unknown here: it may have registered
+    /// with another replica a moment ago, so its row is read, unless the id is
+    /// not a key's DID, was found missing recently, or too many were looked up
+    /// this second (`misses`). True when it is known now.
+    pub async fn look_up_unknown(&self, id: &str) -> Result<bool, StoreError> {
+        if !self.cluster.misses.lock().may_look_up(id, Instant::now()) {
+            return Ok(false);
+        }
+        self.apply_hint(&format!("provider:{id}")).await?;
+        let known = self.registry.get(id).is_some();
+        if !known {
+            self.cluster.misses.lock().missed(id, Instant::now());
+        }
+        Ok(known)
     }
 
     fn apply_provider(&self, p: crate::store::registry::StoredProvider) {
@@ -118,7 +139,25 @@ impl Shared {
         for key in self.store.revoked_since(since).await? {
             self.accounts.drop_cached(&key);
         }
+        self.sync_slashes().await?;
         self.sync_bonds().await
+    }
+
+    /// Takes the slash records other replicas made, so that every replica shows
+    /// every slash (`/admin/slashes`, the providers' view) and counts it in the
+    /// provider's stake: one count per pass, the rows only when it changed.
+    pub async fn sync_slashes(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let count = self.store.slash_count().await?;
+        if self.cluster.slash_rows.load(Ordering::Relaxed) == count {
+            return Ok(());
+        }
+        let learnt = self.registry.learn_slashes(self.store.all_slashes().await?);
+        if learnt > 0 {
+            tracing::info!(slashes = learnt, "slash records from another replica");
+        }
+        self.cluster.slash_rows.store(count, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes the heartbeats heard since the last call in one batch.
@@ -136,9 +175,21 @@ impl Shared {
         Ok(())
     }
 
+    /// The store's clock now: the reconcile's marks are on it, so a replica whose
+    /// clock is off misses no change another replica stamped (SQLite: one
+    /// replica, its own clock).
+    async fn store_now(&self) -> Result<u64, StoreError> {
+        if self.store.is_sqlite() {
+            return Ok(self.registry.unix_now());
+        }
+        self.store.db_now().await
+    }
+
     /// Publishes this replica's address every `heartbeat_s`, applies hints as
     /// they come (PostgreSQL) and reconciles every `reconcile_s`, until `cancel`;
-    /// then removes this replica's address.
+    /// then removes this replica's address. A replica whose id another process
+    /// took over (it was silent past the liveness window) cancels `cancel`: it
+    /// stops rather than share a lease owner with that process.
     pub async fn run(self, store_url: String, cancel: CancellationToken) {
         let cfg = self.cluster.section.clone();
         let mut beat = tokio::time::interval(Duration::from_secs(cfg.heartbeat_s.max(1)));
@@ -149,12 +200,24 @@ impl Shared {
             listen(&store_url).await
         };
         let mut since = self.registry.unix_now();
+        match self.store_now().await {
+            Ok(now) => since = now,
+            Err(e) => tracing::warn!(error = %e, "reading the store's clock"),
+        }
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                _ = beat.tick() => self.beat().await,
+                _ = beat.tick() => {
+                    if !self.beat().await {
+                        cancel.cancel();
+                        break;
+                    }
+                }
                 _ = tick.tick() => {
-                    let now = self.registry.unix_now();
+                    let Ok(now) = self.store_now().await else {
+                        tracing::warn!("reading the store's clock failed; reconciling at the next tick");
+                        continue;
+                    };
                     if let Err(e) = self.flush_heard().await {
                         tracing::warn!(error = %e, "writing heartbeats failed; retrying");
                     }
@@ -181,26 +244,61 @@ impl Shared {
                 },
             }
         }
-        if self.cluster.forwarding()
-            && let Err(e) = self.store.drop_replica(&self.cluster.replica).await
+        if !self.store.is_sqlite()
+            && let Err(e) = self
+                .store
+                .drop_replica(&self.cluster.replica, self.cluster.token())
+                .await
         {
             tracing::warn!(error = %e, "removing this replica's address");
         }
     }
 
-    async fn beat(&self) {
-        if !self.cluster.forwarding() {
-            return;
+    /// Says this replica is alive (PostgreSQL), publishing its address, and
+    /// measures its clock against the store's. False when another process holds
+    /// this replica's id now.
+    async fn beat(&self) -> bool {
+        if self.store.is_sqlite() {
+            return true;
         }
-        let now = self.registry.unix_now();
+        let c = &self.cluster;
         let r = self
             .store
-            .put_replica(&self.cluster.replica, &self.cluster.section.advertise, now)
+            .claim_replica(
+                &c.replica,
+                c.token(),
+                &c.section.advertise,
+                c.liveness_window_s(),
+            )
             .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "publishing this replica's address failed");
+        match r {
+            Ok(ReplicaClaim::Claimed) => {}
+            Ok(ReplicaClaim::InUse { age }) => {
+                tracing::error!(
+                    replica = %c.replica,
+                    age_s = age,
+                    "another gateway process took over this replica's id (this one was silent too long); stopping"
+                );
+                return false;
+            }
+            Err(e) => tracing::warn!(error = %e, "publishing this replica's heartbeat failed"),
         }
+        match measure_skew(&self.store, || self.registry.unix_now()).await {
+            Ok(skew) => self.leases.set_skew(skew),
+            Err(e) => tracing::warn!(error = %e, "reading the store's clock failed"),
+        }
+        true
     }
+}
+
+/// The store's clock minus this replica's (seconds), read once.
+pub async fn measure_skew(store: &Store, local: impl Fn() -> u64) -> Result<i64, StoreError> {
+    let before = local();
+    let db = store.db_now().await?;
+    let after = local();
+    // The middle of the round trip, in whole seconds.
+    let mid = before / 2 + after / 2 + (before % 2 + after % 2) / 2;
+    Ok(i64::try_from(db).unwrap_or(i64::MAX) - i64::try_from(mid).unwrap_or(i64::MAX))
 }
 
 async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {

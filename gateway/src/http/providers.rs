@@ -62,14 +62,19 @@ pub async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let now = state.registry.unix_now();
     let r = match state.registry.heartbeat(&signed, now) {
-        // Registered with another replica and not applied here yet: read its row.
+        // Registered with another replica and not applied here yet: read its row
+        // (bounded: `cluster::misses`).
         Err(RegistryError::UnknownProvider(id)) => {
-            state
+            let known = state
                 .shared
-                .apply_hint(&format!("provider:{id}"))
+                .look_up_unknown(&id)
                 .await
                 .map_err(ApiError::internal)?;
-            state.registry.heartbeat(&signed, now)
+            if known {
+                state.registry.heartbeat(&signed, now)
+            } else {
+                Err(RegistryError::UnknownProvider(id))
+            }
         }
         other => other,
     }

@@ -61,6 +61,9 @@ pub struct Registry {
     slashed_total: Mutex<BTreeMap<String, u128>>,
     /// Slashes the bonds module has not applied yet (it drains them).
     unapplied: Mutex<Vec<Slash>>,
+    /// Ids of every slash record known here (restored, made here, or learnt from
+    /// another replica through the store: `registry_slashes`).
+    slash_ids: Mutex<std::collections::HashSet<String>>,
     /// Slashes not yet written to the store (the committer drains them).
     unsaved: Mutex<Vec<Slash>>,
     /// Ids of the providers from the config file (a namespace of their own).
@@ -100,6 +103,7 @@ impl Registry {
             slashes: Mutex::new(Vec::new()),
             slashed_total: Mutex::default(),
             unapplied: Mutex::default(),
+            slash_ids: Mutex::default(),
             unsaved: Mutex::new(Vec::new()),
         }
     }

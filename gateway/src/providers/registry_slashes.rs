@@ -36,6 +36,11 @@ impl Registry {
     /// id once, so already applied ones cost a lookup).
     pub fn restore_slashes(&self, slashes: Vec<Slash>) {
         {
+            let mut ids = self.slash_ids.lock();
+            ids.clear();
+            ids.extend(slashes.iter().map(|s| s.id.clone()));
+        }
+        {
             let mut t = self.slashed_total.lock();
             t.clear();
             for s in &slashes {
@@ -57,14 +62,45 @@ impl Registry {
 
     /// Records a new slash in memory (the caller queues it for the store).
     pub(super) fn keep_slash(&self, s: &Slash) {
+        self.slash_ids.lock().insert(s.id.clone());
+        self.remember_slash(s);
+        {
+            let mut q = self.unapplied.lock();
+            q.push(s.clone());
+        }
+    }
+
+    /// How many slash records this replica knows of (made here, restored, or
+    /// learnt from the store).
+    pub fn slash_records_known(&self) -> usize {
+        self.slash_ids.lock().len()
+    }
+
+    /// Takes the slash records another replica made (read from the store, any
+    /// order): each one not known here is shown and counted in its provider's
+    /// total as if made here. Its money moved once, on the replica that made it
+    /// (its bonds module, against the bond in that replica's book), so it is not
+    /// queued for this replica's bonds module, nor stored again. Returns how many
+    /// were new.
+    pub fn learn_slashes(&self, stored: Vec<Slash>) -> usize {
+        let mut stored = stored;
+        stored.sort_by_key(|s| s.at);
+        let mut n = 0;
+        for s in stored {
+            if self.slash_ids.lock().insert(s.id.clone()) {
+                self.remember_slash(&s);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Counts `s` in its provider's total and keeps it in the bounded list.
+    fn remember_slash(&self, s: &Slash) {
         {
             let mut t = self.slashed_total.lock();
             let e = t.entry(s.provider.clone()).or_default();
             *e = e.saturating_add(s.amount);
-        }
-        {
-            let mut q = self.unapplied.lock();
-            q.push(s.clone());
         }
         {
             let mut v = self.slashes.lock();

@@ -3,15 +3,19 @@
 //! so a client behind a plain round-robin balancer is served wherever it lands.
 //!
 //! The forward carries the caller's own headers (its API key too: the holder
-//! authenticates and admits it as any request) plus the replicas' shared secret in
-//! `x-tenzro-forward`. A request bearing that header is served where it lands and
-//! never forwarded again; one whose header is not the secret (an outside caller) is
-//! refused 403 before anything else. Streams pass through chunk by chunk; a holder
+//! authenticates and admits it as any request) plus `x-tenzro-forward`, an HMAC
+//! under the replicas' shared secret over the method, path, time, body and the
+//! caller's `Authorization` (`cluster::auth`; the secret never travels). A
+//! request bearing that header is served where it lands and never forwarded
+//! again; one whose header does not check (an outside caller, a replay, out of
+//! its time window) is refused 403 before anything else. Streams pass through chunk by chunk; a holder
 //! that dies mid-stream ends the client's stream with an `error` event.
 //!
 //! Only the routes that take the account's lease are forwarded: inference, the
-//! account and its channels, the faucet, bonds (by the caller's key), and an
-//! admin's `/admin/accounts/{id}/…` (by the id in the path). A holder that does not answer
+//! account and its channels, the faucet, bonds and unbonds (by the owner's key:
+//! they move the owner's money), a channel's dispute signed by its provider (by
+//! the channel's payer), and an admin's `/admin/accounts/{id}/…` (by the id in
+//! the path). A holder that does not answer
 //! (dead, its lease not expired yet) is answered 503 with Retry-After until the
 //! lease expires and a surviving replica takes the account over.
 
@@ -24,6 +28,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
+use crate::cluster::auth::Forwarded;
 use crate::cluster::{FORWARD_HEADER, FORWARDED_BY_HEADER};
 use crate::http::error::ApiError;
 use crate::http::extract::admin_token_matches;
@@ -48,6 +53,14 @@ const ADMIN_ACCOUNTS: &str = "/admin/accounts/";
 
 /// The middleware: forwards to the lease holder, or lets the route answer.
 pub async fn route(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // A forward from another replica is served here, never forwarded again; one
+    // that is not (an outside caller) is refused before anything else.
+    if req.headers().contains_key(FORWARD_HEADER) {
+        return match from_replica(&state, req).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        };
+    }
     // The body is not `Sync`: only the head is looked at before it moves on.
     let (parts, body) = req.into_parts();
     let found = target(&state, &parts.headers, parts.uri.path()).await;
@@ -65,16 +78,6 @@ async fn target(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Option<(String, Holder)>, ApiError> {
-    if let Some(v) = headers.get(FORWARD_HEADER) {
-        let ok = v.to_str().is_ok_and(|s| state.cluster.secret_matches(s));
-        return if ok {
-            Ok(None)
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "the {FORWARD_HEADER} header is reserved for the gateway's own replicas; send the request without it"
-            )))
-        };
-    }
     if !state.cluster.forwarding() {
         return Ok(None);
     }
@@ -82,10 +85,12 @@ async fn target(
         return Ok(None);
     };
     let account = &account;
-    let now = state.clock.unix();
-    if state.leases.holds(account, now) {
+    let local = state.clock.unix();
+    if state.leases.holds(account, local) {
         return Ok(None);
     }
+    // Lease ends are on the store's clock (`store::lease`).
+    let now = state.leases.store_now(local);
     let holder = state
         .cluster
         .holder_elsewhere(&state.store, account, now)
@@ -117,10 +122,51 @@ async fn target(
     };
     // Silent for three heartbeats: dead (its lease expires soon), not worth a
     // connection attempt.
-    if !state.cluster.alive(&holder, now) {
+    if !state.cluster.alive(&holder) {
         return Err(holder_gone(&holder, now));
     }
     Ok(Some((account.clone(), holder)))
+}
+
+/// Checks a forward's header (`cluster::auth`: its time first, then its MAC over
+/// the request, body included, and that it is not a replay) and gives the request
+/// back with its body.
+async fn from_replica(state: &AppState, req: Request) -> Result<Request, ApiError> {
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::info!(reason = %why, "a forward header refused");
+        ApiError::Forbidden(format!(
+            "the {FORWARD_HEADER} header is reserved for the gateway's own replicas; send the request without it"
+        ))
+    };
+    let now = state.leases.store_now(state.clock.unix());
+    let header = req
+        .headers()
+        .get(FORWARD_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let pre = state
+        .cluster
+        .precheck_forward(header, now)
+        .map_err(|e| refused(&e))?;
+    let (parts, body) = req.into_parts();
+    // A replica forwards only what it read within the same limit.
+    let bytes = axum::body::to_bytes(body, state.config.server.max_body_bytes)
+        .await
+        .map_err(|e| refused(&e))?;
+    let f = Forwarded {
+        method: parts.method.as_str(),
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        body: &bytes,
+        authorization: parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    };
+    state
+        .cluster
+        .accept_forward(pre, &f, now)
+        .map_err(|e| refused(&e))?;
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// 503 with Retry-After until the dead holder's lease expires.
@@ -152,7 +198,7 @@ async fn account_of(
         return Ok(None);
     }
     let Some(key) = bearer(headers) else {
-        return Ok(None);
+        return provider_dispute(state, headers, path).await;
     };
     // An unknown key is the route's to refuse (401), here as anywhere.
     let entry = state
@@ -161,6 +207,34 @@ async fn account_of(
         .await
         .map_err(ApiError::internal)?;
     Ok(entry.map(|e| (e.record.account.clone(), true)))
+}
+
+/// A dispute the channel's provider signed (no API key): it changes the payer's
+/// channel, so it is served where the payer's account is. The payer is looked up
+/// by the channel id (one read, as the route makes); the signature is the
+/// holder's to check, and this replica takes no lease for it before the route
+/// has checked it (an anonymous caller does not choose what this replica claims).
+async fn provider_dispute(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Option<(String, bool)>, ApiError> {
+    let Some(channel) = path
+        .strip_prefix("/v1/channels/")
+        .and_then(|rest| rest.strip_suffix("/dispute"))
+        .filter(|c| !c.is_empty() && !c.contains('/'))
+    else {
+        return Ok(None);
+    };
+    if !headers.contains_key(crate::money::dispute_auth::HEADER) {
+        return Ok(None);
+    }
+    let parties = state
+        .store
+        .channel_parties(channel)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(parties.map(|(payer, _)| (payer, false)))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -210,8 +284,20 @@ async fn forward(state: &AppState, account: &str, holder: Holder, req: Request) 
             rb = rb.header(name, value);
         }
     }
+    let signed = state.cluster.sign_forward(
+        &Forwarded {
+            method: parts.method.as_str(),
+            path_and_query: path,
+            body: &bytes,
+            authorization: parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        },
+        state.leases.store_now(state.clock.unix()),
+    );
     rb = rb
-        .header(FORWARD_HEADER, state.cluster.secret())
+        .header(FORWARD_HEADER, signed)
         .header(FORWARDED_BY_HEADER, state.cluster.replica.as_str())
         .body(bytes);
     match rb.send().await {
@@ -220,7 +306,7 @@ async fn forward(state: &AppState, account: &str, holder: Holder, req: Request) 
         Err(e) if e.is_connect() => {
             state.cluster.forget_holder(account);
             tracing::warn!(account, holder = %holder.owner, error = %e, "the lease holder did not answer a forward");
-            holder_gone(&holder, state.clock.unix()).into_response()
+            holder_gone(&holder, state.leases.store_now(state.clock.unix())).into_response()
         }
         // Sent, no answer: the holder may have applied it (a credit, a bond), so
         // the caller is not told to retry.

@@ -19,59 +19,119 @@ pub const MAX_HINT_ID: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     pub owner: String,
-    /// Lease end, Unix seconds.
+    /// Lease end, Unix seconds on the store's clock.
     pub until: u64,
-    /// Its published internal address; `None` when it published none.
+    /// Its published internal address; `None` when it published none (or an
+    /// empty one: a replica that does not forward).
     pub address: Option<String>,
-    /// When it last said it was alive (Unix seconds; 0 when unknown).
-    pub seen: u64,
+    /// Seconds since it last said it was alive, on the store's clock (so no two
+    /// replicas' clocks are compared); `u64::MAX` when unknown.
+    pub seen_age: u64,
+}
+
+/// What claiming a replica id at start (or at a heartbeat) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaClaim {
+    /// The id is this process's (new, its own token, or taken over from a process
+    /// silent for longer than the window).
+    Claimed,
+    /// Another process holds the id and said it was alive `age` seconds ago.
+    InUse { age: u64 },
 }
 
 /// Most ids bound in one statement (PostgreSQL's limit is 65,535 parameters).
 const CHUNK: usize = 500;
 
 impl Store {
-    /// Publishes (or refreshes) replica `id`'s internal address.
-    pub async fn put_replica(&self, id: &str, address: &str, now: u64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO replicas (id, address, seen) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET address = excluded.address, seen = excluded.seen",
-        )
-        .bind(id)
-        .bind(address)
-        .bind(i64_of(now))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// The store's clock as SQL (Unix seconds): what replicas compare across
+    /// machines is stamped and read with it, never with their own clocks.
+    fn now_sql(&self) -> &'static str {
+        if self.sqlite {
+            "CAST(strftime('%s', 'now') AS BIGINT)"
+        } else {
+            "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)"
+        }
     }
 
-    /// Removes replica `id` (a clean shutdown).
-    pub async fn drop_replica(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM replicas WHERE id = $1")
+    /// The store's clock, Unix seconds.
+    pub async fn db_now(&self) -> Result<u64, StoreError> {
+        let sql = format!("SELECT {}", self.now_sql());
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64_of(row.try_get(0)?))
+    }
+
+    /// Claims (or keeps) replica `id` for the process holding `token`, publishing
+    /// `address` (empty: it does not forward) and its heartbeat on the store's
+    /// clock. Another token's row is taken over only when its heartbeat is older
+    /// than `stale_s`; otherwise the answer is [`ReplicaClaim::InUse`].
+    pub async fn claim_replica(
+        &self,
+        id: &str,
+        token: &str,
+        address: &str,
+        stale_s: u64,
+    ) -> Result<ReplicaClaim, StoreError> {
+        let now = self.now_sql();
+        let sql = format!(
+            "INSERT INTO replicas (id, address, seen, token) VALUES ($1, $2, {now}, $3) \
+             ON CONFLICT (id) DO UPDATE SET address = excluded.address, seen = excluded.seen, \
+             token = excluded.token \
+             WHERE replicas.token = excluded.token OR replicas.seen < excluded.seen - $4"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
+            .bind(address)
+            .bind(token)
+            .bind(i64_of(stale_s))
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() > 0 {
+            return Ok(ReplicaClaim::Claimed);
+        }
+        let sql = format!("SELECT {now} - seen FROM replicas WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => ReplicaClaim::InUse {
+                age: u64_of(r.try_get(0)?),
+            },
+            // Removed in between (a clean shutdown): free now.
+            None => ReplicaClaim::InUse { age: u64::MAX },
+        })
+    }
+
+    /// Removes replica `id` if `token` still holds it (a clean shutdown).
+    pub async fn drop_replica(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM replicas WHERE id = $1 AND token = $2")
+            .bind(id)
+            .bind(token)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Who holds `account`'s lease (expired or not), with its published address.
+    /// Who holds `account`'s lease (expired or not), with its published address
+    /// and how long ago it said it was alive.
     pub async fn lease_holder(&self, account: &str) -> Result<Option<Holder>, StoreError> {
-        let row = sqlx::query(
-            "SELECT l.owner, l.until, r.address, r.seen FROM leases l \
+        let sql = format!(
+            "SELECT l.owner, l.until, r.address, {} - r.seen FROM leases l \
              LEFT JOIN replicas r ON r.id = l.owner WHERE l.account = $1",
-        )
-        .bind(account)
-        .fetch_optional(&self.pool)
-        .await?;
+            self.now_sql()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             Ok(Holder {
                 owner: r.try_get(0)?,
                 until: u64_of(r.try_get(1)?),
-                address: r.try_get(2)?,
-                seen: r
-                    .try_get::<Option<i64>, _>(3)?
-                    .map(u64_of)
-                    .unwrap_or_default(),
+                address: r.try_get::<Option<String>, _>(2)?.filter(|a| !a.is_empty()),
+                seen_age: r.try_get::<Option<i64>, _>(3)?.map_or(u64::MAX, u64_of),
             })
         })
         .transpose()
@@ -127,6 +187,26 @@ impl Store {
             .collect()
     }
 
+    /// How many slash records the store holds (they are never deleted, so a
+    /// change means a new one).
+    pub async fn slash_count(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM slashes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64_of(row.try_get(0)?))
+    }
+
+    /// Every slash record, oldest first (whichever replica made it).
+    pub async fn all_slashes(&self) -> Result<Vec<crate::money::slashing::Slash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, provider, reason, detail, stake_before, amount, stake_after, at \
+             FROM slashes ORDER BY at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(super::load::slash_of).collect()
+    }
+
     /// Whether key `id` is revoked in the store.
     pub async fn key_revoked(&self, id: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT id FROM api_keys WHERE id = $1 AND revoked IS NOT NULL")
@@ -137,21 +217,20 @@ impl Store {
     }
 
     /// Liveness heard by this replica, batched: raises `last_seen` of each
-    /// provider to the given Unix second (never lowers it), one statement per
-    /// [`CHUNK`] providers however many heartbeats came in.
+    /// provider heard since the last flush to the store's clock now (never lowers
+    /// it; at most a flush interval later than the heartbeat), so the reconcile of
+    /// every replica compares it with the store's clock too (the heard times, on
+    /// this replica's clock, are not written). One statement per [`CHUNK`]
+    /// providers however many heartbeats came in.
     pub async fn flush_seen(&self, seen: &[(String, u64)]) -> Result<(), StoreError> {
+        let now = self.now_sql();
         for chunk in seen.chunks(CHUNK) {
-            let Some(newest) = chunk.iter().map(|(_, s)| *s).max() else {
-                continue;
-            };
-            // One timestamp per chunk (the newest is at most a flush interval ahead
-            // of the oldest): the ids in one `IN` list.
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
             let sql = format!(
-                "UPDATE registry_providers SET last_seen = $1 WHERE last_seen < $1 AND id IN ({})",
+                "UPDATE registry_providers SET last_seen = {now} WHERE last_seen < {now} AND id IN ({})",
                 marks.join(", ")
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64_of(newest));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (id, _) in chunk {
                 q = q.bind(id.as_str());
             }

@@ -10,9 +10,15 @@
 //! forwarded to it when `[cluster] advertise` is set (`proxy::forward`), else
 //! answered 503 with Retry-After: route keys to replicas with affinity.
 //! A single gateway on SQLite runs the same code and always gets its leases.
+//!
+//! Lease ends are compared across replicas (a claim takes an expired lease), so
+//! they are on the store's clock: callers pass their own clock's `now` and the
+//! lease methods add the skew the cluster loop measured against the database
+//! (`set_skew`; zero on SQLite, whose one replica compares only with itself).
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::money::book::{Book, BookError};
 use crate::store::{Store, StoreError};
@@ -35,7 +41,9 @@ pub struct Leases {
     /// takes its own leases back at once.
     pub owner: String,
     pub ttl: u64,
-    /// Account -> lease end (Unix seconds) as last written.
+    /// The store's clock minus this replica's, in seconds.
+    skew: AtomicI64,
+    /// Account -> lease end (Unix seconds, the store's clock) as last written.
     held: RwLock<HashMap<String, u64>>,
     /// One claim at a time, so an account is never loaded twice at once.
     claiming: tokio::sync::Mutex<()>,
@@ -46,6 +54,7 @@ impl Leases {
         Leases {
             owner,
             ttl: ttl.max(3),
+            skew: AtomicI64::new(0),
             held: RwLock::new(HashMap::new()),
             claiming: tokio::sync::Mutex::new(()),
         }
@@ -72,12 +81,25 @@ impl Leases {
         }
     }
 
-    /// Whether this replica holds `account`'s lease at `now` (no store access).
+    /// Sets the store's clock minus this replica's (seconds), as measured.
+    pub fn set_skew(&self, skew: i64) {
+        self.skew.store(skew, Ordering::Relaxed);
+    }
+
+    /// This replica's Unix second `local` on the store's clock: what lease ends
+    /// are compared with.
+    pub fn store_now(&self, local: u64) -> u64 {
+        local.saturating_add_signed(self.skew.load(Ordering::Relaxed))
+    }
+
+    /// Whether this replica holds `account`'s lease at `now` (this replica's
+    /// clock; no store access).
     pub fn holds(&self, account: &str, now: u64) -> bool {
         self.valid(account, now)
     }
 
     fn valid(&self, account: &str, now: u64) -> bool {
+        let now = self.store_now(now);
         self.held
             .read()
             .get(account)
@@ -100,8 +122,9 @@ impl Leases {
         if self.valid(account, now) {
             return Ok(());
         }
-        let until = now + self.ttl;
-        if !store.claim(account, &self.owner, until, now).await? {
+        let lease_now = self.store_now(now);
+        let until = lease_now + self.ttl;
+        if !store.claim(account, &self.owner, until, lease_now).await? {
             return Err(LeaseError::HeldElsewhere(account.to_owned()));
         }
         let known = self.held.read().contains_key(account);
@@ -144,9 +167,10 @@ impl Leases {
         Ok(gone)
     }
 
-    /// The lease end a commit now should renew to.
+    /// The lease end (the store's clock) a commit at `now` (this replica's
+    /// clock) should renew to.
     pub fn renewal(&self, now: u64) -> u64 {
-        now + self.ttl
+        self.store_now(now) + self.ttl
     }
 
     /// Records renewed leases (after a fenced commit).
@@ -163,6 +187,7 @@ impl Leases {
 
     /// Accounts whose lease ends within half its length: the committer renews them.
     pub fn due(&self, now: u64) -> Vec<String> {
+        let now = self.store_now(now);
         self.held
             .read()
             .iter()
@@ -183,5 +208,32 @@ impl Leases {
 
     pub fn held(&self) -> Vec<String> {
         self.held.read().keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica whose clock runs an hour behind the store's renews its leases to
+    /// the store's hour, so another replica compares like with like.
+    #[test]
+    fn lease_ends_are_on_the_stores_clock() {
+        let l = Leases::new("r1".into(), 30);
+        assert_eq!(l.store_now(1_000), 1_000, "no skew measured: its own clock");
+        assert_eq!(l.renewal(1_000), 1_030);
+        l.set_skew(3_600);
+        assert_eq!(l.store_now(1_000), 4_600);
+        assert_eq!(l.renewal(1_000), 4_630);
+        l.set_skew(-5_000);
+        assert_eq!(l.store_now(1_000), 0, "never below zero");
+        l.held.write().insert("a".into(), 4_630);
+        l.set_skew(3_600);
+        assert!(l.holds("a", 1_000));
+        assert!(
+            l.due(1_020).contains(&"a".to_owned()),
+            "within half its length"
+        );
+        assert!(!l.holds("a", 1_029));
     }
 }

@@ -79,17 +79,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
         {
-            let reason: String = row.try_get(2)?;
-            s.slashes.push(Slash {
-                id: row.try_get(0)?,
-                provider: row.try_get(1)?,
-                reason: serde_json::from_value(serde_json::Value::String(reason)).map_err(|e| corrupt("slashes", "reason", e))?,
-                detail: row.try_get(3)?,
-                stake_before: amount_of(&row.try_get::<String, _>(4)?, "slashes", "stake_before")?,
-                amount: amount_of(&row.try_get::<String, _>(5)?, "slashes", "amount")?,
-                stake_after: amount_of(&row.try_get::<String, _>(6)?, "slashes", "stake_after")?,
-                at: u64_of(row.try_get(7)?),
-            });
+            s.slashes.push(slash_of(&row)?);
         }
         Ok(s)
     }
@@ -108,4 +98,21 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// One row of `SELECT id, provider, reason, detail, stake_before, amount,
+/// stake_after, at FROM slashes` (also read by the cluster's reconcile).
+pub(super) fn slash_of(row: &sqlx::any::AnyRow) -> Result<Slash, StoreError> {
+    let reason: String = row.try_get(2)?;
+    Ok(Slash {
+        id: row.try_get(0)?,
+        provider: row.try_get(1)?,
+        reason: serde_json::from_value(serde_json::Value::String(reason))
+            .map_err(|e| corrupt("slashes", "reason", e))?,
+        detail: row.try_get(3)?,
+        stake_before: amount_of(&row.try_get::<String, _>(4)?, "slashes", "stake_before")?,
+        amount: amount_of(&row.try_get::<String, _>(5)?, "slashes", "amount")?,
+        stake_after: amount_of(&row.try_get::<String, _>(6)?, "slashes", "stake_after")?,
+        at: u64_of(row.try_get(7)?),
+    })
 }

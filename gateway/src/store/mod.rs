@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../migrations/0010_replicas.sql"),
     ),
+    (
+        11,
+        "replica_tokens",
+        include_str!("../../migrations/0011_replica_tokens.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

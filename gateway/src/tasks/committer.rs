@@ -58,13 +58,15 @@ pub async fn commit_leased(
     housekeeping: Option<Housekeeping>,
 ) -> Result<usize, StoreError> {
     let until = leases.renewal(now);
+    // Lease ends are compared on the store's clock (`store::lease`).
+    let lease_now = leases.store_now(now);
     let due = if housekeeping.is_some() {
         leases.due(now)
     } else {
         Vec::new()
     };
     for account in due {
-        match store.claim(&account, &leases.owner, until, now).await {
+        match store.claim(&account, &leases.owner, until, lease_now).await {
             Ok(true) => leases.renewed(std::slice::from_ref(&account), until),
             Ok(false) => {
                 tracing::error!(%account, "lease lost to another replica; dropping the account from this book");
@@ -96,7 +98,7 @@ pub async fn commit_leased(
                 Some(Fence {
                     owner: &leases.owner,
                     until,
-                    now,
+                    now: lease_now,
                 }),
             )
             .await
