@@ -431,3 +431,86 @@ fn q6_high<const SHIFT: i32>(qh: __m256i, three: __m256i) -> __m256i {
     };
     _mm256_slli_epi16(_mm256_and_si256(bits, three), 4)
 }
+
+/// [`BlockQ8::quantize`] of each 32 values of `x` into `out`, with the same bits:
+/// the same `amax / 127` scale and its reciprocal, the same products, and
+/// `roundf`'s ties away from zero (`trunc`, then one step where the dropped part
+/// is at least a half). A block with a NaN or an infinity takes the scalar path.
+/// `false` (and `out` untouched) when the CPU lacks AVX2/FMA/F16C.
+pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8>) -> bool {
+    if !available() {
+        return false;
+    }
+    out.clear();
+    out.reserve(x.len() / 32);
+    for b in x.chunks_exact(32) {
+        // SAFETY: AVX2 was detected just above; `b` is 32 readable f32s.
+        let q = unsafe { quantize_block(b) };
+        out.push(q.unwrap_or_else(|| BlockQ8::quantize(b)));
+    }
+    true
+}
+
+/// # Safety
+/// The CPU has AVX2; `x` holds at least 32 f32s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8> {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut v = [_mm256_setzero_ps(); 4];
+    for (i, vi) in v.iter_mut().enumerate() {
+        // SAFETY: 32 readable f32s (caller's contract); `loadu` is unaligned.
+        *vi = unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) };
+    }
+    let mut amax = _mm256_setzero_ps();
+    let mut nan = _mm256_setzero_ps();
+    for &vi in &v {
+        amax = _mm256_max_ps(amax, _mm256_and_ps(vi, abs_mask));
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(vi, vi, _CMP_UNORD_Q));
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return None;
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    if amax == 0.0 || !amax.is_finite() {
+        return (amax == 0.0).then_some(BlockQ8::ZERO);
+    }
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(1.0 / d);
+    let half = _mm256_set1_ps(0.5);
+    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let one = _mm256_set1_ps(1.0);
+    let mut r = [_mm256_setzero_si256(); 4];
+    for (ri, &vi) in r.iter_mut().zip(&v) {
+        let p = _mm256_mul_ps(vi, id);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+        // |p - trunc(p)| is exact; at least a half rounds away from zero.
+        let frac = _mm256_and_ps(_mm256_sub_ps(p, t), abs_mask);
+        let up = _mm256_cmp_ps(frac, half, _CMP_GE_OQ);
+        let step = _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(p, sign_mask)));
+        *ri = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+    }
+    let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256(sum, 1),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let sum = _mm_cvtsi128_si32(s);
+    // packs works within 128-bit lanes: the permute puts the 32 bytes back in order.
+    let w01 = _mm256_packs_epi32(r[0], r[1]);
+    let w23 = _mm256_packs_epi32(r[2], r[3]);
+    let b = _mm256_packs_epi16(w01, w23);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; 32];
+    // SAFETY: `qs` is 32 writable bytes; `storeu` is unaligned.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), b) };
+    Some(BlockQ8 {
+        d,
+        s: d * sum as f32,
+        qs,
+    })
+}

@@ -48,6 +48,15 @@ impl BlockQ8 {
 /// Quantize `m` rows of `k` values (`k` a multiple of 32) into `out`, which must
 /// hold `m * k / 32` blocks.
 pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8>) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2::quantize_rows(x, out) {
+        return;
+    }
+    quantize_rows_portable(x, out);
+}
+
+/// [`quantize_rows`] without SIMD (the reference the AVX2 path is tested against).
+pub fn quantize_rows_portable(x: &[f32], out: &mut Vec<BlockQ8>) {
     out.clear();
     out.extend(x.chunks_exact(QK).map(BlockQ8::quantize));
 }

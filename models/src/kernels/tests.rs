@@ -234,3 +234,58 @@ fn the_avx2_kernels_take_every_type_and_shape() {
         }
     }
 }
+
+/// Activation blocks from the SIMD quantisation have the scalar one's bits: on
+/// random values, on exact halves of a step (`roundf` ties away from zero), and
+/// on zeros, NaNs and infinities.
+fn same_quantisation(x: &[f32]) {
+    let mut simd = Vec::new();
+    let mut scalar = Vec::new();
+    super::q8::quantize_rows(x, &mut simd);
+    super::q8::quantize_rows_portable(x, &mut scalar);
+    assert_eq!(simd.len(), scalar.len());
+    for (a, b) in simd.iter().zip(&scalar) {
+        assert_eq!(a.d.to_bits(), b.d.to_bits(), "{x:?}");
+        assert_eq!(a.s.to_bits(), b.s.to_bits(), "{x:?}");
+        assert_eq!(a.qs, b.qs, "{x:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn simd_activation_quantisation_matches_scalar(
+        xs in proptest::collection::vec(-1e4f32..1e4, 32..=160),
+        scale in -20i32..20,
+    ) {
+        let k = xs.len() / 32 * 32;
+        let x: Vec<f32> = xs[..k].iter().map(|v| v * 2f32.powi(scale)).collect();
+        same_quantisation(&x);
+    }
+
+    #[test]
+    fn simd_activation_quantisation_rounds_ties_like_roundf(
+        steps in proptest::collection::vec(-254i32..=254, 31),
+        amax in 0.01f32..100.0,
+    ) {
+        // Values at (integer + 1/2) steps of d = amax / 127, and amax itself.
+        let d = amax / 127.0;
+        let mut x: Vec<f32> = steps.iter().map(|&s| s as f32 * 0.5 * d).collect();
+        x.push(amax);
+        same_quantisation(&x);
+    }
+}
+
+#[test]
+fn simd_activation_quantisation_handles_zeros_nans_and_infinities() {
+    let mut x = vec![0f32; 32 * 4];
+    x[33] = f32::NAN;
+    x[70] = f32::INFINITY;
+    x[71] = 3.0;
+    x[100] = -f32::INFINITY;
+    x[101] = f32::NAN;
+    same_quantisation(&x);
+    let ramp: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) / 2.0).collect();
+    same_quantisation(&ramp);
+}
