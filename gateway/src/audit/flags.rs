@@ -55,6 +55,27 @@ impl Flags {
     /// Records a failed audit of `s`: flags the provider and slashes it for model
     /// hash mismatch unless this offence was slashed already. Returns the new slash.
     pub fn record(&self, registry: &Registry, s: &Sample, finding: &AuditFinding) -> Option<Slash> {
+        let body = format!(
+            "{} tokens scored, {} outside the auditor's top k, μ {:.2}, σ {:.2}, threshold {:.2}, mean logprob {:.3}",
+            finding.tokens,
+            finding.out_of_top_k,
+            finding.expected,
+            finding.sigma,
+            finding.threshold,
+            finding.mean_logprob,
+        );
+        self.record_with(registry, s, finding, &body)
+    }
+
+    /// [`Flags::record`] with the evidence's words after the request id (`body`:
+    /// e.g. the sequential statistic's audits).
+    pub fn record_with(
+        &self,
+        registry: &Registry,
+        s: &Sample,
+        finding: &AuditFinding,
+        body: &str,
+    ) -> Option<Slash> {
         let key = (
             s.provider.clone(),
             s.model.clone(),
@@ -72,15 +93,9 @@ impl Flags {
                 && x.detail.starts_with(&prefix)
         });
         let detail = format!(
-            "{prefix} request {}{}: {} tokens scored, {} outside the auditor's top k, μ {:.2}, σ {:.2}, threshold {:.2}, mean logprob {:.3}",
+            "{prefix} request {}{}: {body}",
             s.request_id,
             if s.streamed { " (streamed)" } else { "" },
-            finding.tokens,
-            finding.out_of_top_k,
-            finding.expected,
-            finding.sigma,
-            finding.threshold,
-            finding.mean_logprob,
         );
         let slash = if before {
             None

@@ -26,6 +26,8 @@ pub mod flags;
 pub mod peer;
 pub mod sample;
 pub mod score;
+pub mod seq;
+pub mod spend;
 pub mod stat;
 pub mod tap;
 pub mod worker;
@@ -75,11 +77,28 @@ pub struct AuditSection {
     /// Greedy answers: a token within this many nats of the auditor's top token is
     /// a near-tie, not a miss.
     pub tie_margin: f64,
+    /// Sampled answers' sequential evidence (see `audit::seq`): the CUSUM's drift.
+    pub sequential_drift: f64,
+    /// The CUSUM slashes at this value; 0: no sequential evidence.
+    pub sequential_threshold: f64,
+    /// Nats above the k-th top surprisal where a token's surprisal is capped.
+    pub sequential_cap: f64,
+    /// One answer's score counts at most this much (so none slashes alone).
+    pub sequential_clamp: f64,
+    /// The most a peer auditor is paid, in whole TNZO per token (e.g.
+    /// `"0.000002"`), TEE premium and congestion included; pricier peers are not
+    /// asked. Empty: no cap but the reference's own price where the reference is
+    /// a registered provider.
+    pub max_price_per_token: String,
+    /// The most paid to peer auditors per hour, in whole TNZO (holds count until
+    /// settled); past it the reference audits. Empty: no limit.
+    pub max_spend_per_hour: String,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         let rule = AuditRule::default();
+        let seq = seq::SeqRule::default();
         AuditSection {
             reference: String::new(),
             account: String::new(),
@@ -94,6 +113,12 @@ impl Default for AuditSection {
             slack: rule.slack,
             min_tokens: rule.min_tokens,
             tie_margin: rule.tie_margin,
+            sequential_drift: seq.drift,
+            sequential_threshold: seq.threshold,
+            sequential_cap: seq.cap,
+            sequential_clamp: seq.clamp,
+            max_price_per_token: String::new(),
+            max_spend_per_hour: String::new(),
         }
     }
 }
@@ -130,7 +155,35 @@ impl AuditSection {
                 "audit.z, audit.slack and audit.tie_margin must be non-negative numbers".into(),
             );
         }
+        let s = self.seq_rule();
+        if [s.drift, s.threshold, s.cap, s.clamp]
+            .iter()
+            .any(|v| !(v.is_finite() && *v >= 0.0))
+        {
+            return Err("audit.sequential_drift, audit.sequential_threshold, audit.sequential_cap and audit.sequential_clamp must be non-negative numbers".into());
+        }
+        self.price_cap()?;
+        self.spend_limit()?;
         Ok(())
+    }
+
+    pub fn seq_rule(&self) -> seq::SeqRule {
+        seq::SeqRule {
+            drift: self.sequential_drift,
+            threshold: self.sequential_threshold,
+            cap: self.sequential_cap,
+            clamp: self.sequential_clamp,
+        }
+    }
+
+    /// `max_price_per_token` in TNZO base units per token (`None`: not set).
+    pub fn price_cap(&self) -> Result<Option<u128>, String> {
+        parse_amount(&self.max_price_per_token, "audit.max_price_per_token")
+    }
+
+    /// `max_spend_per_hour` in TNZO base units (`None`: not set).
+    pub fn spend_limit(&self) -> Result<Option<u128>, String> {
+        parse_amount(&self.max_spend_per_hour, "audit.max_spend_per_hour")
     }
 
     pub fn rule(&self) -> AuditRule {
@@ -143,6 +196,15 @@ impl AuditSection {
     }
 }
 
+fn parse_amount(s: &str, field: &str) -> Result<Option<u128>, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    crate::pricing::parse_tokens(s.trim())
+        .map(Some)
+        .map_err(|e| format!("{field}: `{s}` is not an amount of TNZO: {e}"))
+}
+
 /// Counters of the audits, for the admin API.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -153,6 +215,8 @@ pub struct Counters {
     pub passed: AtomicU64,
     pub failed: AtomicU64,
     pub by_peer: AtomicU64,
+    pub disputed: AtomicU64,
+    pub sequential: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -171,6 +235,11 @@ pub struct CountersView {
     pub failed: u64,
     /// Scored by a TEE-verified peer (the rest by the reference).
     pub by_peer: u64,
+    /// A peer's failing score the confirming auditor did not share (no slash;
+    /// counted among `passed`, or `errors` when the confirmation failed).
+    pub disputed: u64,
+    /// Slashes by sampled answers' sequential evidence (counted among `failed`).
+    pub sequential: u64,
 }
 
 impl Counters {
@@ -184,6 +253,8 @@ impl Counters {
             passed: g(&self.passed),
             failed: g(&self.failed),
             by_peer: g(&self.by_peer),
+            disputed: g(&self.disputed),
+            sequential: g(&self.sequential),
         }
     }
 }
@@ -198,6 +269,10 @@ pub struct Audits {
     pub config: Arc<AuditSection>,
     pub flags: Arc<Flags>,
     pub counters: Arc<Counters>,
+    /// Sampled answers' running statistics (`seq`).
+    pub sequences: Arc<seq::Sequences>,
+    /// What peer auditors were paid this hour (`spend`).
+    pub spend: Arc<spend::Spend>,
 }
 
 impl Audits {
@@ -218,6 +293,8 @@ impl Audits {
             config: Arc::new(config),
             flags: Arc::new(Flags::default()),
             counters: Arc::new(Counters::default()),
+            sequences: Arc::new(seq::Sequences::default()),
+            spend: Arc::new(spend::Spend::default()),
         }
     }
 
@@ -257,6 +334,8 @@ impl Audits {
             "account": self.config.account,
             "counters": self.counters.view(),
             "flags": self.flags.all(),
+            "sequential": self.sequences.active(),
+            "peer_spend_this_hour": self.spend.spent().to_string(),
         })
     }
 }

@@ -32,6 +32,7 @@ use tenzro_attest::payer::{PAYER_AUTH_HEADER, PaidRequest};
 
 use super::flags::Flags;
 use super::sample::Sample;
+use super::spend::Spend;
 use crate::money::book::{Book, Charge};
 use crate::pricing::{Asset, Rates};
 use crate::providers::entry::ProviderEntry;
@@ -53,14 +54,88 @@ pub fn pick(
     s: &Sample,
     seed: u64,
 ) -> Option<Arc<ProviderEntry>> {
-    let digest = s.weight_sha256.as_deref()?;
+    let eligible = eligible(registry, book, flags, s, &[]);
+    let i = usize::try_from(seed % eligible.len().max(1) as u64).unwrap_or(0);
+    eligible.get(i).cloned()
+}
+
+/// The cheapest eligible peer (ties drawn by `seed`) whose TEE price for `s`'s
+/// model is at most `cap` (TNZO base units per token; `None`: no cap), not one of
+/// `exclude` nor bonded by their owners. `None`: no peer, the reference audits.
+#[expect(clippy::too_many_arguments, reason = "the pick's whole context")]
+pub fn cheapest(
+    registry: &Registry,
+    book: &Book,
+    flags: &Flags,
+    s: &Sample,
+    rates: &Rates,
+    cap: Option<u128>,
+    exclude: &[&str],
+    seed: u64,
+) -> Option<Arc<ProviderEntry>> {
+    let mut priced: Vec<(u128, Arc<ProviderEntry>)> = eligible(registry, book, flags, s, exclude)
+        .into_iter()
+        .filter_map(|e| Some((per_million(&e, &s.model, rates)?, e)))
+        .filter(|(p, _)| cap.is_none_or(|c| *p <= c.saturating_mul(1_000_000)))
+        .collect();
+    let low = priced.iter().map(|(p, _)| *p).min()?;
+    priced.retain(|(p, _)| *p == low);
+    let i = usize::try_from(seed % priced.len().max(1) as u64).unwrap_or(0);
+    priced.get(i).map(|(_, e)| e.clone())
+}
+
+/// The price cap for peers auditing `model`: the lower of `configured` and the
+/// reference's own TEE price when the reference (`reference`, a base URL) is a
+/// registered provider serving the model (TNZO base units per token).
+pub fn price_cap(
+    registry: &Registry,
+    reference: &str,
+    model: &str,
+    rates: &Rates,
+    configured: Option<u128>,
+) -> Option<u128> {
+    let reference = reference.trim_end_matches('/');
+    let own = registry
+        .all()
+        .into_iter()
+        .filter(|e| !reference.is_empty() && e.info.endpoint.trim_end_matches('/') == reference)
+        .filter_map(|e| per_million(&e, model, rates))
+        .min()
+        .map(|p| p / 1_000_000);
+    match (configured, own) {
+        (Some(c), Some(o)) => Some(c.min(o)),
+        (c, o) => c.or(o),
+    }
+}
+
+/// A provider's TEE price for `model`, per million tokens.
+fn per_million(e: &ProviderEntry, model: &str, rates: &Rates) -> Option<u128> {
+    let m = e.info.model(model)?;
+    let q = e.quote_tee(m, Asset::Tnzo, rates, true).ok()?;
+    q.cost(1_000_000).ok()
+}
+
+/// Every peer that may audit `s` (see the module's rules), but those in `exclude`
+/// and those bonded by their owners.
+fn eligible(
+    registry: &Registry,
+    book: &Book,
+    flags: &Flags,
+    s: &Sample,
+    exclude: &[&str],
+) -> Vec<Arc<ProviderEntry>> {
+    let Some(digest) = s.weight_sha256.as_deref() else {
+        return Vec::new();
+    };
     let owner = |id: &str| book.bond_of_provider(id).map(|b| b.owner);
     let audited_owner = owner(&s.provider);
+    let excluded_owners: Vec<_> = exclude.iter().filter_map(|id| owner(id)).collect();
     let endpoint = s.endpoint.trim_end_matches('/');
-    let eligible: Vec<Arc<ProviderEntry>> = registry
+    registry
         .all()
         .into_iter()
         .filter(|e| e.info.id != s.provider && e.info.endpoint.trim_end_matches('/') != endpoint)
+        .filter(|e| !exclude.contains(&e.info.id.as_str()))
         .filter(|e| {
             e.info
                 .model(&s.model)
@@ -76,13 +151,12 @@ pub fn pick(
             verified.is_some_and(|k| code_pinned(&registry.attest_policy, k))
         })
         .filter(|e| !flags.is_flagged(&e.info.id))
-        .filter(|e| audited_owner.is_none() || owner(&e.info.id) != audited_owner)
-        .collect();
-    if eligible.is_empty() {
-        return None;
-    }
-    let i = usize::try_from(seed % eligible.len() as u64).unwrap_or(0);
-    eligible.get(i).cloned()
+        .filter(|e| {
+            let o = owner(&e.info.id);
+            (audited_owner.is_none() || o != audited_owner)
+                && o.as_ref().is_none_or(|o| !excluded_owners.contains(o))
+        })
+        .collect()
 }
 
 /// Whether the policy pins the code a verified `tee` runs (TDX `mrtd`, SEV-SNP
@@ -118,20 +192,27 @@ pub struct Paid {
     reservation: Option<crate::money::book::Reservation>,
     quote: crate::pricing::Quote,
     bound_tokens: u64,
+    /// The hold counted against the hour's peer spend, and when.
+    spend: Arc<Spend>,
+    committed: u128,
+    at: u64,
     pub channel: String,
     pub payer_auth: String,
 }
 
 impl Funding {
     /// Holds the scoring's worst case on the operator's account and binds it to
-    /// the peer's channel; `body` is the exact request body to be signed. `Err`
-    /// says why the peer cannot be paid (the reference is asked instead).
+    /// the peer's channel; `body` is the exact request body to be signed. The
+    /// hold counts against the hour's `spend` up to `limit` (TNZO base units).
+    /// `Err` says why the peer cannot be paid (the reference is asked instead).
     pub async fn hold(
         &self,
         peer: &ProviderEntry,
         model: &str,
         body: &[u8],
         now: u64,
+        spend: &Arc<Spend>,
+        limit: Option<u128>,
     ) -> Result<Paid, String> {
         let entry = peer
             .info
@@ -142,18 +223,30 @@ impl Funding {
             .map_err(|e| format!("pricing {}: {e}", peer.info.id))?;
         let bound_tokens = (body.len() as u64).saturating_add(TOKEN_SLACK);
         let amount = quote.cost(bound_tokens).map_err(|e| e.to_string())?;
+        if !spend.try_commit(amount, limit, now) {
+            return Err("audit.max_spend_per_hour reached: no paid peer this hour".into());
+        }
+        // Until `Paid` exists, a failure must give the commitment back.
+        let uncommit = || spend.settle(amount, 0, now);
         self.leases
             .ensure(&self.store, &self.book, &self.account, now)
             .await
-            .map_err(|e| format!("audit.account: {e}"))?;
+            .map_err(|e| {
+                uncommit();
+                format!("audit.account: {e}")
+            })?;
         let r = self
             .book
             .reserve(&self.account, Asset::Tnzo, amount, None, now)
-            .map_err(|e| format!("audit.account {}: {e}", self.account))?;
+            .map_err(|e| {
+                uncommit();
+                format!("audit.account {}: {e}", self.account)
+            })?;
         let channel = match self.book.bind(&r, &peer.info.id, now) {
             Ok(c) => c,
             Err(e) => {
                 self.book.release(r);
+                uncommit();
                 return Err(format!("a channel with {}: {e}", peer.info.id));
             }
         };
@@ -170,6 +263,9 @@ impl Funding {
             reservation: Some(r),
             quote,
             bound_tokens,
+            spend: spend.clone(),
+            committed: amount,
+            at: now,
             channel,
             payer_auth,
         })
@@ -197,6 +293,8 @@ impl Funding {
             return;
         };
         let amount = paid.quote.cost(tokens).unwrap_or(0);
+        paid.spend.settle(paid.committed, amount, paid.at);
+        paid.committed = 0;
         let charge = Charge {
             amount,
             provider: peer,
@@ -212,6 +310,9 @@ impl Drop for Paid {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
             self.book.release(r);
+        }
+        if self.committed > 0 {
+            self.spend.settle(self.committed, 0, self.at);
         }
     }
 }

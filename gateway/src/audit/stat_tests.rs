@@ -157,3 +157,142 @@ fn the_tail_bound_shrinks_with_the_temperature() {
     assert_eq!(tail_bound(&[], 0.5), 1.0);
     assert!(tail_bound(&[1e-7], 0.5) <= 1e-9);
 }
+
+/// A vocabulary's log-probabilities at T = 1 (softmax of `logits`).
+fn log_softmax(logits: &[f64]) -> Vec<f64> {
+    let hi = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = logits.iter().map(|l| (l - hi).exp()).sum();
+    logits.iter().map(|l| l - hi - z.ln()).collect()
+}
+
+/// Draws an index from log-probabilities `lp` tempered by `t`.
+fn draw(rng: &mut Rng, lp: &[f64], t: f64) -> usize {
+    let w: Vec<f64> = lp.iter().map(|l| (l / t).exp()).collect();
+    let mut u = rng.next() * w.iter().sum::<f64>();
+    for (i, x) in w.iter().enumerate() {
+        if u < *x {
+            return i;
+        }
+        u -= x;
+    }
+    w.len() - 1
+}
+
+fn gauss(rng: &mut Rng) -> f64 {
+    let (u, v) = (rng.next().max(1e-12), rng.next());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// One answer of `n` tokens at temperature `t`, scored by the registered model
+/// (top 5): drawn from it (`noise` 0) or from its logits plus Gaussian noise of
+/// that size (a perturbed model). Positions mix confident and open ones.
+fn sampled_answer(rng: &mut Rng, n: usize, t: f64, noise: f64) -> Vec<ScoredToken> {
+    (0..n)
+        .map(|_| {
+            let spread = 0.3 + 3.0 * rng.next();
+            let logits: Vec<f64> = (0..64)
+                .map(|i| -spread * (i as f64).sqrt() * 2.0 + gauss(rng))
+                .collect();
+            let lp = log_softmax(&logits);
+            let served = if noise > 0.0 {
+                let other: Vec<f64> = logits.iter().map(|l| l + noise * gauss(rng)).collect();
+                draw(rng, &log_softmax(&other), t)
+            } else {
+                draw(rng, &lp, t)
+            };
+            let mut order: Vec<usize> = (0..lp.len()).collect();
+            order.sort_by(|a, b| lp[*b].total_cmp(&lp[*a]));
+            let top: Vec<usize> = order.into_iter().take(5).collect();
+            ScoredToken {
+                logprob: lp[served],
+                in_top_k: top.contains(&served),
+                top_logprobs: top.iter().map(|i| lp[*i]).collect(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn honest_sampled_scores_sit_below_the_bound_and_never_cross() {
+    use crate::audit::seq::{Scored, SeqRule, Sequence, answer_score};
+    let rule = SeqRule::default();
+    let mut rng = Rng(11);
+    for t in [0.5, 0.8, 1.0] {
+        let mut seq = Sequence::default();
+        let mut sum = 0.0;
+        for i in 0..400 {
+            let answer = sampled_answer(&mut rng, 48, t, 0.0);
+            let z = answer_score(&answer, t, rule.cap, 16).unwrap_or(f64::NAN);
+            assert!(z.is_finite(), "{z}");
+            sum += z;
+            let s = Scored {
+                request_id: format!("r{i}"),
+                z,
+                auditor: "reference".into(),
+            };
+            assert!(
+                !seq.add(&rule, s, 0),
+                "T {t}: an honest sequence crossed at {i}: {seq:?}"
+            );
+        }
+        // The bound is conservative below T = 1 (honest scores average below 0)
+        // and exact at T = 1 with cap 0 (every tail token scores the cap): 0 up to
+        // the noise of 400 draws (standard error 0.05).
+        let limit = if t < 1.0 { 0.0 } else { 0.15 };
+        assert!(sum / 400.0 < limit, "T {t}: mean score {}", sum / 400.0);
+        assert!(seq.peak < rule.threshold * 0.7, "T {t}: peak {}", seq.peak);
+    }
+    // Greedy answers and temperatures above 1 have no score; short answers neither.
+    let answer = sampled_answer(&mut rng, 48, 0.8, 0.0);
+    assert_eq!(answer_score(&answer, 0.0, 0.0, 16), None);
+    assert_eq!(answer_score(&answer, 1.5, 0.0, 16), None);
+    assert_eq!(answer_score(&answer[..8], 0.8, 0.0, 16), None);
+}
+
+#[test]
+fn a_perturbed_sampler_crosses_within_a_few_dozen_audits_and_once() {
+    use crate::audit::seq::{Scored, SeqRule, Sequence, answer_score};
+    let rule = SeqRule::default();
+    let mut rng = Rng(5);
+    let mut seq = Sequence::default();
+    let mut crossed_at = None;
+    for i in 0..60 {
+        let answer = sampled_answer(&mut rng, 48, 0.8, 1.5);
+        let z = answer_score(&answer, 0.8, rule.cap, 16).unwrap_or(0.0);
+        let s = Scored {
+            request_id: format!("r{i}"),
+            z,
+            auditor: "reference".into(),
+        };
+        if seq.add(&rule, s, 0) {
+            assert!(crossed_at.is_none(), "crossed twice");
+            crossed_at = Some(i + 1);
+        }
+    }
+    let at = crossed_at.unwrap_or(0);
+    assert!((2..=40).contains(&at), "crossed at {at}: {seq:?}");
+    // The evidence names the audits that made it, and no one answer slashes alone.
+    assert!(!seq.evidence.is_empty() && seq.describe(&rule).contains("r0"));
+    let mut one = Sequence::default();
+    let big = Scored {
+        request_id: "x".into(),
+        z: 1e9,
+        auditor: "reference".into(),
+    };
+    assert!(!one.add(&rule, big, 0));
+    assert_eq!(one.value, rule.clamp - rule.drift);
+    // A threshold of 0 turns it off; a NaN score counts nothing.
+    let off = SeqRule {
+        threshold: 0.0,
+        ..rule
+    };
+    let s = Scored {
+        request_id: "y".into(),
+        z: 1e9,
+        auditor: "reference".into(),
+    };
+    assert!(!Sequence::default().add(&off, s.clone(), 0));
+    let nan = Scored { z: f64::NAN, ..s };
+    let mut n = Sequence::default();
+    assert!(!n.add(&rule, nan, 0) && n.value == 0.0);
+}

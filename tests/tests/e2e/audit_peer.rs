@@ -7,6 +7,12 @@
 //! named in the evidence. A peer whose verdict went stale is not asked: the
 //! reference is, as before.
 //!
+//! A peer's failing score slashes only once confirmed: by the reference when one
+//! is configured (a reference that passes the answer disputes it: no slash), else
+//! by a second eligible peer. Peers are paid at most `[audit]
+//! max_price_per_token` and `max_spend_per_hour`; past either the reference
+//! scores.
+//!
 //! Trusted evidence over the gateway's nonce cannot be produced here (no TEE), so
 //! the peer's verdict is stored through the registry, as the verifier stores it
 //! (as in `attest_policy`); the verification itself is tested with the recorded
@@ -15,7 +21,7 @@
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests")]
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -39,16 +45,31 @@ use crate::gateway_common::*;
 const DIGEST: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 const RENDERED: &str = "<|user|>hi<|assistant|>";
 
-/// What the peer saw of each scoring call: (channel, payer auth, body).
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, String, Bytes)>>>);
+/// What a scorer saw of each scoring call: (channel, payer auth, body); and
+/// whether it scores answers as a substituted model's (the default) or as the
+/// registered model's own.
+#[derive(Clone)]
+struct Seen(Arc<Mutex<Vec<(String, String, Bytes)>>>, Arc<AtomicBool>);
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen(Arc::default(), Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Seen {
+    fn calls(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
 
 async fn tokenize() -> axum::Json<Value> {
     axum::Json(json!({"text": RENDERED, "tokens": [1, 2, 3]}))
 }
 
 /// Teacher-forced scoring: one token per character of the prompt, each one far
-/// below the peer's top token (a substituted model's answer, as the peer sees it).
+/// below the scorer's top token (a substituted model's answer, as the scorer sees
+/// it), or each its top token when the scorer passes answers.
 async fn score(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> axum::Json<Value> {
     let h = |n: &str| {
         headers
@@ -65,12 +86,23 @@ async fn score(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> axu
     let text = req["prompt"].as_str().unwrap();
     let chars: Vec<String> = text.chars().map(String::from).collect();
     let n = chars.len();
+    let fail = seen.1.load(Ordering::SeqCst);
+    let tops: Vec<Value> = chars
+        .iter()
+        .map(|c| {
+            if fail {
+                json!({"\u{1}": -0.01})
+            } else {
+                json!({c.as_str(): -0.01})
+            }
+        })
+        .collect();
     axum::Json(json!({
         "object": "text_completion", "model": MODEL,
         "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": {
             "tokens": chars,
-            "token_logprobs": vec![-9.0; n],
-            "top_logprobs": vec![json!({"\u{1}": -0.01}); n],
+            "token_logprobs": vec![if fail { -9.0 } else { -0.01 }; n],
+            "top_logprobs": tops,
             "text_offset": (0..n).collect::<Vec<_>>(),
         }}],
         "usage": {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n},
@@ -139,12 +171,24 @@ fn set_verdict(gw: &Audited, id: &str, fresh_for: i64) {
 }
 
 /// A gateway auditing every answer of `a` (the mock) with `b` (the scoring peer)
-/// admitted for the same digest; the operator's account pays `b`.
-async fn audited_gateway(a_url: &str, b_url: &str) -> Audited {
-    let providers = vec![
-        with_digest(static_provider("a", a_url)),
-        with_digest(static_provider("b", b_url)),
-    ];
+/// admitted for the same digest, the reference at `reference`; the operator's
+/// account pays `b`.
+async fn audited_gateway(a_url: &str, b_url: &str, reference: &str) -> Audited {
+    audited_by(a_url, &[("b", b_url)], reference, |_| ()).await
+}
+
+/// [`audited_gateway`] with any scoring peers, and `tweak` applied to `[audit]`
+/// (after the account is set; an empty `reference` there: no reference).
+async fn audited_by(
+    a_url: &str,
+    peers: &[(&str, &str)],
+    reference: &str,
+    tweak: impl FnOnce(&mut AuditSection),
+) -> Audited {
+    let mut providers = vec![with_digest(static_provider("a", a_url))];
+    for (id, url) in peers {
+        providers.push(with_digest(static_provider(id, url)));
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(providers, dir.path());
     // The mocks sign no receipts; the audit is under test.
@@ -155,7 +199,7 @@ async fn audited_gateway(a_url: &str, b_url: &str) -> Audited {
     // Peers audit only where the policy pins the code their TEE runs.
     cfg.attestation.policy =
         serde_json::from_value(json!({"tdx": {"mrtd": ["00".repeat(48)]}})).unwrap();
-    // Nothing listens here: an audit that fell back to the reference errs.
+    // Audits run when the gateway starts with an auditor (set again below).
     cfg.audit.reference = "http://127.0.0.1:9".into();
     cfg.audit.min_tokens = 4;
     cfg.audit.timeout_ms = 5_000;
@@ -171,10 +215,13 @@ async fn audited_gateway(a_url: &str, b_url: &str) -> Audited {
         .await
         .unwrap();
     // `[audit] account` names an account the operator created beforehand.
-    state.audits.config = Arc::new(AuditSection {
+    let mut section = AuditSection {
         account: operator.id.clone(),
+        reference: reference.into(),
         ..(*state.audits.config).clone()
-    });
+    };
+    tweak(&mut section);
+    state.audits.config = Arc::new(section);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = state.clone();
@@ -211,7 +258,10 @@ async fn a_tee_verified_peer_audits_streamed_answers_and_is_paid_from_the_operat
     let a = mock_provider("a", Behaviour::Ok { chunks: 6 }).await;
     let seen = Seen::default();
     let b_url = scoring_peer(seen.clone()).await;
-    let gw = audited_gateway(&a.url, &b_url).await;
+    // The reference fails the answers too: it confirms the peer's verdict.
+    let reference = Seen::default();
+    let r_url = scoring_peer(reference.clone()).await;
+    let gw = audited_gateway(&a.url, &b_url, &r_url).await;
     let operator = gw.operator.clone();
     set_verdict(&gw, "b", 3600);
     let before = gw
@@ -247,11 +297,10 @@ async fn a_tee_verified_peer_audits_streamed_answers_and_is_paid_from_the_operat
     assert!(s.detail.contains("(streamed)"), "{}", s.detail);
     let flags = gw.state.audits.flags.all();
     assert_eq!(flags.len(), 1);
-    assert!(
-        flags[0].finding.detail.contains("TEE-verified peer b"),
-        "{:?}",
-        flags[0].finding
-    );
+    let detail = &flags[0].finding.detail;
+    assert!(detail.contains("TEE-verified peer b"), "{detail}");
+    assert!(detail.contains("confirmed by reference"), "{detail}");
+    assert_eq!(reference.calls(), 1);
 
     // The peer got a payer-signed request on a channel of the operator's account,
     // scoring the rendered prompt + the streamed answer exactly.
@@ -297,14 +346,127 @@ async fn a_tee_verified_peer_audits_streamed_answers_and_is_paid_from_the_operat
     assert_eq!((c.sampled, c.failed, c.by_peer), (2, 2, 2), "{c:?}");
     assert_eq!(gw.state.registry.slashes().len(), 1);
 
-    // The peer's verdict goes stale: it is not asked; the reference is (and here
-    // it is unreachable: an auditor error, never a verdict).
+    // The peer's verdict goes stale: it is not asked; the reference is.
     set_verdict(&gw, "b", -1);
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 8, "temperature": 0});
     assert_eq!(gw.chat(body).await.status(), 200);
     let c = settled_audits(&gw).await;
-    assert_eq!((c.sampled, c.errors, c.by_peer), (3, 1, 2), "{c:?}");
-    assert_eq!(seen.0.lock().unwrap().len(), 2);
+    assert_eq!(
+        (c.sampled, c.failed, c.by_peer, c.errors),
+        (3, 3, 2, 0),
+        "{c:?}"
+    );
+    assert_eq!(seen.calls(), 2);
+    assert_eq!(reference.calls(), 3);
+    assert_eq!(gw.state.registry.slashes().len(), 1);
     assert_eq!(a.calls.load(Ordering::SeqCst), 3);
+}
+
+fn greedy_chat() -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8, "temperature": 0})
+}
+
+#[tokio::test]
+async fn a_peers_failing_score_the_reference_disputes_slashes_nothing() {
+    let a = mock_provider("a", Behaviour::Ok { chunks: 6 }).await;
+    let peer = Seen::default();
+    let b_url = scoring_peer(peer.clone()).await;
+    // The reference serves the registered model and finds the answer its own.
+    let reference = Seen::default();
+    reference.1.store(false, Ordering::SeqCst);
+    let r_url = scoring_peer(reference.clone()).await;
+    let gw = audited_gateway(&a.url, &b_url, &r_url).await;
+    set_verdict(&gw, "b", 3600);
+    assert_eq!(gw.chat(greedy_chat()).await.status(), 200);
+    let c = settled_audits(&gw).await;
+    assert_eq!(
+        (c.sampled, c.passed, c.failed, c.by_peer, c.disputed),
+        (1, 1, 0, 1, 1),
+        "{c:?}"
+    );
+    assert_eq!((peer.calls(), reference.calls()), (1, 1));
+    assert!(gw.state.registry.slashes().is_empty());
+    assert!(gw.state.audits.flags.all().is_empty());
+}
+
+#[tokio::test]
+async fn without_a_reference_a_second_peer_of_another_owner_must_agree() {
+    let a = mock_provider("a", Behaviour::Ok { chunks: 6 }).await;
+    let (b, c) = (Seen::default(), Seen::default());
+    let b_url = scoring_peer(b.clone()).await;
+    let c_url = scoring_peer(c.clone()).await;
+    let gw = audited_by(&a.url, &[("b", &b_url), ("c", &c_url)], "", |_| ()).await;
+    // Only `b` is TEE-verified: its failing score has no one to confirm it.
+    set_verdict(&gw, "b", 3600);
+    assert_eq!(gw.chat(greedy_chat()).await.status(), 200);
+    let v = settled_audits(&gw).await;
+    assert_eq!(
+        (v.errors, v.failed, v.disputed, v.by_peer),
+        (1, 0, 1, 1),
+        "{v:?}"
+    );
+    assert!(gw.state.registry.slashes().is_empty());
+    // With `c` verified too, one scores and the other confirms: slashed once.
+    set_verdict(&gw, "c", 3600);
+    assert_eq!(gw.chat(greedy_chat()).await.status(), 200);
+    let v = settled_audits(&gw).await;
+    assert_eq!((v.failed, v.by_peer), (1, 3), "{v:?}");
+    assert_eq!((b.calls() + c.calls(), c.calls().min(b.calls())), (3, 1));
+    let slashes = gw.state.registry.slashes();
+    assert_eq!(slashes.len(), 1, "{slashes:?}");
+    assert_eq!(slashes[0].provider, "a");
+    let detail = &gw.state.audits.flags.all()[0].finding.detail;
+    assert!(detail.contains("confirmed by"), "{detail}");
+}
+
+#[tokio::test]
+async fn peers_above_the_price_cap_or_the_hours_spend_are_not_asked() {
+    let a = mock_provider("a", Behaviour::Ok { chunks: 6 }).await;
+    let peer = Seen::default();
+    let b_url = scoring_peer(peer.clone()).await;
+    let reference = Seen::default();
+    reference.1.store(false, Ordering::SeqCst);
+    let r_url = scoring_peer(reference.clone()).await;
+    // The peer's TEE price here: PRICE base units × congestion 0.5 × TEE 1.2 =
+    // 600 per token; a cap of 599 leaves it out.
+    let gw = audited_by(&a.url, &[("b", &b_url)], &r_url, |s| {
+        s.max_price_per_token = "0.000000000000000599".into();
+    })
+    .await;
+    set_verdict(&gw, "b", 3600);
+    assert_eq!(gw.chat(greedy_chat()).await.status(), 200);
+    let v = settled_audits(&gw).await;
+    assert_eq!((v.passed, v.by_peer), (1, 0), "{v:?}");
+    assert_eq!((peer.calls(), reference.calls()), (0, 1));
+
+    // At 600 it is asked; an hour's spend below one scoring's hold leaves it out.
+    let gw = audited_by(&a.url, &[("b", &b_url)], &r_url, |s| {
+        s.max_price_per_token = "0.0000000000000006".into();
+        s.max_spend_per_hour = "0.000000000000001".into();
+    })
+    .await;
+    set_verdict(&gw, "b", 3600);
+    assert_eq!(gw.chat(greedy_chat()).await.status(), 200);
+    let v = settled_audits(&gw).await;
+    assert_eq!((v.passed, v.by_peer), (1, 0), "{v:?}");
+    assert_eq!((peer.calls(), reference.calls()), (0, 2));
+    assert_eq!(
+        gw.state.audits.spend.spent(),
+        0,
+        "the refused hold is not counted"
+    );
+
+    let gw = audited_by(&a.url, &[("b", &b_url)], &r_url, |s| {
+        s.max_price_per_token = "0.0000000000000006".into();
+    })
+    .await;
+    set_verdict(&gw, "b", 3600);
+    assert_eq!(gw.chat(greedy_chat()).await.status(), 200);
+    let v = settled_audits(&gw).await;
+    // The peer scores (and fails it); the reference disputes it.
+    assert_eq!((v.passed, v.by_peer, v.disputed), (1, 1, 1), "{v:?}");
+    assert_eq!(peer.calls(), 1);
+    assert!(gw.state.audits.spend.spent() > 0);
 }
