@@ -9,6 +9,12 @@ use tenzro_gateway::accounts::{KeyScope, create_in_store};
 use tenzro_gateway::config::{Config, Overrides};
 use tenzro_gateway::pricing::{self, Asset};
 
+/// mimalloc: a request allocates and frees many small buffers (headers, JSON,
+/// strings) across the runtime's threads; glibc's malloc spent ~19 % of the
+/// gateway's CPU on them (benches/gateway/README.md, "CPU per request").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tenzro-gateway",

@@ -6,8 +6,8 @@
 //! [`MAX_PROVIDER_LABELS`] upstream series (the rest share `provider="other"`);
 //! breaker gauges are rebuilt from the registry's current providers at each scrape.
 
-use parking_lot::Mutex;
-use std::collections::HashSet;
+use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -32,9 +32,10 @@ pub struct Metrics {
     overhead: Family<Labels, Histogram>,
     upstream: Family<Labels, Histogram>,
     breaker: Family<Labels, Gauge>,
-    tokens: Family<Labels, Counter>,
-    /// Provider ids with their own upstream series.
-    upstream_ids: Mutex<HashSet<String>>,
+    /// The series every request touches, found without building a label set (a
+    /// `Family` lookup allocates its labels each time): counters and histograms
+    /// are handles on the family's own series.
+    hot: Hot,
     /// The last hour by minute, for the console's operator page (`GET /admin/stats`).
     pub recent: crate::console::recent::Recent,
 }
@@ -89,6 +90,8 @@ impl Metrics {
             breaker.clone(),
         );
         registry.register("tokens", "Tokens metered, by kind", tokens.clone());
+        let prompt_tokens = tokens.get_or_create(&kind("prompt")).clone();
+        let completion_tokens = tokens.get_or_create(&kind("completion")).clone();
         Metrics {
             registry,
             requests,
@@ -96,19 +99,39 @@ impl Metrics {
             overhead,
             upstream,
             breaker,
-            tokens,
-            upstream_ids: Mutex::default(),
+            hot: Hot {
+                requests: RwLock::default(),
+                overhead: RwLock::default(),
+                upstream: RwLock::default(),
+                prompt_tokens,
+                completion_tokens,
+            },
             recent: Default::default(),
         }
     }
 
     pub fn request(&self, endpoint: &str, status: u16) {
-        self.requests
-            .get_or_create(&vec![
-                ("endpoint", endpoint.to_owned()),
-                ("status", status.to_string()),
-            ])
-            .inc();
+        let cached = self
+            .hot
+            .requests
+            .read()
+            .get(endpoint)
+            .and_then(|by_status| by_status.get(&status).cloned());
+        let counter = cached.unwrap_or_else(|| {
+            let c = self
+                .requests
+                .get_or_create(&vec![
+                    ("endpoint", endpoint.to_owned()),
+                    ("status", status.to_string()),
+                ])
+                .clone();
+            let mut hot = self.hot.requests.write();
+            hot.entry(endpoint.to_owned())
+                .or_default()
+                .insert(status, c.clone());
+            c
+        });
+        counter.inc();
     }
 
     pub fn error(&self, kind: &str) {
@@ -118,33 +141,49 @@ impl Metrics {
     }
 
     pub fn overhead(&self, endpoint: &str, d: Duration) {
-        self.overhead
-            .get_or_create(&vec![("endpoint", endpoint.to_owned())])
-            .observe(d.as_secs_f64());
+        let cached = self.hot.overhead.read().get(endpoint).cloned();
+        let h = cached.unwrap_or_else(|| {
+            let h = self
+                .overhead
+                .get_or_create(&vec![("endpoint", endpoint.to_owned())])
+                .clone();
+            self.hot
+                .overhead
+                .write()
+                .insert(endpoint.to_owned(), h.clone());
+            h
+        });
+        h.observe(d.as_secs_f64());
     }
 
+    /// Time to a provider's first byte; past [`MAX_PROVIDER_LABELS`] ids, new
+    /// providers share `provider="other"`.
     pub fn upstream(&self, provider: &str, d: Duration) {
-        let label = {
-            let mut ids = self.upstream_ids.lock();
-            if ids.contains(provider) || ids.len() < MAX_PROVIDER_LABELS {
-                ids.insert(provider.to_owned());
-                provider.to_owned()
-            } else {
-                "other".to_owned()
+        let cached = self.hot.upstream.read().get(provider).cloned();
+        let h = cached.or_else(|| {
+            let mut hot = self.hot.upstream.write();
+            if hot.len() >= MAX_PROVIDER_LABELS && !hot.contains_key(provider) {
+                return None;
             }
-        };
-        self.upstream
-            .get_or_create(&vec![("provider", label)])
-            .observe(d.as_secs_f64());
+            let h = self
+                .upstream
+                .get_or_create(&vec![("provider", provider.to_owned())])
+                .clone();
+            hot.insert(provider.to_owned(), h.clone());
+            Some(h)
+        });
+        match h {
+            Some(h) => h.observe(d.as_secs_f64()),
+            None => self
+                .upstream
+                .get_or_create(&vec![("provider", "other".to_owned())])
+                .observe(d.as_secs_f64()),
+        }
     }
 
     pub fn tokens(&self, prompt: u64, completion: u64) {
-        self.tokens
-            .get_or_create(&vec![("kind", "prompt".to_owned())])
-            .inc_by(prompt);
-        self.tokens
-            .get_or_create(&vec![("kind", "completion".to_owned())])
-            .inc_by(completion);
+        self.hot.prompt_tokens.inc_by(prompt);
+        self.hot.completion_tokens.inc_by(completion);
     }
 
     /// The text exposition, with breaker gauges read from the registry now.
@@ -163,6 +202,24 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Handles on the series of the request path, by label.
+#[derive(Debug)]
+struct Hot {
+    /// Endpoint → status → `requests` counter.
+    requests: RwLock<HashMap<String, HashMap<u16, Counter>>>,
+    /// Endpoint → `overhead_seconds` histogram.
+    overhead: RwLock<HashMap<String, Histogram>>,
+    /// Provider id → `upstream_latency_seconds` histogram (at most
+    /// [`MAX_PROVIDER_LABELS`]).
+    upstream: RwLock<HashMap<String, Histogram>>,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+}
+
+fn kind(kind: &str) -> Labels {
+    vec![("kind", kind.to_owned())]
 }
 
 #[cfg(test)]
@@ -190,6 +247,32 @@ mod tests {
             "plus provider=\"other\""
         );
         assert!(out.contains("provider=\"other\""));
-        assert_eq!(m.upstream_ids.lock().len(), MAX_PROVIDER_LABELS);
+        assert_eq!(m.hot.upstream.read().len(), MAX_PROVIDER_LABELS);
+    }
+
+    /// The handles kept for the request path count in the exposed series.
+    #[test]
+    fn cached_series_are_the_exposed_ones() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.request("/v1/chat/completions", 200);
+            m.overhead("/v1/chat/completions", Duration::from_micros(50));
+            m.upstream("p1", Duration::from_millis(1));
+        }
+        m.request("/v1/chat/completions", 402);
+        m.tokens(12, 8);
+        m.tokens(1, 2);
+        let reg = Registry::new(RegistryConfig::default(), ManualClock::new());
+        let out = m.render(&reg);
+        for line in [
+            "tenzro_gateway_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 3",
+            "tenzro_gateway_requests_total{endpoint=\"/v1/chat/completions\",status=\"402\"} 1",
+            "tenzro_gateway_overhead_seconds_count{endpoint=\"/v1/chat/completions\"} 3",
+            "tenzro_gateway_upstream_latency_seconds_count{provider=\"p1\"} 3",
+            "tenzro_gateway_tokens_total{kind=\"prompt\"} 13",
+            "tenzro_gateway_tokens_total{kind=\"completion\"} 10",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
     }
 }

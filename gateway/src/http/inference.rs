@@ -9,8 +9,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tenzro_models::api::{
-    ChatCompletionRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, Prompt,
-    StreamOptions,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, EmbeddingInput,
+    EmbeddingRequest, MessageContent, Prompt, StreamOptions,
 };
 
 use crate::accounts::Operation;
@@ -44,10 +44,9 @@ pub trait Forward: DeserializeOwned + serde::Serialize + Send + 'static {
             .map(Bytes::from)
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
-    /// Our `tenzro` extension object.
-    fn extension(received: &[u8]) -> Result<RequestExt, ApiError> {
-        ext(received)
-    }
+    /// Our `tenzro` extension object, as parsed with the request (`None` where the
+    /// route takes none).
+    fn tenzro(&self) -> Option<&serde_json::Value>;
 }
 
 /// `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
@@ -63,12 +62,13 @@ pub async fn forward<F: Forward>(
     let prompt_estimate = req.prompt_estimate();
     let choices = req.choices()?;
     let (stream, include_usage) = req.force_usage();
+    let ext = ext(req.tenzro())?;
     let inf = Inference {
         op: F::OP,
         path: F::PATH,
         max_tokens: req.max_tokens(),
         model: req.model().to_owned(),
-        ext: F::extension(&body)?,
+        ext,
         body: req.forwarded(body)?,
         stream,
         include_usage,
@@ -102,12 +102,7 @@ impl Forward for ChatCompletionRequest {
     }
 
     fn prompt_estimate(&self) -> u64 {
-        self.messages
-            .iter()
-            .map(|m| estimate_text(&m.text()) + 16)
-            .sum::<u64>()
-            + 16
-            + tools_estimate(self)
+        self.messages.iter().map(|m| text_len(m) + 16).sum::<u64>() + 16 + tools_estimate(self)
     }
 
     fn choices(&self) -> Result<u64, ApiError> {
@@ -121,6 +116,10 @@ impl Forward for ChatCompletionRequest {
     fn force_usage(&mut self) -> (bool, bool) {
         let (stream, asked) = (self.is_stream(), self.include_usage());
         ask_usage(&mut self.stream_options, stream, asked)
+    }
+
+    fn tenzro(&self) -> Option<&serde_json::Value> {
+        self.tenzro.as_ref()
     }
 }
 
@@ -167,6 +166,10 @@ impl Forward for CompletionRequest {
         let (stream, asked) = (self.is_stream(), self.include_usage());
         ask_usage(&mut self.stream_options, stream, asked)
     }
+
+    fn tenzro(&self) -> Option<&serde_json::Value> {
+        self.tenzro.as_ref()
+    }
 }
 
 impl Forward for EmbeddingRequest {
@@ -209,24 +212,22 @@ impl Forward for EmbeddingRequest {
         Ok(received)
     }
 
-    fn extension(_: &[u8]) -> Result<RequestExt, ApiError> {
-        Ok(RequestExt::default())
+    /// Embeddings are routed without our extension.
+    fn tenzro(&self) -> Option<&serde_json::Value> {
+        None
     }
 }
 
-#[derive(Deserialize, Default)]
-struct ExtPeek {
-    #[serde(default)]
-    tenzro: Option<RequestExt>,
-}
-
-fn ext(body: &[u8]) -> Result<RequestExt, ApiError> {
-    serde_json::from_slice::<ExtPeek>(body)
-        .map(|p| p.tenzro.unwrap_or_default())
-        .map_err(|e| ApiError::BadRequest {
-            message: format!("invalid `tenzro` extension: {e}"),
-            param: Some("tenzro".into()),
-        })
+/// Our extension from the request's `tenzro` value (already parsed with the
+/// request: the body is not read twice).
+fn ext(value: Option<&serde_json::Value>) -> Result<RequestExt, ApiError> {
+    let Some(v) = value.filter(|v| !v.is_null()) else {
+        return Ok(RequestExt::default());
+    };
+    RequestExt::deserialize(v).map_err(|e| ApiError::BadRequest {
+        message: format!("invalid `tenzro` extension: {e}"),
+        param: Some("tenzro".into()),
+    })
 }
 
 /// The provider's model-free 400s (unknown fields, logprobs, `logit_bias`...),
@@ -284,6 +285,22 @@ fn choices(n: Option<u32>, prompts: u64) -> Result<u64, ApiError> {
     Ok(choices)
 }
 
+/// The byte length of a message's text (what [`ChatMessage::text`] joins), without
+/// building it.
+fn text_len(m: &ChatMessage) -> u64 {
+    match &m.content {
+        None => 0,
+        Some(MessageContent::Text(s)) => estimate_text(s),
+        Some(MessageContent::Parts(parts)) => parts
+            .iter()
+            .map(|p| match p {
+                ContentPart::Text { text } => estimate_text(text),
+                ContentPart::Other => 0,
+            })
+            .sum(),
+    }
+}
+
 /// An upper bound on prompt tokens: one per byte (byte-level BPE never does worse)
 /// plus the chat template's framing.
 fn estimate_text(s: &str) -> u64 {
@@ -303,4 +320,53 @@ fn tools_estimate(req: &ChatCompletionRequest) -> u64 {
         .map(|c| (c.function.name.len() + c.function.arguments.len()) as u64 + 32)
         .sum();
     tools + calls
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::panic, reason = "tests")]
+    use super::*;
+
+    fn chat(body: &str) -> ChatCompletionRequest {
+        match parse_json(body.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => panic!("{body}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn text_len_is_the_joined_text_length() {
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"héllo"},
+            {"role":"user","content":[{"type":"text","text":"ab"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"cde"}]},
+            {"role":"assistant","content":null}]}"#,
+        );
+        for m in &r.messages {
+            assert_eq!(text_len(m), m.text().len() as u64);
+        }
+        assert_eq!(r.prompt_estimate(), 6 + 5 + 3 * 16 + 16);
+    }
+
+    #[test]
+    fn the_extension_is_read_from_the_parsed_request() {
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tenzro":{"tee":true,"weights":[1,0,0]}}"#,
+        );
+        let e = match ext(r.tenzro()) {
+            Ok(e) => e,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert!(e.tee);
+        assert_eq!(e.weights, Some([1.0, 0.0, 0.0]));
+        let r = chat(r#"{"model":"m","messages":[],"tenzro":null}"#);
+        assert!(matches!(ext(r.tenzro()), Ok(RequestExt { tee: false, .. })));
+        let r = chat(r#"{"model":"m","messages":[],"tenzro":{"tee":"yes"}}"#);
+        match ext(r.tenzro()) {
+            Err(ApiError::BadRequest { message, param }) => {
+                assert!(message.contains("invalid `tenzro` extension"), "{message}");
+                assert_eq!(param.as_deref(), Some("tenzro"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -27,11 +27,9 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    // The route pattern (shared, not copied per request).
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let endpoint = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let start = Instant::now();
     let span = tracing::info_span!("request", request_id = %id, %method, path = %endpoint);
@@ -40,9 +38,9 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
-    state.metrics.request(&endpoint, status);
+    state.metrics.request(endpoint, status);
     let now = state.clock.unix();
-    state.metrics.recent.request(now, &endpoint, status);
+    state.metrics.recent.request(now, endpoint, status);
     if let Some(kind) = resp.extensions().get::<ErrorKind>() {
         state.metrics.error(kind.0);
     }

@@ -1,6 +1,8 @@
 //! SSE framing: cutting a byte stream into events, reading an event's data,
 //! writing events and the trailing cost comment.
 
+use std::borrow::Cow;
+
 use crate::pricing::Asset;
 
 /// Cuts a byte stream into SSE events at blank lines (`\n\n` or `\r\n\r\n`).
@@ -52,19 +54,21 @@ impl SseSplitter {
 }
 
 /// The `data` of an SSE event: its `data:` lines joined by `\n`; `None` when the
-/// event has none (a comment or a keep-alive).
-pub fn event_data(event: &[u8]) -> Option<Vec<u8>> {
-    let mut data: Option<Vec<u8>> = None;
+/// event has none (a comment or a keep-alive). One `data:` line (the usual event)
+/// is borrowed, not copied.
+pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut data: Option<Cow<'_, [u8]>> = None;
     for line in event.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(rest) = line.strip_prefix(b"data:") {
             let rest = rest.strip_prefix(b" ").unwrap_or(rest);
             match &mut data {
                 Some(d) => {
+                    let d = d.to_mut();
                     d.push(b'\n');
                     d.extend_from_slice(rest);
                 }
-                None => data = Some(rest.to_vec()),
+                None => data = Some(Cow::Borrowed(rest)),
             }
         }
     }

@@ -252,7 +252,10 @@ proptest! {
             got.extend(s.push(&wire[prev..c]));
             prev = c;
         }
-        let datas: Vec<Vec<u8>> = got.iter().map(|e| event_data(e).unwrap()).collect();
+        let datas: Vec<Vec<u8>> = got
+            .iter()
+            .map(|e| event_data(e).unwrap().into_owned())
+            .collect();
         let expect: Vec<Vec<u8>> = events.iter().map(|e| e.as_bytes().to_vec()).collect();
         prop_assert_eq!(datas, expect);
     }

@@ -278,17 +278,29 @@ async fn read_limited(
     max: usize,
 ) -> Result<Bytes, String> {
     let mut stream = resp.bytes_stream();
+    // A body that comes in one chunk (the usual case) is kept as it came; only a
+    // second chunk starts a copy.
+    let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     loop {
         match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => return Err(format!("body stalled for {} ms", idle.as_millis())),
-            Ok(None) => return Ok(Bytes::from(buf)),
+            Ok(None) => return Ok(first.unwrap_or_else(|| Bytes::from(buf))),
             Ok(Some(Err(e))) => return Err(error_chain(&e)),
             Ok(Some(Ok(b))) => {
-                if buf.len() + b.len() > max {
+                let held = first.as_ref().map_or(buf.len(), Bytes::len);
+                if held + b.len() > max {
                     return Err(format!("response larger than {max} bytes"));
                 }
-                buf.extend_from_slice(&b);
+                match first.take() {
+                    None if buf.is_empty() => first = Some(b),
+                    Some(f) => {
+                        buf.reserve(f.len() + b.len());
+                        buf.extend_from_slice(&f);
+                        buf.extend_from_slice(&b);
+                    }
+                    None => buf.extend_from_slice(&b),
+                }
             }
         }
     }
