@@ -1,6 +1,8 @@
 //! How a replica proves a forward is its own without sending the shared secret:
-//! `x-tenzro-forward: v1.<unix seconds>.<hex HMAC-SHA256>` keyed by the secret,
-//! over the method, the path and query, the time, the body's SHA-256 and the
+//! `x-tenzro-forward: v1.<unix seconds>.<hex nonce>.<hex HMAC-SHA256>` keyed by
+//! the secret, over the method, the path and query, the time, a random nonce (two
+//! identical requests forwarded in one second are two forwards), the body's
+//! SHA-256 and the
 //! SHA-256 of the caller's `Authorization` header (so a MAC seen on the wire
 //! cannot carry another key, path or body). The holder accepts it within
 //! [`WINDOW_S`] of its own clock and only once (a replay of a MAC it accepted is
@@ -65,7 +67,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     outer.finalize().into()
 }
 
-fn mac(secret: &str, f: &Forwarded<'_>, at: u64) -> [u8; 32] {
+fn mac(secret: &str, f: &Forwarded<'_>, at: u64, nonce: &[u8; 16]) -> [u8; 32] {
     let body = Sha256::digest(f.body);
     let auth = Sha256::digest(f.authorization.unwrap_or_default());
     hmac(
@@ -75,6 +77,7 @@ fn mac(secret: &str, f: &Forwarded<'_>, at: u64) -> [u8; 32] {
             f.method.as_bytes(),
             f.path_and_query.as_bytes(),
             &at.to_be_bytes(),
+            nonce,
             &body,
             &auth,
         ],
@@ -83,21 +86,40 @@ fn mac(secret: &str, f: &Forwarded<'_>, at: u64) -> [u8; 32] {
 
 /// The header value a replica sends with `f` at Unix second `at`.
 pub fn sign(secret: &str, f: &Forwarded<'_>, at: u64) -> String {
-    format!("{VERSION}.{at}.{}", hex::encode(mac(secret, f, at)))
+    let nonce = *uuid::Uuid::new_v4().as_bytes();
+    format!(
+        "{VERSION}.{at}.{}.{}",
+        hex::encode(nonce),
+        hex::encode(mac(secret, f, at, &nonce))
+    )
+}
+
+/// A parsed header: its time, nonce and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub at: u64,
+    nonce: [u8; 16],
+    tag: [u8; 32],
 }
 
 /// The time and MAC of a header value, if it is well formed (checked before the
 /// body is read).
-pub fn parse(header: &str) -> Result<(u64, [u8; 32]), ForwardAuthError> {
+pub fn parse(header: &str) -> Result<Header, ForwardAuthError> {
     let mut it = header.split('.');
-    let (Some(VERSION), Some(at), Some(tag), None) = (it.next(), it.next(), it.next(), it.next())
+    let (Some(VERSION), Some(at), Some(nonce), Some(tag), None) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
     else {
         return Err(ForwardAuthError::Malformed);
     };
     let at = at.parse().map_err(|_| ForwardAuthError::Malformed)?;
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(tag, &mut out).map_err(|_| ForwardAuthError::Malformed)?;
-    Ok((at, out))
+    let mut h = Header {
+        at,
+        nonce: [0; 16],
+        tag: [0; 32],
+    };
+    hex::decode_to_slice(nonce, &mut h.nonce).map_err(|_| ForwardAuthError::Malformed)?;
+    hex::decode_to_slice(tag, &mut h.tag).map_err(|_| ForwardAuthError::Malformed)?;
+    Ok(h)
 }
 
 /// Whether `at` is within the window of `now`.
@@ -109,16 +131,11 @@ pub fn fresh(at: u64, now: u64) -> Result<(), ForwardAuthError> {
 }
 
 /// Checks a parsed header against the request (in constant time).
-pub fn check(
-    secret: &str,
-    at: u64,
-    tag: &[u8; 32],
-    f: &Forwarded<'_>,
-) -> Result<(), ForwardAuthError> {
-    let want = mac(secret, f, at);
+pub fn check(secret: &str, h: &Header, f: &Forwarded<'_>) -> Result<(), ForwardAuthError> {
+    let want = mac(secret, f, h.at, &h.nonce);
     let diff = want
         .iter()
-        .zip(tag.iter())
+        .zip(h.tag.iter())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
         return Err(ForwardAuthError::Mismatch);
@@ -136,7 +153,8 @@ impl Replays {
     /// Records `tag` (made at `at`) at `now`; false when it was seen before. When
     /// full of MACs still in the window, it accepts without remembering (the
     /// window still bounds a replay).
-    pub fn first_time(&mut self, tag: [u8; 32], at: u64, now: u64) -> bool {
+    pub fn first_time(&mut self, h: &Header, now: u64) -> bool {
+        let (tag, at) = (h.tag, h.at);
         if self.seen.contains_key(&tag) {
             return false;
         }
@@ -203,9 +221,12 @@ mod tests {
         let f = req("/v1/chat/completions", b"{}", Some(b"Bearer tz-a"));
         let h = sign(SECRET, &f, 1_000);
         assert!(!h.contains(SECRET), "the secret never travels");
-        let (at, tag) = parse(&h).unwrap();
-        assert_eq!(at, 1_000);
-        assert_eq!(check(SECRET, at, &tag, &f), Ok(()));
+        let parsed = parse(&h).unwrap();
+        assert_eq!(parsed.at, 1_000);
+        assert_eq!(check(SECRET, &parsed, &f), Ok(()));
+        let again = parse(&sign(SECRET, &f, 1_000)).unwrap();
+        assert_ne!(again, parsed, "the same request twice is two forwards");
+        assert_eq!(check(SECRET, &again, &f), Ok(()));
         let changed = [
             req("/v1/account", b"{}", Some(b"Bearer tz-a")),
             req("/v1/chat/completions", b"{ }", Some(b"Bearer tz-a")),
@@ -215,17 +236,18 @@ mod tests {
         ];
         for c in changed {
             assert_eq!(
-                check(SECRET, at, &tag, &c),
+                check(SECRET, &parsed, &c),
                 Err(ForwardAuthError::Mismatch),
                 "{c:?}"
             );
         }
+        let later = Header {
+            at: 1_001,
+            ..parsed
+        };
+        assert_eq!(check(SECRET, &later, &f), Err(ForwardAuthError::Mismatch));
         assert_eq!(
-            check(SECRET, at + 1, &tag, &f),
-            Err(ForwardAuthError::Mismatch)
-        );
-        assert_eq!(
-            check("another-secret-of-16", at, &tag, &f),
+            check("another-secret-of-16", &parsed, &f),
             Err(ForwardAuthError::Mismatch)
         );
     }
@@ -240,6 +262,7 @@ mod tests {
             "v1.x.00",
             "v1.1.zz",
             "v1.1.00.00",
+            "v1.1.00.00.00",
         ] {
             assert_eq!(parse(bad), Err(ForwardAuthError::Malformed), "{bad}");
         }
@@ -251,8 +274,13 @@ mod tests {
     #[test]
     fn a_mac_is_accepted_once() {
         let mut r = Replays::default();
-        assert!(r.first_time([1; 32], 100, 100));
-        assert!(!r.first_time([1; 32], 100, 101));
-        assert!(r.first_time([2; 32], 100, 101));
+        let h = |b: u8| Header {
+            at: 100,
+            nonce: [b; 16],
+            tag: [b; 32],
+        };
+        assert!(r.first_time(&h(1), 100));
+        assert!(!r.first_time(&h(1), 101));
+        assert!(r.first_time(&h(2), 101));
     }
 }

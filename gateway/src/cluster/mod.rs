@@ -188,25 +188,25 @@ impl Cluster {
         &self,
         header: &str,
         now: u64,
-    ) -> Result<(u64, [u8; 32]), auth::ForwardAuthError> {
+    ) -> Result<auth::Header, auth::ForwardAuthError> {
         if !self.forwarding() {
             return Err(auth::ForwardAuthError::Mismatch);
         }
-        let (at, tag) = auth::parse(header)?;
-        auth::fresh(at, now)?;
-        Ok((at, tag))
+        let h = auth::parse(header)?;
+        auth::fresh(h.at, now)?;
+        Ok(h)
     }
 
     /// Accepts a prechecked forward header for `f`: its MAC matches and was not
     /// accepted before.
     pub fn accept_forward(
         &self,
-        (at, tag): (u64, [u8; 32]),
+        h: auth::Header,
         f: &auth::Forwarded<'_>,
         now: u64,
     ) -> Result<(), auth::ForwardAuthError> {
-        auth::check(&self.section.secret, at, &tag, f)?;
-        if !self.replays.lock().first_time(tag, at, now) {
+        auth::check(&self.section.secret, &h, f)?;
+        if !self.replays.lock().first_time(&h, now) {
             return Err(auth::ForwardAuthError::Replayed);
         }
         Ok(())
