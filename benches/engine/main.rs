@@ -320,7 +320,9 @@ fn second_turn(
     let mut second = prompt.to_vec();
     second.extend(llm.encode(&first.text)?);
     second.extend(&suffix);
+    let before = engine.prefix_tokens_reused();
     let warm = run_streams(engine, &second, 1, tokens)?;
+    let reused = engine.prefix_tokens_reused() - before;
     engine.clear_prefix_cache();
     let cold = run_streams(engine, &second, 1, tokens)?;
     let ms = |t: &Timing| t.ttft_p50().as_secs_f64() * 1e3;
@@ -329,6 +331,8 @@ fn second_turn(
         "second_ttft_ms": ms(&warm),
         "second_cold_ttft_ms": ms(&cold),
         "second_prompt_tokens": second.len(),
+        "reused_tokens": reused,
+        "first_prompt_tokens": prompt.len(),
         "suffix_ids": suffix,
         "peak_rss_mib": rss_mib("VmHWM:"),
     }))

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread;
 
@@ -150,6 +150,8 @@ pub struct Engine {
 struct Stats {
     queued: AtomicUsize,
     active: AtomicUsize,
+    /// Prompt tokens served from the prefix cache instead of prefilled.
+    reused_tokens: AtomicU64,
 }
 
 impl Engine {
@@ -181,6 +183,12 @@ impl Engine {
     /// Forget every cached prefix (benchmarks measure a cold first turn with it).
     pub fn clear_prefix_cache(&self) {
         lock(&self.prefix).clear();
+    }
+
+    /// Prompt tokens served from the prefix cache since the engine started
+    /// (benchmarks check a follow-up turn reused its whole first turn).
+    pub fn prefix_tokens_reused(&self) -> u64 {
+        self.stats.reused_tokens.load(Ordering::Relaxed)
     }
 
     /// Bytes the prefix cache holds.
@@ -376,7 +384,12 @@ impl Worker {
             false => lock(&self.prefix).lookup(&prompt),
         };
         let (cache, done) = match cached {
-            Some(r) => (r.cache, r.reused),
+            Some(r) => {
+                self.stats
+                    .reused_tokens
+                    .fetch_add(r.reused as u64, Ordering::Relaxed);
+                (r.cache, r.reused)
+            }
             None => (self.llm.model.new_cache(), 0),
         };
         Some(Group {
