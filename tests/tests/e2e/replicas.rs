@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;
 use tenzro_gateway::AppState;
 use tenzro_gateway::accounts::KeyScope;
+use tenzro_gateway::clock::{Clock, SharedClock, SystemClock};
 use tenzro_gateway::config::{Config, Secret};
 use tenzro_gateway::pricing::Asset;
 use tenzro_models::api::{ModelCategory, RegisterRequest};
@@ -27,12 +28,27 @@ const SECRET: &str = "replicas-share-this-secret";
 struct Replica {
     url: String,
     state: AppState,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A replica on `db` serving on its own port, which it advertises to the others.
 async fn replica(db: &str, providers: &[&str], tune: impl FnOnce(&mut Config)) -> Replica {
     let dir = tempfile::tempdir().unwrap();
+    let mut r = replica_at(db, dir.path(), providers, tune, SystemClock::shared())
+        .await
+        .unwrap();
+    r._dir = Some(dir);
+    r
+}
+
+/// A replica on `db` with data directory `dir`, on `clock`.
+async fn replica_at(
+    db: &str,
+    dir: &std::path::Path,
+    providers: &[&str],
+    tune: impl FnOnce(&mut Config),
+    clock: SharedClock,
+) -> Result<Replica, tenzro_gateway::StartError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let statics = providers
@@ -40,22 +56,22 @@ async fn replica(db: &str, providers: &[&str], tune: impl FnOnce(&mut Config)) -
         .enumerate()
         .map(|(i, u)| static_provider(&format!("p{i}"), u))
         .collect();
-    let mut cfg = test_config(statics, dir.path());
+    let mut cfg = test_config(statics, dir);
     cfg.store.url = Secret::new(db.to_owned());
     cfg.cluster.advertise = format!("http://{addr}");
     cfg.cluster.secret = SECRET.into();
     cfg.cluster.reconcile_s = 1;
     tune(&mut cfg);
-    let state = tenzro_gateway::build(cfg).await.unwrap();
+    let state = tenzro_gateway::build_with_clock(cfg, clock).await?;
     let s = state.clone();
     tokio::spawn(async move {
         let _ = tenzro_gateway::serve(listener, s).await;
     });
-    Replica {
+    Ok(Replica {
         url: format!("http://{addr}"),
         state,
-        _dir: dir,
-    }
+        _dir: None,
+    })
 }
 
 fn http() -> reqwest::Client {
@@ -287,26 +303,70 @@ async fn the_forward_header_is_refused_from_outside() {
         assert_eq!(r.status().as_u16(), 403, "{wrong:?}");
     }
     assert_eq!(p.calls(), calls);
-    // With the secret (as a replica), B serves it itself: it does not hold the
-    // account, so it answers 503 rather than forwarding in a loop.
-    let r = http()
-        .post(format!("{}/v1/chat/completions", b.url))
-        .bearer_auth(&key)
-        .header("x-tenzro-forward", SECRET)
-        .json(&chat_body(false))
+    // The secret itself is no header either.
+    let signed = |key: &str, body: &[u8], at: u64| {
+        let auth = format!("Bearer {key}");
+        tenzro_gateway::cluster::auth::sign(
+            SECRET,
+            &tenzro_gateway::cluster::auth::Forwarded {
+                method: "POST",
+                path_and_query: "/v1/chat/completions",
+                body,
+                authorization: Some(auth.as_bytes()),
+            },
+            at,
+        )
+    };
+    let send = |key: &str, header: String, body: Vec<u8>| {
+        http()
+            .post(format!("{}/v1/chat/completions", b.url))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .header("x-tenzro-forward", header)
+            .body(body)
+    };
+    let body = serde_json::to_vec(&chat_body(false)).unwrap();
+    let now = tenzro_gateway::clock::unix_now();
+    assert_eq!(
+        send(&key, SECRET.into(), body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    // A replica's header made for another body, key or time is refused too.
+    let other = serde_json::to_vec(&chat_body(true)).unwrap();
+    for (header, why) in [
+        (signed(&key, &other, now), "another body"),
+        (signed("tz-other", &body, now), "another key"),
+        (signed(&key, &body, now - 120), "too old"),
+    ] {
+        let r = send(&key, header, body.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{why}");
+    }
+    assert_eq!(p.calls(), calls);
+    // Signed as a replica would, B serves it itself: it does not hold the
+    // account, so it answers 503 rather than forwarding in a loop; the same
+    // header again is a replay.
+    let header = signed(&key, &body, now);
+    let r = send(&key, header.clone(), body.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
+    let r = send(&key, header, body.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a replayed forward");
     // And the forward never skips the key check.
-    let r = http()
-        .post(format!("{}/v1/chat/completions", b.url))
-        .bearer_auth("tz-not-a-key")
-        .header("x-tenzro-forward", SECRET)
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        "tz-not-a-key",
+        signed("tz-not-a-key", &body, now),
+        body.clone(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
 
@@ -449,7 +509,7 @@ async fn a_forwarded_stream_passes_chunk_by_chunk_and_ends_with_an_error_event_w
     let now = tenzro_gateway::clock::unix_now();
     b.state
         .store
-        .put_replica("replica_dying", &address, now + 60)
+        .claim_replica("replica_dying", "its-token", &address, 60)
         .await
         .unwrap();
     assert!(
@@ -471,9 +531,10 @@ async fn a_forwarded_stream_passes_chunk_by_chunk_and_ends_with_an_error_event_w
             head.extend_from_slice(&buf[..n]);
         }
         let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(head.contains("x-tenzro-forward: v1."), "{head}");
         assert!(
-            head.contains(&format!("x-tenzro-forward: {SECRET}")),
-            "{head}"
+            !head.contains(SECRET),
+            "the shared secret never travels: {head}"
         );
         assert!(
             head.contains("authorization: bearer tz-"),
@@ -573,5 +634,310 @@ async fn heartbeats_to_one_replica_keep_the_provider_alive_on_the_others() {
         "B hears of them through the store: last heartbeat {} s ago",
         age(&b)
     );
+    cancel.cancel();
+}
+
+/// Two processes started with one data directory (a copied one) would share a
+/// replica id, and with it every lease fence: the second is refused at start,
+/// naming the id and the directory, after watching the first beat for a liveness
+/// window; once the first has stopped, the id is free again.
+#[tokio::test]
+async fn a_second_process_with_the_same_data_dir_is_refused_at_start() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fast = |c: &mut Config| c.cluster.heartbeat_s = 1;
+    let a = replica_at(&db, dir.path(), &[], fast, SystemClock::shared())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = match replica_at(&db, dir.path(), &[], fast, SystemClock::shared()).await {
+        Ok(_) => panic!(
+            "a second process with replica id {} started",
+            a.state.leases.owner
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains(&a.state.leases.owner), "{e}");
+    assert!(e.contains(&dir.path().display().to_string()), "{e}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "it waited to see whether the holder is alive: {:?}",
+        started.elapsed()
+    );
+    a.state.cancel.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = replica_at(&db, dir.path(), &[], fast, SystemClock::shared()).await;
+    assert!(again.is_ok(), "the id is free once its holder stopped");
+}
+
+/// A clock an hour behind the others.
+#[derive(Debug)]
+struct Behind(SharedClock);
+
+impl Clock for Behind {
+    fn now(&self) -> Duration {
+        self.0.now()
+    }
+    fn unix(&self) -> u64 {
+        self.0.unix() - 3600
+    }
+}
+
+/// A replica whose clock is an hour behind keeps its leases and is seen alive:
+/// lease ends and heartbeats are compared on the store's clock, never one
+/// replica's clock against another's (else B took A's live lease as expired and
+/// A's next commit lost it).
+#[tokio::test]
+async fn a_replica_with_a_wrong_clock_keeps_its_leases_and_is_forwarded_to() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("skew", Behaviour::Ok { chunks: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = std::sync::Arc::new(Behind(SystemClock::shared()));
+    let a = replica_at(&db, dir.path(), &[&p.url], |_| {}, clock)
+        .await
+        .unwrap();
+    let b = replica(&db, &[&p.url], |_| {}).await;
+    let (key, acct, _) = a
+        .state
+        .accounts
+        .create_account("late", Asset::Tnzo, FUNDS, KeyScope::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(chat_on(&a, &key, false).await.0, 200);
+    let (status, _, forwarded, code) = chat_on(&b, &key, true).await;
+    assert_eq!(
+        (status, forwarded, code.as_str()),
+        (200, true, ""),
+        "B forwards to A, the live holder"
+    );
+    let h = b.state.store.lease_holder(&acct.id).await.unwrap().unwrap();
+    assert_eq!(h.owner, a.state.leases.owner, "the lease is still A's");
+    assert!(h.seen_age <= 6, "A is seen alive: {h:?}");
+}
+
+/// A heartbeat from a provider id this replica does not know reads the store
+/// once (it may have registered with another replica); repeats within the miss
+/// window are answered from memory, so a flood of unknown ids costs no store
+/// reads, and an id that is not a key's DID is never looked up.
+#[tokio::test]
+async fn heartbeats_from_unknown_ids_do_not_each_read_the_store() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("unknown", Behaviour::Ok { chunks: 2 }).await;
+    let a = replica(&db, &[], |c| c.cluster.reconcile_s = 60).await;
+    let key = ProviderKey::from_seed(&[29; 32]);
+    let id = key.did();
+    let beat = |id: &str| {
+        let hb = tenzro_models::api::Heartbeat {
+            provider_id: id.to_owned(),
+            timestamp: tenzro_gateway::clock::unix_now(),
+            in_flight: Some(0),
+        };
+        let payload = serde_json::to_string(&hb).unwrap();
+        let signature = key
+            .sign(&tenzro_models::api::Signed::signed_bytes(
+                tenzro_models::api::HEARTBEAT_DOMAIN,
+                &payload,
+            ))
+            .to_hex();
+        http()
+            .post(format!("{}/v1/providers/heartbeat", a.url))
+            .json(&json!({"payload": payload, "signature": signature}))
+            .send()
+    };
+    assert_eq!(beat(&id).await.unwrap().status().as_u16(), 404);
+    // Its row appears in the store with no hint (another replica's, its hint
+    // lost), heard from before this replica started (so the reconcile, which reads
+    // what changed since its last pass, does not bring it either).
+    let registration = RegisterRequest {
+        provider_id: id.clone(),
+        endpoint: p.url.clone(),
+        public_key: key.public_key_hex(),
+        models: vec![model(MODEL, ModelCategory::Llm)],
+        stake: "0".into(),
+        tee: "none".into(),
+        max_concurrency: Some(4),
+        heartbeat_interval_s: None,
+        timestamp: tenzro_gateway::clock::unix_now(),
+    };
+    a.state
+        .store
+        .put_registered(&tenzro_gateway::store::registry::StoredProvider {
+            registration,
+            attestation: None,
+            last_seen: tenzro_gateway::clock::unix_now() - 3600,
+        })
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let r = beat(&id).await.unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            404,
+            "answered from the miss cache, not a store read"
+        );
+    }
+    assert!(a.state.registry.get(&id).is_none());
+    // Not a key's DID: refused without a lookup.
+    assert_eq!(beat("p-anything").await.unwrap().status().as_u16(), 404);
+    // After the miss window the store is asked again and the row found.
+    tokio::time::sleep(tenzro_gateway::cluster::misses::MISS_TTL).await;
+    assert_eq!(beat(&id).await.unwrap().status().as_u16(), 200);
+}
+
+/// A slash made on replica A (an admin's ban of a configured provider) is shown
+/// by replica B too (`/admin/slashes`, the providers' view) and counted in the
+/// provider's stake there, read from the store.
+#[tokio::test]
+async fn a_slash_made_on_one_replica_is_shown_by_every_replica() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("slashed", Behaviour::Ok { chunks: 2 }).await;
+    let a = replica(&db, &[&p.url], |_| {}).await;
+    let b = replica(&db, &[&p.url], |_| {}).await;
+    let r = http()
+        .post(format!("{}/admin/providers/p0/ban", a.url))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let slashes_on = |r: &Replica| {
+        let url = format!("{}/admin/slashes", r.url);
+        async move {
+            let v: Value = http()
+                .get(url)
+                .bearer_auth("admin-secret")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["data"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let on_a = slashes_on(&a).await;
+    assert_eq!(on_a.len(), 1, "{on_a:?}");
+    let took = eventually("B shows A's slash", Duration::from_secs(10), async || {
+        slashes_on(&b).await == on_a
+    })
+    .await;
+    eprintln!("slash on A shown on B after {took:?}");
+    assert_eq!(
+        b.state.registry.slashed("p0"),
+        a.state.registry.slashed("p0")
+    );
+    let view: Value = http()
+        .get(format!("{}/admin/providers", b.url))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["slashes"].as_array().unwrap().len(), 1, "{view}");
+}
+
+/// A dispute signed by the channel's provider (no API key) that lands on a
+/// replica not holding the payer's account is forwarded to the holder, as the
+/// payer's own requests are, instead of being answered `replica_busy`.
+#[tokio::test]
+async fn a_providers_dispute_is_forwarded_to_the_payers_replica() {
+    use tenzro_gateway::money::dispute_auth::{HEADER, SignedDispute};
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("disputer", Behaviour::Ok { chunks: 2 }).await;
+    let fast = |c: &mut Config| c.registration.heartbeat_interval_s = 1;
+    let a = replica(&db, &[], fast).await;
+    let b = replica(&db, &[], fast).await;
+    let key = ProviderKey::from_seed(&[31; 32]);
+    let id = key.did();
+    let registration = RegisterRequest {
+        provider_id: id.clone(),
+        endpoint: p.url.clone(),
+        public_key: key.public_key_hex(),
+        models: vec![model(MODEL, ModelCategory::Llm)],
+        stake: "0".into(),
+        tee: "none".into(),
+        max_concurrency: Some(4),
+        heartbeat_interval_s: None,
+        timestamp: 0,
+    };
+    let cancel = CancellationToken::new();
+    let signer = ProviderKey::from_seed(&[31; 32]);
+    tokio::spawn(tenzro_provider::register::run(
+        a.url.clone(),
+        registration,
+        move |bytes| signer.sign(bytes).to_hex(),
+        cancel.clone(),
+    ));
+    eventually(
+        "A reaches the provider",
+        Duration::from_secs(10),
+        async || a.state.registry.is_reached(&id),
+    )
+    .await;
+    let (user, acct, _) = a
+        .state
+        .accounts
+        .create_account("payer", Asset::Tnzo, FUNDS, KeyScope::default(), None)
+        .await
+        .unwrap();
+    let resp = http()
+        .post(format!("{}/v1/chat/completions", a.url))
+        .bearer_auth(&user)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let channel = resp.headers()["x-tenzro-channel"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Committed, so the channel's payer can be found from B.
+    eventually(
+        "the channel is stored",
+        Duration::from_secs(5),
+        async || {
+            b.state
+                .store
+                .channel_parties(&channel)
+                .await
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
+    let path = format!("/v1/channels/{channel}/dispute");
+    let auth = SignedDispute {
+        method: "POST",
+        path_and_query: &path,
+        channel_id: &channel,
+        body: b"",
+    }
+    .sign(&key, tenzro_gateway::clock::unix_now());
+    let r = http()
+        .post(format!("{}{path}", b.url))
+        .header(HEADER, auth)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let forwarded = r.headers().contains_key("x-tenzro-forwarded");
+    let body: Value = r.json().await.unwrap_or_default();
+    assert_eq!((status, forwarded), (202, true), "{body}");
+    assert_eq!(body["state"], "disputed", "{body}");
+    let h = b.state.store.lease_holder(&acct.id).await.unwrap().unwrap();
+    assert_eq!(h.owner, a.state.leases.owner, "A kept the payer's account");
     cancel.cancel();
 }
