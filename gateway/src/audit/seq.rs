@@ -35,7 +35,7 @@ use serde::Serialize;
 use super::stat::ScoredToken;
 
 /// Audits kept as evidence per running statistic (the latest).
-pub const MAX_EVIDENCE: usize = 64;
+pub const MAX_EVIDENCE: usize = 32;
 /// Running statistics kept in memory (the stalest leave first).
 pub const MAX_SEQUENCES: usize = 10_000;
 /// The floor of `V` (see the module doc).
@@ -173,9 +173,12 @@ impl Sequence {
 
     /// The evidence in words, for the slash's record.
     pub fn describe(&self, rule: &SeqRule) -> String {
+        // The latest 16, so the slash record stays short.
+        let skip = self.evidence.len().saturating_sub(16);
         let list: Vec<String> = self
             .evidence
             .iter()
+            .skip(skip)
             .map(|s| format!("{} z {:.2} by {}", s.request_id, s.z, s.auditor))
             .collect();
         format!(
