@@ -37,7 +37,6 @@ mod layers_tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tenzro_attest::ProviderKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -123,23 +122,6 @@ fn configured_registry(config: &Config, clock: SharedClock) -> Result<Arc<Regist
     Ok(registry)
 }
 
-/// The client that calls providers: a registrant must not turn the gateway into a
-/// proxy for internal addresses, so it never follows redirects and, unless private
-/// endpoints are allowed (development), connects only to public addresses.
-fn upstream_client(config: &Config) -> Result<reqwest::Client, StartError> {
-    let mut client = reqwest::Client::builder()
-        .connect_timeout(config.upstream.connect_timeout())
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_nodelay(true)
-        .no_proxy()
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256);
-    if !config.registration.allow_private_endpoints {
-        client = client.dns_resolver(Arc::new(crate::providers::bounds::PublicOnly));
-    }
-    Ok(client.build()?)
-}
-
 /// Builds the gateway's state from a validated config, on the real clock.
 pub async fn build(config: Config) -> Result<AppState, StartError> {
     build_with_clock(config, SystemClock::shared()).await
@@ -212,7 +194,11 @@ pub async fn build_with_clock(
         Err(source) => return Err(stored(source)),
     };
     let payer_key = Arc::new(ProviderKey::load_or_create(&config.payer_key_path())?);
-    let client = upstream_client(&config)?;
+    // Model requests pick their client per provider (HTTP/1.1 or h2c); the rest
+    // (vouchers, replicas' hints) use the HTTP/1.1 one. Neither follows redirects
+    // nor, unless private endpoints are allowed, connects to private addresses.
+    let upstream = proxy::upstream::Upstream::new(&config)?;
+    let client = upstream.http1().clone();
     let audits = audit::Audits::new(config.attestation.audit_rate, config.audit.clone());
     let shared = cluster::sync::Shared {
         cluster: cluster.clone(),
@@ -266,6 +252,7 @@ async fn claim_replica(
         identities_save: Arc::default(),
         metrics: Arc::new(Metrics::new()),
         client,
+        upstream,
         verifier,
         tasks: TaskTracker::new(),
         audits,
@@ -341,16 +328,11 @@ fn spawn_money_tasks(state: &AppState, money: &CancellationToken) {
     });
 }
 
-/// Serves on `listener` (TCP_NODELAY on every accepted connection) until
+/// Serves on `listener` (HTTP/1.1, TCP_NODELAY: `http::listen`) until
 /// `state.cancel` fires, then drains requests, commits the book one last time and
 /// waits for tracked tasks.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let app = http::router(state.clone());
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
     let cancel = state.cancel.clone();
     // The money tasks outlive the HTTP server, so that streams drained during
     // shutdown are committed too.
@@ -392,11 +374,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             .run(state.config.store_url(), cancel.clone()),
     );
     a2a::start_retention(&state, cancel.clone()).await;
-    // The source address reaches handlers (registrations are limited per address).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(state.cancel.clone().cancelled_owned())
-        .await;
+    // HTTP/1.1; the source address reaches handlers (registrations are limited
+    // per address).
+    let result = http::listen::serve(listener, app, state.cancel.clone()).await;
     money.cancel();
     state.tasks.close();
     state.tasks.wait().await;

@@ -41,6 +41,8 @@ pub struct AppState {
     pub rates: Arc<Rates>,
     pub metrics: Arc<Metrics>,
     pub client: reqwest::Client,
+    /// The clients of model requests, by what each provider speaks (`crate::proxy::upstream`).
+    pub upstream: Arc<crate::proxy::upstream::Upstream>,
     /// The bounded client of attestation fetches and health probes.
     pub verifier: crate::providers::attestation::Verifier,
     /// Model audits: the sampler the proxy offers answers to (`crate::audit`).

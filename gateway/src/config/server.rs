@@ -88,6 +88,10 @@ pub struct UpstreamConfig {
     /// Largest unterminated SSE event a stream may hold pending; past it the stream
     /// is cut (so one endless event cannot grow the gateway's memory).
     pub max_event_bytes: usize,
+    /// Calls an `http://` provider in HTTP/2 without TLS (one multiplexed
+    /// connection) once a probe saw it answer in h2c; false: HTTP/1.1 only
+    /// (`crate::proxy::upstream`).
+    pub h2c: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -99,6 +103,7 @@ impl Default for UpstreamConfig {
             max_attempts: 3,
             max_response_bytes: 64 << 20,
             max_event_bytes: 1 << 20,
+            h2c: true,
         }
     }
 }

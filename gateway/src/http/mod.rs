@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod identity;
 pub mod inference;
+pub mod listen;
 pub mod money;
 pub mod observe;
 pub mod providers;

@@ -151,7 +151,8 @@ impl Call<'_> {
         // Real time: the provider checks it against its own clock.
         .sign(&state.payer_key, unix_now());
         let call = state
-            .client
+            .upstream
+            .client(&entry.info.endpoint)
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", self.request_id)
@@ -166,7 +167,10 @@ impl Call<'_> {
                 entry.info.id,
                 deadline.as_millis()
             )),
-            Ok(Err(e)) => Err(format!("{}: {}", entry.info.id, error_chain(&e))),
+            Ok(Err(e)) => {
+                state.upstream.failed(&entry.info.endpoint);
+                Err(format!("{}: {}", entry.info.id, error_chain(&e)))
+            }
             Ok(Ok(r)) => Ok(r),
         }
     }

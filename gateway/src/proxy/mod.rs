@@ -27,6 +27,7 @@ mod attempt;
 pub mod forward;
 mod relay;
 mod stream;
+pub mod upstream;
 mod whole;
 
 use std::sync::Arc;
