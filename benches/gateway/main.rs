@@ -13,8 +13,6 @@
 //! them off; `benches/setup-litellm` installs it).
 
 mod load;
-mod mock;
-mod procs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,8 +21,10 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Parser;
 
+use tenzro_benches::mock;
+use tenzro_benches::procs::{self, Proc};
+
 use crate::load::{Phase, Target};
-use crate::procs::Proc;
 
 #[derive(Parser, Debug)]
 struct Args {

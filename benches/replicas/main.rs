@@ -11,11 +11,7 @@
 //! `scripts/postgres` starts; the run uses a database of its own and drops it).
 
 mod load;
-#[path = "../gateway/mock.rs"]
-mod mock;
 mod pg;
-#[path = "../gateway/procs.rs"]
-mod procs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,8 +20,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use tenzro_benches::mock;
+use tenzro_benches::procs::{self, Proc};
+
 use crate::load::{Phase, Plan, Targets};
-use crate::procs::Proc;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -110,32 +108,11 @@ async fn start_replica(
     n: usize,
 ) -> anyhow::Result<Proc> {
     let cfg = dir.join(format!("replica-{n}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-data_dir = "{}"
-[store]
-commit_interval_ms = 10
-lease_ttl_s = 30
-lease_idle_s = {LEASE_IDLE_S}
-[limits]
-requests_per_minute = 4000000000
-tokens_per_minute = 4000000000
-[[providers]]
-id = "mock"
-endpoint = "http://{mock}"
-stake = "100000"
-max_concurrency = 1000000
-[[providers.models]]
-id = "bench"
-category = "LLM"
-price_per_token = "1000"
-max_context = 2048
-"#,
-            dir.join(format!("replica-{n}")).display()
-        ),
-    )?;
+    let store = format!(
+        "[store]\ncommit_interval_ms = 10\nlease_ttl_s = 30\nlease_idle_s = {LEASE_IDLE_S}\n"
+    );
+    let data = dir.join(format!("replica-{n}"));
+    std::fs::write(&cfg, procs::gateway_config(&data, mock, &store))?;
     let port = procs::free_port()?;
     let advertise = format!("http://127.0.0.1:{port}");
     let env = [

@@ -7,10 +7,6 @@
 //!
 //! `target/release/gateway-streams --gateway-bin target/release/tenzro-gateway`
 
-#[path = "../gateway/procs.rs"]
-mod procs;
-mod trickle;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Parser;
 
-use crate::procs::Proc;
-use crate::trickle::Pace;
+use tenzro_benches::mock::{self, Pace};
+use tenzro_benches::procs::{self, Proc};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -58,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         chunks: args.chunks,
         interval: Duration::from_millis(args.interval_ms),
     };
-    let mock = trickle::start(pace)?;
+    let mock = mock::start_paced(pace)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -76,37 +72,8 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn start_gateway(bin: &Path, mock: std::net::SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
-    let cfg = dir.join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-data_dir = "{}"
-[limits]
-requests_per_minute = 4000000000
-tokens_per_minute = 4000000000
-[[providers]]
-id = "mock"
-endpoint = "http://{mock}"
-stake = "100000"
-max_concurrency = 1000000
-[[providers.models]]
-id = "bench"
-category = "LLM"
-price_per_token = "1000"
-max_context = 2048
-"#,
-            dir.join("data").display()
-        ),
-    )?;
-    let key = procs::create_key(bin, &cfg, &["--balance", "1000000000"], &[])?;
-    let port = procs::free_port()?;
-    procs::spawn_gateway(bin, &cfg, (dir, "tenzro-gateway"), port, key, &[]).await
-}
-
 async fn run(args: &Args, mock: std::net::SocketAddr, dir: &Path) -> anyhow::Result<()> {
-    let gw = start_gateway(&args.gateway_bin, mock, dir).await?;
+    let gw = procs::start_tenzro(&args.gateway_bin, mock, dir).await?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
@@ -217,7 +184,7 @@ async fn phase(client: &reqwest::Client, url: &str, gw: &Proc, n: usize) -> Phas
         tokio::spawn(async move {
             let (mut peak, mut open_max) = (0u64, 0usize);
             while !done.load(Ordering::SeqCst) {
-                peak = peak.max(status_kb(pid, "VmRSS"));
+                peak = peak.max(procs::status_kb(pid, "VmRSS"));
                 open_max = open_max.max(open.load(Ordering::SeqCst));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -237,18 +204,6 @@ async fn phase(client: &reqwest::Client, url: &str, gw: &Proc, n: usize) -> Phas
         peak_kb,
         secs: t0.elapsed().as_secs_f64(),
     }
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.split(':').next() == Some(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn print_header(args: &Args, idle_kb: u64) {

@@ -1,10 +1,8 @@
-//! The proxies under test, each in its own child process: `tenzro-gateway` and
-//! LiteLLM's proxy. A [`Proc`] kills its whole process tree when dropped, and
-//! reads the tree's CPU time from `/proc`.
-#![allow(
-    dead_code,
-    reason = "shared by gateway-load, gateway-streams and gateway-replicas; each uses a part"
-)]
+//! The processes under test, each a child of the benchmark: `tenzro-gateway`
+//! (its config, a key from `keys create`, the process) and LiteLLM's proxy. A
+//! [`Proc`] kills its whole process tree when dropped, and reads its memory and
+//! the tree's CPU time from `/proc`. Shared by gateway-load, gateway-streams and
+//! gateway-replicas.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,15 +30,7 @@ impl Proc {
 
     /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`); 0 when unreadable.
     pub fn status_kb(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.split(':').next() == Some(field))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        status_kb(self.pid(), field)
     }
 
     /// utime + stime of the process and all its descendants, in clock ticks.
@@ -71,6 +61,19 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`); 0 when unreadable.
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.split(':').next() == Some(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 struct Stat {
@@ -178,18 +181,15 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Starts `tenzro-gateway` with a temporary config in `dir` and a key made by
-/// `keys create` (accounts live in the gateway's SQLite store under `dir/data`).
-/// Auth, the rate limiters (limits set far above the load, so they are checked
-/// but never refuse), routing, pricing, the ledger and per-chunk metering are on.
-pub async fn start_tenzro(bin: &Path, mock: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
-    let cfg = dir.join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
+/// A bench gateway's config: its SQLite store (and payer key, replica id) under
+/// `data_dir`, `extra` TOML sections (e.g. `[store]`), the rate limiters set far
+/// above any load (checked, never refusing), and one configured provider, `mock`
+/// at `mock`, serving the model `bench`.
+pub fn gateway_config(data_dir: &Path, mock: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"[server]
 data_dir = "{}"
-[limits]
+{extra}[limits]
 requests_per_minute = 4000000000
 tokens_per_minute = 4000000000
 [[providers]]
@@ -203,49 +203,19 @@ category = "LLM"
 price_per_token = "1000"
 max_context = 2048
 "#,
-            dir.join("data").display()
-        ),
-    )?;
-    let out = Command::new(bin)
-        .args(["keys", "create", "--config"])
-        .arg(&cfg)
-        .args(["--balance", "1000000000"])
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "keys create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8(out.stdout)?;
-    let key = stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .context("keys create printed no key")?
-        .to_owned();
-    let port = free_port()?;
-    let log = dir.join("tenzro-gateway.log");
-    let log_file = File::create(&log)?;
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut p = Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        key,
-        log,
-    };
-    wait_ready(&mut p, "/health", Duration::from_secs(30)).await?;
-    Ok(p)
+        data_dir.display()
+    )
+}
+
+/// Starts `tenzro-gateway` with a temporary config in `dir` and a funded key made
+/// by `keys create` (accounts live in the gateway's SQLite store under
+/// `dir/data`). Auth, the rate limiters, routing, pricing, the ledger and
+/// per-chunk metering are on.
+pub async fn start_tenzro(bin: &Path, mock: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(&cfg, gateway_config(&dir.join("data"), mock, ""))?;
+    let key = create_key(bin, &cfg, &["--balance", "1000000000"], &[])?;
+    spawn_gateway(bin, &cfg, (dir, "tenzro-gateway"), free_port()?, key, &[]).await
 }
 
 /// Runs `tenzro-gateway keys create --config CFG ARGS...` and returns the key it
