@@ -153,9 +153,6 @@ pub async fn build_with_clock(
     tracing::info!(providers = restored, "registry restored from the store");
     let collateral =
         providers::collateral::CollateralStore::new(&config.attestation, &config.server.data_dir)?;
-    if !store.is_sqlite() {
-        claim_replica(&config, &store, &cluster, &leases, &clock).await?;
-    }
     let verifier =
         providers::attestation::Verifier::new(config.registration.allow_private_endpoints)?
             .with_collateral(Arc::new(collateral));
@@ -174,6 +171,9 @@ pub async fn build_with_clock(
         replica.clone(),
     )?);
     let leases = Arc::new(store::lease::Leases::new(replica, config.store.lease_ttl_s));
+    if !store.is_sqlite() {
+        claim_replica(&config, &store, &cluster, &leases, &clock).await?;
+    }
     let limits = DefaultLimits {
         requests_per_minute: config.limits.requests_per_minute,
         tokens_per_minute: config.limits.tokens_per_minute,
@@ -185,7 +185,6 @@ pub async fn build_with_clock(
         (snap.accounts, snap.keys),
         clock.clone(),
     ));
-        leases: leases.clone(),
     let identities = match store.load_identities().await {
         Ok(reg) => reg,
         Err(e @ store::StoreError::Corrupt { .. }) => {
@@ -204,6 +203,7 @@ pub async fn build_with_clock(
         cluster: cluster.clone(),
         registry: registry.clone(),
         accounts: accounts.clone(),
+        leases: leases.clone(),
         store: store.clone(),
         client: client.clone(),
         heard: Arc::default(),
@@ -219,6 +219,20 @@ pub async fn build_with_clock(
         leases,
         cluster,
         shared,
+        payer_key,
+        faucet: Arc::default(),
+        identities: Arc::new(parking_lot::RwLock::new(identities)),
+        identities_save: Arc::default(),
+        metrics: Arc::new(Metrics::new()),
+        client,
+        upstream,
+        verifier,
+        tasks: TaskTracker::new(),
+        audits,
+        cancel: CancellationToken::new(),
+    })
+}
+
 /// Claims this process's replica id in the store (`cluster::identity`: a second
 /// live process with the same data directory is refused) and measures its clock
 /// against the store's before any lease is taken.
@@ -244,20 +258,6 @@ async fn claim_replica(
         .map_err(store_error(config))?;
     leases.set_skew(skew);
     Ok(())
-}
-
-        payer_key,
-        faucet: Arc::default(),
-        identities: Arc::new(parking_lot::RwLock::new(identities)),
-        identities_save: Arc::default(),
-        metrics: Arc::new(Metrics::new()),
-        client,
-        upstream,
-        verifier,
-        tasks: TaskTracker::new(),
-        audits,
-        cancel: CancellationToken::new(),
-    })
 }
 
 /// The tasks that make the book durable and pay out: group commit, the settlement
