@@ -10,8 +10,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,10 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let builder = Builder::new(TokioExecutor::new()).http1_only();
+    // hyper's HTTP/1 server itself: hyper-util's auto builder, even `http1_only`,
+    // answers h2c's preface when serving with upgrades.
+    let mut builder = Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new());
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -50,7 +53,8 @@ pub async fn serve(
         let (builder, shutdown) = (builder.clone(), shutdown.clone());
         connections.spawn(async move {
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app));
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app))
+                .with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 done = conn.as_mut() => {
