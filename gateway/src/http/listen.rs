@@ -91,6 +91,7 @@ async fn accept_error(e: std::io::Error) {
 
 #[cfg(test)]
 mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
     use std::net::SocketAddr;
     use std::time::Duration;
 

@@ -1,3 +1,4 @@
+#![expect(clippy::unwrap_used, reason = "tests")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
