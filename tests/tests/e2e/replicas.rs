@@ -143,6 +143,22 @@ fn amount(v: &Value) -> u128 {
 /// not: every request is served (forwarded to each account's lease holder), none
 /// is answered `replica_busy`, and each account has one balance: what its client
 /// was told it spent, whichever replica it asks.
+/// The registration a test provider signs: `MODEL`, no stake, no TEE, made at
+/// `timestamp` (0: the provider's loop stamps it).
+fn registration(key: &ProviderKey, endpoint: &str, timestamp: u64) -> RegisterRequest {
+    RegisterRequest {
+        provider_id: key.did(),
+        endpoint: endpoint.to_owned(),
+        public_key: key.public_key_hex(),
+        models: vec![model(MODEL, ModelCategory::Llm)],
+        stake: "0".into(),
+        tee: "none".into(),
+        max_concurrency: Some(4),
+        heartbeat_interval_s: None,
+        timestamp,
+    }
+}
+
 #[tokio::test]
 async fn a_round_robin_client_over_three_replicas_never_sees_replica_busy() {
     let Some(db) = fresh_postgres_database().await else {
@@ -403,17 +419,7 @@ async fn providers_bans_and_revocations_reach_every_replica() {
 
     let key = ProviderKey::from_seed(&[17; 32]);
     let id = key.did();
-    let registration = RegisterRequest {
-        provider_id: id.clone(),
-        endpoint: p.url.clone(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
-        stake: "0".into(),
-        tee: "none".into(),
-        max_concurrency: Some(4),
-        heartbeat_interval_s: None,
-        timestamp: 0,
-    };
+    let registration = registration(&key, &p.url, 0);
     let cancel = CancellationToken::new();
     tokio::spawn(tenzro_provider::register::run(
         a.url.clone(),
@@ -594,17 +600,7 @@ async fn heartbeats_to_one_replica_keep_the_provider_alive_on_the_others() {
     let b = replica(&db, &[], beat).await;
     let key = ProviderKey::from_seed(&[23; 32]);
     let id = key.did();
-    let registration = RegisterRequest {
-        provider_id: id.clone(),
-        endpoint: p.url.clone(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
-        stake: "0".into(),
-        tee: "none".into(),
-        max_concurrency: Some(4),
-        heartbeat_interval_s: None,
-        timestamp: 0,
-    };
+    let registration = registration(&key, &p.url, 0);
     let cancel = CancellationToken::new();
     tokio::spawn(tenzro_provider::register::run(
         a.url.clone(),
@@ -754,17 +750,7 @@ async fn heartbeats_from_unknown_ids_do_not_each_read_the_store() {
     // Its row appears in the store with no hint (another replica's, its hint
     // lost), heard from before this replica started (so the reconcile, which reads
     // what changed since its last pass, does not bring it either).
-    let registration = RegisterRequest {
-        provider_id: id.clone(),
-        endpoint: p.url.clone(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
-        stake: "0".into(),
-        tee: "none".into(),
-        max_concurrency: Some(4),
-        heartbeat_interval_s: None,
-        timestamp: tenzro_gateway::clock::unix_now(),
-    };
+    let registration = registration(&key, &p.url, tenzro_gateway::clock::unix_now());
     a.state
         .store
         .put_registered(&tenzro_gateway::store::registry::StoredProvider {
@@ -861,17 +847,7 @@ async fn a_providers_dispute_is_forwarded_to_the_payers_replica() {
     let b = replica(&db, &[], fast).await;
     let key = ProviderKey::from_seed(&[31; 32]);
     let id = key.did();
-    let registration = RegisterRequest {
-        provider_id: id.clone(),
-        endpoint: p.url.clone(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
-        stake: "0".into(),
-        tee: "none".into(),
-        max_concurrency: Some(4),
-        heartbeat_interval_s: None,
-        timestamp: 0,
-    };
+    let registration = registration(&key, &p.url, 0);
     let cancel = CancellationToken::new();
     let signer = ProviderKey::from_seed(&[31; 32]);
     tokio::spawn(tenzro_provider::register::run(
