@@ -71,34 +71,21 @@ pub async fn create_in_store(
     scope: KeyScope,
     identity: Option<String>,
 ) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
-    let new = NewAccount {
-        name,
-        asset,
-        balance,
-        scope,
-        identity,
-    };
-    create_in_store_at(store, new, unix_now()).await
-}
-
-/// What a new account is made of.
-struct NewAccount<'a> {
-    name: &'a str,
-    asset: Asset,
-    balance: u128,
-    scope: KeyScope,
-    identity: Option<String>,
+    create_in_store_at(store, name, asset, balance, scope, identity, unix_now()).await
 }
 
 /// [`create_in_store`] stamped `now` (Unix seconds of the gateway's clock).
 async fn create_in_store_at(
     store: &Store,
-    n: NewAccount<'_>,
+    name: &str,
+    asset: Asset,
+    balance: u128,
+    scope: KeyScope,
+    identity: Option<String>,
     now: u64,
 ) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
-    let (name, asset, balance) = (n.name, n.asset, n.balance);
-    let account = new_account(name, asset, n.identity, now);
-    let (key, record) = new_key(&account.id, name, n.scope, now);
+    let account = new_account(name, asset, identity, now);
+    let (key, record) = new_key(&account.id, name, scope, now);
     store.put_account(&account, Some((asset, balance))).await?;
     store.put_key(&record).await?;
     Ok((key, account, record))
@@ -236,14 +223,9 @@ impl Accounts {
         scope: KeyScope,
         identity: Option<String>,
     ) -> Result<(String, AccountRecord, KeyRecord), AccountsError> {
-        let new = NewAccount {
-            name,
-            asset,
-            balance,
-            scope,
-            identity,
-        };
-        let (key, acct, rec) = create_in_store_at(&self.store, new, self.clock.unix()).await?;
+        let now = self.clock.unix();
+        let (key, acct, rec) =
+            create_in_store_at(&self.store, name, asset, balance, scope, identity, now).await?;
         self.book
             .load_account(
                 &acct.id,
