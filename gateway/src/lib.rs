@@ -170,7 +170,9 @@ pub async fn build_with_clock(
         config.cluster.clone(),
         replica.clone(),
     )?);
-    let leases = Arc::new(store::lease::Leases::new(replica, config.store.lease_ttl_s));
+    let leases = Arc::new(
+        store::lease::Leases::new(replica, config.store.lease_ttl_s).with_token(cluster.token()),
+    );
     if !store.is_sqlite() {
         claim_replica(&config, &store, &cluster, &leases, &clock).await?;
     }

@@ -129,7 +129,7 @@ impl Shared {
     /// One reconcile pass over what changed at or after `since` (Unix seconds).
     pub async fn reconcile(&self, since: u64) -> Result<(), StoreError> {
         let since = since.saturating_sub(OVERLAP_S);
-        for p in self.store.registered_since(since).await? {
+        for p in self.store.changed_since(since).await? {
             self.apply_provider(p);
         }
         let bans: BTreeSet<String> = self.store.bans().await?.into_iter().collect();
@@ -175,13 +175,10 @@ impl Shared {
         Ok(())
     }
 
-    /// The store's clock now: the reconcile's marks are on it, so a replica whose
-    /// clock is off misses no change another replica stamped (SQLite: one
-    /// replica, its own clock).
+    /// The store's clock now: the reconcile's marks are on it, as are the
+    /// stamps it compares them with (`changed`, `revoked`), so a replica whose
+    /// clock is off misses no change another replica stamped.
     async fn store_now(&self) -> Result<u64, StoreError> {
-        if self.store.is_sqlite() {
-            return Ok(self.registry.unix_now());
-        }
         self.store.db_now().await
     }
 

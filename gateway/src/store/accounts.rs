@@ -55,9 +55,16 @@ impl Store {
         Ok(())
     }
 
-    /// True when a key was revoked by this call.
+    /// True when a key was revoked by this call. Stamped `at` (the writer's
+    /// clock) or the store's clock, whichever is later, so that the reconcile of
+    /// every replica (`revoked_since`, on the store's clock) finds it even when
+    /// the writer's clock is slow and its hint was lost.
     pub async fn revoke_key(&self, id: &str, at: u64) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE api_keys SET revoked = $1 WHERE id = $2 AND revoked IS NULL")
+        let sql = format!(
+            "UPDATE api_keys SET revoked = {} WHERE id = $2 AND revoked IS NULL",
+            self.not_before_now("$1")
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(i64_of(at))
             .bind(id)
             .execute(&self.pool)

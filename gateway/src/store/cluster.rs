@@ -45,12 +45,19 @@ const CHUNK: usize = 500;
 impl Store {
     /// The store's clock as SQL (Unix seconds): what replicas compare across
     /// machines is stamped and read with it, never with their own clocks.
-    fn now_sql(&self) -> &'static str {
+    pub(super) fn now_sql(&self) -> &'static str {
         if self.sqlite {
             "CAST(strftime('%s', 'now') AS BIGINT)"
         } else {
             "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)"
         }
+    }
+
+    /// SQL for the later of `param` (Unix seconds) and the store's clock: a stamp
+    /// that other replicas compare with the store's clock is never dated before it.
+    pub(super) fn not_before_now(&self, param: &str) -> String {
+        let now = self.now_sql();
+        format!("CASE WHEN {param} > {now} THEN {param} ELSE {now} END")
     }
 
     /// The store's clock, Unix seconds.
@@ -176,7 +183,24 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Ids of keys revoked at or after `since` (Unix seconds).
+    /// Registered providers whose row changed (a registration, a verdict,
+    /// batched liveness) at or after `since`, on the store's clock (`changed`,
+    /// migration 0013): what the reconcile re-reads. Unlike `last_seen`, which
+    /// a registration writes on the writer's clock, this never misses a row a
+    /// replica with a slow clock wrote.
+    pub async fn changed_since(&self, since: u64) -> Result<Vec<StoredProvider>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT registration, attestation, last_seen FROM registry_providers \
+             WHERE changed >= $1 ORDER BY id",
+        )
+        .bind(i64_of(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(super::registry::stored_provider).collect()
+    }
+
+    /// Ids of keys revoked at or after `since` (Unix seconds; a revocation is
+    /// stamped no earlier than the store's clock, `revoke_key`).
     pub async fn revoked_since(&self, since: u64) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM api_keys WHERE revoked >= $1")
             .bind(i64_of(since))
@@ -227,7 +251,8 @@ impl Store {
         for chunk in seen.chunks(CHUNK) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
             let sql = format!(
-                "UPDATE registry_providers SET last_seen = {now} WHERE last_seen < {now} AND id IN ({})",
+                "UPDATE registry_providers SET last_seen = {now}, changed = {now} \
+                 WHERE last_seen < {now} AND id IN ({})",
                 marks.join(", ")
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -1,5 +1,6 @@
 //! The money family's writes: one [`Batch`] per transaction (group commit),
-//! fenced by the replica's leases, and the lease rows themselves.
+//! fenced by the replica's leases, and the lease rows themselves (each names its
+//! replica id and the claim token of the process holding it, [`LeaseOwner`]).
 
 use super::{Store, StoreError, corrupt, i64_of};
 use crate::money::book::Batch;
@@ -38,35 +39,78 @@ impl Store {
         Ok(())
     }
 
-    /// Takes (or renews) the lease of `account` for `owner` until `until`; false
-    /// when another replica holds it past `now`.
+    /// Takes (or keeps) the lease of `account` for `owner` until `until`:
+    /// [`Claim::Renewed`] when `owner`'s process held it already (nobody else took it
+    /// in between: its book is current), [`Claim::Taken`] when it was free,
+    /// expired at `now`, or its replica id's (see below), and
+    /// [`Claim::HeldElsewhere`] otherwise. A lease of the same replica id held by
+    /// another token (a previous process with this data directory) is taken at once
+    /// unless another process holds that id's claim (`replicas.token`): a stalled
+    /// process whose id was taken over cannot take its leases back.
     pub async fn claim(
         &self,
         account: &str,
-        owner: &str,
+        owner: LeaseOwner<'_>,
         until: u64,
         now: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Claim, StoreError> {
+        if self.renew(account, owner, until).await? {
+            return Ok(Claim::Renewed);
+        }
         let r = sqlx::query(
-            "INSERT INTO leases (account, owner, until) VALUES ($1, $2, $3) \
-             ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, until = excluded.until \
-             WHERE leases.owner = excluded.owner OR leases.until < $4",
+            "INSERT INTO leases (account, owner, until, token) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account) DO UPDATE SET owner = excluded.owner, until = excluded.until, \
+             token = excluded.token \
+             WHERE leases.until < $5 OR leases.token = $4 \
+             OR (leases.owner = $2 AND NOT EXISTS \
+             (SELECT 1 FROM replicas r WHERE r.id = $2 AND r.token <> $4))",
         )
         .bind(account)
-        .bind(owner)
+        .bind(owner.id)
         .bind(i64_of(until))
+        .bind(owner.token)
         .bind(i64_of(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(if r.rows_affected() > 0 {
+            Claim::Taken
+        } else {
+            Claim::HeldElsewhere
+        })
+    }
+
+    /// Extends the lease of `account` to `until` if `owner`'s process still holds
+    /// it (false: taken or released since, so its book's copy may be stale).
+    pub async fn renew(
+        &self,
+        account: &str,
+        owner: LeaseOwner<'_>,
+        until: u64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE leases SET until = $1 WHERE account = $2 AND owner = $3 AND token = $4",
+        )
+        .bind(i64_of(until))
+        .bind(account)
+        .bind(owner.id)
+        .bind(owner.token)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() > 0)
     }
 
-    /// Gives up leases (idle accounts, shutdown).
-    pub async fn release(&self, owner: &str, accounts: &[String]) -> Result<(), StoreError> {
+    /// Gives up leases `owner`'s process holds (idle accounts, shutdown); a lease
+    /// another process took meanwhile is left alone.
+    pub async fn release(
+        &self,
+        owner: LeaseOwner<'_>,
+        accounts: &[String],
+    ) -> Result<(), StoreError> {
         for a in accounts {
-            sqlx::query("DELETE FROM leases WHERE account = $1 AND owner = $2")
+            sqlx::query("DELETE FROM leases WHERE account = $1 AND owner = $2 AND token = $3")
                 .bind(a.as_str())
-                .bind(owner)
+                .bind(owner.id)
+                .bind(owner.token)
                 .execute(&self.pool)
                 .await?;
         }
@@ -74,13 +118,35 @@ impl Store {
     }
 }
 
+/// Who holds a lease: a replica id (`DATA_DIR/replica-id`) and the token of the
+/// process that claimed it (`cluster::identity`). Only that process passes the
+/// fence: one that lost its id to a new process with the same id does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseOwner<'a> {
+    pub id: &'a str,
+    pub token: &'a str,
+}
+
+/// What [`Store::claim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Held by this process already, renewed: its copy of the account is current.
+    Renewed,
+    /// Taken (free, expired, or a previous process's of this replica id): the
+    /// account's money must be read from the store.
+    Taken,
+    /// Another replica (or another live process of this id) holds it.
+    HeldElsewhere,
+}
+
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
-/// The lease renewal a fenced commit makes first: `owner` keeps every account the
-/// batch touches until `until`, provided it still held it at `now`.
+/// The lease renewal a fenced commit makes first: `owner` (the replica id and its
+/// process's token) keeps every account the batch touches until `until`, provided
+/// its process still held it at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence<'a> {
-    pub owner: &'a str,
+    pub owner: LeaseOwner<'a>,
     pub until: u64,
     pub now: u64,
 }
@@ -97,11 +163,13 @@ impl Fence<'_> {
         accounts.dedup();
         for account in accounts {
             let r = sqlx::query(
-                "UPDATE leases SET until = $1 WHERE account = $2 AND owner = $3 AND until >= $4",
+                "UPDATE leases SET until = $1 \
+                 WHERE account = $2 AND owner = $3 AND token = $4 AND until >= $5",
             )
             .bind(i64_of(self.until))
             .bind(account)
-            .bind(self.owner)
+            .bind(self.owner.id)
+            .bind(self.owner.token)
             .bind(i64_of(self.now))
             .execute(&mut **tx)
             .await?;

@@ -67,12 +67,16 @@ impl Store {
             return Ok(0);
         }
         let pattern = format!("%\"key_id\":\"{key_id}\"%");
-        let r =
-            sqlx::query("UPDATE api_keys SET revoked = $1 WHERE revoked IS NULL AND scope LIKE $2")
-                .bind(i64::try_from(at).unwrap_or(i64::MAX))
-                .bind(pattern)
-                .execute(&self.pool)
-                .await?;
+        // No earlier than the store's clock, as `revoke_key`.
+        let sql = format!(
+            "UPDATE api_keys SET revoked = {} WHERE revoked IS NULL AND scope LIKE $2",
+            self.not_before_now("$1")
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(at).unwrap_or(i64::MAX))
+            .bind(pattern)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 

@@ -11,6 +11,13 @@
 //! answered 503 with Retry-After: route keys to replicas with affinity.
 //! A single gateway on SQLite runs the same code and always gets its leases.
 //!
+//! A lease row names the replica id and the claim token of the process holding it
+//! (`store::LeaseOwner`): the fence, renewals and releases match both, so a stalled
+//! process whose id a new process took over (the same data directory, once its
+//! heartbeat expired) cannot write or drop the new process's accounts. A renewal
+//! is never a fresh take: once another process held an account, this one's copy is
+//! stale and is read again from the store ([`Claim::Taken`]).
+//!
 //! Lease ends are compared across replicas (a claim takes an expired lease), so
 //! they are on the store's clock: callers pass their own clock's `now` and the
 //! lease methods add the skew the cluster loop measured against the database
@@ -21,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::money::book::{Book, BookError};
-use crate::store::{Store, StoreError};
+use crate::store::{Claim, LeaseOwner, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -40,6 +47,9 @@ pub struct Leases {
     /// This replica's id, kept in its data directory so that a restarted replica
     /// takes its own leases back at once.
     pub owner: String,
+    /// This process's claim token on `owner` (`cluster::identity`), written on
+    /// every lease it takes: only this process passes their fence.
+    token: String,
     pub ttl: u64,
     /// The store's clock minus this replica's, in seconds.
     skew: AtomicI64,
@@ -50,13 +60,32 @@ pub struct Leases {
 }
 
 impl Leases {
+    /// Leases of replica `owner` for this process, under a fresh token (see
+    /// [`Leases::with_token`]).
     pub fn new(owner: String, ttl: u64) -> Self {
         Leases {
             owner,
+            token: uuid::Uuid::new_v4().simple().to_string(),
             ttl: ttl.max(3),
             skew: AtomicI64::new(0),
             held: RwLock::new(HashMap::new()),
             claiming: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The same, under `token`: the one this process claimed its replica id
+    /// with in the store (`cluster::Cluster::token`), so that it takes back at once
+    /// the leases a previous process of this id left.
+    pub fn with_token(mut self, token: &str) -> Self {
+        token.clone_into(&mut self.token);
+        self
+    }
+
+    /// Who this process's leases name: the replica id and its token.
+    pub fn lease_owner(&self) -> LeaseOwner<'_> {
+        LeaseOwner {
+            id: &self.owner,
+            token: &self.token,
         }
     }
 
@@ -124,11 +153,17 @@ impl Leases {
         }
         let lease_now = self.store_now(now);
         let until = lease_now + self.ttl;
-        if !store.claim(account, &self.owner, until, lease_now).await? {
-            return Err(LeaseError::HeldElsewhere(account.to_owned()));
-        }
+        let claim = store
+            .claim(account, self.lease_owner(), until, lease_now)
+            .await?;
         let known = self.held.read().contains_key(account);
-        if !known || !book.has_account(account) {
+        let load = match claim {
+            Claim::HeldElsewhere => return Err(LeaseError::HeldElsewhere(account.to_owned())),
+            Claim::Renewed => !known || !book.has_account(account),
+            // Someone else may have held it in between: the book's copy is stale.
+            Claim::Taken => true,
+        };
+        if load {
             let s = store.account_state(account, now).await?;
             book.replace_account(account, &s.funds, s.channels, &s.keys, now)?;
         }
@@ -162,7 +197,7 @@ impl Leases {
             gone
         };
         if !gone.is_empty() {
-            store.release(&self.owner, &gone).await?;
+            store.release(self.lease_owner(), &gone).await?;
         }
         Ok(gone)
     }

@@ -26,7 +26,7 @@ pub mod records;
 pub mod registry;
 
 pub use channels::AccountState;
-pub use commit::Fence;
+pub use commit::{Claim, Fence, LeaseOwner};
 pub use load::Snapshot;
 
 use std::str::FromStr;
@@ -101,6 +101,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "replica_tokens",
         include_str!("../../migrations/0011_replica_tokens.sql"),
+    ),
+    (
+        12,
+        "lease_tokens",
+        include_str!("../../migrations/0012_lease_tokens.sql"),
+    ),
+    (
+        13,
+        "change_stamps",
+        include_str!("../../migrations/0013_change_stamps.sql"),
     ),
 ];
 

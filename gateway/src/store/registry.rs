@@ -50,19 +50,24 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| corrupt("registry_providers", "attestation", e))?;
-        sqlx::query(
-            "INSERT INTO registry_providers (id, public_key, registration, attestation, last_seen) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+        // `changed` on the store's clock: the other replicas' reconcile finds the
+        // row whatever this replica's clock says (`Store::changed_since`).
+        let sql = format!(
+            "INSERT INTO registry_providers (id, public_key, registration, attestation, last_seen, changed) \
+             VALUES ($1, $2, $3, $4, $5, {now}) ON CONFLICT (id) DO UPDATE SET \
              registration = excluded.registration, attestation = excluded.attestation, \
-             last_seen = excluded.last_seen WHERE registry_providers.public_key = excluded.public_key",
-        )
-        .bind(p.registration.provider_id.as_str())
-        .bind(p.registration.public_key.as_str())
-        .bind(registration)
-        .bind(attestation)
-        .bind(i64_of(p.last_seen))
-        .execute(&self.pool)
-        .await?;
+             last_seen = excluded.last_seen, changed = excluded.changed \
+             WHERE registry_providers.public_key = excluded.public_key",
+            now = self.now_sql()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(p.registration.provider_id.as_str())
+            .bind(p.registration.public_key.as_str())
+            .bind(registration)
+            .bind(attestation)
+            .bind(i64_of(p.last_seen))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -66,7 +66,9 @@ pub async fn commit_leased(
         Vec::new()
     };
     for account in due {
-        match store.claim(&account, &leases.owner, until, lease_now).await {
+        // A renewal, never a fresh take: if another process took the lease in
+        // between (even if it gave it back), this book's copy is stale.
+        match store.renew(&account, leases.lease_owner(), until).await {
             Ok(true) => leases.renewed(std::slice::from_ref(&account), until),
             Ok(false) => {
                 tracing::error!(%account, "lease lost to another replica; dropping the account from this book");
@@ -96,7 +98,7 @@ pub async fn commit_leased(
             .commit_fenced(
                 &batch,
                 Some(Fence {
-                    owner: &leases.owner,
+                    owner: leases.lease_owner(),
                     until,
                     now: lease_now,
                 }),
@@ -248,7 +250,7 @@ pub async fn run(
         }
         if stop {
             let held = leases.held();
-            if let Err(e) = store.release(&leases.owner, &held).await {
+            if let Err(e) = store.release(leases.lease_owner(), &held).await {
                 tracing::warn!(error = %e, "releasing leases at shutdown; they expire by themselves");
             }
             break;

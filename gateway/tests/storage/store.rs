@@ -256,18 +256,27 @@ async fn keys_vouchers_and_slashes() {
 #[tokio::test]
 async fn a_lost_lease_fences_the_commit() {
     use tenzro_gateway::store::StoreError;
+    use tenzro_gateway::store::{Claim, LeaseOwner};
+    let owner = |id| LeaseOwner { id, token: id };
+    let (a, b, c) = (owner("A"), owner("B"), owner("C"));
     for (url, store, _dir) in backends().await {
         let (_, acct, _) =
             create_in_store(&store, "dev", Asset::Tnzo, 100, KeyScope::default(), None)
                 .await
                 .unwrap();
-        assert!(store.claim(&acct.id, "A", 130, 100).await.unwrap(), "{url}");
-        assert!(
-            store.claim(&acct.id, "A", 140, 110).await.unwrap(),
+        assert_eq!(
+            store.claim(&acct.id, a, 130, 100).await.unwrap(),
+            Claim::Taken,
+            "{url}"
+        );
+        assert_eq!(
+            store.claim(&acct.id, a, 140, 110).await.unwrap(),
+            Claim::Renewed,
             "the owner renews"
         );
-        assert!(
-            !store.claim(&acct.id, "B", 150, 120).await.unwrap(),
+        assert_eq!(
+            store.claim(&acct.id, b, 150, 120).await.unwrap(),
+            Claim::HeldElsewhere,
             "{url}: held by A until 140"
         );
         let book = restore(&store, 100).await;
@@ -277,7 +286,7 @@ async fn a_lost_lease_fences_the_commit() {
             .commit_fenced(
                 &batch,
                 Some(Fence {
-                    owner: "A",
+                    owner: a,
                     until: 150,
                     now: 120,
                 }),
@@ -285,14 +294,18 @@ async fn a_lost_lease_fences_the_commit() {
             .await
             .unwrap();
         // A stalls past its lease; B takes the account over.
-        assert!(store.claim(&acct.id, "B", 300, 200).await.unwrap(), "{url}");
+        assert_eq!(
+            store.claim(&acct.id, b, 300, 200).await.unwrap(),
+            Claim::Taken,
+            "{url}"
+        );
         book.credit(&acct.id, Asset::Tnzo, 7).unwrap();
         let batch = book.take_dirty();
         match store
             .commit_fenced(
                 &batch,
                 Some(Fence {
-                    owner: "A",
+                    owner: a,
                     until: 320,
                     now: 210,
                 }),
@@ -307,14 +320,25 @@ async fn a_lost_lease_fences_the_commit() {
             s.funds[0].1.balance, 105,
             "{url}: A's write after losing the lease did not land"
         );
+        // A's late release (its shutdown) leaves B's lease alone.
         store
-            .release("B", std::slice::from_ref(&acct.id))
+            .release(a, std::slice::from_ref(&acct.id))
             .await
             .unwrap();
-        assert!(
-            store.claim(&acct.id, "C", 400, 210).await.unwrap(),
+        assert!(!store.renew(&acct.id, a, 330).await.unwrap(), "{url}");
+        assert!(store.renew(&acct.id, b, 310).await.unwrap(), "{url}");
+        store
+            .release(b, std::slice::from_ref(&acct.id))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim(&acct.id, c, 400, 210).await.unwrap(),
+            Claim::Taken,
             "{url}: released"
         );
+        // A lease given back and taken again is not a renewal for its first
+        // holder: B's renewal fails, so B would reload the account.
+        assert!(!store.renew(&acct.id, b, 420).await.unwrap(), "{url}");
         store.close().await;
     }
 }

@@ -391,7 +391,10 @@ async fn the_sweep_settles_disputes_no_replica_holds() {
     gw.state.leases.forget(std::slice::from_ref(&gw.account));
     gw.state
         .store
-        .release(&gw.state.leases.owner, std::slice::from_ref(&gw.account))
+        .release(
+            gw.state.leases.lease_owner(),
+            std::slice::from_ref(&gw.account),
+        )
         .await
         .unwrap();
     let mut settled = None;

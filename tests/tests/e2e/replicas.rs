@@ -518,12 +518,17 @@ async fn a_forwarded_stream_passes_chunk_by_chunk_and_ends_with_an_error_event_w
         .claim_replica("replica_dying", "its-token", &address, 60)
         .await
         .unwrap();
-    assert!(
+    let dying_owner = tenzro_gateway::store::LeaseOwner {
+        id: "replica_dying",
+        token: "its-token",
+    };
+    assert_eq!(
         b.state
             .store
-            .claim(&acct.id, "replica_dying", now + 60, now)
+            .claim(&acct.id, dying_owner, now + 60, now)
             .await
-            .unwrap()
+            .unwrap(),
+        tenzro_gateway::store::Claim::Taken
     );
 
     let (got_first, first_seen) = tokio::sync::oneshot::channel::<()>();
@@ -715,6 +720,68 @@ async fn a_replica_with_a_wrong_clock_keeps_its_leases_and_is_forwarded_to() {
     assert!(h.seen_age <= 6, "A is seen alive: {h:?}");
 }
 
+/// A replica whose clock is an hour behind writes a provider's registration and
+/// a key revocation, and its hints are lost: the other replica's reconcile still
+/// finds both, as they are stamped on the store's clock, not the writer's (which
+/// the reconcile's "changed since its last pass" would have missed).
+#[tokio::test]
+async fn a_slow_writers_changes_reach_the_others_without_their_hints() {
+    let Some(db) = fresh_postgres_database().await else {
+        return;
+    };
+    let p = mock_provider("slow-writer", Behaviour::Ok { chunks: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = std::sync::Arc::new(Behind(SystemClock::shared()));
+    let a = replica_at(&db, dir.path(), &[], |_| {}, clock)
+        .await
+        .unwrap();
+    let b = replica(&db, &[], |_| {}).await;
+    let (user, _, rec) = a
+        .state
+        .accounts
+        .create_account("slow", Asset::Tnzo, FUNDS, KeyScope::default(), None)
+        .await
+        .unwrap();
+    let status_on_b = async || {
+        http()
+            .get(format!("{}/v1/account", b.url))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status_on_b().await, 200, "B knows the key");
+
+    // What A's handlers write, with A's clock, and no hint sent.
+    let a_now = a.state.clock.unix();
+    assert!(a.state.store.revoke_key(&rec.id, a_now).await.unwrap());
+    let key = ProviderKey::from_seed(&[31; 32]);
+    a.state
+        .store
+        .put_registered(&tenzro_gateway::store::registry::StoredProvider {
+            registration: registration(&key, &p.url, a_now),
+            attestation: None,
+            last_seen: a_now,
+        })
+        .await
+        .unwrap();
+    let took = eventually(
+        "B refuses the key A revoked, with no hint",
+        Duration::from_secs(10),
+        async || status_on_b().await == 401,
+    )
+    .await;
+    eprintln!("a slow writer's revocation reached B by its reconcile after {took:?}");
+    eventually(
+        "B learns the provider A registered, with no hint",
+        Duration::from_secs(10),
+        async || b.state.registry.get(&key.did()).is_some(),
+    )
+    .await;
+}
+
 /// A heartbeat from a provider id this replica does not know reads the store
 /// once (it may have registered with another replica); repeats within the miss
 /// window are answered from memory, so a flood of unknown ids costs no store
@@ -748,8 +815,8 @@ async fn heartbeats_from_unknown_ids_do_not_each_read_the_store() {
     };
     assert_eq!(beat(&id).await.unwrap().status().as_u16(), 404);
     // Its row appears in the store with no hint (another replica's, its hint
-    // lost), heard from before this replica started (so the reconcile, which reads
-    // what changed since its last pass, does not bring it either).
+    // lost); the reconcile, which reads what changed since its last pass, comes
+    // only after a minute here.
     let registration = registration(&key, &p.url, tenzro_gateway::clock::unix_now());
     a.state
         .store
