@@ -60,6 +60,12 @@ pub struct Upstream {
     probes: AtomicUsize,
 }
 
+/// The receive window of one stream from a provider (bytes): ~500 tokens of SSE.
+const STREAM_WINDOW: u32 = 128 * 1024;
+/// Streams to one provider the connection's window is sized for (tenzro-provider
+/// allows 200 at once).
+const MAX_STREAMS: u32 = 256;
+
 /// What the clients share: timeouts, no redirects, no proxy, public addresses.
 fn builder(config: &Config) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
@@ -83,6 +89,15 @@ impl Upstream {
             Some(
                 builder(config)
                     .http2_prior_knowledge()
+                    // Flow control: a stream's unread data is charged to the
+                    // connection's window too, so with hyper's defaults (2 MiB a
+                    // stream, 5 MiB the connection) three callers that stop
+                    // reading froze every other stream to the provider. The
+                    // connection's window covers every stream's (a provider
+                    // allows at most 256 at once here), so a stalled stream stalls
+                    // only itself, holding at most its own window in memory.
+                    .http2_initial_stream_window_size(STREAM_WINDOW)
+                    .http2_initial_connection_window_size(STREAM_WINDOW * MAX_STREAMS)
                     .http2_keep_alive_interval(Duration::from_secs(20))
                     .http2_keep_alive_timeout(Duration::from_secs(10))
                     .build()?,

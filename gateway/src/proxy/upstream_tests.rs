@@ -152,3 +152,40 @@ async fn an_unreachable_endpoint_is_forgotten_not_pinned() {
     assert!(!up.learned.lock().contains_key(&ep));
     assert_eq!(up.probes.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// The attack of an h2c review: callers that stop reading their streams must not
+/// freeze the provider's shared connection for everyone else.
+#[tokio::test]
+async fn streams_nobody_reads_do_not_stall_the_providers_connection() {
+    let app = Router::new()
+        .route(
+            "/big",
+            post(|| async { axum::body::Body::from(vec![b'x'; 4 << 20]) }),
+        )
+        .route("/v1/chat/completions", post(|| async { "small" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ep = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let up = Upstream::new(&config(true)).unwrap();
+    assert_eq!(settle(&up, &ep).await, Proto::H2c);
+    // Four answers of 4 MiB each, their heads received and their bodies never read
+    // (hyper's default windows froze the connection after ~5 MiB of these).
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let r = up
+            .client(&ep)
+            .post(format!("{ep}/big"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        stalled.push(r);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = tokio::time::timeout(Duration::from_secs(10), call(&up, &ep)).await;
+    assert_eq!(
+        other.expect("another caller's request stalled").as_str(),
+        "small"
+    );
+    drop(stalled);
+}
