@@ -8,7 +8,7 @@ surprisal under the auditor (each token's -logprob, capped at the k-th top logpr
 surprisal + `cap`), E and V upper bounds of its mean and (a plug-in) variance under an
 honest sampler at the request's temperature, from the top-k and the tail mass (every
 tail token at the cap, with the largest tail weight at T). Per (provider, model, digest)
-a one-sided CUSUM  C = max(0, C + min(Z, clamp) - drift)  slashes when C >= threshold.
+a one-sided CUSUM  C = max(0, C + clamp(Z, -clamp, clamp) - drift)  slashes when C >= threshold.
 
 Replays the answers of each provider in random orders (drawn with replacement, so
 sequences longer than the set) and prints: per-answer Z by provider, audits until
@@ -73,7 +73,7 @@ def until_caught(items, a, rng, limit):
         if g:
             return i + 1
         if z is not None:
-            c = max(0.0, c + min(z, a.clamp) - a.drift)
+            c = max(0.0, c + max(-a.clamp, min(z, a.clamp)) - a.drift)
             if c >= a.threshold:
                 return i + 1
     return None
@@ -84,7 +84,7 @@ def largest(items, a, rng, n):
     for _ in range(n):
         z, _ = rng.choice(items)
         if z is not None:
-            c = max(0.0, c + min(z, a.clamp) - a.drift)
+            c = max(0.0, c + max(-a.clamp, min(z, a.clamp)) - a.drift)
             top = max(top, c)
     return top
 
@@ -144,7 +144,7 @@ def main() -> int:
         c = top = 0.0
         for z, _ in order:
             if z is not None:
-                c = max(0.0, c + min(z, a.clamp) - a.drift)
+                c = max(0.0, c + max(-a.clamp, min(z, a.clamp)) - a.drift)
                 top = max(top, c)
         once.append(top)
     print(f"\nHonest, each sampled answer once in {a.orders} random orders: the CUSUM peaked at "

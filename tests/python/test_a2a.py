@@ -160,6 +160,21 @@ def test_a_key_over_its_rate_is_refused_before_a_task_is_made(stack):
         assert int(r.headers["retry-after"]) > 0
 
 
+def test_messages_the_chat_route_refuses_still_count_against_the_keys_rate(stack):
+    # A message for a model that does not exist is refused by the chat route before
+    # its limiter, yet its task row is written: the key's A2A bucket bounds them.
+    key = conftest.new_key(stack["url"], name="a2a-churn", scope={"requests_per_minute": 2})
+    codes = []
+    for i in range(4):
+        r = httpx.post(f"{stack['url']}/a2a", timeout=30, headers={"Authorization": f"Bearer {key}"},
+                       json={"jsonrpc": "2.0", "id": i, "method": "message/send",
+                             "params": message("Hi.", model="no-such-model", max_tokens=4)})
+        codes.append(r.status_code)
+        if r.status_code == 200:
+            assert r.json()["result"]["status"]["state"] == "rejected", r.text
+    assert codes == [200, 200, 429, 429], codes
+
+
 def test_a_task_stays_in_the_keys_scope_and_can_be_canceled(stack):
     r = httpx.post(f"{stack['url']}/admin/accounts", headers={"Authorization": f"Bearer {ADMIN}"},
                    json={"name": "agent", "balance": "10", "scope": {"allowed_models": [EMBED_MODEL]}}, timeout=10)

@@ -55,6 +55,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         api: InProcess::new(state.clone()),
         tasks: Arc::new(tasks),
         default_model: cfg.default_model.clone(),
+        sends: crate::ratelimit::LimiterRegistry::new(state.clock.clone()),
     });
     Router::new()
         .route("/.well-known/agent-card.json", get(card::card))
@@ -206,9 +207,22 @@ async fn rpc(
                 Err(m) => return json(wire::err(&id, -32602, m, None)),
             };
             // The chat route takes the request from the key's limits; a message it
-            // would refuse is refused here, before a task row is stored, so a key
-            // over its rate cannot churn the task table.
+            // would refuse for the rate is refused here, before a task row is
+            // stored. Every message also takes one from the key's A2A bucket (its
+            // requests per minute), so messages the chat route refuses before its
+            // limiter (unknown model, no balance) cannot churn the task table
+            // either.
             if let Err(l) = key.limiters.peek() {
+                return rate_limited(l);
+            }
+            let up: Vec<(String, crate::ratelimit::Rates)> = key
+                .record
+                .scope
+                .ancestors
+                .iter()
+                .map(|a| (a.key_id.clone(), key.rates))
+                .collect();
+            if let Err(l) = ctx.sends.chain(&key.record.id, key.rates, &up).check(0) {
                 return rate_limited(l);
             }
             let history = wire::history_length(&params);

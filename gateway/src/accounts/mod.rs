@@ -103,6 +103,9 @@ pub struct KeyEntry {
     /// Requests and tokens per minute of this key and of every key above it: a
     /// request must pass them all ([`ChainLimiters::check`]).
     pub limiters: ChainLimiters,
+    /// The key's own requests and tokens per minute (its scope, else the
+    /// defaults), for limits kept elsewhere (A2A task creation).
+    pub rates: Rates,
 }
 
 /// The accounts and keys a running gateway serves.
@@ -183,6 +186,7 @@ impl Accounts {
             .set_ancestors(&record.id, record.scope.shared_windows());
         let entry = Arc::new(KeyEntry {
             limiters,
+            rates: own,
             asset,
             identity,
             did,

@@ -59,11 +59,13 @@ pub fn pick(
     eligible.get(i).cloned()
 }
 
-/// The cheapest eligible peer (ties drawn by `seed`) whose TEE price for `s`'s
-/// model is at most `cap` (TNZO base units per token; `None`: no cap), not one of
-/// `exclude` nor bonded by their owners. `None`: no peer, the reference audits.
+/// An eligible peer drawn by `seed` among those whose TEE price for `s`'s model
+/// is at most `cap` (TNZO base units per token; `None`: no cap), not one of
+/// `exclude` nor bonded by their owners. At random, not the cheapest: a peer that
+/// undercuts every other would otherwise audit all of a model's samples (and
+/// could pass its accomplices' answers). `None`: no peer, the reference audits.
 #[expect(clippy::too_many_arguments, reason = "the pick's whole context")]
-pub fn cheapest(
+pub fn draw(
     registry: &Registry,
     book: &Book,
     flags: &Flags,
@@ -73,20 +75,22 @@ pub fn cheapest(
     exclude: &[&str],
     seed: u64,
 ) -> Option<Arc<ProviderEntry>> {
-    let mut priced: Vec<(u128, Arc<ProviderEntry>)> = eligible(registry, book, flags, s, exclude)
+    let within: Vec<Arc<ProviderEntry>> = eligible(registry, book, flags, s, exclude)
         .into_iter()
-        .filter_map(|e| Some((per_million(&e, &s.model, rates)?, e)))
-        .filter(|(p, _)| cap.is_none_or(|c| *p <= c.saturating_mul(1_000_000)))
+        .filter(|e| {
+            per_million(e, &s.model, rates)
+                .is_some_and(|p| cap.is_none_or(|c| p <= c.saturating_mul(1_000_000)))
+        })
         .collect();
-    let low = priced.iter().map(|(p, _)| *p).min()?;
-    priced.retain(|(p, _)| *p == low);
-    let i = usize::try_from(seed % priced.len().max(1) as u64).unwrap_or(0);
-    priced.get(i).map(|(_, e)| e.clone())
+    let i = usize::try_from(seed % within.len().max(1) as u64).unwrap_or(0);
+    within.get(i).cloned()
 }
 
 /// The price cap for peers auditing `model`: the lower of `configured` and the
-/// reference's own TEE price when the reference (`reference`, a base URL) is a
-/// registered provider serving the model (TNZO base units per token).
+/// reference's own TEE price when the reference (`reference`, a base URL) is one
+/// of the operator's configured providers serving the model (TNZO base units per
+/// token). A registered provider claiming the reference's endpoint does not set
+/// it (endpoints are not unique: a tiny price there would price out every peer).
 pub fn price_cap(
     registry: &Registry,
     reference: &str,
@@ -98,7 +102,11 @@ pub fn price_cap(
     let own = registry
         .all()
         .into_iter()
-        .filter(|e| !reference.is_empty() && e.info.endpoint.trim_end_matches('/') == reference)
+        .filter(|e| {
+            e.info.from_config
+                && !reference.is_empty()
+                && e.info.endpoint.trim_end_matches('/') == reference
+        })
         .filter_map(|e| per_million(&e, model, rates))
         .min()
         .map(|p| p / 1_000_000);

@@ -15,8 +15,8 @@
 //! finds less likely, and `Z` grows. (`V` is floored at 1 so that an answer of
 //! near-certain tokens cannot weigh more than one of ordinary ones.)
 //!
-//! Per (provider, model, digest) a one-sided CUSUM `C = max(0, C + min(Z, clamp) −
-//! drift)` is kept ([`Sequences`]); when `C ≥ threshold` the provider is slashed
+//! Per (provider, model, digest) a one-sided CUSUM `C = max(0, C + Z' − drift)`, `Z'`
+//! being `Z` clamped to ±clamp, is kept ([`Sequences`]); when `C ≥ threshold` the provider is slashed
 //! once, the evidence being the audits since `C` last left 0 (at most
 //! [`MAX_EVIDENCE`] kept). Were honest scores exactly N(0, 1) (the bound met with
 //! equality, as it is at T = 1 with cap 0), the CUSUM with drift 0.5 and threshold
@@ -24,7 +24,9 @@
 //! approximation; more than 2·10⁵ in simulation); real honest scores sit below
 //! (mean −0.5 at T = 0.8: the tail bound is conservative). The clamp keeps one
 //! answer from slashing on its own (the per-answer rule of `stat` does that for
-//! greedy answers).
+//! greedy answers), and from below keeps near-greedy answers mixed in from
+//! resetting the statistic at will. Without a reference, a crossing needs the
+//! scorings of two owners (peers bonded by one owner are one voice).
 //! benches/audit/sequential.py replays the calibration through this statistic.
 
 use std::collections::BTreeMap;
@@ -121,6 +123,9 @@ pub struct Scored {
     pub z: f64,
     /// Who scored it: `reference` or the peer's id.
     pub auditor: String,
+    /// Who vouches for that scoring: `reference`, or the peer's bond owner (its
+    /// id when unbonded). Peers of one owner are one voice.
+    pub owner: String,
 }
 
 /// The running statistic of one (provider, model, digest).
@@ -148,7 +153,11 @@ impl Sequence {
         if self.crossed || rule.threshold <= 0.0 || !scored.z.is_finite() {
             return false;
         }
-        let next = (self.value + scored.z.min(rule.clamp) - rule.drift).max(0.0);
+        // Clamped on both sides: one answer moves C by at most `clamp`, so neither a
+        // single wild score nor a run of near-greedy answers mixed in (Z far below
+        // 0) decides it.
+        let z = scored.z.min(rule.clamp).max(-rule.clamp);
+        let next = (self.value + z - rule.drift).max(0.0);
         if next <= 0.0 {
             self.evidence.clear();
         } else {
@@ -163,9 +172,9 @@ impl Sequence {
         self.crossed
     }
 
-    /// Distinct auditors among the evidence.
+    /// Distinct voices among the evidence: owners, not peer ids.
     pub fn auditors(&self) -> usize {
-        let mut a: Vec<&str> = self.evidence.iter().map(|s| s.auditor.as_str()).collect();
+        let mut a: Vec<&str> = self.evidence.iter().map(|s| s.owner.as_str()).collect();
         a.sort_unstable();
         a.dedup();
         a.len()

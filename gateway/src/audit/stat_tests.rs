@@ -229,6 +229,7 @@ fn honest_sampled_scores_sit_below_the_bound_and_never_cross() {
                 request_id: format!("r{i}"),
                 z,
                 auditor: "reference".into(),
+                owner: "reference".into(),
             };
             assert!(
                 !seq.add(&rule, s, 0),
@@ -263,6 +264,7 @@ fn a_perturbed_sampler_crosses_within_a_few_dozen_audits_and_once() {
             request_id: format!("r{i}"),
             z,
             auditor: "reference".into(),
+            owner: "reference".into(),
         };
         if seq.add(&rule, s, 0) {
             assert!(crossed_at.is_none(), "crossed twice");
@@ -278,6 +280,7 @@ fn a_perturbed_sampler_crosses_within_a_few_dozen_audits_and_once() {
         request_id: "x".into(),
         z: 1e9,
         auditor: "reference".into(),
+        owner: "reference".into(),
     };
     assert!(!one.add(&rule, big, 0));
     assert_eq!(one.value, rule.clamp - rule.drift);
@@ -290,9 +293,74 @@ fn a_perturbed_sampler_crosses_within_a_few_dozen_audits_and_once() {
         request_id: "y".into(),
         z: 1e9,
         auditor: "reference".into(),
+        owner: "reference".into(),
     };
     assert!(!Sequence::default().add(&off, s.clone(), 0));
     let nan = Scored { z: f64::NAN, ..s };
     let mut n = Sequence::default();
     assert!(!n.add(&rule, nan, 0) && n.value == 0.0);
+}
+
+#[test]
+fn one_answer_moves_the_statistic_by_at_most_the_clamp_either_way() {
+    use crate::audit::seq::{Scored, SeqRule, Sequence};
+    let rule = SeqRule::default();
+    let at = |z: f64| Scored {
+        request_id: "r".into(),
+        z,
+        auditor: "reference".into(),
+        owner: "reference".into(),
+    };
+    let mut seq = Sequence::default();
+    for _ in 0..2 {
+        seq.add(&rule, at(5.0), 0);
+    }
+    let before = seq.value;
+    assert!(before > rule.clamp + rule.drift, "{before}");
+    // A near-greedy answer mixed in (Z far below 0) lowers C by clamp + drift,
+    // not to 0, and the evidence stays.
+    seq.add(&rule, at(-1e9), 0);
+    assert!(
+        (seq.value - (before - rule.clamp - rule.drift)).abs() < 1e-9,
+        "{}",
+        seq.value
+    );
+    assert_eq!(seq.evidence.len(), 3);
+}
+
+#[test]
+fn peers_of_one_owner_are_one_voice() {
+    use crate::audit::seq::{Scored, SeqRule, Sequence};
+    let rule = SeqRule {
+        threshold: 100.0,
+        ..SeqRule::default()
+    };
+    let mut seq = Sequence::default();
+    for (i, (peer, owner)) in [("p1", "owner a"), ("p2", "owner a"), ("p1", "owner a")]
+        .into_iter()
+        .enumerate()
+    {
+        seq.add(
+            &rule,
+            Scored {
+                request_id: format!("r{i}"),
+                z: 5.0,
+                auditor: peer.into(),
+                owner: owner.into(),
+            },
+            0,
+        );
+    }
+    assert_eq!(seq.auditors(), 1);
+    seq.add(
+        &rule,
+        Scored {
+            request_id: "r3".into(),
+            z: 5.0,
+            auditor: "p3".into(),
+            owner: "owner b".into(),
+        },
+        0,
+    );
+    assert_eq!(seq.auditors(), 2);
 }

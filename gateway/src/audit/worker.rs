@@ -139,7 +139,18 @@ pub async fn audit(
     if let (Some(p), Some(f)) = (&peer, funding) {
         match score_on(a, client, Some((p, f)), s, &case).await {
             Ok(t) => scored = Some((t, p.info.id.clone())),
-            Err(e) if reference.is_empty() => return Verdict::Error(e),
+            Err(e) if reference.is_empty() => {
+                // No reference: one other peer (another owner) is asked, so a
+                // peer that drops audit traffic cannot turn audits off.
+                tracing::info!(peer = %p.info.id, error = %e, "audit: the peer did not score; another is asked");
+                let Some(q) = choose_peer(a, registry, f, s, &[p.info.id.as_str()]) else {
+                    return Verdict::Error(e);
+                };
+                match score_on(a, client, Some((&q, f)), s, &case).await {
+                    Ok(t) => scored = Some((t, q.info.id.clone())),
+                    Err(e) => return Verdict::Error(e),
+                }
+            }
             Err(e) => {
                 tracing::info!(peer = %p.info.id, error = %e, "audit: the peer did not score; the reference does")
             }
@@ -175,9 +186,8 @@ pub async fn audit(
                 a.counters.disputed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(provider = %s.provider, request_id = %s.request_id, peer = %by,
                     confirmer = %who, "audit: a peer's failing score was not confirmed; no slash");
-                if who == REFERENCE {
-                    trusted = Some((t, who));
-                }
+                // Two peers disagree: neither scoring feeds the statistic.
+                trusted = (who == REFERENCE).then_some((t, who));
                 finding = theirs;
                 finding.mismatch = false;
             }
@@ -194,7 +204,16 @@ pub async fn audit(
         return Verdict::Failed(finding, slash);
     }
     if let Some((t, who)) = trusted
-        && let Some(v) = sequential(a, registry, s, case.temperature, &t, &who, &finding)
+        && let Some(v) = sequential(
+            a,
+            registry,
+            funding,
+            s,
+            case.temperature,
+            &t,
+            &who,
+            &finding,
+        )
     {
         return v;
     }
@@ -204,8 +223,8 @@ pub async fn audit(
 /// Who scored, in the sequential evidence, when the reference did.
 const REFERENCE: &str = "reference";
 
-/// The peer to ask: the cheapest eligible one within the price cap, while the
-/// hour's peer spend is under its limit; `None`: the reference.
+/// The peer to ask: one drawn at random among the eligible within the price cap,
+/// while the hour's peer spend is under its limit; `None`: the reference.
 fn choose_peer(
     a: &Audits,
     registry: &Registry,
@@ -220,7 +239,7 @@ fn choose_peer(
     }
     let configured = cfg.price_cap().ok().flatten();
     let cap = peer::price_cap(registry, &cfg.reference, &s.model, &f.rates, configured);
-    peer::cheapest(
+    peer::draw(
         registry,
         &f.book,
         &a.flags,
@@ -286,10 +305,12 @@ async fn confirm(
 
 /// Feeds a sampled answer's score to its provider's running statistic; a crossing
 /// slashes (once per offence) when its evidence is trusted: the reference's, or,
-/// without a reference, at least two distinct peers'.
+/// without a reference, the scorings of at least two owners' peers.
+#[expect(clippy::too_many_arguments, reason = "the audit's whole context")]
 fn sequential(
     a: &Audits,
     registry: &Registry,
+    funding: Option<&Funding>,
     s: &Sample,
     temperature: f64,
     tokens: &[ScoredToken],
@@ -304,10 +325,16 @@ fn sequential(
         s.model.clone(),
         s.weight_sha256.clone().unwrap_or_default(),
     );
+    // Who vouches: peers bonded by one owner are one voice.
+    let owner = match funding.and_then(|f| f.book.bond_of_provider(by)) {
+        Some(b) if by != REFERENCE => format!("owner {}", b.owner),
+        _ => by.to_owned(),
+    };
     let scored = seq::Scored {
         request_id: s.request_id.clone(),
         z,
         auditor: by.to_owned(),
+        owner,
     };
     let crossed = a
         .sequences
