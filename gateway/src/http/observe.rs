@@ -25,7 +25,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_id);
     req.extensions_mut().insert(RequestId(id.clone()));
     // The route pattern (shared, not copied per request).
     let matched = req.extensions().get::<MatchedPath>().cloned();
@@ -54,6 +54,14 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     resp
 }
 
+/// A new request id: a v4 UUID from rand's thread-local CSPRNG (uuid's own
+/// `new_v4` makes a getrandom syscall per id).
+fn new_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
@@ -61,6 +69,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             .extensions
             .get::<RequestId>()
             .cloned()
-            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
+            .unwrap_or_else(|| RequestId(new_id())))
     }
 }

@@ -141,7 +141,10 @@ impl Call<'_> {
         channel: &str,
     ) -> Result<reqwest::Response, String> {
         let (state, req) = (self.state, self.req);
-        let url = format!("{}{}", entry.info.endpoint, req.path);
+        let url = state
+            .upstream
+            .url(&entry.info.endpoint, req.path)
+            .map_err(|e| format!("{}: {e}", entry.info.id))?;
         let payer_auth = PaidRequest {
             method: "POST",
             path_and_query: req.path,
@@ -153,7 +156,7 @@ impl Call<'_> {
         let call = state
             .upstream
             .client(&entry.info.endpoint)
-            .post(&url)
+            .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", self.request_id)
             .header("x-tenzro-channel", channel)

@@ -268,9 +268,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A routing seed or sampling draw: rand's thread-local ChaCha generator (seeded
+/// from the OS, reseeded as it goes), with no syscall per request.
 fn rand_seed() -> u64 {
-    let u = uuid::Uuid::new_v4().as_u64_pair();
-    u.0 ^ u.1
+    rand::random()
 }
 
 async fn read_limited(
