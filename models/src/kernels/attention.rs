@@ -14,8 +14,6 @@
 //! second time with AVX2 enabled and picked at run time. Neither contracts
 //! multiplies and adds into FMAs, so both give the same bits.
 
-use rayon::prelude::*;
-
 /// What every (row, head) of one call shares.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -85,9 +83,16 @@ pub fn attend(
             .enumerate()
             .for_each(|x| job(x, &mut scores));
     } else {
-        out.par_chunks_mut(hd)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, x| job(x, scores));
+        // Contiguous runs of (row, head) outputs, a few per thread.
+        let pairs = out.len() / hd;
+        let per = pairs.div_ceil(super::pool::threads() * 4).max(1);
+        let mut runs: Vec<(usize, &mut [f32])> = out.chunks_mut(per * hd).enumerate().collect();
+        super::pool::for_each_mut(&mut runs, &|(r, run)| {
+            let mut scores = Vec::new();
+            for (k, o) in run.chunks_mut(hd).enumerate() {
+                job((*r * per + k, o), &mut scores);
+            }
+        });
     }
     Ok(())
 }

@@ -18,7 +18,7 @@
 use std::arch::x86_64::*;
 
 use super::WeightType;
-use super::q8::BlockQ8;
+use super::q8::{BlockQ8, Columns, PAD};
 
 /// Whether this CPU runs these kernels (checked once).
 pub fn available() -> bool {
@@ -31,13 +31,14 @@ pub fn available() -> bool {
 }
 
 /// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`
-/// (`rb` bytes each) and the `m` activation rows of `acts`; `None` when the CPU
-/// lacks AVX2, FMA or F16C or the shapes do not fit together.
+/// (`rb` bytes each) and the `m` activation rows of `acts` (whose scales and
+/// sums `columns` holds block-major); `None` when the CPU lacks AVX2, FMA or
+/// F16C or the shapes do not fit together.
 pub fn rows(
     ty: WeightType,
     w: &[u8],
     rb: usize,
-    acts: &[BlockQ8],
+    (acts, columns): (&[BlockQ8], &Columns),
     m: usize,
     out: &mut [f32],
 ) -> Option<()> {
@@ -51,6 +52,8 @@ pub fn rows(
         && w.len() == n_rows * rb
         && rb / bb * per == kb
         && acts.len() == kb * m
+        && columns.d.len() == kb * m + PAD
+        && columns.s.len() == kb * m + PAD
         && out.len() == n_rows * m;
     if !fits {
         return None;
@@ -60,10 +63,11 @@ pub fn rows(
         nb: rb / bb,
         kb,
         m,
+        ahead: prefetch_tiles() * 4 * rb,
     };
     // SAFETY: AVX2, FMA and F16C were detected on this CPU just above, and `fits`
     // checked every length `chunk` reads or writes against `s`.
-    unsafe { chunk(ty, w, acts, out, s) };
+    unsafe { chunk(ty, w, (acts, columns), out, s) };
     Some(())
 }
 
@@ -76,14 +80,45 @@ struct Shape {
     nb: usize,
     kb: usize,
     m: usize,
+    /// Bytes ahead of a one-activation-row tile's weights to prefetch (0: none).
+    ahead: usize,
+}
+
+/// Four-row tiles ahead that a one-activation-row tile prefetches
+/// (`TENZRO_CPU_PREFETCH`, read once; 0 leaves it to the hardware).
+fn prefetch_tiles() -> usize {
+    static TILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *TILES.get_or_init(|| {
+        std::env::var("TENZRO_CPU_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            .min(64)
+    })
+}
+
+/// Prefetch the `step` bytes at `p`, one line at a time (`step` <= 192).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(p: *const u8, step: usize) {
+    let mut at = 0;
+    while at < step {
+        // A prefetch is a hint that never faults, whatever the address;
+        // `wrapping_add` computes it without claiming it is in bounds.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at).cast());
+        at += 48;
+    }
 }
 
 /// A tile's inputs: `R` weight rows from `w` (`rb` bytes apart), `N` activation
-/// rows from `a` (`kb` blocks apart).
+/// rows from `a` (`kb` blocks apart), and their blocks' scales and sums from
+/// `d` and `s` (block `b` of the tile's rows at `b * m`, see [`Columns`]).
 #[derive(Clone, Copy)]
 struct Tile {
     w: *const u8,
     a: *const BlockQ8,
+    d: *const f32,
+    s: *const f32,
 }
 
 /// Per (weight row, activation row): the vector accumulator and the scalar sum of
@@ -91,10 +126,17 @@ struct Tile {
 type Acc<const R: usize, const N: usize> = ([[__m256; N]; R], [[f32; N]; R]);
 
 /// # Safety
-/// The CPU has AVX2, FMA and F16C; `w` is `out.len() / s.m` rows of `s.rb` bytes
-/// and `acts` is `s.m` rows of `s.kb` blocks.
+/// The CPU has AVX2, FMA and F16C; `w` is `out.len() / s.m` rows of `s.rb` bytes,
+/// `acts` is `s.m` rows of `s.kb` blocks and `columns` their `s.kb * s.m + PAD`
+/// scales and sums.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8], out: &mut [f32], s: Shape) {
+unsafe fn chunk(
+    ty: WeightType,
+    w: &[u8],
+    (acts, columns): (&[BlockQ8], &Columns),
+    out: &mut [f32],
+    s: Shape,
+) {
     let n_rows = w.len() / s.rb;
     // One activation row: four weight rows per tile. A batch: two weight rows by
     // up to four activation rows (eight accumulators, the registers' limit).
@@ -107,11 +149,14 @@ unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8], out: &mut [f32], s: 
             let n = (s.m - t).min(if r == 4 { 1 } else { 4 });
             // SAFETY: rows i..i + r < n_rows of `w` and activation rows t..t + n
             // <= m of `acts` exist (the caller's contract); the tile reads only
-            // those and writes out[(i + r') * m + t + n'] for r' < r, n' < n.
+            // those, columns[b * m + t..b * m + t + 4] for blocks b < kb (inside
+            // kb * m + PAD), and writes out[(i + r') * m + t + n'] for r' < r, n' < n.
             unsafe {
                 let tile = Tile {
                     w: w.as_ptr().add(i * s.rb),
                     a: acts.as_ptr().add(t * s.kb),
+                    d: columns.d.as_ptr().add(t),
+                    s: columns.s.as_ptr().add(t),
                 };
                 let o = out.as_mut_ptr().add(i * s.m + t);
                 match (r, n) {
@@ -142,6 +187,7 @@ unsafe fn tile_ty<const R: usize, const N: usize>(ty: WeightType, t: Tile, s: Sh
         match ty {
             WeightType::Q8_0 => q8_0::<R, N>(t, s),
             WeightType::Q4_0 => q4::<R, N, true>(t, s),
+            WeightType::Q4_1 if N == 1 && R <= 4 => q4_1_gemv::<R, N>(t, s),
             WeightType::Q4_1 => q4::<R, N, false>(t, s),
             WeightType::Q4K => k45::<R, N, false>(t, s),
             WeightType::Q5K => k45::<R, N, true>(t, s),
@@ -226,6 +272,12 @@ unsafe fn q8_0<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
     let (mut acc, mins) = zero::<R, N>();
     let ones = _mm256_set1_epi16(1);
     for b in 0..s.nb {
+        if N == 1 && R == 4 && s.ahead != 0 {
+            // The tile `ahead` bytes on: 4 rows of nb blocks, 136 bytes a block.
+            prefetch(t.w.wrapping_add(s.ahead + b * 136), 136);
+        }
+        // SAFETY: the tile's activation scales of block b (caller's contract).
+        let ad = unsafe { block_column(t.d, b, s.m) };
         for r in 0..R {
             // SAFETY: block b of weight row r and of activation rows n < N are in
             // bounds (caller's contract).
@@ -234,11 +286,14 @@ unsafe fn q8_0<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
                 let d = f16(blk);
                 let q = load32(blk.add(2));
                 let aq = _mm256_sign_epi8(q, q);
+                // d * a.d for the tile's rows at once: the bits of the scalar product.
+                let sc = lanes(_mm_mul_ps(_mm_set1_ps(d), ad));
                 for n in 0..N {
                     let a = &*t.a.add(n * s.kb + b);
                     let x = _mm256_sign_epi8(load32(a.qs.as_ptr().cast()), q);
                     let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), ones);
-                    acc[r][n] = fma(acc[r][n], dot, d * a.d);
+                    let scale = if N == 1 { d * a.d } else { sc[n] };
+                    acc[r][n] = fma(acc[r][n], dot, scale);
                 }
             }
         }
@@ -254,9 +309,13 @@ unsafe fn q8_0<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4<const R: usize, const N: usize, const ZERO: bool>(t: Tile, s: Shape) -> Acc<R, N> {
     let (mut acc, mut mins) = zero::<R, N>();
-    let low = _mm_set1_epi8(0x0F);
+    let low = _mm256_set1_epi8(0x0F);
     let bb = if ZERO { 18 } else { 20 };
+    // A batch tile sums its minimum terms four activation rows to a vector.
+    let mut min_v = [_mm_setzero_ps(); R];
     for b in 0..s.nb {
+        // SAFETY: the tile's activation scales and sums of block b (caller's contract).
+        let (ad, asum) = unsafe { (block_column(t.d, b, s.m), block_column(t.s, b, s.m)) };
         for r in 0..R {
             // SAFETY: block b of weight row r and of activation rows n < N are in
             // bounds (caller's contract).
@@ -269,20 +328,111 @@ unsafe fn q4<const R: usize, const N: usize, const ZERO: bool>(t: Tile, s: Shape
                     let (d, m) = f16x2(blk);
                     (d, m, blk.add(4))
                 };
+                // Low nibbles in the first 16 bytes, high ones in the last 16.
                 let raw = _mm_loadu_si128(qs.cast());
-                let lo = _mm_and_si128(raw, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-                let q = _mm256_set_m128i(hi, lo);
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                if N == 1 {
+                    let a = &*t.a.add(b);
+                    let x = load32(a.qs.as_ptr().cast());
+                    acc[r][0] = fma(acc[r][0], dot_u8(q, x), d * a.d);
+                    mins[r][0] += m * a.s;
+                    continue;
+                }
+                // The same products and sums as the scalar lines above, lane by
+                // lane, so a row's bits do not depend on the tile.
+                let sc = lanes(_mm_mul_ps(_mm_set1_ps(d), ad));
+                min_v[r] = _mm_add_ps(min_v[r], _mm_mul_ps(_mm_set1_ps(m), asum));
                 for n in 0..N {
                     let a = &*t.a.add(n * s.kb + b);
                     let x = load32(a.qs.as_ptr().cast());
-                    acc[r][n] = fma(acc[r][n], dot_u8(q, x), d * a.d);
-                    mins[r][n] += m * a.s;
+                    acc[r][n] = fma(acc[r][n], dot_u8(q, x), sc[n]);
                 }
             }
         }
     }
+    if N > 1 {
+        for r in 0..R {
+            let v = lanes(min_v[r]);
+            mins[r].copy_from_slice(&v[..N]);
+        }
+    }
     (acc, mins)
+}
+
+/// Q4_1 against one activation row (`N == 1`), up to four weight rows: the rows'
+/// f16 scales and minimums go through one `vcvtph2ps` and one multiply by the
+/// activation block's scale and sum, so the minimum term costs one vector add per
+/// block for all the rows. The same products and sums as [`q4`]'s, lane by lane.
+///
+/// # Safety
+/// As [`q8_0`], for Q4_1 blocks, with `N == 1` and `R <= 4`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_gemv<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
+    let (mut acc, mut mins) = zero::<R, N>();
+    let low = _mm256_set1_epi8(0x0F);
+    let mut min_v = _mm256_setzero_ps();
+    for b in 0..s.nb {
+        // SAFETY: block b of weight rows r < R <= 4 and of the one activation row
+        // are in bounds (caller's contract); BlockQ8 is `repr(C)`, `d` then `s`.
+        unsafe {
+            if R == 4 && s.ahead != 0 {
+                // The tile `ahead` bytes on: 4 rows of nb blocks, 80 bytes a block.
+                prefetch(t.w.wrapping_add(s.ahead + b * 80), 80);
+            }
+            let a = t.a.add(b);
+            let ds = std::ptr::read_unaligned(a.cast::<i64>());
+            let ads = _mm256_castsi256_ps(_mm256_set1_epi64x(ds));
+            let x = load32((*a).qs.as_ptr().cast());
+            let w = t.w.add(b * 20);
+            let mut dm = [0i32; 4];
+            for r in 0..R {
+                dm[r] = std::ptr::read_unaligned(w.add(r * s.rb).cast::<i32>());
+            }
+            // Lanes 2r and 2r + 1: d * a.d and m * a.s of weight row r.
+            let k = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_setr_epi32(dm[0], dm[1], dm[2], dm[3])),
+                ads,
+            );
+            min_v = _mm256_add_ps(min_v, k);
+            for r in 0..R {
+                let raw = _mm_loadu_si128(w.add(r * s.rb + 4).cast());
+                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                let scale = _mm256_permutevar8x32_ps(k, _mm256_set1_epi32(2 * r as i32));
+                let dot = _mm256_cvtepi32_ps(dot_u8(q, x));
+                acc[r][0] = _mm256_fmadd_ps(dot, scale, acc[r][0]);
+            }
+        }
+    }
+    let mut v = [0f32; 8];
+    // SAFETY: `v` is 8 writable f32s; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), min_v) };
+    for r in 0..R {
+        mins[r][0] = v[2 * r + 1];
+    }
+    (acc, mins)
+}
+
+/// The four values at `p[b * m..]`: block `b`'s scales (or sums) of a tile's
+/// activation rows.
+///
+/// # Safety
+/// `p[b * m..b * m + 4]` is readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_column(p: *const f32, b: usize, m: usize) -> __m128 {
+    // SAFETY: 4 readable f32s (caller's contract); `loadu` is unaligned.
+    unsafe { _mm_loadu_ps(p.add(b * m)) }
+}
+
+/// The four lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lanes(v: __m128) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: `out` is 4 writable f32s; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
 }
 
 /// The 8 sub-block scales and minimums of a Q4_K/Q5_K block's 12 scale bytes,

@@ -3,8 +3,8 @@
 //! call to 8-bit blocks of 32 ([`q8`]), and int8 dot products over both.
 //!
 //! [`QWeight::matmul`] is a GEMM over `m` activation rows: output rows are split
-//! over rayon's pool (one pool for the process, sized to the cores, shared with
-//! candle), and within a task each weight block is unpacked once and multiplied
+//! over [`pool`]'s threads (the caller and spinning helpers, as many as rayon's
+//! pool has), and within a task each weight block is unpacked once and multiplied
 //! with up to four activation rows while it sits in registers, so a batch reads
 //! the weights once. `m == 1` is the GEMV.
 //!
@@ -17,12 +17,11 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod pool;
 pub mod portable;
 pub mod q8;
 
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
-
 use q8::{BlockQ8, QK};
 
 /// Weight types with kernels here.
@@ -200,12 +199,13 @@ pub fn matmul_many(
     }
     let mut acts = Vec::with_capacity(x.len() / QK);
     q8::quantize_rows(x, &mut acts);
+    let columns = q8::Columns::of(&acts, m);
     let mut by_row: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * m]).collect();
     if m == 0 {
         return Ok(by_row);
     }
     let total: usize = ws.iter().map(|w| w.rows).sum();
-    let threads = rayon::current_num_threads().max(1);
+    let threads = pool::threads();
     // Enough tasks to balance, few enough that each amortises its dispatch.
     // Whole tiles of 4 weight rows (the AVX2 kernel's single-row tile).
     let chunk = total.div_ceil(threads * 4).max(4).next_multiple_of(4);
@@ -215,17 +215,17 @@ pub fn matmul_many(
             tasks.push((w, ci * chunk, dst));
         }
     }
-    let acts = &acts;
-    let work = |(w, first, dst): (&QWeight, usize, &mut [f32])| {
+    let (acts, columns) = (&acts, &columns);
+    let work = |(w, first, dst): &mut (&QWeight, usize, &mut [f32])| {
         let rb = w.row_bytes();
         let n = dst.len() / m;
-        let wr = &w.data[first * rb..(first + n) * rb];
-        rows_chunk(w.ty, wr, rb, acts, m, dst, isa);
+        let wr = &w.data[*first * rb..(*first + n) * rb];
+        rows_chunk(w.ty, wr, rb, (acts, columns), m, dst, isa);
     };
     if total * cols * m < 1 << 16 {
-        tasks.into_iter().for_each(work);
+        tasks.iter_mut().for_each(work);
     } else {
-        tasks.into_par_iter().for_each(work);
+        pool::for_each_mut(&mut tasks, &work);
     }
     if m == 1 {
         return Ok(by_row);
@@ -251,16 +251,16 @@ fn rows_chunk(
     ty: WeightType,
     w: &[u8],
     rb: usize,
-    acts: &[BlockQ8],
+    (acts, columns): (&[BlockQ8], &q8::Columns),
     m: usize,
     out: &mut [f32],
     isa: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Best && avx2::rows(ty, w, rb, acts, m, out).is_some() {
+    if isa == Isa::Best && avx2::rows(ty, w, rb, (acts, columns), m, out).is_some() {
         return;
     }
-    let _ = isa;
+    let _ = (isa, columns);
     for (wr, o) in w.chunks_exact(rb).zip(out.chunks_mut(m)) {
         portable::rows(ty, wr, acts, o);
     }

@@ -45,6 +45,36 @@ impl BlockQ8 {
     }
 }
 
+/// Values of padding after [`Columns`]' arrays.
+pub const PAD: usize = 4;
+
+/// The scales and sums of `m` rows of activation blocks, block-major: `d[b * m +
+/// t]` and `s[b * m + t]` are block `b` of row `t`'s, followed by [`PAD`] zeros,
+/// so a batch tile loads four rows' values of a block with one vector load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+}
+
+impl Columns {
+    /// Of `acts`, `m` rows of equally many blocks.
+    pub fn of(acts: &[BlockQ8], m: usize) -> Columns {
+        let kb = acts.len().checked_div(m).unwrap_or(0);
+        let mut d = vec![0f32; kb * m + PAD];
+        let mut s = vec![0f32; kb * m + PAD];
+        if kb > 0 {
+            for (t, row) in acts.chunks_exact(kb).enumerate() {
+                for (b, a) in row.iter().enumerate() {
+                    d[b * m + t] = a.d;
+                    s[b * m + t] = a.s;
+                }
+            }
+        }
+        Columns { d, s }
+    }
+}
+
 /// Quantize `m` rows of `k` values (`k` a multiple of 32) into `out`, which must
 /// hold `m * k / 32` blocks.
 pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8>) {

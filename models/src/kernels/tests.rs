@@ -226,9 +226,10 @@ fn the_avx2_kernels_take_every_type_and_shape() {
             let w = vec![0u8; rows * rb];
             let mut acts = Vec::new();
             super::q8::quantize_rows(&vec![0.5f32; m * cols], &mut acts);
+            let columns = super::q8::Columns::of(&acts, m);
             let mut out = vec![0f32; rows * m];
             assert!(
-                super::avx2::rows(ty, &w, rb, &acts, m, &mut out).is_some(),
+                super::avx2::rows(ty, &w, rb, (&acts, &columns), m, &mut out).is_some(),
                 "{dtype:?} {rows}x{cols} m={m}"
             );
         }
