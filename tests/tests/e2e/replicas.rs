@@ -686,6 +686,19 @@ impl Clock for Behind {
     }
 }
 
+/// Replica A, its clock an hour behind, and replica B, on time, both on `db`
+/// with `providers`.
+async fn behind_and_on_time(db: &str, providers: &[&str]) -> (Replica, Replica) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = std::sync::Arc::new(Behind(SystemClock::shared()));
+    let mut a = replica_at(db, dir.path(), providers, |_| {}, clock)
+        .await
+        .unwrap();
+    a._dir = Some(dir);
+    let b = replica(db, providers, |_| {}).await;
+    (a, b)
+}
+
 /// A replica whose clock is an hour behind keeps its leases and is seen alive:
 /// lease ends and heartbeats are compared on the store's clock, never one
 /// replica's clock against another's (else B took A's live lease as expired and
@@ -696,12 +709,7 @@ async fn a_replica_with_a_wrong_clock_keeps_its_leases_and_is_forwarded_to() {
         return;
     };
     let p = mock_provider("skew", Behaviour::Ok { chunks: 2 }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let clock: SharedClock = std::sync::Arc::new(Behind(SystemClock::shared()));
-    let a = replica_at(&db, dir.path(), &[&p.url], |_| {}, clock)
-        .await
-        .unwrap();
-    let b = replica(&db, &[&p.url], |_| {}).await;
+    let (a, b) = behind_and_on_time(&db, &[&p.url]).await;
     let (key, acct, _) = a
         .state
         .accounts
@@ -730,12 +738,7 @@ async fn a_slow_writers_changes_reach_the_others_without_their_hints() {
         return;
     };
     let p = mock_provider("slow-writer", Behaviour::Ok { chunks: 2 }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let clock: SharedClock = std::sync::Arc::new(Behind(SystemClock::shared()));
-    let a = replica_at(&db, dir.path(), &[], |_| {}, clock)
-        .await
-        .unwrap();
-    let b = replica(&db, &[], |_| {}).await;
+    let (a, b) = behind_and_on_time(&db, &[]).await;
     let (user, _, rec) = a
         .state
         .accounts
