@@ -3,8 +3,9 @@
 //! the secret, over the method, the path and query, the time, a random nonce (two
 //! identical requests forwarded in one second are two forwards), the body's
 //! SHA-256 and the
-//! SHA-256 of the caller's `Authorization` header (so a MAC seen on the wire
-//! cannot carry another key, path or body). The holder accepts it within
+//! SHA-256 of the caller's `Authorization` header and the replica id it is sent
+//! to (so a MAC seen on the wire cannot carry another key, path or body, nor be
+//! replayed to another replica). The holder accepts it within
 //! [`WINDOW_S`] of its own clock and only once (a replay of a MAC it accepted is
 //! refused). The caller's key still travels: the holder authenticates and admits
 //! the request with it as any other (its scope, limits and revocation), so
@@ -31,6 +32,8 @@ pub struct Forwarded<'a> {
     pub body: &'a [u8],
     /// The caller's `Authorization` header, if any.
     pub authorization: Option<&'a [u8]>,
+    /// The replica id it is sent to (the lease holder's).
+    pub to: &'a str,
 }
 
 /// Why a forward header was refused (the caller is told only that the header is
@@ -80,6 +83,7 @@ fn mac(secret: &str, f: &Forwarded<'_>, at: u64, nonce: &[u8; 16]) -> [u8; 32] {
             nonce,
             &body,
             &auth,
+            f.to.as_bytes(),
         ],
     )
 }
@@ -150,9 +154,10 @@ pub struct Replays {
 }
 
 impl Replays {
-    /// Records `tag` (made at `at`) at `now`; false when it was seen before. When
-    /// full of MACs still in the window, it accepts without remembering (the
-    /// window still bounds a replay).
+    /// Records `tag` (made at `at`) at `now`; false when it was seen before, or
+    /// when it cannot be remembered: full of MACs still in the window (over
+    /// [`MAX_SEEN`] forwards a minute), a forward is refused rather than
+    /// accepted unrecorded (which a replay could use).
     pub fn first_time(&mut self, h: &Header, now: u64) -> bool {
         let (tag, at) = (h.tag, h.at);
         if self.seen.contains_key(&tag) {
@@ -162,9 +167,10 @@ impl Replays {
             self.seen
                 .retain(|_, t| t.saturating_add(2 * WINDOW_S) >= now);
         }
-        if self.seen.len() < MAX_SEEN {
-            self.seen.insert(tag, at);
+        if self.seen.len() >= MAX_SEEN {
+            return false;
         }
+        self.seen.insert(tag, at);
         true
     }
 }
@@ -213,6 +219,7 @@ mod tests {
             path_and_query: path,
             body,
             authorization: auth,
+            to: "r1",
         }
     }
 
@@ -233,6 +240,7 @@ mod tests {
             req("/v1/chat/completions", b"{}", Some(b"Bearer tz-b")),
             req("/v1/chat/completions", b"{}", None),
             Forwarded { method: "GET", ..f },
+            Forwarded { to: "r2", ..f },
         ];
         for c in changed {
             assert_eq!(
@@ -282,5 +290,15 @@ mod tests {
         assert!(r.first_time(&h(1), 100));
         assert!(!r.first_time(&h(1), 101));
         assert!(r.first_time(&h(2), 101));
+        // Full of MACs still in the window: refused, not accepted unrecorded.
+        let mut full = Replays::default();
+        for i in 0..MAX_SEEN {
+            let mut tag = [0u8; 32];
+            tag[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            full.seen.insert(tag, 100);
+        }
+        assert!(!full.first_time(&h(3), 101));
+        // Once they age out of the window, new ones are recorded again.
+        assert!(full.first_time(&h(3), 100 + 2 * WINDOW_S + 1));
     }
 }

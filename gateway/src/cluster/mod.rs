@@ -303,6 +303,7 @@ mod tests {
             path_and_query: "/v1/account",
             body: b"",
             authorization: Some(b"Bearer tz-x"),
+            to: "r1",
         };
         let h = c.sign_forward(&f, 1_000);
         let pre = c.precheck_forward(&h, 1_010).unwrap();

@@ -190,7 +190,10 @@ impl Shared {
     pub async fn run(self, store_url: String, cancel: CancellationToken) {
         let cfg = self.cluster.section.clone();
         let mut beat = tokio::time::interval(Duration::from_secs(cfg.heartbeat_s.max(1)));
-        let mut tick = tokio::time::interval(Duration::from_secs(cfg.reconcile_s.max(1)));
+        // The first pass one period from now: at start `since` is now, so an
+        // immediate pass would find nothing the start-up load did not.
+        let period = Duration::from_secs(cfg.reconcile_s.max(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut listener = if self.store.is_sqlite() {
             None
         } else {

@@ -161,6 +161,7 @@ async fn from_replica(state: &AppState, req: Request) -> Result<Request, ApiErro
             .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
+        to: &state.cluster.replica,
     };
     state
         .cluster
@@ -293,6 +294,7 @@ async fn forward(state: &AppState, account: &str, holder: Holder, req: Request) 
                 .headers
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
+            to: &holder.owner,
         },
         state.leases.store_now(state.clock.unix()),
     );

@@ -320,7 +320,7 @@ async fn the_forward_header_is_refused_from_outside() {
     }
     assert_eq!(p.calls(), calls);
     // The secret itself is no header either.
-    let signed = |key: &str, body: &[u8], at: u64| {
+    let sign_for = |to: &str, key: &str, body: &[u8], at: u64| {
         let auth = format!("Bearer {key}");
         tenzro_gateway::cluster::auth::sign(
             SECRET,
@@ -329,10 +329,13 @@ async fn the_forward_header_is_refused_from_outside() {
                 path_and_query: "/v1/chat/completions",
                 body,
                 authorization: Some(auth.as_bytes()),
+                to,
             },
             at,
         )
     };
+    let signed =
+        |key: &str, body: &[u8], at: u64| sign_for(&b.state.cluster.replica, key, body, at);
     let send = |key: &str, header: String, body: Vec<u8>| {
         http()
             .post(format!("{}/v1/chat/completions", b.url))
@@ -358,6 +361,10 @@ async fn the_forward_header_is_refused_from_outside() {
         (signed(&key, &other, now), "another body"),
         (signed("tz-other", &body, now), "another key"),
         (signed(&key, &body, now - 120), "too old"),
+        (
+            sign_for(&a.state.cluster.replica, &key, &body, now),
+            "made for another replica",
+        ),
     ] {
         let r = send(&key, header, body.clone()).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 403, "{why}");
