@@ -18,7 +18,7 @@ use tenzro_attest::voucher::Voucher;
 use tenzro_gateway::clock::unix_now;
 use tenzro_gateway::money::dispute_auth::{HEADER, SignedDispute};
 use tenzro_gateway::pricing::Asset;
-use tenzro_models::api::{ModelCategory, RegisterRequest, Signed};
+use tenzro_models::api::{RegisterRequest, Signed};
 
 /// A provider that answers `max_tokens` words and countersigns every voucher.
 async fn countersigning_provider(key: Arc<ProviderKey>) -> String {
@@ -59,15 +59,8 @@ async fn countersigning_provider(key: Arc<ProviderKey>) -> String {
 /// Registers `key`'s provider at `endpoint` and waits until it serves.
 async fn register(gw: &Gateway, key: &ProviderKey, endpoint: &str) -> String {
     let payload = serde_json::to_string(&RegisterRequest {
-        provider_id: key.did(),
-        endpoint: endpoint.to_owned(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
-        stake: "0".into(),
-        tee: "none".into(),
         max_concurrency: Some(64),
-        heartbeat_interval_s: None,
-        timestamp: unix_now(),
+        ..registration(key, endpoint, unix_now())
     })
     .unwrap();
     let signature = key

@@ -16,20 +16,14 @@ use serde_json::{Value, json};
 use tenzro_attest::keys::ProviderKey;
 use tenzro_gateway::config::Config;
 use tenzro_gateway::pricing::Asset;
-use tenzro_models::api::{ModelCategory, REGISTER_DOMAIN, RegisterRequest, Signed};
+use tenzro_models::api::{REGISTER_DOMAIN, RegisterRequest, Signed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn registration(key: &ProviderKey, endpoint: &str) -> RegisterRequest {
     RegisterRequest {
-        provider_id: key.did(),
-        endpoint: endpoint.to_owned(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
         stake: "1000000000000000000000000000".into(),
-        tee: "none".into(),
         max_concurrency: Some(1),
-        heartbeat_interval_s: None,
-        timestamp: tenzro_gateway::clock::unix_now(),
+        ..crate::gateway_common::registration(key, endpoint, tenzro_gateway::clock::unix_now())
     }
 }
 

@@ -17,7 +17,6 @@ use tenzro_gateway::accounts::KeyScope;
 use tenzro_gateway::clock::{Clock, SharedClock, SystemClock};
 use tenzro_gateway::config::{Config, Secret};
 use tenzro_gateway::pricing::Asset;
-use tenzro_models::api::{ModelCategory, RegisterRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway_common::*;
@@ -143,22 +142,6 @@ fn amount(v: &Value) -> u128 {
 /// not: every request is served (forwarded to each account's lease holder), none
 /// is answered `replica_busy`, and each account has one balance: what its client
 /// was told it spent, whichever replica it asks.
-/// The registration a test provider signs: `MODEL`, no stake, no TEE, made at
-/// `timestamp` (0: the provider's loop stamps it).
-fn registration(key: &ProviderKey, endpoint: &str, timestamp: u64) -> RegisterRequest {
-    RegisterRequest {
-        provider_id: key.did(),
-        endpoint: endpoint.to_owned(),
-        public_key: key.public_key_hex(),
-        models: vec![model(MODEL, ModelCategory::Llm)],
-        stake: "0".into(),
-        tee: "none".into(),
-        max_concurrency: Some(4),
-        heartbeat_interval_s: None,
-        timestamp,
-    }
-}
-
 #[tokio::test]
 async fn a_round_robin_client_over_three_replicas_never_sees_replica_busy() {
     let Some(db) = fresh_postgres_database().await else {

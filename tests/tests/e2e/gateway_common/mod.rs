@@ -21,12 +21,13 @@ use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use tenzro_attest::keys::ProviderKey;
 use tenzro_gateway::AppState;
 use tenzro_gateway::accounts::KeyScope;
 use tenzro_gateway::clock::SharedClock;
 use tenzro_gateway::config::{Config, StaticProvider};
 use tenzro_gateway::pricing::Asset;
-use tenzro_models::api::{ModelCategory, ModelInfo};
+use tenzro_models::api::{ModelCategory, ModelInfo, RegisterRequest};
 
 pub const MODEL: &str = "mock-llm";
 pub const EMBED_MODEL: &str = "mock-embed";
@@ -188,6 +189,22 @@ pub async fn mock_provider(name: &'static str, behaviour: Behaviour) -> MockProv
     MockProvider {
         url: format!("http://{addr}"),
         calls,
+    }
+}
+
+/// The registration a test provider signs: `MODEL`, no stake, no TEE, at most 4
+/// requests at once, made at `timestamp` (0: the provider's loop stamps it).
+pub fn registration(key: &ProviderKey, endpoint: &str, timestamp: u64) -> RegisterRequest {
+    RegisterRequest {
+        provider_id: key.did(),
+        endpoint: endpoint.to_owned(),
+        public_key: key.public_key_hex(),
+        models: vec![model(MODEL, ModelCategory::Llm)],
+        stake: "0".into(),
+        tee: "none".into(),
+        max_concurrency: Some(4),
+        heartbeat_interval_s: None,
+        timestamp,
     }
 }
 
