@@ -235,6 +235,15 @@ impl LimiterRegistry {
         }
     }
 
+    /// How many keys have buckets here.
+    pub fn len(&self) -> usize {
+        self.by_key.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets the buckets of revoked keys.
     pub fn forget(&self, key_ids: &[String]) {
         let mut map = self.by_key.write();

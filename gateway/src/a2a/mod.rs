@@ -55,7 +55,6 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         api: InProcess::new(state.clone()),
         tasks: Arc::new(tasks),
         default_model: cfg.default_model.clone(),
-        sends: crate::ratelimit::LimiterRegistry::new(state.clock.clone()),
     });
     Router::new()
         .route("/.well-known/agent-card.json", get(card::card))
@@ -222,7 +221,12 @@ async fn rpc(
                 .iter()
                 .map(|a| (a.key_id.clone(), key.rates))
                 .collect();
-            if let Err(l) = ctx.sends.chain(&key.record.id, key.rates, &up).check(0) {
+            if let Err(l) = state
+                .accounts
+                .a2a_sends()
+                .chain(&key.record.id, key.rates, &up)
+                .check(0)
+            {
                 return rate_limited(l);
             }
             let history = wire::history_length(&params);

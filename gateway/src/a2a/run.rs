@@ -20,11 +20,6 @@ pub struct Ctx {
     pub tasks: Arc<Tasks>,
     /// `[a2a] default_model` (empty: the cheapest LLM the key may use).
     pub default_model: String,
-    /// Messages that may make a task, per key: the key's requests per minute,
-    /// taken by every message whatever the chat route then answers (one it
-    /// refuses for the model, the scope or the balance takes nothing from the
-    /// key's own limiter, yet its task row was written).
-    pub sends: crate::ratelimit::LimiterRegistry,
 }
 
 /// Why a message did not become a task (a JSON-RPC error).

@@ -118,6 +118,8 @@ pub struct Accounts {
     clock: SharedClock,
     /// The rate-limit buckets of every key, by key id, shared down each chain.
     limiters: LimiterRegistry,
+    /// The A2A send buckets of every key (`crate::a2a`), forgotten with the key.
+    a2a_sends: LimiterRegistry,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
     accounts: RwLock<BTreeMap<String, AccountRecord>>,
 }
@@ -137,6 +139,7 @@ impl Accounts {
             book,
             defaults,
             limiters: LimiterRegistry::new(clock.clone()),
+            a2a_sends: LimiterRegistry::new(clock.clone()),
             clock,
             keys: RwLock::new(HashMap::new()),
             accounts: RwLock::new(BTreeMap::new()),
@@ -282,6 +285,7 @@ impl Accounts {
                 keep
             });
             self.limiters.forget(&gone);
+            self.a2a_sends.forget(&gone);
             !gone.is_empty()
         };
         let now = self.clock.unix();
@@ -306,7 +310,14 @@ impl Accounts {
             keep
         });
         self.limiters.forget(&gone);
+        self.a2a_sends.forget(&gone);
         !gone.is_empty()
+    }
+
+    /// The buckets every A2A message of a key takes one from (its requests per
+    /// minute), kept apart from the chat route's; a revoked key's are forgotten.
+    pub fn a2a_sends(&self) -> &LimiterRegistry {
+        &self.a2a_sends
     }
 
     pub fn credit(&self, account: &str, asset: Asset, amount: u128) -> Result<u128, AccountsError> {
@@ -399,5 +410,24 @@ mod tests {
             Err(AccountsError::Store(_)) => {}
             other => panic!("a closed store must be an error, not an unknown key: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_keys_a2a_send_buckets_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = accounts(dir.path()).await;
+        let (key, _, _) = create_in_store(&store, "r", Asset::Tnzo, 5, KeyScope::default(), None)
+            .await
+            .unwrap();
+        let entry = a.lookup(&key).await.unwrap().unwrap();
+        let id = entry.record.id.clone();
+        a.a2a_sends().chain(&id, entry.rates, &[]).check(0).unwrap();
+        assert_eq!(a.a2a_sends().len(), 1);
+        assert!(a.revoke(&id).await.unwrap());
+        assert_eq!(
+            a.a2a_sends().len(),
+            0,
+            "a revoked key's buckets must not stay"
+        );
     }
 }
