@@ -20,6 +20,9 @@ mod avx2;
 pub mod pool;
 pub mod portable;
 pub mod q8;
+pub mod q8k;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx2;
 
 use candle_core::quantized::GgmlDType;
 use q8::{BlockQ8, QK};
@@ -196,6 +199,10 @@ pub fn matmul_many(
             "activations of {} values are not {m} rows of {cols} for every weight",
             x.len()
         )));
+    }
+    // K-quant weights take activations in blocks of 256 with one scale (Q8_K).
+    if ws.iter().all(|w| q8k::serves(w.ty)) {
+        return Ok(q8k::matmul_many(ws, x, m, isa));
     }
     let mut acts = Vec::with_capacity(x.len() / QK);
     q8::quantize_rows(x, &mut acts);

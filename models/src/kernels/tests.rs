@@ -9,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use proptest::prelude::*;
 
 use super::q8::{BlockQ8, QK};
+use super::q8k::{BlockQ8K, QK_K};
 use super::{Isa, QWeight, WeightType};
 
 const TYPES: [GgmlDType; 6] = [
@@ -73,16 +74,21 @@ fn reference(
     let mut bound = vec![0f64; m * rows];
     for t in 0..m {
         let xr = &x[t * cols..(t + 1) * cols];
+        // K-quant weights take activations in blocks of 256 (Q8_K), the others 32.
+        let ak = if dtype.block_size() == QK_K { QK_K } else { QK };
         let steps: Vec<f64> = xr
-            .chunks(QK)
-            .map(|b| f64::from(BlockQ8::quantize(b).d))
+            .chunks(ak)
+            .map(|b| match ak {
+                QK_K => f64::from(BlockQ8K::quantize(b).d),
+                _ => f64::from(BlockQ8::quantize(b).d),
+            })
             .collect();
         for r in 0..rows {
             let wr = &w[r * cols..(r + 1) * cols];
             let (mut s, mut e, mut mag) = (0f64, 0f64, 0f64);
             for (i, (&a, &b)) in wr.iter().zip(xr).enumerate() {
                 s += f64::from(a) * f64::from(b);
-                e += f64::from(a).abs() * steps[i / QK] * 0.5;
+                e += f64::from(a).abs() * steps[i / ak] * 0.5;
                 mag += (f64::from(a) * f64::from(b)).abs();
             }
             out[t * rows + r] = s;
@@ -289,4 +295,174 @@ fn simd_activation_quantisation_handles_zeros_nans_and_infinities() {
     same_quantisation(&x);
     let ramp: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) / 2.0).collect();
     same_quantisation(&ramp);
+}
+
+const K_TYPES: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+
+/// `sum(|w| * |x|)` over the terms of `dot(w, x)` as the K-quant kernels see
+/// them (scale times value and minimum apart), with `x` as quantized: the size
+/// float rounding is relative to.
+fn k_magnitude(ty: WeightType, w: &[u8], acts: &[BlockQ8K]) -> f64 {
+    let mut u = super::portable::Unpacked {
+        q: [0; 256],
+        scale: [0.0; 16],
+        min: [0.0; 16],
+    };
+    let mut mag = 0f64;
+    for (blk, a) in w.chunks_exact(ty.block_bytes()).zip(acts) {
+        super::portable::unpack(ty, blk, &mut u);
+        for i in 0..256 {
+            let wv = f64::from(u.scale[i / 16] * f32::from(u.q[i])).abs()
+                + f64::from(u.min[i / 16]).abs();
+            mag += wv * f64::from(a.d * f32::from(a.qs[i])).abs();
+        }
+    }
+    mag
+}
+
+#[cfg(target_arch = "x86_64")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The AVX2 K-quant kernels against the portable one on the same Q8_K
+    /// activations, every tile shape (odd row counts, batches of 1..=17).
+    #[test]
+    fn kquant_avx2_matches_the_portable_kernel(
+        ty in 0..K_TYPES.len(),
+        rows in 1usize..23,
+        blocks in 1usize..5,
+        m in 1usize..18,
+        seed in proptest::collection::vec(any::<u8>(), 1..64),
+        xs in proptest::collection::vec(-4.0f32..4.0, 1..97),
+    ) {
+        if !super::avx2::available() {
+            return Ok(());
+        }
+        let wt = WeightType::from_ggml(K_TYPES[ty]).unwrap();
+        let data = random_blocks(wt, rows * blocks, &seed);
+        let x: Vec<f32> = (0..m * blocks * QK_K)
+            .map(|i| xs[i % xs.len()] * (1.0 + (i % 7) as f32))
+            .collect();
+        let mut acts = Vec::new();
+        super::q8k::quantize_rows(&x, &mut acts);
+        let rb = blocks * wt.block_bytes();
+        let mut simd = vec![0f32; rows * m];
+        prop_assert!(super::kquant_avx2::rows(wt, &data, rb, &acts, m, &mut simd).is_some());
+        for (i, wr) in data.chunks_exact(rb).enumerate() {
+            let mut want = vec![0f32; m];
+            super::q8k::rows(wt, wr, &acts, &mut want);
+            for t in 0..m {
+                let a = &acts[t * blocks..(t + 1) * blocks];
+                let tol = 1e-5 * k_magnitude(wt, wr, a) + 1e-6;
+                let (got, want) = (f64::from(simd[i * m + t]), f64::from(want[t]));
+                prop_assert!((got - want).abs() <= tol, "{wt:?} row {i} act {t}: {got} vs {want} (tol {tol})");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_k_activation_quantisation_matches_scalar(
+        xs in proptest::collection::vec(-1e4f32..1e4, 256..=600),
+        scale in -20i32..20,
+    ) {
+        let k = xs.len() / QK_K * QK_K;
+        let x: Vec<f32> = xs[..k].iter().map(|v| v * 2f32.powi(scale)).collect();
+        same_k_quantisation(&x);
+    }
+}
+
+/// Q8_K blocks from the SIMD quantisation have the scalar one's bits.
+fn same_k_quantisation(x: &[f32]) {
+    let mut simd = Vec::new();
+    let mut scalar = Vec::new();
+    super::q8k::quantize_rows(x, &mut simd);
+    super::q8k::quantize_rows_portable(x, &mut scalar);
+    assert_eq!(simd.len(), scalar.len());
+    for (a, b) in simd.iter().zip(&scalar) {
+        assert_eq!(a.d.to_bits(), b.d.to_bits());
+        assert_eq!(a.qs, b.qs);
+        assert_eq!(a.bsums, b.bsums);
+    }
+}
+
+#[test]
+fn simd_k_activation_quantisation_handles_ties_zeros_nans_and_infinities() {
+    // Exact half steps of d = 100 / 127 (ties away from zero), and the maximum.
+    let d = 100.0f32 / 127.0;
+    let mut x: Vec<f32> = (0..255)
+        .map(|i| (i % 254) as f32 * 0.5 * d - 63.5 * d)
+        .collect();
+    x.push(100.0);
+    same_k_quantisation(&x);
+    let mut x = vec![0f32; 256 * 3];
+    x[300] = f32::NAN;
+    x[600] = f32::INFINITY;
+    x[601] = -2.0;
+    same_k_quantisation(&x);
+}
+
+/// The largest values each K-quant kernel can meet: every quant bit set (or
+/// clear), the largest sub-scales (Q6_K's -128), activations at +-127.
+#[test]
+fn extreme_k_quant_blocks_do_not_overflow() {
+    for dtype in K_TYPES {
+        let ty = WeightType::from_ggml(dtype).unwrap();
+        for (fill, scale_byte) in [(0xFFu8, 0xFFu8), (0x00, 0x80), (0xFF, 0x7F)] {
+            let mut blk = vec![fill; 2 * ty.block_bytes()];
+            for b in blk.chunks_exact_mut(ty.block_bytes()) {
+                match ty {
+                    WeightType::Q6K => {
+                        b[192..208].fill(scale_byte);
+                        b[208..210]
+                            .copy_from_slice(&half::f16::from_f32(0.25).to_bits().to_le_bytes());
+                    }
+                    _ => {
+                        b[4..16].fill(scale_byte);
+                        b[0..2].copy_from_slice(&half::f16::from_f32(0.25).to_bits().to_le_bytes());
+                        b[2..4].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+                    }
+                }
+            }
+            for m in [1, 5] {
+                let x: Vec<f32> = (0..m * 512)
+                    .map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 })
+                    .collect();
+                let (want, bound) = reference(dtype, &blk, 1, 512, &x, m);
+                let w = QWeight::new(dtype, 1, 512, blk.clone()).unwrap();
+                for isa in [Isa::Best, Isa::Portable] {
+                    let got = w.matmul(&x, m, isa).unwrap();
+                    for t in 0..m {
+                        let err = (f64::from(got[t]) - want[t]).abs();
+                        assert!(
+                            err <= bound[t],
+                            "{dtype:?} {isa:?} {fill:#x}/{scale_byte:#x}: {got:?} vs {want:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The Q8_K kernels serve every K-quant type and tile shape on this CPU.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_kquant_avx2_kernels_take_every_type_and_shape() {
+    if !super::avx2::available() {
+        return;
+    }
+    for dtype in K_TYPES {
+        let ty = WeightType::from_ggml(dtype).unwrap();
+        for (rows, m) in [(1, 1), (5, 1), (7, 3), (9, 8), (4, 17)] {
+            let rb = 2 * ty.block_bytes();
+            let w = vec![0u8; rows * rb];
+            let mut acts = Vec::new();
+            super::q8k::quantize_rows(&vec![0.5f32; m * 512], &mut acts);
+            let mut out = vec![0f32; rows * m];
+            assert!(
+                super::kquant_avx2::rows(ty, &w, rb, &acts, m, &mut out).is_some(),
+                "{dtype:?} {rows} rows m={m}"
+            );
+        }
+    }
 }

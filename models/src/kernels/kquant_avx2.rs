@@ -1,0 +1,460 @@
+//! AVX2 kernels for Q4_K, Q5_K and Q6_K weights against [`BlockQ8K`]
+//! activations (one f32 scale per 256 values), as llama.cpp's
+//! `ggml_vec_dot_q*_K_q8_K`: each 32-value sub-block goes through
+//! `vpmaddubsw`, its integer sub-scale through `vpmaddwd`, the sub-blocks sum in
+//! i32 lanes, and the super-block converts to float once (one FMA by `d * a.d`).
+//! The minimums (Q4_K, Q5_K) and Q6_K's offset of 32 are one integer dot of the
+//! block's (sub-)scales with the activations' 16-value sums.
+//!
+//! Tiles as in [`super::avx2`]: four weight rows by one activation row, or two
+//! by up to four, each weight block unpacked once for the tile's activation
+//! rows. Every (weight row, activation row) pair has one float accumulator that
+//! takes the blocks in order with the same operations whatever the tile (the
+//! integer sums are exact), so an output's bits do not depend on the batch.
+
+// The tile loops index the accumulators by constant-bounded counters, which LLVM
+// unrolls into registers.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::WeightType;
+use super::avx2::available;
+use super::q8k::{BlockQ8K, QK_K, serves};
+
+/// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`
+/// (`rb` bytes each) and the `m` activation rows of `acts`; `None` when the CPU
+/// lacks AVX2, FMA or F16C, `ty` is not a K-quant or the shapes do not fit.
+pub fn rows(
+    ty: WeightType,
+    w: &[u8],
+    rb: usize,
+    acts: &[BlockQ8K],
+    m: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    if !available() || !serves(ty) || m == 0 || rb == 0 {
+        return None;
+    }
+    let bb = ty.block_bytes();
+    let n_rows = w.len() / rb;
+    let nb = rb / bb;
+    let fits = rb.is_multiple_of(bb)
+        && w.len() == n_rows * rb
+        && acts.len() == nb * m
+        && out.len() == n_rows * m;
+    if !fits {
+        return None;
+    }
+    // SAFETY: AVX2, FMA and F16C were detected just above, and `fits` checked
+    // every length `chunk` reads or writes.
+    unsafe { chunk(ty, w, acts, out, Shape { rb, nb, m }) };
+    Some(())
+}
+
+/// `rb` bytes and `nb` blocks per weight row (and activation row); `m`
+/// activation rows (the output's stride).
+#[derive(Clone, Copy)]
+struct Shape {
+    rb: usize,
+    nb: usize,
+    m: usize,
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` is `out.len() / s.m` rows of `s.rb`
+/// bytes of `ty`'s blocks and `acts` is `s.m` rows of `s.nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8K], out: &mut [f32], s: Shape) {
+    let n_rows = w.len() / s.rb;
+    let r_step = if s.m == 1 { 4 } else { 2 };
+    let mut i = 0;
+    while i < n_rows {
+        let r = if n_rows - i >= r_step { r_step } else { 1 };
+        let mut t = 0;
+        while t < s.m {
+            let n = (s.m - t).min(if r == 4 { 1 } else { 4 });
+            // SAFETY: weight rows i..i + r < n_rows and activation rows t..t + n
+            // <= m exist (the caller's contract); the tile reads only those and
+            // writes out[(i + r') * m + t + n'] for r' < r, n' < n.
+            unsafe {
+                let wp = w.as_ptr().add(i * s.rb);
+                let ap = acts.as_ptr().add(t * s.nb);
+                let o = out.as_mut_ptr().add(i * s.m + t);
+                match (r, n) {
+                    (4, _) => tile::<4, 1>(ty, wp, ap, s, o),
+                    (2, 1) => tile::<2, 1>(ty, wp, ap, s, o),
+                    (2, 2) => tile::<2, 2>(ty, wp, ap, s, o),
+                    (2, 3) => tile::<2, 3>(ty, wp, ap, s, o),
+                    (2, _) => tile::<2, 4>(ty, wp, ap, s, o),
+                    (_, 1) => tile::<1, 1>(ty, wp, ap, s, o),
+                    (_, 2) => tile::<1, 2>(ty, wp, ap, s, o),
+                    (_, 3) => tile::<1, 3>(ty, wp, ap, s, o),
+                    _ => tile::<1, 4>(ty, wp, ap, s, o),
+                }
+            }
+            t += n;
+        }
+        i += r;
+    }
+}
+
+/// The `R x N` tile of weight rows at `w` (`s.rb` bytes apart) and activation
+/// rows at `a` (`s.nb` blocks apart), writing `o[r * m + n]`.
+///
+/// # Safety
+/// As [`chunk`], for the tile's rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<const R: usize, const N: usize>(
+    ty: WeightType,
+    w: *const u8,
+    a: *const BlockQ8K,
+    s: Shape,
+    o: *mut f32,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    let acc = unsafe {
+        match ty {
+            WeightType::Q5K => rows_k::<R, N, 1>(w, a, s),
+            WeightType::Q6K => rows_k::<R, N, 2>(w, a, s),
+            _ => rows_k::<R, N, 0>(w, a, s),
+        }
+    };
+    for r in 0..R {
+        for n in 0..N {
+            // SAFETY: o[r * m + n] is inside the tile's outputs (caller's contract).
+            unsafe { *o.add(r * s.m + n) = hsum(acc[r][n]) };
+        }
+    }
+}
+
+/// The tile's accumulators over every block; `KIND` 0: Q4_K, 1: Q5_K, 2: Q6_K.
+///
+/// # Safety
+/// As [`tile`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_k<const R: usize, const N: usize, const KIND: u8>(
+    w: *const u8,
+    a: *const BlockQ8K,
+    s: Shape,
+) -> [[__m256; N]; R] {
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let bb = match KIND {
+        0 => 144,
+        1 => 176,
+        _ => 210,
+    };
+    for b in 0..s.nb {
+        let mut ab = [std::ptr::null::<BlockQ8K>(); N];
+        for n in 0..N {
+            // SAFETY: block b of activation row n < N (caller's contract).
+            ab[n] = unsafe { a.add(n * s.nb + b) };
+        }
+        for r in 0..R {
+            // SAFETY: block b of weight row r (caller's contract) and the
+            // activation blocks above.
+            unsafe {
+                let blk = w.add(r * s.rb + b * bb);
+                match KIND {
+                    2 => q6k_block::<N>(blk, ab, &mut acc[r]),
+                    1 => k45_block::<N, true>(blk, ab, &mut acc[r]),
+                    _ => k45_block::<N, false>(blk, ab, &mut acc[r]),
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// One Q4_K/Q5_K block (`HIGH`: Q5_K's fifth bit) against `N` activation
+/// blocks, into `acc[n] += d * a.d * sumi - dmin * a.d * summ`.
+///
+/// # Safety
+/// `blk` is a readable Q4_K (144 bytes) or Q5_K (176 bytes) block; each `a[n]`
+/// a readable block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k45_block<const N: usize, const HIGH: bool>(
+    blk: *const u8,
+    a: [*const BlockQ8K; N],
+    acc: &mut [__m256; N],
+) {
+    // SAFETY: the block's bytes and the activation blocks are readable (caller's
+    // contract); every load is unaligned.
+    unsafe {
+        let (d, dmin) = f16x2(blk);
+        let (sc, mn) = k4_scales(blk.add(4));
+        // The eight scales as i16 in both 128-bit lanes; the minimums as i16,
+        // each twice (one per 16-value sum).
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+        let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+        let mn = _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
+        let low = _mm256_set1_epi8(0x0F);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        let qs = blk.add(if HIGH { 48 } else { 16 });
+        let mut hbits = if HIGH {
+            load32(blk.add(16))
+        } else {
+            _mm256_setzero_si256()
+        };
+        for j in 0..4 {
+            let raw = load32(qs.add(32 * j));
+            let mut q0 = _mm256_and_si256(raw, low);
+            let mut q1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            if HIGH {
+                let one = _mm256_set1_epi8(1);
+                q0 = _mm256_or_si256(q0, _mm256_slli_epi16(_mm256_and_si256(hbits, one), 4));
+                hbits = _mm256_srli_epi16(hbits, 1);
+                q1 = _mm256_or_si256(q1, _mm256_slli_epi16(_mm256_and_si256(hbits, one), 4));
+                hbits = _mm256_srli_epi16(hbits, 1);
+            }
+            let s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(shuf(2 * j)));
+            let s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(shuf(2 * j + 1)));
+            for n in 0..N {
+                let x = (*a[n]).qs.as_ptr().add(64 * j).cast::<u8>();
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(x)), s0);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(x.add(32))), s1);
+                sumi[n] = _mm256_add_epi32(sumi[n], _mm256_add_epi32(p0, p1));
+            }
+        }
+        for n in 0..N {
+            let ad = (*a[n]).d;
+            let bs = load32((*a[n]).bsums.as_ptr().cast());
+            let summ = _mm256_madd_epi16(bs, mn);
+            let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), _mm256_set1_ps(d * ad), acc[n]);
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_set1_ps(-(dmin * ad)), v);
+        }
+    }
+}
+
+/// The `vpshufb` control that broadcasts i16 element `e` of a 128-bit lane.
+const fn shuf(e: usize) -> i16 {
+    (2 * e as i16) | ((2 * e as i16 + 1) << 8)
+}
+
+/// One Q6_K block against `N` activation blocks: the 6-bit values unsigned
+/// (0..=63) through `vpmaddubsw`, the offset of 32 taken back as `32 *
+/// sum(sc[i] * bsums[i])`, into `acc[n] += d * a.d * sumi`.
+///
+/// # Safety
+/// `blk` is a readable Q6_K block (210 bytes); each `a[n]` a readable block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_block<const N: usize>(
+    blk: *const u8,
+    a: [*const BlockQ8K; N],
+    acc: &mut [__m256; N],
+) {
+    // SAFETY: the block's bytes and the activation blocks are readable (caller's
+    // contract); every load is unaligned.
+    unsafe {
+        let d = f16(blk.add(208));
+        let sc8 = _mm_loadu_si128(blk.add(192).cast());
+        let sc16 = _mm256_cvtepi8_epi16(sc8);
+        let low = _mm256_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for half in 0..2 {
+            let ql0 = load32(blk.add(64 * half));
+            let ql1 = load32(blk.add(64 * half + 32));
+            let qh = load32(blk.add(128 + 32 * half));
+            let groups = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), q6_high::<0>(qh, three)),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), q6_high::<2>(qh, three)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                    q6_high::<4>(qh, three),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                    q6_high::<6>(qh, three),
+                ),
+            ];
+            // Scales 8 * half .. 8 * half + 8 as i16 in both 128-bit lanes.
+            let sh = if half == 0 {
+                _mm256_permute2x128_si256(sc16, sc16, 0x00)
+            } else {
+                _mm256_permute2x128_si256(sc16, sc16, 0x11)
+            };
+            for (g, q) in groups.into_iter().enumerate() {
+                // Sub-scale 2g for the first 16 values, 2g + 1 for the next 16.
+                let k =
+                    _mm256_set_m128i(_mm_set1_epi16(shuf(2 * g + 1)), _mm_set1_epi16(shuf(2 * g)));
+                let scale = _mm256_shuffle_epi8(sh, k);
+                for n in 0..N {
+                    let x = (*a[n]).qs.as_ptr().add(128 * half + 32 * g).cast::<u8>();
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32(x)), scale);
+                    sumi[n] = _mm256_add_epi32(sumi[n], p);
+                }
+            }
+        }
+        for n in 0..N {
+            let bs = load32((*a[n]).bsums.as_ptr().cast());
+            let off = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[n], off));
+            acc[n] = _mm256_fmadd_ps(v, _mm256_set1_ps(d * (*a[n]).d), acc[n]);
+        }
+    }
+}
+
+/// Bits `SHIFT..SHIFT + 2` of each byte of `qh`, moved to bits 4 and 5.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_high<const SHIFT: i32>(qh: __m256i, three: __m256i) -> __m256i {
+    let bits = match SHIFT {
+        0 => qh,
+        2 => _mm256_srli_epi16(qh, 2),
+        4 => _mm256_srli_epi16(qh, 4),
+        _ => _mm256_srli_epi16(qh, 6),
+    };
+    _mm256_slli_epi16(_mm256_and_si256(bits, three), 4)
+}
+
+/// The 8 sub-block scales and the 8 minimums of a Q4_K/Q5_K block's 12 scale
+/// bytes, one per byte (ggml's `get_scale_min_k4` for all eight at once).
+///
+/// # Safety
+/// `p` points at 12 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_scales(p: *const u8) -> (u64, u64) {
+    // SAFETY: 12 readable bytes at `p` (caller's contract), read unaligned.
+    let u: [u32; 3] = unsafe { std::ptr::read_unaligned(p.cast()) };
+    let (m1, m2, m3) = (0x3f3f_3f3f_u32, 0x0f0f_0f0f_u32, 0x0303_0303_u32);
+    let sc = [u[0] & m1, (u[2] & m2) | (((u[0] >> 6) & m3) << 4)];
+    let mn = [u[1] & m1, ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4)];
+    let join = |v: [u32; 2]| u64::from(v[0]) | (u64::from(v[1]) << 32);
+    (join(sc), join(mn))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// # Safety
+/// `p` points at 32 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load32(p: *const u8) -> __m256i {
+    // SAFETY: 32 readable bytes (caller's contract); `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// The f16 at `p` as f32.
+///
+/// # Safety
+/// `p` points at 2 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: 2 readable bytes at `p` (caller's contract), read unaligned.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// The two f16s at `p` as f32 (a block's `d` and `dmin`).
+///
+/// # Safety
+/// `p` points at 4 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+    // SAFETY: 4 readable bytes at `p` (caller's contract), read unaligned.
+    let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// [`BlockQ8K::quantize`] of each 256 values of `x` into `out`, with the same
+/// bits (the same scale and reciprocal, the same products, `roundf`'s ties away
+/// from zero). A block with a NaN or an infinity takes the scalar path. `false`
+/// (and `out` untouched) when the CPU lacks AVX2/FMA/F16C.
+pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8K>) -> bool {
+    if !available() {
+        return false;
+    }
+    out.clear();
+    out.reserve(x.len() / QK_K);
+    for b in x.chunks_exact(QK_K) {
+        // SAFETY: AVX2 was detected just above; `b` is 256 readable f32s.
+        let q = unsafe { quantize_block(b) };
+        out.push(q.unwrap_or_else(|| BlockQ8K::quantize(b)));
+    }
+    true
+}
+
+/// # Safety
+/// The CPU has AVX2; `x` holds at least 256 f32s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8K> {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let load = |i: usize| {
+        // SAFETY: 256 readable f32s (caller's contract), i < 32; `loadu` is unaligned.
+        unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) }
+    };
+    let mut amax = _mm256_setzero_ps();
+    let mut nan = _mm256_setzero_ps();
+    for i in 0..QK_K / 8 {
+        let v = load(i);
+        amax = _mm256_max_ps(amax, _mm256_and_ps(v, abs_mask));
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return None;
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    if amax == 0.0 || !amax.is_finite() {
+        return (amax == 0.0).then_some(BlockQ8K::ZERO);
+    }
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(1.0 / d);
+    let half = _mm256_set1_ps(0.5);
+    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let one = _mm256_set1_ps(1.0);
+    let mut out = BlockQ8K {
+        d,
+        ..BlockQ8K::ZERO
+    };
+    for c in 0..QK_K / 32 {
+        let mut r = [_mm256_setzero_si256(); 4];
+        for (k, ri) in r.iter_mut().enumerate() {
+            let p = _mm256_mul_ps(load(4 * c + k), id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+            // |p - trunc(p)| is exact; at least a half rounds away from zero.
+            let frac = _mm256_and_ps(_mm256_sub_ps(p, t), abs_mask);
+            let up = _mm256_cmp_ps(frac, half, _CMP_GE_OQ);
+            let step = _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(p, sign_mask)));
+            *ri = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+        }
+        out.bsums[2 * c] = hsum_i32(_mm256_add_epi32(r[0], r[1])) as i16;
+        out.bsums[2 * c + 1] = hsum_i32(_mm256_add_epi32(r[2], r[3])) as i16;
+        // packs works within 128-bit lanes: the permute puts the bytes back in order.
+        let w01 = _mm256_packs_epi32(r[0], r[1]);
+        let w23 = _mm256_packs_epi32(r[2], r[3]);
+        let b = _mm256_packs_epi16(w01, w23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: qs[32c..32c + 32] is in the block (c < 8); `storeu` is unaligned.
+        unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().add(32 * c).cast(), b) };
+    }
+    Some(out)
+}
+
+/// The sum of the eight i32 lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
