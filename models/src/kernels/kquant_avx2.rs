@@ -67,7 +67,7 @@ struct Shape {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8K], out: &mut [f32], s: Shape) {
     let n_rows = w.len() / s.rb;
-    let r_step = if s.m == 1 { 4 } else { 2 };
+    let r_step = if s.m == 1 { 4 } else { 1 };
     let mut i = 0;
     while i < n_rows {
         let r = if n_rows - i >= r_step { r_step } else { 1 };
@@ -190,7 +190,6 @@ unsafe fn k45_block<const N: usize, const HIGH: bool>(
         // each twice (one per 16-value sum).
         let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         let mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
-        let mn = _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
         let low = _mm256_set1_epi8(0x0F);
         let mut sumi = [_mm256_setzero_si256(); N];
         let qs = blk.add(if HIGH { 48 } else { 16 });
@@ -221,10 +220,11 @@ unsafe fn k45_block<const N: usize, const HIGH: bool>(
         }
         for n in 0..N {
             let ad = (*a[n]).d;
-            let bs = load32((*a[n]).bsums.as_ptr().cast());
-            let summ = _mm256_madd_epi16(bs, mn);
+            // The minimums' dot in the low four lanes, zeros above.
+            let sums = _mm_loadu_si128((*a[n]).sums32.as_ptr().cast());
+            let summ = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(sums, mn)));
             let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), _mm256_set1_ps(d * ad), acc[n]);
-            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_set1_ps(-(dmin * ad)), v);
+            acc[n] = _mm256_fmadd_ps(summ, _mm256_set1_ps(-(dmin * ad)), v);
         }
     }
 }
@@ -436,8 +436,13 @@ unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8K> {
             let step = _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(p, sign_mask)));
             *ri = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
         }
-        out.bsums[2 * c] = hsum_i32(_mm256_add_epi32(r[0], r[1])) as i16;
-        out.bsums[2 * c + 1] = hsum_i32(_mm256_add_epi32(r[2], r[3])) as i16;
+        let (lo, hi) = (
+            hsum_i32(_mm256_add_epi32(r[0], r[1])),
+            hsum_i32(_mm256_add_epi32(r[2], r[3])),
+        );
+        out.bsums[2 * c] = lo as i16;
+        out.bsums[2 * c + 1] = hi as i16;
+        out.sums32[c] = (lo + hi) as i16;
         // packs works within 128-bit lanes: the permute puts the bytes back in order.
         let w01 = _mm256_packs_epi32(r[0], r[1]);
         let w23 = _mm256_packs_epi32(r[2], r[3]);

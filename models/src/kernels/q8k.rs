@@ -13,13 +13,15 @@ use super::{Isa, QWeight, WeightType, f16_at, k4_scale_min, pool};
 /// Values per activation block (one K-quant super-block).
 pub const QK_K: usize = 256;
 
-/// 256 activations as `d * qs[i]`; `bsums[j]` is `sum(qs[16j..16j + 16])`.
+/// 256 activations as `d * qs[i]`; `bsums[j]` is `sum(qs[16j..16j + 16])` and
+/// `sums32[j]` is `sum(qs[32j..32j + 32])` (Q4_K/Q5_K's sub-blocks).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; QK_K],
     pub bsums: [i16; 16],
+    pub sums32: [i16; 8],
 }
 
 impl BlockQ8K {
@@ -27,6 +29,7 @@ impl BlockQ8K {
         d: 0.0,
         qs: [0; QK_K],
         bsums: [0; 16],
+        sums32: [0; 8],
     };
 
     /// Round `x` (256 values) to the nearest multiple of `max|x| / 127`
@@ -50,10 +53,13 @@ impl BlockQ8K {
         b
     }
 
-    /// `bsums` from `qs` (each at most 16 * 127 in magnitude).
+    /// `bsums` and `sums32` from `qs` (each at most 32 * 127 in magnitude).
     pub fn fill_sums(&mut self) {
         for (s, q) in self.bsums.iter_mut().zip(self.qs.chunks_exact(16)) {
             *s = q.iter().map(|&v| i16::from(v)).sum();
+        }
+        for (j, s) in self.sums32.iter_mut().enumerate() {
+            *s = self.bsums[2 * j] + self.bsums[2 * j + 1];
         }
     }
 }
@@ -232,6 +238,10 @@ mod tests {
                 .map(|&q| i32::from(q))
                 .sum();
             assert_eq!(i32::from(b.bsums[j]), s);
+        }
+        for j in 0..8 {
+            let s: i32 = b.qs[32 * j..32 * j + 32].iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(i32::from(b.sums32[j]), s);
         }
         assert_eq!(BlockQ8K::quantize(&[0.0; 256]), BlockQ8K::ZERO);
         let mut inf = vec![1.0f32; 256];

@@ -382,6 +382,7 @@ fn same_k_quantisation(x: &[f32]) {
         assert_eq!(a.d.to_bits(), b.d.to_bits());
         assert_eq!(a.qs, b.qs);
         assert_eq!(a.bsums, b.bsums);
+        assert_eq!(a.sums32, b.sums32);
     }
 }
 
