@@ -71,7 +71,7 @@ impl Linear {
         let dtype = t.dtype();
         let ours = t.device().is_cpu() && own_kernels() && WeightType::from_ggml(dtype).is_some();
         let kernel = match ours {
-            true => match QWeight::new(dtype, out_features, in_features, t.data()?.into_owned()) {
+            true => match QWeight::from_slice(dtype, out_features, in_features, &t.data()?) {
                 Ok(w) => Kernel::Cpu(Arc::new(w)),
                 Err(_) => Kernel::Candle(QMatMul::from_arc(t)?),
             },

@@ -170,8 +170,8 @@ impl LayerCache {
 pub struct KvCache {
     /// candle tensors (a GPU's); empty slots on the CPU.
     layers: Vec<Option<LayerCache>>,
-    /// Plain buffers, one per layer, on the CPU (empty elsewhere).
-    host: Vec<HostKv>,
+    /// Plain buffers of every layer on the CPU (no layers elsewhere).
+    host: HostKv,
     len: usize,
 }
 
@@ -227,7 +227,7 @@ impl KvCache {
             };
             layers.push(copy);
         }
-        let host = self.host.iter().map(|h| h.prefix(len)).collect();
+        let host = self.host.prefix(len);
         Ok(KvCache { layers, host, len })
     }
 
@@ -238,7 +238,7 @@ impl KvCache {
             .flatten()
             .map(|l| (l.k.elem_count() + l.v.elem_count()) * l.k.dtype().size_in_bytes())
             .sum::<usize>()
-            + self.host.iter().map(HostKv::bytes).sum::<usize>()
+            + self.host.bytes()
     }
 }
 
@@ -402,8 +402,8 @@ impl Llama {
 
     pub fn new_cache(&self) -> KvCache {
         let host = match self.device.is_cpu() {
-            true => vec![HostKv::default(); self.layers.len()],
-            false => Vec::new(),
+            true => HostKv::new(self.layers.len()),
+            false => HostKv::default(),
         };
         KvCache {
             layers: (0..self.layers.len()).map(|_| None).collect(),
@@ -727,18 +727,19 @@ impl Llama {
         let (qv, kv, vv) = (host(q)?, host(k)?, host(v)?);
         let (rows, hd) = (at.len(), self.head_dim);
         for (j, &(s, pos)) in at.iter().enumerate() {
-            let Some(slot) = caches.get_mut(s).and_then(|c| c.host.get_mut(li)) else {
-                candle_core::bail!("no host kv cache for layer {li} of sequence {s}");
+            let Some(c) = caches.get_mut(s) else {
+                candle_core::bail!("no host kv cache for sequence {s}");
             };
             let from = j * hd..;
-            slot.write(
+            c.host.write(
+                li,
                 pos,
                 (self.n_kv_head, hd, rows * hd),
                 &kv[from.clone()],
                 &vv[from],
             )?;
         }
-        let kvs: Vec<Kv<'_>> = caches.iter().map(|c| c.host[li].view()).collect();
+        let kvs: Vec<Kv<'_>> = caches.iter().map(|c| c.host.view(li)).collect();
         let mut out = vec![0f32; qv.len()];
         let shape = self.attn_shape(window);
         attention::attend(&shape, &qv, QLayout::HeadsFirst, at, &kvs, &mut out)

@@ -53,7 +53,7 @@ impl TokenEmbedding {
         let blocks = match shared {
             Some(w) if w.rows() == vocab && w.cols() == hidden => Some(w),
             _ if device.is_cpu() && WeightType::from_ggml(t.dtype()).is_some() => {
-                QWeight::new(t.dtype(), vocab, hidden, t.data()?.into_owned())
+                QWeight::from_slice(t.dtype(), vocab, hidden, &t.data()?)
                     .ok()
                     .map(Arc::new)
             }

@@ -18,22 +18,44 @@ use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
 
 use super::{KvCache, Llama, MAX_SEQ_LEN, RopeLayout};
+use crate::kernels::arena::F32Buf;
 use crate::kernels::attention::{self, Kv, QLayout};
 use crate::linear::Linear;
 
-/// One layer's keys and values of one sequence on the CPU: `(heads, cap, dim)`
-/// f32 buffers of which positions `..len` are filled. Grows by doubling.
+/// One sequence's keys and values on the CPU, every layer in one buffer (from
+/// 2 MiB up in its own huge-page mapping, `kernels::arena::F32Buf`: a decode
+/// step reads every layer's filled part, and at eight streams that is a fifth
+/// of the bytes a step streams). Layer `l`'s keys are `(heads, cap, dim)` f32s
+/// at `2 * l * heads * cap * dim`, its values right after; positions `..lens[l]`
+/// are filled. All layers grow together, by doubling.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HostKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    buf: F32Buf,
+    lens: Vec<usize>,
     heads: usize,
     dim: usize,
     cap: usize,
-    len: usize,
 }
 
 impl HostKv {
+    /// An empty cache for `layers` layers.
+    pub(crate) fn new(layers: usize) -> HostKv {
+        HostKv {
+            lens: vec![0; layers],
+            ..HostKv::default()
+        }
+    }
+
+    /// No layers: the model does not run on the CPU.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Values per layer's keys (or values).
+    fn slab(&self) -> usize {
+        self.heads * self.cap * self.dim
+    }
+
     fn reserve(&mut self, need: usize, heads: usize, dim: usize) -> Result<()> {
         if self.cap > 0 && (self.heads != heads || self.dim != dim) {
             candle_core::bail!(
@@ -49,74 +71,103 @@ impl HostKv {
             candle_core::bail!("sequence of {need} tokens exceeds {MAX_SEQ_LEN}");
         }
         let cap = need.next_power_of_two().clamp(64, MAX_SEQ_LEN);
-        *self = self.copy_into(cap, self.len, heads, dim);
+        (self.heads, self.dim) = (heads, dim);
+        *self = self.copy_into(cap, &self.lens);
         Ok(())
     }
 
-    /// The first `len` positions in new buffers of `cap` positions.
-    fn copy_into(&self, cap: usize, len: usize, heads: usize, dim: usize) -> HostKv {
-        let mut k = vec![0f32; heads * cap * dim];
-        let mut v = vec![0f32; heads * cap * dim];
-        for h in 0..heads.min(self.heads) {
-            let (from, to) = (h * self.cap * dim, h * cap * dim);
-            k[to..to + len * dim].copy_from_slice(&self.k[from..from + len * dim]);
-            v[to..to + len * dim].copy_from_slice(&self.v[from..from + len * dim]);
+    /// The first `lens[l]` positions of each layer in a new buffer of `cap`
+    /// positions per layer.
+    fn copy_into(&self, cap: usize, lens: &[usize]) -> HostKv {
+        let (heads, dim) = (self.heads, self.dim);
+        let layers = self.lens.len();
+        let slab = heads * cap * dim;
+        let mut buf = F32Buf::zeroed(2 * layers * slab);
+        if self.cap > 0 {
+            let old = self.slab();
+            for (l, &len) in lens.iter().enumerate() {
+                for half in 0..2 {
+                    for h in 0..heads {
+                        let from = (2 * l + half) * old + h * self.cap * dim;
+                        let to = (2 * l + half) * slab + h * cap * dim;
+                        buf[to..to + len * dim].copy_from_slice(&self.buf[from..from + len * dim]);
+                    }
+                }
+            }
         }
         HostKv {
-            k,
-            v,
+            buf,
+            lens: lens.to_vec(),
             heads,
             dim,
             cap,
-            len,
         }
     }
 
-    /// Store position `pos`: `k` and `v` hold its `heads` vectors of `dim`, one
-    /// every `stride` values.
+    /// Store layer `l`'s position `pos`: `k` and `v` hold its `heads` vectors of
+    /// `dim`, one every `stride` values.
     pub(crate) fn write(
         &mut self,
+        l: usize,
         pos: usize,
         (heads, dim, stride): (usize, usize, usize),
         k: &[f32],
         v: &[f32],
     ) -> Result<()> {
+        if l >= self.lens.len() {
+            candle_core::bail!("no host kv cache for layer {l}");
+        }
         self.reserve(pos + 1, heads, dim)?;
+        let slab = self.slab();
         for h in 0..heads {
-            let to = (h * self.cap + pos) * dim;
+            let to = 2 * l * slab + (h * self.cap + pos) * dim;
             let from = h * stride;
             let (Some(ks), Some(vs)) = (k.get(from..from + dim), v.get(from..from + dim)) else {
                 candle_core::bail!("key/value row shorter than {heads} heads of {dim}");
             };
-            self.k[to..to + dim].copy_from_slice(ks);
-            self.v[to..to + dim].copy_from_slice(vs);
+            self.buf[to..to + dim].copy_from_slice(ks);
+            self.buf[to + slab..to + slab + dim].copy_from_slice(vs);
         }
-        self.len = self.len.max(pos + 1);
+        self.lens[l] = self.lens[l].max(pos + 1);
         Ok(())
     }
 
-    pub(crate) fn view(&self) -> Kv<'_> {
-        Kv {
-            k: &self.k,
-            v: &self.v,
-            cap: self.cap,
+    /// Layer `l`'s keys and values (empty before the first write).
+    pub(crate) fn view(&self, l: usize) -> Kv<'_> {
+        let slab = self.slab();
+        let at = 2 * l * slab;
+        match self.buf.get(at..at + 2 * slab) {
+            Some(both) => {
+                let (k, v) = both.split_at(slab);
+                Kv {
+                    k,
+                    v,
+                    cap: self.cap,
+                }
+            }
+            None => Kv {
+                k: &[],
+                v: &[],
+                cap: self.cap,
+            },
         }
     }
 
     /// A copy of the first `len` positions with room for more.
     pub(crate) fn prefix(&self, len: usize) -> HostKv {
         if len == 0 || self.cap == 0 {
-            return HostKv::default();
+            return HostKv::new(self.lens.len());
         }
-        let len = len.min(self.len);
+        let lens: Vec<usize> = self.lens.iter().map(|&l| l.min(len)).collect();
+        let len = lens.iter().copied().max().unwrap_or(0);
         let cap = (len + 1)
             .next_power_of_two()
             .clamp(64, MAX_SEQ_LEN.max(len));
-        self.copy_into(cap, len, self.heads, self.dim)
+        self.copy_into(cap, &lens)
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        self.buf.len() * std::mem::size_of::<f32>()
     }
 }
 
@@ -267,14 +318,15 @@ pub(crate) fn forward(
         plan.rope(m.rope, &mut k, nkv, hd, at);
         for (j, &(s, pos)) in at.iter().enumerate() {
             let span = j * nkv * hd..(j + 1) * nkv * hd;
-            let Some(slot) = caches.get_mut(s).and_then(|c| c.host.get_mut(li)) else {
-                candle_core::bail!("no host kv cache for layer {li} of sequence {s}");
+            let Some(c) = caches.get_mut(s) else {
+                candle_core::bail!("no host kv cache for sequence {s}");
             };
-            slot.write(pos, (nkv, hd, hd), &k[span.clone()], &v[span])?;
+            c.host
+                .write(li, pos, (nkv, hd, hd), &k[span.clone()], &v[span])?;
         }
         let mut att = vec![0f32; q.len()];
         {
-            let kvs: Vec<Kv<'_>> = caches.iter().map(|c| c.host[li].view()).collect();
+            let kvs: Vec<Kv<'_>> = caches.iter().map(|c| c.host.view(li)).collect();
             let shape = m.attn_shape(layer.extra.window);
             attention::attend(&shape, &q, QLayout::RowsFirst, at, &kvs, &mut att)
                 .map_err(|e| candle_core::Error::Msg(e.0))?;

@@ -14,6 +14,7 @@
 //! CPUs and the reference the SIMD kernels are tested against.
 #![allow(unsafe_code)]
 
+pub mod arena;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -109,7 +110,8 @@ pub struct QWeight {
     ty: WeightType,
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    /// In huge pages where they can be had ([`arena`]).
+    data: arena::Bytes,
 }
 
 /// Why a weight cannot use these kernels (the caller keeps candle's).
@@ -124,6 +126,43 @@ impl QWeight {
         cols: usize,
         data: Vec<u8>,
     ) -> Result<Self, Unsupported> {
+        Self::with_bytes(dtype, rows, cols, arena::Bytes::heap(data))
+    }
+
+    /// A copy of the raw blocks of a `(rows, cols)` matrix, in huge-page memory
+    /// where it can be had ([`arena`]): how a model's weights are loaded.
+    pub fn from_slice(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Self, Unsupported> {
+        Self::check(dtype, rows, cols, data.len())?;
+        Self::with_bytes(dtype, rows, cols, arena::Bytes::copy_of(data))
+    }
+
+    fn with_bytes(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: arena::Bytes,
+    ) -> Result<Self, Unsupported> {
+        let ty = Self::check(dtype, rows, cols, data.len())?;
+        Ok(QWeight {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// The weight type, when `bytes` are whole blocks of a `(rows, cols)` matrix.
+    fn check(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: usize,
+    ) -> Result<WeightType, Unsupported> {
         let ty = WeightType::from_ggml(dtype)
             .ok_or_else(|| Unsupported(format!("no CPU kernel for {dtype:?}")))?;
         if cols == 0 || !cols.is_multiple_of(ty.block_values()) {
@@ -132,18 +171,17 @@ impl QWeight {
             )));
         }
         let want = rows * cols / ty.block_values() * ty.block_bytes();
-        if data.len() != want {
+        if bytes != want {
             return Err(Unsupported(format!(
-                "{} bytes for a {rows}x{cols} {dtype:?} matrix (want {want})",
-                data.len()
+                "{bytes} bytes for a {rows}x{cols} {dtype:?} matrix (want {want})"
             )));
         }
-        Ok(QWeight {
-            ty,
-            rows,
-            cols,
-            data,
-        })
+        Ok(ty)
+    }
+
+    /// Whether the blocks sit in huge-page memory.
+    pub fn in_huge_pages(&self) -> bool {
+        self.data.in_huge_pages()
     }
 
     pub fn weight_type(&self) -> WeightType {
