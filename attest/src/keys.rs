@@ -13,7 +13,6 @@ use std::io::Write as _;
 use std::path::Path;
 use std::str::FromStr;
 
-use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
@@ -22,6 +21,10 @@ use crate::Error;
 /// (a gateway or an agent signing vouchers).
 pub struct ProviderKey {
     secret: ed25519_dalek::SigningKey,
+    /// The secret scalar and nonce prefix, derived once: `SigningKey::sign` derives
+    /// them (a SHA-512 of the seed) on every call, and a gateway signs every
+    /// request it forwards. Zeroed when dropped.
+    expanded: ed25519_dalek::hazmat::ExpandedSecretKey,
 }
 
 impl fmt::Debug for ProviderKey {
@@ -46,6 +49,7 @@ impl ProviderKey {
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         Self {
             secret: ed25519_dalek::SigningKey::from_bytes(seed),
+            expanded: ed25519_dalek::hazmat::ExpandedSecretKey::from(seed),
         }
     }
 
@@ -122,7 +126,13 @@ impl ProviderKey {
 
     /// Signs `message` (already domain-separated by the caller).
     pub fn sign(&self, message: &[u8]) -> Signature {
-        Signature(self.secret.sign(message))
+        // The same signature as `self.secret.sign(message)` (RFC 8032), without
+        // expanding the seed again.
+        Signature(ed25519_dalek::hazmat::raw_sign::<sha2::Sha512>(
+            &self.expanded,
+            message,
+            &self.secret.verifying_key(),
+        ))
     }
 }
 
@@ -294,5 +304,25 @@ pub(crate) mod hex32 {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(d)?;
         super::decode_hex::<32>("digest", &text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod sign_tests {
+    use ed25519_dalek::Signer as _;
+
+    use super::*;
+
+    #[test]
+    fn the_kept_expansion_signs_as_the_signing_key_does() {
+        for seed in [[0u8; 32], [7; 32], [0xff; 32]] {
+            let key = ProviderKey::from_seed(&seed);
+            let plain = ed25519_dalek::SigningKey::from_bytes(&seed);
+            for msg in [&b""[..], b"tenzro", &[9u8; 300]] {
+                let sig = key.sign(msg);
+                assert_eq!(sig.0, plain.sign(msg));
+                assert!(key.public_key().verify(msg, &sig));
+            }
+        }
     }
 }
