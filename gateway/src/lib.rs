@@ -210,7 +210,7 @@ pub async fn build_with_clock(
         client: client.clone(),
         heard: Arc::default(),
     };
-    Ok(AppState {
+    Ok(AppState::new(state::Inner {
         clock,
         rates: Arc::new(config.rates()?),
         config: Arc::new(config),
@@ -232,7 +232,7 @@ pub async fn build_with_clock(
         tasks: TaskTracker::new(),
         audits,
         cancel: CancellationToken::new(),
-    })
+    }))
 }
 
 /// Claims this process's replica id in the store (`cluster::identity`: a second

@@ -13,8 +13,32 @@ use crate::pricing::Rates;
 use crate::providers::registry::Registry;
 use crate::store::Store;
 
+/// What every handler shares, behind one `Arc`: a request clones the pointer (axum's
+/// `State` extractor and each middleware take it by value), not ~25 `Arc`s.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(inner: Inner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+
+    /// The fields to change before the state is shared (tests set a section after
+    /// `build`); `None` once it was cloned.
+    pub fn inner_mut(&mut self) -> Option<&mut Inner> {
+        Arc::get_mut(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The shared state's fields (reached through [`AppState`]'s `Deref`).
+pub struct Inner {
     pub config: Arc<Config>,
     /// The one clock (monotonic and Unix seconds): the registry's, and what money,
     /// leases, dispute windows and channel expiry read.
@@ -51,7 +75,7 @@ pub struct AppState {
     pub cancel: CancellationToken,
 }
 
-impl AppState {
+impl Inner {
     /// Takes `account`'s lease for this replica, loading its money into the book
     /// when it was not here (see [`crate::store::lease`]).
     pub async fn lease(&self, account: &str) -> Result<(), crate::store::lease::LeaseError> {

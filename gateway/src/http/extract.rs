@@ -52,6 +52,11 @@ pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
             "the request body is empty; send a JSON object",
         ));
     }
+    // The usual case, a valid body, without tracking the path (its bookkeeping
+    // was ~1/3 of the parse); a refused one is parsed again to name the field.
+    if let Ok(v) = serde_json::from_slice(b) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(b);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -42,11 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
-        // Requests for an account another replica holds go there (`proxy::forward`).
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::proxy::forward::route,
-        ))
+        // Also sends requests for an account another replica holds there
+        // (`proxy::forward`).
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

@@ -33,7 +33,10 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let method = req.method().clone();
     let start = Instant::now();
     let span = tracing::info_span!("request", request_id = %id, %method, path = %endpoint);
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    // Forwarding to the lease holder runs here rather than as a layer of its own.
+    let mut resp = crate::proxy::forward::route(&state, req, next)
+        .instrument(span.clone())
+        .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -1,6 +1,8 @@
 //! Reading a whole (non-streamed) answer: usage, text length, tool calls,
 //! response digest and receipt.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use super::items_digest;
@@ -20,9 +22,9 @@ pub struct Whole {
 }
 
 #[derive(Deserialize)]
-struct WholePeek {
-    #[serde(default)]
-    choices: Vec<ChoicePeek>,
+struct WholePeek<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoicePeek<'a>>,
     #[serde(default)]
     data: Vec<EmbeddingPeek>,
     #[serde(default)]
@@ -31,20 +33,21 @@ struct WholePeek {
     tenzro: Option<ExtPeek>,
 }
 
+// Texts borrowed from the body where they hold no escapes (no copy per choice).
 #[derive(Deserialize)]
-struct ChoicePeek {
+struct ChoicePeek<'a> {
     #[serde(default)]
     index: u64,
-    #[serde(default)]
-    message: Option<MessagePeek>,
-    #[serde(default)]
-    text: Option<String>,
+    #[serde(default, borrow)]
+    message: Option<MessagePeek<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct MessagePeek {
-    #[serde(default)]
-    content: Option<String>,
+struct MessagePeek<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Vec<ToolCallPeek>,
 }
@@ -63,16 +66,20 @@ struct FunctionPeek {
     arguments: String,
 }
 
-impl MessagePeek {
+impl<'a> MessagePeek<'a> {
     /// The message's text as the receipt signs it: the content, then each tool
     /// call's name and arguments.
-    fn text(&self) -> String {
+    fn text(&self) -> Cow<'a, str> {
         let mut t = self.content.clone().unwrap_or_default();
+        if self.tool_calls.is_empty() {
+            return t;
+        }
+        let t = t.to_mut();
         for c in &self.tool_calls {
             t.push_str(&c.function.name);
             t.push_str(&c.function.arguments);
         }
-        t
+        Cow::Owned(std::mem::take(t))
     }
 }
 
@@ -109,19 +116,19 @@ struct ExtPeek {
 /// when the body is not a JSON object of that shape.
 pub fn read_whole(body: &[u8]) -> Option<Whole> {
     use base64::Engine as _;
-    let mut p: WholePeek = serde_json::from_slice(body).ok()?;
+    let mut p: WholePeek<'_> = serde_json::from_slice(body).ok()?;
     let usage = p.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
     let receipt = p.tenzro.and_then(|t| t.receipt);
     let mut tool_calls = 0;
     let (text_bytes, response_sha256) = if p.data.is_empty() {
         p.choices.sort_by_key(|c| c.index);
-        let texts: Vec<String> = p
+        let texts: Vec<Cow<'_, str>> = p
             .choices
             .iter()
             .map(|c| match (&c.message, &c.text) {
                 (Some(m), _) => m.text(),
                 (None, Some(t)) => t.clone(),
-                (None, None) => String::new(),
+                (None, None) => Cow::Borrowed(""),
             })
             .collect();
         let bytes = texts.iter().map(|t| t.len() as u64).sum();

@@ -221,7 +221,7 @@ async fn audited_by(
         ..(*state.audits.config).clone()
     };
     tweak(&mut section);
-    state.audits.config = Arc::new(section);
+    state.inner_mut().unwrap().audits.config = Arc::new(section);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = state.clone();
