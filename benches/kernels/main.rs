@@ -35,6 +35,9 @@ struct Args {
     tokens: usize,
     #[arg(long, default_value = ".tenzro/models")]
     models_dir: std::path::PathBuf,
+    /// Only these weight types (e.g. `q4k,q6k`; default: all).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
 }
 
 /// Decode tok/s of `streams` greedy sequences on the default model (Q4_1 as
@@ -126,7 +129,15 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| type | rows x cols | batch | candle QMatMul | ours | speed-up | candle min | ours min |\n|---|---|---|---|---|---|---|---|"
     );
-    for dtype in types {
+    let wanted = |t: GgmlDType| {
+        let name = format!("{t:?}").to_lowercase().replace('_', "");
+        args.types.is_empty()
+            || args
+                .types
+                .iter()
+                .any(|w| w.to_lowercase().replace('_', "") == name)
+    };
+    for dtype in types.into_iter().filter(|&t| wanted(t)) {
         let mut shapes = vec![if dtype.block_size() == 256 {
             (576, 1536)
         } else {

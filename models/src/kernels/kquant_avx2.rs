@@ -6,9 +6,9 @@
 //! The minimums (Q4_K, Q5_K) and Q6_K's offset of 32 are one integer dot of the
 //! block's (sub-)scales with the activations' 16-value sums.
 //!
-//! Tiles as in [`super::avx2`]: four weight rows by one activation row, or two
-//! by up to four, each weight block unpacked once for the tile's activation
-//! rows. Every (weight row, activation row) pair has one float accumulator that
+//! Tiles of one weight row by up to four activation rows: each weight block is
+//! unpacked once for the tile's activation rows (more weight rows per tile
+//! measured slower: their accumulators left the registers). Every (weight row, activation row) pair has one float accumulator that
 //! takes the blocks in order with the same operations whatever the tile (the
 //! integer sums are exact), so an output's bits do not depend on the batch.
 
@@ -67,35 +67,26 @@ struct Shape {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8K], out: &mut [f32], s: Shape) {
     let n_rows = w.len() / s.rb;
-    let r_step = if s.m == 1 { 4 } else { 1 };
-    let mut i = 0;
-    while i < n_rows {
-        let r = if n_rows - i >= r_step { r_step } else { 1 };
+    for i in 0..n_rows {
         let mut t = 0;
         while t < s.m {
-            let n = (s.m - t).min(if r == 4 { 1 } else { 4 });
-            // SAFETY: weight rows i..i + r < n_rows and activation rows t..t + n
-            // <= m exist (the caller's contract); the tile reads only those and
-            // writes out[(i + r') * m + t + n'] for r' < r, n' < n.
+            let n = (s.m - t).min(4);
+            // SAFETY: weight row i < n_rows and activation rows t..t + n <= m
+            // exist (the caller's contract); the tile reads only those and writes
+            // out[i * m + t + n'] for n' < n.
             unsafe {
                 let wp = w.as_ptr().add(i * s.rb);
                 let ap = acts.as_ptr().add(t * s.nb);
                 let o = out.as_mut_ptr().add(i * s.m + t);
-                match (r, n) {
-                    (4, _) => tile::<4, 1>(ty, wp, ap, s, o),
-                    (2, 1) => tile::<2, 1>(ty, wp, ap, s, o),
-                    (2, 2) => tile::<2, 2>(ty, wp, ap, s, o),
-                    (2, 3) => tile::<2, 3>(ty, wp, ap, s, o),
-                    (2, _) => tile::<2, 4>(ty, wp, ap, s, o),
-                    (_, 1) => tile::<1, 1>(ty, wp, ap, s, o),
-                    (_, 2) => tile::<1, 2>(ty, wp, ap, s, o),
-                    (_, 3) => tile::<1, 3>(ty, wp, ap, s, o),
+                match n {
+                    1 => tile::<1, 1>(ty, wp, ap, s, o),
+                    2 => tile::<1, 2>(ty, wp, ap, s, o),
+                    3 => tile::<1, 3>(ty, wp, ap, s, o),
                     _ => tile::<1, 4>(ty, wp, ap, s, o),
                 }
             }
             t += n;
         }
-        i += r;
     }
 }
 

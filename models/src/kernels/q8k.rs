@@ -240,7 +240,10 @@ mod tests {
             assert_eq!(i32::from(b.bsums[j]), s);
         }
         for j in 0..8 {
-            let s: i32 = b.qs[32 * j..32 * j + 32].iter().map(|&q| i32::from(q)).sum();
+            let s: i32 = b.qs[32 * j..32 * j + 32]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum();
             assert_eq!(i32::from(b.sums32[j]), s);
         }
         assert_eq!(BlockQ8K::quantize(&[0.0; 256]), BlockQ8K::ZERO);
