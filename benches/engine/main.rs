@@ -8,6 +8,7 @@
 //! as JSON, which is how `benches/llama-cpp/compare.py` runs it (one process per
 //! stream count, so each peak RSS is that run's own).
 
+mod stream;
 mod weights;
 
 use std::io::Cursor;
@@ -58,6 +59,14 @@ struct Args {
     /// CPU kernels serve them (release builds) and re-quantises otherwise.
     #[arg(long, default_value = "auto")]
     requantize: String,
+    /// The system message of the prompt (compare.py's agent scenario passes a
+    /// few hundred tokens of tool instructions here).
+    #[arg(long, default_value = "You are a helpful assistant.")]
+    system: String,
+    /// Only time N passes of one GEMV through every weight matrix, in huge
+    /// pages and on the heap alternately (`stream.rs`), and print them as JSON.
+    #[arg(long, value_name = "N")]
+    weight_stream: Option<usize>,
 }
 
 struct Row {
@@ -81,12 +90,21 @@ struct Timing {
     wall: Duration,
     /// What the first stream generated (a check that both engines agree).
     text: String,
+    /// The first stream's time per decode step (between its tokens' arrivals),
+    /// sorted: its fastest steps are the least disturbed by other processes.
+    steps: Vec<Duration>,
 }
 
 impl Timing {
     fn ttft_mean(&self) -> Duration {
         let n = u32::try_from(self.ttft.len()).unwrap_or(u32::MAX).max(1);
         self.ttft.iter().sum::<Duration>() / n
+    }
+
+    /// The `q` quantile (0 = fastest) of the first stream's decode steps, in ms.
+    fn step_ms(&self, q: f64) -> f64 {
+        let i = ((self.steps.len().saturating_sub(1)) as f64 * q).round() as usize;
+        self.steps.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
     }
 
     fn ttft_p50(&self) -> Duration {
@@ -102,6 +120,11 @@ fn main() -> anyhow::Result<()> {
         .model
         .clone()
         .unwrap_or_else(|| default_model_path(&args.models_dir));
+    if let Some(passes) = args.weight_stream {
+        let out = stream::run(&path, passes)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     let device = Device::Cpu;
     let cfg = LlmConfig {
         path: path.clone(),
@@ -119,7 +142,7 @@ fn main() -> anyhow::Result<()> {
     let messages = [
         TemplateMessage {
             role: "system".into(),
-            content: "You are a helpful assistant.".into(),
+            content: args.system.clone(),
         },
         TemplateMessage {
             role: "user".into(),
@@ -201,6 +224,9 @@ fn main() -> anyhow::Result<()> {
                 "wall_s": r.timing.wall.as_secs_f64(),
                 "peak_rss_mib": r.peak_rss_mib,
                 "text": r.timing.text,
+                "step_ms_min": r.timing.step_ms(0.0),
+                "step_ms_p10": r.timing.step_ms(0.1),
+                "step_ms_p50": r.timing.step_ms(0.5),
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -284,6 +310,7 @@ fn run_candle(
         decode_tok_s,
         wall,
         text: String::new(),
+        steps: Vec::new(),
     })
 }
 
@@ -357,9 +384,18 @@ fn run_streams(
             let mut end = None;
             let mut count = 0u32;
             let mut out = String::new();
+            let (mut steps, mut last) = (Vec::new(), None::<Instant>);
             while let Some(ev) = rx.blocking_recv() {
                 if first.is_none() && matches!(ev, Event::Text { .. } | Event::Finished { .. }) {
                     first = Some(Instant::now());
+                }
+                if let Event::Text { tokens, .. } = &ev {
+                    let now = Instant::now();
+                    if let Some(prev) = last.replace(now)
+                        && *tokens > 0
+                    {
+                        steps.push((now - prev) / *tokens);
+                    }
                 }
                 match ev {
                     Event::Text { text, .. } | Event::Finished { text, .. } => out.push_str(&text),
@@ -373,7 +409,8 @@ fn run_streams(
                     Event::ToolCall { .. } | Event::Logprobs { .. } => {}
                 }
             }
-            Ok((first, end.unwrap_or_else(Instant::now), count, out))
+            steps.sort();
+            Ok((first, end.unwrap_or_else(Instant::now), count, out, steps))
         }));
     }
     let start = Instant::now();
@@ -399,8 +436,9 @@ fn run_streams(
     let mut first_min = None::<Instant>;
     let mut last_end = start;
     let mut text = None;
+    let mut first_steps = None;
     for h in handles {
-        let (first, end, count, out) = h
+        let (first, end, count, out, steps) = h
             .join()
             .map_err(|_| anyhow::anyhow!("stream thread panicked"))?
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -411,6 +449,7 @@ fn run_streams(
         completion_tokens += u64::from(count);
         decoded += u64::from(count.saturating_sub(1));
         text.get_or_insert(out);
+        first_steps.get_or_insert(steps);
     }
     let span = last_end - first_min.unwrap_or(start);
     let decode_tok_s = decoded as f64 / span.as_secs_f64();
@@ -420,6 +459,7 @@ fn run_streams(
         decode_tok_s,
         wall: last_end - start,
         text: text.unwrap_or_default(),
+        steps: first_steps.unwrap_or_default(),
     })
 }
 
