@@ -60,6 +60,28 @@ fn own_kernels() -> bool {
     }
 }
 
+/// Block types our CPU kernels do not read, re-quantised to Q8_0 at load so they
+/// run on them: llama.cpp's K-quant mixes (`Q4_K_M`, `Q5_K_M`) store as Q5_0/Q5_1
+/// every matrix whose rows are not whole 256-value K-quant blocks (most of a
+/// small model's), and candle's matmul for those types has no SIMD path (about
+/// 30x slower per token on the default model's `Q4_K_M` file). Q8_0 re-rounds
+/// each value to within `max|block| / 254` of the 5-bit one (a sixteenth of a
+/// Q5_0 step; plus the rounding of its scale to f16) for 1.5x the bytes.
+fn requantized_at_load(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+/// `t` dequantised and quantised to Q8_0 for our kernels; `None` when its rows
+/// are not whole 32-value blocks.
+fn as_q8_0(t: &QTensor, rows: usize, cols: usize) -> Result<Option<QWeight>> {
+    if !cols.is_multiple_of(32) {
+        return Ok(None);
+    }
+    let f = t.dequantize(&candle_core::Device::Cpu)?;
+    let q = QTensor::quantize(&f, GgmlDType::Q8_0)?;
+    Ok(QWeight::from_slice(GgmlDType::Q8_0, rows, cols, &q.data()?).ok())
+}
+
 impl Linear {
     /// A quantized (or f16/f32, which are dequantised) weight as read from a GGUF.
     pub fn from_qtensor(t: QTensor) -> Result<Self> {
@@ -69,6 +91,18 @@ impl Linear {
     pub fn from_arc(t: Arc<QTensor>) -> Result<Self> {
         let (out_features, in_features) = t.shape().dims2()?;
         let dtype = t.dtype();
+        if t.device().is_cpu()
+            && own_kernels()
+            && requantized_at_load(dtype)
+            && let Some(w) = as_q8_0(&t, out_features, in_features)?
+        {
+            return Ok(Linear {
+                kernel: Kernel::Cpu(Arc::new(w)),
+                dtype: GgmlDType::Q8_0,
+                out_features,
+                in_features,
+            });
+        }
         let ours = t.device().is_cpu() && own_kernels() && WeightType::from_ggml(dtype).is_some();
         let kernel = match ours {
             true => match QWeight::from_slice(dtype, out_features, in_features, &t.data()?) {

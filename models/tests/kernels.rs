@@ -117,6 +117,77 @@ fn every_type_matches_dequantised_weights_on_layer_zero() {
     assert_eq!(checked, 7 * 4 + 3);
 }
 
+/// Q5_0 and Q5_1 matrices (what llama.cpp's K-quant mixes store where rows are
+/// not whole K-quant blocks) run on the CPU kernels as Q8_0 re-quantised at load:
+/// within Q8_0's rounding of the 5-bit values, and then as exact as Q8_0's kernel.
+#[test]
+fn q5_matrices_run_on_the_kernels_requantised_to_q8_0() {
+    let path = default_model_path(&models_dir());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    tenzro_models::linear::use_cpu_kernels(true);
+    let dev = Device::Cpu;
+    for name in ["attn_q", "ffn_down"] {
+        let w = content
+            .tensor(&mut file, &format!("blk.0.{name}.weight"), &dev)
+            .unwrap()
+            .dequantize(&dev)
+            .unwrap();
+        let (_, cols) = w.dims2().unwrap();
+        for dtype in [GgmlDType::Q5_0, GgmlDType::Q5_1] {
+            let label = format!("{name} as {dtype:?}");
+            let q5 = QTensor::quantize(&w, dtype).unwrap();
+            let five: Vec<f32> = q5
+                .dequantize(&dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let linear = Linear::from_qtensor(q5).unwrap();
+            assert!(linear.on_cpu_kernels(), "{label} fell back to candle");
+            assert_eq!(linear.dtype(), GgmlDType::Q8_0, "{label}");
+            // What the kernel multiplies: the 5-bit values re-rounded to Q8_0, within half
+            // a step (max / 127) plus the rounding of the step to f16.
+            let eight = QTensor::quantize(
+                &Tensor::from_vec(five.clone(), w.dims(), &dev).unwrap(),
+                GgmlDType::Q8_0,
+            )
+            .unwrap()
+            .dequantize(&dev)
+            .unwrap();
+            let eight_v: Vec<f32> = eight.flatten_all().unwrap().to_vec1().unwrap();
+            for (block5, block8) in five.chunks(QK).zip(eight_v.chunks(QK)) {
+                let amax = block5.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in block5.iter().zip(block8) {
+                    assert!(
+                        (a - b).abs() <= amax / 254.0 * 1.001 + b.abs() / 2048.0 + 1e-7,
+                        "{label}: {a} re-rounded to {b} (block max {amax})"
+                    );
+                }
+            }
+            let m = 2;
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| (i * 4099 % 997) as f32 / 498.0 - 1.0)
+                .collect();
+            let xt = Tensor::from_vec(x.clone(), (m, cols), &dev).unwrap();
+            let got: Vec<f32> = linear
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_close(&label, &eight, &x, m, &got);
+        }
+    }
+}
+
 /// The default model served as shipped (Q4_1, no re-quantisation) on the CPU
 /// kernels answers the capital question greedily, alone and in a batch of three.
 /// Minutes in a debug build (this crate is not optimised there):
