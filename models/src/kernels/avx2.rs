@@ -85,14 +85,17 @@ struct Shape {
 }
 
 /// Four-row tiles ahead that a one-activation-row tile prefetches
-/// (`TENZRO_CPU_PREFETCH`, read once; 0 leaves it to the hardware).
+/// (`TENZRO_CPU_PREFETCH`, read once, default 4; 0 leaves it to the hardware).
+/// A decode step streams every weight once from memory, and the hardware
+/// prefetcher alone kept the kernel waiting: 4 tiles ahead took ~40 % off a pass
+/// over the default model's weights (benches/llama-cpp/README.md, session 9).
 fn prefetch_tiles() -> usize {
     static TILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *TILES.get_or_init(|| {
         std::env::var("TENZRO_CPU_PREFETCH")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .unwrap_or(4)
             .min(64)
     })
 }
