@@ -23,6 +23,7 @@
 //! signature (`x-tenzro-payer-auth`, [`tenzro_attest::payer`]).
 
 mod admit;
+mod answer_json;
 mod attempt;
 pub mod forward;
 mod relay;
