@@ -207,7 +207,7 @@ unsafe fn tile_ty<const R: usize, const N: usize>(ty: WeightType, t: Tile, s: Sh
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -220,7 +220,7 @@ fn hsum(v: __m256) -> f32 {
 /// `p` points at 2 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
+pub(super) unsafe fn f16(p: *const u8) -> f32 {
     // SAFETY: 2 readable bytes at `p` (caller's contract), read unaligned.
     let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
@@ -232,7 +232,7 @@ unsafe fn f16(p: *const u8) -> f32 {
 /// `p` points at 4 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+pub(super) unsafe fn f16x2(p: *const u8) -> (f32, f32) {
     // SAFETY: 4 readable bytes at `p` (caller's contract), read unaligned.
     let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
@@ -243,7 +243,7 @@ unsafe fn f16x2(p: *const u8) -> (f32, f32) {
 /// `p` points at 32 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32(p: *const u8) -> __m256i {
+pub(super) unsafe fn load32(p: *const u8) -> __m256i {
     // SAFETY: 32 readable bytes (caller's contract); `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(p.cast()) }
 }
@@ -575,7 +575,7 @@ unsafe fn q6k<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
 /// Bits `SHIFT..SHIFT + 2` of each byte of `qh`, moved to bits 4 and 5.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_high<const SHIFT: i32>(qh: __m256i, three: __m256i) -> __m256i {
+pub(super) fn q6_high<const SHIFT: i32>(qh: __m256i, three: __m256i) -> __m256i {
     let bits = match SHIFT {
         0 => qh,
         2 => _mm256_srli_epi16(qh, 2),

@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::WeightType;
-use super::avx2::available;
+use super::avx2::{available, f16, f16x2, hsum, load32, q6_high};
 use super::q8k::{BlockQ8K, QK_K, serves};
 
 /// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`
@@ -290,19 +290,6 @@ unsafe fn q6k_block<const N: usize>(
     }
 }
 
-/// Bits `SHIFT..SHIFT + 2` of each byte of `qh`, moved to bits 4 and 5.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q6_high<const SHIFT: i32>(qh: __m256i, three: __m256i) -> __m256i {
-    let bits = match SHIFT {
-        0 => qh,
-        2 => _mm256_srli_epi16(qh, 2),
-        4 => _mm256_srli_epi16(qh, 4),
-        _ => _mm256_srli_epi16(qh, 6),
-    };
-    _mm256_slli_epi16(_mm256_and_si256(bits, three), 4)
-}
-
 /// The 8 sub-block scales and the 8 minimums of a Q4_K/Q5_K block's 12 scale
 /// bytes, one per byte (ggml's `get_scale_min_k4` for all eight at once).
 ///
@@ -318,49 +305,6 @@ unsafe fn k4_scales(p: *const u8) -> (u64, u64) {
     let mn = [u[1] & m1, ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4)];
     let join = |v: [u32; 2]| u64::from(v[0]) | (u64::from(v[1]) << 32);
     (join(sc), join(mn))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// # Safety
-/// `p` points at 32 readable bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32(p: *const u8) -> __m256i {
-    // SAFETY: 32 readable bytes (caller's contract); `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(p.cast()) }
-}
-
-/// The f16 at `p` as f32.
-///
-/// # Safety
-/// `p` points at 2 readable bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
-    // SAFETY: 2 readable bytes at `p` (caller's contract), read unaligned.
-    let bits = unsafe { std::ptr::read_unaligned(p.cast::<u16>()) };
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-}
-
-/// The two f16s at `p` as f32 (a block's `d` and `dmin`).
-///
-/// # Safety
-/// `p` points at 4 readable bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x2(p: *const u8) -> (f32, f32) {
-    // SAFETY: 4 readable bytes at `p` (caller's contract), read unaligned.
-    let bits = unsafe { std::ptr::read_unaligned(p.cast::<i32>()) };
-    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
 /// [`BlockQ8K::quantize`] of each 256 values of `x` into `out`, with the same
