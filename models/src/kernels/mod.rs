@@ -18,12 +18,12 @@ pub mod arena;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod kquant_avx2;
 pub mod pool;
 pub mod portable;
 pub mod q8;
 pub mod q8k;
-#[cfg(target_arch = "x86_64")]
-mod kquant_avx2;
 
 use candle_core::quantized::GgmlDType;
 use q8::{BlockQ8, QK};
@@ -272,11 +272,16 @@ pub fn matmul_many(
     } else {
         pool::for_each_mut(&mut tasks, &work);
     }
+    Ok(by_activation_row(ws, by_row, m))
+}
+
+/// Each weight's outputs, computed weight row by weight row (`by_row[w][r * m +
+/// t]`), as `(m, rows)` activation row by activation row.
+fn by_activation_row(ws: &[&QWeight], by_row: Vec<Vec<f32>>, m: usize) -> Vec<Vec<f32>> {
     if m == 1 {
-        return Ok(by_row);
+        return by_row;
     }
-    Ok(ws
-        .iter()
+    ws.iter()
         .zip(by_row)
         .map(|(w, by_row)| {
             let n = w.rows;
@@ -288,7 +293,7 @@ pub fn matmul_many(
             }
             out
         })
-        .collect())
+        .collect()
 }
 
 /// `out[i * m + t] = dot(weight row i of w, activation row t)`.

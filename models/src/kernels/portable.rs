@@ -78,9 +78,9 @@ fn unpack_k45(ty: WeightType, blk: &[u8], u: &mut Unpacked) {
     }
 }
 
-fn unpack_q6k(blk: &[u8], u: &mut Unpacked) {
-    let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
-    let d = f16_at(blk, 208);
+/// A Q6_K block's 256 values (`q - 32`, in order) from its low and high bits.
+pub(super) fn q6k_quants(blk: &[u8], q: &mut [i8; 256]) {
+    let (ql, qh) = (&blk[0..128], &blk[128..192]);
     for n in 0..2 {
         let (ql, qh) = (&ql[64 * n..64 * n + 64], &qh[32 * n..32 * n + 32]);
         for l in 0..32 {
@@ -91,10 +91,16 @@ fn unpack_q6k(blk: &[u8], u: &mut Unpacked) {
                 (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
             ];
             for (g, v) in v.into_iter().enumerate() {
-                u.q[128 * n + 32 * g + l] = v as i8 - 32;
+                q[128 * n + 32 * g + l] = v as i8 - 32;
             }
         }
     }
+}
+
+fn unpack_q6k(blk: &[u8], u: &mut Unpacked) {
+    let sc = &blk[192..208];
+    let d = f16_at(blk, 208);
+    q6k_quants(blk, &mut u.q);
     for (i, &s) in sc.iter().enumerate() {
         // Sub-block i covers values 16i..16i+16 in the order the loop above wrote.
         u.scale[i] = d * f32::from(s as i8);

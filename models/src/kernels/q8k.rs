@@ -126,22 +126,7 @@ pub(super) fn matmul_many(ws: &[&QWeight], x: &[f32], m: usize, isa: Isa) -> Vec
     } else {
         pool::for_each_mut(&mut tasks, &work);
     }
-    if m == 1 {
-        return by_row;
-    }
-    ws.iter()
-        .zip(by_row)
-        .map(|(w, by_row)| {
-            let n = w.rows;
-            let mut out = vec![0f32; m * n];
-            for (r, vals) in by_row.chunks_exact(m).enumerate() {
-                for (t, v) in vals.iter().enumerate() {
-                    out[t * n + r] = *v;
-                }
-            }
-            out
-        })
-        .collect()
+    super::by_activation_row(ws, by_row, m)
 }
 
 /// `out[r] = dot(weight row w, activation row r)` for the `out.len()` rows of
@@ -179,21 +164,7 @@ fn unpack(ty: WeightType, blk: &[u8]) -> Block {
     let mut q = [0i8; QK_K];
     let (mut sc, mut mn) = ([0i8; 16], [0u8; 16]);
     if ty == WeightType::Q6K {
-        let (ql, qh) = (&blk[0..128], &blk[128..192]);
-        for n in 0..2 {
-            let (ql, qh) = (&ql[64 * n..64 * n + 64], &qh[32 * n..32 * n + 32]);
-            for l in 0..32 {
-                let v = [
-                    (ql[l] & 0x0F) | ((qh[l] & 3) << 4),
-                    (ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4),
-                    (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                    (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                ];
-                for (g, v) in v.into_iter().enumerate() {
-                    q[128 * n + 32 * g + l] = v as i8 - 32;
-                }
-            }
-        }
+        super::portable::q6k_quants(blk, &mut q);
         for (s, &b) in sc.iter_mut().zip(&blk[192..208]) {
             *s = b as i8;
         }
