@@ -45,8 +45,8 @@ fn assert_close(name: &str, w: &Tensor, x: &[f32], m: usize, got: &[f32]) {
     }
 }
 
-#[test]
-fn every_type_matches_dequantised_weights_on_layer_zero() {
+/// The default model's GGUF, opened, with our CPU kernels switched on.
+fn default_model_on_our_kernels() -> (std::fs::File, gguf_file::Content) {
     let path = default_model_path(&models_dir());
     assert!(
         path.exists(),
@@ -56,6 +56,12 @@ fn every_type_matches_dequantised_weights_on_layer_zero() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     tenzro_models::linear::use_cpu_kernels(true);
+    (file, content)
+}
+
+#[test]
+fn every_type_matches_dequantised_weights_on_layer_zero() {
+    let (mut file, content) = default_model_on_our_kernels();
     let dev = Device::Cpu;
     let names = [
         "attn_q",
@@ -122,15 +128,7 @@ fn every_type_matches_dequantised_weights_on_layer_zero() {
 /// within Q8_0's rounding of the 5-bit values, and then as exact as Q8_0's kernel.
 #[test]
 fn q5_matrices_run_on_the_kernels_requantised_to_q8_0() {
-    let path = default_model_path(&models_dir());
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models",
-        path.display()
-    );
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    tenzro_models::linear::use_cpu_kernels(true);
+    let (mut file, content) = default_model_on_our_kernels();
     let dev = Device::Cpu;
     for name in ["attn_q", "ffn_down"] {
         let w = content
