@@ -214,19 +214,7 @@ async fn rpc(
             if let Err(l) = key.limiters.peek() {
                 return rate_limited(l);
             }
-            let up: Vec<(String, crate::ratelimit::Rates)> = key
-                .record
-                .scope
-                .ancestors
-                .iter()
-                .map(|a| (a.key_id.clone(), key.rates))
-                .collect();
-            if let Err(l) = state
-                .accounts
-                .a2a_sends()
-                .chain(&key.record.id, key.rates, &up)
-                .check(0)
-            {
+            if let Err(l) = key.a2a_sends.check(0) {
                 return rate_limited(l);
             }
             let history = wire::history_length(&params);

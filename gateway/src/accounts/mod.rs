@@ -10,6 +10,7 @@ pub mod delegation;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -33,6 +34,9 @@ pub enum AccountsError {
     UnknownAccount(String),
     #[error("{0}")]
     Invalid(String),
+    /// A key was made under a key revoked meanwhile (it is revoked too).
+    #[error("key {0}, which this key is delegated from, was revoked")]
+    DelegatorRevoked(String),
 }
 
 /// A key's scope does not allow an operation.
@@ -106,6 +110,11 @@ pub struct KeyEntry {
     /// The key's own requests and tokens per minute (its scope, else the
     /// defaults), for limits kept elsewhere (A2A task creation).
     pub rates: Rates,
+    /// The buckets every A2A message of this key (and of the keys above it)
+    /// takes one from, apart from the chat route's (`crate::a2a`). Made with the
+    /// entry, so that a message racing a revocation uses the revoked entry's
+    /// buckets and never makes new ones in the registry.
+    pub a2a_sends: ChainLimiters,
 }
 
 /// The accounts and keys a running gateway serves.
@@ -121,6 +130,13 @@ pub struct Accounts {
     /// The A2A send buckets of every key (`crate::a2a`), forgotten with the key.
     a2a_sends: LimiterRegistry,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    /// Bumped, under `keys`' write lock, by every revocation (this replica's,
+    /// after its store write, or another's it learnt of). A key read from the
+    /// store is cached only when no revocation came between that read and the
+    /// caching; otherwise it is read again. Without it, a key's first use racing
+    /// its revocation could cache the key as it was before and serve it until
+    /// restart.
+    revocations: AtomicU64,
     accounts: RwLock<BTreeMap<String, AccountRecord>>,
 }
 
@@ -142,6 +158,7 @@ impl Accounts {
             a2a_sends: LimiterRegistry::new(clock.clone()),
             clock,
             keys: RwLock::new(HashMap::new()),
+            revocations: AtomicU64::new(0),
             accounts: RwLock::new(BTreeMap::new()),
         };
         a.accounts
@@ -155,7 +172,22 @@ impl Accounts {
         a
     }
 
+    /// Caches a key the gateway made or loaded at start (no revocation can race
+    /// it: nobody has it yet, or nothing runs yet).
     fn insert_key(&self, record: KeyRecord) -> Result<Arc<KeyEntry>, AccountsError> {
+        // Without a `seen` count the insert always caches.
+        self.insert_key_if(record, None)?
+            .ok_or_else(|| AccountsError::Invalid("key not cached".into()))
+    }
+
+    /// Caches `record` with its rate-limit buckets, unless `seen` (the
+    /// revocation count read before the record was read from the store) is no
+    /// longer current: then `None`, and the caller reads the store again.
+    fn insert_key_if(
+        &self,
+        record: KeyRecord,
+        seen: Option<u64>,
+    ) -> Result<Option<Arc<KeyEntry>>, AccountsError> {
         let (asset, account_identity) = self
             .accounts
             .read()
@@ -182,13 +214,19 @@ impl Accounts {
             .iter()
             .map(|a| (a.key_id.clone(), own))
             .collect();
-        let limiters = self.limiters.chain(&record.id, own, &up);
         let identity = record.identity.clone().or(account_identity);
         let did = identity.as_deref().and_then(|d| d.parse().ok());
         self.book
             .set_ancestors(&record.id, record.scope.shared_windows());
+        let mut keys = self.keys.write();
+        if seen.is_some_and(|s| s != self.revocations.load(Ordering::Acquire)) {
+            return Ok(None);
+        }
+        // The buckets are made under the lock, so that a revocation (which
+        // forgets them under it) never races their making.
         let entry = Arc::new(KeyEntry {
-            limiters,
+            limiters: self.limiters.chain(&record.id, own, &up),
+            a2a_sends: self.a2a_sends.chain(&record.id, own, &up),
             rates: own,
             asset,
             identity,
@@ -196,29 +234,34 @@ impl Accounts {
             limits: record.scope.spend_limits(),
             record,
         });
-        self.keys
-            .write()
-            .insert(entry.record.hash.clone(), entry.clone());
-        Ok(entry)
+        keys.insert(entry.record.hash.clone(), entry.clone());
+        Ok(Some(entry))
     }
 
     /// The entry for a plaintext key; a key this gateway has not seen is looked up
     /// in the store (another process may have made it).
     pub async fn lookup(&self, key: &str) -> Result<Option<Arc<KeyEntry>>, AccountsError> {
         let hash = hash_key(key);
-        if let Some(e) = self.keys.read().get(&hash) {
-            return Ok(Some(e.clone()));
+        // Each pass that loses to a revocation reads the store again; revocations
+        // are admin and owner actions, so a few passes always end.
+        loop {
+            if let Some(e) = self.keys.read().get(&hash) {
+                return Ok(Some(e.clone()));
+            }
+            let seen = self.revocations.load(Ordering::Acquire);
+            // A store error is the gateway's failure (a 500), not an unknown key.
+            let Some((record, account, _funds)) = self.store.key_by_hash(&hash).await? else {
+                return Ok(None);
+            };
+            // The account's money enters the book when its lease is taken.
+            self.accounts
+                .write()
+                .entry(account.id.clone())
+                .or_insert(account);
+            if let Some(entry) = self.insert_key_if(record, Some(seen))? {
+                return Ok(Some(entry));
+            }
         }
-        // A store error is the gateway's failure (a 500), not an unknown key.
-        let Some((record, account, _funds)) = self.store.key_by_hash(&hash).await? else {
-            return Ok(None);
-        };
-        // The account's money enters the book when its lease is taken.
-        self.accounts
-            .write()
-            .entry(account.id.clone())
-            .or_insert(account);
-        self.insert_key(record).map(Some)
     }
 
     /// Creates a funded account and its first key (admin API).
@@ -265,41 +308,46 @@ impl Accounts {
         }
         let (key, mut rec) = new_key(account, name, scope, self.clock.unix());
         rec.identity = identity;
+        let seen = self.revocations.load(Ordering::Acquire);
         self.store.put_key(&rec).await?;
-        self.insert_key(rec.clone())?;
+        // A key delegated from one revoked meanwhile: the revocation's sweep of
+        // the delegated keys ran before this key was stored, or it sees it. Read
+        // after the write, one of the two always holds.
+        for a in &rec.scope.ancestors {
+            if self.store.key_revoked(&a.key_id).await? {
+                self.store.revoke_key(&rec.id, self.clock.unix()).await?;
+                return Err(AccountsError::DelegatorRevoked(a.key_id.clone()));
+            }
+        }
+        // Not cached when a revocation came meanwhile (it may be this key's
+        // delegator's, swept from the cache before this key got there): the
+        // first use reads it from the store.
+        self.insert_key_if(rec.clone(), Some(seen))?;
         Ok((key, rec))
     }
 
     /// Revokes a key by its public id, with every key it delegated to (directly or
     /// through other agents); true when one was revoked.
     pub async fn revoke(&self, key_id: &str) -> Result<bool, AccountsError> {
-        let removed = {
-            let mut keys = self.keys.write();
-            let mut gone = Vec::new();
-            keys.retain(|_, e| {
-                let keep = e.record.id != key_id
-                    && !e.record.scope.ancestors.iter().any(|a| a.key_id == key_id);
-                if !keep {
-                    gone.push(e.record.id.clone());
-                }
-                keep
-            });
-            self.limiters.forget(&gone);
-            self.a2a_sends.forget(&gone);
-            !gone.is_empty()
-        };
+        // Out of the cache at once, and again after the store write: a first use
+        // of the key that read the store before that write finds the revocation
+        // count moved and reads it again (`lookup`).
+        let removed = self.drop_cached(key_id);
         let now = self.clock.unix();
         let stored = self.store.revoke_key(key_id, now).await?;
         self.store.revoke_delegated_keys(key_id, now).await?;
+        self.drop_cached(key_id);
         // Other replicas drop it from their caches (`crate::cluster`).
         self.store.notify("key", key_id).await;
         Ok(removed || stored)
     }
 
-    /// Drops a key another replica revoked (and the keys it delegated to) from
-    /// this replica's cache; true when one was cached. The store stays as it is.
+    /// Drops a revoked key (and the keys it delegated to) from this replica's
+    /// cache, with their buckets; true when one was cached. The store stays as
+    /// it is (another replica revoked it there, or [`Accounts::revoke`] does).
     pub fn drop_cached(&self, key_id: &str) -> bool {
         let mut keys = self.keys.write();
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         let mut gone = Vec::new();
         keys.retain(|_, e| {
             let keep = e.record.id != key_id
@@ -312,12 +360,6 @@ impl Accounts {
         self.limiters.forget(&gone);
         self.a2a_sends.forget(&gone);
         !gone.is_empty()
-    }
-
-    /// The buckets every A2A message of a key takes one from (its requests per
-    /// minute), kept apart from the chat route's; a revoked key's are forgotten.
-    pub fn a2a_sends(&self) -> &LimiterRegistry {
-        &self.a2a_sends
     }
 
     pub fn credit(&self, account: &str, asset: Asset, amount: u128) -> Result<u128, AccountsError> {
@@ -421,13 +463,74 @@ mod tests {
             .unwrap();
         let entry = a.lookup(&key).await.unwrap().unwrap();
         let id = entry.record.id.clone();
-        a.a2a_sends().chain(&id, entry.rates, &[]).check(0).unwrap();
-        assert_eq!(a.a2a_sends().len(), 1);
+        entry.a2a_sends.check(0).unwrap();
+        assert_eq!(a.a2a_sends.len(), 1);
         assert!(a.revoke(&id).await.unwrap());
         assert_eq!(
-            a.a2a_sends().len(),
+            a.a2a_sends.len(),
             0,
             "a revoked key's buckets must not stay"
+        );
+        // A message that looked the key up before the revocation uses the
+        // entry's own buckets: nothing comes back into the registry.
+        entry.a2a_sends.check(0).unwrap();
+        assert_eq!(a.a2a_sends.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_first_use_racing_a_revocation_does_not_cache_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = accounts(dir.path()).await;
+        let (key, _, rec) = create_in_store(&store, "r", Asset::Tnzo, 5, KeyScope::default(), None)
+            .await
+            .unwrap();
+        // `lookup`'s steps, with the revocation between its store read and its
+        // caching.
+        let seen = a.revocations.load(Ordering::Acquire);
+        let (record, account, _) = store.key_by_hash(&hash_key(&key)).await.unwrap().unwrap();
+        a.accounts.write().insert(account.id.clone(), account);
+        assert!(a.revoke(&rec.id).await.unwrap());
+        assert!(
+            a.insert_key_if(record, Some(seen)).unwrap().is_none(),
+            "a key read before its revocation must not be cached after it"
+        );
+        assert!(
+            a.lookup(&key).await.unwrap().is_none(),
+            "the revoked key is refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_made_under_a_revoked_key_is_refused_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = accounts(dir.path()).await;
+        let (key, acct, parent) =
+            create_in_store(&store, "p", Asset::Tnzo, 5, KeyScope::default(), None)
+                .await
+                .unwrap();
+        assert!(a.lookup(&key).await.unwrap().is_some());
+        // The parent's revocation (and its sweep of delegated keys) lands in the
+        // store while the child is being made.
+        assert!(store.revoke_key(&parent.id, 1).await.unwrap());
+        let scope = KeyScope {
+            ancestors: vec![Ancestor {
+                key_id: parent.id.clone(),
+                max_daily_spend: None,
+            }],
+            ..KeyScope::default()
+        };
+        match a.create_key(&acct.id, "child", scope, None).await {
+            Err(AccountsError::DelegatorRevoked(id)) => assert_eq!(id, parent.id),
+            other => panic!("a key under a revoked key must be refused: {other:?}"),
+        }
+        assert!(
+            a.keys.read().values().all(|e| e.record.name != "child"),
+            "the refused key is not cached"
+        );
+        let live = store.load().await.unwrap().keys;
+        assert!(
+            live.iter().all(|k| k.name != "child"),
+            "the refused key is revoked in the store: {live:?}"
         );
     }
 }

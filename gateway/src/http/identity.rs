@@ -28,7 +28,8 @@ use tenzro_identity::{Credential, Did, Error as IdError, Identities, Identity, K
 use tenzro_identity::Authority;
 
 use crate::accounts::{
-    Ancestor, DefaultLimits, KeyEntry, KeyScope, Operation, OperationRefused, require_operation,
+    AccountsError, Ancestor, DefaultLimits, KeyEntry, KeyScope, Operation, OperationRefused,
+    require_operation,
 };
 use crate::http::error::ApiError;
 use crate::http::extract::{Admin, ApiJson, Auth};
@@ -254,7 +255,11 @@ pub async fn create_agent(
         .accounts
         .create_key(&key.record.account, &name, scope, Some(did.to_string()))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            // The caller's own key was revoked while the agent was being made.
+            e @ AccountsError::DelegatorRevoked(_) => ApiError::Unauthorized(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        })?;
     let reg = state.identities.read();
     let doc = reg.did_document(&did);
     let identity = reg
