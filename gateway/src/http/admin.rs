@@ -105,6 +105,9 @@ pub async fn admin_create_key(
             crate::accounts::AccountsError::UnknownAccount(a) => {
                 ApiError::NotFound(format!("no account {a}"))
             }
+            e @ crate::accounts::AccountsError::DelegatorRevoked(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             other => ApiError::internal(other),
         })?;
     Ok((

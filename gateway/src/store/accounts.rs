@@ -60,16 +60,20 @@ impl Store {
     /// every replica (`revoked_since`, on the store's clock) finds it even when
     /// the writer's clock is slow and its hint was lost.
     pub async fn revoke_key(&self, id: &str, at: u64) -> Result<bool, StoreError> {
-        let sql = format!(
-            "UPDATE api_keys SET revoked = {} WHERE id = $2 AND revoked IS NULL",
-            self.not_before_now("$1")
-        );
-        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let r = sqlx::query(sqlx::AssertSqlSafe(self.revoke_key_sql()))
             .bind(i64_of(at))
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
+    }
+
+    /// `revoke_key`'s statement: `$1` the stamp, `$2` the key id.
+    pub(super) fn revoke_key_sql(&self) -> String {
+        format!(
+            "UPDATE api_keys SET revoked = {} WHERE id = $2 AND revoked IS NULL",
+            self.not_before_now("$1")
+        )
     }
 
     /// One key by its hash, with its account and balances (for a key made by

@@ -59,25 +59,54 @@ impl Store {
     /// Revokes every key whose scope names `key_id` among its ancestors (the keys
     /// it delegated to, at any depth); returns how many.
     pub async fn revoke_delegated_keys(&self, key_id: &str, at: u64) -> Result<u64, StoreError> {
-        // Key ids are `key_` and hex: no `%`, and `_` also matches itself.
-        if !key_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        let Some(pattern) = delegated_pattern(key_id) else {
             return Ok(0);
-        }
-        let pattern = format!("%\"key_id\":\"{key_id}\"%");
-        // No earlier than the store's clock, as `revoke_key`.
-        let sql = format!(
-            "UPDATE api_keys SET revoked = {} WHERE revoked IS NULL AND scope LIKE $2",
-            self.not_before_now("$1")
-        );
-        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        };
+        let r = sqlx::query(sqlx::AssertSqlSafe(self.revoke_delegated_sql()))
             .bind(i64::try_from(at).unwrap_or(i64::MAX))
             .bind(pattern)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected())
+    }
+
+    /// Revokes key `key_id` and every key delegated from it in one transaction,
+    /// so that a failure half-way never leaves the key revoked and its delegates
+    /// live (a retry would find nothing left to revoke). True when `key_id`
+    /// itself was revoked by this call; with how many delegates were.
+    pub async fn revoke_key_and_delegated(
+        &self,
+        key_id: &str,
+        at: u64,
+    ) -> Result<(bool, u64), StoreError> {
+        let at = i64::try_from(at).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        let own = sqlx::query(sqlx::AssertSqlSafe(self.revoke_key_sql()))
+            .bind(at)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let mut delegated = 0;
+        if let Some(pattern) = delegated_pattern(key_id) {
+            delegated = sqlx::query(sqlx::AssertSqlSafe(self.revoke_delegated_sql()))
+                .bind(at)
+                .bind(pattern)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok((own > 0, delegated))
+    }
+
+    /// `revoke_delegated_keys`' statement: `$1` the stamp (no earlier than the
+    /// store's clock, as `revoke_key`), `$2` the [`delegated_pattern`].
+    fn revoke_delegated_sql(&self) -> String {
+        format!(
+            "UPDATE api_keys SET revoked = {} WHERE revoked IS NULL AND scope LIKE $2",
+            self.not_before_now("$1")
+        )
     }
 
     /// Trusts (or updates) a credential issuer.
@@ -175,6 +204,16 @@ impl Store {
             .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
             .collect()
     }
+}
+
+/// The `LIKE` pattern that finds the keys delegated from `key_id` in their stored
+/// scope; `None` for an id that is not a key id (key ids are `key_` and hex: no
+/// `%`, and `_` also matches itself).
+fn delegated_pattern(key_id: &str) -> Option<String> {
+    key_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        .then(|| format!("%\"key_id\":\"{key_id}\"%"))
 }
 
 #[cfg(test)]
