@@ -251,15 +251,30 @@ pub async fn create_agent(
     } else {
         n.name
     };
-    let (api_key, record) = state
+    let made = state
         .accounts
         .create_key(&key.record.account, &name, scope, Some(did.to_string()))
-        .await
-        .map_err(|e| match e {
-            // The caller's own key was revoked while the agent was being made.
-            e @ AccountsError::DelegatorRevoked(_) => ApiError::Unauthorized(e.to_string()),
-            e => ApiError::Internal(e.to_string()),
-        })?;
+        .await;
+    let (api_key, record) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            // An agent without its key would count against the owner's
+            // `max_agents_per_owner` for ever: it ends here.
+            let ended = change(&state, |reg, now| {
+                let changed = reg.terminate(&did, now).map_err(id_error)?;
+                Ok(((), changed))
+            })
+            .await;
+            if let Err(t) = ended {
+                tracing::error!(agent = %did, error = ?t, "terminating an agent whose key was not made");
+            }
+            return Err(match e {
+                // The caller's own key was revoked while the agent was being made.
+                e @ AccountsError::DelegatorRevoked(_) => ApiError::Unauthorized(e.to_string()),
+                e => ApiError::Internal(e.to_string()),
+            });
+        }
+    };
     let reg = state.identities.read();
     let doc = reg.did_document(&did);
     let identity = reg
