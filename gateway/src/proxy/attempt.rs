@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use tenzro_attest::payer::{PAYER_AUTH_HEADER, PaidRequest};
@@ -20,6 +20,21 @@ use crate::http::error::ApiError;
 use crate::providers::registry::{Outcome, ProviderEntry};
 use crate::state::AppState;
 use crate::verify;
+
+/// The headers every forwarded request carries, named once (a name given as a
+/// `&str` is parsed and copied on every request).
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const CHANNEL: HeaderName = HeaderName::from_static("x-tenzro-channel");
+const PAYER_AUTH: HeaderName = HeaderName::from_static(PAYER_AUTH_HEADER);
+
+/// A header value that differs on every request (the payer's signature, the
+/// request id): marked sensitive, so HTTP/2's HPACK sends it as a literal never
+/// indexed instead of adding it to the connection's header table, where it would
+/// evict entries that repeat (the channel, the content type) and never be reused.
+fn unique(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
+}
 
 /// One request's context, shared by its attempts.
 pub(super) struct Call<'a> {
@@ -153,14 +168,23 @@ impl Call<'_> {
         }
         // Real time: the provider checks it against its own clock.
         .sign(&state.payer_key, unix_now());
+        let invalid = |what: &str| format!("{}: invalid {what} header", entry.info.id);
+        let payer_auth =
+            HeaderValue::try_from(payer_auth).map_err(|_| invalid(PAYER_AUTH_HEADER))?;
+        let request_id =
+            HeaderValue::from_str(self.request_id).map_err(|_| invalid("x-request-id"))?;
+        let channel = HeaderValue::from_str(channel).map_err(|_| invalid("x-tenzro-channel"))?;
         let call = state
             .upstream
             .client(&entry.info.endpoint)
             .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", self.request_id)
-            .header("x-tenzro-channel", channel)
-            .header(PAYER_AUTH_HEADER, payer_auth)
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .header(REQUEST_ID, unique(request_id))
+            .header(CHANNEL, channel)
+            .header(PAYER_AUTH, unique(payer_auth))
             .body(req.body.clone())
             .send();
         let deadline = state.config.upstream.first_byte_timeout();
