@@ -609,17 +609,56 @@ pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8>) -> bool {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8> {
-    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    let mut v = [_mm256_setzero_ps(); 4];
-    for (i, vi) in v.iter_mut().enumerate() {
-        // SAFETY: 32 readable f32s (caller's contract); `loadu` is unaligned.
-        *vi = unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) };
+    // SAFETY: 32 readable f32s (caller's contract).
+    let d = match unsafe { block_step::<4>(x.as_ptr()) }? {
+        Step::Zero => return Some(BlockQ8::ZERO),
+        Step::D(d) => d,
+    };
+    let id = _mm256_set1_ps(1.0 / d);
+    let mut r = [_mm256_setzero_si256(); 4];
+    for (i, ri) in r.iter_mut().enumerate() {
+        // SAFETY: as above, i < 4; `loadu` is unaligned.
+        *ri = round_scaled(unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) }, id);
     }
+    let sum = hsum_i32(_mm256_add_epi32(
+        _mm256_add_epi32(r[0], r[1]),
+        _mm256_add_epi32(r[2], r[3]),
+    ));
+    let mut qs = [0i8; 32];
+    // SAFETY: `qs` is 32 writable bytes; `storeu` is unaligned.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), pack_i8(r)) };
+    Some(BlockQ8 {
+        d,
+        s: d * sum as f32,
+        qs,
+    })
+}
+
+/// The step of an activation block ([`BlockQ8::quantize`]'s and
+/// `BlockQ8K::quantize`'s `max|x| / 127`).
+pub(super) enum Step {
+    /// Every value is zero.
+    Zero,
+    D(f32),
+}
+
+/// [`Step`] of the `8 * V` values at `x` (the same `max|x|`, then the same
+/// division as the scalar quantisers); `None` when one is a NaN or an infinity
+/// (the scalar path takes those).
+///
+/// # Safety
+/// The CPU has AVX2; `x` points at `8 * V` readable f32s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn block_step<const V: usize>(x: *const f32) -> Option<Step> {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let mut amax = _mm256_setzero_ps();
     let mut nan = _mm256_setzero_ps();
-    for &vi in &v {
-        amax = _mm256_max_ps(amax, _mm256_and_ps(vi, abs_mask));
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps(vi, vi, _CMP_UNORD_Q));
+    for i in 0..V {
+        // SAFETY: i < V (caller's contract); `loadu` is unaligned.
+        let v = unsafe { _mm256_loadu_ps(x.add(8 * i)) };
+        amax = _mm256_max_ps(amax, _mm256_and_ps(v, abs_mask));
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     }
     if _mm256_movemask_ps(nan) != 0 {
         return None;
@@ -627,43 +666,49 @@ unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8> {
     let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-    if amax == 0.0 || !amax.is_finite() {
-        return (amax == 0.0).then_some(BlockQ8::ZERO);
+    if amax == 0.0 {
+        return Some(Step::Zero);
     }
-    let d = amax / 127.0;
-    let id = _mm256_set1_ps(1.0 / d);
-    let half = _mm256_set1_ps(0.5);
+    amax.is_finite().then_some(Step::D(amax / 127.0))
+}
+
+/// `roundf(v * id)` in each lane as i32: `trunc`, then one step away from zero
+/// where the dropped part is at least a half (the scalar quantisers'
+/// `(v * id).round()`, ties away from zero).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn round_scaled(v: __m256, id: __m256) -> __m256i {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
-    let one = _mm256_set1_ps(1.0);
-    let mut r = [_mm256_setzero_si256(); 4];
-    for (ri, &vi) in r.iter_mut().zip(&v) {
-        let p = _mm256_mul_ps(vi, id);
-        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
-        // |p - trunc(p)| is exact; at least a half rounds away from zero.
-        let frac = _mm256_and_ps(_mm256_sub_ps(p, t), abs_mask);
-        let up = _mm256_cmp_ps(frac, half, _CMP_GE_OQ);
-        let step = _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(p, sign_mask)));
-        *ri = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
-    }
-    let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
-    let s = _mm_add_epi32(
-        _mm256_castsi256_si128(sum),
-        _mm256_extracti128_si256(sum, 1),
+    let p = _mm256_mul_ps(v, id);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+    // |p - trunc(p)| is exact; at least a half rounds away from zero.
+    let frac = _mm256_and_ps(_mm256_sub_ps(p, t), abs_mask);
+    let up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ);
+    let step = _mm256_and_ps(
+        up,
+        _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(p, sign_mask)),
     );
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    let sum = _mm_cvtsi128_si32(s);
-    // packs works within 128-bit lanes: the permute puts the 32 bytes back in order.
+    _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+}
+
+/// The 32 i32 lanes of `r` (each within i8) as 32 bytes in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn pack_i8(r: [__m256i; 4]) -> __m256i {
+    // packs works within 128-bit lanes: the permute puts the bytes back in order.
     let w01 = _mm256_packs_epi32(r[0], r[1]);
     let w23 = _mm256_packs_epi32(r[2], r[3]);
     let b = _mm256_packs_epi16(w01, w23);
-    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    let mut qs = [0i8; 32];
-    // SAFETY: `qs` is 32 writable bytes; `storeu` is unaligned.
-    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), b) };
-    Some(BlockQ8 {
-        d,
-        s: d * sum as f32,
-        qs,
-    })
+    _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// The sum of the eight i32 lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
 }

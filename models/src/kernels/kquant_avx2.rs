@@ -19,8 +19,12 @@
 use std::arch::x86_64::*;
 
 use super::WeightType;
-use super::avx2::{available, f16, f16x2, hsum, load32, q6_high};
-use super::q8k::{BlockQ8K, QK_K, serves};
+use super::avx2::{
+    Step, available, block_step, f16, f16x2, hsum, hsum_i32, load32, pack_i8, q6_high, round_scaled,
+};
+use super::q8k::{
+    BlockQ8K, GROUP, PACKED_D, PACKED_DMIN, PACKED_MN, PACKED_Q4K, PACKED_SC, QK_K, serves,
+};
 
 /// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`
 /// (`rb` bytes each) and the `m` activation rows of `acts`; `None` when the CPU
@@ -290,6 +294,140 @@ unsafe fn q6k_block<const N: usize>(
     }
 }
 
+/// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`:
+/// whole groups of 8 Q4_K rows packed by [`super::q8k::pack_q4k`] (`nb`
+/// super-blocks each); `None` when the CPU lacks AVX2, FMA or F16C or the
+/// shapes do not fit.
+pub fn packed_rows(
+    w: &[u8],
+    nb: usize,
+    acts: &[BlockQ8K],
+    m: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    let gb = nb * PACKED_Q4K;
+    if !available() || m == 0 || gb == 0 || !w.len().is_multiple_of(gb) {
+        return None;
+    }
+    let groups = w.len() / gb;
+    if acts.len() != nb * m || out.len() != groups * GROUP * m {
+        return None;
+    }
+    for g in 0..groups {
+        let mut t = 0;
+        while t < m {
+            let n = (m - t).min(4);
+            let mut res = [[0f32; GROUP]; 4];
+            // SAFETY: AVX2, FMA and F16C were detected above; group g's `gb`
+            // bytes and activation rows t..t + n (`nb` blocks each) exist, as
+            // checked above.
+            unsafe {
+                let wp = w.as_ptr().add(g * gb);
+                let ap = acts.as_ptr().add(t * nb);
+                match n {
+                    1 => packed_tile::<1>(wp, ap, nb, &mut res),
+                    2 => packed_tile::<2>(wp, ap, nb, &mut res),
+                    3 => packed_tile::<3>(wp, ap, nb, &mut res),
+                    _ => packed_tile::<4>(wp, ap, nb, &mut res),
+                }
+            }
+            for r in 0..GROUP {
+                let o = &mut out[(g * GROUP + r) * m + t..][..n];
+                for (k, v) in o.iter_mut().enumerate() {
+                    *v = res[k][r];
+                }
+            }
+            t += n;
+        }
+    }
+    Some(())
+}
+
+/// Eight packed Q4_K rows (one per f32 lane) by `N` activation rows, into
+/// `res[n][r]`. Per sub-block, the 8 values' products of each row sum in i16
+/// (16 products of at most 15 * 127: at most 30480) and go through one
+/// `vpmaddwd` with the rows' scales; the minimums are four `vpmaddwd`s of the
+/// rows' (minimum, minimum) pairs with the activations' 32-value sums.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` points at `nb` packed super-blocks and
+/// `a` at `N` activation rows of `nb` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn packed_tile<const N: usize>(
+    w: *const u8,
+    a: *const BlockQ8K,
+    nb: usize,
+    res: &mut [[f32; GROUP]; 4],
+) {
+    let low = _mm256_set1_epi8(0x0F);
+    // Row r's scale byte (of 8 at the broadcast's start) as both i16 of lane r.
+    let spread = _mm256_setr_epi8(
+        0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, //
+        4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1,
+    );
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        // SAFETY: super-block b of the group and block b of each activation row
+        // are readable (caller's contract); every load is unaligned.
+        unsafe {
+            let blk = w.add(b * PACKED_Q4K);
+            let mut ab = [std::ptr::null::<BlockQ8K>(); N];
+            for n in 0..N {
+                ab[n] = a.add(n * nb + b);
+            }
+            let mut sumi = [_mm256_setzero_si256(); N];
+            for s in 0..8 {
+                let sc = _mm256_set1_epi64x(std::ptr::read_unaligned(
+                    blk.add(PACKED_SC + 8 * s).cast::<i64>(),
+                ));
+                let sc = _mm256_shuffle_epi8(sc, spread);
+                let mut t = [_mm256_setzero_si256(); N];
+                for k in 0..4 {
+                    let raw = load32(blk.add(32 * (4 * s + k)));
+                    let lo = _mm256_and_si256(raw, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    for n in 0..N {
+                        let x = (*ab[n]).qs.as_ptr().add(32 * s + 8 * k);
+                        let x0 = _mm256_set1_epi32(std::ptr::read_unaligned(x.cast::<i32>()));
+                        let x1 =
+                            _mm256_set1_epi32(std::ptr::read_unaligned(x.add(4).cast::<i32>()));
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, x0),
+                            _mm256_maddubs_epi16(hi, x1),
+                        );
+                        t[n] = _mm256_add_epi16(t[n], p);
+                    }
+                }
+                for n in 0..N {
+                    sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(t[n], sc));
+                }
+            }
+            let mut mn = [_mm256_setzero_si256(); 4];
+            for (p, v) in mn.iter_mut().enumerate() {
+                *v = _mm256_cvtepu8_epi16(_mm_loadu_si128(blk.add(PACKED_MN + 16 * p).cast()));
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(PACKED_D).cast()));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(PACKED_DMIN).cast()));
+            for n in 0..N {
+                let sums = (*ab[n]).sums32.as_ptr().cast::<i32>();
+                let mut summ = _mm256_setzero_si256();
+                for (p, &v) in mn.iter().enumerate() {
+                    let pair = _mm256_set1_epi32(std::ptr::read_unaligned(sums.add(p)));
+                    summ = _mm256_add_epi32(summ, _mm256_madd_epi16(v, pair));
+                }
+                let ad = _mm256_set1_ps((*ab[n]).d);
+                let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), _mm256_mul_ps(d, ad), acc[n]);
+                acc[n] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_mul_ps(dmin, ad), v);
+            }
+        }
+    }
+    for n in 0..N {
+        // SAFETY: `res[n]` is 8 writable f32s; `storeu` is unaligned.
+        unsafe { _mm256_storeu_ps(res[n].as_mut_ptr(), acc[n]) };
+    }
+}
+
 /// The 8 sub-block scales and the 8 minimums of a Q4_K/Q5_K block's 12 scale
 /// bytes, one per byte (ggml's `get_scale_min_k4` for all eight at once).
 ///
@@ -330,32 +468,12 @@ pub fn quantize_rows(x: &[f32], out: &mut Vec<BlockQ8K>) -> bool {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8K> {
-    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    let load = |i: usize| {
-        // SAFETY: 256 readable f32s (caller's contract), i < 32; `loadu` is unaligned.
-        unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) }
+    // SAFETY: 256 readable f32s (caller's contract).
+    let d = match unsafe { block_step::<{ QK_K / 8 }>(x.as_ptr()) }? {
+        Step::Zero => return Some(BlockQ8K::ZERO),
+        Step::D(d) => d,
     };
-    let mut amax = _mm256_setzero_ps();
-    let mut nan = _mm256_setzero_ps();
-    for i in 0..QK_K / 8 {
-        let v = load(i);
-        amax = _mm256_max_ps(amax, _mm256_and_ps(v, abs_mask));
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    }
-    if _mm256_movemask_ps(nan) != 0 {
-        return None;
-    }
-    let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-    if amax == 0.0 || !amax.is_finite() {
-        return (amax == 0.0).then_some(BlockQ8K::ZERO);
-    }
-    let d = amax / 127.0;
     let id = _mm256_set1_ps(1.0 / d);
-    let half = _mm256_set1_ps(0.5);
-    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
-    let one = _mm256_set1_ps(1.0);
     let mut out = BlockQ8K {
         d,
         ..BlockQ8K::ZERO
@@ -363,13 +481,11 @@ unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8K> {
     for c in 0..QK_K / 32 {
         let mut r = [_mm256_setzero_si256(); 4];
         for (k, ri) in r.iter_mut().enumerate() {
-            let p = _mm256_mul_ps(load(4 * c + k), id);
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
-            // |p - trunc(p)| is exact; at least a half rounds away from zero.
-            let frac = _mm256_and_ps(_mm256_sub_ps(p, t), abs_mask);
-            let up = _mm256_cmp_ps(frac, half, _CMP_GE_OQ);
-            let step = _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(p, sign_mask)));
-            *ri = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+            // SAFETY: 256 readable f32s, 4c + k < 32; `loadu` is unaligned.
+            *ri = round_scaled(
+                unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * (4 * c + k))) },
+                id,
+            );
         }
         let (lo, hi) = (
             hsum_i32(_mm256_add_epi32(r[0], r[1])),
@@ -378,23 +494,8 @@ unsafe fn quantize_block(x: &[f32]) -> Option<BlockQ8K> {
         out.bsums[2 * c] = lo as i16;
         out.bsums[2 * c + 1] = hi as i16;
         out.sums32[c] = (lo + hi) as i16;
-        // packs works within 128-bit lanes: the permute puts the bytes back in order.
-        let w01 = _mm256_packs_epi32(r[0], r[1]);
-        let w23 = _mm256_packs_epi32(r[2], r[3]);
-        let b = _mm256_packs_epi16(w01, w23);
-        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         // SAFETY: qs[32c..32c + 32] is in the block (c < 8); `storeu` is unaligned.
-        unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().add(32 * c).cast(), b) };
+        unsafe { _mm256_storeu_si256(out.qs.as_mut_ptr().add(32 * c).cast(), pack_i8(r)) };
     }
     Some(out)
-}
-
-/// The sum of the eight i32 lanes of `v`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
 }

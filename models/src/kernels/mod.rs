@@ -1,6 +1,8 @@
 //! Quantized matmul on the CPU: weights kept in their GGUF blocks (Q4_0, Q4_1,
-//! Q8_0, Q4_K, Q5_K, Q6_K; nothing re-quantised), activations quantized once per
-//! call to 8-bit blocks of 32 ([`q8`]), and int8 dot products over both.
+//! Q8_0, Q4_K, Q5_K, Q6_K; nothing re-quantised; Q4_K rearranged losslessly in
+//! groups of 8 rows where the AVX2 kernel reads them, [`q8k::pack_q4k`]),
+//! activations quantized once per call to 8-bit blocks of 32 ([`q8`]) or 256
+//! ([`q8k`], the K-quants), and int8 dot products over both.
 //!
 //! [`QWeight::matmul`] is a GEMM over `m` activation rows: output rows are split
 //! over [`pool`]'s threads (the caller and spinning helpers, as many as rayon's
@@ -112,6 +114,8 @@ pub struct QWeight {
     cols: usize,
     /// In huge pages where they can be had ([`arena`]).
     data: arena::Bytes,
+    /// `data` is Q4_K packed in groups of 8 rows ([`q8k::pack_q4k`]).
+    packed: bool,
 }
 
 /// Why a weight cannot use these kernels (the caller keeps candle's).
@@ -126,6 +130,11 @@ impl QWeight {
         cols: usize,
         data: Vec<u8>,
     ) -> Result<Self, Unsupported> {
+        let ty = Self::check(dtype, rows, cols, data.len())?;
+        if q8k::packs(ty, rows) {
+            let packed = q8k::pack_q4k(rows, cols, &data);
+            return Self::with_bytes(dtype, rows, cols, arena::Bytes::heap(packed));
+        }
         Self::with_bytes(dtype, rows, cols, arena::Bytes::heap(data))
     }
 
@@ -137,22 +146,30 @@ impl QWeight {
         cols: usize,
         data: &[u8],
     ) -> Result<Self, Unsupported> {
-        Self::check(dtype, rows, cols, data.len())?;
+        let ty = Self::check(dtype, rows, cols, data.len())?;
+        if q8k::packs(ty, rows) {
+            let packed = q8k::pack_q4k(rows, cols, data);
+            return Self::with_bytes(dtype, rows, cols, arena::Bytes::copy_of(&packed));
+        }
         Self::with_bytes(dtype, rows, cols, arena::Bytes::copy_of(data))
     }
 
+    /// `data`: the blocks as [`Self::check`] accepted them, packed where
+    /// [`q8k::packs`] says.
     fn with_bytes(
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
         data: arena::Bytes,
     ) -> Result<Self, Unsupported> {
-        let ty = Self::check(dtype, rows, cols, data.len())?;
+        let ty = WeightType::from_ggml(dtype)
+            .ok_or_else(|| Unsupported(format!("no CPU kernel for {dtype:?}")))?;
         Ok(QWeight {
             ty,
             rows,
             cols,
             data,
+            packed: q8k::packs(ty, rows),
         })
     }
 
@@ -170,7 +187,12 @@ impl QWeight {
                 "{cols} columns are not whole {dtype:?} blocks"
             )));
         }
-        let want = rows * cols / ty.block_values() * ty.block_bytes();
+        // A GGUF's dims are the file's word: a product that does not fit is an
+        // error, not a wrapped size.
+        let want = (cols / ty.block_values())
+            .checked_mul(ty.block_bytes())
+            .and_then(|row_bytes| row_bytes.checked_mul(rows))
+            .ok_or_else(|| Unsupported(format!("a {rows}x{cols} {dtype:?} matrix is too large")))?;
         if bytes != want {
             return Err(Unsupported(format!(
                 "{bytes} bytes for a {rows}x{cols} {dtype:?} matrix (want {want})"
@@ -207,9 +229,19 @@ impl QWeight {
         if row >= self.rows {
             return Err(Unsupported(format!("row {row} of {}", self.rows)));
         }
-        let rb = self.row_bytes();
-        portable::dequantize(self.ty, &self.data[row * rb..(row + 1) * rb], out);
+        portable::dequantize(self.ty, &self.gguf_rows(row, 1), out);
         Ok(())
+    }
+
+    /// Rows `first..first + n` as GGUF blocks (unpacked again where `data` is
+    /// packed).
+    fn gguf_rows(&self, first: usize, n: usize) -> std::borrow::Cow<'_, [u8]> {
+        if self.packed {
+            let blocks = q8k::unpack_q4k_rows(&self.data, self.rows, self.cols, first, n);
+            return std::borrow::Cow::Owned(blocks);
+        }
+        let rb = self.row_bytes();
+        std::borrow::Cow::Borrowed(&self.data[first * rb..(first + n) * rb])
     }
 
     /// `x` is `(m, cols)` row-major; returns `(m, rows)` = `x · Wᵀ`.
@@ -232,7 +264,7 @@ pub fn matmul_many(
     let Some(cols) = ws.first().map(|w| w.cols) else {
         return Ok(Vec::new());
     };
-    if ws.iter().any(|w| w.cols != cols) || x.len() != m * cols {
+    if ws.iter().any(|w| w.cols != cols) || m.checked_mul(cols) != Some(x.len()) {
         return Err(Unsupported(format!(
             "activations of {} values are not {m} rows of {cols} for every weight",
             x.len()
@@ -241,6 +273,21 @@ pub fn matmul_many(
     // K-quant weights take activations in blocks of 256 with one scale (Q8_K).
     if ws.iter().all(|w| q8k::serves(w.ty)) {
         return Ok(q8k::matmul_many(ws, x, m, isa));
+    }
+    // Packed Q4_K reads only Q8_K activations: a call that mixes it with
+    // other types runs the K-quants and the others apart.
+    if ws.iter().any(|w| w.packed) {
+        let (k, rest): (Vec<&QWeight>, Vec<&QWeight>) =
+            ws.iter().copied().partition(|w| q8k::serves(w.ty));
+        let mut k = q8k::matmul_many(&k, x, m, isa).into_iter();
+        let mut rest = matmul_many(&rest, x, m, isa)?.into_iter();
+        let outs = ws.iter().map(|w| match q8k::serves(w.ty) {
+            true => k.next(),
+            false => rest.next(),
+        });
+        return outs
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Unsupported("missing output".into()));
     }
     let mut acts = Vec::with_capacity(x.len() / QK);
     q8::quantize_rows(x, &mut acts);
@@ -263,11 +310,10 @@ pub fn matmul_many(
     let (acts, columns) = (&acts, &columns);
     let work = |(w, first, dst): &mut (&QWeight, usize, &mut [f32])| {
         let rb = w.row_bytes();
-        let n = dst.len() / m;
-        let wr = &w.data[*first * rb..(*first + n) * rb];
-        rows_chunk(w.ty, wr, rb, (acts, columns), m, dst, isa);
+        let wr = w.gguf_rows(*first, dst.len() / m);
+        rows_chunk(w.ty, &wr, rb, (acts, columns), m, dst, isa);
     };
-    if total * cols * m < 1 << 16 {
+    if total.saturating_mul(x.len()) < 1 << 16 {
         tasks.iter_mut().for_each(work);
     } else {
         pool::for_each_mut(&mut tasks, &work);

@@ -79,6 +79,132 @@ pub fn quantize_rows_portable(x: &[f32], out: &mut Vec<BlockQ8K>) {
     out.extend(x.chunks_exact(QK_K).map(BlockQ8K::quantize));
 }
 
+/// Rows per group of a packed Q4_K weight ([`pack_q4k`]).
+pub const GROUP: usize = 8;
+
+/// Bytes of one super-block of a [`GROUP`] of packed Q4_K rows: the 8 rows'
+/// 4-bit values (1024), `d` and `dmin` (f16, 16 each), the sub-block scales
+/// and the minimums one byte each (64 each): 1184 bytes where the GGUF blocks
+/// take 8 * 144 = 1152 (+2.8 %).
+pub const PACKED_Q4K: usize = 1184;
+
+/// Byte offsets in a packed super-block ([`PACKED_Q4K`]).
+pub const PACKED_D: usize = 1024;
+pub const PACKED_DMIN: usize = 1040;
+pub const PACKED_SC: usize = 1056;
+pub const PACKED_MN: usize = 1120;
+
+/// Whether a `(rows, _)` weight of type `ty` is kept packed ([`pack_q4k`]):
+/// Q4_K with at least one [`GROUP`], on a CPU with the kernel that reads it.
+pub fn packs(ty: WeightType, rows: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let has_kernel = super::avx2::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let has_kernel = false;
+    ty == WeightType::Q4K && rows >= GROUP && has_kernel
+}
+
+/// The rows of a `(rows, cols)` Q4_K matrix (GGUF blocks, row after row) that
+/// fill whole [`GROUP`]s, repacked for the AVX2 kernel, then the other rows as
+/// they were. Each group's super-block `b` ([`PACKED_Q4K`] bytes, the group's
+/// super-blocks in order):
+/// - bytes `32 * k + 4 * r + j` for `k < 32`, `r < 8`, `j < 4`: row `r`'s value
+///   `8k + j` in the low nibble and `8k + j + 4` in the high one, so one 32-byte
+///   load holds 8 values of each of the 8 rows (one row per 32-bit lane, as
+///   `vpmaddubsw` against a broadcast of 4 activations wants them);
+/// - [`PACKED_D`], [`PACKED_DMIN`]: the rows' `d` and `dmin` (f16 bits as stored);
+/// - [`PACKED_SC`] `+ 8 * s + r`: row `r`'s 6-bit scale of sub-block `s`;
+/// - [`PACKED_MN`] `+ 16 * p + 2 * r + h`: row `r`'s minimum of sub-block `2p + h`.
+///
+/// The caller checked that `data` is `rows * cols / 256` blocks.
+pub fn pack_q4k(rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
+    let nb = cols / QK_K;
+    let rb = nb * 144;
+    let groups = rows / GROUP;
+    let mut out = vec![0u8; groups * nb * PACKED_Q4K + (rows - groups * GROUP) * rb];
+    for g in 0..groups {
+        for b in 0..nb {
+            let dst = &mut out[(g * nb + b) * PACKED_Q4K..][..PACKED_Q4K];
+            for r in 0..GROUP {
+                let blk = &data[(g * GROUP + r) * rb + b * 144..][..144];
+                let v = q4k_values(blk);
+                for k in 0..32 {
+                    for j in 0..4 {
+                        dst[32 * k + 4 * r + j] = v[8 * k + j] | (v[8 * k + j + 4] << 4);
+                    }
+                }
+                dst[PACKED_D + 2 * r..][..2].copy_from_slice(&blk[0..2]);
+                dst[PACKED_DMIN + 2 * r..][..2].copy_from_slice(&blk[2..4]);
+                for s in 0..8 {
+                    let (sc, mn) = k4_scale_min(s, &blk[4..16]);
+                    dst[PACKED_SC + 8 * s + r] = sc;
+                    dst[PACKED_MN + 16 * (s / 2) + 2 * r + s % 2] = mn;
+                }
+            }
+        }
+    }
+    let packed = groups * nb * PACKED_Q4K;
+    out[packed..].copy_from_slice(&data[groups * GROUP * rb..]);
+    out
+}
+
+/// Rows `first..first + n` of a Q4_K matrix packed by [`pack_q4k`], as the GGUF
+/// blocks they were packed from (the same bytes).
+pub fn unpack_q4k_rows(packed: &[u8], rows: usize, cols: usize, first: usize, n: usize) -> Vec<u8> {
+    let nb = cols / QK_K;
+    let rb = nb * 144;
+    let grouped = rows / GROUP * GROUP;
+    let mut out = vec![0u8; n * rb];
+    for (i, row) in (first..first + n).enumerate() {
+        let dst = &mut out[i * rb..][..rb];
+        if row >= grouped {
+            let at = grouped / GROUP * nb * PACKED_Q4K + (row - grouped) * rb;
+            dst.copy_from_slice(&packed[at..at + rb]);
+            continue;
+        }
+        let (g, r) = (row / GROUP, row % GROUP);
+        for b in 0..nb {
+            let src = &packed[(g * nb + b) * PACKED_Q4K..][..PACKED_Q4K];
+            let blk = &mut dst[b * 144..][..144];
+            blk[0..2].copy_from_slice(&src[PACKED_D + 2 * r..][..2]);
+            blk[2..4].copy_from_slice(&src[PACKED_DMIN + 2 * r..][..2]);
+            let sc = |s: usize| src[PACKED_SC + 8 * s + r];
+            let mn = |s: usize| src[PACKED_MN + 16 * (s / 2) + 2 * r + s % 2];
+            // ggml's 12-byte packing of eight 6-bit scales and minimums (the
+            // inverse of `k4_scale_min`).
+            for j in 0..4 {
+                blk[4 + j] = sc(j) | ((sc(j + 4) >> 4) << 6);
+                blk[8 + j] = mn(j) | ((mn(j + 4) >> 4) << 6);
+                blk[12 + j] = (sc(j + 4) & 0x0F) | ((mn(j + 4) & 0x0F) << 4);
+            }
+            let mut v = [0u8; QK_K];
+            for k in 0..32 {
+                for j in 0..4 {
+                    let byte = src[32 * k + 4 * r + j];
+                    v[8 * k + j] = byte & 0x0F;
+                    v[8 * k + j + 4] = byte >> 4;
+                }
+            }
+            for (l, q) in blk[16..144].iter_mut().enumerate() {
+                let (j, l) = (l / 32, l % 32);
+                *q = v[64 * j + l] | (v[64 * j + 32 + l] << 4);
+            }
+        }
+    }
+    out
+}
+
+/// The 256 4-bit values of a Q4_K block, in order.
+fn q4k_values(blk: &[u8]) -> [u8; QK_K] {
+    let mut v = [0u8; QK_K];
+    for (l, &byte) in blk[16..144].iter().enumerate() {
+        let (j, l) = (l / 32, l % 32);
+        v[64 * j + l] = byte & 0x0F;
+        v[64 * j + 32 + l] = byte >> 4;
+    }
+    v
+}
+
 /// Whether `ty` multiplies against [`BlockQ8K`] activations.
 pub fn serves(ty: WeightType) -> bool {
     matches!(ty, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K)
@@ -86,11 +212,10 @@ pub fn serves(ty: WeightType) -> bool {
 
 /// [`super::matmul_many`] for weights that are all K-quants ([`serves`]): the
 /// activations are quantized once to [`BlockQ8K`] rows, the weights' rows are
-/// split over [`pool`]'s threads in whole 4-row tiles, and each task runs the
+/// split over [`pool`]'s threads in whole groups of [`GROUP`] rows, and each task runs the
 /// AVX2 kernels (or [`rows`]). Returns one `(m, rows)` output per weight. The
 /// caller checked that every weight has `x.len() / m` columns.
 pub(super) fn matmul_many(ws: &[&QWeight], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
-    let cols = ws.first().map_or(0, |w| w.cols);
     let mut acts = Vec::with_capacity(x.len() / QK_K);
     quantize_rows(x, &mut acts);
     let mut by_row: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * m]).collect();
@@ -98,10 +223,11 @@ pub(super) fn matmul_many(ws: &[&QWeight], x: &[f32], m: usize, isa: Isa) -> Vec
         return by_row;
     }
     let total: usize = ws.iter().map(|w| w.rows).sum();
+    // Whole packed groups per task (GROUP is a multiple of the 4-row tiles).
     let chunk = total
         .div_ceil(pool::threads() * 4)
-        .max(4)
-        .next_multiple_of(4);
+        .max(GROUP)
+        .next_multiple_of(GROUP);
     let mut tasks: Vec<(&QWeight, usize, &mut [f32])> = Vec::new();
     for (w, buf) in ws.iter().zip(by_row.iter_mut()) {
         for (ci, dst) in buf.chunks_mut(chunk * m).enumerate() {
@@ -111,8 +237,35 @@ pub(super) fn matmul_many(ws: &[&QWeight], x: &[f32], m: usize, isa: Isa) -> Vec
     let acts = &acts;
     let work = |(w, first, dst): &mut (&QWeight, usize, &mut [f32])| {
         let rb = w.row_bytes();
-        let n = dst.len() / m;
-        let wr = &w.data[*first * rb..(*first + n) * rb];
+        let nb = w.cols / QK_K;
+        let (first, end) = (*first, *first + dst.len() / m);
+        // Rows first..split are in packed groups (a task starts at a multiple
+        // of GROUP), split..end in GGUF blocks after them.
+        let grouped = if w.packed { w.rows / GROUP * GROUP } else { 0 };
+        let split = end.min(grouped).max(first);
+        let (gdst, dst) = dst.split_at_mut((split - first) * m);
+        if split > first {
+            let wg = &w.data[first / GROUP * nb * PACKED_Q4K..split / GROUP * nb * PACKED_Q4K];
+            #[cfg(target_arch = "x86_64")]
+            let done = isa == Isa::Best
+                && super::kquant_avx2::packed_rows(wg, nb, acts, m, gdst).is_some();
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = {
+                let _ = wg;
+                false
+            };
+            if !done {
+                let blocks = unpack_q4k_rows(&w.data, w.rows, w.cols, first, split - first);
+                for (wr, o) in blocks.chunks_exact(rb).zip(gdst.chunks_mut(m)) {
+                    rows(w.ty, wr, acts, o);
+                }
+            }
+        }
+        if end == split {
+            return;
+        }
+        let at = grouped / GROUP * nb * PACKED_Q4K + (split - grouped) * rb;
+        let wr = &w.data[at..at + (end - split) * rb];
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Best && super::kquant_avx2::rows(w.ty, wr, rb, acts, m, dst).is_some() {
             return;
@@ -121,7 +274,7 @@ pub(super) fn matmul_many(ws: &[&QWeight], x: &[f32], m: usize, isa: Isa) -> Vec
             rows(w.ty, wr, acts, o);
         }
     };
-    if total * cols * m < 1 << 16 {
+    if total.saturating_mul(x.len()) < 1 << 16 {
         tasks.iter_mut().for_each(work);
     } else {
         pool::for_each_mut(&mut tasks, &work);

@@ -467,3 +467,172 @@ fn the_kquant_avx2_kernels_take_every_type_and_shape() {
         }
     }
 }
+
+/// Packed Q4_K ([`super::q8k::pack_q4k`]) gives back the GGUF blocks it was
+/// packed from, byte for byte, for any row range, and a packed weight's
+/// dequantised rows are the GGUF rows'.
+#[test]
+fn packed_q4k_unpacks_to_the_same_blocks() {
+    let ty = WeightType::Q4K;
+    for (rows, blocks) in [(8, 1), (13, 2), (16, 3), (21, 1)] {
+        let seed: Vec<u8> = (0..47).map(|i| (i * 13 + rows) as u8).collect();
+        let data = random_blocks(ty, rows * blocks, &seed);
+        let cols = blocks * QK_K;
+        let rb = blocks * ty.block_bytes();
+        let packed = super::q8k::pack_q4k(rows, cols, &data);
+        assert!(packed.len() <= data.len() + data.len() * 3 / 100);
+        for first in 0..rows {
+            for n in [1, rows - first] {
+                let got = super::q8k::unpack_q4k_rows(&packed, rows, cols, first, n);
+                assert_eq!(
+                    got,
+                    &data[first * rb..(first + n) * rb],
+                    "{rows} {first} {n}"
+                );
+            }
+        }
+        let w = QWeight::new(GgmlDType::Q4K, rows, cols, data.clone()).unwrap();
+        assert_eq!(w.packed, super::q8k::packs(ty, rows));
+        for r in 0..rows {
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            w.dequantize_row(r, &mut got).unwrap();
+            super::portable::dequantize(ty, &data[r * rb..(r + 1) * rb], &mut want);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// The packed Q4_K kernel against the portable one on the GGUF blocks, on the
+/// same Q8_K activations: whole groups and the rows after them, batches of
+/// 1..=17; the portable path on a packed weight is the portable kernel's bits.
+fn packed_q4k_check(rows: usize, blocks: usize, m: usize, data: &[u8], x: &[f32]) {
+    let ty = WeightType::Q4K;
+    let cols = blocks * QK_K;
+    let rb = blocks * ty.block_bytes();
+    let w = QWeight::new(GgmlDType::Q4K, rows, cols, data.to_vec()).unwrap();
+    let best = w.matmul(x, m, Isa::Best).unwrap();
+    let portable = w.matmul(x, m, Isa::Portable).unwrap();
+    let mut acts = Vec::new();
+    super::q8k::quantize_rows(x, &mut acts);
+    for (i, wr) in data.chunks_exact(rb).enumerate() {
+        let mut want = vec![0f32; m];
+        super::q8k::rows(ty, wr, &acts, &mut want);
+        for t in 0..m {
+            let a = &acts[t * blocks..(t + 1) * blocks];
+            let tol = 1e-5 * k_magnitude(ty, wr, a) + 1e-6;
+            let got = f64::from(best[t * rows + i]);
+            assert!(
+                (got - f64::from(want[t])).abs() <= tol,
+                "{rows}x{cols} m={m} row {i} act {t}: {got} vs {} (tol {tol})",
+                want[t]
+            );
+            assert_eq!(portable[t * rows + i].to_bits(), want[t].to_bits());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn packed_q4k_matches_the_portable_kernel(
+        rows in 1usize..42,
+        blocks in 1usize..5,
+        m in 1usize..18,
+        seed in proptest::collection::vec(any::<u8>(), 1..64),
+        xs in proptest::collection::vec(-4.0f32..4.0, 1..97),
+    ) {
+        let data = random_blocks(WeightType::Q4K, rows * blocks, &seed);
+        let x: Vec<f32> = (0..m * blocks * QK_K)
+            .map(|i| xs[i % xs.len()] * (1.0 + (i % 7) as f32))
+            .collect();
+        packed_q4k_check(rows, blocks, m, &data, &x);
+    }
+}
+
+/// The largest sums the packed kernel's 16-bit sub-block sums meet: every
+/// value 15 against activations all +127 (or -127), and the extreme scales.
+#[test]
+fn extreme_packed_q4k_blocks_do_not_overflow() {
+    for (fill, scale_byte) in [(0xFFu8, 0xFFu8), (0x00, 0x80), (0xFF, 0x7F), (0xFF, 0x00)] {
+        let (rows, blocks) = (9, 2);
+        let mut data = vec![fill; rows * blocks * 144];
+        for b in data.chunks_exact_mut(144) {
+            b[4..16].fill(scale_byte);
+            b[0..2].copy_from_slice(&half::f16::from_f32(0.25).to_bits().to_le_bytes());
+            b[2..4].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+        }
+        for m in [1, 5] {
+            for sign in [1.0f32, -1.0] {
+                let x = vec![sign; m * blocks * QK_K];
+                packed_q4k_check(rows, blocks, m, &data, &x);
+                let (want, bound) = reference(GgmlDType::Q4K, &data, rows, blocks * QK_K, &x, m);
+                let w = QWeight::new(GgmlDType::Q4K, rows, blocks * QK_K, data.clone()).unwrap();
+                let got = w.matmul(&x, m, Isa::Best).unwrap();
+                for (i, g) in got.iter().enumerate() {
+                    let err = (f64::from(*g) - want[i]).abs();
+                    assert!(
+                        err <= bound[i],
+                        "{fill:#x}/{scale_byte:#x} [{i}]: {g} vs {}",
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A call that mixes packed Q4_K with another type gives each weight the bits
+/// it gets alone.
+#[test]
+fn a_call_mixing_packed_q4k_and_q8_0_gives_the_bits_of_separate_calls() {
+    let seed: Vec<u8> = (0..29).map(|i| (i * 53 + 3) as u8).collect();
+    let cols = 512;
+    let k = QWeight::new(
+        GgmlDType::Q4K,
+        16,
+        cols,
+        random_blocks(WeightType::Q4K, 16 * 2, &seed),
+    )
+    .unwrap();
+    let q8 = QWeight::new(
+        GgmlDType::Q8_0,
+        5,
+        cols,
+        random_blocks(WeightType::Q8_0, 5 * 16, &seed),
+    )
+    .unwrap();
+    for m in [1, 3] {
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 7.0)
+            .collect();
+        let both = super::matmul_many(&[&q8, &k, &q8], &x, m, Isa::Best).unwrap();
+        let alone = [&q8, &k, &q8].map(|w| w.matmul(&x, m, Isa::Best).unwrap());
+        assert_eq!(both.len(), 3);
+        for (b, a) in both.iter().zip(&alone) {
+            assert_eq!(
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// A hostile GGUF's dims: sizes whose products do not fit are errors (no
+/// overflow panic, no wrapped size), and so is a batch whose size does not.
+#[test]
+fn dims_whose_products_overflow_are_refused() {
+    let huge = usize::MAX / 256 * 256;
+    assert!(QWeight::new(GgmlDType::Q4K, usize::MAX, 256, vec![0; 144]).is_err());
+    assert!(QWeight::new(GgmlDType::Q4K, 1 << 40, 1 << 40, vec![0; 144]).is_err());
+    assert!(QWeight::new(GgmlDType::Q8_0, 0, usize::MAX / 32 * 32, Vec::new()).is_err());
+    assert!(QWeight::from_slice(GgmlDType::Q6K, 2, huge, &[0; 210]).is_err());
+    // (1 << 61) * 144 wraps to 0 bytes in 64 bits: still refused.
+    assert!(QWeight::new(GgmlDType::Q4K, 1 << 61, 256, Vec::new()).is_err());
+    let w = QWeight::new(GgmlDType::Q4K, 1, 256, vec![0; 144]).unwrap();
+    assert!(w.matmul(&[0.0; 256], usize::MAX, Isa::Best).is_err());
+    assert!(w.matmul(&[], 1 << 56, Isa::Best).is_err());
+}
