@@ -456,6 +456,17 @@ mod tests {
         (store, a)
     }
 
+    /// The scope of a key delegated from `parent` with nothing narrowed.
+    fn delegated_from(parent: &str) -> KeyScope {
+        KeyScope {
+            ancestors: vec![Ancestor {
+                key_id: parent.to_owned(),
+                max_daily_spend: None,
+            }],
+            ..KeyScope::default()
+        }
+    }
+
     #[tokio::test]
     async fn an_unknown_key_is_none_and_a_store_failure_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -527,13 +538,7 @@ mod tests {
         // The parent's revocation (and its sweep of delegated keys) lands in the
         // store while the child is being made.
         assert!(store.revoke_key(&parent.id, 1).await.unwrap());
-        let scope = KeyScope {
-            ancestors: vec![Ancestor {
-                key_id: parent.id.clone(),
-                max_daily_spend: None,
-            }],
-            ..KeyScope::default()
-        };
+        let scope = delegated_from(&parent.id);
         match a.create_key(&acct.id, "child", scope, None).await {
             Err(AccountsError::DelegatorRevoked(id)) => assert_eq!(id, parent.id),
             other => panic!("a key under a revoked key must be refused: {other:?}"),
@@ -558,13 +563,7 @@ mod tests {
                 .await
                 .unwrap();
         a.accounts.write().insert(acct.id.clone(), acct.clone());
-        let scope = KeyScope {
-            ancestors: vec![Ancestor {
-                key_id: parent.id.clone(),
-                max_daily_spend: None,
-            }],
-            ..KeyScope::default()
-        };
+        let scope = delegated_from(&parent.id);
         let (child, _) = a.create_key(&acct.id, "child", scope, None).await.unwrap();
         assert!(a.lookup(&child).await.unwrap().is_some());
         assert!(a.revoke(&parent.id).await.unwrap());
