@@ -456,6 +456,13 @@ mod tests {
         (store, a)
     }
 
+    /// A funded account's first key, in the store only: the delegator.
+    async fn parent_key(store: &Store) -> (String, AccountRecord, KeyRecord) {
+        create_in_store(store, "p", Asset::Tnzo, 5, KeyScope::default(), None)
+            .await
+            .unwrap()
+    }
+
     /// The scope of a key delegated from `parent` with nothing narrowed.
     fn delegated_from(parent: &str) -> KeyScope {
         KeyScope {
@@ -530,10 +537,7 @@ mod tests {
     async fn a_key_made_under_a_revoked_key_is_refused_and_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let (store, a) = accounts(dir.path()).await;
-        let (key, acct, parent) =
-            create_in_store(&store, "p", Asset::Tnzo, 5, KeyScope::default(), None)
-                .await
-                .unwrap();
+        let (key, acct, parent) = parent_key(&store).await;
         assert!(a.lookup(&key).await.unwrap().is_some());
         // The parent's revocation (and its sweep of delegated keys) lands in the
         // store while the child is being made.
@@ -558,10 +562,7 @@ mod tests {
     async fn revoking_a_key_revokes_its_delegates_in_the_store_and_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let (store, a) = accounts(dir.path()).await;
-        let (_, acct, parent) =
-            create_in_store(&store, "p", Asset::Tnzo, 5, KeyScope::default(), None)
-                .await
-                .unwrap();
+        let (_, acct, parent) = parent_key(&store).await;
         a.accounts.write().insert(acct.id.clone(), acct.clone());
         let scope = delegated_from(&parent.id);
         let (child, _) = a.create_key(&acct.id, "child", scope, None).await.unwrap();
