@@ -38,6 +38,14 @@ pub fn use_cpu_kernels(on: bool) {
     CHOICE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
+/// Quantized weights loaded from now on on a CPU device are dequantised to f32 at
+/// load and run candle's f32 matmul: the reference our kernels' accuracy is
+/// checked against (`tests/kernels.rs`), at 4 to 8 times the memory. Ends with
+/// the next [`use_cpu_kernels`].
+pub fn use_dequantised_f32() {
+    CHOICE.store(3, Ordering::Relaxed);
+}
+
 /// Whether weights loaded now run this crate's CPU kernels (on a CPU device).
 pub fn cpu_kernels_on() -> bool {
     own_kernels()
@@ -51,7 +59,7 @@ pub fn cpu_kernels_on() -> bool {
 fn own_kernels() -> bool {
     match CHOICE.load(Ordering::Relaxed) {
         1 => true,
-        2 => false,
+        2 | 3 => false,
         _ => match std::env::var("TENZRO_CPU_KERNELS").as_deref() {
             Ok("candle") => false,
             Ok("ours") => true,
@@ -91,6 +99,9 @@ impl Linear {
     pub fn from_arc(t: Arc<QTensor>) -> Result<Self> {
         let (out_features, in_features) = t.shape().dims2()?;
         let dtype = t.dtype();
+        if t.device().is_cpu() && CHOICE.load(Ordering::Relaxed) == 3 {
+            return Self::from_tensor(t.dequantize(&t.device())?);
+        }
         if t.device().is_cpu()
             && own_kernels()
             && requantized_at_load(dtype)

@@ -45,8 +45,18 @@ fn assert_close(name: &str, w: &Tensor, x: &[f32], m: usize, got: &[f32]) {
     }
 }
 
-/// The default model's GGUF, opened, with our CPU kernels switched on.
-fn default_model_on_our_kernels() -> (std::fs::File, gguf_file::Content) {
+/// Held while a test chooses the matmul for the weights it loads (a global
+/// switch) and uses what it loaded, so tests running side by side keep theirs.
+static CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The default model's GGUF, opened, with our CPU kernels switched on until the
+/// guard drops.
+fn default_model_on_our_kernels() -> (
+    std::fs::File,
+    gguf_file::Content,
+    std::sync::MutexGuard<'static, ()>,
+) {
+    let choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
     let path = default_model_path(&models_dir());
     assert!(
         path.exists(),
@@ -56,12 +66,12 @@ fn default_model_on_our_kernels() -> (std::fs::File, gguf_file::Content) {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     tenzro_models::linear::use_cpu_kernels(true);
-    (file, content)
+    (file, content, choice)
 }
 
 #[test]
 fn every_type_matches_dequantised_weights_on_layer_zero() {
-    let (mut file, content) = default_model_on_our_kernels();
+    let (mut file, content, _choice) = default_model_on_our_kernels();
     let dev = Device::Cpu;
     let names = [
         "attn_q",
@@ -128,7 +138,7 @@ fn every_type_matches_dequantised_weights_on_layer_zero() {
 /// within Q8_0's rounding of the 5-bit values, and then as exact as Q8_0's kernel.
 #[test]
 fn q5_matrices_run_on_the_kernels_requantised_to_q8_0() {
-    let (mut file, content) = default_model_on_our_kernels();
+    let (mut file, content, _choice) = default_model_on_our_kernels();
     let dev = Device::Cpu;
     for name in ["attn_q", "ffn_down"] {
         let w = content
@@ -187,20 +197,28 @@ fn q5_matrices_run_on_the_kernels_requantised_to_q8_0() {
 }
 
 /// The default model served as shipped (Q4_1, no re-quantisation) on the CPU
-/// kernels answers the capital question greedily, alone and in a batch of three.
-/// Minutes in a debug build (this crate is not optimised there):
-/// `cargo test --release -p tenzro-models --test kernels`.
+/// kernels against the same weights dequantised to f32 (candle's f32 matmul),
+/// along the reference's own greedy answers: each step's next-token distribution
+/// stays within a small KL divergence of the reference's (measured: mean 0.003,
+/// worst step 0.02, where a wrong block scale or min term gives whole nats), the
+/// reference's greedy token is ours in most steps, and a sequence decoded alone
+/// and three in a batch give the same bits.
+///
+/// Not "ours answers Paris greedily": the shipped Q4_1 weights (on our kernels
+/// and on candle's alike) put "L" 0.2 above "The" as the answer's first token
+/// where the f32 weights put "The" 0.08 above "L", and what follows "L" turns on
+/// sub-ulp roundings. Minutes in a debug build (this crate is not optimised
+/// there): `cargo test --release -p tenzro-models --test kernels`.
 #[test]
 #[cfg_attr(
     debug_assertions,
     ignore = "slow unoptimised; runs in release test builds"
 )]
-fn shipped_q4_1_answers_greedily_alone_and_batched() {
+fn shipped_q4_1_stays_close_to_its_dequantised_f32_forward_alone_and_batched() {
     use tenzro_models::llm::{Llm, LlmConfig, Requantize};
     use tenzro_models::sampler::argmax;
     use tenzro_models::template::TemplateMessage;
 
-    tenzro_models::linear::use_cpu_kernels(true);
     let path = default_model_path(&models_dir());
     assert!(
         path.exists(),
@@ -213,33 +231,73 @@ fn shipped_q4_1_answers_greedily_alone_and_batched() {
         tokenizer_json: None,
         requantize: Requantize::None,
     };
-    let llm = Llm::load(&cfg, &Device::Cpu).unwrap();
-    let prompt = llm
-        .render_chat(&[TemplateMessage {
-            role: "user".into(),
-            content: "What is the capital of France?".into(),
-        }])
-        .unwrap();
-    let ids = llm.encode(&prompt).unwrap();
-    let mut caches = Vec::new();
-    let mut next = Vec::new();
-    for _ in 0..3 {
-        let (cache, logits) = llm.prefill(&ids).unwrap();
-        caches.push(cache);
-        next.push(argmax(&logits));
-    }
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); 3];
-    for _ in 0..12 {
-        for (o, &t) in out.iter_mut().zip(&next) {
-            o.push(t);
+    let (reference, ours) = {
+        let _choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+        tenzro_models::linear::use_dequantised_f32();
+        let reference = Llm::load(&cfg, &Device::Cpu).unwrap();
+        tenzro_models::linear::use_cpu_kernels(true);
+        (reference, Llm::load(&cfg, &Device::Cpu).unwrap())
+    };
+    let steps = 16;
+    let (mut kl_sum, mut kl_n, mut agree) = (0f64, 0usize, 0usize);
+    for question in [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+    ] {
+        let prompt = reference
+            .render_chat(&[TemplateMessage {
+                role: "user".into(),
+                content: question.into(),
+            }])
+            .unwrap();
+        let ids = reference.encode(&prompt).unwrap();
+        let (mut ref_cache, mut ref_logits) = reference.prefill(&ids).unwrap();
+        let (mut alone, first) = ours.prefill(&ids).unwrap();
+        let mut batch: Vec<_> = (0..3).map(|_| ours.prefill(&ids).unwrap().0).collect();
+        let mut logits = vec![first];
+        let mut answer = Vec::new();
+        for step in 0..steps {
+            for l in &logits[1..] {
+                assert!(l == &logits[0], "{question:?} step {step}: rows differ");
+            }
+            let kl = kl_divergence(&ref_logits, &logits[0]);
+            assert!(kl < 0.1, "{question:?} step {step}: KL {kl} from f32");
+            kl_sum += kl;
+            kl_n += 1;
+            let t = argmax(&ref_logits);
+            agree += usize::from(argmax(&logits[0]) == t);
+            answer.push(t);
+            ref_logits = reference
+                .decode(&[t], &mut [&mut ref_cache])
+                .unwrap()
+                .remove(0);
+            logits = ours.decode(&[t], &mut [&mut alone]).unwrap();
+            let mut refs: Vec<_> = batch.iter_mut().collect();
+            logits.extend(ours.decode(&[t; 3], &mut refs).unwrap());
         }
-        let mut refs: Vec<_> = caches.iter_mut().collect();
-        let logits = llm.decode(&next, &mut refs).unwrap();
-        next = logits.iter().map(|l| argmax(l)).collect();
+        let text = reference.tokenizer.decode(&answer, true).unwrap();
+        if question.contains("France") {
+            assert!(text.contains("Paris"), "the f32 reference said {text:?}");
+        }
     }
-    let text = llm.tokenizer.decode(&out[0], true).unwrap();
-    assert!(text.contains("Paris"), "{text:?}");
-    // Batched rows share no state: the three identical sequences agree.
-    assert_eq!(out[0], out[1]);
-    assert_eq!(out[0], out[2]);
+    let mean = kl_sum / kl_n as f64;
+    assert!(mean < 0.02, "mean KL {mean} from f32 over {kl_n} steps");
+    assert!(
+        agree * 10 >= kl_n * 8,
+        "{agree} of {kl_n} greedy tokens agree"
+    );
+}
+
+/// `KL(p || q)` in nats between the softmaxes of two logit vectors.
+fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
+    let log_softmax = |l: &[f32]| {
+        let max = l
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+        let sum: f64 = l.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+        let z = max + sum.ln();
+        l.iter().map(|&v| f64::from(v) - z).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
 }
