@@ -89,7 +89,7 @@ struct Shape {
 /// A decode step streams every weight once from memory, and the hardware
 /// prefetcher alone kept the kernel waiting: 4 tiles ahead took ~40 % off a pass
 /// over the default model's weights (benches/llama-cpp/README.md, session 9).
-fn prefetch_tiles() -> usize {
+pub(super) fn prefetch_tiles() -> usize {
     static TILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *TILES.get_or_init(|| {
         std::env::var("TENZRO_CPU_PREFETCH")
@@ -103,7 +103,7 @@ fn prefetch_tiles() -> usize {
 /// Prefetch the `step` bytes at `p`, one line at a time (`step` <= 192).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch(p: *const u8, step: usize) {
+pub(super) fn prefetch(p: *const u8, step: usize) {
     let mut at = 0;
     while at < step {
         // A prefetch is a hint that never faults, whatever the address;

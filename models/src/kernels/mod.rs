@@ -24,6 +24,8 @@ mod avx2;
 mod kquant_avx2;
 pub mod pool;
 pub mod portable;
+#[cfg(target_arch = "x86_64")]
+mod q32_avx2;
 pub mod q8;
 pub mod q8k;
 
@@ -352,6 +354,10 @@ fn rows_chunk(
     out: &mut [f32],
     isa: Isa,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Best && q32_avx2::rows(ty, w, rb, (acts, columns), m, out).is_some() {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Best && avx2::rows(ty, w, rb, (acts, columns), m, out).is_some() {
         return;
