@@ -26,8 +26,11 @@ pub mod pool;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 mod q32_avx2;
+#[cfg(target_arch = "x86_64")]
+mod q4x8_avx2;
 pub mod q8;
 pub mod q8k;
+pub mod rows8;
 
 use candle_core::quantized::GgmlDType;
 use q8::{BlockQ8, QK};
@@ -118,6 +121,8 @@ pub struct QWeight {
     data: arena::Bytes,
     /// `data` is Q4_K packed in groups of 8 rows ([`q8k::pack_q4k`]).
     packed: bool,
+    /// `data` is Q4_0/Q4_1 interleaved in groups of 8 rows ([`rows8::pack`]).
+    rows8: bool,
 }
 
 /// Why a weight cannot use these kernels (the caller keeps candle's).
@@ -137,6 +142,10 @@ impl QWeight {
             let packed = q8k::pack_q4k(rows, cols, &data);
             return Self::with_bytes(dtype, rows, cols, arena::Bytes::heap(packed));
         }
+        if rows8::packs(ty, rows) {
+            let packed = rows8::pack(ty, rows, cols, &data);
+            return Self::with_bytes(dtype, rows, cols, arena::Bytes::heap(packed));
+        }
         Self::with_bytes(dtype, rows, cols, arena::Bytes::heap(data))
     }
 
@@ -153,11 +162,15 @@ impl QWeight {
             let packed = q8k::pack_q4k(rows, cols, data);
             return Self::with_bytes(dtype, rows, cols, arena::Bytes::copy_of(&packed));
         }
+        if rows8::packs(ty, rows) {
+            let packed = rows8::pack(ty, rows, cols, data);
+            return Self::with_bytes(dtype, rows, cols, arena::Bytes::copy_of(&packed));
+        }
         Self::with_bytes(dtype, rows, cols, arena::Bytes::copy_of(data))
     }
 
     /// `data`: the blocks as [`Self::check`] accepted them, packed where
-    /// [`q8k::packs`] says.
+    /// [`q8k::packs`] or [`rows8::packs`] says.
     fn with_bytes(
         dtype: GgmlDType,
         rows: usize,
@@ -172,6 +185,7 @@ impl QWeight {
             cols,
             data,
             packed: q8k::packs(ty, rows),
+            rows8: rows8::packs(ty, rows),
         })
     }
 
@@ -242,6 +256,10 @@ impl QWeight {
             let blocks = q8k::unpack_q4k_rows(&self.data, self.rows, self.cols, first, n);
             return std::borrow::Cow::Owned(blocks);
         }
+        if self.rows8 {
+            let blocks = rows8::unpack_rows(self.ty, self.cols, &self.data, first, n);
+            return std::borrow::Cow::Owned(blocks);
+        }
         let rb = self.row_bytes();
         std::borrow::Cow::Borrowed(&self.data[first * rb..(first + n) * rb])
     }
@@ -301,8 +319,9 @@ pub fn matmul_many(
     let total: usize = ws.iter().map(|w| w.rows).sum();
     let threads = pool::threads();
     // Enough tasks to balance, few enough that each amortises its dispatch.
-    // Whole tiles of 4 weight rows (the AVX2 kernel's single-row tile).
-    let chunk = total.div_ceil(threads * 4).max(4).next_multiple_of(4);
+    // Whole tiles of 8 weight rows (the AVX2 kernels' single-row tile, and the
+    // groups of interleaved weights).
+    let chunk = total.div_ceil(threads * 4).max(8).next_multiple_of(8);
     let mut tasks: Vec<(&QWeight, usize, &mut [f32])> = Vec::new();
     for (w, buf) in ws.iter().zip(by_row.iter_mut()) {
         for (ci, dst) in buf.chunks_mut(chunk * m).enumerate() {
@@ -311,8 +330,23 @@ pub fn matmul_many(
     }
     let (acts, columns) = (&acts, &columns);
     let work = |(w, first, dst): &mut (&QWeight, usize, &mut [f32])| {
-        let rb = w.row_bytes();
-        let wr = w.gguf_rows(*first, dst.len() / m);
+        let (rb, n) = (w.row_bytes(), dst.len() / m);
+        #[cfg(target_arch = "x86_64")]
+        if w.rows8
+            && isa == Isa::Best
+            && q4x8_avx2::rows(
+                w.ty,
+                &w.data[*first * rb..(*first + n) * rb],
+                rb,
+                (acts, columns),
+                m,
+                dst,
+            )
+            .is_some()
+        {
+            return;
+        }
+        let wr = w.gguf_rows(*first, n);
         rows_chunk(w.ty, &wr, rb, (acts, columns), m, dst, isa);
     };
     if total.saturating_mul(x.len()) < 1 << 16 {
