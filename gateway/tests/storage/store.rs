@@ -342,3 +342,75 @@ async fn a_lost_lease_fences_the_commit() {
         store.close().await;
     }
 }
+
+/// The fence over several accounts at once: when one of them was lost, the error
+/// names it and nothing of the batch lands, not even the accounts still held.
+#[tokio::test]
+async fn a_fence_over_several_accounts_names_the_lost_one() {
+    use tenzro_gateway::store::StoreError;
+    use tenzro_gateway::store::{Claim, LeaseOwner};
+    let owner = |id| LeaseOwner { id, token: id };
+    let (a, b) = (owner("A"), owner("B"));
+    for (url, store, _dir) in backends().await {
+        let mut accounts = Vec::new();
+        for _ in 0..3 {
+            let (_, acct, _) =
+                create_in_store(&store, "dev", Asset::Tnzo, 100, KeyScope::default(), None)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                store.claim(&acct.id, a, 130, 100).await.unwrap(),
+                Claim::Taken,
+                "{url}"
+            );
+            accounts.push(acct.id);
+        }
+        accounts.sort();
+        let book = restore(&store, 100).await;
+        for id in &accounts {
+            book.credit(id, Asset::Tnzo, 5).unwrap();
+        }
+        store
+            .commit_fenced(
+                &book.take_dirty(),
+                Some(Fence {
+                    owner: a,
+                    until: 150,
+                    now: 120,
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        // B takes the middle account over once A's lease on it ran out.
+        assert_eq!(
+            store.claim(&accounts[1], b, 300, 200).await.unwrap(),
+            Claim::Taken,
+            "{url}"
+        );
+        for id in &accounts {
+            book.credit(id, Asset::Tnzo, 7).unwrap();
+        }
+        match store
+            .commit_fenced(
+                &book.take_dirty(),
+                Some(Fence {
+                    owner: a,
+                    until: 160,
+                    now: 140,
+                }),
+            )
+            .await
+        {
+            Err(StoreError::LeaseLost(lost)) => assert_eq!(lost, accounts[1], "{url}"),
+            other => panic!("{url}: {other:?}"),
+        }
+        for id in &accounts {
+            let s = store.account_state(id, 210).await.unwrap();
+            assert_eq!(
+                s.funds[0].1.balance, 105,
+                "{url}: the fenced batch did not land"
+            );
+        }
+        store.close().await;
+    }
+}
