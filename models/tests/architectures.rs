@@ -981,6 +981,15 @@ fn check_gguf(name: &str, config: Json, arch: &str) {
         let (gg_logits, gg_tokens) = run(&load_gguf(write_gguf(&ck, arch, quant)));
         for (a, b) in hf_logits.iter().zip(&gg_logits) {
             let diff = max_abs_diff(a, b);
+            // llama.cpp's converter permutes llama's q and k rows, so attention
+            // sums a head's products in another order: last-bit differences,
+            // which an 8-bit activation rounding downstream can turn into one
+            // quantisation step (measured: 0.032 on logits up to 3.7, 0.2 % on
+            // average). A loader mistake moves logits by their own size.
+            let tol = match arch == "llama" && quant != GgmlDType::F32 {
+                true => 0.02 * a.iter().fold(0f32, |m, x| m.max(x.abs())),
+                false => tol,
+            };
             assert!(
                 diff <= tol,
                 "{name} {quant:?}: GGUF logits differ by {diff}"
