@@ -186,9 +186,7 @@ impl Linear {
         let (Some(mut h), Some(g)) = (outs.pop(), outs.pop()) else {
             candle_core::bail!("gate/up matmul returned too little");
         };
-        for (h, &g) in h.iter_mut().zip(&g) {
-            *h *= g / (1.0 + (-g).exp());
-        }
+        crate::kernels::vexp::silu_mul(&mut h, &g);
         gate.output(h, x)
     }
 

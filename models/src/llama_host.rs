@@ -335,9 +335,7 @@ pub(crate) fn forward(
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         rms_norm(&x, ffn_norm, plan.eps, &mut h);
         let [g, mut u] = two(Linear::forward_host(&[&layer.gate, &layer.up], &h, rows)?)?;
-        for (u, &g) in u.iter_mut().zip(&g) {
-            *u *= g / (1.0 + (-g).exp());
-        }
+        crate::kernels::vexp::silu_mul(&mut u, &g);
         let [d] = one(Linear::forward_host(&[&layer.down], &u, rows)?)?;
         x.iter_mut().zip(&d).for_each(|(x, d)| *x += d);
     }

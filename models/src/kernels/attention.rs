@@ -198,11 +198,8 @@ fn head_row_body(
         max = max.max(s);
         scores.push(s);
     }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    super::vexp::exp_below(scores, max);
+    let sum: f32 = scores.iter().sum();
     out.fill(0.0);
     for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
         for (o, &x) in out.iter_mut().zip(v) {
@@ -215,20 +212,17 @@ fn head_row_body(
     }
 }
 
-/// `a · b` in eight lanes (then summed pairwise), so it vectorises.
+/// `a · b` in eight lanes (then summed pairwise), so it vectorises: whole
+/// chunks of 8 as arrays, so the lanes are one vector register.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ca, ta) = a.as_chunks::<8>();
+    let (cb, tb) = b.as_chunks::<8>();
+    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
     let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *a += x * y;
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
         }
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail

@@ -31,6 +31,7 @@ mod q4x8_avx2;
 pub mod q8;
 pub mod q8k;
 pub mod rows8;
+pub mod vexp;
 
 use candle_core::quantized::GgmlDType;
 use q8::{BlockQ8, QK};

@@ -300,7 +300,10 @@ mod tests {
                 let x = vec![sign; 2 * 128];
                 let mut acts = Vec::new();
                 q8::quantize_rows(&x, &mut acts);
-                assert!(acts.iter().all(|a| a.qs.iter().all(|&q| q == (sign * 127.0) as i8)));
+                assert!(
+                    acts.iter()
+                        .all(|a| a.qs.iter().all(|&q| q == (sign * 127.0) as i8))
+                );
                 let columns = Columns::of(&acts, 2);
                 let rb = 4 * ty.block_bytes();
                 let (mut want, mut got) = (vec![0f32; 16], vec![0f32; 16]);
