@@ -40,16 +40,16 @@ pub fn head_bytes(ty: WeightType) -> usize {
     }
 }
 
-/// Where row `r`'s block bytes go in its group's block: `(from, to)` pairs of
-/// offsets within the GGUF block and within the group's block.
-fn moves(ty: WeightType, r: usize) -> impl Iterator<Item = (usize, usize)> {
+/// Where row `r`'s block bytes go in its group's block: `(from, to, len)`
+/// pieces, offsets within the GGUF block and within the group's block.
+fn pieces(ty: WeightType, r: usize) -> impl Iterator<Item = (usize, usize, usize)> {
     let head = head_bytes(ty);
     // The GGUF block: d at 0, Q4_1's m at 2, then 16 quant bytes.
     let q4_1 = ty == WeightType::Q4_1;
     let quants = if q4_1 { 4 } else { 2 };
-    let heads = [(0, 2 * r), (1, 2 * r + 1), (2, 16 + 2 * r), (3, 17 + 2 * r)];
-    let qs = (0..16).map(move |k| (quants + k, head + 32 * (k / 4) + 4 * r + k % 4));
-    heads.into_iter().take(if q4_1 { 4 } else { 2 }).chain(qs)
+    let heads = [(0, 2 * r, 2), (2, 16 + 2 * r, 2)];
+    let qs = (0..4).map(move |j| (quants + 4 * j, head + 32 * j + 4 * r, 4));
+    heads.into_iter().take(if q4_1 { 2 } else { 1 }).chain(qs)
 }
 
 /// A `(rows, cols)` matrix of GGUF blocks (row after row), interleaved; the
@@ -63,8 +63,8 @@ pub fn pack(ty: WeightType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
             let dst = &mut out[(g * kb + b) * GROUP * bb..][..GROUP * bb];
             for r in 0..GROUP {
                 let src = &data[(g * GROUP + r) * rb + b * bb..][..bb];
-                for (from, to) in moves(ty, r) {
-                    dst[to] = src[from];
+                for (from, to, len) in pieces(ty, r) {
+                    dst[to..to + len].copy_from_slice(&src[from..from + len]);
                 }
             }
         }
@@ -83,8 +83,8 @@ pub fn unpack_rows(ty: WeightType, cols: usize, packed: &[u8], first: usize, n: 
         for b in 0..kb {
             let src = &packed[(g * kb + b) * GROUP * bb..][..GROUP * bb];
             let dst = &mut out[i * rb + b * bb..][..bb];
-            for (from, to) in moves(ty, r) {
-                dst[from] = src[to];
+            for (from, to, len) in pieces(ty, r) {
+                dst[from..from + len].copy_from_slice(&src[to..to + len]);
             }
         }
     }
