@@ -42,22 +42,7 @@ pub fn rows(
     m: usize,
     out: &mut [f32],
 ) -> Option<()> {
-    if !available() || m == 0 || rb == 0 {
-        return None;
-    }
-    let (bb, per) = (ty.block_bytes(), ty.block_values() / 32);
-    let n_rows = w.len() / rb;
-    let kb = acts.len() / m;
-    let fits = rb.is_multiple_of(bb)
-        && w.len() == n_rows * rb
-        && rb / bb * per == kb
-        && acts.len() == kb * m
-        && columns.d.len() == kb * m + PAD
-        && columns.s.len() == kb * m + PAD
-        && out.len() == n_rows * m;
-    if !fits {
-        return None;
-    }
+    let (bb, _, kb) = call_shape(ty, w, rb, (acts, columns), m, out.len())?;
     let s = Shape {
         rb,
         nb: rb / bb,
@@ -69,6 +54,36 @@ pub fn rows(
     // checked every length `chunk` reads or writes against `s`.
     unsafe { chunk(ty, w, (acts, columns), out, s) };
     Some(())
+}
+
+/// `(block bytes, weight rows, activation blocks per row)` of a call on this
+/// CPU with AVX2, FMA and F16C, when its lengths fit together: `w` is whole rows
+/// of `rb` bytes in whole blocks of `ty`, `acts` is `m` rows as long as a weight
+/// row, `columns` holds their scales and sums (and [`PAD`] more), and `out` has
+/// one value per (weight row, activation row). `None` otherwise: what every AVX2
+/// kernel checks before its `unsafe` block.
+pub(super) fn call_shape(
+    ty: WeightType,
+    w: &[u8],
+    rb: usize,
+    (acts, columns): (&[BlockQ8], &Columns),
+    m: usize,
+    out: usize,
+) -> Option<(usize, usize, usize)> {
+    if !available() || m == 0 || rb == 0 {
+        return None;
+    }
+    let (bb, per) = (ty.block_bytes(), ty.block_values() / 32);
+    let n_rows = w.len() / rb;
+    let kb = acts.len() / m;
+    let fits = rb.is_multiple_of(bb)
+        && w.len() == n_rows * rb
+        && rb / bb * per == kb
+        && acts.len() == kb * m
+        && columns.d.len() >= kb * m + PAD
+        && columns.s.len() >= kb * m + PAD
+        && out == n_rows * m;
+    fits.then_some((bb, n_rows, kb))
 }
 
 /// The sizes a tile works in: `rb` bytes and `nb` blocks per weight row, `kb`

@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 
 use super::WeightType;
-use super::avx2::{available, f16, f16x2, load32, prefetch, prefetch_tiles};
+use super::avx2::{call_shape, f16, f16x2, load32, prefetch, prefetch_tiles};
 use super::q8::{BlockQ8, Columns};
 
 /// Which block type a kernel is compiled for.
@@ -50,22 +50,7 @@ pub fn rows(
         WeightType::Q8_0 => Q8_0,
         _ => return None,
     };
-    if !available() || m == 0 || rb == 0 {
-        return None;
-    }
-    let bb = ty.block_bytes();
-    let n_rows = w.len() / rb;
-    let kb = acts.len() / m;
-    let fits = rb.is_multiple_of(bb)
-        && w.len() == n_rows * rb
-        && rb / bb == kb
-        && acts.len() == kb * m
-        && columns.d.len() >= kb * m
-        && columns.s.len() >= kb * m
-        && out.len() == n_rows * m;
-    if !fits {
-        return None;
-    }
+    let (bb, _, kb) = call_shape(ty, w, rb, (acts, columns), m, out.len())?;
     let s = Shape {
         rb,
         bb,
@@ -73,8 +58,8 @@ pub fn rows(
         m,
         ahead: prefetch_tiles() * 4 * rb,
     };
-    // SAFETY: AVX2, FMA and F16C were detected on this CPU just above, and `fits`
-    // checked every length `chunk` reads or writes against `s`.
+    // SAFETY: `call_shape` found AVX2, FMA and F16C on this CPU and checked every
+    // length `chunk` reads or writes against `s`.
     unsafe {
         match kind {
             Q4_0 => chunk::<Q4_0>(w, (acts, columns), out, s),
@@ -389,6 +374,7 @@ unsafe fn gemv<const T: u8, const R: usize>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::kernels::avx2::available;
     use crate::kernels::{f16_at, portable, q8};
 
     /// Blocks of `ty` with small finite f16 scales (and minimums) and arbitrary

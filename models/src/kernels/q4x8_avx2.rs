@@ -23,7 +23,7 @@
 use std::arch::x86_64::*;
 
 use super::WeightType;
-use super::avx2::{available, load32, prefetch, prefetch_tiles};
+use super::avx2::{call_shape, load32, prefetch, prefetch_tiles};
 use super::q8::{BlockQ8, Columns};
 use super::rows8::{GROUP, head_bytes};
 
@@ -52,21 +52,8 @@ pub fn rows(
         WeightType::Q4_1 => Q4_1,
         _ => return None,
     };
-    if !available() || m == 0 || rb == 0 {
-        return None;
-    }
-    let bb = ty.block_bytes();
-    let n_rows = w.len() / rb;
-    let kb = acts.len() / m;
-    let fits = rb.is_multiple_of(bb)
-        && w.len() == n_rows * rb
-        && n_rows.is_multiple_of(GROUP)
-        && rb / bb == kb
-        && acts.len() == kb * m
-        && columns.d.len() >= kb * m
-        && columns.s.len() >= kb * m
-        && out.len() == n_rows * m;
-    if !fits {
+    let (bb, n_rows, kb) = call_shape(ty, w, rb, (acts, columns), m, out.len())?;
+    if !n_rows.is_multiple_of(GROUP) {
         return None;
     }
     let s = Shape {
@@ -76,8 +63,8 @@ pub fn rows(
         head: head_bytes(ty),
         ahead: prefetch_tiles() * 4 * rb,
     };
-    // SAFETY: AVX2, FMA and F16C were detected on this CPU just above, and `fits`
-    // checked every length `chunk` reads or writes against `s`.
+    // SAFETY: `call_shape` found AVX2, FMA and F16C on this CPU and checked every
+    // length `chunk` reads or writes against `s`, and the rows are whole groups.
     unsafe {
         match kind {
             Q4_0 => chunk::<Q4_0>(w, (acts, columns), out, s),
@@ -227,6 +214,7 @@ unsafe fn group<const T: u8, const N: usize>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::kernels::avx2::available;
     use crate::kernels::{q8, q32_avx2, rows8};
 
     /// Blocks of `ty` with small finite f16 scales (and minimums) and arbitrary
