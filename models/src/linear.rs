@@ -1,7 +1,7 @@
 //! A weight matrix and its matmul: the one place the transformer code multiplies
 //! activations by weights. Architecture code holds `Linear`s and calls
 //! [`Linear::forward`]; which kernel runs underneath is decided here, per weight
-//! type and device: on the CPU, Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K weights run this
+//! type and device: on the CPU, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K weights run this
 //! crate's own kernels (`crate::kernels`); everything else (f32/f16 weights, other
 //! types, CUDA) runs candle's `QMatMul`.
 
@@ -68,15 +68,20 @@ fn own_kernels() -> bool {
     }
 }
 
-/// Block types our CPU kernels do not read, re-quantised to Q8_0 at load so they
-/// run on them: llama.cpp's K-quant mixes (`Q4_K_M`, `Q5_K_M`) store as Q5_0/Q5_1
+/// Q5_0/Q5_1 weights our fast kernels cannot read as they are, re-quantised to
+/// Q8_0 at load: llama.cpp's K-quant mixes (`Q4_K_M`, `Q5_K_M`) store as Q5_0/Q5_1
 /// every matrix whose rows are not whole 256-value K-quant blocks (most of a
-/// small model's), and candle's matmul for those types has no SIMD path (about
-/// 30x slower per token on the default model's `Q4_K_M` file). Q8_0 re-rounds
-/// each value to within `max|block| / 254` of the 5-bit one (a sixteenth of a
-/// Q5_0 step; plus the rounding of its scale to f16) for 1.5x the bytes.
-fn requantized_at_load(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1)
+/// small model's). Where the rows come in whole groups of 8 on an AVX2 CPU they
+/// run as they are, interleaved ([`kernels::rows8`]); elsewhere only the portable
+/// kernel reads them (candle's matmul for those types has no SIMD path either:
+/// about 30x slower per token on the default model's `Q4_K_M` file), so they
+/// become Q8_0, which re-rounds each value to within `max|block| / 254` of the
+/// 5-bit one (a sixteenth of a Q5_0 step; plus the rounding of its scale to f16)
+/// for 1.5x the bytes.
+fn requantized_at_load(dtype: GgmlDType, rows: usize) -> bool {
+    WeightType::from_ggml(dtype).is_some_and(|ty| {
+        matches!(ty, WeightType::Q5_0 | WeightType::Q5_1) && !kernels::rows8::packs(ty, rows)
+    })
 }
 
 /// `t` dequantised and quantised to Q8_0 for our kernels; `None` when its rows
@@ -104,7 +109,7 @@ impl Linear {
         }
         if t.device().is_cpu()
             && own_kernels()
-            && requantized_at_load(dtype)
+            && requantized_at_load(dtype, out_features)
             && let Some(w) = as_q8_0(&t, out_features, in_features)?
         {
             return Ok(Linear {

@@ -101,6 +101,8 @@ fn every_type_matches_dequantised_weights_on_layer_zero() {
         for dtype in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
             GgmlDType::Q8_0,
             GgmlDType::Q4K,
             GgmlDType::Q5K,
@@ -128,16 +130,18 @@ fn every_type_matches_dequantised_weights_on_layer_zero() {
             checked += 1;
         }
     }
-    // 7 matrices as shipped and as Q4_0/Q4_1/Q8_0, and ffn_down (1536 columns) as
-    // the three K-quants: 576-column rows are not whole 256-value blocks.
-    assert_eq!(checked, 7 * 4 + 3);
+    // 7 matrices as shipped and as Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, and ffn_down (1536
+    // columns) as the three K-quants: 576-column rows are not whole 256-value blocks.
+    assert_eq!(checked, 7 * 6 + 3);
 }
 
 /// Q5_0 and Q5_1 matrices (what llama.cpp's K-quant mixes store where rows are
-/// not whole K-quant blocks) run on the CPU kernels as Q8_0 re-quantised at load:
-/// within Q8_0's rounding of the 5-bit values, and then as exact as Q8_0's kernel.
+/// not whole K-quant blocks) whose rows are not whole groups of 8 (the
+/// interleaved kernel's; whole groups run as they are, checked above) run on the
+/// CPU kernels as Q8_0 re-quantised at load: within Q8_0's rounding of the 5-bit
+/// values, and then as exact as Q8_0's kernel.
 #[test]
-fn q5_matrices_run_on_the_kernels_requantised_to_q8_0() {
+fn q5_matrices_in_odd_rows_run_on_the_kernels_requantised_to_q8_0() {
     let (mut file, content, _choice) = default_model_on_our_kernels();
     let dev = Device::Cpu;
     for name in ["attn_q", "ffn_down"] {
@@ -146,7 +150,8 @@ fn q5_matrices_run_on_the_kernels_requantised_to_q8_0() {
             .unwrap()
             .dequantize(&dev)
             .unwrap();
-        let (_, cols) = w.dims2().unwrap();
+        let (rows, cols) = w.dims2().unwrap();
+        let w = w.narrow(0, 0, rows - 3).unwrap();
         for dtype in [GgmlDType::Q5_0, GgmlDType::Q5_1] {
             let label = format!("{name} as {dtype:?}");
             let q5 = QTensor::quantize(&w, dtype).unwrap();

@@ -1,4 +1,8 @@
-//! AVX2 + FMA (+ F16C for the scales) kernels over tiles of `R` weight rows by
+//! AVX2 + FMA (+ F16C for the scales) kernels for the K-quants (Q4_K, Q5_K,
+//! Q6_K) against 32-value activation blocks, where a call mixes them with
+//! 32-value weight types (the 32-value types have [`super::q32_avx2`] and
+//! [`super::rows8_avx2`]; K-quants alone run [`super::kquant_avx2`]), and the
+//! helpers every AVX2 kernel shares. Tiles of `R` weight rows by
 //! `N` activation rows: each weight block is loaded and unpacked into registers
 //! once and multiplied with the same block of the tile's `N` activation rows,
 //! and each activation block is loaded once for the tile's `R` weight rows. The
@@ -32,8 +36,8 @@ pub fn available() -> bool {
 
 /// `out[i * m + t] = dot(weight row i, activation row t)` for the rows of `w`
 /// (`rb` bytes each) and the `m` activation rows of `acts` (whose scales and
-/// sums `columns` holds block-major); `None` when the CPU lacks AVX2, FMA or
-/// F16C or the shapes do not fit together.
+/// sums `columns` holds block-major); `None` for the 32-value types, when the
+/// CPU lacks AVX2, FMA or F16C, or when the shapes do not fit together.
 pub fn rows(
     ty: WeightType,
     w: &[u8],
@@ -42,18 +46,31 @@ pub fn rows(
     m: usize,
     out: &mut [f32],
 ) -> Option<()> {
+    let kind = match ty {
+        WeightType::Q4K => Kind::Q4K,
+        WeightType::Q5K => Kind::Q5K,
+        WeightType::Q6K => Kind::Q6K,
+        _ => return None,
+    };
     let (bb, _, kb) = call_shape(ty, w, rb, (acts, columns), m, out.len())?;
     let s = Shape {
         rb,
         nb: rb / bb,
         kb,
         m,
-        ahead: prefetch_tiles() * 4 * rb,
     };
     // SAFETY: AVX2, FMA and F16C were detected on this CPU just above, and `fits`
     // checked every length `chunk` reads or writes against `s`.
-    unsafe { chunk(ty, w, (acts, columns), out, s) };
+    unsafe { chunk(kind, w, acts, out, s) };
     Some(())
+}
+
+/// The block types these tiles read.
+#[derive(Clone, Copy)]
+enum Kind {
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 /// `(block bytes, weight rows, activation blocks per row)` of a call on this
@@ -95,8 +112,6 @@ struct Shape {
     nb: usize,
     kb: usize,
     m: usize,
-    /// Bytes ahead of a one-activation-row tile's weights to prefetch (0: none).
-    ahead: usize,
 }
 
 /// Four-row tiles ahead that a one-activation-row tile prefetches
@@ -129,14 +144,11 @@ pub(super) fn prefetch(p: *const u8, step: usize) {
 }
 
 /// A tile's inputs: `R` weight rows from `w` (`rb` bytes apart), `N` activation
-/// rows from `a` (`kb` blocks apart), and their blocks' scales and sums from
-/// `d` and `s` (block `b` of the tile's rows at `b * m`, see [`Columns`]).
+/// rows from `a` (`kb` blocks apart).
 #[derive(Clone, Copy)]
 struct Tile {
     w: *const u8,
     a: *const BlockQ8,
-    d: *const f32,
-    s: *const f32,
 }
 
 /// Per (weight row, activation row): the vector accumulator and the scalar sum of
@@ -144,17 +156,10 @@ struct Tile {
 type Acc<const R: usize, const N: usize> = ([[__m256; N]; R], [[f32; N]; R]);
 
 /// # Safety
-/// The CPU has AVX2, FMA and F16C; `w` is `out.len() / s.m` rows of `s.rb` bytes,
-/// `acts` is `s.m` rows of `s.kb` blocks and `columns` their `s.kb * s.m + PAD`
-/// scales and sums.
+/// The CPU has AVX2, FMA and F16C; `w` is `out.len() / s.m` rows of `s.rb` bytes
+/// and `acts` is `s.m` rows of `s.kb` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chunk(
-    ty: WeightType,
-    w: &[u8],
-    (acts, columns): (&[BlockQ8], &Columns),
-    out: &mut [f32],
-    s: Shape,
-) {
+unsafe fn chunk(ty: Kind, w: &[u8], acts: &[BlockQ8], out: &mut [f32], s: Shape) {
     let n_rows = w.len() / s.rb;
     // One activation row: four weight rows per tile. A batch: two weight rows by
     // up to four activation rows (eight accumulators, the registers' limit).
@@ -167,14 +172,11 @@ unsafe fn chunk(
             let n = (s.m - t).min(if r == 4 { 1 } else { 4 });
             // SAFETY: rows i..i + r < n_rows of `w` and activation rows t..t + n
             // <= m of `acts` exist (the caller's contract); the tile reads only
-            // those, columns[b * m + t..b * m + t + 4] for blocks b < kb (inside
-            // kb * m + PAD), and writes out[(i + r') * m + t + n'] for r' < r, n' < n.
+            // those and writes out[(i + r') * m + t + n'] for r' < r, n' < n.
             unsafe {
                 let tile = Tile {
                     w: w.as_ptr().add(i * s.rb),
                     a: acts.as_ptr().add(t * s.kb),
-                    d: columns.d.as_ptr().add(t),
-                    s: columns.s.as_ptr().add(t),
                 };
                 let o = out.as_mut_ptr().add(i * s.m + t);
                 match (r, n) {
@@ -199,17 +201,13 @@ unsafe fn chunk(
 /// As [`chunk`], for the `R x N` tile at `t`, writing `o[r * m + n]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_ty<const R: usize, const N: usize>(ty: WeightType, t: Tile, s: Shape, o: *mut f32) {
+unsafe fn tile_ty<const R: usize, const N: usize>(ty: Kind, t: Tile, s: Shape, o: *mut f32) {
     // SAFETY: forwarded from the caller's contract.
     let (acc, mins) = unsafe {
         match ty {
-            WeightType::Q8_0 => q8_0::<R, N>(t, s),
-            WeightType::Q4_0 => q4::<R, N, true>(t, s),
-            WeightType::Q4_1 if N == 1 && R <= 4 => q4_1_gemv::<R, N>(t, s),
-            WeightType::Q4_1 => q4::<R, N, false>(t, s),
-            WeightType::Q4K => k45::<R, N, false>(t, s),
-            WeightType::Q5K => k45::<R, N, true>(t, s),
-            WeightType::Q6K => q6k::<R, N>(t, s),
+            Kind::Q4K => k45::<R, N, false>(t, s),
+            Kind::Q5K => k45::<R, N, true>(t, s),
+            Kind::Q6K => q6k::<R, N>(t, s),
         }
     };
     for r in 0..R {
@@ -280,177 +278,6 @@ fn zero<const R: usize, const N: usize>() -> Acc<R, N> {
     // SAFETY: `_mm256_setzero_ps` only needs AVX, which every caller has.
     let z = unsafe { _mm256_setzero_ps() };
     ([[z; N]; R], [[0f32; N]; R])
-}
-
-/// # Safety
-/// As [`chunk`]: `R` rows of `nb` Q8_0 blocks at `t.w`, `N` rows of `kb` blocks at `t.a`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
-    let (mut acc, mins) = zero::<R, N>();
-    let ones = _mm256_set1_epi16(1);
-    for b in 0..s.nb {
-        if N == 1 && R == 4 && s.ahead != 0 {
-            // The tile `ahead` bytes on: 4 rows of nb blocks, 136 bytes a block.
-            prefetch(t.w.wrapping_add(s.ahead + b * 136), 136);
-        }
-        // SAFETY: the tile's activation scales of block b (caller's contract).
-        let ad = unsafe { block_column(t.d, b, s.m) };
-        for r in 0..R {
-            // SAFETY: block b of weight row r and of activation rows n < N are in
-            // bounds (caller's contract).
-            unsafe {
-                let blk = t.w.add(r * s.rb + b * 34);
-                let d = f16(blk);
-                let q = load32(blk.add(2));
-                let aq = _mm256_sign_epi8(q, q);
-                // d * a.d for the tile's rows at once: the bits of the scalar product.
-                let sc = lanes(_mm_mul_ps(_mm_set1_ps(d), ad));
-                for n in 0..N {
-                    let a = &*t.a.add(n * s.kb + b);
-                    let x = _mm256_sign_epi8(load32(a.qs.as_ptr().cast()), q);
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, x), ones);
-                    let scale = if N == 1 { d * a.d } else { sc[n] };
-                    acc[r][n] = fma(acc[r][n], dot, scale);
-                }
-            }
-        }
-    }
-    (acc, mins)
-}
-
-/// Q4_0 (`ZERO`: values are `d * (q - 8)`) and Q4_1 (`d * q + m`).
-///
-/// # Safety
-/// As [`q8_0`], for Q4_0/Q4_1 blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4<const R: usize, const N: usize, const ZERO: bool>(t: Tile, s: Shape) -> Acc<R, N> {
-    let (mut acc, mut mins) = zero::<R, N>();
-    let low = _mm256_set1_epi8(0x0F);
-    let bb = if ZERO { 18 } else { 20 };
-    // A batch tile sums its minimum terms four activation rows to a vector.
-    let mut min_v = [_mm_setzero_ps(); R];
-    for b in 0..s.nb {
-        // SAFETY: the tile's activation scales and sums of block b (caller's contract).
-        let (ad, asum) = unsafe { (block_column(t.d, b, s.m), block_column(t.s, b, s.m)) };
-        for r in 0..R {
-            // SAFETY: block b of weight row r and of activation rows n < N are in
-            // bounds (caller's contract).
-            unsafe {
-                let blk = t.w.add(r * s.rb + b * bb);
-                let (d, m, qs) = if ZERO {
-                    let d = f16(blk);
-                    (d, -8.0 * d, blk.add(2))
-                } else {
-                    let (d, m) = f16x2(blk);
-                    (d, m, blk.add(4))
-                };
-                // Low nibbles in the first 16 bytes, high ones in the last 16.
-                let raw = _mm_loadu_si128(qs.cast());
-                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-                if N == 1 {
-                    let a = &*t.a.add(b);
-                    let x = load32(a.qs.as_ptr().cast());
-                    acc[r][0] = fma(acc[r][0], dot_u8(q, x), d * a.d);
-                    mins[r][0] += m * a.s;
-                    continue;
-                }
-                // The same products and sums as the scalar lines above, lane by
-                // lane, so a row's bits do not depend on the tile.
-                let sc = lanes(_mm_mul_ps(_mm_set1_ps(d), ad));
-                min_v[r] = _mm_add_ps(min_v[r], _mm_mul_ps(_mm_set1_ps(m), asum));
-                for n in 0..N {
-                    let a = &*t.a.add(n * s.kb + b);
-                    let x = load32(a.qs.as_ptr().cast());
-                    acc[r][n] = fma(acc[r][n], dot_u8(q, x), sc[n]);
-                }
-            }
-        }
-    }
-    if N > 1 {
-        for r in 0..R {
-            let v = lanes(min_v[r]);
-            mins[r].copy_from_slice(&v[..N]);
-        }
-    }
-    (acc, mins)
-}
-
-/// Q4_1 against one activation row (`N == 1`), up to four weight rows: the rows'
-/// f16 scales and minimums go through one `vcvtph2ps` and one multiply by the
-/// activation block's scale and sum, so the minimum term costs one vector add per
-/// block for all the rows. The same products and sums as [`q4`]'s, lane by lane.
-///
-/// # Safety
-/// As [`q8_0`], for Q4_1 blocks, with `N == 1` and `R <= 4`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_gemv<const R: usize, const N: usize>(t: Tile, s: Shape) -> Acc<R, N> {
-    let (mut acc, mut mins) = zero::<R, N>();
-    let low = _mm256_set1_epi8(0x0F);
-    let mut min_v = _mm256_setzero_ps();
-    for b in 0..s.nb {
-        // SAFETY: block b of weight rows r < R <= 4 and of the one activation row
-        // are in bounds (caller's contract); BlockQ8 is `repr(C)`, `d` then `s`.
-        unsafe {
-            if R == 4 && s.ahead != 0 {
-                // The tile `ahead` bytes on: 4 rows of nb blocks, 80 bytes a block.
-                prefetch(t.w.wrapping_add(s.ahead + b * 80), 80);
-            }
-            let a = t.a.add(b);
-            let ds = std::ptr::read_unaligned(a.cast::<i64>());
-            let ads = _mm256_castsi256_ps(_mm256_set1_epi64x(ds));
-            let x = load32((*a).qs.as_ptr().cast());
-            let w = t.w.add(b * 20);
-            let mut dm = [0i32; 4];
-            for r in 0..R {
-                dm[r] = std::ptr::read_unaligned(w.add(r * s.rb).cast::<i32>());
-            }
-            // Lanes 2r and 2r + 1: d * a.d and m * a.s of weight row r.
-            let k = _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_setr_epi32(dm[0], dm[1], dm[2], dm[3])),
-                ads,
-            );
-            min_v = _mm256_add_ps(min_v, k);
-            for r in 0..R {
-                let raw = _mm_loadu_si128(w.add(r * s.rb + 4).cast());
-                let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-                let scale = _mm256_permutevar8x32_ps(k, _mm256_set1_epi32(2 * r as i32));
-                let dot = _mm256_cvtepi32_ps(dot_u8(q, x));
-                acc[r][0] = _mm256_fmadd_ps(dot, scale, acc[r][0]);
-            }
-        }
-    }
-    let mut v = [0f32; 8];
-    // SAFETY: `v` is 8 writable f32s; `storeu` has no alignment requirement.
-    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), min_v) };
-    for r in 0..R {
-        mins[r][0] = v[2 * r + 1];
-    }
-    (acc, mins)
-}
-
-/// The four values at `p[b * m..]`: block `b`'s scales (or sums) of a tile's
-/// activation rows.
-///
-/// # Safety
-/// `p[b * m..b * m + 4]` is readable.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_column(p: *const f32, b: usize, m: usize) -> __m128 {
-    // SAFETY: 4 readable f32s (caller's contract); `loadu` is unaligned.
-    unsafe { _mm_loadu_ps(p.add(b * m)) }
-}
-
-/// The four lanes of `v`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn lanes(v: __m128) -> [f32; 4] {
-    let mut out = [0f32; 4];
-    // SAFETY: `out` is 4 writable f32s; `storeu` has no alignment requirement.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
-    out
 }
 
 /// The 8 sub-block scales and minimums of a Q4_K/Q5_K block's 12 scale bytes,

@@ -1,13 +1,14 @@
 //! Quantized matmul on the CPU: weights kept in their GGUF blocks (Q4_0, Q4_1,
-//! Q8_0, Q4_K, Q5_K, Q6_K; nothing re-quantised; Q4_K rearranged losslessly in
-//! groups of 8 rows where the AVX2 kernel reads them, [`q8k::pack_q4k`]),
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; nothing re-quantised; Q4_K, and Q4_0 to
+//! Q5_1, rearranged losslessly in groups of 8 rows where the AVX2 kernels read
+//! them, [`q8k::pack_q4k`] and [`rows8`]),
 //! activations quantized once per call to 8-bit blocks of 32 ([`q8`]) or 256
 //! ([`q8k`], the K-quants), and int8 dot products over both.
 //!
 //! [`QWeight::matmul`] is a GEMM over `m` activation rows: output rows are split
 //! over [`pool`]'s threads (the caller and spinning helpers, as many as rayon's
 //! pool has), and within a task each weight block is unpacked once and multiplied
-//! with up to four activation rows while it sits in registers, so a batch reads
+//! with up to eight activation rows while it sits in registers, so a batch reads
 //! the weights once. `m == 1` is the GEMV.
 //!
 //! The only module of the workspace allowed `unsafe`: the SIMD intrinsics of
@@ -26,11 +27,11 @@ pub mod pool;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 mod q32_avx2;
-#[cfg(target_arch = "x86_64")]
-mod q4x8_avx2;
 pub mod q8;
 pub mod q8k;
 pub mod rows8;
+#[cfg(target_arch = "x86_64")]
+mod rows8_avx2;
 pub mod vexp;
 
 use candle_core::quantized::GgmlDType;
@@ -42,6 +43,8 @@ use q8::{BlockQ8, QK};
 pub enum WeightType {
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q5K,
@@ -53,6 +56,8 @@ impl WeightType {
         Some(match dtype {
             GgmlDType::Q4_0 => Self::Q4_0,
             GgmlDType::Q4_1 => Self::Q4_1,
+            GgmlDType::Q5_0 => Self::Q5_0,
+            GgmlDType::Q5_1 => Self::Q5_1,
             GgmlDType::Q8_0 => Self::Q8_0,
             GgmlDType::Q4K => Self::Q4K,
             GgmlDType::Q5K => Self::Q5K,
@@ -64,7 +69,7 @@ impl WeightType {
     /// Values per block.
     pub fn block_values(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
             Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
@@ -74,6 +79,8 @@ impl WeightType {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
             Self::Q5K => 176,
@@ -335,7 +342,7 @@ pub fn matmul_many(
         #[cfg(target_arch = "x86_64")]
         if w.rows8
             && isa == Isa::Best
-            && q4x8_avx2::rows(
+            && rows8_avx2::rows(
                 w.ty,
                 &w.data[*first * rb..(*first + n) * rb],
                 rb,

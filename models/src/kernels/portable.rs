@@ -39,6 +39,18 @@ pub fn unpack(ty: WeightType, blk: &[u8], u: &mut Unpacked) {
             u.scale[..2].fill(d);
             u.min[..2].fill(m);
         }
+        WeightType::Q5_0 | WeightType::Q5_1 => {
+            let d = f16_at(blk, 0);
+            let (m, quants) = match ty {
+                WeightType::Q5_0 => (-16.0 * d, q5_quants(&blk[2..22])),
+                _ => (f16_at(blk, 2), q5_quants(&blk[4..24])),
+            };
+            for (q, v) in u.q.iter_mut().zip(quants) {
+                *q = v as i8;
+            }
+            u.scale[..2].fill(d);
+            u.min[..2].fill(m);
+        }
         WeightType::Q8_0 => {
             let d = f16_at(blk, 0);
             for (q, &b) in u.q.iter_mut().zip(&blk[2..34]) {
@@ -50,6 +62,19 @@ pub fn unpack(ty: WeightType, blk: &[u8], u: &mut Unpacked) {
         WeightType::Q4K | WeightType::Q5K => unpack_k45(ty, blk, u),
         WeightType::Q6K => unpack_q6k(blk, u),
     }
+}
+
+/// A Q5_0/Q5_1 block's 32 unsigned 5-bit values in order, from its high bits
+/// (`qh`, a little-endian u32: bit `v` is value `v`'s fifth bit) and its 16
+/// bytes of nibbles (value `j` low, `j + 16` high).
+pub(super) fn q5_quants(qh_qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh_qs[0], qh_qs[1], qh_qs[2], qh_qs[3]]);
+    let mut q = [0u8; 32];
+    for (j, &b) in qh_qs[4..20].iter().enumerate() {
+        q[j] = (b & 0x0F) | (((qh >> j) & 1) << 4) as u8;
+        q[j + 16] = (b >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+    q
 }
 
 fn unpack_k45(ty: WeightType, blk: &[u8], u: &mut Unpacked) {
@@ -110,7 +135,8 @@ fn unpack_q6k(blk: &[u8], u: &mut Unpacked) {
 
 /// Append the blocks of `w` (whole blocks of `ty`) dequantised to `out`, in
 /// candle's arithmetic: `d * q` (Q8_0), `(q - 8) * d` (Q4_0), `q * d + m`
-/// (Q4_1), `(d * sc) * q - dmin * m` (Q4_K, Q5_K) and `(d * sc) * q` (Q6_K).
+/// (Q4_1), `(q - 16) * d` (Q5_0), `q * d + m` (Q5_1), `(d * sc) * q - dmin * m`
+/// (Q4_K, Q5_K) and `(d * sc) * q` (Q6_K).
 pub fn dequantize(ty: WeightType, w: &[u8], out: &mut Vec<f32>) {
     let mut u = Unpacked::new();
     for blk in w.chunks_exact(ty.block_bytes()) {
@@ -129,6 +155,16 @@ pub fn dequantize(ty: WeightType, w: &[u8], out: &mut Vec<f32>) {
                 let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
                 out.extend(blk[4..20].iter().map(|&b| f32::from(b & 0x0F) * d + m));
                 out.extend(blk[4..20].iter().map(|&b| f32::from(b >> 4) * d + m));
+            }
+            WeightType::Q5_0 => {
+                let d = f16_at(blk, 0);
+                let q = q5_quants(&blk[2..22]);
+                out.extend(q.iter().map(|&v| f32::from(v as i8 - 16) * d));
+            }
+            WeightType::Q5_1 => {
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                let q = q5_quants(&blk[4..24]);
+                out.extend(q.iter().map(|&v| f32::from(v) * d + m));
             }
             _ => {
                 unpack(ty, blk, &mut u);

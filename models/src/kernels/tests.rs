@@ -12,9 +12,11 @@ use super::q8::{BlockQ8, QK};
 use super::q8k::{BlockQ8K, QK_K};
 use super::{Isa, QWeight, WeightType};
 
-const TYPES: [GgmlDType; 6] = [
+const TYPES: [GgmlDType; 8] = [
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
     GgmlDType::Q8_0,
     GgmlDType::Q4K,
     GgmlDType::Q5K,
@@ -24,8 +26,8 @@ const TYPES: [GgmlDType; 6] = [
 /// Offsets of the f16 scales in a block of each type.
 fn f16_fields(ty: WeightType) -> &'static [usize] {
     match ty {
-        WeightType::Q4_0 | WeightType::Q8_0 => &[0],
-        WeightType::Q4_1 | WeightType::Q4K | WeightType::Q5K => &[0, 2],
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 => &[0],
+        WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q4K | WeightType::Q5K => &[0, 2],
         WeightType::Q6K => &[208],
     }
 }
@@ -193,40 +195,46 @@ fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
     let seed: Vec<u8> = (0..53).map(|i| (i * 41 + 7) as u8).collect();
     for dtype in TYPES {
         let ty = WeightType::from_ggml(dtype).unwrap();
-        let (rows, cols) = (13, 2 * ty.block_values().max(96));
-        let data = random_blocks(ty, rows * cols / ty.block_values(), &seed);
-        let w = QWeight::new(dtype, rows, cols, data).unwrap();
-        for m in [2, 3, 5, 8, 9] {
-            let x: Vec<f32> = (0..m * cols)
-                .map(|i| ((i * 29 % 89) as f32 - 44.0) / 9.0)
-                .collect();
-            let all = w.matmul(&x, m, Isa::Best).unwrap();
-            for t in 0..m {
-                let one = w
-                    .matmul(&x[t * cols..(t + 1) * cols], 1, Isa::Best)
-                    .unwrap();
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&all[t * rows..(t + 1) * rows]),
-                    bits(&one),
-                    "{dtype:?} m={m} row {t}"
-                );
+        // 13 rows: the GGUF layout; 16: whole groups, interleaved where the type is.
+        for rows in [13, 16] {
+            let cols = 2 * ty.block_values().max(96);
+            let data = random_blocks(ty, rows * cols / ty.block_values(), &seed);
+            let w = QWeight::new(dtype, rows, cols, data).unwrap();
+            for m in [2, 3, 5, 8, 9] {
+                let x: Vec<f32> = (0..m * cols)
+                    .map(|i| ((i * 29 % 89) as f32 - 44.0) / 9.0)
+                    .collect();
+                let all = w.matmul(&x, m, Isa::Best).unwrap();
+                for t in 0..m {
+                    let one = w
+                        .matmul(&x[t * cols..(t + 1) * cols], 1, Isa::Best)
+                        .unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&all[t * rows..(t + 1) * rows]),
+                        bits(&one),
+                        "{dtype:?} {rows} rows m={m} row {t}"
+                    );
+                }
             }
         }
     }
 }
 
 /// The SIMD kernels (not the portable fallback) serve every type where the CPU
-/// has them, so the reference tests above do test them.
+/// has them, so the reference tests above do test them: the 32-value types in
+/// the GGUF layout (the eight-pair kernel; Q5 only interleaved) and interleaved
+/// in groups of 8 rows, the K-quants against 32-value activation blocks.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn the_avx2_kernels_take_every_type_and_shape() {
+    use super::{q32_avx2, rows8, rows8_avx2};
     if !super::avx2::available() {
         return;
     }
     for dtype in TYPES {
         let ty = WeightType::from_ggml(dtype).unwrap();
-        for (rows, m) in [(1, 1), (5, 1), (7, 3), (9, 8)] {
+        for (rows, m) in [(1, 1), (5, 1), (7, 3), (8, 1), (9, 8), (16, 3)] {
             let cols = 2 * ty.block_values();
             let rb = cols / ty.block_values() * ty.block_bytes();
             let w = vec![0u8; rows * rb];
@@ -234,10 +242,19 @@ fn the_avx2_kernels_take_every_type_and_shape() {
             super::q8::quantize_rows(&vec![0.5f32; m * cols], &mut acts);
             let columns = super::q8::Columns::of(&acts, m);
             let mut out = vec![0f32; rows * m];
-            assert!(
-                super::avx2::rows(ty, &w, rb, (&acts, &columns), m, &mut out).is_some(),
-                "{dtype:?} {rows}x{cols} m={m}"
-            );
+            let call = (acts.as_slice(), &columns);
+            let served = match ty {
+                WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
+                    super::avx2::rows(ty, &w, rb, call, m, &mut out).is_some()
+                }
+                WeightType::Q5_0 | WeightType::Q5_1 if !rows8::packs(ty, rows) => continue,
+                _ if rows8::packs(ty, rows) => {
+                    let packed = rows8::pack(ty, rows, cols, &w);
+                    rows8_avx2::rows(ty, &packed, rb, call, m, &mut out).is_some()
+                }
+                _ => q32_avx2::rows(ty, &w, rb, call, m, &mut out).is_some(),
+            };
+            assert!(served, "{dtype:?} {rows}x{cols} m={m}");
         }
     }
 }
