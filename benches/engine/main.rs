@@ -54,6 +54,11 @@ struct Args {
     /// its TTFT with the first turn in the prefix cache, and cold.
     #[arg(long)]
     second_turn: bool,
+    /// Times the second-turn measurement runs (first turn, second turn, cold
+    /// second turn each time); the JSON holds each one's median. A 30-token
+    /// first turn takes ~40 ms here, where one run's noise is ~20 %.
+    #[arg(long, default_value_t = 5)]
+    turns: usize,
     /// `q8_0` re-quantises Q4_1 tensors at load; `none` runs the file's own
     /// blocks; `auto` (the shipped provider config's choice) runs them where our
     /// CPU kernels serve them (release builds) and re-quantises otherwise.
@@ -195,7 +200,14 @@ fn main() -> anyhow::Result<()> {
     }
 
     let second = if args.second_turn {
-        Some(second_turn(&engine, &llm, &messages, &prompt, args.tokens)?)
+        Some(second_turn(
+            &engine,
+            &llm,
+            &messages,
+            &prompt,
+            args.tokens,
+            args.turns,
+        )?)
     } else {
         None
     };
@@ -317,52 +329,85 @@ fn run_candle(
 /// A second turn of the conversation, one stream: the first turn with the prefix
 /// cache empty, then the follow-up (the first prompt, the answer's tokens and the
 /// next user turn's), whose prompt starts with what the first turn left in the
-/// prefix cache, then the same follow-up with the cache emptied. `suffix_ids` are
-/// the next turn's tokens, so another engine can build the same follow-up on its
-/// own answer.
+/// prefix cache, then the same follow-up with the cache emptied; `turns` times,
+/// each TTFT the median of its runs. `suffix_ids` are the next turn's tokens, so
+/// another engine can build the same follow-up on its own answer.
 fn second_turn(
     engine: &Engine,
     llm: &Llm,
     messages: &[TemplateMessage],
     prompt: &[u32],
     tokens: usize,
+    turns: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    engine.clear_prefix_cache();
-    let first = run_streams(engine, prompt, 1, tokens)?;
-    let mut convo = messages.to_vec();
-    convo.push(TemplateMessage {
-        role: "assistant".into(),
-        content: first.text.clone(),
-    });
-    convo.push(TemplateMessage {
-        role: "user".into(),
-        content: "Now tell it again in two sentences.".into(),
-    });
-    let head = format!("{}{}", llm.render_chat(messages)?, first.text);
-    let full = llm.render_chat(&convo)?;
-    let suffix_text = full
-        .strip_prefix(&head)
-        .context("the chat template does not render the first turn as a prefix of the second")?;
-    let suffix = llm.encode(suffix_text)?;
-    let mut second = prompt.to_vec();
-    second.extend(llm.encode(&first.text)?);
-    second.extend(&suffix);
-    let before = engine.prefix_tokens_reused();
-    let warm = run_streams(engine, &second, 1, tokens)?;
-    let reused = engine.prefix_tokens_reused() - before;
-    engine.clear_prefix_cache();
-    let cold = run_streams(engine, &second, 1, tokens)?;
     let ms = |t: &Timing| t.ttft_p50().as_secs_f64() * 1e3;
+    let (mut firsts, mut warms, mut colds) = (Vec::new(), Vec::new(), Vec::new());
+    let mut follow_up = None;
+    let mut reused = 0;
+    for _ in 0..turns.max(1) {
+        engine.clear_prefix_cache();
+        let first = run_streams(engine, prompt, 1, tokens)?;
+        let (second, suffix) = match follow_up.take() {
+            Some(f) => f,
+            None => follow_up_of(llm, messages, prompt, &first.text)?,
+        };
+        let before = engine.prefix_tokens_reused();
+        let warm = run_streams(engine, &second, 1, tokens)?;
+        reused = engine.prefix_tokens_reused() - before;
+        engine.clear_prefix_cache();
+        let cold = run_streams(engine, &second, 1, tokens)?;
+        firsts.push(ms(&first));
+        warms.push(ms(&warm));
+        colds.push(ms(&cold));
+        follow_up = Some((second, suffix));
+    }
+    let (second, suffix) = follow_up.context("no turn ran")?;
     Ok(json!({
-        "first_ttft_ms": ms(&first),
-        "second_ttft_ms": ms(&warm),
-        "second_cold_ttft_ms": ms(&cold),
+        "first_ttft_ms": median(&mut firsts),
+        "second_ttft_ms": median(&mut warms),
+        "second_cold_ttft_ms": median(&mut colds),
+        "turns": turns.max(1),
         "second_prompt_tokens": second.len(),
         "reused_tokens": reused,
         "first_prompt_tokens": prompt.len(),
         "suffix_ids": suffix,
         "peak_rss_mib": rss_mib("VmHWM:"),
     }))
+}
+
+/// The follow-up's prompt tokens (the first prompt, the answer `answer` and the
+/// next user turn), and the next user turn's tokens alone.
+fn follow_up_of(
+    llm: &Llm,
+    messages: &[TemplateMessage],
+    prompt: &[u32],
+    answer: &str,
+) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+    let mut convo = messages.to_vec();
+    convo.push(TemplateMessage {
+        role: "assistant".into(),
+        content: answer.to_owned(),
+    });
+    convo.push(TemplateMessage {
+        role: "user".into(),
+        content: "Now tell it again in two sentences.".into(),
+    });
+    let head = format!("{}{}", llm.render_chat(messages)?, answer);
+    let full = llm.render_chat(&convo)?;
+    let suffix_text = full
+        .strip_prefix(&head)
+        .context("the chat template does not render the first turn as a prefix of the second")?;
+    let suffix = llm.encode(suffix_text)?;
+    let mut second = prompt.to_vec();
+    second.extend(llm.encode(answer)?);
+    second.extend(&suffix);
+    Ok((second, suffix))
+}
+
+/// The median of `v` (sorted in place; 0 when empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `streams` concurrent greedy requests through the engine.
