@@ -89,9 +89,16 @@ struct Timing {
     ttft: Vec<Duration>,
     /// Completion tokens over all streams.
     completion_tokens: u64,
-    /// Tokens after each stream's first, over the span from the earliest first
-    /// token to the last stream's end: aggregate decode throughput.
+    /// Tokens that arrived after every stream had its first, over the span from
+    /// that moment to the last stream's end: aggregate decode throughput, as
+    /// compare.py's llama.cpp side measures it (it prefills every prompt in one
+    /// batch, so its streams all start decoding together).
     decode_tok_s: f64,
+    /// Tokens after each stream's first over the span from the earliest first
+    /// token: what `decode_tok_s` was before session 12. Our engine prefills
+    /// the prompts one after another and sends each one's first token at once,
+    /// so this span also holds the other prompts' prefills.
+    decode_from_first_tok_s: f64,
     wall: Duration,
     /// What the first stream generated (a check that both engines agree).
     text: String,
@@ -233,6 +240,7 @@ fn main() -> anyhow::Result<()> {
                 "ttft_ms_mean": r.timing.ttft_mean().as_secs_f64() * 1e3,
                 "ttft_ms_p50": r.timing.ttft_p50().as_secs_f64() * 1e3,
                 "decode_tok_s": r.timing.decode_tok_s,
+                "decode_from_first_tok_s": r.timing.decode_from_first_tok_s,
                 "wall_s": r.timing.wall.as_secs_f64(),
                 "peak_rss_mib": r.peak_rss_mib,
                 "text": r.timing.text,
@@ -320,6 +328,7 @@ fn run_candle(
         ttft: vec![ttft],
         completion_tokens: tokens as u64,
         decode_tok_s,
+        decode_from_first_tok_s: decode_tok_s,
         wall,
         text: String::new(),
         steps: Vec::new(),
@@ -430,9 +439,13 @@ fn run_streams(
             let mut count = 0u32;
             let mut out = String::new();
             let (mut steps, mut last) = (Vec::new(), None::<Instant>);
+            let mut arrivals = Vec::new();
             while let Some(ev) = rx.blocking_recv() {
                 if first.is_none() && matches!(ev, Event::Text { .. } | Event::Finished { .. }) {
                     first = Some(Instant::now());
+                }
+                if let Event::Text { tokens, .. } | Event::Finished { tokens, .. } = &ev {
+                    arrivals.push((Instant::now(), *tokens));
                 }
                 if let Event::Text { tokens, .. } = &ev {
                     let now = Instant::now();
@@ -455,7 +468,8 @@ fn run_streams(
                 }
             }
             steps.sort();
-            Ok((first, end.unwrap_or_else(Instant::now), count, out, steps))
+            let end = end.unwrap_or_else(Instant::now);
+            Ok((first, end, count, out, steps, arrivals))
         }));
     }
     let start = Instant::now();
@@ -482,8 +496,9 @@ fn run_streams(
     let mut last_end = start;
     let mut text = None;
     let mut first_steps = None;
+    let mut streams_out = Vec::with_capacity(handles.len());
     for h in handles {
-        let (first, end, count, out, steps) = h
+        let (first, end, count, out, steps, arrivals) = h
             .join()
             .map_err(|_| anyhow::anyhow!("stream thread panicked"))?
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -495,13 +510,30 @@ fn run_streams(
         decoded += u64::from(count.saturating_sub(1));
         text.get_or_insert(out);
         first_steps.get_or_insert(steps);
+        streams_out.push((count, arrivals));
     }
-    let span = last_end - first_min.unwrap_or(start);
-    let decode_tok_s = decoded as f64 / span.as_secs_f64();
+    // Every stream decoding: from the last first token on.
+    let all_started = start + ttft.iter().copied().max().unwrap_or_default();
+    let after: u64 = streams_out
+        .iter()
+        .map(|(count, arrivals)| {
+            let before: u32 = arrivals
+                .iter()
+                .filter(|(at, _)| *at <= all_started)
+                .map(|(_, n)| n)
+                .sum();
+            u64::from(count.saturating_sub(before.max(1)))
+        })
+        .sum();
+    let per_s = |tokens: u64, from: Instant| match last_end.checked_duration_since(from) {
+        Some(span) if !span.is_zero() => tokens as f64 / span.as_secs_f64(),
+        _ => 0.0,
+    };
     Ok(Timing {
         ttft,
         completion_tokens,
-        decode_tok_s,
+        decode_tok_s: per_s(after, all_started),
+        decode_from_first_tok_s: per_s(decoded, first_min.unwrap_or(start)),
         wall: last_end - start,
         text: text.unwrap_or_default(),
         steps: first_steps.unwrap_or_default(),
