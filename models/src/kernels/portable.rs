@@ -169,12 +169,15 @@ pub fn dequantize(ty: WeightType, w: &[u8], out: &mut Vec<f32>) {
             _ => {
                 unpack(ty, blk, &mut u);
                 let vals = u.q.iter().take(ty.block_values()).enumerate();
+                // Q6_K has no minimum term; Q4_K/Q5_K add it even where it is a
+                // zero (`d1 * q - m1` in candle: a signed zero's sign follows it).
+                let with_min = ty != WeightType::Q6K;
                 out.extend(vals.map(|(i, &q)| {
                     let (s, m) = (u.scale[i / 16], u.min[i / 16]);
-                    if m == 0.0 {
-                        s * f32::from(q)
-                    } else {
+                    if with_min {
                         s * f32::from(q) + m
+                    } else {
+                        s * f32::from(q)
                     }
                 }));
             }

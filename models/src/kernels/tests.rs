@@ -522,6 +522,41 @@ fn packed_q4k_unpacks_to_the_same_blocks() {
     }
 }
 
+/// A looked-up row (an embedding table kept in its blocks) has the bits of
+/// candle's dequantisation of the whole matrix, for every type, in the GGUF
+/// layout (13 rows) and interleaved or packed (16).
+#[test]
+fn dequantised_rows_have_candles_bits() {
+    let seed: Vec<u8> = (0..59).map(|i| (i * 23 + 5) as u8).collect();
+    for dtype in TYPES {
+        let ty = WeightType::from_ggml(dtype).unwrap();
+        for rows in [13, 16] {
+            let cols = 2 * ty.block_values();
+            let data = random_blocks(ty, rows * 2, &seed);
+            let storage = QStorage::from_data(Cow::Borrowed(&data), &Device::Cpu, dtype).unwrap();
+            let want: Vec<f32> = QTensor::new(storage, (rows, cols))
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w = QWeight::new(dtype, rows, cols, data).unwrap();
+            for r in 0..rows {
+                let mut got = Vec::new();
+                w.dequantize_row(r, &mut got).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want[r * cols..(r + 1) * cols]),
+                    "{dtype:?} {rows} rows, row {r}"
+                );
+            }
+        }
+    }
+}
+
 /// The packed Q4_K kernel against the portable one on the GGUF blocks, on the
 /// same Q8_K activations: whole groups and the rows after them, batches of
 /// 1..=17; the portable path on a packed weight is the portable kernel's bits.
