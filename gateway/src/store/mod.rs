@@ -18,6 +18,7 @@ pub mod bonds;
 mod channels;
 pub mod cluster;
 mod commit;
+mod commit_sqlite;
 pub mod disputes;
 pub mod identity;
 pub mod lease;
@@ -137,6 +138,8 @@ fn migrator() -> Migrator {
 pub struct Store {
     pub(crate) pool: AnyPool,
     sqlite: bool,
+    /// SQLite's money writer (a file's; `None` on PostgreSQL and in memory).
+    writer: Option<std::sync::Arc<commit_sqlite::Writer>>,
 }
 
 pub(super) fn i64_of(v: u64) -> i64 {
@@ -172,7 +175,13 @@ impl Store {
             .connect(&url)
             .await?;
         migrator().run(&pool).await?;
-        Ok(Store { pool, sqlite })
+        let writer = (sqlite && !url.contains(":memory:") && !url.contains("mode=memory"))
+            .then(|| std::sync::Arc::new(commit_sqlite::Writer::new(url)));
+        Ok(Store {
+            pool,
+            sqlite,
+            writer,
+        })
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -180,6 +189,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(w) = &self.writer {
+            w.close().await;
+        }
         self.pool.close().await;
     }
 
