@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use tenzro_attest::payer::{PAYER_AUTH_HEADER, PaidRequest};
@@ -174,19 +174,17 @@ impl Call<'_> {
         let request_id =
             HeaderValue::from_str(self.request_id).map_err(|_| invalid("x-request-id"))?;
         let channel = HeaderValue::from_str(channel).map_err(|_| invalid("x-tenzro-channel"))?;
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(REQUEST_ID, unique(request_id));
+        headers.insert(CHANNEL, channel);
+        headers.insert(PAYER_AUTH, unique(payer_auth));
         let call = state
             .upstream
-            .client(&entry.info.endpoint)
-            .post(url)
-            .header(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )
-            .header(REQUEST_ID, unique(request_id))
-            .header(CHANNEL, channel)
-            .header(PAYER_AUTH, unique(payer_auth))
-            .body(req.body.clone())
-            .send();
+            .post(&entry.info.endpoint, url, headers, req.body.clone());
         let deadline = state.config.upstream.first_byte_timeout();
         match tokio::time::timeout(deadline, call).await {
             Err(_) => Err(format!(
@@ -196,7 +194,7 @@ impl Call<'_> {
             )),
             Ok(Err(e)) => {
                 state.upstream.failed(&entry.info.endpoint);
-                Err(format!("{}: {}", entry.info.id, error_chain(&e)))
+                Err(format!("{}: {}", entry.info.id, error_chain(&*e)))
             }
             Ok(Ok(r)) => Ok(r),
         }

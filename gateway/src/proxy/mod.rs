@@ -26,6 +26,7 @@ mod admit;
 mod answer_json;
 mod attempt;
 pub mod forward;
+mod h2c;
 mod relay;
 mod stream;
 pub mod upstream;

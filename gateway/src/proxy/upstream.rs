@@ -15,7 +15,9 @@
 //! and is probed again after [`RETRY_HTTP1`]; one that could not be reached is
 //! forgotten (probed again on a later call). A call in h2c that fails before any
 //! answer forgets what was learned too. `https://` endpoints are left to TLS
-//! (ALPN offers h2 and http/1.1) on the HTTP/1.1 client. `[upstream] h2c = false`
+//! (ALPN offers h2 and http/1.1) on the HTTP/1.1 client. Model requests in h2c go
+//! on the `h2` crate directly ([`super::h2c`]); the probes on reqwest's h2c
+//! client. `[upstream] h2c = false`
 //! keeps every call in HTTP/1.1. Both clients refuse redirects and, unless private
 //! endpoints are allowed, resolve names to public addresses only.
 
@@ -24,6 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderMap;
+use bytes::Bytes;
+
+use super::h2c::H2c;
 use crate::config::Config;
 
 /// How long an endpoint that failed the probe stays on HTTP/1.1 before the next.
@@ -54,8 +60,10 @@ enum Learned {
 /// The provider clients and what each endpoint was seen to speak.
 pub struct Upstream {
     http1: reqwest::Client,
-    /// `None` when `[upstream] h2c = false`.
+    /// `None` when `[upstream] h2c = false`; makes the probes.
     h2c: Option<reqwest::Client>,
+    /// The model requests' h2c connections (`None` with `h2c`).
+    direct: Option<Arc<H2c>>,
     learned: parking_lot::Mutex<HashMap<String, Learned>>,
     probes: AtomicUsize,
     /// Each endpoint's parsed URLs by path: parsing (with IDNA) on every call was
@@ -108,9 +116,18 @@ impl Upstream {
         } else {
             None
         };
+        let direct = config.upstream.h2c.then(|| {
+            Arc::new(H2c::new(
+                config.upstream.connect_timeout(),
+                !config.registration.allow_private_endpoints,
+                STREAM_WINDOW,
+                STREAM_WINDOW * MAX_STREAMS,
+            ))
+        });
         Ok(Arc::new(Upstream {
             http1,
             h2c,
+            direct,
             learned: parking_lot::Mutex::default(),
             probes: AtomicUsize::new(0),
             urls: parking_lot::RwLock::default(),
@@ -123,12 +140,25 @@ impl Upstream {
         &self.http1
     }
 
-    /// The client for a call to `endpoint` (a provider's base URL); starts a probe
-    /// when the endpoint is not known yet.
-    pub fn client(self: &Arc<Self>, endpoint: &str) -> &reqwest::Client {
-        match (self.choose(endpoint, Instant::now()), &self.h2c) {
-            (Proto::H2c, Some(c)) => c,
-            _ => &self.http1,
+    /// POSTs a model request to `url` on `endpoint` (a provider's base URL), in
+    /// h2c ([`H2c`]) or HTTP/1.1 as the endpoint was seen to speak; starts a probe
+    /// when the endpoint is not known yet. The answer's head, or why none came.
+    pub async fn post(
+        self: &Arc<Self>,
+        endpoint: &str,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, Box<dyn std::error::Error + Send + Sync>> {
+        match (self.choose(endpoint, Instant::now()), &self.direct) {
+            (Proto::H2c, Some(h2c)) => h2c.post(endpoint, &url, headers, body).await,
+            _ => Ok(self
+                .http1
+                .post(url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await?),
         }
     }
 

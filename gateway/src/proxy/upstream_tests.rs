@@ -3,8 +3,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::Request;
+use axum::http::{HeaderMap, Request};
 use axum::routing::post;
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Proto, Upstream};
@@ -76,10 +77,8 @@ async fn settle(up: &Arc<Upstream>, endpoint: &str) -> Proto {
 }
 
 async fn call(up: &Arc<Upstream>, endpoint: &str) -> String {
-    up.client(endpoint)
-        .post(format!("{endpoint}/v1/chat/completions"))
-        .body("{}")
-        .send()
+    let url = reqwest::Url::parse(&format!("{endpoint}/v1/chat/completions")).unwrap();
+    up.post(endpoint, url, HeaderMap::new(), Bytes::from_static(b"{}"))
         .await
         .unwrap()
         .text()
@@ -172,10 +171,9 @@ async fn streams_nobody_reads_do_not_stall_the_providers_connection() {
     // (hyper's default windows froze the connection after ~5 MiB of these).
     let mut stalled = Vec::new();
     for _ in 0..4 {
+        let url = reqwest::Url::parse(&format!("{ep}/big")).unwrap();
         let r = up
-            .client(&ep)
-            .post(format!("{ep}/big"))
-            .send()
+            .post(&ep, url, HeaderMap::new(), Bytes::new())
             .await
             .unwrap();
         assert_eq!(r.version(), reqwest::Version::HTTP_2);
