@@ -109,7 +109,7 @@ fn gather_high_bits(src: &[u8], r: usize) -> u32 {
 /// caller checked [`packs`] and that `data` is whole blocks of those rows.
 pub fn pack(ty: WeightType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let (bb, kb) = (ty.block_bytes(), cols / ty.block_values());
-    let (rb, qh, high_at) = (kb * bb, layout(ty).qh, head_bytes(ty) - 32);
+    let (rb, qh, high_at) = (kb * bb, layout(ty).qh, head_bytes(ty).saturating_sub(32));
     let mut out = vec![0u8; data.len()];
     for g in 0..rows / GROUP {
         for b in 0..kb {
@@ -133,7 +133,7 @@ pub fn pack(ty: WeightType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
 /// blocks.
 pub fn unpack_rows(ty: WeightType, cols: usize, packed: &[u8], first: usize, n: usize) -> Vec<u8> {
     let (bb, kb) = (ty.block_bytes(), cols / ty.block_values());
-    let (rb, qh, high_at) = (kb * bb, layout(ty).qh, head_bytes(ty) - 32);
+    let (rb, qh, high_at) = (kb * bb, layout(ty).qh, head_bytes(ty).saturating_sub(32));
     let mut out = vec![0u8; n * rb];
     for (i, row) in (first..first + n).enumerate() {
         let (g, r) = (row / GROUP, row % GROUP);
