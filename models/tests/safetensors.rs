@@ -296,19 +296,21 @@ fn derived_safetensors_checkpoint_answers_like_its_gguf() {
     let text = hf.tokenizer.decode(&tokens, false).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
 
-    // Against the Q4_1 file as served: the weights hold the same values, but
-    // candle's quantized matmul also rounds the activations to 8 bits, which moves
-    // logits of about ±24 by up to ~1.1 here. The greedy tokens still agree.
+    // Against the Q4_1 file as served: the weights hold the same values, but the
+    // quantized matmul also rounds the activations to 8 bits, which moves logits
+    // of about ±24 by up to ~1.1 here. The first answer token is a near-tie on
+    // this file ("The capital" / "La femme", measured in session 11), so a change
+    // in the order of float sums (attention's FMAs, say) may flip it: the greedy
+    // tokens agree, or part where the Q4_1 run itself rates the f32 run's token
+    // within the logits' distance.
     let (ref_logits, ref_tokens) = greedy(&reference.model, &prompt_ids, TOKENS);
     let diff = max_abs_diff(&logits, &ref_logits);
-    eprintln!("f32 vs Q4_1: max |logit difference| {diff}");
-    assert!(diff < 2.5, "{diff}");
-    assert_eq!(
-        tokens,
-        ref_tokens,
-        "{text:?} vs {:?}",
+    eprintln!(
+        "f32 vs Q4_1: max |logit difference| {diff}; {text:?} vs {:?}",
         reference.tokenizer.decode(&ref_tokens, false)
     );
+    assert!(diff < 2.5, "{diff}");
+    agree_up_to_a_near_tie(&reference.model, &prompt_ids, &ref_tokens, &tokens, 2.5);
     drop((hf, reference));
 
     // Both quantised to Q8_0 at load hold identical quantised weights (q/k rows

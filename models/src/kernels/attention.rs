@@ -11,8 +11,9 @@
 //! different logits.
 //!
 //! Plain Rust, vectorised by the compiler; on x86-64 the same code is compiled a
-//! second time with AVX2 enabled and picked at run time. Neither contracts
-//! multiplies and adds into FMAs, so both give the same bits.
+//! second time with AVX2 and FMA enabled and picked at run time. Both multiply
+//! and add through `mul_add` (one rounding, as an FMA instruction does; a libm
+//! call where the CPU has none) in the same order, so both give the same bits.
 
 /// What every (row, head) of one call shares.
 #[derive(Debug, Clone, Copy)]
@@ -146,21 +147,21 @@ fn head_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
-        // SAFETY: AVX2 was detected on this CPU (`avx2`).
+        // SAFETY: AVX2 and FMA were detected on this CPU (`avx2`).
         unsafe { head_row_avx2(shape, q, kv, g, pos, scores, out) };
         return;
     }
-    head_row_body(shape, q, kv, g, pos, scores, out);
+    head_row_body(shape, q, kv, g, pos, scores, out, dot);
 }
 
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn head_row_avx2(
     shape: &AttnShape,
     q: &[f32],
@@ -170,10 +171,16 @@ fn head_row_avx2(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    head_row_body(shape, q, kv, g, pos, scores, out);
+    head_row_body(shape, q, kv, g, pos, scores, out, |qc, qt, k| {
+        // SAFETY: AVX2 and FMA are enabled in this function, whose callers
+        // detected them.
+        unsafe { dot_avx2(qc, qt, k) }
+    });
 }
 
+/// One (row, head) with `dot` computing `q · k` as [`dot`] does.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn head_row_body(
     shape: &AttnShape,
     q: &[f32],
@@ -182,6 +189,7 @@ fn head_row_body(
     pos: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
+    dot: impl Fn(&[[f32; 8]], &[f32], &[f32]) -> f32,
 ) {
     let hd = shape.head_dim;
     let first = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -189,9 +197,13 @@ fn head_row_body(
     let keys = &kv.k[base + first * hd..base + (pos + 1) * hd];
     let values = &kv.v[base + first * hd..base + (pos + 1) * hd];
     scores.clear();
+    // Plain loops, not iterator adapters: an adapter's closure can be compiled
+    // out of line, without this function's target features (its `mul_add`
+    // then a libm call per value).
+    let (qc, qt) = q.as_chunks::<8>();
     let mut max = f32::NEG_INFINITY;
     for k in keys.chunks_exact(hd) {
-        let mut s = dot(q, k) * shape.scale;
+        let mut s = dot(qc, qt, k) * shape.scale;
         if let Some(c) = shape.softcap {
             s = c * (s / c).tanh();
         }
@@ -199,31 +211,116 @@ fn head_row_body(
         scores.push(s);
     }
     super::vexp::exp_below(scores, max);
-    let sum: f32 = scores.iter().sum();
-    out.fill(0.0);
-    for (&e, v) in scores.iter().zip(values.chunks_exact(hd)) {
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o += e * x;
-        }
+    let inv = 1.0 / sum(scores);
+    // The weighted sum of the values, in blocks of dimensions whose sums stay
+    // in registers while every key goes by.
+    let mut d = 0;
+    while d < hd {
+        let left = hd - d;
+        d += match left {
+            64.. => weigh::<8>(scores, values, hd, d, out),
+            32.. => weigh::<4>(scores, values, hd, d, out),
+            16.. => weigh::<2>(scores, values, hd, d, out),
+            8.. => weigh::<1>(scores, values, hd, d, out),
+            _ => weigh_tail(scores, values, hd, d, out),
+        };
     }
-    let inv = 1.0 / sum;
     for o in out.iter_mut() {
         *o *= inv;
     }
 }
 
-/// `a · b` in eight lanes (then summed pairwise), so it vectorises: whole
-/// chunks of 8 as arrays, so the lanes are one vector register.
+/// `out[d..d + 8C] = sum_k e[k] * v_k[d..d + 8C]`, one FMA per key and value in
+/// key order; returns the dimensions done (`8C`).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (ca, ta) = a.as_chunks::<8>();
-    let (cb, tb) = b.as_chunks::<8>();
-    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
-    let mut acc = [0f32; 8];
-    for (x, y) in ca.iter().zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+fn weigh<const C: usize>(e: &[f32], values: &[f32], hd: usize, d: usize, out: &mut [f32]) -> usize {
+    let mut acc = [[0f32; 8]; C];
+    for (&w, v) in e.iter().zip(values.chunks_exact(hd)) {
+        let (vc, _) = v[d..d + 8 * C].as_chunks::<8>();
+        for (a, x) in acc.iter_mut().zip(vc) {
+            for i in 0..8 {
+                a[i] = w.mul_add(x[i], a[i]);
+            }
         }
+    }
+    for (o, a) in out[d..d + 8 * C].chunks_exact_mut(8).zip(&acc) {
+        o.copy_from_slice(a);
+    }
+    8 * C
+}
+
+/// [`weigh`] for the last `hd - d` (< 8) dimensions.
+#[inline(always)]
+fn weigh_tail(e: &[f32], values: &[f32], hd: usize, d: usize, out: &mut [f32]) -> usize {
+    let o = &mut out[d..hd];
+    o.fill(0.0);
+    for (&w, v) in e.iter().zip(values.chunks_exact(hd)) {
+        for (o, &x) in o.iter_mut().zip(&v[d..hd]) {
+            *o = w.mul_add(x, *o);
+        }
+    }
+    hd - d
+}
+
+/// `q · k` in eight lanes of FMAs (then summed pairwise), so it vectorises:
+/// `q` as whole chunks of 8 (`qc`) and the rest (`qt`).
+#[inline(always)]
+fn dot(qc: &[[f32; 8]], qt: &[f32], k: &[f32]) -> f32 {
+    let (kc, kt) = k.as_chunks::<8>();
+    let mut tail = 0f32;
+    for (x, y) in qt.iter().zip(kt) {
+        tail = x.mul_add(*y, tail);
+    }
+    let mut acc = [0f32; 8];
+    for (x, y) in qc.iter().zip(kc) {
+        for i in 0..8 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// [`dot`] in AVX2 registers: the same FMAs lane by lane and the same sums
+/// (the lanes' halves added, then pairs, then the two pairs), so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(qc: &[[f32; 8]], qt: &[f32], k: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let (kc, kt) = k.as_chunks::<8>();
+    let mut tail = 0f32;
+    for (x, y) in qt.iter().zip(kt) {
+        tail = x.mul_add(*y, tail);
+    }
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in qc.iter().zip(kc) {
+        // SAFETY: each chunk is 8 readable f32s; `loadu` is unaligned.
+        let (x, y) = unsafe { (_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr())) };
+        acc = _mm256_fmadd_ps(x, y, acc);
+    }
+    // [a0 + a4, a1 + a5, a2 + a6, a3 + a7], then (s0 + s1) and (s2 + s3).
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    let s2 = _mm_add_ps(s4, _mm_movehdup_ps(s4));
+    let hi = _mm_movehl_ps(s2, s2);
+    (_mm_cvtss_f32(s2) + _mm_cvtss_f32(hi)) + tail
+}
+
+/// The sum of `xs` in eight lanes, then pairwise (vectorises; a fixed order).
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let (c, t) = xs.as_chunks::<8>();
+    let mut acc = [0f32; 8];
+    for x in c {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    let mut tail = 0f32;
+    for x in t {
+        tail += x;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -315,6 +412,40 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The AVX2 compilation and the plain one give the same bits (head sizes
+    /// around the value blocks of 64, 32, 16 and 8 dimensions).
+    #[test]
+    fn both_compilations_give_the_same_bits() {
+        for (hd, len, softcap) in [
+            (64, 93, None),
+            (80, 40, None),
+            (7, 9, Some(5.0)),
+            (130, 17, None),
+        ] {
+            let shape = AttnShape {
+                n_head: 2,
+                n_kv_head: 1,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                softcap,
+                window: None,
+            };
+            let (k, v) = (values(len * hd, 3), values(len * hd, 4));
+            let kv = Kv {
+                k: &k,
+                v: &v,
+                cap: len,
+            };
+            let q = values(hd, 5);
+            let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
+            let mut scores = Vec::new();
+            head_row(&shape, &q, &kv, 0, len - 1, &mut scores, &mut a);
+            head_row_body(&shape, &q, &kv, 0, len - 1, &mut scores, &mut b, dot);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "head size {hd}");
         }
     }
 
