@@ -5,6 +5,7 @@
 use super::commit_sqlite::Writer;
 use super::{Store, StoreError, corrupt, i64_of};
 use crate::money::book::Batch;
+use crate::money::channel::Channel;
 
 impl Store {
     /// Writes one batch in one transaction.
@@ -212,15 +213,45 @@ async fn write_balances(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
 }
 
 async fn write_channels(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
-    for c in &b.channels {
-        let state = serde_json::to_string(&c.state).map_err(|e| corrupt("channels", "state", e))?;
-        sqlx::query(
-            "INSERT INTO channels (id, payer, provider, asset, deposit, spent, nonce, opened, expires, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (id) DO UPDATE SET deposit = excluded.deposit, spent = excluded.spent, \
-             nonce = excluded.nonce, state = excluded.state",
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let marks: Vec<String> = (1..=CHANNEL_COLUMNS.split(',').count())
+            .map(|c| format!("${c}"))
+            .collect();
+        format!(
+            "INSERT INTO channels ({CHANNEL_COLUMNS}) VALUES ({}){CHANNEL_CONFLICT}",
+            marks.join(", ")
         )
-        .bind(c.id.as_str())
+    });
+    for c in &b.channels {
+        let q = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()));
+        bind_channel(q, c)?.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The `channels` columns both writers (these statements and
+/// [`super::commit_sqlite`]'s upsert) write, in the order [`bind_channel`] binds them.
+pub(super) const CHANNEL_COLUMNS: &str =
+    "id, payer, provider, asset, deposit, spent, nonce, opened, expires, state";
+
+/// What a channel row already stored takes from the new one.
+pub(super) const CHANNEL_CONFLICT: &str = " ON CONFLICT (id) DO UPDATE SET deposit = excluded.deposit, \
+     spent = excluded.spent, nonce = excluded.nonce, state = excluded.state";
+
+/// Binds `c`'s row, [`CHANNEL_COLUMNS`] in order, to `q` (the pool's `Any`
+/// statements and SQLite's writer alike).
+pub(super) fn bind_channel<'q, DB>(
+    q: sqlx::query::Query<'q, DB, DB::Arguments>,
+    c: &Channel,
+) -> Result<sqlx::query::Query<'q, DB, DB::Arguments>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let state = serde_json::to_string(&c.state).map_err(|e| corrupt("channels", "state", e))?;
+    Ok(q.bind(c.id.as_str())
         .bind(c.payer.as_str())
         .bind(c.provider.as_str())
         .bind(c.asset.as_str())
@@ -229,11 +260,7 @@ async fn write_channels(tx: &mut Tx<'_>, b: &Batch) -> Result<(), StoreError> {
         .bind(i64_of(c.nonce))
         .bind(i64_of(c.opened))
         .bind(i64_of(c.expires))
-        .bind(state)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+        .bind(state))
 }
 
 /// Most rows one INSERT of [`write_requests`] carries (8 parameters each).
@@ -413,5 +440,25 @@ mod requests_tests {
         let first = request_row_id();
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(first < request_row_id());
+    }
+
+    /// One channel binds one value per column of [`CHANNEL_COLUMNS`], on both
+    /// writers' databases.
+    #[test]
+    fn a_channel_binds_one_value_per_column() {
+        use sqlx::{Arguments, Execute};
+        let c = Channel::new(
+            "ch".into(),
+            "payer".into(),
+            "prov".into(),
+            Asset::Tnzo,
+            10,
+            100,
+        );
+        let columns = CHANNEL_COLUMNS.split(',').count();
+        let mut any = bind_channel(sqlx::query::<sqlx::Any>("x"), &c).unwrap();
+        assert_eq!(any.take_arguments().unwrap().unwrap().len(), columns);
+        let mut lite = bind_channel(sqlx::query::<sqlx::Sqlite>("x"), &c).unwrap();
+        assert_eq!(lite.take_arguments().unwrap().unwrap().len(), columns);
     }
 }

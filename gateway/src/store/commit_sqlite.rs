@@ -22,8 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection};
 use sqlx::{Connection, Executor};
 
-use super::commit::{Fence, fence_accounts, request_row_id};
-use super::{StoreError, corrupt, i64_of};
+use super::commit::{
+    CHANNEL_COLUMNS, CHANNEL_CONFLICT, Fence, bind_channel, fence_accounts, request_row_id,
+};
+use super::{StoreError, i64_of};
 use crate::money::book::Batch;
 
 type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
@@ -159,50 +161,53 @@ fn push_marks(sql: &mut String, n: usize) {
 
 /// One table's upsert: its rows in power-of-two groups of at most [`ROWS`].
 struct Upsert {
-    head: &'static str,
-    columns: usize,
+    table: &'static str,
+    /// Comma-separated, in the order the rows are bound.
+    columns: &'static str,
     tail: &'static str,
 }
 
 const BALANCES: Upsert = Upsert {
-    head: "INSERT INTO balances (account, asset, balance, funded) VALUES ",
-    columns: 4,
+    table: "balances",
+    columns: "account, asset, balance, funded",
     tail: " ON CONFLICT (account, asset) DO UPDATE SET balance = excluded.balance, \
            funded = excluded.funded",
 };
 const CHANNELS: Upsert = Upsert {
-    head: "INSERT INTO channels (id, payer, provider, asset, deposit, spent, nonce, opened, \
-           expires, state) VALUES ",
-    columns: 10,
-    tail: " ON CONFLICT (id) DO UPDATE SET deposit = excluded.deposit, spent = excluded.spent, \
-           nonce = excluded.nonce, state = excluded.state",
+    table: "channels",
+    columns: CHANNEL_COLUMNS,
+    tail: CHANNEL_CONFLICT,
 };
 const REQUESTS: Upsert = Upsert {
-    head: "INSERT INTO requests (id, request_id, key_id, account, asset, channel, charged, at) \
-           VALUES ",
-    columns: 8,
+    table: "requests",
+    columns: "id, request_id, key_id, account, asset, channel, charged, at",
     tail: "",
 };
 const POOLS: Upsert = Upsert {
-    head: "INSERT INTO pools (asset, treasury, burned, stakers) VALUES ",
-    columns: 4,
+    table: "pools",
+    columns: "asset, treasury, burned, stakers",
     tail: " ON CONFLICT (asset) DO UPDATE SET treasury = excluded.treasury, \
            burned = excluded.burned, stakers = excluded.stakers",
 };
 const EARNINGS: Upsert = Upsert {
-    head: "INSERT INTO earnings (provider, asset, amount) VALUES ",
-    columns: 3,
+    table: "earnings",
+    columns: "provider, asset, amount",
     tail: " ON CONFLICT (provider, asset) DO UPDATE SET amount = excluded.amount",
 };
 
 impl Upsert {
     fn push(&self, sql: &mut String, mut rows: usize) {
+        let width = self.columns.split(',').count();
         while rows > 0 {
             let n = group(rows);
-            sql.push_str(self.head);
+            sql.push_str("INSERT INTO ");
+            sql.push_str(self.table);
+            sql.push_str(" (");
+            sql.push_str(self.columns);
+            sql.push_str(") VALUES ");
             for r in 0..n {
                 sql.push_str(if r == 0 { "(" } else { ", (" });
-                push_marks(sql, self.columns);
+                push_marks(sql, width);
                 sql.push(')');
             }
             sql.push_str(self.tail);
@@ -243,18 +248,7 @@ fn bind_writes(mut q: Query, b: &Batch) -> Result<Query, StoreError> {
             .bind(f.funded.to_string());
     }
     for c in &b.channels {
-        let state = serde_json::to_string(&c.state).map_err(|e| corrupt("channels", "state", e))?;
-        q = q
-            .bind(c.id.clone())
-            .bind(c.payer.clone())
-            .bind(c.provider.clone())
-            .bind(c.asset.as_str())
-            .bind(c.deposit.to_string())
-            .bind(c.spent.to_string())
-            .bind(i64_of(c.nonce))
-            .bind(i64_of(c.opened))
-            .bind(i64_of(c.expires))
-            .bind(state);
+        q = bind_channel(q, c)?;
     }
     for r in &b.requests {
         q = q
