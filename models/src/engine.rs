@@ -33,6 +33,11 @@ use crate::prefix_cache::PrefixCache;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::{StopMatcher, StopOutcome};
 
+/// Answer tokens a sequence's KV cache makes room for when it is first
+/// allocated (beyond them it grows by doubling): a longer answer is rarer than
+/// a short one, and the room is memory held for the request's whole life.
+const RESERVE_AHEAD: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Requests waiting beyond the active ones; a full queue refuses new work.
@@ -378,10 +383,12 @@ impl Worker {
             .sampling
             .logprobs
             .map(|_| TokenText::new(&self.llm.tokenizer));
+        // Room for the prompt and the answer up to RESERVE_AHEAD tokens at once.
+        let want = prompt.len() + params.max_new_tokens.min(RESERVE_AHEAD);
         // A scored prompt needs every position's logits: no cached prefix.
         let cached = match params.sampling.prompt_logprobs {
             true => None,
-            false => lock(&self.prefix).lookup(&prompt),
+            false => lock(&self.prefix).lookup(&prompt, want),
         };
         let (cache, done) = match cached {
             Some(r) => {
@@ -390,7 +397,11 @@ impl Worker {
                     .fetch_add(r.reused as u64, Ordering::Relaxed);
                 (r.cache, r.reused)
             }
-            None => (self.llm.model.new_cache(), 0),
+            None => {
+                let mut cache = self.llm.model.new_cache();
+                cache.expect(want);
+                (cache, 0)
+            }
         };
         Some(Group {
             reply,
@@ -547,7 +558,14 @@ impl Group {
         };
         self.choices.reserve(params.n as usize);
         let score_only = params.max_new_tokens == 0;
-        for index in 0..params.n.max(1) {
+        let n = params.n.max(1);
+        // The prefix cache keeps a copy sized to the prompt; the last choice
+        // writes on in the original, which has room for its answer.
+        let offered = lock(prefix)
+            .accepts(self.prompt.len())
+            .then(|| cache.prefix_copy(cache.len(), cache.len() + 1));
+        let mut original = Some(cache);
+        for index in 0..n {
             let sampler = Sampler::new(params.sampling.clone(), u64::from(index));
             let constraint = match params.grammar.as_ref().map(Compiled::start).transpose() {
                 Ok(c) => c,
@@ -557,14 +575,19 @@ impl Group {
                     return;
                 }
             };
-            let cache = match cache.try_clone() {
-                Ok(c) => c,
-                Err(e) => {
+            let cache = match index + 1 < n {
+                true => original.as_ref().map(KvCache::try_clone),
+                false => original.take().map(Ok),
+            };
+            let cache = match cache {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
                     tracing::error!(error = %e, "copying the prompt's cache failed");
                     let _ = self.reply.send(Event::Error(e.to_string()));
                     self.ended = true;
                     return;
                 }
+                None => return,
             };
             self.choices.push(Choice {
                 index,
@@ -589,7 +612,11 @@ impl Group {
                 c.next = pick_or_fail(c, &mut logits.clone(), &llm.eos_ids);
             }
         }
-        lock(prefix).insert(self.prompt.clone(), cache);
+        match offered {
+            Some(Ok(copy)) => lock(prefix).insert(self.prompt.clone(), copy),
+            Some(Err(e)) => tracing::warn!(error = %e, "copying a prompt's cache failed"),
+            None => {}
+        }
         for i in 0..self.choices.len() {
             if score_only {
                 self.finish_scored(i);

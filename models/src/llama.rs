@@ -203,9 +203,17 @@ impl KvCache {
 }
 
 impl KvCache {
+    /// Make room for `positions` at once when the cache is first written or
+    /// next grows (the prompt and the tokens a request may add), instead of
+    /// doubling up to it; beyond it the cache still grows by doubling.
+    pub fn expect(&mut self, positions: usize) {
+        self.host.expect(positions);
+    }
+
     /// A copy of the first `len` positions that shares no storage with `self`
-    /// (the prefix cache hands these out; each sequence writes its own buffers).
-    pub fn prefix_copy(&self, len: usize) -> Result<KvCache> {
+    /// (the prefix cache hands these out; each sequence writes its own buffers),
+    /// with room for `want` positions ([`KvCache::expect`]).
+    pub fn prefix_copy(&self, len: usize, want: usize) -> Result<KvCache> {
         if len > self.len {
             candle_core::bail!("prefix of {len} tokens from a cache of {}", self.len);
         }
@@ -213,7 +221,8 @@ impl KvCache {
         for layer in &self.layers {
             let copy = match layer {
                 Some(l) if len > 0 => {
-                    let cap = (len + 1)
+                    let cap = want
+                        .max(len + 1)
                         .next_power_of_two()
                         .clamp(64, MAX_SEQ_LEN.max(len));
                     let (heads, _, dim) = l.k.dims3()?;
@@ -227,7 +236,7 @@ impl KvCache {
             };
             layers.push(copy);
         }
-        let host = self.host.prefix(len);
+        let host = self.host.prefix(len, want);
         Ok(KvCache { layers, host, len })
     }
 

@@ -27,7 +27,8 @@ use crate::linear::Linear;
 /// step reads every layer's filled part, and at eight streams that is a fifth
 /// of the bytes a step streams). Layer `l`'s keys are `(heads, cap, dim)` f32s
 /// at `2 * l * heads * cap * dim`, its values right after; positions `..lens[l]`
-/// are filled. All layers grow together, by doubling.
+/// are filled. All layers grow together: to the positions the sequence is
+/// expected to take ([`HostKv::expect`]) at once, beyond that by doubling.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HostKv {
     buf: F32Buf,
@@ -35,6 +36,8 @@ pub(crate) struct HostKv {
     heads: usize,
     dim: usize,
     cap: usize,
+    /// Positions to make room for at the first allocation (0: no estimate).
+    want: usize,
 }
 
 impl HostKv {
@@ -44,6 +47,13 @@ impl HostKv {
             lens: vec![0; layers],
             ..HostKv::default()
         }
+    }
+
+    /// Make room for `positions` when the buffer is first allocated or next
+    /// grows, instead of doubling up to it: each growth writes a new buffer,
+    /// whose fresh pages the kernel must fault in and zero.
+    pub(crate) fn expect(&mut self, positions: usize) {
+        self.want = positions.min(MAX_SEQ_LEN);
     }
 
     /// No layers: the model does not run on the CPU.
@@ -70,9 +80,12 @@ impl HostKv {
         if need > MAX_SEQ_LEN {
             candle_core::bail!("sequence of {need} tokens exceeds {MAX_SEQ_LEN}");
         }
-        let cap = need.next_power_of_two().clamp(64, MAX_SEQ_LEN);
+        let cap = match need <= self.want {
+            true => self.want,
+            false => need.next_power_of_two(),
+        };
         (self.heads, self.dim) = (heads, dim);
-        *self = self.copy_into(cap, &self.lens);
+        *self = self.copy_into(cap.clamp(64, MAX_SEQ_LEN), &self.lens);
         Ok(())
     }
 
@@ -101,6 +114,7 @@ impl HostKv {
             heads,
             dim,
             cap,
+            want: self.want,
         }
     }
 
@@ -153,17 +167,23 @@ impl HostKv {
         }
     }
 
-    /// A copy of the first `len` positions with room for more.
-    pub(crate) fn prefix(&self, len: usize) -> HostKv {
-        if len == 0 || self.cap == 0 {
-            return HostKv::new(self.lens.len());
-        }
-        let lens: Vec<usize> = self.lens.iter().map(|&l| l.min(len)).collect();
-        let len = lens.iter().copied().max().unwrap_or(0);
-        let cap = (len + 1)
-            .next_power_of_two()
-            .clamp(64, MAX_SEQ_LEN.max(len));
-        self.copy_into(cap, &lens)
+    /// A copy of the first `len` positions with room for `want` (at least one
+    /// more than `len`), which its later growth also takes as its estimate.
+    pub(crate) fn prefix(&self, len: usize, want: usize) -> HostKv {
+        let mut copy = match len == 0 || self.cap == 0 {
+            true => HostKv::new(self.lens.len()),
+            false => {
+                let lens: Vec<usize> = self.lens.iter().map(|&l| l.min(len)).collect();
+                let len = lens.iter().copied().max().unwrap_or(0);
+                let cap = match want > len {
+                    true => want,
+                    false => (len + 1).next_power_of_two(),
+                };
+                self.copy_into(cap.clamp(64, MAX_SEQ_LEN.max(len)), &lens)
+            }
+        };
+        copy.expect(want);
+        copy
     }
 
     pub(crate) fn bytes(&self) -> usize {

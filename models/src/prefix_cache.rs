@@ -76,10 +76,17 @@ impl PrefixCache {
         self.used_bytes = 0;
     }
 
+    /// Whether [`PrefixCache::insert`] would consider a cache of `tokens`
+    /// positions (the cache is on and the prefix long enough to reuse).
+    pub fn accepts(&self, tokens: usize) -> bool {
+        self.budget_bytes > 0 && tokens >= MIN_REUSE_TOKENS
+    }
+
     /// A copy of the cached KV sharing the longest prefix with `prompt`, leaving at
     /// least the prompt's last token to prefill (its logits start the answer).
-    /// `None` when nothing shares at least [`MIN_REUSE_TOKENS`].
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<Reuse> {
+    /// `None` when nothing shares at least [`MIN_REUSE_TOKENS`]. The copy has
+    /// room for `want` positions (`KvCache::expect`; 0: no estimate).
+    pub fn lookup(&mut self, prompt: &[u32], want: usize) -> Option<Reuse> {
         let limit = prompt.len().saturating_sub(1);
         let (best, reused) = self
             .entries
@@ -93,7 +100,7 @@ impl PrefixCache {
         self.clock += 1;
         let entry = &mut self.entries[best];
         entry.last_used = self.clock;
-        match entry.cache.prefix_copy(reused) {
+        match entry.cache.prefix_copy(reused, want) {
             Ok(cache) => Some(Reuse { cache, reused }),
             Err(e) => {
                 tracing::warn!(error = %e, "copying a cached prefix failed");
@@ -229,7 +236,7 @@ mod tests {
         pc.insert(turn1.clone(), cache1);
         assert_eq!(pc.len(), 1);
 
-        let Reuse { mut cache, reused } = pc.lookup(&full).expect("the first turn is reused");
+        let Reuse { mut cache, reused } = pc.lookup(&full, 0).expect("the first turn is reused");
         assert_eq!(reused, turn1.len());
         assert_eq!(cache.len(), turn1.len());
         let warm = llm.model.prefill(&full[reused..], &mut cache).unwrap();
@@ -271,11 +278,11 @@ mod tests {
             &llm,
             "<|im_start|>user\nSay something else entirely.<|im_end|>\n",
         ));
-        let Reuse { mut cache, reused } = pc.lookup(&other).unwrap();
+        let Reuse { mut cache, reused } = pc.lookup(&other, 0).unwrap();
         assert!(reused >= system.len() && reused < turn1.len(), "{reused}");
         llm.model.prefill(&other[reused..], &mut cache).unwrap();
         // The first turn still continues exactly as a cold prefill does.
-        let Reuse { mut cache, reused } = pc.lookup(&full).unwrap();
+        let Reuse { mut cache, reused } = pc.lookup(&full, 0).unwrap();
         assert_eq!(reused, turn1.len());
         let warm = logits_vec(&llm.model.prefill(&full[reused..], &mut cache).unwrap()).unwrap();
         let cold = cold_two_pass(&llm, &turn1, &full);
@@ -304,18 +311,18 @@ mod tests {
         assert_eq!(pc.len(), 2);
         // Touch the first, so the second is the least recently used.
         assert!(
-            pc.lookup(&[prompts[0].clone(), vec![42]].concat())
+            pc.lookup(&[prompts[0].clone(), vec![42]].concat(), 0)
                 .is_some()
         );
         pc.insert(prompts[2].clone(), llm.prefill(&prompts[2]).unwrap().0);
         assert_eq!(pc.len(), 2);
         assert!(pc.used_bytes() <= 2 * one + one / 2);
         assert!(
-            pc.lookup(&[prompts[1].clone(), vec![42]].concat())
+            pc.lookup(&[prompts[1].clone(), vec![42]].concat(), 0)
                 .is_none()
         );
         assert!(
-            pc.lookup(&[prompts[0].clone(), vec![42]].concat())
+            pc.lookup(&[prompts[0].clone(), vec![42]].concat(), 0)
                 .is_some()
         );
         // A budget of 0 keeps nothing.
@@ -342,6 +349,6 @@ mod tests {
         assert!(pc.is_empty());
         // The whole prompt is never reused: its last token must still be run.
         pc.insert(full.clone(), llm.prefill(&full).unwrap().0);
-        assert_eq!(pc.lookup(&full).unwrap().reused, full.len() - 1);
+        assert_eq!(pc.lookup(&full, 0).unwrap().reused, full.len() - 1);
     }
 }

@@ -452,13 +452,27 @@ fn a_prompt_in_pieces_gives_bit_for_bit_the_logits_of_one_pass() {
             max_diff(&got, &want)
         );
     }
-    // From a cached prefix (what the prefix cache hands out).
-    let mut copy = whole.prefix_copy(n / 2).unwrap();
-    let got = tenzro_models::llm::logits_vec(&model.prefill(&prompt[n / 2..], &mut copy).unwrap())
-        .unwrap();
+    // From a cached prefix (what the prefix cache hands out), with no room
+    // estimate, room for fewer positions than the prompt (it grows past them)
+    // and for many more.
+    for room in [0, n / 2 + 1, n + 300] {
+        let mut copy = whole.prefix_copy(n / 2, room).unwrap();
+        let got =
+            tenzro_models::llm::logits_vec(&model.prefill(&prompt[n / 2..], &mut copy).unwrap())
+                .unwrap();
+        assert!(
+            got == want,
+            "from a copied prefix with room for {room}: differ by up to {}",
+            max_diff(&got, &want)
+        );
+    }
+    // A cache expecting fewer positions than it is given grows past them.
+    let mut short = model.new_cache();
+    short.expect(3);
+    let got = tenzro_models::llm::logits_vec(&model.prefill(&prompt, &mut short).unwrap()).unwrap();
     assert!(
         got == want,
-        "from a copied prefix: differ by up to {}",
+        "in a cache expecting 3 positions: differ by up to {}",
         max_diff(&got, &want)
     );
     // Token by token through decode steps, beside another sequence.

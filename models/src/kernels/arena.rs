@@ -237,34 +237,117 @@ mod region {
     }
 
     /// `n` f32s in their own mapping, 2 MiB-aligned and advised `MADV_HUGEPAGE`.
+    /// Dropped, the mapping is kept for the next buffer ([`KEEP_BYTES`]).
     #[derive(Debug)]
     pub(super) struct F32Map {
-        map: MmapMut,
+        /// Always `Some` until dropped.
+        map: Option<MmapMut>,
         base: usize,
         n: usize,
+    }
+
+    /// Mappings of dropped buffers kept for the next ones, in bytes at most. A
+    /// fresh mapping's pages are faulted in and zeroed by the kernel on first
+    /// touch, which on the reference VM ran at a few hundred MB/s: a KV cache
+    /// growing from 64 to 128 positions (6 MiB for the default model) stalled
+    /// every stream's step by tens of milliseconds, ~10 % of an 8-stream run's
+    /// samples. A kept mapping is only cleared, at memory speed. The cost is up to
+    /// this much resident memory the process does not give back.
+    pub(super) const KEEP_BYTES: usize = 64 << 20;
+
+    #[derive(Default)]
+    struct Kept {
+        maps: Vec<MmapMut>,
+        bytes: usize,
+    }
+
+    static KEPT: Mutex<Kept> = Mutex::new(Kept {
+        maps: Vec::new(),
+        bytes: 0,
+    });
+
+    fn kept() -> std::sync::MutexGuard<'static, Kept> {
+        // A list of mappings is consistent after any panic: keep using it.
+        KEPT.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first 2 MiB-aligned byte of `map`.
+    fn aligned_base(map: &MmapMut) -> usize {
+        (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize
+    }
+
+    /// Bytes kept for later buffers.
+    #[cfg(test)]
+    pub(super) fn kept_bytes() -> usize {
+        kept().bytes
     }
 
     impl F32Map {
         pub(super) fn zeroed(n: usize) -> Option<F32Map> {
             let bytes = n.checked_mul(4)?.next_multiple_of(HUGE);
-            let map = MmapMut::map_anon(bytes.checked_add(HUGE)?).ok()?;
-            let base = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
+            let total = bytes.checked_add(HUGE)?;
+            if let Some(mut m) = Self::reuse(n, total) {
+                m.as_mut_slice().fill(0.0);
+                return Some(m);
+            }
+            let map = MmapMut::map_anon(total).ok()?;
+            let base = aligned_base(&map);
             let _ = map.advise_range(Advice::HugePage, base, bytes);
-            Some(F32Map { map, base, n })
+            Some(F32Map {
+                map: Some(map),
+                base,
+                n,
+            })
+        }
+
+        /// The smallest kept mapping that holds `n` f32s from its aligned base
+        /// and is not over twice the `total` bytes a new one would take.
+        fn reuse(n: usize, total: usize) -> Option<F32Map> {
+            let mut kept = kept();
+            let fits = |m: &MmapMut| m.len() - aligned_base(m) >= 4 * n && m.len() <= 2 * total;
+            let (i, _) = kept
+                .maps
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| fits(m))
+                .min_by_key(|(_, m)| m.len())?;
+            let map = kept.maps.swap_remove(i);
+            kept.bytes -= map.len();
+            Some(F32Map {
+                base: aligned_base(&map),
+                map: Some(map),
+                n,
+            })
         }
 
         pub(super) fn as_slice(&self) -> &[f32] {
+            let Some(map) = &self.map else { return &[] };
             // SAFETY: `base` is 2 MiB-aligned (so f32-aligned) and `base + 4n`
-            // is within the mapping (`zeroed` mapped that much and more); an
-            // anonymous mapping starts zeroed, and every bit pattern is an f32.
-            // The borrow of `self` keeps the mapping alive and unaliased.
-            unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.base).cast(), self.n) }
+            // is within the mapping (`zeroed` mapped that much and more, `reuse`
+            // checked it); an anonymous mapping starts zeroed, a kept one was
+            // cleared, and every bit pattern is an f32. The borrow of `self`
+            // keeps the mapping alive and unaliased.
+            unsafe { std::slice::from_raw_parts(map.as_ptr().add(self.base).cast(), self.n) }
         }
 
         pub(super) fn as_mut_slice(&mut self) -> &mut [f32] {
+            let Some(map) = &mut self.map else {
+                return &mut [];
+            };
             // SAFETY: as `as_slice`; `&mut self` makes this the only borrow.
             unsafe {
-                std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(self.base).cast(), self.n)
+                std::slice::from_raw_parts_mut(map.as_mut_ptr().add(self.base).cast(), self.n)
+            }
+        }
+    }
+
+    impl Drop for F32Map {
+        fn drop(&mut self) {
+            let Some(map) = self.map.take() else { return };
+            let mut kept = kept();
+            if kept.bytes + map.len() <= KEEP_BYTES {
+                kept.bytes += map.len();
+                kept.maps.push(map);
             }
         }
     }
@@ -363,5 +446,30 @@ mod tests {
         assert!(!small.in_huge_pages());
         assert_eq!(&small[..], &[1, 2, 3]);
         assert!(Bytes::copy_of(&[]).is_empty());
+    }
+
+    /// A buffer made after another was dropped (whose mapping may be handed on)
+    /// holds zeros however the other was written, at every size around the
+    /// kept mappings' limits; the kept bytes stay within their bound.
+    #[test]
+    fn buffers_on_kept_mappings_start_zeroed() {
+        for n in [
+            F32Buf::HUGE_FROM / 4,
+            F32Buf::HUGE_FROM / 4 + 1,
+            3 << 20,
+            5 << 19,
+        ] {
+            let mut first = F32Buf::zeroed(n);
+            first.fill(7.0);
+            drop(first);
+            for m in [n, n - 1, n / 2 + 1] {
+                let mut again = F32Buf::zeroed(m);
+                assert_eq!(again.len(), m);
+                assert!(again.iter().all(|&v| v == 0.0), "{n} then {m}");
+                again.fill(3.0);
+            }
+            #[cfg(target_os = "linux")]
+            assert!(region::kept_bytes() <= region::KEEP_BYTES);
+        }
     }
 }
