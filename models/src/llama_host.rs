@@ -18,20 +18,22 @@ use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
 
 use super::{KvCache, Llama, MAX_SEQ_LEN, RopeLayout};
-use crate::kernels::arena::F32Buf;
 use crate::kernels::attention::{self, Kv, QLayout};
 use crate::linear::Linear;
 
-/// One sequence's keys and values on the CPU, every layer in one buffer (from
-/// 2 MiB up in its own huge-page mapping, `kernels::arena::F32Buf`: a decode
-/// step reads every layer's filled part, and at eight streams that is a fifth
-/// of the bytes a step streams). Layer `l`'s keys are `(heads, cap, dim)` f32s
+/// One sequence's keys and values on the CPU, every layer in one buffer on the
+/// heap. Not in huge pages as the weights are: a huge page is zeroed whole when
+/// first touched, so a new cache paid for its entire capacity at once, before
+/// its prompt's first token (on the reference VM, where fresh 2 MiB pages came
+/// at a few hundred MB/s, 8-stream TTFT p50 was ~2.5x that of 4 KiB pages, which
+/// fault in as positions fill); decode lost ~6 % at 8 streams in the same runs.
+/// Layer `l`'s keys are `(heads, cap, dim)` f32s
 /// at `2 * l * heads * cap * dim`, its values right after; positions `..lens[l]`
 /// are filled. All layers grow together: to the positions the sequence is
 /// expected to take ([`HostKv::expect`]) at once, beyond that by doubling.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HostKv {
-    buf: F32Buf,
+    buf: Vec<f32>,
     lens: Vec<usize>,
     heads: usize,
     dim: usize,
@@ -95,7 +97,7 @@ impl HostKv {
         let (heads, dim) = (self.heads, self.dim);
         let layers = self.lens.len();
         let slab = heads * cap * dim;
-        let mut buf = F32Buf::zeroed(2 * layers * slab);
+        let mut buf = vec![0f32; 2 * layers * slab];
         if self.cap > 0 {
             let old = self.slab();
             for (l, &len) in lens.iter().enumerate() {
