@@ -38,6 +38,12 @@ use crate::stop::{StopMatcher, StopOutcome};
 /// a short one, and the room is memory held for the request's whole life.
 const RESERVE_AHEAD: usize = 256;
 
+/// Positions a sequence's cache makes room for at once: its prompt and its
+/// answer up to [`RESERVE_AHEAD`] tokens.
+fn room(prompt: usize, params: &GenerationParams) -> usize {
+    prompt + params.max_new_tokens.min(RESERVE_AHEAD)
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Requests waiting beyond the active ones; a full queue refuses new work.
@@ -383,8 +389,7 @@ impl Worker {
             .sampling
             .logprobs
             .map(|_| TokenText::new(&self.llm.tokenizer));
-        // Room for the prompt and the answer up to RESERVE_AHEAD tokens at once.
-        let want = prompt.len() + params.max_new_tokens.min(RESERVE_AHEAD);
+        let want = room(prompt.len(), &params);
         // A scored prompt needs every position's logits: no cached prefix.
         let cached = match params.sampling.prompt_logprobs {
             true => None,
@@ -443,6 +448,16 @@ impl Worker {
                 budget = budget.saturating_sub(group.prompt.len());
                 group.prefill_scored(llm, &self.prefix);
                 continue;
+            }
+            // A prompt admitted beside others sharing its prefix (a burst of
+            // requests with one system prompt) finds the prefix an earlier one
+            // prefilled in this round or the last.
+            let want = room(group.prompt.len(), &p.params);
+            if let Some(r) = lock(&self.prefix).lookup_beyond(&group.prompt, want, p.done) {
+                self.stats
+                    .reused_tokens
+                    .fetch_add((r.reused - p.done) as u64, Ordering::Relaxed);
+                (p.cache, p.done) = (r.cache, r.reused);
             }
             let take = (group.prompt.len() - p.done).min(budget);
             budget -= take;

@@ -87,6 +87,12 @@ impl PrefixCache {
     /// `None` when nothing shares at least [`MIN_REUSE_TOKENS`]. The copy has
     /// room for `want` positions (`KvCache::expect`; 0: no estimate).
     pub fn lookup(&mut self, prompt: &[u32], want: usize) -> Option<Reuse> {
+        self.lookup_beyond(prompt, want, 0)
+    }
+
+    /// [`PrefixCache::lookup`], but `None` (and no copy) unless the prefix found
+    /// is longer than the `done` positions the caller already holds.
+    pub fn lookup_beyond(&mut self, prompt: &[u32], want: usize, done: usize) -> Option<Reuse> {
         let limit = prompt.len().saturating_sub(1);
         let (best, reused) = self
             .entries
@@ -94,7 +100,7 @@ impl PrefixCache {
             .enumerate()
             .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
             .max_by_key(|&(_, n)| n)?;
-        if reused < MIN_REUSE_TOKENS {
+        if reused < MIN_REUSE_TOKENS || reused <= done {
             return None;
         }
         self.clock += 1;

@@ -310,6 +310,51 @@ fn concurrent_requests_give_the_same_greedy_text_as_alone() {
     assert!(same + 1 >= alone.len(), "{alone:?} vs {together:?}");
 }
 
+/// A burst of requests with one prompt prefills it once: the ones admitted
+/// beside the first (or while it prefilled) start from the prefix it left in
+/// the prefix cache, and answer as a request alone does.
+#[test]
+fn a_burst_sharing_a_prompt_prefills_it_once() {
+    let llm = llm();
+    let engine = Engine::spawn(llm.clone(), EngineConfig::default()).unwrap();
+    let prompt = france_prompt(&llm);
+    let alone = generate(&engine, prompt.clone(), greedy(8)).0.remove(0);
+    engine.clear_prefix_cache();
+    let before = engine.prefix_tokens_reused();
+    let replies: Vec<_> = (0..4)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            engine
+                .submit(GenerateRequest {
+                    prompt: prompt.clone(),
+                    params: greedy(8),
+                    reply: tx,
+                })
+                .unwrap();
+            rx
+        })
+        .collect();
+    for mut rx in replies {
+        let mut text = String::new();
+        while let Some(ev) = rx.blocking_recv() {
+            match ev {
+                Event::Text { text: t, .. } | Event::Finished { text: t, .. } => text.push_str(&t),
+                Event::Done { .. } => break,
+                Event::Error(e) => panic!("{e}"),
+                Event::ToolCall { .. } | Event::Logprobs { .. } => {}
+            }
+        }
+        assert_eq!(text, alone);
+    }
+    // Each of the three later requests prefilled only the prompt's last token.
+    let reused = engine.prefix_tokens_reused() - before;
+    assert!(
+        reused >= 3 * (prompt.len() as u64 - 1),
+        "{reused} prompt tokens reused for 3 x {}",
+        prompt.len() - 1
+    );
+}
+
 #[test]
 fn a_dropped_client_frees_its_slot() {
     let llm = llm();
