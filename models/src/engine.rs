@@ -269,6 +269,8 @@ struct Pending {
     cache: KvCache,
     /// Prompt tokens already in `cache` (reused from the prefix cache or prefilled).
     done: usize,
+    /// `PrefixCache::added` when the prompt last looked there.
+    looked: u64,
     params: GenerationParams,
 }
 
@@ -391,9 +393,13 @@ impl Worker {
             .map(|_| TokenText::new(&self.llm.tokenizer));
         let want = room(prompt.len(), &params);
         // A scored prompt needs every position's logits: no cached prefix.
-        let cached = match params.sampling.prompt_logprobs {
-            true => None,
-            false => lock(&self.prefix).lookup(&prompt, want),
+        let (cached, looked) = {
+            let mut prefix = lock(&self.prefix);
+            let cached = match params.sampling.prompt_logprobs {
+                true => None,
+                false => prefix.lookup(&prompt, want),
+            };
+            (cached, prefix.added())
         };
         let (cache, done) = match cached {
             Some(r) => {
@@ -416,6 +422,7 @@ impl Worker {
             pending: Some(Pending {
                 cache,
                 done,
+                looked,
                 params,
             }),
             choices: Vec::new(),
@@ -451,9 +458,18 @@ impl Worker {
             }
             // A prompt admitted beside others sharing its prefix (a burst of
             // requests with one system prompt) finds the prefix an earlier one
-            // prefilled in this round or the last.
+            // prefilled in this round or the last: it looks again whenever an
+            // entry was added since it last looked.
             let want = room(group.prompt.len(), &p.params);
-            if let Some(r) = lock(&self.prefix).lookup_beyond(&group.prompt, want, p.done) {
+            let reuse = {
+                let mut prefix = lock(&self.prefix);
+                let moved = prefix.added() != p.looked;
+                p.looked = prefix.added();
+                moved
+                    .then(|| prefix.lookup_beyond(&group.prompt, want, p.done))
+                    .flatten()
+            };
+            if let Some(r) = reuse {
                 self.stats
                     .reused_tokens
                     .fetch_add((r.reused - p.done) as u64, Ordering::Relaxed);

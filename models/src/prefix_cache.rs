@@ -29,6 +29,9 @@ pub struct PrefixCache {
     budget_bytes: usize,
     used_bytes: usize,
     clock: u64,
+    /// Entries added so far: a lookup that found nothing finds nothing new
+    /// until this moves.
+    added: u64,
 }
 
 /// What a lookup found: a private copy of the cache for the first `reused` tokens.
@@ -56,6 +59,7 @@ impl PrefixCache {
             budget_bytes,
             used_bytes: 0,
             clock: 0,
+            added: 0,
         }
     }
 
@@ -74,6 +78,12 @@ impl PrefixCache {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.used_bytes = 0;
+    }
+
+    /// Entries added since the cache was made: unchanged, a lookup gives
+    /// nothing it did not give before (the engine looks again only when it moved).
+    pub fn added(&self) -> u64 {
+        self.added
     }
 
     /// Whether [`PrefixCache::insert`] would consider a cache of `tokens`
@@ -151,6 +161,7 @@ impl PrefixCache {
             self.evict_oldest();
         }
         self.used_bytes += bytes;
+        self.added += 1;
         self.entries.push(Entry {
             tokens,
             cache,
@@ -345,10 +356,14 @@ mod tests {
         let mut pc = PrefixCache::new(64 << 20);
         pc.insert(turn1.clone(), llm.prefill(&turn1).unwrap().0);
         pc.insert(full.clone(), llm.prefill(&full).unwrap().0);
-        assert_eq!(pc.len(), 1);
-        // And the shorter one is not added back beside it.
+        assert_eq!((pc.len(), pc.added()), (1, 2));
+        // And the shorter one is not added back beside it (nothing new to find:
+        // `added` stays, so the engine does not look again).
         pc.insert(turn1.clone(), llm.prefill(&turn1).unwrap().0);
-        assert_eq!(pc.len(), 1);
+        assert_eq!((pc.len(), pc.added()), (1, 2));
+        // Only a longer prefix than the caller holds is copied out.
+        assert!(pc.lookup_beyond(&full, 0, full.len() - 1).is_none());
+        assert!(pc.lookup_beyond(&full, 0, turn1.len()).is_some());
         // A cache that does not hold exactly its tokens is refused.
         pc.clear();
         pc.insert(full.clone(), llm.prefill(&turn1).unwrap().0);
