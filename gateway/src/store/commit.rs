@@ -4,7 +4,7 @@
 
 use super::commit_sqlite::Writer;
 use super::{Store, StoreError, corrupt, i64_of};
-use crate::money::book::Batch;
+use crate::money::book::{Batch, RequestRecord};
 use crate::money::channel::Channel;
 
 impl Store {
@@ -263,6 +263,29 @@ where
         .bind(state))
 }
 
+/// Binds `r`'s row (a fresh row id first, then its fields in the `requests`
+/// table's column order) to `q`: the pool's statements and SQLite's writer alike.
+pub(super) fn bind_request<'q, DB>(
+    q: sqlx::query::Query<'q, DB, DB::Arguments>,
+    r: &RequestRecord,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.bind(request_row_id())
+        .bind(r.id.as_str())
+        .bind(r.key.clone())
+        .bind(r.account.as_str())
+        .bind(r.asset.as_str())
+        .bind(r.channel.clone())
+        .bind(r.charged.to_string())
+        .bind(i64_of(r.at))
+}
+
 /// Most rows one INSERT of [`write_requests`] carries (8 parameters each).
 const REQUEST_ROWS: usize = 32;
 
@@ -283,15 +306,7 @@ async fn write_requests(tx: &mut Tx<'_>, b: &Batch, sqlite: bool) -> Result<(), 
         let (rows, more) = rest.split_at(n);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_requests_sql(n, sqlite)));
         for r in rows {
-            q = q
-                .bind(request_row_id())
-                .bind(r.id.as_str())
-                .bind(r.key.clone())
-                .bind(r.account.as_str())
-                .bind(r.asset.as_str())
-                .bind(r.channel.clone())
-                .bind(r.charged.to_string())
-                .bind(i64_of(r.at));
+            q = bind_request(q, r);
         }
         q.execute(&mut **tx).await?;
         rest = more;

@@ -23,7 +23,7 @@ use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection};
 use sqlx::{Connection, Executor};
 
 use super::commit::{
-    CHANNEL_COLUMNS, CHANNEL_CONFLICT, Fence, bind_channel, fence_accounts, request_row_id,
+    CHANNEL_COLUMNS, CHANNEL_CONFLICT, Fence, bind_channel, bind_request, fence_accounts,
 };
 use super::{StoreError, i64_of};
 use crate::money::book::Batch;
@@ -251,15 +251,7 @@ fn bind_writes(mut q: Query, b: &Batch) -> Result<Query, StoreError> {
         q = bind_channel(q, c)?;
     }
     for r in &b.requests {
-        q = q
-            .bind(request_row_id())
-            .bind(r.id.clone())
-            .bind(r.key.clone())
-            .bind(r.account.clone())
-            .bind(r.asset.as_str())
-            .bind(r.channel.clone())
-            .bind(r.charged.to_string())
-            .bind(i64_of(r.at));
+        q = bind_request(q, r);
     }
     for (asset, p) in &b.pools {
         q = q
