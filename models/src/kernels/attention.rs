@@ -151,7 +151,7 @@ fn head_row(
         unsafe { head_row_avx2(shape, q, kv, g, pos, scores, out) };
         return;
     }
-    head_row_body(shape, q, kv, g, pos, scores, out, dot);
+    head_row_body(shape, q, kv, g, pos, scores, out, dots);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -171,14 +171,23 @@ fn head_row_avx2(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    head_row_body(shape, q, kv, g, pos, scores, out, |qc, qt, k| {
-        // SAFETY: AVX2 and FMA are enabled in this function, whose callers
-        // detected them.
-        unsafe { dot_avx2(qc, qt, k) }
-    });
+    head_row_body(
+        shape,
+        q,
+        kv,
+        g,
+        pos,
+        scores,
+        out,
+        |qc, qt, keys, hd, scores| {
+            // SAFETY: AVX2 and FMA are enabled in this function, whose callers
+            // detected them.
+            unsafe { dots_avx2(qc, qt, keys, hd, scores) }
+        },
+    );
 }
 
-/// One (row, head) with `dot` computing `q · k` as [`dot`] does.
+/// One (row, head) with `dots` pushing `q · k` for every key as [`dots`] does.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn head_row_body(
@@ -189,7 +198,7 @@ fn head_row_body(
     pos: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
-    dot: impl Fn(&[[f32; 8]], &[f32], &[f32]) -> f32,
+    dots: impl Fn(&[[f32; 8]], &[f32], &[f32], usize, &mut Vec<f32>),
 ) {
     let hd = shape.head_dim;
     let first = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -201,14 +210,14 @@ fn head_row_body(
     // out of line, without this function's target features (its `mul_add`
     // then a libm call per value).
     let (qc, qt) = q.as_chunks::<8>();
+    dots(qc, qt, keys, hd, scores);
     let mut max = f32::NEG_INFINITY;
-    for k in keys.chunks_exact(hd) {
-        let mut s = dot(qc, qt, k) * shape.scale;
+    for s in scores.iter_mut() {
+        *s *= shape.scale;
         if let Some(c) = shape.softcap {
-            s = c * (s / c).tanh();
+            *s = c * (*s / c).tanh();
         }
-        max = max.max(s);
-        scores.push(s);
+        max = max.max(*s);
     }
     super::vexp::exp_below(scores, max);
     let inv = 1.0 / sum(scores);
@@ -262,6 +271,14 @@ fn weigh_tail(e: &[f32], values: &[f32], hd: usize, d: usize, out: &mut [f32]) -
     hd - d
 }
 
+/// [`dot`] of `q` with every key of `keys` (`hd` values each), pushed in order.
+#[inline(always)]
+fn dots(qc: &[[f32; 8]], qt: &[f32], keys: &[f32], hd: usize, out: &mut Vec<f32>) {
+    for k in keys.chunks_exact(hd) {
+        out.push(dot(qc, qt, k));
+    }
+}
+
 /// `q · k` in eight lanes of FMAs (then summed pairwise), so it vectorises:
 /// `q` as whole chunks of 8 (`qc`) and the rest (`qt`).
 #[inline(always)]
@@ -306,6 +323,59 @@ unsafe fn dot_avx2(qc: &[[f32; 8]], qt: &[f32], k: &[f32]) -> f32 {
     let s2 = _mm_add_ps(s4, _mm_movehdup_ps(s4));
     let hi = _mm_movehl_ps(s2, s2);
     (_mm_cvtss_f32(s2) + _mm_cvtss_f32(hi)) + tail
+}
+
+/// [`dots`] in AVX2 registers, four keys at a time: a key's eight lanes take
+/// the same FMAs in the same order as in [`dot_avx2`], but four keys' chains
+/// run side by side (one key's chain alone waits out each FMA's latency), and
+/// `vhaddps` sums the four keys' lanes in [`dot`]'s order (halves, then pairs,
+/// then the two pairs), so the same bits.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(qc: &[[f32; 8]], qt: &[f32], keys: &[f32], hd: usize, out: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let mut four = keys.chunks_exact(4 * hd);
+    for k4 in four.by_ref() {
+        let k: [&[f32]; 4] = std::array::from_fn(|i| &k4[i * hd..(i + 1) * hd]);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (c, x) in qc.iter().enumerate() {
+            // SAFETY: `x` and each key's chunk `c` (hd >= 8 * qc.len()) are 8
+            // readable f32s; `loadu` is unaligned.
+            unsafe {
+                let x = _mm256_loadu_ps(x.as_ptr());
+                for i in 0..4 {
+                    let y = _mm256_loadu_ps(k[i][8 * c..8 * c + 8].as_ptr());
+                    acc[i] = _mm256_fmadd_ps(x, y, acc[i]);
+                }
+            }
+        }
+        let mut half = [_mm_setzero_ps(); 4];
+        for i in 0..4 {
+            half[i] = _mm_add_ps(
+                _mm256_castps256_ps128(acc[i]),
+                _mm256_extractf128_ps::<1>(acc[i]),
+            );
+        }
+        let pairs = (_mm_hadd_ps(half[0], half[1]), _mm_hadd_ps(half[2], half[3]));
+        let mut sums = [0f32; 4];
+        // SAFETY: four writable f32s; `storeu` is unaligned.
+        unsafe { _mm_storeu_ps(sums.as_mut_ptr(), _mm_hadd_ps(pairs.0, pairs.1)) };
+        for (s, k) in sums.iter().zip(k) {
+            let mut tail = 0f32;
+            for (x, y) in qt.iter().zip(&k[8 * qc.len()..]) {
+                tail = x.mul_add(*y, tail);
+            }
+            out.push(s + tail);
+        }
+    }
+    for k in four.remainder().chunks_exact(hd) {
+        // SAFETY: AVX2 and FMA (this function's contract).
+        out.push(unsafe { dot_avx2(qc, qt, k) });
+    }
 }
 
 /// The sum of `xs` in eight lanes, then pairwise (vectorises; a fixed order).
@@ -443,7 +513,7 @@ mod tests {
             let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
             let mut scores = Vec::new();
             head_row(&shape, &q, &kv, 0, len - 1, &mut scores, &mut a);
-            head_row_body(&shape, &q, &kv, 0, len - 1, &mut scores, &mut b, dot);
+            head_row_body(&shape, &q, &kv, 0, len - 1, &mut scores, &mut b, dots);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "head size {hd}");
         }
