@@ -71,25 +71,29 @@ struct Shape {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8K], out: &mut [f32], s: Shape) {
     let n_rows = w.len() / s.rb;
-    for i in 0..n_rows {
-        let mut t = 0;
-        while t < s.m {
-            let n = (s.m - t).min(4);
-            // SAFETY: weight row i < n_rows and activation rows t..t + n <= m
-            // exist (the caller's contract); the tile reads only those and writes
-            // out[i * m + t + n'] for n' < n.
-            unsafe {
-                let wp = w.as_ptr().add(i * s.rb);
-                let ap = acts.as_ptr().add(t * s.nb);
-                let o = out.as_mut_ptr().add(i * s.m + t);
-                match n {
-                    1 => tile::<1, 1>(ty, wp, ap, s, o),
-                    2 => tile::<1, 2>(ty, wp, ap, s, o),
-                    3 => tile::<1, 3>(ty, wp, ap, s, o),
-                    _ => tile::<1, 4>(ty, wp, ap, s, o),
+    // Blocks of activation rows that stay in L1 while every weight row goes by.
+    for rows in (0..s.m).step_by(super::ACT_BLOCK) {
+        let last = (rows + super::ACT_BLOCK).min(s.m);
+        for i in 0..n_rows {
+            let mut t = rows;
+            while t < last {
+                let n = (last - t).min(4);
+                // SAFETY: weight row i < n_rows and activation rows t..t + n <= m
+                // exist (the caller's contract); the tile reads only those and writes
+                // out[i * m + t + n'] for n' < n.
+                unsafe {
+                    let wp = w.as_ptr().add(i * s.rb);
+                    let ap = acts.as_ptr().add(t * s.nb);
+                    let o = out.as_mut_ptr().add(i * s.m + t);
+                    match n {
+                        1 => tile::<1, 1>(ty, wp, ap, s, o),
+                        2 => tile::<1, 2>(ty, wp, ap, s, o),
+                        3 => tile::<1, 3>(ty, wp, ap, s, o),
+                        _ => tile::<1, 4>(ty, wp, ap, s, o),
+                    }
                 }
+                t += n;
             }
-            t += n;
         }
     }
 }
@@ -313,31 +317,34 @@ pub fn packed_rows(
     if acts.len() != nb * m || out.len() != groups * GROUP * m {
         return None;
     }
-    for g in 0..groups {
-        let mut t = 0;
-        while t < m {
-            let n = (m - t).min(4);
-            let mut res = [[0f32; GROUP]; 4];
-            // SAFETY: AVX2, FMA and F16C were detected above; group g's `gb`
-            // bytes and activation rows t..t + n (`nb` blocks each) exist, as
-            // checked above.
-            unsafe {
-                let wp = w.as_ptr().add(g * gb);
-                let ap = acts.as_ptr().add(t * nb);
-                match n {
-                    1 => packed_tile::<1>(wp, ap, nb, &mut res),
-                    2 => packed_tile::<2>(wp, ap, nb, &mut res),
-                    3 => packed_tile::<3>(wp, ap, nb, &mut res),
-                    _ => packed_tile::<4>(wp, ap, nb, &mut res),
+    for rows in (0..m).step_by(super::ACT_BLOCK) {
+        let last = (rows + super::ACT_BLOCK).min(m);
+        for g in 0..groups {
+            let mut t = rows;
+            while t < last {
+                let n = (last - t).min(4);
+                let mut res = [[0f32; GROUP]; 4];
+                // SAFETY: AVX2, FMA and F16C were detected above; group g's `gb`
+                // bytes and activation rows t..t + n (`nb` blocks each) exist, as
+                // checked above.
+                unsafe {
+                    let wp = w.as_ptr().add(g * gb);
+                    let ap = acts.as_ptr().add(t * nb);
+                    match n {
+                        1 => packed_tile::<1>(wp, ap, nb, &mut res),
+                        2 => packed_tile::<2>(wp, ap, nb, &mut res),
+                        3 => packed_tile::<3>(wp, ap, nb, &mut res),
+                        _ => packed_tile::<4>(wp, ap, nb, &mut res),
+                    }
                 }
-            }
-            for r in 0..GROUP {
-                let o = &mut out[(g * GROUP + r) * m + t..][..n];
-                for (k, v) in o.iter_mut().enumerate() {
-                    *v = res[k][r];
+                for r in 0..GROUP {
+                    let o = &mut out[(g * GROUP + r) * m + t..][..n];
+                    for (k, v) in o.iter_mut().enumerate() {
+                        *v = res[k][r];
+                    }
                 }
+                t += n;
             }
-            t += n;
         }
     }
     Some(())

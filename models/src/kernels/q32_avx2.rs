@@ -118,31 +118,35 @@ unsafe fn chunk<const T: u8>(
         }
         return;
     }
-    for i in 0..n_rows {
-        let mut t = 0;
-        while t < s.m {
-            let n = (s.m - t).min(LANES);
-            // SAFETY: weight row i < n_rows and activation rows t..t + n <= m
-            // exist (the caller's contract); the tile reads columns[b * m + t..
-            // b * m + t + n] for blocks b < kb (inside kb * m) and writes
-            // out[i * m + t..i * m + t + n].
-            unsafe {
-                let wr = w.as_ptr().add(i * s.rb);
-                let a = acts.as_ptr().add(t * s.kb);
-                let (d, sm) = (columns.d.as_ptr().add(t), columns.s.as_ptr().add(t));
-                let o = out.as_mut_ptr().add(i * s.m + t);
-                match n {
-                    8 => batch::<T, 8>(wr, a, (d, sm), s, o),
-                    7 => batch::<T, 7>(wr, a, (d, sm), s, o),
-                    6 => batch::<T, 6>(wr, a, (d, sm), s, o),
-                    5 => batch::<T, 5>(wr, a, (d, sm), s, o),
-                    4 => batch::<T, 4>(wr, a, (d, sm), s, o),
-                    3 => batch::<T, 3>(wr, a, (d, sm), s, o),
-                    2 => batch::<T, 2>(wr, a, (d, sm), s, o),
-                    _ => batch::<T, 1>(wr, a, (d, sm), s, o),
+    // Blocks of activation rows that stay in L1 while every weight row goes by.
+    for rows in (0..s.m).step_by(super::ACT_BLOCK) {
+        let last = (rows + super::ACT_BLOCK).min(s.m);
+        for i in 0..n_rows {
+            let mut t = rows;
+            while t < last {
+                let n = (last - t).min(LANES);
+                // SAFETY: weight row i < n_rows and activation rows t..t + n <= m
+                // exist (the caller's contract); the tile reads columns[b * m + t..
+                // b * m + t + n] for blocks b < kb (inside kb * m) and writes
+                // out[i * m + t..i * m + t + n].
+                unsafe {
+                    let wr = w.as_ptr().add(i * s.rb);
+                    let a = acts.as_ptr().add(t * s.kb);
+                    let (d, sm) = (columns.d.as_ptr().add(t), columns.s.as_ptr().add(t));
+                    let o = out.as_mut_ptr().add(i * s.m + t);
+                    match n {
+                        8 => batch::<T, 8>(wr, a, (d, sm), s, o),
+                        7 => batch::<T, 7>(wr, a, (d, sm), s, o),
+                        6 => batch::<T, 6>(wr, a, (d, sm), s, o),
+                        5 => batch::<T, 5>(wr, a, (d, sm), s, o),
+                        4 => batch::<T, 4>(wr, a, (d, sm), s, o),
+                        3 => batch::<T, 3>(wr, a, (d, sm), s, o),
+                        2 => batch::<T, 2>(wr, a, (d, sm), s, o),
+                        _ => batch::<T, 1>(wr, a, (d, sm), s, o),
+                    }
                 }
+                t += n;
             }
-            t += n;
         }
     }
 }

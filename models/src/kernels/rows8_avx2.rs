@@ -108,30 +108,35 @@ unsafe fn chunk<const T: u8>(
     s: Shape,
 ) {
     let group_bytes = GROUP * s.kb * s.bb;
-    for g in 0..w.len() / group_bytes {
-        let mut t = 0;
-        while t < s.m {
-            let n = (s.m - t).min(TILE);
-            // SAFETY: group g and activation rows t..t + n <= m exist (the
-            // caller's contract); the pass reads columns[b * m + t..b * m + t +
-            // n] for blocks b < kb and writes out[(8g + r) * m + t..][..n].
-            unsafe {
-                let grp = w.as_ptr().add(g * group_bytes);
-                let a = acts.as_ptr().add(t * s.kb);
-                let cols = (columns.d.as_ptr().add(t), columns.s.as_ptr().add(t));
-                let o = out.as_mut_ptr().add(g * GROUP * s.m + t);
-                match n {
-                    8 => group::<T, 8>(grp, a, cols, s, o),
-                    7 => group::<T, 7>(grp, a, cols, s, o),
-                    6 => group::<T, 6>(grp, a, cols, s, o),
-                    5 => group::<T, 5>(grp, a, cols, s, o),
-                    4 => group::<T, 4>(grp, a, cols, s, o),
-                    3 => group::<T, 3>(grp, a, cols, s, o),
-                    2 => group::<T, 2>(grp, a, cols, s, o),
-                    _ => group::<T, 1>(grp, a, cols, s, o),
+    // Blocks of activation rows that stay in L1 while every group goes by (a
+    // long prompt's rows all at once would be re-read from L2 or L3 per group).
+    for rows in (0..s.m).step_by(super::ACT_BLOCK) {
+        let last = (rows + super::ACT_BLOCK).min(s.m);
+        for g in 0..w.len() / group_bytes {
+            let mut t = rows;
+            while t < last {
+                let n = (last - t).min(TILE);
+                // SAFETY: group g and activation rows t..t + n <= m exist (the
+                // caller's contract); the pass reads columns[b * m + t..b * m + t +
+                // n] for blocks b < kb and writes out[(8g + r) * m + t..][..n].
+                unsafe {
+                    let grp = w.as_ptr().add(g * group_bytes);
+                    let a = acts.as_ptr().add(t * s.kb);
+                    let cols = (columns.d.as_ptr().add(t), columns.s.as_ptr().add(t));
+                    let o = out.as_mut_ptr().add(g * GROUP * s.m + t);
+                    match n {
+                        8 => group::<T, 8>(grp, a, cols, s, o),
+                        7 => group::<T, 7>(grp, a, cols, s, o),
+                        6 => group::<T, 6>(grp, a, cols, s, o),
+                        5 => group::<T, 5>(grp, a, cols, s, o),
+                        4 => group::<T, 4>(grp, a, cols, s, o),
+                        3 => group::<T, 3>(grp, a, cols, s, o),
+                        2 => group::<T, 2>(grp, a, cols, s, o),
+                        _ => group::<T, 1>(grp, a, cols, s, o),
+                    }
                 }
+                t += n;
             }
-            t += n;
         }
     }
 }
