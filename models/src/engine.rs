@@ -2,18 +2,22 @@
 //!
 //! Requests arrive through a bounded queue, each with its own reply channel. The
 //! engine admits up to `max_sequences` sequences at a time (a request with `n`
-//! choices takes `n`), prefills each prompt as one batch, then steps every active
-//! sequence one token per round, so concurrent streams advance together and a new
-//! request does not wait for a long one to finish. A sequence whose client went
-//! away (its reply channel closed) is dropped at the next round.
+//! choices takes `n`), prefills the waiting prompts together (one pass through
+//! the model for all of them: each weight is read once for the round), then
+//! steps every active sequence one token per round as one batch, so concurrent
+//! streams advance together and a new request does not wait for a long one to
+//! finish. A sequence whose client went away (its reply channel closed) is
+//! dropped at the next round.
 //!
-//! While other sequences are decoding, a prompt is prefilled `prefill_chunk`
-//! tokens per round, between their decode steps, so a long prompt does not stall
-//! their streams. A prompt sharing a prefix with a cached KV (`prefix_cache`)
-//! starts from a copy of it and prefills only the rest.
+//! While other sequences are decoding, prompts are prefilled `prefill_chunk`
+//! tokens per round in all, between their decode steps, so a long prompt does
+//! not stall their streams. A prompt sharing a prefix with a cached KV
+//! (`prefix_cache`) starts from a copy of it and prefills only the rest; one
+//! sharing a prefix with a prompt of the same round waits a round for it.
 //!
-//! Batching the decode steps of many sequences into one matmul is the follow-up
-//! engine issue; the queue and the per-sequence state here are shaped for it.
+//! A burst's first tokens all come at the end of its one pass (later for the
+//! first prompt than when each was prefilled alone, sooner for the last), and
+//! the burst's streams then decode together from the start.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -26,7 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::api::FinishReason;
 use crate::detok::IncrementalDecoder;
 use crate::grammar::{Compiled, Constraint, GrammarError};
-use crate::llama::KvCache;
+use crate::llama::{KvCache, PrefillPart};
 use crate::llm::{Llm, logits_vec};
 use crate::logprobs::{TokenLogprob, TokenText};
 use crate::prefix_cache::PrefixCache;
@@ -432,7 +436,13 @@ impl Worker {
     }
 
     /// Prefill pending prompts, oldest first: everything when nothing decodes,
-    /// else `prefill_chunk` tokens in all, so the decoders step again soon.
+    /// else `prefill_chunk` tokens in all, so the decoders step again soon. The
+    /// round's prompts go through the model in one pass ([`Llama::prefill_many`]:
+    /// each weight read once for all of them), except a prompt sharing a prefix
+    /// with one already in the pass, which waits for that one's cache to reach
+    /// the prefix cache (a burst with one system prompt prefills it once).
+    ///
+    /// [`Llama::prefill_many`]: crate::llama::Llama::prefill_many
     fn prefill_round(&mut self) {
         let decoding = self
             .groups
@@ -443,23 +453,27 @@ impl Worker {
         } else {
             usize::MAX
         };
-        let llm = &self.llm;
-        for group in self.groups.iter_mut().filter(|g| !g.ended) {
+        // (group, tokens it prefills to) of this round's pass.
+        let mut pass: Vec<(usize, usize)> = Vec::new();
+        for gi in 0..self.groups.len() {
             if budget == 0 {
                 break;
+            }
+            let group = &mut self.groups[gi];
+            if group.ended {
+                continue;
             }
             let Some(p) = group.pending.as_mut() else {
                 continue;
             };
             if p.params.sampling.prompt_logprobs {
                 budget = budget.saturating_sub(group.prompt.len());
-                group.prefill_scored(llm, &self.prefix);
+                group.prefill_scored(&self.llm, &self.prefix);
                 continue;
             }
-            // A prompt admitted beside others sharing its prefix (a burst of
-            // requests with one system prompt) finds the prefix an earlier one
-            // prefilled in this round or the last: it looks again whenever an
-            // entry was added since it last looked.
+            // A prompt admitted beside others sharing its prefix finds the
+            // prefix an earlier one prefilled: it looks again whenever an entry
+            // was added since it last looked.
             let want = room(group.prompt.len(), &p.params);
             let reuse = {
                 let mut prefix = lock(&self.prefix);
@@ -475,17 +489,79 @@ impl Worker {
                     .fetch_add((r.reused - p.done) as u64, Ordering::Relaxed);
                 (p.cache, p.done) = (r.cache, r.reused);
             }
-            let take = (group.prompt.len() - p.done).min(budget);
+            let done = p.done;
+            if self.waits_for_shared_prefix(&pass, gi, done) {
+                continue;
+            }
+            let group = &self.groups[gi];
+            let take = (group.prompt.len() - done).min(budget);
             budget -= take;
-            let end = p.done + take;
-            let logits = llm
-                .model
-                .prefill(&group.prompt[p.done..end], &mut p.cache)
-                .map_err(crate::ModelError::from)
-                .and_then(|l| logits_vec(&l));
-            match logits {
-                Ok(_) if end < group.prompt.len() => p.done = end,
-                Ok(logits) => group.begin(llm, logits, &self.prefix),
+            pass.push((gi, done + take));
+        }
+        self.prefill_pass(&pass);
+    }
+
+    /// Whether group `gi`'s prompt (`done` tokens of it cached) should wait for
+    /// a prompt in `pass` that shares a longer prefix with it and will offer
+    /// its cache to the prefix cache when its prefill ends.
+    fn waits_for_shared_prefix(&self, pass: &[(usize, usize)], gi: usize, done: usize) -> bool {
+        let prompt = &self.groups[gi].prompt;
+        let prefix = lock(&self.prefix);
+        pass.iter().any(|&(other, _)| {
+            let theirs = &self.groups[other].prompt;
+            let shared = crate::prefix_cache::common_prefix(theirs, prompt)
+                .min(prompt.len().saturating_sub(1));
+            prefix.accepts(theirs.len())
+                && shared >= crate::prefix_cache::MIN_REUSE_TOKENS
+                && shared > done
+        })
+    }
+
+    /// Prefill each `(group, end)` of `pass` (in group order) up to `end` in one
+    /// pass; a prompt that ends starts its answer. A pass that fails is run
+    /// again prompt by prompt, so only the prompt at fault ends in an error.
+    fn prefill_pass(&mut self, pass: &[(usize, usize)]) {
+        if pass.is_empty() {
+            return;
+        }
+        let llm = Arc::clone(&self.llm);
+        let outcome = {
+            let mut parts = Vec::with_capacity(pass.len());
+            let mut rest = pass.iter().peekable();
+            for (gi, group) in self.groups.iter_mut().enumerate() {
+                let Some(&&(_, end)) = rest.peek().filter(|(g, _)| *g == gi) else {
+                    continue;
+                };
+                rest.next();
+                if let Some(p) = group.pending.as_mut() {
+                    parts.push(PrefillPart {
+                        tokens: &group.prompt[p.done..end],
+                        cache: &mut p.cache,
+                        logits: end == group.prompt.len(),
+                    });
+                }
+            }
+            llm.model.prefill_many(&mut parts)
+        };
+        let logits = match outcome {
+            Ok(logits) => logits.into_iter().map(Ok).collect(),
+            Err(_) if pass.len() > 1 => {
+                for &one in pass {
+                    self.prefill_pass(&[one]);
+                }
+                return;
+            }
+            Err(e) => vec![Err(crate::ModelError::from(e))],
+        };
+        for (&(gi, end), logits) in pass.iter().zip(logits) {
+            let group = &mut self.groups[gi];
+            match logits.and_then(|l| l.as_ref().map(logits_vec).transpose()) {
+                Ok(None) => {
+                    if let Some(p) = group.pending.as_mut() {
+                        p.done = end;
+                    }
+                }
+                Ok(Some(logits)) => group.begin(&llm, logits, &self.prefix),
                 Err(e) => {
                     tracing::error!(error = %e, "prefill failed");
                     let _ = group.reply.send(Event::Error(e.to_string()));

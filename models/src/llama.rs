@@ -165,6 +165,15 @@ impl LayerCache {
     }
 }
 
+/// One sequence's share of [`Llama::prefill_many`].
+#[derive(Debug)]
+pub struct PrefillPart<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Whether the logits after `tokens` are wanted (the prompt's last chunk).
+    pub logits: bool,
+}
+
 /// One sequence's attention state: keys and values per layer.
 #[derive(Debug)]
 pub struct KvCache {
@@ -458,6 +467,69 @@ impl Llama {
         self.arch
             .logits(self.output.forward(&self.norm.forward(&last)?)?)?
             .squeeze(0)
+    }
+
+    /// Several sequences' next prompt tokens in one pass (each part's tokens
+    /// appended to its cache): every weight is read once for all of them, and
+    /// the logits after a part's last token come back where `logits` is set
+    /// (`None` elsewhere: a chunk of a longer prompt needs none). Each row is
+    /// computed on its own, so a part gets the bits [`Llama::prefill`] gives it
+    /// alone. Without the host plan (a GPU, candle's path) the parts run one
+    /// after another.
+    pub fn prefill_many(&self, parts: &mut [PrefillPart<'_>]) -> Result<Vec<Option<Tensor>>> {
+        let Some(plan) = self.host_plan().filter(|_| parts.len() > 1) else {
+            return parts
+                .iter_mut()
+                .map(|p| match p.logits {
+                    true => self.prefill(p.tokens, p.cache).map(Some),
+                    false => self.run_prompt(p.tokens, p.cache).map(|_| None),
+                })
+                .collect();
+        };
+        let mut tokens = Vec::new();
+        let mut at = Vec::new();
+        for (s, p) in parts.iter().enumerate() {
+            let start = p.cache.len;
+            if p.tokens.is_empty() {
+                candle_core::bail!("empty prompt");
+            }
+            if start + p.tokens.len() > MAX_SEQ_LEN {
+                candle_core::bail!(
+                    "sequence of {} tokens exceeds {MAX_SEQ_LEN}",
+                    start + p.tokens.len()
+                );
+            }
+            tokens.extend_from_slice(p.tokens);
+            at.extend((start..start + p.tokens.len()).map(|pos| (s, pos)));
+        }
+        let mut caches: Vec<&mut KvCache> = parts.iter_mut().map(|p| &mut *p.cache).collect();
+        let x = host::forward(self, &plan, &tokens, &mut caches, &at)?;
+        let hidden = self.embed.hidden_size();
+        let mut last = Vec::new();
+        let mut end = 0;
+        for p in parts.iter_mut() {
+            p.cache.len += p.tokens.len();
+            end += p.tokens.len();
+            if p.logits {
+                last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
+            }
+        }
+        let wanted = last.len() / hidden;
+        let mut logits = match wanted {
+            0 => Vec::new(),
+            n => {
+                let last = Tensor::from_vec(last, (n, hidden), &self.device)?;
+                let l = self
+                    .arch
+                    .logits(self.output.forward(&self.norm.forward(&last)?)?)?;
+                (0..n).map(|i| l.get(i)).collect::<Result<Vec<_>>>()?
+            }
+        }
+        .into_iter();
+        Ok(parts
+            .iter()
+            .map(|p| p.logits.then(|| logits.next()).flatten())
+            .collect())
     }
 
     /// Run `tokens` of one sequence like [`Llama::prefill`], but return the

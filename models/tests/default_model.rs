@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::Device;
 use tenzro_models::api::FinishReason;
 use tenzro_models::engine::{Engine, EngineConfig, Event, GenerateRequest, GenerationParams};
+use tenzro_models::llama::PrefillPart;
 use tenzro_models::llm::{Llm, LlmConfig, Requantize, default_model_path};
 use tenzro_models::sampler::SamplingParams;
 use tenzro_models::template::TemplateMessage;
@@ -519,6 +520,51 @@ fn a_prompt_in_pieces_gives_bit_for_bit_the_logits_of_one_pass() {
         got == want,
         "in a cache expecting 3 positions: differ by up to {}",
         max_diff(&got, &want)
+    );
+    // In one pass beside other prompts (the engine's batched prefill): the
+    // whole prompt, the rest of a split one, and another prompt's first chunk,
+    // whose cache then continues as a prefill of it alone does.
+    let other: Vec<u32> = prompt.iter().rev().copied().collect();
+    let (mut one, mut rest, mut chunk) = (model.new_cache(), model.new_cache(), model.new_cache());
+    model.prefill(&prompt[..n / 2], &mut rest).unwrap();
+    let out = model
+        .prefill_many(&mut [
+            PrefillPart {
+                tokens: &other[..5],
+                cache: &mut chunk,
+                logits: false,
+            },
+            PrefillPart {
+                tokens: &prompt,
+                cache: &mut one,
+                logits: true,
+            },
+            PrefillPart {
+                tokens: &prompt[n / 2..],
+                cache: &mut rest,
+                logits: true,
+            },
+        ])
+        .unwrap();
+    assert!(out[0].is_none(), "a chunk's logits were not asked for");
+    for (i, l) in out[1..].iter().enumerate() {
+        let got = tenzro_models::llm::logits_vec(l.as_ref().unwrap()).unwrap();
+        assert!(
+            got == want,
+            "part {} of a pass: differ by up to {}",
+            i + 1,
+            max_diff(&got, &want)
+        );
+    }
+    let mut alone = model.new_cache();
+    let other_want =
+        tenzro_models::llm::logits_vec(&model.prefill(&other, &mut alone).unwrap()).unwrap();
+    let got =
+        tenzro_models::llm::logits_vec(&model.prefill(&other[5..], &mut chunk).unwrap()).unwrap();
+    assert!(
+        got == other_want,
+        "after a chunk in a pass: differ by up to {}",
+        max_diff(&got, &other_want)
     );
     // Token by token through decode steps, beside another sequence.
     let mut a = model.new_cache();
