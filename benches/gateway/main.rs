@@ -10,7 +10,10 @@
 //! request (utime + stime of its process tree from `/proc`), the litellm/tenzro
 //! ratios, and the highest tried rate whose p99 stays within 50 ms. LiteLLM's
 //! columns are on whenever its `litellm` command is found (`--no-litellm` turns
-//! them off; `benches/setup-litellm` installs it).
+//! them off; `benches/setup-litellm` installs it). `--bare-proxy-bin` adds, after
+//! the other columns, a bare forwarder (`bare-proxy`: the gateway's HTTP/1.1
+//! front door and h2c client and nothing else, the transport's floor) and each
+//! proxy's kernel (stime) share of its CPU.
 
 mod load;
 
@@ -37,6 +40,11 @@ struct Args {
     /// Leave LiteLLM out even when it is installed.
     #[arg(long)]
     no_litellm: bool,
+    /// The bare forwarder baseline (`cargo build --release -p tenzro-benches`
+    /// builds `target/release/bare-proxy`); its columns, and the kernel shares,
+    /// are on when given.
+    #[arg(long)]
+    bare_proxy_bin: Option<PathBuf>,
     /// LiteLLM's `--num_workers` (uvicorn worker processes).
     #[arg(long, default_value_t = 1)]
     litellm_workers: u32,
@@ -75,10 +83,12 @@ struct Sut<'a> {
     proc: Option<&'a Proc>,
 }
 
-/// A phase and, for a proxy, its CPU time per successful request.
+/// A phase and, for a proxy, its CPU time per successful request and the
+/// kernel's (stime) share of that time.
 struct Measured {
     phase: Phase,
     cpu_us: Option<f64>,
+    sys_share: Option<f64>,
 }
 
 /// Everything a phase needs besides the target, rate and body.
@@ -93,13 +103,22 @@ impl Bench {
         if let Some(p) = sut.proc {
             settle(p, self.ticks_per_s).await;
         }
-        let t0 = sut.proc.map(Proc::cpu_ticks);
+        let t0 = sut.proc.map(Proc::cpu_split);
         let phase = load::phase(&self.client, &sut.target, body, rate, self.secs).await;
-        let cpu_us = sut.proc.zip(t0).map(|(p, t0)| {
-            let ticks = p.cpu_ticks().saturating_sub(t0);
-            ticks as f64 * 1e6 / self.ticks_per_s as f64 / phase.ok.max(1) as f64
+        let spent = sut.proc.zip(t0).map(|(p, (u0, s0))| {
+            let (u, s) = p.cpu_split();
+            (u.saturating_sub(u0), s.saturating_sub(s0))
         });
-        Measured { phase, cpu_us }
+        let cpu_us = spent
+            .map(|(u, s)| (u + s) as f64 * 1e6 / self.ticks_per_s as f64 / phase.ok.max(1) as f64);
+        let sys_share = spent
+            .filter(|&(u, s)| u + s > 0)
+            .map(|(u, s)| s as f64 / (u + s) as f64);
+        Measured {
+            phase,
+            cpu_us,
+            sys_share,
+        }
     }
 
     /// The highest rate of `ramp` whose p99 stays within [`SLO_MS`], trying them
@@ -187,6 +206,10 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
     let ticks_per_s = procs::clock_ticks_per_s();
     let tenzro = procs::start_tenzro(&args.gateway_bin, mock_addr, dir).await?;
     let litellm = start_litellm(args, mock_addr, dir).await?;
+    let bare = match &args.bare_proxy_bin {
+        Some(bin) => Some(procs::start_bare_proxy(bin, mock_addr, dir).await?),
+        None => None,
+    };
     let client = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
@@ -203,6 +226,9 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
     let litellm_url = litellm
         .as_ref()
         .map(|(p, _)| format!("{}/v1/chat/completions", p.url));
+    let bare_url = bare
+        .as_ref()
+        .map(|p| format!("{}/v1/chat/completions", p.url));
     let direct = Sut {
         name: "direct",
         target: Target {
@@ -230,6 +256,11 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
             },
             proc: Some(p),
         });
+    let bp = bare.as_ref().zip(bare_url.as_deref()).map(|(p, url)| Sut {
+        name: "bare",
+        target: Target { url, key: None },
+        proc: Some(p),
+    });
 
     print_header(args, litellm.as_ref().map(|(_, v)| v.as_str()));
     // Background work (the gateway's group commit and voucher rounds, LiteLLM's
@@ -240,32 +271,42 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
         Some((p, _)) => format!("{:.1} %", idle_share(p, ticks_per_s).await),
         None => "off".to_owned(),
     };
+    let idle_bare = match &bare {
+        Some(p) => format!(", bare {:.1} %", idle_share(p, ticks_per_s).await),
+        None => String::new(),
+    };
     println!(
-        "idle CPU (share of one core over 2 s, no load): tenzro {idle_tz:.1} %, litellm {idle_ll}"
+        "idle CPU (share of one core over 2 s, no load): tenzro {idle_tz:.1} %, litellm {idle_ll}{idle_bare}"
     );
     for (mode, body) in BODIES {
-        for sut in [Some(&direct), Some(&tz), ll.as_ref()]
+        for sut in [Some(&direct), Some(&tz), ll.as_ref(), bp.as_ref()]
             .into_iter()
             .flatten()
         {
             check_answer(&bench.client, sut, mode, body).await?;
         }
         // Warm every path (LiteLLM imports lazily on its first requests).
-        for sut in [Some(&direct), Some(&tz), ll.as_ref()]
+        for sut in [Some(&direct), Some(&tz), ll.as_ref(), bp.as_ref()]
             .into_iter()
             .flatten()
         {
             load::phase(&bench.client, &sut.target, body, 50, 1).await;
         }
         println!("\n## {mode}\n");
+        let (bare_head, bare_rule) = if bp.is_some() {
+            (BARE_HEAD, BARE_RULE)
+        } else {
+            ("", "")
+        };
         println!(
-            "| rate req/s | direct p50 / p99 ms | tenzro p50 / p99 ms | tenzro overhead p50 / p99 ms | litellm p50 / p99 ms | litellm overhead p50 / p99 ms | litellm/tenzro overhead p50 | tenzro CPU µs/req | litellm CPU µs/req | litellm/tenzro CPU | errors d/t/l |"
+            "| rate req/s | direct p50 / p99 ms | tenzro p50 / p99 ms | tenzro overhead p50 / p99 ms | litellm p50 / p99 ms | litellm overhead p50 / p99 ms | litellm/tenzro overhead p50 | tenzro CPU µs/req | litellm CPU µs/req | litellm/tenzro CPU | errors d/t/l |{bare_head}"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let (mut tz_saturated, mut ll_saturated) = (false, false);
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{bare_rule}");
+        let (mut tz_saturated, mut ll_saturated, mut bp_saturated) = (false, false, false);
         // (rate, CPU µs/req) of the table's phases that met the SLO.
         let mut tz_cpu: Vec<(u64, f64)> = Vec::new();
         let mut ll_cpu: Vec<(u64, f64)> = Vec::new();
+        let mut bp_cpu: Vec<(u64, f64)> = Vec::new();
         for &rate in &args.rates {
             let d = bench.measure(&direct, body, rate).await;
             let t = if tz_saturated {
@@ -277,8 +318,13 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
                 Some(sut) if !ll_saturated => Some(bench.measure(sut, body, rate).await),
                 _ => None,
             };
+            let b = match &bp {
+                Some(sut) if !bp_saturated => Some(bench.measure(sut, body, rate).await),
+                _ => None,
+            };
             tz_saturated |= t.as_ref().is_some_and(|m| !m.phase.passes(SATURATED_MS));
             ll_saturated |= l.as_ref().is_some_and(|m| !m.phase.passes(SATURATED_MS));
+            bp_saturated |= b.as_ref().is_some_and(|m| !m.phase.passes(SATURATED_MS));
             let within = |m: &Option<Measured>| {
                 m.as_ref()
                     .filter(|m| m.phase.passes(SLO_MS))
@@ -286,7 +332,16 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
             };
             tz_cpu.extend(within(&t).map(|c| (rate, c)));
             ll_cpu.extend(within(&l).map(|c| (rate, c)));
-            println!("{}", row(rate, &d, t.as_ref(), l.as_ref(), ll.is_some()));
+            bp_cpu.extend(within(&b).map(|c| (rate, c)));
+            let bare_cells = if bp.is_some() {
+                bare_row(&d, t.as_ref(), b.as_ref())
+            } else {
+                String::new()
+            };
+            println!(
+                "{}{bare_cells}",
+                row(rate, &d, t.as_ref(), l.as_ref(), ll.is_some())
+            );
         }
         println!();
         let d_max = bench.max_rate(&direct, mode, body, &args.ramp).await;
@@ -295,13 +350,32 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
             Some(sut) => Some(bench.max_rate(sut, mode, body, &args.ramp).await),
             None => None,
         };
-        println!("\n| {mode} | direct | tenzro | litellm |");
-        println!("|---|---:|---:|---:|");
+        let b_max = match &bp {
+            Some(sut) => Some(bench.max_rate(sut, mode, body, &args.ramp).await),
+            None => None,
+        };
+        // The bare forwarder's column, after the others, only when it runs.
+        let bare_col = |s: String| {
+            if bp.is_some() {
+                format!(" {s} |")
+            } else {
+                String::new()
+            }
+        };
         println!(
-            "| max sustained req/s (p99 <= {SLO_MS} ms, errors <= 1 %) | {} | {} | {} |",
+            "\n| {mode} | direct | tenzro | litellm |{}",
+            bare_col("bare".to_owned())
+        );
+        println!(
+            "|---|---:|---:|---:|{}",
+            if bp.is_some() { "---:|" } else { "" }
+        );
+        println!(
+            "| max sustained req/s (p99 <= {SLO_MS} ms, errors <= 1 %) | {} | {} | {} |{}",
             max_cell(d_max, &args.ramp),
             max_cell(t_max, &args.ramp),
-            l_max.map_or_else(|| "off".to_owned(), |m| max_cell(m, &args.ramp))
+            l_max.map_or_else(|| "off".to_owned(), |m| max_cell(m, &args.ramp)),
+            bare_col(b_max.map_or_else(String::new, |m| max_cell(m, &args.ramp)))
         );
         let off = |s: String| if ll.is_some() { s } else { "off".to_owned() };
         // The same rate for both: the highest table rate where both met the SLO.
@@ -313,11 +387,13 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
         });
         match both {
             Some((r, t, l)) => println!(
-                "| CPU µs/req at {r} req/s (highest table rate where both met the SLO) | — | {t:.0} | {l:.0} |"
+                "| CPU µs/req at {r} req/s (highest table rate where both met the SLO) | — | {t:.0} | {l:.0} |{}",
+                bare_col("—".to_owned())
             ),
             None => println!(
-                "| CPU µs/req at a table rate where both met the SLO | — | — | {} |",
-                off("none".to_owned())
+                "| CPU µs/req at a table rate where both met the SLO | — | — | {} |{}",
+                off("none".to_owned()),
+                bare_col("—".to_owned())
             ),
         }
         let at_best = |v: &[(u64, f64)]| {
@@ -325,9 +401,10 @@ async fn run(args: &Args, mock_addr: SocketAddr, dir: &Path) -> anyhow::Result<(
                 .map_or_else(|| "—".to_owned(), |(r, c)| format!("{c:.0} (at {r} req/s)"))
         };
         println!(
-            "| CPU µs/req at its highest table rate within the SLO | — | {} | {} |",
+            "| CPU µs/req at its highest table rate within the SLO | — | {} | {} |{}",
             at_best(&tz_cpu),
-            off(at_best(&ll_cpu))
+            off(at_best(&ll_cpu)),
+            bare_col(at_best(&bp_cpu))
         );
     }
     println!("\nreproduce: {}", reproduce_line());
@@ -417,6 +494,12 @@ fn print_header(args: &Args, litellm_version: Option<&str>) {
         ),
         None => println!("litellm: off"),
     }
+    if let Some(bin) = &args.bare_proxy_bin {
+        println!(
+            "bare: {} (benches/gateway/bare_proxy.rs), a baseline: the gateway's HTTP/1.1 listener and h2c provider client (one connection) on tokio's default workers, the body and answer relayed unchanged; no auth, limits, routing, pricing, ledger, signing, metering or logging; system allocator (the gateway: mimalloc)",
+            bin.display()
+        );
+    }
     println!(
         "overhead = proxy latency - direct latency at the same rate; CPU = utime + stime of the proxy's process tree per successful request"
     );
@@ -483,6 +566,36 @@ fn row(
         d.phase.errors,
         errs(t),
         errs(l)
+    )
+}
+
+/// The bare forwarder's columns, after the table's others (only with
+/// `--bare-proxy-bin`). The kernel shares are stime / (utime + stime) of each
+/// process tree over the phase.
+const BARE_HEAD: &str = " bare p50 / p99 ms | bare overhead p50 / p99 ms | bare CPU µs/req | tenzro/bare CPU | tenzro kernel % of CPU | bare kernel % of CPU | errors b |";
+const BARE_RULE: &str = "---:|---:|---:|---:|---:|---:|---:|";
+
+/// A row's cells for [`BARE_HEAD`], after the row's closing `|`.
+fn bare_row(d: &Measured, t: Option<&Measured>, b: Option<&Measured>) -> String {
+    let pct = |m: Option<&Measured>| opt(m.and_then(|m| m.sys_share).map(|s| s * 100.0), 0);
+    let Some(b) = b else {
+        return format!(" saturated | saturated | — | — | {} | — | - |", pct(t));
+    };
+    let t_cpu = t.and_then(|m| m.cpu_us);
+    let ratio = match (t_cpu, b.cpu_us) {
+        (Some(t), Some(b)) if b > 0.0 => format!("{:.1}x", t / b),
+        _ => "—".to_owned(),
+    };
+    format!(
+        " {:.2} / {:.2} | {:.2} / {:.2} | {} | {ratio} | {} | {} | {} |",
+        b.phase.p50_ms,
+        b.phase.p99_ms,
+        b.phase.p50_ms - d.phase.p50_ms,
+        b.phase.p99_ms - d.phase.p99_ms,
+        opt(b.cpu_us, 0),
+        pct(t),
+        pct(Some(b)),
+        b.phase.errors
     )
 }
 

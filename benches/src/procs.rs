@@ -1,8 +1,8 @@
 //! The processes under test, each a child of the benchmark: `tenzro-gateway`
-//! (its config, a key from `keys create`, the process) and LiteLLM's proxy. A
-//! [`Proc`] kills its whole process tree when dropped, and reads its memory and
-//! the tree's CPU time from `/proc`. Shared by gateway-load, gateway-streams and
-//! gateway-replicas.
+//! (its config, a key from `keys create`, the process), LiteLLM's proxy and the
+//! bare forwarder baseline (`bare-proxy`). A [`Proc`] kills its whole process
+//! tree when dropped, and reads its memory and the tree's CPU time from `/proc`.
+//! Shared by gateway-load, gateway-streams and gateway-replicas.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,10 +35,17 @@ impl Proc {
 
     /// utime + stime of the process and all its descendants, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+
+    /// utime and stime (the kernel's share) of the process and all its
+    /// descendants, in clock ticks.
+    pub fn cpu_split(&self) -> (u64, u64) {
         tree(self.child.id())
             .iter()
-            .filter_map(|&pid| stat(pid).map(|s| s.ticks))
-            .sum()
+            .filter_map(|&pid| stat(pid))
+            .fold((0, 0), |(u, s), st| (u + st.utime, s + st.stime))
     }
 }
 
@@ -78,7 +85,8 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
 
 struct Stat {
     ppid: u32,
-    ticks: u64,
+    utime: u64,
+    stime: u64,
 }
 
 fn stat(pid: u32) -> Option<Stat> {
@@ -88,8 +96,9 @@ fn stat(pid: u32) -> Option<Stat> {
     // After the command: state, ppid, ... utime and stime are fields 14 and 15 of
     // the whole line, 12 and 13 here (1-based), indices 11 and 12.
     let ppid = f.get(1)?.parse().ok()?;
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Stat { ppid, ticks })
+    let utime = f.get(11)?.parse().ok()?;
+    let stime = f.get(12)?.parse().ok()?;
+    Some(Stat { ppid, utime, stime })
 }
 
 /// `root` and every live descendant, root first.
@@ -276,6 +285,32 @@ pub async fn spawn_gateway(
         child,
         url: format!("http://127.0.0.1:{port}"),
         key,
+        log,
+    };
+    wait_ready(&mut p, "/health", Duration::from_secs(30)).await?;
+    Ok(p)
+}
+
+/// Starts `bare-proxy` (benches/gateway/bare_proxy.rs, the gateway's transport
+/// alone) on a free port in front of `mock`, logging to `dir/bare-proxy.log`, and
+/// waits (30 s at most) for `/health`, which it serves once it calls the mock in
+/// h2c. It checks no key.
+pub async fn start_bare_proxy(bin: &Path, mock: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+    let port = free_port()?;
+    let log = dir.join("bare-proxy.log");
+    let log_file = File::create(&log)?;
+    let child = Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &mock.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut p = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        key: String::new(),
         log,
     };
     wait_ready(&mut p, "/health", Duration::from_secs(30)).await?;
