@@ -96,8 +96,9 @@ struct Timing {
     decode_tok_s: f64,
     /// Tokens after each stream's first over the span from the earliest first
     /// token: what `decode_tok_s` was before session 12. Our engine prefills
-    /// the prompts one after another and sends each one's first token at once,
-    /// so this span also holds the other prompts' prefills.
+    /// the prompts waiting in one round together (since session 14), but the
+    /// first request of a burst is admitted before the others reach the queue,
+    /// so this span also holds the prefill pass of the rest.
     decode_from_first_tok_s: f64,
     wall: Duration,
     /// What the first stream generated (a check that both engines agree).
