@@ -435,8 +435,9 @@ impl Worker {
         })
     }
 
-    /// Prefill pending prompts, oldest first: everything when nothing decodes,
-    /// else `prefill_chunk` tokens in all, so the decoders step again soon. The
+    /// Prefill pending prompts, oldest first: up to a full-length prompt's
+    /// tokens when nothing decodes, else `prefill_chunk` tokens in all, so the
+    /// decoders step again soon. The
     /// round's prompts go through the model in one pass ([`Llama::prefill_many`]:
     /// each weight read once for all of them), except a prompt sharing a prefix
     /// with one already in the pass, which waits for that one's cache to reach
@@ -448,10 +449,13 @@ impl Worker {
             .groups
             .iter()
             .any(|g| !g.ended && g.choices.iter().any(|c| !c.done));
+        // A pass holds at most the rows of one full-length prompt, the most
+        // one prompt prefilled alone took before prompts shared a pass: a
+        // burst of long prompts cannot make one pass's activations any larger.
         let mut budget = if decoding {
             self.prefill_chunk
         } else {
-            usize::MAX
+            crate::llama::MAX_SEQ_LEN
         };
         // (group, tokens it prefills to) of this round's pass.
         let mut pass: Vec<(usize, usize)> = Vec::new();
