@@ -513,23 +513,26 @@ impl Worker {
         let prefix = lock(&self.prefix);
         pass.iter().any(|&(other, _)| {
             let theirs = &self.groups[other].prompt;
-            let shared = crate::prefix_cache::common_prefix(theirs, prompt)
-                .min(prompt.len().saturating_sub(1));
-            prefix.accepts(theirs.len())
-                && shared >= crate::prefix_cache::MIN_REUSE_TOKENS
-                && shared > done
+            prefix.accepts(theirs.len()) && {
+                let shared = crate::prefix_cache::common_prefix(theirs, prompt)
+                    .min(prompt.len().saturating_sub(1));
+                shared >= crate::prefix_cache::MIN_REUSE_TOKENS && shared > done
+            }
         })
     }
 
     /// Prefill each `(group, end)` of `pass` (in group order) up to `end` in one
-    /// pass; a prompt that ends starts its answer. A pass that fails is run
-    /// again prompt by prompt, so only the prompt at fault ends in an error.
+    /// pass; a prompt that ends starts its answer, one that fails ends in an
+    /// error (the others of the pass go on: [`Llama::prefill_many`] runs them
+    /// alone when the joint pass fails).
+    ///
+    /// [`Llama::prefill_many`]: crate::llama::Llama::prefill_many
     fn prefill_pass(&mut self, pass: &[(usize, usize)]) {
         if pass.is_empty() {
             return;
         }
         let llm = Arc::clone(&self.llm);
-        let outcome = {
+        let results = {
             let mut parts = Vec::with_capacity(pass.len());
             let mut rest = pass.iter().peekable();
             for (gi, group) in self.groups.iter_mut().enumerate() {
@@ -537,29 +540,32 @@ impl Worker {
                     continue;
                 };
                 rest.next();
-                if let Some(p) = group.pending.as_mut() {
-                    parts.push(PrefillPart {
-                        tokens: &group.prompt[p.done..end],
-                        cache: &mut p.cache,
-                        logits: end == group.prompt.len(),
-                    });
-                }
+                let Some(p) = group.pending.as_mut() else {
+                    break;
+                };
+                parts.push(PrefillPart {
+                    tokens: &group.prompt[p.done..end],
+                    cache: &mut p.cache,
+                    logits: end == group.prompt.len(),
+                });
             }
-            llm.model.prefill_many(&mut parts)
+            // Every group of the pass is pending (`prefill_round` chose them so).
+            (parts.len() == pass.len()).then(|| llm.model.prefill_many(&mut parts))
         };
-        let logits = match outcome {
-            Ok(logits) => logits.into_iter().map(Ok).collect(),
-            Err(_) if pass.len() > 1 => {
-                for &one in pass {
-                    self.prefill_pass(&[one]);
-                }
-                return;
-            }
-            Err(e) => vec![Err(crate::ModelError::from(e))],
-        };
-        for (&(gi, end), logits) in pass.iter().zip(logits) {
+        let results = results.unwrap_or_else(|| {
+            let lost = || {
+                Err(candle_core::Error::Msg(
+                    "a prefill pass lost a prompt".into(),
+                ))
+            };
+            pass.iter().map(|_| lost()).collect()
+        });
+        for (&(gi, end), result) in pass.iter().zip(results) {
             let group = &mut self.groups[gi];
-            match logits.and_then(|l| l.as_ref().map(logits_vec).transpose()) {
+            let logits = result
+                .map_err(crate::ModelError::from)
+                .and_then(|l| l.as_ref().map(logits_vec).transpose());
+            match logits {
                 Ok(None) => {
                     if let Some(p) = group.pending.as_mut() {
                         p.done = end;

@@ -474,18 +474,37 @@ impl Llama {
     /// the logits after a part's last token come back where `logits` is set
     /// (`None` elsewhere: a chunk of a longer prompt needs none). Each row is
     /// computed on its own, so a part gets the bits [`Llama::prefill`] gives it
-    /// alone. Without the host plan (a GPU, candle's path) the parts run one
-    /// after another.
-    pub fn prefill_many(&self, parts: &mut [PrefillPart<'_>]) -> Result<Vec<Option<Tensor>>> {
-        let Some(plan) = self.host_plan().filter(|_| parts.len() > 1) else {
-            return parts
-                .iter_mut()
-                .map(|p| match p.logits {
-                    true => self.prefill(p.tokens, p.cache).map(Some),
-                    false => self.run_prompt(p.tokens, p.cache).map(|_| None),
-                })
-                .collect();
-        };
+    /// alone. One result per part: without the host plan (a GPU, candle's
+    /// path), or when the joint pass fails (no cache has moved then), the parts
+    /// run one after another and only a part at fault gets an error.
+    pub fn prefill_many(&self, parts: &mut [PrefillPart<'_>]) -> Vec<Result<Option<Tensor>>> {
+        if parts.len() > 1
+            && let Some(plan) = self.host_plan()
+        {
+            match self.prefill_joint(&plan, parts) {
+                Ok(logits) => return logits.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a joint prefill failed; its prompts run alone")
+                }
+            }
+        }
+        parts
+            .iter_mut()
+            .map(|p| match p.logits {
+                true => self.prefill(p.tokens, p.cache).map(Some),
+                false => self.run_prompt(p.tokens, p.cache).map(|_| None),
+            })
+            .collect()
+    }
+
+    /// [`Llama::prefill_many`]'s one pass on the host plan. The caches' lengths
+    /// move only once everything succeeded: keys and values written before a
+    /// failure sit past each cache's length, where a retry writes them again.
+    fn prefill_joint(
+        &self,
+        plan: &HostPlan,
+        parts: &mut [PrefillPart<'_>],
+    ) -> Result<Vec<Option<Tensor>>> {
         let mut tokens = Vec::new();
         let mut at = Vec::new();
         for (s, p) in parts.iter().enumerate() {
@@ -503,19 +522,17 @@ impl Llama {
             at.extend((start..start + p.tokens.len()).map(|pos| (s, pos)));
         }
         let mut caches: Vec<&mut KvCache> = parts.iter_mut().map(|p| &mut *p.cache).collect();
-        let x = host::forward(self, &plan, &tokens, &mut caches, &at)?;
+        let x = host::forward(self, plan, &tokens, &mut caches, &at)?;
         let hidden = self.embed.hidden_size();
         let mut last = Vec::new();
         let mut end = 0;
-        for p in parts.iter_mut() {
-            p.cache.len += p.tokens.len();
+        for p in parts.iter() {
             end += p.tokens.len();
             if p.logits {
                 last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
             }
         }
-        let wanted = last.len() / hidden;
-        let mut logits = match wanted {
+        let mut logits = match last.len() / hidden {
             0 => Vec::new(),
             n => {
                 let last = Tensor::from_vec(last, (n, hidden), &self.device)?;
@@ -526,6 +543,9 @@ impl Llama {
             }
         }
         .into_iter();
+        for p in parts.iter_mut() {
+            p.cache.len += p.tokens.len();
+        }
         Ok(parts
             .iter()
             .map(|p| p.logits.then(|| logits.next()).flatten())

@@ -545,7 +545,9 @@ fn a_prompt_in_pieces_gives_bit_for_bit_the_logits_of_one_pass() {
                 logits: true,
             },
         ])
-        .unwrap();
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect::<Vec<_>>();
     assert!(out[0].is_none(), "a chunk's logits were not asked for");
     for (i, l) in out[1..].iter().enumerate() {
         let got = tenzro_models::llm::logits_vec(l.as_ref().unwrap()).unwrap();
@@ -565,6 +567,30 @@ fn a_prompt_in_pieces_gives_bit_for_bit_the_logits_of_one_pass() {
         got == other_want,
         "after a chunk in a pass: differ by up to {}",
         max_diff(&got, &other_want)
+    );
+    // A part that fails (an empty one) fails the joint pass; the others then
+    // run alone, each from where its cache was, and get their own logits.
+    let (mut good, mut bad) = (model.new_cache(), model.new_cache());
+    let out = model.prefill_many(&mut [
+        PrefillPart {
+            tokens: &prompt,
+            cache: &mut good,
+            logits: true,
+        },
+        PrefillPart {
+            tokens: &[],
+            cache: &mut bad,
+            logits: true,
+        },
+    ]);
+    assert!(out[1].is_err(), "an empty part is refused");
+    let got = tenzro_models::llm::logits_vec(out[0].as_ref().unwrap().as_ref().unwrap()).unwrap();
+    assert!(
+        got == want && good.len() == n && bad.is_empty(),
+        "beside a failing part: differ by up to {}, caches at {} and {}",
+        max_diff(&got, &want),
+        good.len(),
+        bad.len()
     );
     // Token by token through decode steps, beside another sequence.
     let mut a = model.new_cache();

@@ -376,6 +376,9 @@ fn by_activation_row(ws: &[&QWeight], by_row: Vec<Vec<f32>>, m: usize) -> Vec<Ve
         .map(|(w, by_row)| {
             let n = w.rows;
             let mut out = vec![0f32; m * n];
+            if n == 0 {
+                return out;
+            }
             // Each activation row gathers its column of `by_row`; a large
             // output (the vocabulary's) spreads its rows over the pool.
             let gather = |(t, row): &mut (usize, &mut [f32])| {
