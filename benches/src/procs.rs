@@ -268,19 +268,25 @@ pub async fn spawn_gateway(
     key: String,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Proc> {
-    let log = dir.join(format!("{name}.log"));
-    let log_file = File::create(&log)?;
-    let child = Command::new(bin)
-        .arg("--config")
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
         .arg(cfg)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    launch(cmd, port, key, dir.join(format!("{name}.log"))).await
+}
+
+/// Runs `cmd` (a server that will listen on 127.0.0.1:`port`) with its output
+/// in `log`, and waits (30 s at most) for its `/health`.
+async fn launch(mut cmd: Command, port: u16, key: String, log: PathBuf) -> anyhow::Result<Proc> {
+    let log_file = File::create(&log)?;
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
     let mut p = Proc {
         child,
         url: format!("http://127.0.0.1:{port}"),
@@ -297,24 +303,10 @@ pub async fn spawn_gateway(
 /// h2c. It checks no key.
 pub async fn start_bare_proxy(bin: &Path, mock: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
     let port = free_port()?;
-    let log = dir.join("bare-proxy.log");
-    let log_file = File::create(&log)?;
-    let child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &mock.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut p = Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        key: String::new(),
-        log,
-    };
-    wait_ready(&mut p, "/health", Duration::from_secs(30)).await?;
-    Ok(p)
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &mock.to_string()]);
+    launch(cmd, port, String::new(), dir.join("bare-proxy.log")).await
 }
 
 /// How LiteLLM's proxy is run.
