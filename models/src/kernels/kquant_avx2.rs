@@ -72,8 +72,7 @@ struct Shape {
 unsafe fn chunk(ty: WeightType, w: &[u8], acts: &[BlockQ8K], out: &mut [f32], s: Shape) {
     let n_rows = w.len() / s.rb;
     // Blocks of activation rows that stay in L1 while every weight row goes by.
-    for rows in (0..s.m).step_by(super::ACT_BLOCK) {
-        let last = (rows + super::ACT_BLOCK).min(s.m);
+    for (rows, last) in super::act_blocks(s.m) {
         for i in 0..n_rows {
             let mut t = rows;
             while t < last {
@@ -317,8 +316,7 @@ pub fn packed_rows(
     if acts.len() != nb * m || out.len() != groups * GROUP * m {
         return None;
     }
-    for rows in (0..m).step_by(super::ACT_BLOCK) {
-        let last = (rows + super::ACT_BLOCK).min(m);
+    for (rows, last) in super::act_blocks(m) {
         for g in 0..groups {
             let mut t = rows;
             while t < last {

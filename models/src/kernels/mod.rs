@@ -401,6 +401,13 @@ fn by_activation_row(ws: &[&QWeight], by_row: Vec<Vec<f32>>, m: usize) -> Vec<Ve
 /// before the next ones: 32 rows of 1,536 values quantized are ~36 KiB.
 const ACT_BLOCK: usize = 32;
 
+/// `m` activation rows as `(first, end)` blocks of [`ACT_BLOCK`], in order.
+fn act_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..m)
+        .step_by(ACT_BLOCK)
+        .map(move |first| (first, (first + ACT_BLOCK).min(m)))
+}
+
 /// `out[i * m + t] = dot(weight row i of w, activation row t)`.
 fn rows_chunk(
     ty: WeightType,

@@ -119,8 +119,7 @@ unsafe fn chunk<const T: u8>(
         return;
     }
     // Blocks of activation rows that stay in L1 while every weight row goes by.
-    for rows in (0..s.m).step_by(super::ACT_BLOCK) {
-        let last = (rows + super::ACT_BLOCK).min(s.m);
+    for (rows, last) in super::act_blocks(s.m) {
         for i in 0..n_rows {
             let mut t = rows;
             while t < last {

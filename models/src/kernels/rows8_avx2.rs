@@ -110,8 +110,7 @@ unsafe fn chunk<const T: u8>(
     let group_bytes = GROUP * s.kb * s.bb;
     // Blocks of activation rows that stay in L1 while every group goes by (a
     // long prompt's rows all at once would be re-read from L2 or L3 per group).
-    for rows in (0..s.m).step_by(super::ACT_BLOCK) {
-        let last = (rows + super::ACT_BLOCK).min(s.m);
+    for (rows, last) in super::act_blocks(s.m) {
         for g in 0..w.len() / group_bytes {
             let mut t = rows;
             while t < last {
